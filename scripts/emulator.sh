@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Local AWS emulator (MiniStack) for tests. See scripts/EMULATOR_NOTES.md.
+#
+#   scripts/emulator.sh start    # create/refresh $REPO/.venv, start MiniStack, wait until healthy
+#   scripts/emulator.sh stop     # stop it (and the Lambda processes it spawned)
+#   scripts/emulator.sh restart
+#   scripts/emulator.sh status   # exit 0 if running and healthy
+#   scripts/emulator.sh env      # print the export lines (same as .emulator/env)
+#   scripts/emulator.sh venv     # only create/refresh the venv
+#
+# start is idempotent: if the emulator recorded in .emulator/ is alive and
+# healthy it is left alone (use restart to pick up a changed environment).
+# The emulator inherits the caller's environment (DATABASE_URL and anything
+# else), and Lambda function processes inherit the emulator's, so whatever is
+# exported when `start` runs is visible to the functions.
+#
+# Tunables (environment): EMULATOR_REGION (default eu-west-1),
+# EMULATOR_PORT (default: a free port), EMULATOR_START_TIMEOUT (seconds, 60),
+# PYTHON (default python3), LOG_LEVEL (MiniStack's, default INFO).
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$SCRIPT_DIR/.." && pwd)"
+VENV="$REPO/.venv"
+REQS="$SCRIPT_DIR/requirements.txt"
+STATE="$REPO/.emulator"
+PYTHON="${PYTHON:-python3}"
+REGION="${EMULATOR_REGION:-eu-west-1}"
+START_TIMEOUT="${EMULATOR_START_TIMEOUT:-60}"
+
+log() { echo "emulator: $*" >&2; }
+
+ensure_venv() {
+  local want have=""
+  want="$( { "$PYTHON" --version 2>&1; cat "$REQS"; } | sha256sum | cut -d' ' -f1)"
+  [[ -f "$VENV/.requirements.sha256" ]] && have="$(cat "$VENV/.requirements.sha256")"
+  if [[ -x "$VENV/bin/ministack" && "$want" == "$have" ]]; then
+    return 0
+  fi
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    log "creating venv $VENV"
+    "$PYTHON" -m venv "$VENV"
+  fi
+  log "installing $REQS into $VENV"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQS" >&2
+  echo "$want" >"$VENV/.requirements.sha256"
+}
+
+free_port() {
+  "$VENV/bin/python" - <<'EOF'
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()
+EOF
+}
+
+healthy() { # port
+  curl -fsS --max-time 2 "http://127.0.0.1:$1/_ministack/health" >/dev/null 2>&1
+}
+
+running_pid() { # prints pid if the recorded emulator process is alive
+  [[ -f "$STATE/pid" ]] || return 1
+  local pid
+  pid="$(cat "$STATE/pid")"
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+is_up() {
+  local pid
+  pid="$(running_pid)" || return 1
+  [[ -f "$STATE/port" ]] && healthy "$(cat "$STATE/port")"
+}
+
+write_env() { # port
+  local url="http://127.0.0.1:$1"
+  cat >"$STATE/env.tmp" <<EOF
+# Written by scripts/emulator.sh start; source this file.
+export AWS_ENDPOINT_URL=$url
+export AWS_ACCESS_KEY_ID=test
+export AWS_SECRET_ACCESS_KEY=test
+unset AWS_SESSION_TOKEN AWS_PROFILE
+export AWS_DEFAULT_REGION=$REGION
+export AWS_REGION=$REGION
+export AWS_EC2_METADATA_DISABLED=true
+export EMULATOR_PORT=$1
+export EMULATOR_LOG=$STATE/ministack.log
+export EMULATOR_VENV=$VENV
+EOF
+  mv "$STATE/env.tmp" "$STATE/env"
+}
+
+start() {
+  ensure_venv
+  mkdir -p "$STATE"
+  if is_up; then
+    log "already running (pid $(cat "$STATE/pid"), port $(cat "$STATE/port"))"
+    cat "$STATE/env"
+    return 0
+  fi
+  # A recorded process that is alive but unhealthy (or stale state): clear it.
+  stop_quiet
+  local port="${EMULATOR_PORT:-}"
+  [[ -n "$port" ]] || port="$(free_port)"
+  local url="http://127.0.0.1:$port"
+  # setsid: own process group, so stop can also end the Lambda bootstrap
+  # processes it spawns. Foreground mode (not --detach) so the pid is ours.
+  # TMPDIR: MiniStack's pid file and extracted function code live there.
+  mkdir -p "$STATE/tmp"
+  (
+    cd "$STATE"
+    export BIND_HOST=127.0.0.1 GATEWAY_PORT="$port" MINISTACK_HOST=127.0.0.1 \
+      AWS_ENDPOINT_URL="$url" AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test \
+      AWS_DEFAULT_REGION="$REGION" AWS_REGION="$REGION" MINISTACK_REGION="$REGION" \
+      AWS_EC2_METADATA_DISABLED=true TMPDIR="$STATE/tmp" \
+      PATH="$VENV/bin:$PATH"
+    unset AWS_SESSION_TOKEN AWS_PROFILE
+    exec setsid "$VENV/bin/ministack" </dev/null >"$STATE/ministack.log" 2>&1
+  ) &
+  local pid=$!
+  echo "$pid" >"$STATE/pid"
+  echo "$port" >"$STATE/port"
+  local waited=0
+  until healthy "$port"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log "MiniStack exited during start; log follows"
+      tail -n 50 "$STATE/ministack.log" >&2 || true
+      rm -f "$STATE/pid" "$STATE/port"
+      return 1
+    fi
+    if ((waited >= START_TIMEOUT * 10)); then
+      log "MiniStack not healthy after ${START_TIMEOUT}s; log: $STATE/ministack.log"
+      stop_quiet
+      return 1
+    fi
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  write_env "$port"
+  log "MiniStack pid $pid on $url (log $STATE/ministack.log)"
+  cat "$STATE/env"
+}
+
+stop_quiet() {
+  local pid
+  if pid="$(running_pid)"; then
+    # The whole process group: MiniStack and its Lambda processes.
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    local i
+    for i in $(seq 1 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  fi
+  rm -f "$STATE/pid" "$STATE/port" "$STATE/env"
+  rm -rf "$STATE/tmp"
+}
+
+stop() {
+  if pid="$(running_pid)"; then
+    log "stopping MiniStack pid $pid"
+  else
+    log "not running"
+  fi
+  stop_quiet
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  restart) stop; start ;;
+  status)
+    if is_up; then
+      log "running (pid $(cat "$STATE/pid"), port $(cat "$STATE/port"))"
+    else
+      log "not running"; exit 1
+    fi ;;
+  env)
+    if is_up; then cat "$STATE/env"; else log "not running (run: $0 start)"; exit 1; fi ;;
+  venv) ensure_venv ;;
+  *)
+    echo "usage: $0 {start|stop|restart|status|env|venv}" >&2
+    exit 2 ;;
+esac

@@ -1,0 +1,418 @@
+//! DynamoDB: idempotency records and sync tasks.
+//!
+//! Tables (see infra/template.yaml):
+//! - idempotency: key `id`; `status` in_progress|completed, `expires_at`
+//!   (epoch seconds, the Lambda deadline while in progress), `outcome`, `ttl`.
+//! - tasks: key `pk`; `task#{id}` items hold a task, `profile#{id}` items
+//!   point at the profile's current task.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::Client;
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+
+use crate::ports::{Claim, IdempotencyStore, PortError, TaskCreation, TaskStore};
+use crate::tasks::{NewTask, SyncTask, TaskProgress, TaskStatus};
+
+type Item = HashMap<String, AttributeValue>;
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn get_s<'a>(item: &'a Item, key: &str) -> Option<&'a str> {
+    item.get(key)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+}
+
+fn get_n(item: &Item, key: &str) -> Option<i64> {
+    item.get(key)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn get_time(item: &Item, key: &str) -> Option<DateTime<Utc>> {
+    get_s(item, key).and_then(|v| v.parse().ok())
+}
+
+fn port_error<E, R>(operation: &'static str) -> impl FnOnce(SdkError<E, R>) -> PortError
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    move |e| PortError::new(operation, DisplayErrorContext(e))
+}
+
+/// Whether an SDK error is a failed condition (an expected race, not a fault).
+fn is_condition_failure<E, R>(error: &SdkError<E, R>) -> bool
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    error.as_service_error().and_then(|e| e.code()) == Some("ConditionalCheckFailedException")
+}
+
+#[derive(Debug, Clone)]
+pub struct DynamoIdempotency {
+    client: Client,
+    table: String,
+    ttl: Duration,
+}
+
+impl DynamoIdempotency {
+    pub fn new(client: Client, table: impl Into<String>, ttl: Duration) -> Self {
+        Self {
+            client,
+            table: table.into(),
+            ttl,
+        }
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for DynamoIdempotency {
+    async fn claim(
+        &self,
+        message_id: &str,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Claim, PortError> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("id", s(message_id))
+            .item("status", s("in_progress"))
+            .item("expires_at", n(expires_at.timestamp()))
+            .item("ttl", n((now + self.ttl).timestamp()))
+            .condition_expression(
+                "attribute_not_exists(id) OR (#status = :in_progress AND expires_at < :now)",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":in_progress", s("in_progress"))
+            .expression_attribute_values(":now", n(now.timestamp()))
+            .send()
+            .await;
+        match put {
+            Ok(_) => return Ok(Claim::Acquired),
+            Err(e) if is_condition_failure(&e) => {}
+            Err(e) => return Err(port_error("dynamodb PutItem idempotency")(e)),
+        }
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("id", s(message_id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(port_error("dynamodb GetItem idempotency"))?
+            .item
+            .unwrap_or_default();
+        Ok(match get_s(&item, "status") {
+            Some("completed") => Claim::Completed {
+                outcome: get_s(&item, "outcome").unwrap_or("").to_string(),
+            },
+            _ => Claim::InProgress {
+                expires_at: get_n(&item, "expires_at")
+                    .and_then(|t| DateTime::from_timestamp(t, 0))
+                    .unwrap_or(now + Duration::seconds(1)),
+            },
+        })
+    }
+
+    async fn complete(
+        &self,
+        message_id: &str,
+        outcome: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), PortError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("id", s(message_id))
+            .item("status", s("completed"))
+            .item("outcome", s(outcome))
+            .item("completed_at", s(now.to_rfc3339()))
+            .item("ttl", n((now + self.ttl).timestamp()))
+            .send()
+            .await
+            .map_err(port_error("dynamodb PutItem idempotency"))?;
+        Ok(())
+    }
+
+    async fn release(&self, message_id: &str) -> Result<(), PortError> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("id", s(message_id))
+            .condition_expression("#status = :in_progress")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":in_progress", s("in_progress"))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(port_error("dynamodb DeleteItem idempotency")(e)),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DynamoTasks {
+    client: Client,
+    table: String,
+    /// How long finished tasks stay visible.
+    ttl: Duration,
+}
+
+impl DynamoTasks {
+    pub fn new(client: Client, table: impl Into<String>, ttl: Duration) -> Self {
+        Self {
+            client,
+            table: table.into(),
+            ttl,
+        }
+    }
+
+    fn task_key(task_id: &str) -> AttributeValue {
+        s(format!("task#{task_id}"))
+    }
+
+    fn profile_key(profile_id: i64) -> AttributeValue {
+        s(format!("profile#{profile_id}"))
+    }
+
+    async fn get_item(&self, key: AttributeValue) -> Result<Option<Item>, PortError> {
+        Ok(self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", key)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(port_error("dynamodb GetItem task"))?
+            .item)
+    }
+
+    fn parse_task(item: &Item) -> Option<SyncTask> {
+        Some(SyncTask {
+            task_id: get_s(item, "task_id")?.to_string(),
+            profile_id: get_n(item, "profile_id")?,
+            provider: get_s(item, "provider")?.to_string(),
+            period: get_s(item, "period")?.parse::<NaiveDate>().ok()?,
+            status: get_s(item, "status")?.parse().ok()?,
+            created_at: get_time(item, "created_at")?,
+            started_at: get_time(item, "started_at"),
+            finished_at: get_time(item, "finished_at"),
+            outstanding: get_n(item, "outstanding").unwrap_or(0),
+            error: get_s(item, "error").map(str::to_string),
+        })
+    }
+
+    async fn progress(&self, task_id: &str) -> Result<Option<TaskProgress>, PortError> {
+        Ok(self.get(task_id).await?.map(|task| TaskProgress {
+            outstanding: task.outstanding,
+            status: task.status,
+        }))
+    }
+}
+
+#[async_trait]
+impl TaskStore for DynamoTasks {
+    async fn create(
+        &self,
+        task: &NewTask,
+        previous_task_id: Option<&str>,
+    ) -> Result<TaskCreation, PortError> {
+        let mut condition = "attribute_not_exists(pk) OR current_task_id = :new".to_string();
+        let mut pointer = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", Self::profile_key(task.profile_id))
+            .item("current_task_id", s(&task.task_id))
+            .item("updated_at", s(task.created_at.to_rfc3339()))
+            .expression_attribute_values(":new", s(&task.task_id));
+        if let Some(previous) = previous_task_id {
+            condition.push_str(" OR current_task_id = :previous");
+            pointer = pointer.expression_attribute_values(":previous", s(previous));
+        }
+        match pointer.condition_expression(condition).send().await {
+            Ok(_) => {}
+            Err(e) if is_condition_failure(&e) => {
+                let current = self
+                    .get_item(Self::profile_key(task.profile_id))
+                    .await?
+                    .and_then(|item| get_s(&item, "current_task_id").map(str::to_string))
+                    .unwrap_or_default();
+                return Ok(TaskCreation::Superseded {
+                    current_task_id: current,
+                });
+            }
+            Err(e) => return Err(port_error("dynamodb PutItem profile pointer")(e)),
+        }
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", Self::task_key(&task.task_id))
+            .item("task_id", s(&task.task_id))
+            .item("profile_id", n(task.profile_id))
+            .item("provider", s(&task.provider))
+            .item("period", s(task.period.to_string()))
+            .item("status", s(TaskStatus::Pending.as_str()))
+            .item("created_at", s(task.created_at.to_rfc3339()))
+            .item("outstanding", n(1))
+            .item("ttl", n((task.created_at + self.ttl).timestamp()))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(TaskCreation::Created),
+            Err(e) if is_condition_failure(&e) => Ok(TaskCreation::AlreadyExists),
+            Err(e) => Err(port_error("dynamodb PutItem task")(e)),
+        }
+    }
+
+    async fn get(&self, task_id: &str) -> Result<Option<SyncTask>, PortError> {
+        Ok(self
+            .get_item(Self::task_key(task_id))
+            .await?
+            .as_ref()
+            .and_then(Self::parse_task))
+    }
+
+    async fn current_for_profile(&self, profile_id: i64) -> Result<Option<SyncTask>, PortError> {
+        let Some(pointer) = self.get_item(Self::profile_key(profile_id)).await? else {
+            return Ok(None);
+        };
+        match get_s(&pointer, "current_task_id") {
+            Some(task_id) => self.get(task_id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn mark_running(&self, task_id: &str, now: DateTime<Utc>) -> Result<(), PortError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", Self::task_key(task_id))
+            .update_expression("SET #status = :running, started_at = :now")
+            .condition_expression("#status = :pending")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":running", s(TaskStatus::Running.as_str()))
+            .expression_attribute_values(":pending", s(TaskStatus::Pending.as_str()))
+            .expression_attribute_values(":now", s(now.to_rfc3339()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(port_error("dynamodb UpdateItem task running")(e)),
+        }
+    }
+
+    async fn branch_done(
+        &self,
+        task_id: &str,
+        message_id: &str,
+        new_branches: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Option<TaskProgress>, PortError> {
+        // One atomic update counts the branch and remembers the message id,
+        // so a redelivered message can never count twice.
+        let delta = i64::from(new_branches) - 1;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", Self::task_key(task_id))
+            .update_expression(
+                "SET outstanding = outstanding + :delta, updated_at = :now ADD done_ids :ids",
+            )
+            .condition_expression("attribute_exists(pk) AND NOT contains(done_ids, :id)")
+            .expression_attribute_values(":delta", n(delta))
+            .expression_attribute_values(":now", s(now.to_rfc3339()))
+            .expression_attribute_values(":ids", AttributeValue::Ss(vec![message_id.to_string()]))
+            .expression_attribute_values(":id", s(message_id))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        let outstanding = match result {
+            Ok(output) => output
+                .attributes
+                .as_ref()
+                .and_then(|item| get_n(item, "outstanding"))
+                .unwrap_or(0),
+            Err(e) if is_condition_failure(&e) => return self.progress(task_id).await,
+            Err(e) => return Err(port_error("dynamodb UpdateItem task branch")(e)),
+        };
+        if outstanding > 0 {
+            return Ok(Some(TaskProgress {
+                outstanding,
+                status: TaskStatus::Running,
+            }));
+        }
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", Self::task_key(task_id))
+            .update_expression("SET #status = :completed, finished_at = :now")
+            .condition_expression("#status <> :failed")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":completed", s(TaskStatus::Completed.as_str()))
+            .expression_attribute_values(":failed", s(TaskStatus::Failed.as_str()))
+            .expression_attribute_values(":now", s(now.to_rfc3339()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Some(TaskProgress {
+                outstanding,
+                status: TaskStatus::Completed,
+            })),
+            Err(e) if is_condition_failure(&e) => self.progress(task_id).await,
+            Err(e) => Err(port_error("dynamodb UpdateItem task completed")(e)),
+        }
+    }
+
+    async fn mark_failed(
+        &self,
+        task_id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), PortError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", Self::task_key(task_id))
+            .update_expression("SET #status = :failed, finished_at = :now, #error = :reason")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#error", "error")
+            .expression_attribute_values(":failed", s(TaskStatus::Failed.as_str()))
+            .expression_attribute_values(":now", s(now.to_rfc3339()))
+            .expression_attribute_values(":reason", s(reason))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // A message naming a task that does not exist has nothing to fail.
+            Err(e) if is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(port_error("dynamodb UpdateItem task failed")(e)),
+        }
+    }
+}

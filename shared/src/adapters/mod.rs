@@ -1,0 +1,22 @@
+//! Implementations of the ports (`crate::ports`) on AWS and PostgreSQL.
+//! The only modules that see SDK types.
+
+pub mod dynamodb;
+pub mod postgres;
+pub mod s3;
+pub mod secrets;
+pub mod sqs;
+
+/// The shared AWS configuration: region, credentials and `AWS_ENDPOINT_URL`
+/// (the emulator locally) from the environment.
+pub async fn aws_config() -> aws_config::SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+/// S3 with path-style addressing, which the emulator needs and AWS accepts.
+pub fn s3_client(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    let s3_config = aws_sdk_s3::config::Builder::from(config)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(s3_config)
+}

@@ -1,0 +1,25 @@
+//! tem's shared library: everything the functions have in common.
+//!
+//! - [`envelope`], [`routing`], [`runtime`], [`retry`]: the chain runtime
+//!   every queue-driven function runs messages through.
+//! - [`tasks`], [`sync`]: the master-sync domain.
+//! - [`ports`]: the narrow traits domain code uses to reach the outside;
+//!   [`adapters`]: their AWS and PostgreSQL implementations.
+//! - [`config`], [`telemetry`], [`lambda`]: what each function's `main` wires up.
+
+pub mod adapters;
+pub mod config;
+pub mod envelope;
+pub mod lambda;
+pub mod ports;
+pub mod retry;
+pub mod routing;
+pub mod runtime;
+pub mod sync;
+pub mod tasks;
+pub mod telemetry;
+
+#[cfg(test)]
+pub(crate) mod fakes;
+#[cfg(test)]
+mod runtime_tests;

@@ -1,0 +1,621 @@
+//! The chain runtime: what every queue-driven function does with a message.
+//!
+//! For each record, independently of its neighbours in the batch:
+//! 1. validate the envelope; a body no retry can fix goes to the DLQ at once;
+//! 2. refuse chains that are too deep or steps that re-enqueue too often;
+//! 3. claim the message id (idempotency): a duplicate is acknowledged unrun;
+//! 4. run the step's handler;
+//! 5. on success send the continuation of the chain *before* acknowledging,
+//!    count the branch on the task, and record the message as completed;
+//! 6. on a retryable error hide the message for a backoff delay and report it
+//!    as a batch item failure; after the last attempt, or on a permanent
+//!    error, send it to the DLQ with the reason and fail its task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tracing::{error, info, warn, Instrument};
+
+use crate::envelope::{salvage_task_id, ChainLink, Envelope};
+use crate::ports::{
+    Claim, IdempotencyStore, OutgoingMessage, PortError, QueueSend, QueueVisibility, TaskStore,
+};
+use crate::retry::Backoff;
+use crate::routing::Router;
+
+/// What a step handler asks the runtime to do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepOutcome {
+    /// Done; continue with `next` (run first) and then the rest of the chain.
+    /// `output` is merged into the next step's payload.
+    Continue { output: Value, next: Vec<ChainLink> },
+    /// Not done yet: run this same step again after `delay` with `payload`.
+    Requeue { delay: Duration, payload: Value },
+}
+
+impl StepOutcome {
+    pub fn done(output: Value) -> Self {
+        StepOutcome::Continue {
+            output,
+            next: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum StepError {
+    /// Worth another attempt (network, throttling, carrier not reachable).
+    #[error("{0}")]
+    Retryable(String),
+    /// No retry can fix it (bad input, misconfiguration).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl From<PortError> for StepError {
+    fn from(e: PortError) -> Self {
+        StepError::Retryable(e.to_string())
+    }
+}
+
+/// What the handler may know about the delivery.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    /// 1 on the first delivery (SQS `ApproximateReceiveCount`).
+    pub receive_count: u32,
+    pub deadline: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait StepHandler: Send + Sync {
+    async fn handle(
+        &self,
+        message: &Envelope,
+        delivery: Delivery,
+    ) -> Result<StepOutcome, StepError>;
+}
+
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    /// The queue records arrive on (for visibility changes); `None` when invoked directly.
+    pub source_queue_url: Option<String>,
+    pub dlq_url: Option<String>,
+    pub max_chain_depth: u32,
+    pub max_requeues: u32,
+    /// Attempts before the runtime itself dead-letters a retryable failure;
+    /// equal to the queue's `maxReceiveCount`.
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self {
+            source_queue_url: None,
+            dlq_url: None,
+            max_chain_depth: 20,
+            max_requeues: 10,
+            max_attempts: 5,
+            backoff: Backoff {
+                base: Duration::from_secs(5),
+                cap: Duration::from_secs(900),
+            },
+        }
+    }
+}
+
+/// One message as it arrived, free of the event source's types.
+#[derive(Debug, Clone)]
+pub struct IncomingMessage {
+    pub message_id: String,
+    pub body: String,
+    pub receive_count: u32,
+    pub receipt_handle: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Disposition {
+    /// Handled; children sent.
+    Completed,
+    /// Seen before; acknowledged without running.
+    Duplicate,
+    /// Left on the queue for another attempt.
+    Retry,
+    /// Moved to the DLQ with the reason.
+    DeadLettered,
+}
+
+impl Disposition {
+    /// Whether the record is removed from its queue.
+    pub fn acknowledged(self) -> bool {
+        !matches!(self, Disposition::Retry)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageReport {
+    pub message_id: String,
+    pub step: Option<String>,
+    pub disposition: Disposition,
+    pub detail: String,
+    pub children: Vec<String>,
+}
+
+pub struct ChainRuntime {
+    handler: Arc<dyn StepHandler>,
+    router: Router,
+    queues: Arc<dyn QueueSend>,
+    visibility: Arc<dyn QueueVisibility>,
+    idempotency: Arc<dyn IdempotencyStore>,
+    tasks: Arc<dyn TaskStore>,
+    settings: RuntimeSettings,
+}
+
+impl ChainRuntime {
+    pub fn new(
+        handler: Arc<dyn StepHandler>,
+        router: Router,
+        queues: Arc<dyn QueueSend>,
+        visibility: Arc<dyn QueueVisibility>,
+        idempotency: Arc<dyn IdempotencyStore>,
+        tasks: Arc<dyn TaskStore>,
+        settings: RuntimeSettings,
+    ) -> Self {
+        Self {
+            handler,
+            router,
+            queues,
+            visibility,
+            idempotency,
+            tasks,
+            settings,
+        }
+    }
+
+    /// Handles a batch; every record independently and concurrently.
+    pub async fn process_batch(
+        &self,
+        messages: Vec<IncomingMessage>,
+        deadline: DateTime<Utc>,
+    ) -> Vec<MessageReport> {
+        futures::future::join_all(messages.into_iter().map(|m| self.process(m, deadline))).await
+    }
+
+    pub async fn process(
+        &self,
+        incoming: IncomingMessage,
+        deadline: DateTime<Utc>,
+    ) -> MessageReport {
+        let envelope = match Envelope::parse(&incoming.body) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                let reason = format!("invalid message, not retried: {e}");
+                let task_id = salvage_task_id(&incoming.body);
+                return self
+                    .dead_letter(&incoming, None, task_id.as_deref(), "invalid", &reason)
+                    .await;
+            }
+        };
+        let provider = envelope
+            .payload
+            .get("provider")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let span = tracing::info_span!(
+            "step",
+            task_id = envelope.task_id.as_deref().unwrap_or(""),
+            message_id = %envelope.id,
+            step = %envelope.step,
+            provider = %provider,
+            attempt = incoming.receive_count,
+        );
+        self.process_envelope(&incoming, envelope, deadline)
+            .instrument(span)
+            .await
+    }
+
+    async fn process_envelope(
+        &self,
+        incoming: &IncomingMessage,
+        envelope: Envelope,
+        deadline: DateTime<Utc>,
+    ) -> MessageReport {
+        let step = envelope.step.to_string();
+        if envelope.depth > self.settings.max_chain_depth {
+            let reason = format!(
+                "chain depth {} exceeds the limit of {}; refusing to continue a chain that may loop",
+                envelope.depth, self.settings.max_chain_depth
+            );
+            return self.refuse(incoming, &envelope, &reason).await;
+        }
+        if envelope.requeues > self.settings.max_requeues {
+            let reason = format!(
+                "step {} re-enqueued itself {} times, over the limit of {}",
+                envelope.step, envelope.requeues, self.settings.max_requeues
+            );
+            return self.refuse(incoming, &envelope, &reason).await;
+        }
+
+        let now = Utc::now();
+        match self.idempotency.claim(&envelope.id, now, deadline).await {
+            Ok(Claim::Acquired) => {}
+            Ok(Claim::Completed { outcome }) => {
+                info!(%outcome, "duplicate delivery; already processed");
+                return report(
+                    incoming,
+                    Some(step),
+                    Disposition::Duplicate,
+                    outcome,
+                    vec![],
+                );
+            }
+            Ok(Claim::InProgress { expires_at }) => {
+                let wait = (expires_at - now).num_seconds().clamp(1, 900) as i32;
+                info!(%expires_at, "another invocation is processing this message; retrying later");
+                return self
+                    .retry_later(incoming, Some(step), wait, "in progress elsewhere".into())
+                    .await;
+            }
+            Err(e) => {
+                warn!(error = %e, "idempotency store unavailable");
+                return self.retry(incoming, &envelope, e.to_string()).await;
+            }
+        }
+
+        if let Some(task_id) = &envelope.task_id {
+            if let Err(e) = self.tasks.mark_running(task_id, now).await {
+                warn!(error = %e, "could not mark the task running; continuing");
+            }
+        }
+
+        let delivery = Delivery {
+            receive_count: incoming.receive_count,
+            deadline,
+        };
+        let result = self.handler.handle(&envelope, delivery).await;
+        match result {
+            Ok(outcome) => self.succeed(incoming, &envelope, outcome).await,
+            Err(StepError::Retryable(reason)) => {
+                if incoming.receive_count >= self.settings.max_attempts {
+                    let reason = format!(
+                        "gave up after {} attempts; last error: {reason}",
+                        incoming.receive_count
+                    );
+                    self.finish_failed(incoming, &envelope, "retries_exhausted", &reason)
+                        .await
+                } else {
+                    warn!(%reason, "step failed; will retry");
+                    self.release(&envelope).await;
+                    self.retry(incoming, &envelope, reason).await
+                }
+            }
+            Err(StepError::Permanent(reason)) => {
+                error!(%reason, "step failed permanently");
+                self.finish_failed(incoming, &envelope, "permanent", &reason)
+                    .await
+            }
+        }
+    }
+
+    async fn succeed(
+        &self,
+        incoming: &IncomingMessage,
+        envelope: &Envelope,
+        outcome: StepOutcome,
+    ) -> MessageReport {
+        let step = envelope.step.to_string();
+        let (children, delay) = match outcome {
+            StepOutcome::Continue { output, next } => (
+                envelope
+                    .continuation(&output, next)
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+                0,
+            ),
+            StepOutcome::Requeue { delay, payload } => {
+                let again = envelope.requeued(payload);
+                if again.requeues > self.settings.max_requeues {
+                    let reason = format!(
+                        "step {} would re-enqueue itself for the {}th time, over the limit of {}",
+                        envelope.step, again.requeues, self.settings.max_requeues
+                    );
+                    return self
+                        .finish_failed(incoming, envelope, "loop", &reason)
+                        .await;
+                }
+                // SQS caps message delays at 15 minutes.
+                (vec![again], delay.as_secs().min(900) as u32)
+            }
+        };
+        if let Some(too_deep) = children
+            .iter()
+            .find(|c| c.depth > self.settings.max_chain_depth)
+        {
+            let reason = format!(
+                "continuing would make the chain {} steps deep, over the limit of {}",
+                too_deep.depth, self.settings.max_chain_depth
+            );
+            return self
+                .finish_failed(incoming, envelope, "loop", &reason)
+                .await;
+        }
+
+        let mut sent = Vec::new();
+        for child in &children {
+            let queue = match self.router.queue_for(child.step, &child.payload) {
+                Ok(queue) => queue.to_string(),
+                Err(e) => {
+                    let reason = format!("cannot route the next step {}: {e}", child.step);
+                    return self
+                        .finish_failed(incoming, envelope, "routing", &reason)
+                        .await;
+                }
+            };
+            let mut message = OutgoingMessage::new(child.id.clone(), child.to_body());
+            message.delay_seconds = delay;
+            match self.queues.send_all(&queue, vec![message]).await {
+                Ok(failed) if failed.is_empty() => sent.push(child.id.clone()),
+                Ok(failed) => {
+                    self.release(envelope).await;
+                    return self
+                        .retry(
+                            incoming,
+                            envelope,
+                            format!("could not send the next step: {}", failed[0].reason),
+                        )
+                        .await;
+                }
+                Err(e) => {
+                    self.release(envelope).await;
+                    return self.retry(incoming, envelope, e.to_string()).await;
+                }
+            }
+        }
+
+        if let Some(task_id) = &envelope.task_id {
+            match self
+                .tasks
+                .branch_done(task_id, &envelope.id, children.len() as u32, Utc::now())
+                .await
+            {
+                Ok(Some(progress)) => info!(
+                    outstanding = progress.outstanding,
+                    status = %progress.status,
+                    "task progress"
+                ),
+                Ok(None) => warn!("the message names a task that does not exist; not counted"),
+                Err(e) => {
+                    // The children are out; a retry re-sends the same ids,
+                    // which their consumers deduplicate.
+                    self.release(envelope).await;
+                    return self.retry(incoming, envelope, e.to_string()).await;
+                }
+            }
+        }
+
+        let detail = if sent.is_empty() {
+            "completed; end of chain".to_string()
+        } else {
+            format!("completed; sent {}", sent.join(", "))
+        };
+        if let Err(e) = self
+            .idempotency
+            .complete(&envelope.id, &detail, Utc::now())
+            .await
+        {
+            // Acknowledging anyway is safe: the work and the children are
+            // idempotent, and a redelivery would only repeat them.
+            warn!(error = %e, "could not record completion");
+        }
+        info!(%detail, "step completed");
+        report(incoming, Some(step), Disposition::Completed, detail, sent)
+    }
+
+    /// A refusal before the handler ran (loop prevention).
+    async fn refuse(
+        &self,
+        incoming: &IncomingMessage,
+        envelope: &Envelope,
+        reason: &str,
+    ) -> MessageReport {
+        error!(%reason, "refused");
+        self.dead_letter(
+            incoming,
+            Some(envelope),
+            envelope.task_id.as_deref(),
+            "loop",
+            reason,
+        )
+        .await
+    }
+
+    async fn finish_failed(
+        &self,
+        incoming: &IncomingMessage,
+        envelope: &Envelope,
+        kind: &str,
+        reason: &str,
+    ) -> MessageReport {
+        let report = self
+            .dead_letter(
+                incoming,
+                Some(envelope),
+                envelope.task_id.as_deref(),
+                kind,
+                reason,
+            )
+            .await;
+        if report.disposition == Disposition::DeadLettered {
+            let outcome = format!("dead-lettered: {reason}");
+            if let Err(e) = self
+                .idempotency
+                .complete(&envelope.id, &outcome, Utc::now())
+                .await
+            {
+                warn!(error = %e, "could not record the dead-lettering");
+            }
+        } else {
+            self.release(envelope).await;
+        }
+        report
+    }
+
+    /// Moves the original body to the DLQ with the reason as attributes, and
+    /// fails the task. If the DLQ cannot be reached the message stays on its
+    /// queue: nothing is lost.
+    async fn dead_letter(
+        &self,
+        incoming: &IncomingMessage,
+        envelope: Option<&Envelope>,
+        task_id: Option<&str>,
+        kind: &str,
+        reason: &str,
+    ) -> MessageReport {
+        let step = envelope.map(|e| e.step.to_string());
+        let Some(dlq) = &self.settings.dlq_url else {
+            // Invoked directly (console): the caller sees the error instead.
+            error!(%reason, "failed");
+            if let Some(task_id) = task_id {
+                let _ = self.tasks.mark_failed(task_id, reason, Utc::now()).await;
+            }
+            return report(
+                incoming,
+                step,
+                Disposition::DeadLettered,
+                reason.to_string(),
+                vec![],
+            );
+        };
+        let mut message = OutgoingMessage::new(incoming.message_id.clone(), incoming.body.clone());
+        message.attributes = vec![
+            ("tem-error".into(), truncate(reason, 4000)),
+            ("tem-error-kind".into(), kind.into()),
+            ("tem-attempts".into(), incoming.receive_count.to_string()),
+            ("tem-failed-at".into(), Utc::now().to_rfc3339()),
+            (
+                "tem-step".into(),
+                step.clone().unwrap_or_else(|| "unknown".into()),
+            ),
+        ];
+        match self.queues.send_all(dlq, vec![message]).await {
+            Ok(failed) if failed.is_empty() => {}
+            Ok(failed) => {
+                error!(reason = %failed[0].reason, "DLQ refused the message; leaving it on its queue");
+                return report(
+                    incoming,
+                    step,
+                    Disposition::Retry,
+                    failed[0].reason.clone(),
+                    vec![],
+                );
+            }
+            Err(e) => {
+                error!(error = %e, "DLQ unreachable; leaving the message on its queue");
+                return report(incoming, step, Disposition::Retry, e.to_string(), vec![]);
+            }
+        }
+        error!(%reason, kind, "moved to the dead-letter queue");
+        if let Some(task_id) = task_id {
+            let why = format!("{}: {reason}", step.as_deref().unwrap_or("message"));
+            if let Err(e) = self.tasks.mark_failed(task_id, &why, Utc::now()).await {
+                warn!(error = %e, "could not mark the task failed");
+            }
+        }
+        report(
+            incoming,
+            step,
+            Disposition::DeadLettered,
+            reason.to_string(),
+            vec![],
+        )
+    }
+
+    async fn retry(
+        &self,
+        incoming: &IncomingMessage,
+        envelope: &Envelope,
+        reason: String,
+    ) -> MessageReport {
+        let seconds = self
+            .settings
+            .backoff
+            .visibility_seconds(incoming.receive_count.max(1), &mut rand::thread_rng());
+        self.retry_later(incoming, Some(envelope.step.to_string()), seconds, reason)
+            .await
+    }
+
+    async fn retry_later(
+        &self,
+        incoming: &IncomingMessage,
+        step: Option<String>,
+        seconds: i32,
+        reason: String,
+    ) -> MessageReport {
+        if let (Some(queue), Some(handle)) =
+            (&self.settings.source_queue_url, &incoming.receipt_handle)
+        {
+            if let Err(e) = self.visibility.set_visibility(queue, handle, seconds).await {
+                // The queue's own visibility timeout still delays the retry.
+                warn!(error = %e, "could not set the backoff delay");
+            }
+        }
+        report(
+            incoming,
+            step,
+            Disposition::Retry,
+            format!("{reason} (retry in {seconds}s)"),
+            vec![],
+        )
+    }
+
+    async fn release(&self, envelope: &Envelope) {
+        if let Err(e) = self.idempotency.release(&envelope.id).await {
+            // The claim then expires with the deadline; the retry waits for it.
+            warn!(error = %e, "could not release the idempotency claim");
+        }
+    }
+}
+
+fn report(
+    incoming: &IncomingMessage,
+    step: Option<String>,
+    disposition: Disposition,
+    detail: String,
+    children: Vec<String>,
+) -> MessageReport {
+    MessageReport {
+        message_id: incoming.message_id.clone(),
+        step,
+        disposition,
+        detail,
+        children,
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// The JSON a direct (console) invocation returns.
+pub fn console_response(report: &MessageReport) -> Value {
+    json!({
+        "message_id": report.message_id,
+        "step": report.step,
+        "disposition": report.disposition,
+        "detail": report.detail,
+        "children": report.children,
+    })
+}
