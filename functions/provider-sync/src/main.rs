@@ -1,1 +1,49 @@
-fn main() {}
+//! provider-sync: one binary, deployed once per provider on that provider's
+//! queue; runs the provider's driver through the shared chain runtime.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use serde_json::Value;
+use tem_shared::adapters::postgres::PgProfiles;
+use tem_shared::adapters::{s3::S3Objects, s3_client};
+use tem_shared::bootstrap::Platform;
+use tem_shared::config::Env;
+use tem_shared::lambda::{deadline, handle_event};
+use tem_shared::routing::Provider;
+use tem_shared::runtime::ChainRuntime;
+use tem_shared::sync::drivers::HttpClient;
+use tem_shared::sync::provider::ProviderSync;
+use tem_shared::telemetry;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    telemetry::init();
+    let env = Env::process();
+    let platform = Platform::connect(&env).await?;
+    let provider: Provider = env.required("PROVIDER")?.parse()?;
+    let handler = ProviderSync::new(
+        provider,
+        HttpClient::new(Duration::from_secs(env.parsed("HTTP_TIMEOUT_SECONDS", 20)?)),
+        Arc::new(PgProfiles::new(platform.pool.clone())),
+        platform.secrets.clone(),
+        Arc::new(S3Objects::new(s3_client(&platform.aws))),
+        env.required("CDR_BUCKET")?,
+        Duration::from_secs(env.parsed("POLL_DELAY_SECONDS", 60)?),
+    );
+    let runtime = ChainRuntime::new(
+        Arc::new(handler),
+        env.router(),
+        platform.queues.clone(),
+        platform.queues.clone(),
+        platform.idempotency.clone(),
+        platform.tasks.clone(),
+        env.runtime_settings()?,
+    );
+    let runtime = &runtime;
+    run(service_fn(move |event: LambdaEvent<Value>| async move {
+        handle_event(runtime, event.payload, deadline(&event.context)).await
+    }))
+    .await
+}

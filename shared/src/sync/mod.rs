@@ -4,3 +4,4 @@ pub mod drivers;
 pub mod manager;
 pub mod profile;
 pub mod provider;
+pub mod trigger;
