@@ -33,18 +33,25 @@ pub struct Platform {
 }
 
 impl Platform {
-    pub async fn connect<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, StartupError> {
+    pub async fn connect<F: Fn(&str) -> Option<String>>(
+        env: &Env<F>,
+    ) -> Result<Self, StartupError> {
         let config = PlatformConfig::from_env(env)?;
         let aws = crate::adapters::aws_config().await;
-        let secrets = Arc::new(SecretsManager::new(aws_sdk_secretsmanager::Client::new(&aws)));
+        let secrets = Arc::new(SecretsManager::new(aws_sdk_secretsmanager::Client::new(
+            &aws,
+        )));
         let database_url = match &config.database {
             DatabaseSource::Url(url) => url.clone(),
-            DatabaseSource::Secret(secret) => secrets.secret_string(secret).await.map_err(|e| {
-                StartupError::DatabaseSecret {
-                    secret: secret.clone(),
-                    reason: e.to_string(),
-                }
-            })?,
+            DatabaseSource::Secret(secret) => {
+                secrets
+                    .secret_string(secret)
+                    .await
+                    .map_err(|e| StartupError::DatabaseSecret {
+                        secret: secret.clone(),
+                        reason: e.to_string(),
+                    })?
+            }
         };
         let pool = postgres::connect(&database_url, env.parsed("DATABASE_MAX_CONNECTIONS", 2)?)
             .await
@@ -52,7 +59,11 @@ impl Platform {
         let dynamo = aws_sdk_dynamodb::Client::new(&aws);
         Ok(Self {
             queues: Arc::new(SqsQueues::new(aws_sdk_sqs::Client::new(&aws))),
-            tasks: Arc::new(DynamoTasks::new(dynamo.clone(), &config.tasks_table, config.task_ttl)),
+            tasks: Arc::new(DynamoTasks::new(
+                dynamo.clone(),
+                &config.tasks_table,
+                config.task_ttl,
+            )),
             idempotency: Arc::new(DynamoIdempotency::new(
                 dynamo,
                 &config.idempotency_table,

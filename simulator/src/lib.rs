@@ -78,7 +78,13 @@ struct Sim(Arc<Inner>);
 
 impl Sim {
     fn behaviour(&self, provider: &str) -> Behaviour {
-        self.0.behaviours.lock().unwrap().get(provider).cloned().unwrap_or_default()
+        self.0
+            .behaviours
+            .lock()
+            .unwrap()
+            .get(provider)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn hit(&self, provider: &str, endpoint: &str) {
@@ -108,7 +114,10 @@ impl Sim {
     }
 
     fn authorised(&self, headers: &HeaderMap) -> bool {
-        let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        let Some(value) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
             return false;
         };
         if let Some(token) = value.strip_prefix("Bearer ") {
@@ -173,11 +182,23 @@ async fn stats(State(sim): State<Sim>) -> Json<Value> {
     Json(json!(sim.0.hits.lock().unwrap().clone()))
 }
 
-async fn control(State(sim): State<Sim>, Path(provider): Path<String>, Json(behaviour): Json<Behaviour>) -> Response {
+async fn control(
+    State(sim): State<Sim>,
+    Path(provider): Path<String>,
+    Json(behaviour): Json<Behaviour>,
+) -> Response {
     if !PROVIDERS.contains(&provider.as_str()) {
-        return (StatusCode::NOT_FOUND, format!("unknown provider {provider}")).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            format!("unknown provider {provider}"),
+        )
+            .into_response();
     }
-    sim.0.behaviours.lock().unwrap().insert(provider, behaviour.clone());
+    sim.0
+        .behaviours
+        .lock()
+        .unwrap()
+        .insert(provider, behaviour.clone());
     Json(json!(behaviour)).into_response()
 }
 
@@ -207,7 +228,11 @@ struct RoutitRequest {
     reference: Option<String>,
 }
 
-async fn routit_request(State(sim): State<Sim>, headers: HeaderMap, Json(request): Json<RoutitRequest>) -> Response {
+async fn routit_request(
+    State(sim): State<Sim>,
+    headers: HeaderMap,
+    Json(request): Json<RoutitRequest>,
+) -> Response {
     sim.hit("routit", "request");
     let behaviour = match sim.gate("routit", &headers).await {
         Ok(b) => b,
@@ -218,7 +243,11 @@ async fn routit_request(State(sim): State<Sim>, headers: HeaderMap, Json(request
         return (StatusCode::ACCEPTED, Json(json!({ "export_id": existing }))).into_response();
     }
     let mut exports = sim.0.exports.lock().unwrap();
-    let export_id = format!("rt-{}-{}", request.period.format("%Y%m%d"), exports.len() + 1);
+    let export_id = format!(
+        "rt-{}-{}",
+        request.period.format("%Y%m%d"),
+        exports.len() + 1
+    );
     exports.insert(
         export_id.clone(),
         RoutitExport {
@@ -227,12 +256,24 @@ async fn routit_request(State(sim): State<Sim>, headers: HeaderMap, Json(request
         },
     );
     if !reference.is_empty() {
-        sim.0.references.lock().unwrap().insert(reference, export_id.clone());
+        sim.0
+            .references
+            .lock()
+            .unwrap()
+            .insert(reference, export_id.clone());
     }
-    (StatusCode::ACCEPTED, Json(json!({ "export_id": export_id }))).into_response()
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "export_id": export_id })),
+    )
+        .into_response()
 }
 
-async fn routit_status(State(sim): State<Sim>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+async fn routit_status(
+    State(sim): State<Sim>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     sim.hit("routit", "status");
     if let Err(response) = sim.gate("routit", &headers).await {
         return response;
@@ -248,7 +289,11 @@ async fn routit_status(State(sim): State<Sim>, Path(id): Path<String>, headers: 
     Json(json!({ "export_id": id, "status": "ready" })).into_response()
 }
 
-async fn routit_file(State(sim): State<Sim>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+async fn routit_file(
+    State(sim): State<Sim>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     sim.hit("routit", "download");
     let behaviour = match sim.gate("routit", &headers).await {
         Ok(b) => b,
@@ -256,7 +301,9 @@ async fn routit_file(State(sim): State<Sim>, Path(id): Path<String>, headers: He
     };
     let export = sim.0.exports.lock().unwrap().get(&id).cloned();
     match export {
-        Some(export) if export.polls_left == 0 => zip_response("routit", export.period, behaviour.rows, &id),
+        Some(export) if export.polls_left == 0 => {
+            zip_response("routit", export.period, behaviour.rows, &id)
+        }
         Some(_) => (StatusCode::CONFLICT, "export not ready").into_response(),
         None => (StatusCode::NOT_FOUND, "no such export").into_response(),
     }
@@ -294,7 +341,9 @@ fn csv(provider: &str, period: NaiveDate, rows: usize) -> String {
     let day = period.format("%d-%m-%Y");
     let compact = period.format("%Y%m%d");
     if provider == "routit" {
-        out.push_str("Datum;Tijd;Abonnee;Bestemming;Type;Richting;Duur;Volume;Kosten;Zone;Referentie\r\n");
+        out.push_str(
+            "Datum;Tijd;Abonnee;Bestemming;Type;Richting;Duur;Volume;Kosten;Zone;Referentie\r\n",
+        );
         for i in 0..rows {
             let (h, m, s) = ((i / 60) % 24, i % 60, (i * 7) % 60);
             out.push_str(&format!(
@@ -336,7 +385,8 @@ fn decode_basic_password(encoded: &str) -> Option<String> {
         }
     }
     let text = String::from_utf8(bytes).ok()?;
-    text.split_once(':').map(|(_, password)| password.to_string())
+    text.split_once(':')
+        .map(|(_, password)| password.to_string())
 }
 
 #[cfg(test)]
@@ -359,7 +409,10 @@ mod tests {
     #[test]
     fn basic_auth_passwords_decode() {
         // "user:sim-token"
-        assert_eq!(decode_basic_password("dXNlcjpzaW0tdG9rZW4=").as_deref(), Some("sim-token"));
+        assert_eq!(
+            decode_basic_password("dXNlcjpzaW0tdG9rZW4=").as_deref(),
+            Some("sim-token")
+        );
         assert_eq!(decode_basic_password("!!!"), None);
     }
 }

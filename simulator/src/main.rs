@@ -3,7 +3,10 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:0".into()).parse()?;
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:0".into())
+        .parse()?;
     let token = std::env::var("SIM_TOKEN").unwrap_or_else(|_| "sim-token".into());
     let handle = provider_sim::start(addr, &token).await?;
     println!("{}", handle.addr);

@@ -1,1 +1,4 @@
+//! Support for the integration tests: per-test PostgreSQL databases, the
+//! emulator stack, and the template rules.
 
+pub mod template;

@@ -30,7 +30,12 @@ async fn main() -> Result<(), Error> {
     run(service_fn(move |event: LambdaEvent<Value>| async move {
         let trigger = Trigger::from_event(&event.payload, || event.context.request_id.clone())?;
         let summary = manager
-            .run(&trigger.selection, &trigger.run_key, trigger.kind, chrono::Utc::now())
+            .run(
+                &trigger.selection,
+                &trigger.run_key,
+                trigger.kind,
+                chrono::Utc::now(),
+            )
             .await?;
         Ok::<Value, Error>(serde_json::to_value(summary)?)
     }))

@@ -19,7 +19,10 @@ pub struct Trigger {
 pub struct TriggerError(String);
 
 impl Trigger {
-    pub fn from_event(event: &Value, fresh_id: impl FnOnce() -> String) -> Result<Self, TriggerError> {
+    pub fn from_event(
+        event: &Value,
+        fresh_id: impl FnOnce() -> String,
+    ) -> Result<Self, TriggerError> {
         let object = event
             .as_object()
             .ok_or_else(|| TriggerError("the event must be a JSON object".into()))?;
@@ -42,7 +45,9 @@ impl Trigger {
         }
         let selection = match (object.get("profile_ids"), object.get("providers")) {
             (Some(_), Some(_)) => {
-                return Err(TriggerError("give profile_ids or providers, not both".into()))
+                return Err(TriggerError(
+                    "give profile_ids or providers, not both".into(),
+                ))
             }
             (Some(ids), None) => ProfileSelection::Ids(
                 ids.as_array()
@@ -52,7 +57,11 @@ impl Trigger {
             (None, Some(providers)) => ProfileSelection::Providers(
                 providers
                     .as_array()
-                    .and_then(|p| p.iter().map(|v| v.as_str().map(str::to_string)).collect::<Option<Vec<_>>>())
+                    .and_then(|p| {
+                        p.iter()
+                            .map(|v| v.as_str().map(str::to_string))
+                            .collect::<Option<Vec<_>>>()
+                    })
                     .ok_or_else(|| TriggerError("providers must be a list of names".into()))?,
             ),
             (None, None) => ProfileSelection::All,
@@ -80,7 +89,9 @@ mod tests {
 
     #[test]
     fn a_schedule_event_syncs_all_profiles_keyed_by_its_event_id() {
-        let t = parse(json!({"id": "ev-1", "detail-type": "Scheduled Event", "source": "aws.events"})).unwrap();
+        let t =
+            parse(json!({"id": "ev-1", "detail-type": "Scheduled Event", "source": "aws.events"}))
+                .unwrap();
         assert_eq!(t.selection, ProfileSelection::All);
         assert_eq!(t.run_key, "schedule:ev-1");
         assert_eq!(t.kind, "schedule");
@@ -88,18 +99,30 @@ mod tests {
 
     #[test]
     fn the_console_can_name_profiles_or_providers() {
-        assert_eq!(parse(json!({"profile_ids": [3, 4]})).unwrap().selection, ProfileSelection::Ids(vec![3, 4]));
+        assert_eq!(
+            parse(json!({"profile_ids": [3, 4]})).unwrap().selection,
+            ProfileSelection::Ids(vec![3, 4])
+        );
         assert_eq!(
             parse(json!({"providers": ["routit"]})).unwrap().selection,
             ProfileSelection::Providers(vec!["routit".into()])
         );
         let all = parse(json!({})).unwrap();
-        assert_eq!((all.selection, all.run_key.as_str()), (ProfileSelection::All, "console:fresh"));
+        assert_eq!(
+            (all.selection, all.run_key.as_str()),
+            (ProfileSelection::All, "console:fresh")
+        );
     }
 
     #[test]
     fn bad_console_input_says_what_to_send() {
-        for bad in [json!([1]), json!({"profile_ids": ["x"]}), json!({"providers": 3}), json!({"profile_id": 1}), json!({"profile_ids": [1], "providers": ["a"]})] {
+        for bad in [
+            json!([1]),
+            json!({"profile_ids": ["x"]}),
+            json!({"providers": 3}),
+            json!({"profile_id": 1}),
+            json!({"profile_ids": [1], "providers": ["a"]}),
+        ] {
             let err = parse(bad.clone()).unwrap_err();
             assert!(err.to_string().contains("profile_ids"), "{bad}: {err}");
         }
