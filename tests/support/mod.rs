@@ -1,4 +1,5 @@
 //! Support for the integration tests: per-test PostgreSQL databases, the
 //! emulator stack, and the template rules.
 
+pub mod db;
 pub mod template;

@@ -1,0 +1,75 @@
+//! One fresh PostgreSQL database per test, migrated with the project's
+//! migrations. Databases are named `tem_test_*`; `.ci/run` drops leftovers.
+
+use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::{ConnectOptions, Connection};
+use std::str::FromStr;
+
+pub fn server_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub struct TestDb {
+    pub pool: PgPool,
+    pub url: String,
+    pub name: String,
+}
+
+pub async fn fresh() -> TestDb {
+    let server =
+        PgConnectOptions::from_str(&server_url()).expect("DATABASE_URL is a PostgreSQL URL");
+    let name = format!("tem_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = server.clone().database("postgres").connect().await.expect(
+        "PostgreSQL is reachable at DATABASE_URL (default postgres://postgres@127.0.0.1:5432)",
+    );
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database");
+    admin.close().await.ok();
+    let options = server.database(&name);
+    let url = options.to_url_lossy().to_string();
+    let pool = PgPool::connect_with(options)
+        .await
+        .expect("connect to the test database");
+    tem_shared::adapters::postgres::MIGRATOR
+        .run(&pool)
+        .await
+        .expect("migrations apply to an empty database");
+    TestDb { pool, url, name }
+}
+
+/// Inserts a sync profile and returns its id.
+pub async fn insert_profile(
+    pool: &PgPool,
+    provider: &str,
+    base_url: &str,
+    secret: &str,
+    active: bool,
+    first_period: &str,
+    watermark: Option<&str>,
+) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO sync_profile (name, provider, base_url, credentials_secret, active, first_period, watermark_period)
+         VALUES ($1, $2, $3, $4, $5, $6::date, $7::date) RETURNING id",
+    )
+    .bind(format!("{provider} account"))
+    .bind(provider)
+    .bind(base_url)
+    .bind(secret)
+    .bind(active)
+    .bind(first_period)
+    .bind(watermark)
+    .fetch_one(pool)
+    .await
+    .expect("insert sync profile")
+}
+
+pub async fn watermark(pool: &PgPool, profile_id: i64) -> Option<chrono::NaiveDate> {
+    sqlx::query_scalar("SELECT watermark_period FROM sync_profile WHERE id = $1")
+        .bind(profile_id)
+        .fetch_one(pool)
+        .await
+        .expect("read watermark")
+}
