@@ -74,3 +74,54 @@ pub async fn handle_event(
         .into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Envelope, Step};
+    use crate::sync::profile::ProfileSelection;
+    use crate::sync::trigger::Trigger;
+
+    // The console and trigger events in events/ double as fixtures.
+    const SQS_EVENT: &str = include_str!("../../events/provider-sync/sqs-sync-profile.json");
+    const CONSOLE_ENVELOPE: &str = include_str!("../../events/provider-sync/console-envelope.json");
+    const SCHEDULE: &str = include_str!("../../events/sync-manager/schedule.json");
+    const BY_PROFILE: &str = include_str!("../../events/sync-manager/console-profiles.json");
+    const BY_PROVIDER: &str = include_str!("../../events/sync-manager/console-providers.json");
+
+    #[test]
+    fn the_sample_sqs_event_carries_a_valid_envelope_and_its_receive_count() {
+        let event: SqsEvent = serde_json::from_str(SQS_EVENT).unwrap();
+        let messages = incoming(event);
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].receive_count, 1);
+        assert!(messages[0].receipt_handle.is_some());
+        let envelope = Envelope::parse(&messages[0].body).unwrap();
+        assert_eq!(envelope.step, Step::SyncProfile);
+        assert_eq!(envelope.payload["provider"], "routit");
+    }
+
+    #[test]
+    fn the_sample_console_envelope_is_valid() {
+        assert_eq!(
+            Envelope::parse(CONSOLE_ENVELOPE).unwrap().step,
+            Step::SyncProfile
+        );
+    }
+
+    #[test]
+    fn the_sample_sync_manager_events_parse_as_their_triggers() {
+        let parse = |s: &str| {
+            Trigger::from_event(&serde_json::from_str(s).unwrap(), || "x".into()).unwrap()
+        };
+        assert_eq!(parse(SCHEDULE).kind, "schedule");
+        assert_eq!(
+            parse(BY_PROFILE).selection,
+            ProfileSelection::Ids(vec![1, 2])
+        );
+        assert_eq!(
+            parse(BY_PROVIDER).selection,
+            ProfileSelection::Providers(vec!["routit".into(), "t_mobile".into()])
+        );
+    }
+}
