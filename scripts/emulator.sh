@@ -10,9 +10,10 @@
 #
 # start is idempotent: if the emulator recorded in .emulator/ is alive and
 # healthy it is left alone (use restart to pick up a changed environment).
-# The emulator inherits the caller's environment (DATABASE_URL and anything
-# else), and Lambda function processes inherit the emulator's, so whatever is
-# exported when `start` runs is visible to the functions.
+# Lambda function processes inherit the emulator's environment. DATABASE_URL
+# is removed from it on purpose: deployed functions read their database URL
+# from Secrets Manager ({SecretsPrefix}/database), as on AWS, so each stack
+# (each test) can have its own database.
 #
 # Tunables (environment): EMULATOR_REGION (default eu-west-1),
 # EMULATOR_PORT (default: a free port), EMULATOR_START_TIMEOUT (seconds, 60),
@@ -77,15 +78,15 @@ is_up() {
 write_env() { # port
   local url="http://127.0.0.1:$1"
   cat >"$STATE/env.tmp" <<EOF
-# Written by scripts/emulator.sh start; source this file.
+# Written by scripts/emulator.sh start; source it. Only 'export KEY=VALUE' lines follow.
 export AWS_ENDPOINT_URL=$url
 export AWS_ACCESS_KEY_ID=test
 export AWS_SECRET_ACCESS_KEY=test
-unset AWS_SESSION_TOKEN AWS_PROFILE
 export AWS_DEFAULT_REGION=$REGION
 export AWS_REGION=$REGION
 export AWS_EC2_METADATA_DISABLED=true
 export EMULATOR_PORT=$1
+export EMULATOR_PID=$(cat "$STATE/pid")
 export EMULATOR_LOG=$STATE/ministack.log
 export EMULATOR_VENV=$VENV
 EOF
@@ -102,12 +103,26 @@ start() {
   fi
   # A recorded process that is alive but unhealthy (or stale state): clear it.
   stop_quiet
-  local port="${EMULATOR_PORT:-}"
-  [[ -n "$port" ]] || port="$(free_port)"
+  local attempt
+  for attempt in 1 2 3; do
+    # A free port is picked, then bound by MiniStack: retry if another process
+    # grabbed it in between (only when the port was not fixed by the caller).
+    if launch "${EMULATOR_PORT:-$(free_port)}"; then
+      cat "$STATE/env"
+      return 0
+    fi
+    [[ -z "${EMULATOR_PORT:-}" ]] || break
+  done
+  return 1
+}
+
+launch() { # port
+  local port="$1"
   local url="http://127.0.0.1:$port"
   # setsid: own process group, so stop can also end the Lambda bootstrap
   # processes it spawns. Foreground mode (not --detach) so the pid is ours.
   # TMPDIR: MiniStack's pid file and extracted function code live there.
+  # 9>&-: do not hand the start/stop lock to the long-lived server.
   mkdir -p "$STATE/tmp"
   (
     cd "$STATE"
@@ -116,8 +131,8 @@ start() {
       AWS_DEFAULT_REGION="$REGION" AWS_REGION="$REGION" MINISTACK_REGION="$REGION" \
       AWS_EC2_METADATA_DISABLED=true TMPDIR="$STATE/tmp" \
       PATH="$VENV/bin:$PATH"
-    unset AWS_SESSION_TOKEN AWS_PROFILE
-    exec setsid "$VENV/bin/ministack" </dev/null >"$STATE/ministack.log" 2>&1
+    unset AWS_SESSION_TOKEN AWS_PROFILE DATABASE_URL
+    exec setsid "$VENV/bin/ministack" </dev/null >"$STATE/ministack.log" 2>&1 9>&-
   ) &
   local pid=$!
   echo "$pid" >"$STATE/pid"
@@ -140,7 +155,6 @@ start() {
   done
   write_env "$port"
   log "MiniStack pid $pid on $url (log $STATE/ministack.log)"
-  cat "$STATE/env"
 }
 
 stop_quiet() {
@@ -168,10 +182,16 @@ stop() {
   stop_quiet
 }
 
+lock() { # serialise concurrent start/stop calls (e.g. parallel test binaries)
+  mkdir -p "$STATE"
+  exec 9>"$STATE/lock"
+  flock 9
+}
+
 case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
-  restart) stop; start ;;
+  start) lock; start ;;
+  stop) lock; stop ;;
+  restart) lock; stop; start ;;
   status)
     if is_up; then
       log "running (pid $(cat "$STATE/pid"), port $(cat "$STATE/port"))"
@@ -180,7 +200,7 @@ case "${1:-}" in
     fi ;;
   env)
     if is_up; then cat "$STATE/env"; else log "not running (run: $0 start)"; exit 1; fi ;;
-  venv) ensure_venv ;;
+  venv) lock; ensure_venv ;;
   *)
     echo "usage: $0 {start|stop|restart|status|env|venv}" >&2
     exit 2 ;;
