@@ -1,0 +1,133 @@
+//! `local-run`: the main job, locally. Starts the emulator, deploys the
+//! template, seeds demo profiles against the carrier simulator, runs one
+//! master-sync cycle, and prints the tasks and what landed in S3.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use tem_local::demo;
+use tem_local::deployment::{wait_for, Deployment};
+use tem_local::emulator::Emulator;
+use tem_shared::ports::TaskStore;
+
+const STACK: &str = "tem-local";
+const TOKEN: &str = "local-sim-token";
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let database_url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/tem_local".into());
+    println!("==> emulator");
+    let emulator = Emulator::start()?;
+    println!("    {}", emulator.endpoint);
+    println!("==> database {database_url}");
+    let pool = demo::prepare_database(&database_url)
+        .await
+        .context("prepare the database (is PostgreSQL running?)")?;
+    println!("==> carrier simulator");
+    let simulator = provider_sim::start("127.0.0.1:0".parse()?, TOKEN).await?;
+    println!("    http://{}", simulator.addr);
+    println!("==> build and deploy infra/template.yaml as stack {STACK}");
+    let params = [
+        ("ScheduleEnabled", "false".to_string()),
+        ("PollDelaySeconds", "2".to_string()),
+        ("BackoffBaseSeconds", "2".to_string()),
+    ];
+    let deployment = Deployment::create(&emulator, STACK, &database_url, pool, &params).await?;
+    let period = chrono::Utc::now().date_naive() - chrono::Duration::days(1);
+    let profiles = demo::seed(
+        &deployment,
+        &format!("http://{}", simulator.addr),
+        TOKEN,
+        period,
+    )
+    .await?;
+    // Routit prepares its export for a while: show the polling.
+    simulator_control(
+        &format!("http://{}/_control/routit", simulator.addr),
+        json!({"not_ready_polls": 2}),
+    )
+    .await?;
+    println!(
+        "    {} active demo profiles, period {period}",
+        profiles.len()
+    );
+
+    println!("==> one master-sync cycle (the schedule's event)");
+    let event = json!({
+        "version": "0", "id": uuid::Uuid::new_v4().to_string(), "detail-type": "Scheduled Event",
+        "source": "aws.events", "time": chrono::Utc::now(), "detail": {}
+    });
+    let answer = deployment.invoke("SyncManagerFunctionName", &event).await?;
+    if let Some(error) = answer.error {
+        anyhow::bail!("sync-manager failed ({error}): {}", answer.payload);
+    }
+    let sent = answer.payload["sent"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    println!(
+        "    sent {}, skipped {}, failures {}",
+        sent.len(),
+        answer.payload["skipped"].as_array().map_or(0, Vec::len),
+        answer.payload["failures"].as_array().map_or(0, Vec::len)
+    );
+    for skip in answer.payload["skipped"].as_array().into_iter().flatten() {
+        println!(
+            "    skipped profile {}: {}",
+            skip["profile_id"], skip["reason"]
+        );
+    }
+
+    let tasks = deployment.tasks();
+    let task_ids: Vec<String> = sent
+        .iter()
+        .filter_map(|s| s["task_id"].as_str().map(str::to_string))
+        .collect();
+    let finished = wait_for("every task to finish", Duration::from_secs(120), || async {
+        let mut all = Vec::new();
+        for id in &task_ids {
+            match tasks.get(id).await? {
+                Some(task) if task.status.is_finished() => all.push(task),
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(all))
+    })
+    .await?;
+
+    println!("==> sync tasks");
+    println!(
+        "    {:<34} {:<10} {:>7} {:<10} {:<10} error",
+        "task", "provider", "profile", "period", "status"
+    );
+    for task in &finished {
+        println!(
+            "    {:<34} {:<10} {:>7} {:<10} {:<10} {}",
+            task.task_id,
+            task.provider,
+            task.profile_id,
+            task.period,
+            task.status,
+            task.error.as_deref().unwrap_or("")
+        );
+    }
+    println!("==> s3://{}/inbox/", deployment.output("CdrBucketName"));
+    for (key, size) in deployment.objects("inbox/").await? {
+        println!("    {key}  ({size} bytes)");
+    }
+    println!("The emulator keeps running (scripts/emulator.sh stop ends it).");
+    Ok(())
+}
+
+/// Sets a simulator behaviour (see provider_sim::Behaviour).
+async fn simulator_control(url: &str, body: serde_json::Value) -> Result<()> {
+    reqwest::Client::new()
+        .put(url)
+        .json(&body)
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(())
+}

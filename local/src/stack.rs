@@ -1,0 +1,232 @@
+//! Deploying infra/template.yaml into the emulator, as `sam deploy` would
+//! into AWS: package (upload the function zips), then deploy.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::emulator::{repo_root, Emulator};
+
+const ARTIFACT_BUCKET: &str = "tem-artifacts";
+
+/// Builds the function zips once per process.
+pub fn build_functions() -> Result<()> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let output = std::process::Command::new("bash")
+                .arg(repo_root().join("scripts/build.sh"))
+                .output()
+                .map_err(|e| e.to_string())?;
+            if output.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&output.stderr).into_owned())
+            }
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!("scripts/build.sh failed:\n{e}"))
+}
+
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub name: String,
+    pub outputs: BTreeMap<String, String>,
+    pub emulator: Emulator,
+}
+
+impl Stack {
+    /// Deploys (or updates) the stack `name` with parameter overrides.
+    pub async fn deploy(
+        emulator: &Emulator,
+        name: &str,
+        parameters: &[(&str, String)],
+    ) -> Result<Stack> {
+        build_functions()?;
+        let config = emulator.sdk_config().await;
+        ensure_artifact_bucket(&tem_shared::adapters::s3_client(&config), &emulator.region).await?;
+        let emulator = emulator.clone();
+        let name = name.to_string();
+        let parameters: Vec<String> = parameters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        tokio::task::spawn_blocking(move || deploy_blocking(&emulator, &name, &parameters))
+            .await
+            .context("deploy task")?
+    }
+
+    pub fn output(&self, key: &str) -> &str {
+        self.outputs
+            .get(key)
+            .unwrap_or_else(|| panic!("stack {} has no output {key}", self.name))
+    }
+
+    /// Deletes the functions first (that stops their warm processes), then the stack.
+    pub async fn delete(&self) -> Result<()> {
+        let lambda = aws_sdk_lambda::Client::new(&self.emulator.sdk_config().await);
+        for (key, function) in &self.outputs {
+            if key.ends_with("FunctionName") {
+                let _ = lambda
+                    .delete_function()
+                    .function_name(function)
+                    .send()
+                    .await;
+            }
+        }
+        let status = self
+            .emulator
+            .aws_cli()
+            .args(["cloudformation", "delete-stack", "--stack-name", &self.name])
+            .status()?;
+        if !status.success() {
+            bail!("delete-stack {} failed", self.name);
+        }
+        Ok(())
+    }
+}
+
+async fn ensure_artifact_bucket(s3: &aws_sdk_s3::Client, region: &str) -> Result<()> {
+    if s3
+        .head_bucket()
+        .bucket(ARTIFACT_BUCKET)
+        .send()
+        .await
+        .is_ok()
+    {
+        return Ok(());
+    }
+    let mut create = s3.create_bucket().bucket(ARTIFACT_BUCKET);
+    if region != "us-east-1" {
+        create = create.create_bucket_configuration(
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(region))
+                .build(),
+        );
+    }
+    match create.send().await {
+        Ok(_) => Ok(()),
+        // A concurrent deploy created it first.
+        Err(e)
+            if s3
+                .head_bucket()
+                .bucket(ARTIFACT_BUCKET)
+                .send()
+                .await
+                .is_ok() =>
+        {
+            let _ = e;
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!(aws_sdk_s3::error::DisplayErrorContext(e)))
+            .context("create the artifact bucket"),
+    }
+}
+
+fn run(emulator: &Emulator, args: &[&str]) -> Result<String> {
+    let output = emulator
+        .aws_cli()
+        .args(args)
+        .output()
+        .context("run the aws cli from .venv")?;
+    if !output.status.success() {
+        bail!(
+            "aws {} failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn deploy_blocking(emulator: &Emulator, name: &str, parameters: &[String]) -> Result<Stack> {
+    let template = repo_root().join("infra/template.yaml");
+    let packaged = std::env::temp_dir().join(format!("tem-packaged-{name}.yaml"));
+    run(
+        emulator,
+        &[
+            "cloudformation",
+            "package",
+            "--template-file",
+            template.to_str().context("template path is UTF-8")?,
+            "--s3-bucket",
+            ARTIFACT_BUCKET,
+            "--s3-prefix",
+            name,
+            "--output-template-file",
+            packaged.to_str().context("temp path is UTF-8")?,
+        ],
+    )?;
+    let mut args = vec![
+        "cloudformation",
+        "deploy",
+        "--template-file",
+        packaged.to_str().unwrap_or_default(),
+        "--stack-name",
+        name,
+        "--capabilities",
+        "CAPABILITY_IAM",
+        "CAPABILITY_AUTO_EXPAND",
+        "--no-fail-on-empty-changeset",
+    ];
+    if !parameters.is_empty() {
+        args.push("--parameter-overrides");
+        args.extend(parameters.iter().map(String::as_str));
+    }
+    if let Err(e) = run(emulator, &args) {
+        let events = run(
+            emulator,
+            &[
+                "cloudformation",
+                "describe-stack-events",
+                "--stack-name",
+                name,
+                "--output",
+                "json",
+            ],
+        )
+        .unwrap_or_default();
+        let failures: Vec<String> = serde_json::from_str::<Value>(&events)
+            .ok()
+            .and_then(|v| v["StackEvents"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| {
+                e["ResourceStatus"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("FAILED"))
+            })
+            .map(|e| format!("{}: {}", e["LogicalResourceId"], e["ResourceStatusReason"]))
+            .collect();
+        bail!("{e}\nfailed resources:\n{}", failures.join("\n"));
+    }
+    let described = run(
+        emulator,
+        &[
+            "cloudformation",
+            "describe-stacks",
+            "--stack-name",
+            name,
+            "--output",
+            "json",
+        ],
+    )?;
+    let value: Value =
+        serde_json::from_str(&described).context("describe-stacks output is JSON")?;
+    let outputs = value["Stacks"][0]["Outputs"]
+        .as_array()
+        .context("the stack has outputs")?
+        .iter()
+        .filter_map(|o| {
+            Some((
+                o["OutputKey"].as_str()?.to_string(),
+                o["OutputValue"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    Ok(Stack {
+        name: name.to_string(),
+        outputs,
+        emulator: emulator.clone(),
+    })
+}
