@@ -256,7 +256,12 @@ impl ChainRuntime {
                 );
             }
             Ok(Claim::InProgress { expires_at }) => {
-                let wait = (expires_at - now).num_seconds().clamp(1, 900) as i32;
+                // Come back after a backoff, or when the claim expires if sooner.
+                let backoff = self
+                    .settings
+                    .backoff
+                    .visibility_seconds(incoming.receive_count.max(1), &mut rand::thread_rng());
+                let wait = ((expires_at - now).num_seconds().clamp(1, 900) as i32).min(backoff);
                 info!(%expires_at, "another invocation is processing this message; retrying later");
                 return self
                     .retry_later(incoming, Some(step), wait, "in progress elsewhere".into())

@@ -20,8 +20,10 @@ pub fn init() {
         builder
             .json()
             .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .with_current_span(false)
+            // Every enclosing span, so each line has the step span's task
+            // id, message id, step and provider.
+            .with_span_list(true)
             .try_init()
     } else {
         builder.with_ansi(false).try_init()

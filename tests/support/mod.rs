@@ -2,4 +2,5 @@
 //! emulator stack, and the template rules.
 
 pub mod db;
+pub mod stack;
 pub mod template;

@@ -1,0 +1,410 @@
+//! The master sync and chain execution, end to end: the SAM template
+//! deployed into the emulator, the real function binaries on their queues,
+//! PostgreSQL, and the carrier simulator.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{json, Value};
+use tem_local::deployment::wait_for;
+use tem_shared::envelope::{Envelope, Step};
+use tem_shared::ports::TaskStore;
+use tem_shared::tasks::{NewTask, TaskStatus};
+use tem_tests::stack::{deploy, sent_task, yesterday};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+fn ids(list: &Value) -> Vec<i64> {
+    let mut ids: Vec<i64> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["profile_id"].as_i64())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_template_deploys_every_function_queue_table_and_the_bucket() {
+    let stack = deploy().await;
+    let d = &stack.deployment;
+    let functions: Vec<String> = d
+        .clients
+        .lambda
+        .list_functions()
+        .send()
+        .await
+        .unwrap()
+        .functions()
+        .iter()
+        .filter_map(|f| f.function_name().map(str::to_string))
+        .collect();
+    for key in [
+        "SyncManagerFunctionName",
+        "KpnSp16SyncFunctionName",
+        "KpnEenSyncFunctionName",
+        "VodafoneSyncFunctionName",
+        "TMobileSyncFunctionName",
+        "RoutitSyncFunctionName",
+        "YielderSyncFunctionName",
+        "TelfortSyncFunctionName",
+    ] {
+        assert!(
+            functions.contains(&d.output(key).to_string()),
+            "{key} not deployed"
+        );
+    }
+    for queue in [
+        "RoutitQueueUrl",
+        "RoutitDlqUrl",
+        "ImportQueueUrl",
+        "ImportDlqUrl",
+    ] {
+        assert!(d.output(queue).starts_with("http"), "{queue}");
+    }
+    assert!(d.objects("inbox/").await.unwrap().is_empty());
+    stack.finish().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schedule_tick_sends_each_active_profile_exactly_one_sync_profile() {
+    let stack = deploy().await;
+    let period = yesterday();
+    let start = period.to_string();
+    let routit = stack.profile("routit", true, &start, None).await;
+    let t_mobile = stack.profile("t_mobile", true, &start, None).await;
+    let inactive = stack.profile("vodafone", false, &start, None).await;
+    let busy = stack.profile("kpn_een", true, &start, None).await;
+    let unknown = stack.profile("ben", true, &start, None).await;
+    // kpn_een's previous task is still running.
+    let tasks = stack.deployment.tasks();
+    let running = NewTask {
+        task_id: "earlier-run".into(),
+        profile_id: busy,
+        provider: "kpn_een".into(),
+        period,
+        created_at: Utc::now(),
+    };
+    tasks.create(&running, None).await.unwrap();
+    tasks.mark_running("earlier-run", Utc::now()).await.unwrap();
+
+    let summary = stack.schedule_tick("tick-1").await;
+
+    assert_eq!(ids(&summary["sent"]), vec![routit, t_mobile], "{summary}");
+    assert_eq!(ids(&summary["skipped"]), vec![busy], "{summary}");
+    assert!(summary["skipped"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("earlier-run"));
+    assert_eq!(ids(&summary["failures"]), vec![unknown], "{summary}");
+    assert!(summary["failures"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("unknown provider"));
+    for profile in [routit, t_mobile] {
+        let task = stack
+            .finished_task(&sent_task(&summary, profile), TIMEOUT)
+            .await;
+        assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+        assert_eq!(stack.watermark(profile).await, Some(period));
+    }
+    // Exactly one export per active profile, none for the others.
+    assert_eq!(stack.sim_hits("t_mobile:export").await, 1);
+    assert_eq!(stack.sim_hits("routit:request").await, 1);
+    assert_eq!(stack.sim_hits("routit:download").await, 1);
+    assert_eq!(stack.sim_hits("vodafone:export").await, 0);
+    assert_eq!(stack.sim_hits("kpn_een:export").await, 0);
+    let objects = stack.deployment.objects("inbox/").await.unwrap();
+    assert_eq!(objects.len(), 2, "{objects:?}");
+    assert!(objects[0]
+        .0
+        .starts_with(&format!("inbox/routit/{routit}/{period}/")));
+    assert_eq!(
+        objects[1].0,
+        format!("inbox/t_mobile/{t_mobile}/{period}/t_mobile-{period}.zip")
+    );
+    assert_eq!(stack.watermark(inactive).await, None);
+
+    // The run is recorded, so a missed run can be detected.
+    let (seen, sent, skipped, failures): (i32, i32, i32, i32) =
+        sqlx::query_as("SELECT profiles_seen, sent, skipped, failures FROM sync_run")
+            .fetch_one(&stack.db.pool)
+            .await
+            .unwrap();
+    assert_eq!((seen, sent, skipped, failures), (4, 2, 1, 1));
+    stack.finish().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_provider_ends_in_its_dlq_after_the_retries_while_the_others_complete() {
+    let stack = deploy().await;
+    let start = yesterday().to_string();
+    let failing = stack.profile("t_mobile", true, &start, None).await;
+    let healthy = stack.profile("kpn_sp16", true, &start, None).await;
+    stack
+        .sim_behaviour("t_mobile", json!({"fail_with": 503}))
+        .await;
+
+    let summary = stack.schedule_tick("tick-fail").await;
+
+    let ok = stack
+        .finished_task(&sent_task(&summary, healthy), TIMEOUT)
+        .await;
+    assert_eq!(ok.status, TaskStatus::Completed);
+    let failed = stack
+        .finished_task(&sent_task(&summary, failing), TIMEOUT)
+        .await;
+    assert_eq!(failed.status, TaskStatus::Failed);
+    assert!(
+        failed.error.as_deref().unwrap().contains("503"),
+        "{failed:?}"
+    );
+
+    let dead = stack.deployment.drain("TMobileDlqUrl").await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let attributes = &dead[0].attributes;
+    assert_eq!(attributes["tem-attempts"], "5");
+    assert_eq!(attributes["tem-error-kind"], "retries_exhausted");
+    assert!(attributes["tem-error"].contains("503"), "{attributes:?}");
+    assert!(attributes["tem-failed-at"]
+        .parse::<chrono::DateTime<Utc>>()
+        .is_ok());
+    assert_eq!(
+        Envelope::parse(&dead[0].body).unwrap().step,
+        Step::SyncProfile
+    );
+    assert_eq!(stack.sim_hits("t_mobile:export").await, 5);
+    assert_eq!(stack.watermark(failing).await, None);
+    stack.finish().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_routit_chain_requests_polls_until_ready_downloads_and_completes_only_after_the_last_step(
+) {
+    let stack = deploy().await;
+    let period = yesterday();
+    let routit = stack
+        .profile("routit", true, &period.to_string(), None)
+        .await;
+    stack
+        .sim_behaviour("routit", json!({"not_ready_polls": 3}))
+        .await;
+
+    let summary = stack.schedule_tick("tick-routit").await;
+    let task_id = sent_task(&summary, routit);
+
+    // While the export is not ready, the chain is under way: the task runs
+    // and nothing has landed.
+    wait_for("the first status poll", TIMEOUT, || async {
+        Ok((stack.sim_hits("routit:status").await >= 1).then_some(()))
+    })
+    .await
+    .unwrap();
+    let midway = stack.task(&task_id).await.unwrap();
+    assert_eq!(midway.status, TaskStatus::Running);
+    assert_eq!(midway.outstanding, 1);
+    assert_eq!(stack.sim_hits("routit:download").await, 0);
+    assert!(stack
+        .deployment
+        .objects("inbox/routit/")
+        .await
+        .unwrap()
+        .is_empty());
+
+    let done = stack.finished_task(&task_id, TIMEOUT).await;
+    assert_eq!(done.status, TaskStatus::Completed, "{done:?}");
+    assert_eq!(done.outstanding, 0);
+    // Request once, 3 x pending + 1 x ready, download once.
+    assert_eq!(stack.sim_hits("routit:request").await, 1);
+    assert_eq!(stack.sim_hits("routit:status").await, 4);
+    assert_eq!(stack.sim_hits("routit:download").await, 1);
+    let objects = stack.deployment.objects("inbox/routit/").await.unwrap();
+    assert_eq!(objects.len(), 1);
+    let key = &objects[0].0;
+    assert!(
+        key.starts_with(&format!("inbox/routit/{routit}/{period}/rt-")) && key.ends_with(".zip"),
+        "{key}"
+    );
+    assert_eq!(stack.watermark(routit).await, Some(period));
+    stack.finish().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_message_delivered_twice_gives_the_same_final_state_as_once() {
+    let stack = deploy().await;
+    let period = yesterday();
+    let routit = stack
+        .profile("routit", true, &period.to_string(), None)
+        .await;
+    let t_mobile = stack
+        .profile("t_mobile", true, &period.to_string(), None)
+        .await;
+    let by_hand = stack
+        .profile("yielder", false, &period.to_string(), None)
+        .await;
+
+    // The schedule's event delivered twice.
+    let first = stack.schedule_tick("tick-twice").await;
+    let second = stack.schedule_tick("tick-twice").await;
+    assert_eq!(
+        first["sent"], second["sent"],
+        "the same tasks and message ids"
+    );
+
+    // A SyncProfile sent twice on purpose to the provider's queue.
+    let task = NewTask {
+        task_id: "by-hand".into(),
+        profile_id: by_hand,
+        provider: "yielder".into(),
+        period,
+        created_at: Utc::now(),
+    };
+    stack.deployment.tasks().create(&task, None).await.unwrap();
+    let envelope = Envelope::root(
+        "by-hand-sync",
+        Step::SyncProfile,
+        json!({"provider": "yielder", "profile_id": by_hand, "period": period}),
+        vec![],
+        Some("by-hand".into()),
+        Utc::now(),
+    );
+    for _ in 0..2 {
+        stack
+            .deployment
+            .send_raw("YielderQueueUrl", &envelope.to_body())
+            .await
+            .unwrap();
+    }
+
+    for task_id in [
+        sent_task(&first, routit),
+        sent_task(&first, t_mobile),
+        "by-hand".to_string(),
+    ] {
+        let task = stack.finished_task(&task_id, TIMEOUT).await;
+        assert_eq!(
+            (task.status, task.outstanding),
+            (TaskStatus::Completed, 0),
+            "{task:?}"
+        );
+    }
+    // Let any straggling duplicate be processed before counting.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(stack.sim_hits("routit:request").await, 1);
+    assert_eq!(stack.sim_hits("routit:download").await, 1);
+    assert_eq!(stack.sim_hits("t_mobile:export").await, 1);
+    assert_eq!(stack.sim_hits("yielder:export").await, 1);
+    assert_eq!(stack.deployment.objects("inbox/").await.unwrap().len(), 3);
+    for profile in [routit, t_mobile, by_hand] {
+        assert_eq!(stack.watermark(profile).await, Some(period));
+    }
+    let (runs, deliveries): (i64, i32) =
+        sqlx::query_as("SELECT count(*) OVER (), deliveries FROM sync_run")
+            .fetch_one(&stack.db.pool)
+            .await
+            .unwrap();
+    assert_eq!((runs, deliveries), (1, 2));
+    stack.finish().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_body_and_an_unknown_step_go_straight_to_the_dlq_with_the_reason() {
+    let stack = deploy().await;
+    let mut unknown = serde_json::to_value(Envelope::root(
+        "rocket-1",
+        Step::SyncProfile,
+        json!({"provider": "routit", "profile_id": 1, "period": "2025-01-01"}),
+        vec![],
+        None,
+        Utc::now(),
+    ))
+    .unwrap();
+    unknown["step"] = json!("LaunchRocket");
+    stack
+        .deployment
+        .send_raw("RoutitQueueUrl", "this is not json")
+        .await
+        .unwrap();
+    stack
+        .deployment
+        .send_raw("RoutitQueueUrl", &unknown.to_string())
+        .await
+        .unwrap();
+
+    let seen = std::sync::Mutex::new(Vec::new());
+    wait_for("two dead letters", TIMEOUT, || async {
+        let drained = stack.deployment.drain("RoutitDlqUrl").await?;
+        let mut seen = seen.lock().unwrap();
+        seen.extend(drained);
+        Ok((seen.len() >= 2).then_some(()))
+    })
+    .await
+    .unwrap();
+    let mut dead = seen.into_inner().unwrap();
+    dead.sort_by_key(|d| d.body.len());
+    assert_eq!(dead[0].body, "this is not json");
+    assert!(
+        dead[0].attributes["tem-error"].contains("not a JSON object"),
+        "{:?}",
+        dead[0]
+    );
+    assert!(
+        dead[1].attributes["tem-error"].contains("unknown step \"LaunchRocket\""),
+        "{:?}",
+        dead[1]
+    );
+    for d in &dead {
+        assert_eq!(d.attributes["tem-attempts"], "1", "never retried");
+        assert_eq!(d.attributes["tem-error-kind"], "invalid");
+    }
+    stack.finish().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_file_in_events_invokes_successfully() {
+    let stack = deploy().await;
+    // The sample events name profiles 1 (routit) and 2 (t_mobile).
+    assert_eq!(stack.profile("routit", true, "2025-01-14", None).await, 1);
+    assert_eq!(stack.profile("t_mobile", true, "2025-01-14", None).await, 2);
+    let events = tem_local::emulator::repo_root().join("events");
+    let mut invoked = 0;
+    for (dir, function) in [
+        ("sync-manager", "SyncManagerFunctionName"),
+        ("provider-sync", "RoutitSyncFunctionName"),
+    ] {
+        let mut files: Vec<_> = std::fs::read_dir(events.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for file in files {
+            let event: Value =
+                serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+            let answer = stack.deployment.invoke(function, &event).await.unwrap();
+            let name = file.display();
+            assert_eq!(answer.error, None, "{name}: {}", answer.payload);
+            if event.get("Records").is_some() {
+                assert_eq!(answer.payload["batchItemFailures"], json!([]), "{name}");
+            } else if dir == "sync-manager" {
+                assert_eq!(
+                    answer.payload["failures"],
+                    json!([]),
+                    "{name}: {}",
+                    answer.payload
+                );
+            } else {
+                assert!(
+                    matches!(
+                        answer.payload["disposition"].as_str(),
+                        Some("completed" | "duplicate")
+                    ),
+                    "{name}"
+                );
+            }
+            invoked += 1;
+        }
+    }
+    assert_eq!(invoked, 5, "every file in events/ was invoked");
+    stack.finish().await.unwrap();
+}
