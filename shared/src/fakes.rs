@@ -65,9 +65,12 @@ impl QueueVisibility for FakeQueues {
     }
 }
 
+/// Status, claim expiry and outcome of one message id.
+type IdempotencyRecord = (String, DateTime<Utc>, String);
+
 #[derive(Default)]
 pub struct FakeIdempotency {
-    pub records: Mutex<HashMap<String, (String, DateTime<Utc>, String)>>,
+    pub records: Mutex<HashMap<String, IdempotencyRecord>>,
 }
 
 #[async_trait]

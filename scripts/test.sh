@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Every check and test of tem: formatting, lints, unit tests, and the
+# integration tests against PostgreSQL and the AWS emulator (MiniStack, from
+# scripts/requirements.txt in .venv, installed here when missing).
+#
+# Needs: cargo, python3, PostgreSQL at DATABASE_URL
+# (default postgres://postgres@127.0.0.1:5432/postgres; tests create and
+# drop their own tem_test_* databases).
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { echo; echo "==> $*"; }
+
+step "formatting"
+cargo fmt --all -- --check
+
+step "lints"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "emulator"
+started_here=false
+if ! scripts/emulator.sh status >/dev/null 2>&1; then
+  scripts/emulator.sh start >/dev/null
+  started_here=true
+fi
+cleanup() {
+  if $started_here; then scripts/emulator.sh stop >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
+
+step "leftover test databases"
+if command -v psql >/dev/null; then
+  for db in $(psql "$DATABASE_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'tem\_test\_%'"); do
+    psql "$DATABASE_URL" -qc "DROP DATABASE \"$db\" WITH (FORCE)" >/dev/null
+  done
+fi
+
+step "function binaries"
+scripts/build.sh
+
+step "tests"
+cargo test --workspace --no-fail-fast
