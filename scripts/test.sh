@@ -42,4 +42,11 @@ step "function binaries"
 scripts/build.sh
 
 step "tests"
-cargo test --workspace --no-fail-fast
+log="$(mktemp)"
+status=0
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
+# One closing line over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "\n%d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"
+exit "$status"
