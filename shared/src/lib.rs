@@ -11,6 +11,7 @@ pub mod adapters;
 pub mod bootstrap;
 pub mod config;
 pub mod envelope;
+pub mod import;
 pub mod lambda;
 pub mod ports;
 pub mod retry;
