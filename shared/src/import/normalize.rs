@@ -1,0 +1,311 @@
+//! Field normalisation: phone numbers to E.164, decimals to exact integer
+//! units, durations, and local times to UTC.
+
+use chrono::{DateTime, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
+use chrono_tz::Tz;
+
+/// A Dutch subscription number in national (`0612345678`) or international
+/// (`+31612345678`, `0031612345678`) form, as E.164 (`+31612345678`).
+pub fn dutch_e164(raw: &str) -> Result<String, String> {
+    let compact: String = raw
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.'))
+        .collect();
+    let digits = if let Some(rest) = compact.strip_prefix("+31") {
+        rest.to_string()
+    } else if let Some(rest) = compact.strip_prefix("0031") {
+        rest.to_string()
+    } else if let Some(rest) = compact.strip_prefix('0') {
+        rest.to_string()
+    } else {
+        return Err(format!("{raw:?} is not a Dutch number (0…, +31… or 0031…)"));
+    };
+    if digits.len() != 9 || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.starts_with('0') {
+        return Err(format!(
+            "{raw:?} is not a Dutch number: expected 9 digits after the country or trunk prefix"
+        ));
+    }
+    Ok(format!("+31{digits}"))
+}
+
+/// Any subscription id: a phone number (to E.164; Dutch national numbers
+/// assumed) or, when it is not one, a carrier line id kept as given.
+pub fn subscription_id(raw: &str) -> Result<String, String> {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        return Err("subscription is empty".into());
+    }
+    if trimmed.starts_with('+') {
+        let digits: String = trimmed[1..]
+            .chars()
+            .filter(|c| !matches!(c, ' ' | '-'))
+            .collect();
+        if (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Ok(format!("+{digits}"));
+        }
+        return Err(format!("{raw:?} is not an E.164 number"));
+    }
+    if trimmed
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b == b' ' || b == b'-')
+    {
+        return dutch_e164(trimmed);
+    }
+    Ok(trimmed.to_string())
+}
+
+/// A called number: E.164 when it is a phone number, else as given
+/// (short codes, APNs, service names).
+pub fn destination(raw: &str) -> String {
+    let trimmed = raw.trim();
+    match subscription_id(trimmed) {
+        Ok(number) if number.starts_with('+') => number,
+        _ => trimmed.to_string(),
+    }
+}
+
+/// An exact decimal (`0,0125` or `-1.5`) times `unit`, as an integer.
+/// Refuses values that would need rounding below one unit.
+pub fn scaled_decimal(raw: &str, separator: char, unit: i64) -> Result<i64, String> {
+    let text = raw.trim();
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (whole, fraction) = match text.split_once(separator) {
+        Some((w, f)) => (w, f),
+        None => (text, ""),
+    };
+    let valid = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() && fraction.is_empty() || !valid(whole) || !valid(fraction) {
+        return Err(format!(
+            "{raw:?} is not a number with decimal separator {separator:?}"
+        ));
+    }
+    let whole: i64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| format!("{raw:?} is too large"))?
+    };
+    let mut value = whole
+        .checked_mul(unit)
+        .ok_or_else(|| format!("{raw:?} is too large"))?;
+    let mut scale = unit;
+    for (i, digit) in fraction.bytes().enumerate() {
+        if scale % 10 != 0 {
+            // Digits past the unit's precision must be zero.
+            if fraction.bytes().skip(i).any(|b| b != b'0') {
+                return Err(format!("{raw:?} has more decimals than the unit allows"));
+            }
+            break;
+        }
+        scale /= 10;
+        value += i64::from(digit - b'0') * scale;
+    }
+    Ok(if negative { -value } else { value })
+}
+
+/// Like [`scaled_decimal`] but rounds half up to whole units (volumes).
+pub fn rounded_decimal(raw: &str, separator: char, unit: u64) -> Result<u64, String> {
+    let text = raw.trim();
+    let (whole, fraction) = text.split_once(separator).unwrap_or((text, ""));
+    let valid = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() && fraction.is_empty()
+        || !valid(whole)
+        || !valid(fraction)
+        || fraction.len() > 9
+    {
+        return Err(format!(
+            "{raw:?} is not a non-negative number with decimal separator {separator:?}"
+        ));
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| format!("{raw:?} is too large"))?
+    };
+    let denominator = 10u128.pow(fraction.len() as u32);
+    let numerator: u128 = if fraction.is_empty() {
+        0
+    } else {
+        fraction.parse::<u128>().unwrap_or(0)
+    };
+    let fractional = (numerator * u128::from(unit) * 2 + denominator) / (2 * denominator);
+    let total = u128::from(whole) * u128::from(unit) + fractional;
+    u64::try_from(total).map_err(|_| format!("{raw:?} is too large"))
+}
+
+/// `HH:MM:SS` (hours may exceed 24) to seconds.
+pub fn hms_seconds(raw: &str) -> Result<u32, String> {
+    let parts: Vec<&str> = raw.trim().split(':').collect();
+    let [h, m, s] = parts.as_slice() else {
+        return Err(format!("{raw:?} is not a duration HH:MM:SS"));
+    };
+    if raw.trim().starts_with('-') {
+        return Err(format!("duration {raw:?} is negative"));
+    }
+    let number = |p: &str| {
+        p.parse::<u32>()
+            .map_err(|_| format!("{raw:?} is not a duration HH:MM:SS"))
+    };
+    let (h, m, s) = (number(h)?, number(m)?, number(s)?);
+    if m > 59 || s > 59 {
+        return Err(format!("{raw:?} has minutes or seconds over 59"));
+    }
+    h.checked_mul(3600)
+        .and_then(|v| v.checked_add(m * 60 + s))
+        .ok_or_else(|| format!("duration {raw:?} is too long"))
+}
+
+pub fn whole_seconds(raw: &str) -> Result<u32, String> {
+    let trimmed = raw.trim();
+    if trimmed.starts_with('-') {
+        return Err(format!("duration {raw:?} is negative"));
+    }
+    trimmed
+        .parse()
+        .map_err(|_| format!("duration {raw:?} is not a whole number of seconds"))
+}
+
+/// A local date and time in `zone` to UTC. A time that does not exist (the
+/// hour skipped when DST starts) is refused; a time that exists twice (the
+/// hour repeated when DST ends) is taken as the first, summer-time one.
+pub fn local_to_utc(date: NaiveDate, time: NaiveTime, zone: Tz) -> Result<DateTime<Utc>, String> {
+    let local = NaiveDateTime::new(date, time);
+    match zone.from_local_datetime(&local) {
+        LocalResult::Single(t) => Ok(t.with_timezone(&Utc)),
+        LocalResult::Ambiguous(first, _) => Ok(first.with_timezone(&Utc)),
+        LocalResult::None => Err(format!(
+            "{local} does not exist in {zone} (skipped when daylight saving time starts)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dutch_numbers_in_every_form_become_e164() {
+        for raw in [
+            "0612345678",
+            "+31612345678",
+            "0031612345678",
+            "06-12345678",
+            "+31 6 12345678",
+        ] {
+            assert_eq!(dutch_e164(raw).unwrap(), "+31612345678", "{raw}");
+        }
+        assert_eq!(dutch_e164("0201234567").unwrap(), "+31201234567");
+    }
+
+    #[test]
+    fn malformed_dutch_numbers_are_refused() {
+        for raw in [
+            "612345678",
+            "061234567",
+            "06123456789",
+            "0612345x78",
+            "+32612345678",
+            "",
+            "0031012345678",
+        ] {
+            assert!(dutch_e164(raw).is_err(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn destinations_keep_short_codes_and_normalise_numbers() {
+        assert_eq!(destination("0201234567"), "+31201234567");
+        assert_eq!(destination("+442071234567"), "+442071234567");
+        assert_eq!(destination("1244"), "1244");
+        assert_eq!(destination("internet"), "internet");
+    }
+
+    #[test]
+    fn euro_amounts_with_a_decimal_comma_become_exact_micro_euros() {
+        assert_eq!(scaled_decimal("0,0125", ',', 1_000_000).unwrap(), 12_500);
+        assert_eq!(scaled_decimal("12,5", ',', 1_000_000).unwrap(), 12_500_000);
+        assert_eq!(scaled_decimal("3", ',', 1_000_000).unwrap(), 3_000_000);
+        assert_eq!(scaled_decimal("0,000001", ',', 1_000_000).unwrap(), 1);
+        assert_eq!(scaled_decimal("-0,50", ',', 1_000_000).unwrap(), -500_000);
+        assert_eq!(scaled_decimal(",5", ',', 1_000_000).unwrap(), 500_000);
+    }
+
+    #[test]
+    fn cents_with_a_dot_become_micro_euros() {
+        assert_eq!(scaled_decimal("1.25", '.', 10_000).unwrap(), 12_500);
+        assert_eq!(scaled_decimal("0.0001", '.', 10_000).unwrap(), 1);
+        assert_eq!(scaled_decimal("7", '.', 10_000).unwrap(), 70_000);
+    }
+
+    #[test]
+    fn amounts_finer_than_a_micro_euro_or_not_numbers_are_refused() {
+        assert!(scaled_decimal("0,0000001", ',', 1_000_000).is_err());
+        assert_eq!(
+            scaled_decimal("0,1000000", ',', 1_000_000).unwrap(),
+            100_000
+        );
+        for raw in ["abc", "1.5", "1,2,3", "", "-", "1e3", "99999999999999999"] {
+            assert!(scaled_decimal(raw, ',', 1_000_000).is_err(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn volumes_round_half_up_to_whole_bytes() {
+        assert_eq!(rounded_decimal("1", ',', 1024).unwrap(), 1024);
+        assert_eq!(rounded_decimal("1,5", ',', 1024).unwrap(), 1536);
+        // 0,0005 KB = 0.512 bytes -> 1; 0,0004 KB = 0.4096 -> 0
+        assert_eq!(rounded_decimal("0,0005", ',', 1024).unwrap(), 1);
+        assert_eq!(rounded_decimal("0,0004", ',', 1024).unwrap(), 0);
+        assert!(rounded_decimal("-1", ',', 1024).is_err());
+    }
+
+    #[test]
+    fn durations_parse_and_negative_ones_are_refused() {
+        assert_eq!(hms_seconds("00:01:05").unwrap(), 65);
+        assert_eq!(hms_seconds("25:00:00").unwrap(), 90_000);
+        assert!(hms_seconds("-00:00:05").is_err());
+        assert!(hms_seconds("00:61:00").is_err());
+        assert!(hms_seconds("1:2").is_err());
+        assert_eq!(whole_seconds("42").unwrap(), 42);
+        assert!(whole_seconds("-1").is_err());
+        assert!(whole_seconds("1.5").is_err());
+    }
+
+    #[test]
+    fn amsterdam_times_convert_to_utc_across_dst() {
+        let zone = chrono_tz::Europe::Amsterdam;
+        let at = |d: &str, t: &str| local_to_utc(d.parse().unwrap(), t.parse().unwrap(), zone);
+        // Winter time is UTC+1, summer time UTC+2.
+        assert_eq!(
+            at("2025-01-15", "12:00:00").unwrap().to_rfc3339(),
+            "2025-01-15T11:00:00+00:00"
+        );
+        assert_eq!(
+            at("2025-07-15", "12:00:00").unwrap().to_rfc3339(),
+            "2025-07-15T10:00:00+00:00"
+        );
+        // 30 March 2025: 02:00 jumps to 03:00.
+        assert_eq!(
+            at("2025-03-30", "01:59:59").unwrap().to_rfc3339(),
+            "2025-03-30T00:59:59+00:00"
+        );
+        assert!(at("2025-03-30", "02:30:00")
+            .unwrap_err()
+            .contains("does not exist"));
+        assert_eq!(
+            at("2025-03-30", "03:00:00").unwrap().to_rfc3339(),
+            "2025-03-30T01:00:00+00:00"
+        );
+        // 26 October 2025: 03:00 goes back to 02:00; 02:30 happens twice.
+        assert_eq!(
+            at("2025-10-26", "02:30:00").unwrap().to_rfc3339(),
+            "2025-10-26T00:30:00+00:00"
+        );
+        assert_eq!(
+            at("2025-10-26", "03:00:00").unwrap().to_rfc3339(),
+            "2025-10-26T02:00:00+00:00"
+        );
+    }
+}
