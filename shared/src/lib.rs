@@ -8,6 +8,7 @@
 //! - [`config`], [`telemetry`], [`lambda`]: what each function's `main` wires up.
 
 pub mod adapters;
+pub mod billing;
 pub mod bootstrap;
 pub mod config;
 pub mod envelope;

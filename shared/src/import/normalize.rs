@@ -35,11 +35,8 @@ pub fn subscription_id(raw: &str) -> Result<String, String> {
     if trimmed.is_empty() {
         return Err("subscription is empty".into());
     }
-    if trimmed.starts_with('+') {
-        let digits: String = trimmed[1..]
-            .chars()
-            .filter(|c| !matches!(c, ' ' | '-'))
-            .collect();
+    if let Some(rest) = trimmed.strip_prefix('+') {
+        let digits: String = rest.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
         if (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
             return Ok(format!("+{digits}"));
         }

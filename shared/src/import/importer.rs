@@ -1,0 +1,515 @@
+//! One import: an object (ZIP of CSV, `.csv.gz` or `.csv`) into
+//! `call_detail_record`, recorded in `import_file`.
+//!
+//! The whole object loads in one transaction, so a run killed at any moment
+//! leaves nothing behind and its retry loads exactly the same rows. Imports
+//! of the same content serialise on an advisory lock; the second finds the
+//! first completed and loads nothing.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use tracing::{info, instrument, warn};
+
+use crate::import::format::{FormatError, FormatTemplate};
+use crate::import::load::{
+    load_csv, LoadError, LoadInput, LoadMode, LoadReport, RejectFile, Resolver,
+};
+use crate::import::source::{chunks, sniff, spawn_pump, ObjectKind, RangeRead, SourceError};
+use crate::import::zip::{EntryDecision, EntryReader, ZipArchive, ZipLimits};
+use crate::ports::PortError;
+use crate::routing::Provider;
+
+const READ_CHUNK: u64 = 1 << 20;
+const PUMP_CAPACITY: usize = 4;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportRequest {
+    pub bucket: String,
+    pub key: String,
+    pub provider: Provider,
+    pub profile_id: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EntryNote {
+    pub entry: String,
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportSummary {
+    pub import_file_id: i64,
+    /// `completed`, `completed_with_errors` (an entry was refused) or
+    /// `already_imported` (the same content was imported before).
+    pub status: String,
+    pub sha256: String,
+    pub read: u64,
+    pub loaded: u64,
+    pub duplicate: u64,
+    pub rejected: u64,
+    pub without_customer: u64,
+    pub touched: Vec<(i64, NaiveDate)>,
+    pub rejected_key: Option<String>,
+    pub entries: Vec<EntryNote>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("cannot read {what}: {source}")]
+    Source { what: String, source: SourceError },
+    /// The object itself is unusable; retrying will not help.
+    #[error("{what} was refused: {reason}")]
+    Refused { what: String, reason: String },
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error("database error: {0}; the import was rolled back and can be retried")]
+    Database(#[from] sqlx::Error),
+    #[error("could not store the rejected rows: {0}")]
+    Rejects(String),
+}
+
+impl ImportError {
+    /// Whether a retry may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ImportError::Source { source, .. } => source.is_transient(),
+            ImportError::Database(_) | ImportError::Rejects(_) => true,
+            ImportError::Refused { .. } | ImportError::Format(_) => false,
+        }
+    }
+}
+
+/// Where the rejected-rows CSV is stored (the CDR bucket, or a local folder).
+#[async_trait]
+pub trait RejectStore: Send + Sync {
+    async fn store(&self, key: &str, file: &Path) -> Result<String, PortError>;
+}
+
+pub struct Importer {
+    pool: PgPool,
+    rejects: Arc<dyn RejectStore>,
+    limits: ZipLimits,
+}
+
+impl Importer {
+    pub fn new(pool: PgPool, rejects: Arc<dyn RejectStore>, limits: ZipLimits) -> Self {
+        Self {
+            pool,
+            rejects,
+            limits,
+        }
+    }
+
+    #[instrument(skip_all, fields(bucket = %request.bucket, key = %request.key, provider = %request.provider))]
+    pub async fn import(
+        &self,
+        source: Arc<dyn RangeRead>,
+        request: &ImportRequest,
+    ) -> Result<ImportSummary, ImportError> {
+        let started = Instant::now();
+        let what = source.describe();
+        let source_error = |source: SourceError| ImportError::Source {
+            what: what.clone(),
+            source,
+        };
+        let size = source.len().await.map_err(source_error)?;
+        let sha256 = sha256_of(source.clone(), size)
+            .await
+            .map_err(source_error)?;
+        let template = FormatTemplate::for_provider(request.provider)?;
+        let import_file_id: i64 = sqlx::query_scalar(
+            "INSERT INTO import_file (bucket, key, sha256, size_bytes, provider, profile_id, status)
+             VALUES ($1, $2, $3, $4, $5, $6, 'running') RETURNING id",
+        )
+        .bind(&request.bucket)
+        .bind(&request.key)
+        .bind(&sha256)
+        .bind(size as i64)
+        .bind(request.provider.as_str())
+        .bind(request.profile_id)
+        .fetch_one(&self.pool)
+        .await?;
+
+        let result = self
+            .run(
+                source,
+                request,
+                &template,
+                &sha256,
+                size,
+                import_file_id,
+                started,
+            )
+            .await;
+        if let Err(e) = &result {
+            warn!(error = %e, import_file_id, "import failed");
+            let _ = sqlx::query(
+                "UPDATE import_file SET status = 'failed', error = $2, finished_at = now(), duration_ms = $3 WHERE id = $1",
+            )
+            .bind(import_file_id)
+            .bind(e.to_string())
+            .bind(started.elapsed().as_millis() as i64)
+            .execute(&self.pool)
+            .await;
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &self,
+        source: Arc<dyn RangeRead>,
+        request: &ImportRequest,
+        template: &FormatTemplate,
+        sha256: &str,
+        size: u64,
+        import_file_id: i64,
+        started: Instant,
+    ) -> Result<ImportSummary, ImportError> {
+        let resolver = Arc::new(Resolver::load(&self.pool, request.provider.as_str()).await?);
+        let kind = sniff(source.as_ref(), &request.key)
+            .await
+            .map_err(|source_err| ImportError::Source {
+                what: source.describe(),
+                source: source_err,
+            })?;
+        let input = LoadInput {
+            provider: request.provider.as_str(),
+            import_file_id,
+            template,
+            resolver,
+        };
+        let mut mode = LoadMode::Direct;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(format!("{}:{sha256}", request.provider))
+                .execute(&mut *tx)
+                .await?;
+            let earlier: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM import_file WHERE sha256 = $1 AND provider = $2 AND id <> $3
+                 AND status IN ('completed', 'completed_with_errors') ORDER BY id LIMIT 1",
+            )
+            .bind(sha256)
+            .bind(request.provider.as_str())
+            .bind(import_file_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(earlier) = earlier {
+                info!(earlier, "same content imported before; nothing to load");
+                let duration_ms = started.elapsed().as_millis() as u64;
+                sqlx::query(
+                    "UPDATE import_file SET status = 'completed', details = $2, finished_at = now(), duration_ms = $3 WHERE id = $1",
+                )
+                .bind(import_file_id)
+                .bind(json!({ "already_imported_as": earlier }))
+                .bind(duration_ms as i64)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                return Ok(ImportSummary {
+                    import_file_id,
+                    status: "already_imported".into(),
+                    sha256: sha256.to_string(),
+                    read: 0,
+                    loaded: 0,
+                    duplicate: 0,
+                    rejected: 0,
+                    without_customer: 0,
+                    touched: vec![],
+                    rejected_key: None,
+                    entries: vec![],
+                    duration_ms,
+                });
+            }
+
+            let mut rejects =
+                RejectFile::create().map_err(|e| ImportError::Rejects(e.to_string()))?;
+            let loaded = self
+                .load_object(
+                    &mut tx,
+                    source.clone(),
+                    kind,
+                    size,
+                    &input,
+                    &mut rejects,
+                    mode,
+                )
+                .await;
+            let (report, entries) = match loaded {
+                Ok(done) => done,
+                Err(LoadFailure::ExistingRows) if mode == LoadMode::Direct => {
+                    info!("rows exist already; loading again with deduplication");
+                    tx.rollback().await?;
+                    let _ = rejects.finish();
+                    mode = LoadMode::Deduplicate;
+                    continue;
+                }
+                Err(LoadFailure::ExistingRows) => {
+                    return Err(ImportError::Database(sqlx::Error::Protocol(
+                        "unique violation while deduplicating".into(),
+                    )))
+                }
+                Err(LoadFailure::Import(e)) => return Err(e),
+            };
+            let rejected_file = rejects
+                .finish()
+                .map_err(|e| ImportError::Rejects(e.to_string()))?;
+            let rejected_key = match rejected_file {
+                Some(path) => {
+                    let key = format!("rejected/{}.csv", request.key);
+                    let stored = self.rejects.store(&key, &path).await;
+                    let _ = std::fs::remove_file(&path);
+                    Some(stored.map_err(|e| ImportError::Rejects(e.to_string()))?)
+                }
+                None => None,
+            };
+            let failed_entries = entries
+                .iter()
+                .any(|e| e.outcome.starts_with("refused") || e.outcome.starts_with("failed"));
+            let status = if failed_entries {
+                "completed_with_errors"
+            } else {
+                "completed"
+            };
+            let duration_ms = started.elapsed().as_millis() as u64;
+            sqlx::query(
+                "UPDATE import_file SET status = $2, rows_read = $3, rows_loaded = $4, rows_duplicate = $5,
+                   rows_rejected = $6, rows_without_customer = $7, rejected_key = $8, details = $9,
+                   finished_at = now(), duration_ms = $10
+                 WHERE id = $1",
+            )
+            .bind(import_file_id)
+            .bind(status)
+            .bind(report.read as i64)
+            .bind(report.loaded as i64)
+            .bind(report.duplicate as i64)
+            .bind(report.rejected as i64)
+            .bind(report.without_customer as i64)
+            .bind(&rejected_key)
+            .bind(json!({ "entries": entries, "mode": format!("{mode:?}") }))
+            .bind(duration_ms as i64)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            info!(
+                read = report.read,
+                loaded = report.loaded,
+                duplicate = report.duplicate,
+                rejected = report.rejected,
+                without_customer = report.without_customer,
+                duration_ms,
+                "import completed"
+            );
+            return Ok(ImportSummary {
+                import_file_id,
+                status: status.into(),
+                sha256: sha256.to_string(),
+                read: report.read,
+                loaded: report.loaded,
+                duplicate: report.duplicate,
+                rejected: report.rejected,
+                without_customer: report.without_customer,
+                touched: report.touched.into_iter().collect(),
+                rejected_key,
+                entries,
+                duration_ms,
+            });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn load_object(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        source: Arc<dyn RangeRead>,
+        kind: ObjectKind,
+        size: u64,
+        input: &LoadInput<'_>,
+        rejects: &mut RejectFile,
+        mode: LoadMode,
+    ) -> Result<(LoadReport, Vec<EntryNote>), LoadFailure> {
+        let what = source.describe();
+        match kind {
+            ObjectKind::PlainCsv | ObjectKind::Gzip => {
+                let raw = spawn_pump(chunks(source, 0, size, READ_CHUNK), PUMP_CAPACITY);
+                let csv: Box<dyn Read + Send> = if kind == ObjectKind::Gzip {
+                    Box::new(Limited::new(
+                        flate2::read::MultiGzDecoder::new(raw),
+                        self.limits.max_entry_uncompressed,
+                    ))
+                } else {
+                    Box::new(raw)
+                };
+                rejects.set_entry("");
+                let report = load_csv(tx, csv, input, rejects, mode)
+                    .await
+                    .map_err(|e| LoadFailure::from_load(e, &what))?;
+                Ok((report, vec![]))
+            }
+            ObjectKind::Zip => {
+                let archive = ZipArchive::open(source, self.limits.clone())
+                    .await
+                    .map_err(|e| LoadFailure::refused(&what, e.to_string()))?;
+                let mut total = LoadReport::default();
+                let mut notes = Vec::new();
+                for entry in archive.entries() {
+                    let name = entry.name.clone();
+                    match entry.classify(&self.limits) {
+                        EntryDecision::Skip(reason) => {
+                            info!(entry = %name, %reason, "entry skipped");
+                            notes.push(EntryNote {
+                                entry: name,
+                                outcome: format!("skipped: {reason}"),
+                            });
+                            continue;
+                        }
+                        EntryDecision::Refuse(reason) => {
+                            warn!(entry = %name, %reason, "entry refused");
+                            notes.push(EntryNote {
+                                entry: name,
+                                outcome: format!("refused: {reason}"),
+                            });
+                            continue;
+                        }
+                        EntryDecision::Import => {}
+                    }
+                    sqlx::query("SAVEPOINT entry")
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(LoadFailure::db)?;
+                    let raw = spawn_pump(archive.entry_data(entry), PUMP_CAPACITY);
+                    let csv: Box<dyn Read + Send> =
+                        Box::new(EntryReader::new(raw, entry, &self.limits));
+                    rejects.set_entry(&name);
+                    match load_csv(tx, csv, input, rejects, mode).await {
+                        Ok(report) => {
+                            sqlx::query("RELEASE SAVEPOINT entry")
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(LoadFailure::db)?;
+                            notes.push(EntryNote {
+                                entry: name,
+                                outcome: format!(
+                                    "loaded {} of {} rows",
+                                    report.loaded, report.read
+                                ),
+                            });
+                            total.read += report.read;
+                            total.loaded += report.loaded;
+                            total.duplicate += report.duplicate;
+                            total.rejected += report.rejected;
+                            total.without_customer += report.without_customer;
+                            total.touched.extend(report.touched);
+                        }
+                        Err(LoadError::File(e)) => {
+                            // Nothing of this entry stays; the other entries load.
+                            sqlx::query("ROLLBACK TO SAVEPOINT entry")
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(LoadFailure::db)?;
+                            warn!(entry = %name, error = %e, "entry failed");
+                            notes.push(EntryNote {
+                                entry: name,
+                                outcome: format!("failed: {e}"),
+                            });
+                        }
+                        Err(other) => return Err(LoadFailure::from_load(other, &what)),
+                    }
+                }
+                if total.read == 0
+                    && notes.iter().all(|n| !n.outcome.starts_with("loaded"))
+                    && notes.iter().any(|n| !n.outcome.starts_with("skipped"))
+                {
+                    let reasons: Vec<String> = notes
+                        .iter()
+                        .map(|n| format!("{}: {}", n.entry, n.outcome))
+                        .collect();
+                    return Err(LoadFailure::refused(
+                        &what,
+                        format!("no entry could be imported ({})", reasons.join("; ")),
+                    ));
+                }
+                Ok((total, notes))
+            }
+        }
+    }
+}
+
+enum LoadFailure {
+    ExistingRows,
+    Import(ImportError),
+}
+
+impl LoadFailure {
+    fn db(e: sqlx::Error) -> Self {
+        LoadFailure::Import(ImportError::Database(e))
+    }
+
+    fn refused(what: &str, reason: String) -> Self {
+        LoadFailure::Import(ImportError::Refused {
+            what: what.to_string(),
+            reason,
+        })
+    }
+
+    fn from_load(e: LoadError, what: &str) -> Self {
+        match e {
+            LoadError::ExistingRows => LoadFailure::ExistingRows,
+            LoadError::File(file) => LoadFailure::refused(what, file.to_string()),
+            LoadError::Database(db) => LoadFailure::db(db),
+            LoadError::Rejects(io) => LoadFailure::Import(ImportError::Rejects(io.to_string())),
+        }
+    }
+}
+
+async fn sha256_of(source: Arc<dyn RangeRead>, size: u64) -> Result<String, SourceError> {
+    let mut hasher = Sha256::new();
+    let mut stream = std::pin::pin!(chunks(source, 0, size, 8 * READ_CHUNK));
+    while let Some(chunk) = stream.next().await {
+        hasher.update(&chunk?);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Stops a decompressor at `max` bytes of output (gzip bombs).
+struct Limited<R> {
+    inner: R,
+    left: u64,
+    max: u64,
+}
+
+impl<R> Limited<R> {
+    fn new(inner: R, max: u64) -> Self {
+        Self {
+            inner,
+            left: max,
+            max,
+        }
+    }
+}
+
+impl<R: Read> Read for Limited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            return Err(std::io::Error::other(format!(
+                "decompressed data exceeds the limit of {} bytes",
+                self.max
+            )));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}

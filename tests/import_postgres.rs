@@ -1,0 +1,431 @@
+//! The CDR import against a real PostgreSQL: both fixed formats field by
+//! field, rejected rows, unknown subscriptions, and exactly-once loading.
+
+use std::sync::Arc;
+
+use sqlx::{PgPool, Row};
+use tem_shared::import::importer::{ImportRequest, ImportSummary, Importer};
+use tem_shared::import::source::{MemorySource, RangeRead};
+use tem_shared::import::zip::ZipLimits;
+use tem_shared::import::LocalRejects;
+use tem_shared::routing::Provider;
+use tem_tests::db::fresh;
+
+const ROUTIT_HEADER: &str =
+    "Datum;Tijd;Abonnee;Bestemming;Type;Richting;Duur;Volume;Kosten;Zone;Referentie";
+const TMOBILE_HEADER: &str = "record_id,msisdn,start_time,event_type,direction,called_number,duration_seconds,data_bytes,units,charge_cents,roaming_zone";
+
+struct Fixture {
+    pool: PgPool,
+    importer: Importer,
+    rejects: tempdir::Dir,
+}
+
+mod tempdir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Self {
+            let path =
+                std::env::temp_dir().join(format!("tem-test-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&path).unwrap();
+            Dir(path)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+async fn fixture() -> Fixture {
+    let db = fresh().await;
+    let rejects = tempdir::Dir::new();
+    let importer = Importer::new(
+        db.pool.clone(),
+        Arc::new(LocalRejects::new(&rejects.0)),
+        ZipLimits::default(),
+    );
+    // One customer (cycle from the 15th) with one known number.
+    let customer: i64 = sqlx::query_scalar(
+        "INSERT INTO customer (name, billing_cycle_start_day, time_zone) VALUES ('Acme', 15, 'Europe/Amsterdam') RETURNING id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    for provider in ["routit", "t_mobile"] {
+        sqlx::query("INSERT INTO subscription (customer_id, provider, identifier) VALUES ($1, $2, '+31612345678')")
+            .bind(customer)
+            .bind(provider)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    Fixture {
+        pool: db.pool,
+        importer,
+        rejects,
+    }
+}
+
+impl Fixture {
+    async fn import(&self, provider: Provider, key: &str, bytes: Vec<u8>) -> ImportSummary {
+        self.try_import(provider, key, bytes)
+            .await
+            .expect("import succeeds")
+    }
+
+    async fn try_import(
+        &self,
+        provider: Provider,
+        key: &str,
+        bytes: Vec<u8>,
+    ) -> Result<ImportSummary, tem_shared::import::importer::ImportError> {
+        let source: Arc<dyn RangeRead> = Arc::new(MemorySource::named(key, bytes));
+        let request = ImportRequest {
+            bucket: "test".into(),
+            key: key.into(),
+            provider,
+            profile_id: None,
+        };
+        self.importer.import(source, &request).await
+    }
+
+    async fn count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM call_detail_record")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+/// Every column of one CDR, as text, for field-by-field comparison.
+async fn cdr(pool: &PgPool, external_id: &str) -> Vec<String> {
+    let row = sqlx::query(
+        "SELECT provider, subscription, customer_id::text AS customer, to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') AS started,
+                kind, direction, destination, roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros, source_line
+         FROM call_detail_record WHERE external_id = $1",
+    )
+    .bind(external_id)
+    .fetch_one(pool)
+    .await
+    .unwrap_or_else(|e| panic!("CDR {external_id}: {e}"));
+    vec![
+        row.get::<String, _>("provider"),
+        row.get::<String, _>("subscription"),
+        row.get::<Option<String>, _>("customer")
+            .unwrap_or_else(|| "-".into()),
+        row.get::<String, _>("started"),
+        row.get::<String, _>("kind"),
+        row.get::<String, _>("direction"),
+        row.get::<String, _>("destination"),
+        row.get::<String, _>("roaming_zone"),
+        row.get::<i32, _>("duration_seconds").to_string(),
+        row.get::<i64, _>("volume_bytes").to_string(),
+        row.get::<i32, _>("units").to_string(),
+        row.get::<i64, _>("provider_cost_micros").to_string(),
+        row.get::<i32, _>("source_line").to_string(),
+    ]
+}
+
+fn routit_file() -> Vec<u8> {
+    // BOM, CRLF, every number form, decimal commas, both DST changes.
+    let rows = [
+        "30-03-2025;01:59:59;0612345678;0201234567;Spraak;Uitgaand;00:01:01;;0,0125;NL;R-DST-1",
+        "30-03-2025;03:00:00;+31612345678;;SMS;Uitgaand;;;0,10;EU;R-DST-2",
+        "26-10-2025;02:30:00;0031612345678;;Data;Inkomend;;1,5;1,234567;WERELD;R-DST-3",
+        "15-01-2025;00:30:00;0687654321;1244;Dienst;Uitgaand;;;2;NL;R-UNKNOWN",
+        "30-03-2025;02:30:00;0612345678;;SMS;Uitgaand;;;0,10;NL;R-GAP",
+        "15-01-2025;10:00:00;0612345678;;MMS;Uitgaand;;;0,25;NL",
+    ];
+    format!("\u{feff}{ROUTIT_HEADER}\r\n{}\r\n", rows.join("\r\n")).into_bytes()
+}
+
+#[tokio::test]
+async fn a_routit_file_loads_field_by_field_with_utc_times_and_e164_numbers() {
+    let f = fixture().await;
+    let summary = f
+        .import(
+            Provider::Routit,
+            "inbox/routit/1/2025-03-30/a.csv",
+            routit_file(),
+        )
+        .await;
+    assert_eq!(
+        (summary.read, summary.loaded, summary.rejected),
+        (6, 4, 2),
+        "{summary:?}"
+    );
+    assert_eq!(summary.without_customer, 1);
+    let acme = sqlx::query_scalar::<_, i64>("SELECT id FROM customer")
+        .fetch_one(&f.pool)
+        .await
+        .unwrap()
+        .to_string();
+    // Winter time: 01:59:59 local is 00:59:59 UTC; 03:00 after the jump is 01:00 UTC.
+    assert_eq!(
+        cdr(&f.pool, "R-DST-1").await,
+        [
+            "routit",
+            "+31612345678",
+            &acme,
+            "2025-03-30 00:59:59",
+            "voice",
+            "outgoing",
+            "+31201234567",
+            "home",
+            "61",
+            "0",
+            "0",
+            "12500",
+            "2"
+        ]
+    );
+    assert_eq!(
+        cdr(&f.pool, "R-DST-2").await,
+        [
+            "routit",
+            "+31612345678",
+            &acme,
+            "2025-03-30 01:00:00",
+            "sms",
+            "outgoing",
+            "",
+            "eu",
+            "0",
+            "0",
+            "1",
+            "100000",
+            "3"
+        ]
+    );
+    // 02:30 on 26 October happens twice; the first (summer time, UTC+2) is taken.
+    // 1,5 KB = 1536 bytes; EUR 1,234567 = 1234567 micro-euros.
+    assert_eq!(
+        cdr(&f.pool, "R-DST-3").await,
+        [
+            "routit",
+            "+31612345678",
+            &acme,
+            "2025-10-26 00:30:00",
+            "data",
+            "incoming",
+            "",
+            "world",
+            "0",
+            "1536",
+            "0",
+            "1234567",
+            "4"
+        ]
+    );
+    // An unknown subscription is kept, without a customer.
+    assert_eq!(
+        cdr(&f.pool, "R-UNKNOWN").await,
+        [
+            "routit",
+            "+31687654321",
+            "-",
+            "2025-01-14 23:30:00",
+            "service",
+            "outgoing",
+            "1244",
+            "home",
+            "0",
+            "0",
+            "0",
+            "2000000",
+            "5"
+        ]
+    );
+    // The rejected rows are in the rejected CSV with their lines and reasons.
+    let rejected = std::fs::read_to_string(
+        f.rejects
+            .0
+            .join("rejected/inbox/routit/1/2025-03-30/a.csv.csv"),
+    )
+    .unwrap();
+    assert!(
+        rejected.contains(",6,") && rejected.contains("does not exist"),
+        "{rejected}"
+    );
+    assert!(
+        rejected.contains(",7,") && rejected.contains("expected 11 fields, found 10"),
+        "{rejected}"
+    );
+    assert_eq!(
+        summary.rejected_key.as_deref(),
+        Some("rejected/inbox/routit/1/2025-03-30/a.csv.csv")
+    );
+    // The touched customer cycles: 30 March and 26 October fall in cycles from the 15th.
+    let cycles: Vec<String> = summary.touched.iter().map(|(_, c)| c.to_string()).collect();
+    assert_eq!(cycles, vec!["2025-03-15", "2025-10-15"]);
+}
+
+#[tokio::test]
+async fn a_t_mobile_file_loads_quoted_fields_and_rejects_bad_rows_with_their_lines() {
+    let f = fixture().await;
+    let text = format!(
+        "{TMOBILE_HEADER}\n\
+         \"TM-1\",+31612345678,2025-01-20T10:00:00+01:00,VOICE,MO,\"+31 20,123\",90,0,1,1.25,HOME\n\
+         TM-2,+31612345678,2025-01-20T10:05:00+01:00,DATA,MT,,0,1048576,0,0.5,ROW\n\
+         TM-3,+31612345678,2025-01-20,VOICE,MO,,10,0,1,1,HOME\n\
+         TM-4,+31612345678,2025-01-20T10:05:00+01:00,VOICE,MO,,-3,0,1,1,HOME\n\
+         TM-5,+31612345678,2025-01-20T10:05:00+01:00,FAX,MO,,3,0,1,1,HOME\n\
+         TM-6,+31612345678,2025-01-20T10:05:00+01:00,SMS,MO,,0,0,1,abc,HOME\n\
+         TM-7,+31612345678,2025-01-20T10:05:00+01:00,SMS,MO,,0,0,1\n"
+    );
+    let summary = f
+        .import(
+            Provider::TMobile,
+            "inbox/t_mobile/1/2025-01-20/x.csv",
+            text.into_bytes(),
+        )
+        .await;
+    assert_eq!(
+        (summary.read, summary.loaded, summary.rejected),
+        (7, 2, 5),
+        "{summary:?}"
+    );
+    let acme = sqlx::query_scalar::<_, i64>("SELECT id FROM customer")
+        .fetch_one(&f.pool)
+        .await
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        cdr(&f.pool, "TM-1").await,
+        [
+            "t_mobile",
+            "+31612345678",
+            &acme,
+            "2025-01-20 09:00:00",
+            "voice",
+            "outgoing",
+            "+31 20,123",
+            "home",
+            "90",
+            "0",
+            "1",
+            "12500",
+            "2"
+        ]
+    );
+    assert_eq!(
+        cdr(&f.pool, "TM-2").await,
+        [
+            "t_mobile",
+            "+31612345678",
+            &acme,
+            "2025-01-20 09:05:00",
+            "data",
+            "incoming",
+            "",
+            "world",
+            "0",
+            "1048576",
+            "0",
+            "5000",
+            "3"
+        ]
+    );
+    let rejected = std::fs::read_to_string(
+        f.rejects
+            .0
+            .join("rejected/inbox/t_mobile/1/2025-01-20/x.csv.csv"),
+    )
+    .unwrap();
+    for (line, reason) in [
+        (4, "ISO 8601"),
+        (5, "negative"),
+        (6, "unknown type"),
+        (7, "cost"),
+        (8, "expected 11 fields"),
+    ] {
+        assert!(
+            rejected
+                .lines()
+                .any(|l| l.starts_with(&format!(",{line},")) && l.contains(reason)),
+            "line {line} ({reason}) in\n{rejected}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_same_file_twice_loads_once() {
+    let f = fixture().await;
+    let first = f
+        .import(Provider::Routit, "inbox/routit/1/d/a.csv", routit_file())
+        .await;
+    let second = f
+        .import(
+            Provider::Routit,
+            "inbox/routit/1/d/a-again.csv",
+            routit_file(),
+        )
+        .await;
+    assert_eq!(first.loaded, 4);
+    assert_eq!(second.status, "already_imported");
+    assert_eq!(second.loaded, 0);
+    assert_eq!(f.count().await, 4);
+}
+
+#[tokio::test]
+async fn the_same_rows_in_another_file_are_counted_as_duplicates() {
+    let f = fixture().await;
+    f.import(Provider::Routit, "inbox/routit/1/d/a.csv", routit_file())
+        .await;
+    let mut other = String::from_utf8(routit_file()).unwrap();
+    other.push_str("15-01-2025;11:00:00;0612345678;;SMS;Uitgaand;;;0,10;NL;R-NEW\r\n");
+    let summary = f
+        .import(
+            Provider::Routit,
+            "inbox/routit/1/d/b.csv",
+            other.into_bytes(),
+        )
+        .await;
+    assert_eq!(
+        (summary.loaded, summary.duplicate, summary.rejected),
+        (1, 4, 2),
+        "{summary:?}"
+    );
+    assert_eq!(f.count().await, 5);
+}
+
+#[tokio::test]
+async fn a_row_repeated_inside_one_file_loads_once() {
+    let f = fixture().await;
+    let row = "15-01-2025;11:00:00;0612345678;;SMS;Uitgaand;;;0,10;NL;R-TWICE";
+    let text = format!("{ROUTIT_HEADER}\n{row}\n{row}\n");
+    let summary = f.import(Provider::Routit, "k.csv", text.into_bytes()).await;
+    assert_eq!((summary.loaded, summary.duplicate), (1, 1));
+    assert_eq!(
+        cdr(&f.pool, "R-TWICE").await[12],
+        "2",
+        "the first occurrence is kept"
+    );
+}
+
+#[tokio::test]
+async fn two_concurrent_imports_of_the_same_file_load_it_once() {
+    let f = Arc::new(fixture().await);
+    let a = tokio::spawn({
+        let f = f.clone();
+        async move {
+            f.import(Provider::Routit, "inbox/a.csv", routit_file())
+                .await
+        }
+    });
+    let b = tokio::spawn({
+        let f = f.clone();
+        async move {
+            f.import(Provider::Routit, "inbox/a.csv", routit_file())
+                .await
+        }
+    });
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    let mut statuses = vec![a.status.clone(), b.status.clone()];
+    statuses.sort();
+    assert_eq!(statuses, ["already_imported", "completed"]);
+    assert_eq!(a.loaded + b.loaded, 4);
+    assert_eq!(f.count().await, 4);
+}
