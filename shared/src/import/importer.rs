@@ -24,8 +24,9 @@ use crate::import::format::{FormatError, FormatTemplate};
 use crate::import::load::{
     load_csv, LoadError, LoadInput, LoadMode, LoadReport, RejectFile, Resolver,
 };
+use crate::import::parse::FileError;
 use crate::import::source::{chunks, sniff, spawn_pump, ObjectKind, RangeRead, SourceError};
-use crate::import::zip::{EntryDecision, EntryReader, ZipArchive, ZipLimits};
+use crate::import::zip::{EntryDecision, EntryReader, ZipArchive, ZipError, ZipLimits};
 use crate::ports::PortError;
 use crate::routing::Provider;
 
@@ -361,7 +362,15 @@ impl Importer {
             ObjectKind::Zip => {
                 let archive = ZipArchive::open(source, self.limits.clone())
                     .await
-                    .map_err(|e| LoadFailure::refused(&what, e.to_string()))?;
+                    .map_err(|e| match e {
+                        ZipError::Source(source) if source.is_transient() => {
+                            LoadFailure::Import(ImportError::Source {
+                                what: what.clone(),
+                                source,
+                            })
+                        }
+                        other => LoadFailure::refused(&what, other.to_string()),
+                    })?;
                 let mut total = LoadReport::default();
                 let mut notes = Vec::new();
                 for entry in archive.entries() {
@@ -413,7 +422,7 @@ impl Importer {
                             total.without_customer += report.without_customer;
                             total.touched.extend(report.touched);
                         }
-                        Err(LoadError::File(e)) => {
+                        Err(LoadError::File(e)) if transient_read(&e).is_none() => {
                             // Nothing of this entry stays; the other entries load.
                             sqlx::query("ROLLBACK TO SAVEPOINT entry")
                                 .execute(&mut *tx)
@@ -467,10 +476,42 @@ impl LoadFailure {
     fn from_load(e: LoadError, what: &str) -> Self {
         match e {
             LoadError::ExistingRows => LoadFailure::ExistingRows,
+            LoadError::File(file) if transient_read(&file).is_some() => {
+                let source = transient_read(&file).expect("checked in the guard");
+                LoadFailure::Import(ImportError::Source {
+                    what: what.to_string(),
+                    source,
+                })
+            }
             LoadError::File(file) => LoadFailure::refused(what, file.to_string()),
             LoadError::Database(db) => LoadFailure::db(db),
             LoadError::Rejects(io) => LoadFailure::Import(ImportError::Rejects(io.to_string())),
         }
+    }
+}
+
+/// A read that failed for a reason a retry may fix (the source, not the
+/// content), hidden inside the CSV reader's I/O error.
+fn transient_read(e: &FileError) -> Option<SourceError> {
+    let FileError::Read { source, .. } = e else {
+        return None;
+    };
+    let inner = source.get_ref()?;
+    if let Some(source) = inner.downcast_ref::<SourceError>() {
+        return source.is_transient().then(|| source.clone());
+    }
+    match ZipError::from_io(source) {
+        Some(ZipError::Source(source)) if source.is_transient() => Some(source.clone()),
+        _ if source.kind() == std::io::ErrorKind::UnexpectedEof
+            && inner.downcast_ref::<ZipError>().is_none() =>
+        {
+            // The pump feeding the reader stopped before the end.
+            Some(SourceError::Io {
+                what: "object".into(),
+                message: source.to_string(),
+            })
+        }
+        _ => None,
     }
 }
 
