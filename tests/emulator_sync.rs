@@ -42,6 +42,7 @@ async fn the_template_deploys_every_function_queue_table_and_the_bucket() {
         .collect();
     for key in [
         "SyncManagerFunctionName",
+        "CdrImportFunctionName",
         "KpnSp16SyncFunctionName",
         "KpnEenSyncFunctionName",
         "VodafoneSyncFunctionName",

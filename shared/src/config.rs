@@ -70,7 +70,10 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             .into_iter()
             .filter_map(|p| Some((p, self.optional(&format!("QUEUE_URL_{}", p.env_key()))?)))
             .collect();
-        Router::new(queues)
+        Router::new(queues).with_pipeline_queues(
+            self.optional("QUEUE_URL_IMPORT"),
+            self.optional("QUEUE_URL_TOTALS"),
+        )
     }
 
     /// Settings of the chain runtime for a function consuming one queue.

@@ -27,14 +27,20 @@ pub enum Step {
     RoutitPollExport,
     /// Routit: download the ready export into the CDR bucket.
     RoutitDownloadExport,
+    /// Import one CDR export from the CDR bucket (made from its S3 notification).
+    ImportCdrFile,
+    /// Recalculate one customer's totals for one billing cycle.
+    DispatchTotals,
 }
 
 impl Step {
-    pub const ALL: [Step; 4] = [
+    pub const ALL: [Step; 6] = [
         Step::SyncProfile,
         Step::RoutitRequestExport,
         Step::RoutitPollExport,
         Step::RoutitDownloadExport,
+        Step::ImportCdrFile,
+        Step::DispatchTotals,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +49,8 @@ impl Step {
             Step::RoutitRequestExport => "RoutitRequestExport",
             Step::RoutitPollExport => "RoutitPollExport",
             Step::RoutitDownloadExport => "RoutitDownloadExport",
+            Step::ImportCdrFile => "ImportCdrFile",
+            Step::DispatchTotals => "DispatchTotals",
         }
     }
 }
@@ -113,7 +121,7 @@ pub enum EnvelopeError {
     MissingVersion,
     #[error("envelope version {0} is not supported by this build (supports {ENVELOPE_VERSION}); deploy a build that knows it or re-send as version {ENVELOPE_VERSION}")]
     UnsupportedVersion(u64),
-    #[error("unknown step {0:?}; known steps: SyncProfile, RoutitRequestExport, RoutitPollExport, RoutitDownloadExport")]
+    #[error("unknown step {0:?}; known steps: {known}", known = Step::ALL.map(Step::as_str).join(", "))]
     UnknownStep(String),
     #[error("malformed envelope: {0}")]
     Malformed(String),
@@ -223,6 +231,29 @@ impl Envelope {
             depth: self.depth + 1,
             requeues: 0,
         })
+    }
+
+    /// One message per branch, each followed by the rest of this chain
+    /// (fan-out, e.g. `DispatchTotals` per customer and cycle an import
+    /// touched). Ids derive from this message's id and the branch position.
+    pub fn fork(&self, branches: Vec<ChainLink>) -> Vec<Envelope> {
+        branches
+            .into_iter()
+            .enumerate()
+            .map(|(position, head)| Envelope {
+                version: ENVELOPE_VERSION,
+                id: child_id(&self.id, &format!("branch-{position}")),
+                step: head.step,
+                payload: head.payload,
+                chain: self.chain.clone(),
+                task_id: self.task_id.clone(),
+                attempt: 0,
+                created_at: self.created_at,
+                trace_id: self.trace_id.clone(),
+                depth: self.depth + 1,
+                requeues: 0,
+            })
+            .collect()
     }
 
     /// The same step again, later (Routit: export not ready yet).
@@ -407,6 +438,30 @@ mod tests {
             steps,
             vec![Step::RoutitPollExport, Step::RoutitDownloadExport]
         );
+    }
+
+    #[test]
+    fn a_fork_makes_one_message_per_branch_each_with_the_rest_of_the_chain() {
+        let parent = sample();
+        let branches = parent.fork(vec![
+            ChainLink::new(Step::DispatchTotals, json!({"customer_id": 1})),
+            ChainLink::new(Step::DispatchTotals, json!({"customer_id": 2})),
+        ]);
+        assert_eq!(branches.len(), 2);
+        assert_ne!(branches[0].id, branches[1].id);
+        assert_eq!(
+            branches,
+            parent.fork(vec![
+                ChainLink::new(Step::DispatchTotals, json!({"customer_id": 1})),
+                ChainLink::new(Step::DispatchTotals, json!({"customer_id": 2})),
+            ])
+        );
+        for branch in &branches {
+            assert_eq!(branch.chain, parent.chain);
+            assert_eq!(branch.depth, 1);
+            assert_eq!(branch.task_id, parent.task_id);
+        }
+        assert_eq!(branches[1].payload["customer_id"], 2);
     }
 
     #[test]

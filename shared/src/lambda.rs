@@ -5,6 +5,7 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::import::notification::{adapt_body, console_envelope, Adapted};
 use crate::runtime::{console_response, ChainRuntime, Disposition, IncomingMessage};
 
 /// The Lambda deadline, which bounds how long a message claim is held.
@@ -40,7 +41,22 @@ pub async fn handle_event(
 ) -> Result<Value, lambda_runtime::Error> {
     if event.get("Records").is_some() {
         let sqs: SqsEvent = serde_json::from_value(event)?;
-        let reports = runtime.process_batch(incoming(sqs), deadline).await;
+        // S3 notifications (the import queue) become envelopes here.
+        let messages = incoming(sqs)
+            .into_iter()
+            .filter_map(|mut m| match adapt_body(&m.body, chrono::Utc::now()) {
+                Adapted::Envelope(body) => {
+                    m.body = body;
+                    Some(m)
+                }
+                Adapted::Ignore(reason) => {
+                    tracing::info!(message_id = %m.message_id, %reason, "ignored");
+                    None
+                }
+                Adapted::Unchanged => Some(m),
+            })
+            .collect();
+        let reports = runtime.process_batch(messages, deadline).await;
         let mut response = SqsBatchResponse::default();
         response.batch_item_failures = reports
             .iter()
@@ -53,13 +69,20 @@ pub async fn handle_event(
             .collect();
         return Ok(serde_json::to_value(response)?);
     }
+    // The console's import command becomes an envelope; anything else is one.
+    let body = console_envelope(
+        &event,
+        &uuid::Uuid::new_v4().to_string(),
+        chrono::Utc::now(),
+    )
+    .unwrap_or_else(|| event.to_string());
     let message = IncomingMessage {
         message_id: event
             .get("id")
             .and_then(Value::as_str)
             .unwrap_or("console")
             .to_string(),
-        body: event.to_string(),
+        body,
         receive_count: 1,
         receipt_handle: None,
     };

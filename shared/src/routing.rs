@@ -86,11 +86,23 @@ pub enum RoutingError {
 #[derive(Debug, Clone, Default)]
 pub struct Router {
     provider_queues: BTreeMap<Provider, String>,
+    import_queue: Option<String>,
+    totals_queue: Option<String>,
 }
 
 impl Router {
     pub fn new(provider_queues: BTreeMap<Provider, String>) -> Self {
-        Self { provider_queues }
+        Self {
+            provider_queues,
+            ..Self::default()
+        }
+    }
+
+    /// Adds the import and totals queues (`QUEUE_URL_IMPORT`, `QUEUE_URL_TOTALS`).
+    pub fn with_pipeline_queues(mut self, import: Option<String>, totals: Option<String>) -> Self {
+        self.import_queue = import;
+        self.totals_queue = totals;
+        self
     }
 
     /// The provider a step's payload belongs to.
@@ -111,6 +123,14 @@ impl Router {
                 let provider = Self::provider_of(step, payload)?;
                 self.provider_queue(provider)
             }
+            Step::ImportCdrFile => self
+                .import_queue
+                .as_deref()
+                .ok_or_else(|| RoutingError::QueueNotConfigured("import".into())),
+            Step::DispatchTotals => self
+                .totals_queue
+                .as_deref()
+                .ok_or_else(|| RoutingError::QueueNotConfigured("totals".into())),
         }
     }
 
@@ -177,6 +197,24 @@ mod tests {
             .queue_for(Step::SyncProfile, &json!({"provider": "kpn_een"}))
             .unwrap_err();
         assert!(err.to_string().contains("QUEUE_URL_KPN_EEN"), "{err}");
+    }
+
+    #[test]
+    fn pipeline_steps_go_to_their_own_queues() {
+        let full = router().with_pipeline_queues(Some("q/import".into()), Some("q/totals".into()));
+        assert_eq!(
+            full.queue_for(Step::ImportCdrFile, &json!({})).unwrap(),
+            "q/import"
+        );
+        assert_eq!(
+            full.queue_for(Step::DispatchTotals, &json!({})).unwrap(),
+            "q/totals"
+        );
+        assert!(router()
+            .queue_for(Step::DispatchTotals, &json!({}))
+            .unwrap_err()
+            .to_string()
+            .contains("QUEUE_URL_TOTALS"));
     }
 
     #[test]

@@ -35,6 +35,12 @@ pub enum StepOutcome {
     Continue { output: Value, next: Vec<ChainLink> },
     /// Not done yet: run this same step again after `delay` with `payload`.
     Requeue { delay: Duration, payload: Value },
+    /// Done; continue with one message per branch, each followed by the
+    /// rest of the chain. No branches ends this chain here.
+    Fork {
+        output: Value,
+        branches: Vec<ChainLink>,
+    },
 }
 
 impl StepOutcome {
@@ -323,6 +329,10 @@ impl ChainRuntime {
                     .collect::<Vec<_>>(),
                 0,
             ),
+            StepOutcome::Fork {
+                output: _,
+                branches,
+            } => (envelope.fork(branches), 0),
             StepOutcome::Requeue { delay, payload } => {
                 let again = envelope.requeued(payload);
                 if again.requeues > self.settings.max_requeues {

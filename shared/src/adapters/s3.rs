@@ -287,3 +287,57 @@ mod s3_source_tests {
         client.delete_bucket().bucket(&bucket).send().await.unwrap();
     }
 }
+
+/// Opens objects of the CDR bucket for ranged reads.
+#[derive(Debug, Clone)]
+pub struct S3Sources {
+    client: Client,
+}
+
+impl S3Sources {
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+}
+
+impl crate::import::handler::ObjectSource for S3Sources {
+    fn open(&self, bucket: &str, key: &str) -> Arc<dyn RangeRead> {
+        Arc::new(S3Source::new(self.client.clone(), bucket, key))
+    }
+}
+
+/// Rejected-rows files next to the export, under `rejected/` in the same
+/// bucket (outside the `inbox/` prefix the import listens to).
+#[derive(Debug, Clone)]
+pub struct S3Rejects {
+    client: Client,
+    bucket: String,
+}
+
+impl S3Rejects {
+    pub fn new(client: Client, bucket: impl Into<String>) -> Self {
+        Self {
+            client,
+            bucket: bucket.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl crate::import::importer::RejectStore for S3Rejects {
+    async fn store(&self, key: &str, file: &std::path::Path) -> Result<String, PortError> {
+        let body = ByteStream::from_path(file)
+            .await
+            .map_err(|e| PortError::new("read rejected rows", e))?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("text/csv")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| PortError::new("s3 PutObject rejected rows", DisplayErrorContext(e)))?;
+        Ok(format!("s3://{}/{key}", self.bucket))
+    }
+}

@@ -2,9 +2,11 @@
 //! into `call_detail_record`, exactly once, with every bad row reported.
 
 pub mod format;
+pub mod handler;
 pub mod importer;
 pub mod load;
 pub mod normalize;
+pub mod notification;
 pub mod parse;
 pub mod source;
 pub mod zip;

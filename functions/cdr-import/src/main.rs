@@ -1,0 +1,52 @@
+//! cdr-import: S3 notifications from the import queue (or the console's
+//! `{"bucket", "key"}`) in, CDRs loaded, `DispatchTotals` out.
+
+use std::sync::Arc;
+
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use serde_json::Value;
+use tem_shared::adapters::s3::{S3Rejects, S3Sources};
+use tem_shared::adapters::s3_client;
+use tem_shared::bootstrap::Platform;
+use tem_shared::config::Env;
+use tem_shared::import::handler::CdrImport;
+use tem_shared::import::importer::Importer;
+use tem_shared::import::zip::ZipLimits;
+use tem_shared::lambda::{deadline, handle_event};
+use tem_shared::runtime::ChainRuntime;
+use tem_shared::telemetry;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    telemetry::init();
+    let env = Env::process();
+    let platform = Platform::connect(&env).await?;
+    let s3 = s3_client(&platform.aws);
+    let limits = ZipLimits {
+        max_entry_uncompressed: env.parsed(
+            "MAX_ENTRY_BYTES",
+            ZipLimits::default().max_entry_uncompressed,
+        )?,
+        max_ratio: env.parsed("MAX_COMPRESSION_RATIO", ZipLimits::default().max_ratio)?,
+        ..ZipLimits::default()
+    };
+    let importer = Importer::new(
+        platform.pool.clone(),
+        Arc::new(S3Rejects::new(s3.clone(), env.required("CDR_BUCKET")?)),
+        limits,
+    );
+    let runtime = ChainRuntime::new(
+        Arc::new(CdrImport::new(importer, Arc::new(S3Sources::new(s3)))),
+        env.router(),
+        platform.queues.clone(),
+        platform.queues.clone(),
+        platform.idempotency.clone(),
+        platform.tasks.clone(),
+        env.runtime_settings()?,
+    );
+    let runtime = &runtime;
+    run(service_fn(move |event: LambdaEvent<Value>| async move {
+        handle_event(runtime, event.payload, deadline(&event.context)).await
+    }))
+    .await
+}

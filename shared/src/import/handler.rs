@@ -1,0 +1,144 @@
+//! cdr-import's step handler: `ImportCdrFile` runs the importer on the
+//! object and forks one `DispatchTotals` per (customer, billing cycle) the
+//! import touched.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::json;
+use tracing::instrument;
+
+use crate::envelope::{ChainLink, Envelope, Step};
+use crate::import::importer::{ImportRequest, Importer};
+use crate::import::source::RangeRead;
+use crate::routing::Provider;
+use crate::runtime::{Delivery, StepError, StepHandler, StepOutcome};
+
+/// Opens an object for ranged reads (S3 in production).
+pub trait ObjectSource: Send + Sync {
+    fn open(&self, bucket: &str, key: &str) -> Arc<dyn RangeRead>;
+}
+
+#[derive(Debug, Deserialize)]
+struct ImportPayload {
+    bucket: String,
+    key: String,
+    /// Given from the console; otherwise read from the key.
+    provider: Option<String>,
+    profile_id: Option<i64>,
+    /// Set by the notification adapter when a message cannot be processed.
+    error: Option<String>,
+}
+
+/// Provider and profile from `inbox/{provider}/{profile_id}/{period}/{file}`.
+pub fn parse_inbox_key(key: &str) -> Result<(Provider, Option<i64>), String> {
+    let mut parts = key.split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("inbox"), Some(provider), profile) => {
+            let provider = provider.parse::<Provider>().map_err(|e| e.to_string())?;
+            Ok((provider, profile.and_then(|p| p.parse().ok())))
+        }
+        _ => Err(format!(
+            "cannot tell the provider from key {key:?}; exports belong under inbox/{{provider}}/{{profile_id}}/..., or give \"provider\""
+        )),
+    }
+}
+
+pub struct CdrImport {
+    importer: Importer,
+    sources: Arc<dyn ObjectSource>,
+}
+
+impl CdrImport {
+    pub fn new(importer: Importer, sources: Arc<dyn ObjectSource>) -> Self {
+        Self { importer, sources }
+    }
+}
+
+#[async_trait]
+impl StepHandler for CdrImport {
+    #[instrument(skip_all, fields(key))]
+    async fn handle(
+        &self,
+        message: &Envelope,
+        _delivery: Delivery,
+    ) -> Result<StepOutcome, StepError> {
+        if message.step != Step::ImportCdrFile {
+            return Err(StepError::Permanent(format!(
+                "cdr-import does not run {}",
+                message.step
+            )));
+        }
+        let payload: ImportPayload = serde_json::from_value(message.payload.clone())
+            .map_err(|e| StepError::Permanent(format!("ImportCdrFile payload is invalid: {e}")))?;
+        if let Some(error) = payload.error {
+            return Err(StepError::Permanent(error));
+        }
+        tracing::Span::current().record("key", payload.key.as_str());
+        let (provider, profile_id) = match &payload.provider {
+            Some(name) => (
+                name.parse::<Provider>()
+                    .map_err(|e| StepError::Permanent(e.to_string()))?,
+                payload.profile_id,
+            ),
+            None => parse_inbox_key(&payload.key).map_err(StepError::Permanent)?,
+        };
+        let request = ImportRequest {
+            bucket: payload.bucket.clone(),
+            key: payload.key.clone(),
+            provider,
+            profile_id: profile_id.or(payload.profile_id),
+        };
+        let source = self.sources.open(&payload.bucket, &payload.key);
+        let summary = self.importer.import(source, &request).await.map_err(|e| {
+            if e.is_retryable() {
+                StepError::Retryable(e.to_string())
+            } else {
+                StepError::Permanent(e.to_string())
+            }
+        })?;
+        let branches = summary
+            .touched
+            .iter()
+            .map(|(customer_id, cycle)| {
+                ChainLink::new(
+                    Step::DispatchTotals,
+                    json!({
+                        "customer_id": customer_id,
+                        "cycle": cycle,
+                        "cause": "import",
+                        "import_file_id": summary.import_file_id,
+                    }),
+                )
+            })
+            .collect();
+        Ok(StepOutcome::Fork {
+            output: serde_json::to_value(&summary).unwrap_or_default(),
+            branches,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_provider_and_profile_come_from_the_inbox_key() {
+        assert_eq!(
+            parse_inbox_key("inbox/routit/7/2025-01-14/x.zip").unwrap(),
+            (Provider::Routit, Some(7))
+        );
+        assert_eq!(
+            parse_inbox_key("inbox/t_mobile/x.zip").unwrap(),
+            (Provider::TMobile, None)
+        );
+        assert!(parse_inbox_key("inbox/ben/1/x.zip")
+            .unwrap_err()
+            .contains("unknown provider"));
+        assert!(parse_inbox_key("other/routit/1/x.zip")
+            .unwrap_err()
+            .contains("inbox/"));
+    }
+}

@@ -1,0 +1,217 @@
+//! The CDR import path in the emulator: an export put into the bucket is
+//! imported through the S3 notification, recorded, and chains
+//! `DispatchTotals` for every (customer, cycle) it touched.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::time::Duration;
+
+use serde_json::Value;
+use tem_local::deployment::wait_for;
+use tem_shared::envelope::{Envelope, Step};
+use tem_tests::stack::{deploy, TestStack};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+const HEADER: &str =
+    "Datum;Tijd;Abonnee;Bestemming;Type;Richting;Duur;Volume;Kosten;Zone;Referentie";
+
+fn zipped(name: &str, csv: &str) -> Vec<u8> {
+    let mut cursor = std::io::Cursor::new(Vec::new());
+    let mut writer = zip::ZipWriter::new(&mut cursor);
+    writer
+        .start_file(name, zip::write::SimpleFileOptions::default())
+        .unwrap();
+    writer.write_all(csv.as_bytes()).unwrap();
+    writer.finish().unwrap();
+    cursor.into_inner()
+}
+
+/// Two customers with cycles starting on the 1st and the 15th.
+async fn customers(stack: &TestStack) -> (i64, i64) {
+    let mut ids = Vec::new();
+    for (name, day, number) in [
+        ("Acme", 1i16, "+31611111111"),
+        ("Bakker", 15, "+31622222222"),
+    ] {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO customer (name, billing_cycle_start_day) VALUES ($1, $2) RETURNING id",
+        )
+        .bind(name)
+        .bind(day)
+        .fetch_one(&stack.db.pool)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO subscription (customer_id, provider, identifier) VALUES ($1, 'routit', $2)")
+            .bind(id)
+            .bind(number)
+            .execute(&stack.db.pool)
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    (ids[0], ids[1])
+}
+
+async fn put(stack: &TestStack, key: &str, bytes: Vec<u8>) {
+    stack
+        .deployment
+        .clients
+        .s3
+        .put_object()
+        .bucket(stack.deployment.output("CdrBucketName"))
+        .key(key)
+        .body(bytes.into())
+        .send()
+        .await
+        .expect("put the export");
+}
+
+async fn import_file(stack: &TestStack, key: &str) -> Value {
+    wait_for(&format!("the import of {key}"), TIMEOUT, || async {
+        let row: Option<Value> = sqlx::query_scalar(
+            "SELECT to_jsonb(f) FROM import_file f WHERE key = $1 AND status <> 'running' ORDER BY id DESC LIMIT 1",
+        )
+        .bind(key)
+        .fetch_optional(&stack.db.pool)
+        .await?;
+        Ok(row)
+    })
+    .await
+    .unwrap()
+}
+
+/// Reads DispatchTotals messages off the totals queue for a while.
+async fn dispatched(stack: &TestStack, expected: usize) -> Vec<Envelope> {
+    let mut found = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        for message in stack.deployment.drain("TotalsQueueUrl").await.unwrap() {
+            found.push(Envelope::parse(&message.body).expect("a valid envelope"));
+        }
+        if found.len() >= expected {
+            // Give a duplicate the chance to show up.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            for message in stack.deployment.drain("TotalsQueueUrl").await.unwrap() {
+                found.push(Envelope::parse(&message.body).unwrap());
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_put_into_the_bucket_is_imported_and_chains_dispatch_totals_per_customer_cycle() {
+    let stack = deploy().await;
+    let (acme, bakker) = customers(&stack).await;
+    let csv = format!(
+        "{HEADER}\r\n\
+         14-01-2025;10:00:00;0611111111;;SMS;Uitgaand;;;0,10;NL;N1\r\n\
+         02-02-2025;10:00:00;0611111111;;SMS;Uitgaand;;;0,10;NL;N2\r\n\
+         14-01-2025;10:00:00;0622222222;;SMS;Uitgaand;;;0,10;NL;N3\r\n\
+         14-01-2025;11:00:00;0622222222;;SMS;Uitgaand;;;0,10;NL;N4\r\n\
+         14-01-2025;11:00:00;0633333333;;SMS;Uitgaand;;;0,10;NL;N5\r\n\
+         14-01-2025;25:00:00;0611111111;;SMS;Uitgaand;;;0,10;NL;BAD\r\n"
+    );
+    let key = "inbox/routit/1/2025-01-14/export 1.zip";
+    put(&stack, key, zipped("cdr.csv", &csv)).await;
+
+    let file = import_file(&stack, key).await;
+    assert_eq!(file["status"], "completed", "{file}");
+    assert_eq!(
+        (
+            &file["rows_read"],
+            &file["rows_loaded"],
+            &file["rows_rejected"],
+            &file["rows_without_customer"]
+        ),
+        (&6.into(), &5.into(), &1.into(), &1.into()),
+        "{file}"
+    );
+    assert_eq!(file["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(file["provider"], "routit");
+    assert_eq!(file["profile_id"], 1);
+    let rejected_key = "rejected/inbox/routit/1/2025-01-14/export 1.zip.csv";
+    assert!(
+        file["rejected_key"]
+            .as_str()
+            .unwrap()
+            .ends_with(rejected_key),
+        "{file}"
+    );
+    assert_eq!(
+        stack.deployment.objects("rejected/").await.unwrap().len(),
+        1
+    );
+
+    let messages = dispatched(&stack, 3).await;
+    let touched: BTreeSet<(i64, String)> = messages
+        .iter()
+        .map(|m| {
+            assert_eq!(m.step, Step::DispatchTotals);
+            (
+                m.payload["customer_id"].as_i64().unwrap(),
+                m.payload["cycle"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        messages.len(),
+        3,
+        "one message per customer and cycle: {touched:?}"
+    );
+    assert_eq!(
+        touched,
+        BTreeSet::from([
+            (acme, "2025-01-01".to_string()),
+            (acme, "2025-02-01".to_string()),
+            (bakker, "2024-12-15".to_string()),
+        ])
+    );
+
+    // The same content under another key: recorded, nothing loaded, nothing chained.
+    put(
+        &stack,
+        "inbox/routit/1/2025-01-14/copy.zip",
+        zipped("cdr.csv", &csv),
+    )
+    .await;
+    let copy = import_file(&stack, "inbox/routit/1/2025-01-14/copy.zip").await;
+    assert_eq!(copy["rows_loaded"], 0, "{copy}");
+    assert!(copy["details"]["already_imported_as"].is_number(), "{copy}");
+    assert!(dispatched(&stack, 1).await.is_empty());
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM call_detail_record")
+        .fetch_one(&stack.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 5);
+    stack.finish().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_that_is_not_a_zip_goes_to_the_import_dlq_with_the_reason() {
+    let stack = deploy().await;
+    put(
+        &stack,
+        "inbox/routit/1/2025-01-14/broken.zip",
+        b"not a zip at all".to_vec(),
+    )
+    .await;
+    let file = import_file(&stack, "inbox/routit/1/2025-01-14/broken.zip").await;
+    assert_eq!(file["status"], "failed");
+    assert!(
+        file["error"].as_str().unwrap().contains("not a ZIP file"),
+        "{file}"
+    );
+    let dead = wait_for("the dead letter", TIMEOUT, || async {
+        let dead = stack.deployment.drain("ImportDlqUrl").await?;
+        Ok((!dead.is_empty()).then_some(dead))
+    })
+    .await
+    .unwrap();
+    assert_eq!(dead[0].attributes["tem-error-kind"], "permanent");
+    assert!(dead[0].attributes["tem-error"].contains("not a ZIP file"));
+    assert_eq!(dead[0].attributes["tem-attempts"], "1");
+    stack.finish().await.unwrap();
+}
