@@ -365,14 +365,30 @@ async fn a_malformed_body_and_an_unknown_step_go_straight_to_the_dlq_with_the_re
 #[tokio::test(flavor = "multi_thread")]
 async fn every_file_in_events_invokes_successfully() {
     let stack = deploy().await;
-    // The sample events name profiles 1 (routit) and 2 (t_mobile).
+    // The sample events name profiles 1 (routit) and 2 (t_mobile), and an
+    // export in the sample bucket, which here is the stack's.
     assert_eq!(stack.profile("routit", true, "2025-01-14", None).await, 1);
     assert_eq!(stack.profile("t_mobile", true, "2025-01-14", None).await, 2);
+    let bucket = stack.deployment.output("CdrBucketName").to_string();
+    let export = provider_sim::export_zip("routit", "2025-01-14".parse().unwrap(), 5).unwrap();
+    stack
+        .deployment
+        .clients
+        .s3
+        .put_object()
+        .bucket(&bucket)
+        .key("inbox/routit/1/2025-01-14/rt 20250114.zip")
+        .body(export.into())
+        .send()
+        .await
+        .unwrap();
+
     let events = tem_local::emulator::repo_root().join("events");
     let mut invoked = 0;
     for (dir, function) in [
         ("sync-manager", "SyncManagerFunctionName"),
         ("provider-sync", "RoutitSyncFunctionName"),
+        ("cdr-import", "CdrImportFunctionName"),
     ] {
         let mut files: Vec<_> = std::fs::read_dir(events.join(dir))
             .unwrap()
@@ -380,8 +396,10 @@ async fn every_file_in_events_invokes_successfully() {
             .collect();
         files.sort();
         for file in files {
-            let event: Value =
-                serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+            let text = std::fs::read_to_string(&file)
+                .unwrap()
+                .replace("tem-cdr-000000000000-eu-west-1", &bucket);
+            let event: Value = serde_json::from_str(&text).unwrap();
             let answer = stack.deployment.invoke(function, &event).await.unwrap();
             let name = file.display();
             assert_eq!(answer.error, None, "{name}: {}", answer.payload);
@@ -400,12 +418,21 @@ async fn every_file_in_events_invokes_successfully() {
                         answer.payload["disposition"].as_str(),
                         Some("completed" | "duplicate")
                     ),
-                    "{name}"
+                    "{name}: {}",
+                    answer.payload
                 );
             }
             invoked += 1;
         }
     }
-    assert_eq!(invoked, 5, "every file in events/ was invoked");
+    assert_eq!(invoked, 7, "every file in events/ was invoked");
+    // The sample notification and console command imported the export (once).
+    let (status, read): (String, i64) = sqlx::query_as(
+        "SELECT status, rows_read FROM import_file WHERE key = 'inbox/routit/1/2025-01-14/rt 20250114.zip' AND rows_read > 0",
+    )
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), read), ("completed", 5));
     stack.finish().await.unwrap();
 }
