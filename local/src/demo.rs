@@ -57,6 +57,29 @@ pub async fn seed(
         .execute(pool)
         .await?;
     }
+    // The simulator's exports use +31612300000..49 (Routit) and
+    // +31612340000..49 (the others); most belong to the demo customers.
+    let customers: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM customer WHERE name IN ('Acme Logistics', 'Bakkerij de Vries', 'Stadsbeheer Utrecht') ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await?;
+    sqlx::query("DELETE FROM subscription WHERE identifier LIKE '+316123%'").execute(pool).await?;
+    for i in 0..40 {
+        for (provider, prefix) in std::iter::once(("routit", "+31612300")).chain(
+            PROVIDERS
+                .iter()
+                .filter(|p| **p != "routit")
+                .map(|p| (*p, "+31612340")),
+        ) {
+            sqlx::query("INSERT INTO subscription (customer_id, provider, identifier) VALUES ($1, $2, $3)")
+                .bind(customers[i % customers.len()])
+                .bind(provider)
+                .bind(format!("{prefix}{i:03}"))
+                .execute(pool)
+                .await?;
+        }
+    }
     let mut ids = Vec::new();
     for provider in PROVIDERS {
         let secret = format!("{}/{provider}/demo", deployment.secrets_prefix);

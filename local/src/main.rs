@@ -114,9 +114,43 @@ async fn main() -> Result<()> {
         );
     }
     println!("==> s3://{}/inbox/", deployment.output("CdrBucketName"));
-    for (key, size) in deployment.objects("inbox/").await? {
+    let exports = deployment.objects("inbox/").await?;
+    for (key, size) in &exports {
         println!("    {key}  ({size} bytes)");
     }
+
+    println!("==> CDR imports (through the bucket's notifications)");
+    let keys: Vec<String> = exports.iter().map(|(k, _)| k.clone()).collect();
+    let imports = wait_for("every export to be imported", Duration::from_secs(120), || async {
+        let rows: Vec<(String, String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT DISTINCT ON (key) key, status, rows_read, rows_loaded, rows_duplicate, rows_rejected, rows_without_customer
+             FROM import_file WHERE key = ANY($1) AND status <> 'running' ORDER BY key, id DESC",
+        )
+        .bind(&keys)
+        .fetch_all(&deployment.pool)
+        .await?;
+        Ok((rows.len() == keys.len()).then_some(rows))
+    })
+    .await?;
+    println!("    {:<52} {:<10} {:>5} {:>6} {:>5} {:>8} {:>11}", "key", "status", "read", "loaded", "dup", "rejected", "no customer");
+    for (key, status, read, loaded, duplicate, rejected, without) in imports {
+        println!("    {key:<52} {status:<10} {read:>5} {loaded:>6} {duplicate:>5} {rejected:>8} {without:>11}");
+    }
+    let per_customer: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT c.name, count(*), sum(r.provider_cost_micros)::bigint FROM call_detail_record r
+         JOIN customer c ON c.id = r.customer_id GROUP BY c.name ORDER BY c.name",
+    )
+    .fetch_all(&deployment.pool)
+    .await?;
+    println!("==> CDRs per customer (provider cost)");
+    for (name, count, micros) in per_customer {
+        println!("    {name:<22} {count:>5} CDRs  EUR {:.6}", micros as f64 / 1e6);
+    }
+    let waiting = deployment.drain("TotalsQueueUrl").await?;
+    println!(
+        "==> {} DispatchTotals messages on the totals queue (the totals function is not built yet)",
+        waiting.len()
+    );
     println!("The emulator keeps running (scripts/emulator.sh stop ends it).");
     Ok(())
 }

@@ -1,0 +1,74 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use tem_shared::routing::Provider;
+
+/// Operators' tools for the telecom expense platform. Every command works on
+/// the PostgreSQL database named by the DATABASE_URL environment variable.
+///
+/// Exit codes: 0 success, 1 the command failed, 2 usage error (bad
+/// arguments, or DATABASE_URL not set).
+#[derive(Debug, Parser)]
+#[command(name = "temctl", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Import a carrier's CDR export (ZIP of CSV, .csv.gz or .csv), exactly
+    /// as the cdr-import Lambda does; for backfills of historic exports.
+    Import(ImportArgs),
+    /// Apply the project's database migrations (creates the tables on an
+    /// empty database; a no-op when up to date).
+    Migrate,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The carrier whose format the file is in (e.g. routit, t_mobile).
+    #[arg(long, value_parser = parse_provider)]
+    pub provider: Provider,
+    /// The export to import.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// The sync profile the file belongs to, recorded on the import.
+    #[arg(long, value_name = "N")]
+    pub profile_id: Option<i64>,
+    /// Print the import summary as one JSON object on stdout (no progress bar).
+    #[arg(long)]
+    pub json: bool,
+    /// Where the rejected-rows CSV is written.
+    #[arg(long, value_name = "DIR", default_value = "./rejected-rows")]
+    pub rejects_dir: PathBuf,
+}
+
+fn parse_provider(name: &str) -> Result<Provider, String> {
+    name.parse::<Provider>().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn an_unknown_provider_is_a_usage_error_listing_the_known_ones() {
+        let err =
+            Cli::try_parse_from(["temctl", "import", "--provider", "kpn", "x.csv"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let text = err.to_string();
+        assert!(
+            text.contains("routit") && text.contains("t_mobile"),
+            "{text}"
+        );
+    }
+}

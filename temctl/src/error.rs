@@ -1,0 +1,45 @@
+//! Every way a command can fail, with its exit code.
+
+use tem_shared::import::importer::ImportError;
+use tem_shared::import::source::SourceError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("DATABASE_URL is not set; set it to the URL of the PostgreSQL database to work on, e.g. DATABASE_URL=postgres://postgres@127.0.0.1:5432/tem")]
+    MissingDatabaseUrl,
+    #[error("DATABASE_URL is not a valid PostgreSQL URL ({0})")]
+    BadDatabaseUrl(String),
+    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    Connect { target: String, source: sqlx::Error },
+    #[error("the database {target} has no call_detail_record table; run `temctl migrate` first")]
+    NotMigrated { target: String },
+    #[error("database error while {doing}: {source}")]
+    Database {
+        doing: &'static str,
+        source: sqlx::Error,
+    },
+    #[error("migrating {target} failed: {source}")]
+    Migrate {
+        target: String,
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("file {0} not found")]
+    FileNotFound(String),
+    #[error("cannot open {path}: {source}")]
+    Open { path: String, source: SourceError },
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    #[error("cannot write the summary to stdout: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl CliError {
+    /// 2 when the command was called wrongly (as for clap's usage errors),
+    /// 1 when it ran and failed.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::MissingDatabaseUrl | CliError::BadDatabaseUrl(_) => 2,
+            _ => 1,
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! `temctl`: the operators' command line. See `temctl --help`.
+
+mod cli;
+mod db;
+mod error;
+mod import;
+mod migrate;
+mod progress;
+mod summary;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // Usage errors (and --help/--version) exit here, with code 2 (0 for help).
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Import(args) => import::run(args).await,
+        Command::Migrate => migrate::run().await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
