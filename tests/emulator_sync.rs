@@ -425,7 +425,7 @@ async fn every_file_in_events_invokes_successfully() {
             invoked += 1;
         }
     }
-    assert_eq!(invoked, 7, "every file in events/ was invoked");
+    assert_eq!(invoked, 8, "every file in events/ was invoked");
     // The sample notification and console command imported the export (once).
     let (status, read): (String, i64) = sqlx::query_as(
         "SELECT status, rows_read FROM import_file WHERE key = 'inbox/routit/1/2025-01-14/rt 20250114.zip' AND rows_read > 0",

@@ -429,3 +429,58 @@ async fn two_concurrent_imports_of_the_same_file_load_it_once() {
     assert_eq!(a.loaded + b.loaded, 4);
     assert_eq!(f.count().await, 4);
 }
+
+#[tokio::test]
+async fn cdrs_of_a_subscription_added_later_are_attached_once_with_their_cycles() {
+    let f = fixture().await;
+    f.import(Provider::Routit, "inbox/a.csv", routit_file())
+        .await;
+    let unknown: Option<i64> = sqlx::query_scalar(
+        "SELECT customer_id FROM call_detail_record WHERE external_id = 'R-UNKNOWN'",
+    )
+    .fetch_one(&f.pool)
+    .await
+    .unwrap();
+    assert_eq!(unknown, None);
+
+    // Nothing to attach before the subscription exists.
+    let nothing = tem_shared::import::attach::attach_unassigned(&f.pool)
+        .await
+        .unwrap();
+    assert_eq!(nothing.cdrs, 0);
+
+    let late: i64 = sqlx::query_scalar(
+        "INSERT INTO customer (name, billing_cycle_start_day) VALUES ('Late', 10) RETURNING id",
+    )
+    .fetch_one(&f.pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO subscription (customer_id, provider, identifier, active_from) VALUES ($1, 'routit', '+31687654321', '2025-01-01')")
+        .bind(late)
+        .execute(&f.pool)
+        .await
+        .unwrap();
+    let attached = tem_shared::import::attach::attach_unassigned(&f.pool)
+        .await
+        .unwrap();
+    assert_eq!(attached.cdrs, 1);
+    // 00:30 on 15 January in Amsterdam is in the cycle from 10 January.
+    assert_eq!(
+        attached.touched,
+        vec![(late, "2025-01-10".parse().unwrap())]
+    );
+    assert_eq!(
+        tem_shared::import::attach::attach_unassigned(&f.pool)
+            .await
+            .unwrap()
+            .cdrs,
+        0
+    );
+    let now: Option<i64> = sqlx::query_scalar(
+        "SELECT customer_id FROM call_detail_record WHERE external_id = 'R-UNKNOWN'",
+    )
+    .fetch_one(&f.pool)
+    .await
+    .unwrap();
+    assert_eq!(now, Some(late));
+}

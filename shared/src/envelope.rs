@@ -29,17 +29,20 @@ pub enum Step {
     RoutitDownloadExport,
     /// Import one CDR export from the CDR bucket (made from its S3 notification).
     ImportCdrFile,
+    /// Give customer-less CDRs their customer once their subscription exists.
+    AttachUnassignedCdrs,
     /// Recalculate one customer's totals for one billing cycle.
     DispatchTotals,
 }
 
 impl Step {
-    pub const ALL: [Step; 6] = [
+    pub const ALL: [Step; 7] = [
         Step::SyncProfile,
         Step::RoutitRequestExport,
         Step::RoutitPollExport,
         Step::RoutitDownloadExport,
         Step::ImportCdrFile,
+        Step::AttachUnassignedCdrs,
         Step::DispatchTotals,
     ];
 
@@ -50,6 +53,7 @@ impl Step {
             Step::RoutitPollExport => "RoutitPollExport",
             Step::RoutitDownloadExport => "RoutitDownloadExport",
             Step::ImportCdrFile => "ImportCdrFile",
+            Step::AttachUnassignedCdrs => "AttachUnassignedCdrs",
             Step::DispatchTotals => "DispatchTotals",
         }
     }

@@ -123,7 +123,7 @@ impl Router {
                 let provider = Self::provider_of(step, payload)?;
                 self.provider_queue(provider)
             }
-            Step::ImportCdrFile => self
+            Step::ImportCdrFile | Step::AttachUnassignedCdrs => self
                 .import_queue
                 .as_deref()
                 .ok_or_else(|| RoutingError::QueueNotConfigured("import".into())),

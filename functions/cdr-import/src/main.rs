@@ -36,7 +36,11 @@ async fn main() -> Result<(), Error> {
         limits,
     );
     let runtime = ChainRuntime::new(
-        Arc::new(CdrImport::new(importer, Arc::new(S3Sources::new(s3)))),
+        Arc::new(CdrImport::new(
+            importer,
+            Arc::new(S3Sources::new(s3)),
+            platform.pool.clone(),
+        )),
         env.router(),
         platform.queues.clone(),
         platform.queues.clone(),

@@ -1,6 +1,7 @@
 //! cdr-import's step handler: `ImportCdrFile` runs the importer on the
 //! object and forks one `DispatchTotals` per (customer, billing cycle) the
-//! import touched.
+//! import touched; `AttachUnassignedCdrs` gives customer-less CDRs their
+//! customer once the subscription exists, and forks the same way.
 
 use std::sync::Arc;
 
@@ -48,12 +49,35 @@ pub fn parse_inbox_key(key: &str) -> Result<(Provider, Option<i64>), String> {
 pub struct CdrImport {
     importer: Importer,
     sources: Arc<dyn ObjectSource>,
+    pool: sqlx::PgPool,
 }
 
 impl CdrImport {
-    pub fn new(importer: Importer, sources: Arc<dyn ObjectSource>) -> Self {
-        Self { importer, sources }
+    pub fn new(importer: Importer, sources: Arc<dyn ObjectSource>, pool: sqlx::PgPool) -> Self {
+        Self {
+            importer,
+            sources,
+            pool,
+        }
     }
+}
+
+/// One `DispatchTotals` per (customer, cycle).
+fn dispatch_totals(
+    touched: &[(i64, chrono::NaiveDate)],
+    cause: &str,
+    extra: serde_json::Value,
+) -> Vec<ChainLink> {
+    touched
+        .iter()
+        .map(|(customer_id, cycle)| {
+            let mut payload = json!({ "customer_id": customer_id, "cycle": cycle, "cause": cause });
+            if let (Some(payload), Some(extra)) = (payload.as_object_mut(), extra.as_object()) {
+                payload.extend(extra.clone());
+            }
+            ChainLink::new(Step::DispatchTotals, payload)
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -64,11 +88,27 @@ impl StepHandler for CdrImport {
         message: &Envelope,
         _delivery: Delivery,
     ) -> Result<StepOutcome, StepError> {
-        if message.step != Step::ImportCdrFile {
-            return Err(StepError::Permanent(format!(
-                "cdr-import does not run {}",
-                message.step
-            )));
+        match message.step {
+            Step::ImportCdrFile => {}
+            Step::AttachUnassignedCdrs => {
+                let attached = crate::import::attach::attach_unassigned(&self.pool)
+                    .await
+                    .map_err(|e| StepError::Retryable(format!("attaching CDRs failed: {e}")))?;
+                tracing::info!(
+                    cdrs = attached.cdrs,
+                    cycles = attached.touched.len(),
+                    "CDRs attached"
+                );
+                return Ok(StepOutcome::Fork {
+                    branches: dispatch_totals(&attached.touched, "late_subscription", json!({})),
+                    output: serde_json::to_value(&attached).unwrap_or_default(),
+                });
+            }
+            other => {
+                return Err(StepError::Permanent(format!(
+                    "cdr-import does not run {other}"
+                )))
+            }
         }
         let payload: ImportPayload = serde_json::from_value(message.payload.clone())
             .map_err(|e| StepError::Permanent(format!("ImportCdrFile payload is invalid: {e}")))?;
@@ -98,21 +138,11 @@ impl StepHandler for CdrImport {
                 StepError::Permanent(e.to_string())
             }
         })?;
-        let branches = summary
-            .touched
-            .iter()
-            .map(|(customer_id, cycle)| {
-                ChainLink::new(
-                    Step::DispatchTotals,
-                    json!({
-                        "customer_id": customer_id,
-                        "cycle": cycle,
-                        "cause": "import",
-                        "import_file_id": summary.import_file_id,
-                    }),
-                )
-            })
-            .collect();
+        let branches = dispatch_totals(
+            &summary.touched,
+            "import",
+            json!({ "import_file_id": summary.import_file_id }),
+        );
         Ok(StepOutcome::Fork {
             output: serde_json::to_value(&summary).unwrap_or_default(),
             branches,

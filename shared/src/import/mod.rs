@@ -1,6 +1,7 @@
 //! CDR import: a carrier export (ZIP of CSV, or a plain/gzipped CSV) from S3
 //! into `call_detail_record`, exactly once, with every bad row reported.
 
+pub mod attach;
 pub mod format;
 pub mod handler;
 pub mod importer;
