@@ -1,0 +1,255 @@
+//! Where our import's time goes: its stages run alone, each timed.
+//!
+//! The importer hashes the object, then inflates, parses, resolves and
+//! encodes on a blocking thread while the async side sends the encoded
+//! chunks to COPY. These stages are rebuilt here from the importer's public
+//! parts (the encoder is private, so `encode` below mirrors `load.rs`).
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use futures::StreamExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use tem_shared::import::format::FormatTemplate;
+use tem_shared::import::load::Resolver;
+use tem_shared::import::parse::{CdrRow, CsvParser, Parsed};
+use tem_shared::import::source::{chunks, FileSource, RangeRead};
+use tem_shared::import::zip::{ZipArchive, ZipLimits};
+use tem_shared::routing::Provider;
+
+use crate::db::COLUMNS;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    pub name: String,
+    pub seconds: f64,
+    pub note: String,
+}
+
+fn phase(name: &str, took: Duration, note: String) -> Phase {
+    Phase {
+        name: name.into(),
+        seconds: took.as_secs_f64(),
+        note,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Depth {
+    Inflate,
+    Parse,
+    ParseResolveEncode,
+}
+
+pub async fn run(zip: &Path, pool: &PgPool, copy_file: Option<&Path>) -> Result<Vec<Phase>> {
+    let mut phases = Vec::new();
+    let source: Arc<dyn RangeRead> =
+        Arc::new(FileSource::open(zip).with_context(|| format!("open {}", zip.display()))?);
+    let size = source.len().await.context("size")?;
+
+    // 1. The sha256 pass, as the importer reads it (8 MiB ranged reads).
+    let started = Instant::now();
+    let mut hasher = Sha256::new();
+    let mut stream = std::pin::pin!(chunks(source.clone(), 0, size, 8 << 20));
+    while let Some(chunk) = stream.next().await {
+        hasher.update(&chunk.context("read for sha256")?);
+    }
+    let digest = hex::encode(hasher.finalize());
+    phases.push(phase(
+        "sha256 of the ZIP",
+        started.elapsed(),
+        format!("{size} bytes, {}…", &digest[..12]),
+    ));
+
+    let resolver = Arc::new(
+        Resolver::load(pool, Provider::Routit.as_str())
+            .await
+            .context("load the resolver")?,
+    );
+    for (name, depth) in [
+        ("inflate only (ZIP reader)", Depth::Inflate),
+        ("inflate + parse (no DB)", Depth::Parse),
+        (
+            "inflate + parse + resolve + encode (no DB)",
+            Depth::ParseResolveEncode,
+        ),
+    ] {
+        let started = Instant::now();
+        let note = read_through(source.clone(), resolver.clone(), depth).await?;
+        phases.push(phase(name, started.elapsed(), note));
+    }
+
+    // 4. COPY of the ready COPY text through sqlx, as the importer sends it.
+    if let Some(file) = copy_file {
+        let started = Instant::now();
+        let rows = sqlx_copy(pool, file).await?;
+        phases.push(phase(
+            "COPY of the canonical file via sqlx (256 KiB messages)",
+            started.elapsed(),
+            format!("{rows} rows into a fresh table like ours"),
+        ));
+    }
+    Ok(phases)
+}
+
+async fn read_through(
+    source: Arc<dyn RangeRead>,
+    resolver: Arc<Resolver>,
+    depth: Depth,
+) -> Result<String> {
+    let limits = ZipLimits::default();
+    let archive = ZipArchive::open(source, limits)
+        .await
+        .context("open the ZIP")?;
+    let entry = archive
+        .entries()
+        .first()
+        .context("the ZIP has no entry")?
+        .clone();
+    let reader = archive.reader(&entry, 4);
+    let template = FormatTemplate::for_provider(Provider::Routit).context("routit template")?;
+    tokio::task::spawn_blocking(move || -> Result<String> {
+        let mut reader = reader;
+        if depth == Depth::Inflate {
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut total = 0u64;
+            loop {
+                let n = reader.read(&mut buf).context("inflate")?;
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+            }
+            return Ok(format!("{total} bytes of CSV"));
+        }
+        let mut parser = CsvParser::new(reader, &template).context("header")?;
+        let (mut rows, mut rejected, mut encoded) = (0u64, 0u64, 0u64);
+        let mut chunk = Vec::with_capacity(256 * 1024 + 4096);
+        while let Some(next) = parser.next_row() {
+            match next.context("parse")? {
+                Parsed::Row(row) => {
+                    rows += 1;
+                    if depth == Depth::ParseResolveEncode {
+                        let customer = resolver.resolve(&row.subscription, row.started_at);
+                        encode(&mut chunk, "routit", &row, customer.map(|c| c.0), "1");
+                        if chunk.len() >= 256 * 1024 {
+                            encoded += chunk.len() as u64;
+                            chunk = Vec::with_capacity(256 * 1024 + 4096);
+                        }
+                    }
+                }
+                Parsed::Rejected(_) => rejected += 1,
+            }
+        }
+        encoded += chunk.len() as u64;
+        Ok(if depth == Depth::ParseResolveEncode {
+            format!("{rows} rows, {rejected} rejected, {encoded} bytes of COPY text")
+        } else {
+            format!("{rows} rows, {rejected} rejected")
+        })
+    })
+    .await
+    .context("join the reader")?
+}
+
+async fn sqlx_copy(pool: &PgPool, file: &Path) -> Result<u64> {
+    let mut connection = pool.acquire().await.context("connection")?;
+    sqlx::query("DROP TABLE IF EXISTS cdr_copy_sqlx")
+        .execute(&mut *connection)
+        .await?;
+    sqlx::query("CREATE TABLE cdr_copy_sqlx (LIKE call_detail_record INCLUDING ALL) WITH (autovacuum_enabled = false)")
+        .execute(&mut *connection)
+        .await
+        .context("create cdr_copy_sqlx")?;
+    let mut input =
+        std::fs::File::open(file).with_context(|| format!("open {}", file.display()))?;
+    let mut copy = connection
+        .copy_in_raw(&format!("COPY cdr_copy_sqlx ({COLUMNS}) FROM STDIN"))
+        .await
+        .context("start COPY")?;
+    loop {
+        let mut buf = vec![0u8; 256 * 1024];
+        let n = input.read(&mut buf).context("read the COPY file")?;
+        if n == 0 {
+            break;
+        }
+        buf.truncate(n);
+        copy.send(buf).await.context("send COPY data")?;
+    }
+    let rows = copy.finish().await.context("finish COPY")?;
+    sqlx::query("DROP TABLE cdr_copy_sqlx")
+        .execute(&mut *connection)
+        .await?;
+    if rows == 0 {
+        bail!("the sqlx COPY loaded nothing");
+    }
+    Ok(rows)
+}
+
+/// Mirrors `encode` in `shared/src/import/load.rs`.
+fn encode(
+    out: &mut Vec<u8>,
+    provider: &str,
+    row: &CdrRow,
+    customer: Option<i64>,
+    import_file_id: &str,
+) {
+    text(out, provider);
+    out.push(b'\t');
+    text(out, &row.external_id);
+    out.push(b'\t');
+    text(out, &row.subscription);
+    out.push(b'\t');
+    match customer {
+        Some(id) => {
+            let _ = write!(out, "{id}");
+        }
+        None => out.extend_from_slice(b"\\N"),
+    }
+    out.push(b'\t');
+    timestamp(out, row.started_at);
+    let _ = write!(out, "\t{}\t{}\t", row.kind.as_str(), row.direction.as_str());
+    text(out, &row.destination);
+    let _ = writeln!(
+        out,
+        "\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+        row.roaming_zone.as_str(),
+        row.duration_seconds,
+        row.volume_bytes,
+        row.units,
+        row.cost_micros,
+        import_file_id,
+        row.line
+    );
+}
+
+fn timestamp(out: &mut Vec<u8>, at: DateTime<Utc>) {
+    let _ = write!(
+        out,
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}+00",
+        at.year(),
+        at.month(),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    );
+}
+
+fn text(out: &mut Vec<u8>, value: &str) {
+    for byte in value.bytes() {
+        match byte {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            other => out.push(other),
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The benchmark's results: a table for people and a JSON summary.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::phases::Phase;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Load {
+    pub method: String,
+    pub seconds: f64,
+    pub rows: u64,
+    pub rows_per_second: f64,
+}
+
+impl Load {
+    pub fn new(method: &str, seconds: f64, rows: u64) -> Self {
+        Self {
+            method: method.into(),
+            seconds,
+            rows,
+            rows_per_second: if seconds > 0.0 {
+                rows as f64 / seconds
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Memory {
+    pub rows: u64,
+    pub peak_rss_kib: u64,
+    pub small_rows: u64,
+    pub small_peak_rss_kib: u64,
+    /// peak(rows) / peak(small_rows).
+    pub ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Counts {
+    pub rows_generated: u64,
+    pub ours: i64,
+    pub ours_with_customer: i64,
+    pub psql_copy: i64,
+    pub legacy: i64,
+    pub read: u64,
+    pub loaded: u64,
+    pub duplicate: u64,
+    pub rejected: u64,
+    pub without_customer: u64,
+    pub tables_equal: bool,
+    pub ours_is_rows_minus_rejected: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Goal {
+    pub goal: String,
+    pub actual: f64,
+    pub target: f64,
+    pub unit: String,
+    pub met: bool,
+    /// Headroom relative to the target: positive when met, negative by how
+    /// much it is missed.
+    pub margin_percent: f64,
+}
+
+impl Goal {
+    pub fn at_least(goal: &str, actual: f64, target: f64, unit: &str) -> Self {
+        Self {
+            goal: goal.into(),
+            actual,
+            target,
+            unit: unit.into(),
+            met: actual >= target,
+            margin_percent: (actual / target - 1.0) * 100.0,
+        }
+    }
+
+    pub fn at_most(goal: &str, actual: f64, target: f64, unit: &str, strict: bool) -> Self {
+        Self {
+            goal: goal.into(),
+            actual,
+            target,
+            unit: unit.into(),
+            met: if strict {
+                actual < target
+            } else {
+                actual <= target
+            },
+            margin_percent: (1.0 - actual / target) * 100.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub rows: u64,
+    pub environment: BTreeMap<String, String>,
+    /// Sizes in bytes.
+    pub files: BTreeMap<String, u64>,
+    pub loads: Vec<Load>,
+    /// Time inside `Importer::import` (the child's own measurement; the
+    /// `ours` load above is the child process's wall time).
+    pub ours_import_call_seconds: f64,
+    /// copy_time / our_time: our speed relative to `psql \copy`.
+    pub ours_vs_copy_speed: f64,
+    /// legacy_time / our_time.
+    pub ours_vs_legacy_speed: f64,
+    pub memory: Memory,
+    pub counts: Counts,
+    pub goals: Vec<Goal>,
+    pub all_goals_met: bool,
+    pub phases: Option<Vec<Phase>>,
+    pub notes: Vec<String>,
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+pub fn print(summary: &Summary) {
+    println!();
+    println!("== CDR import benchmark: {} routit rows ==", summary.rows);
+    for (key, value) in &summary.environment {
+        println!("  {key:<22} {value}");
+    }
+    for (key, value) in &summary.files {
+        println!(
+            "  {key:<22} {value} bytes ({:.1} MiB)",
+            *value as f64 / 1048576.0
+        );
+    }
+    println!();
+    println!(
+        "{:<46} {:>10} {:>12} {:>12}",
+        "load", "seconds", "rows", "rows/s"
+    );
+    println!("{}", "-".repeat(83));
+    for load in &summary.loads {
+        println!(
+            "{:<46} {:>10.3} {:>12} {:>12.0}",
+            load.method, load.seconds, load.rows, load.rows_per_second
+        );
+    }
+    println!(
+        "  (time inside Importer::import: {:.3} s)",
+        summary.ours_import_call_seconds
+    );
+    println!();
+    println!(
+        "ours vs psql \\copy speed (copy_time / our_time): {:.3}x",
+        summary.ours_vs_copy_speed
+    );
+    println!(
+        "ours vs legacy speed (legacy_time / our_time):   {:.2}x",
+        summary.ours_vs_legacy_speed
+    );
+    let m = &summary.memory;
+    println!(
+        "peak RSS of the import: {:.1} MiB for {} rows, {:.1} MiB for {} rows, ratio {:.3}",
+        mib(m.peak_rss_kib),
+        m.rows,
+        mib(m.small_peak_rss_kib),
+        m.small_rows,
+        m.ratio
+    );
+    println!();
+    let c = &summary.counts;
+    println!("row counts:");
+    println!("  generated                 {}", c.rows_generated);
+    println!(
+        "  import report             read {}, loaded {}, duplicate {}, rejected {}, without customer {}",
+        c.read, c.loaded, c.duplicate, c.rejected, c.without_customer
+    );
+    println!(
+        "  call_detail_record        {} ({} with a customer)",
+        c.ours, c.ours_with_customer
+    );
+    println!("  cdr_copy_baseline         {}", c.psql_copy);
+    println!("  cdr_legacy_baseline       {}", c.legacy);
+    println!(
+        "  three tables equal: {}; ours = generated - rejected: {}",
+        yes(c.tables_equal),
+        yes(c.ours_is_rows_minus_rejected)
+    );
+    println!();
+    println!("goals:");
+    for goal in &summary.goals {
+        println!(
+            "  [{}] {:<44} actual {:>8.3}{} target {:>7.3}{}  margin {:+.1}%",
+            if goal.met { "met   " } else { "MISSED" },
+            goal.goal,
+            goal.actual,
+            goal.unit,
+            goal.target,
+            goal.unit,
+            goal.margin_percent
+        );
+    }
+    if let Some(phases) = &summary.phases {
+        println!();
+        println!("phases of our import, each run alone:");
+        for p in phases {
+            println!("  {:<56} {:>8.3} s  {}", p.name, p.seconds, p.note);
+        }
+    }
+    if !summary.notes.is_empty() {
+        println!();
+        for note in &summary.notes {
+            println!("note: {note}");
+        }
+    }
+    println!();
+    println!("JSON summary:");
+    println!(
+        "{}",
+        serde_json::to_string_pretty(summary).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    );
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "NO"
+    }
+}
