@@ -30,7 +30,10 @@ use crate::import::zip::{EntryDecision, EntryReader, ZipArchive, ZipError, ZipLi
 use crate::ports::PortError;
 use crate::routing::Provider;
 
-const READ_CHUNK: u64 = 1 << 20;
+/// Ranged reads of 256 KiB, up to `PUMP_CAPACITY` of them fetched ahead of
+/// the parser: enough to hide S3 latency, little enough that a small and a
+/// huge file need about the same memory.
+const READ_CHUNK: u64 = 256 << 10;
 const PUMP_CAPACITY: usize = 4;
 
 #[derive(Debug, Clone, Serialize)]
@@ -370,7 +373,8 @@ impl Importer {
                             })
                         }
                         other => LoadFailure::refused(&what, other.to_string()),
-                    })?;
+                    })?
+                    .with_chunk_size(READ_CHUNK);
                 let mut total = LoadReport::default();
                 let mut notes = Vec::new();
                 for entry in archive.entries() {
@@ -517,7 +521,7 @@ fn transient_read(e: &FileError) -> Option<SourceError> {
 
 async fn sha256_of(source: Arc<dyn RangeRead>, size: u64) -> Result<String, SourceError> {
     let mut hasher = Sha256::new();
-    let mut stream = std::pin::pin!(chunks(source, 0, size, 8 * READ_CHUNK));
+    let mut stream = std::pin::pin!(chunks(source, 0, size, READ_CHUNK));
     while let Some(chunk) = stream.next().await {
         hasher.update(&chunk?);
     }

@@ -25,7 +25,7 @@ use crate::import::parse::{CdrRow, CsvParser, FileError, Parsed, Rejected};
 const COLUMNS: &str = "provider, external_id, subscription, customer_id, started_at, kind, direction, destination, \
                        roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros, import_file_id, source_line";
 /// Encoded rows per message to the COPY writer.
-const CHUNK_BYTES: usize = 256 * 1024;
+const CHUNK_BYTES: usize = 128 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoadMode {
@@ -230,7 +230,7 @@ pub async fn load_csv(
         }
     };
 
-    let (sender, mut receiver) = mpsc::channel::<Vec<u8>>(4);
+    let (sender, mut receiver) = mpsc::channel::<Vec<u8>>(2);
     let (reject_sender, mut reject_receiver) = mpsc::channel::<Rejected>(64);
     let template = input.template.clone();
     let resolver = input.resolver.clone();
