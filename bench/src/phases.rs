@@ -5,20 +5,19 @@
 //! chunks to COPY. These stages are rebuilt here from the importer's public
 //! parts (the encoder is private, so `encode` below mirrors `load.rs`).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use chrono::{DateTime, Datelike, Timelike, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tem_shared::import::format::FormatTemplate;
 use tem_shared::import::load::Resolver;
-use tem_shared::import::parse::{CdrRow, CsvParser, Parsed};
+use tem_shared::import::parse::{CsvParser, Parsed};
 use tem_shared::import::source::{chunks, FileSource, RangeRead};
 use tem_shared::import::zip::{ZipArchive, ZipLimits};
 use tem_shared::routing::Provider;
@@ -137,7 +136,13 @@ async fn read_through(
                     rows += 1;
                     if depth == Depth::ParseResolveEncode {
                         let customer = resolver.resolve(&row.subscription, row.started_at);
-                        encode(&mut chunk, "routit", &row, customer.map(|c| c.0), "1");
+                        tem_shared::import::load::encode(
+                            &mut chunk,
+                            "routit",
+                            &row,
+                            customer.map(|c| c.0),
+                            "1",
+                        );
                         if chunk.len() >= 256 * 1024 {
                             encoded += chunk.len() as u64;
                             chunk = Vec::with_capacity(256 * 1024 + 4096);
@@ -190,66 +195,4 @@ async fn sqlx_copy(pool: &PgPool, file: &Path) -> Result<u64> {
         bail!("the sqlx COPY loaded nothing");
     }
     Ok(rows)
-}
-
-/// Mirrors `encode` in `shared/src/import/load.rs`.
-fn encode(
-    out: &mut Vec<u8>,
-    provider: &str,
-    row: &CdrRow,
-    customer: Option<i64>,
-    import_file_id: &str,
-) {
-    text(out, provider);
-    out.push(b'\t');
-    text(out, &row.external_id);
-    out.push(b'\t');
-    text(out, &row.subscription);
-    out.push(b'\t');
-    match customer {
-        Some(id) => {
-            let _ = write!(out, "{id}");
-        }
-        None => out.extend_from_slice(b"\\N"),
-    }
-    out.push(b'\t');
-    timestamp(out, row.started_at);
-    let _ = write!(out, "\t{}\t{}\t", row.kind.as_str(), row.direction.as_str());
-    text(out, &row.destination);
-    let _ = writeln!(
-        out,
-        "\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-        row.roaming_zone.as_str(),
-        row.duration_seconds,
-        row.volume_bytes,
-        row.units,
-        row.cost_micros,
-        import_file_id,
-        row.line
-    );
-}
-
-fn timestamp(out: &mut Vec<u8>, at: DateTime<Utc>) {
-    let _ = write!(
-        out,
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}+00",
-        at.year(),
-        at.month(),
-        at.day(),
-        at.hour(),
-        at.minute(),
-        at.second()
-    );
-}
-
-fn text(out: &mut Vec<u8>, value: &str) {
-    for byte in value.bytes() {
-        match byte {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            other => out.push(other),
-        }
-    }
 }

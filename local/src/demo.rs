@@ -64,7 +64,9 @@ pub async fn seed(
     )
     .fetch_all(pool)
     .await?;
-    sqlx::query("DELETE FROM subscription WHERE identifier LIKE '+316123%'").execute(pool).await?;
+    sqlx::query("DELETE FROM subscription WHERE identifier LIKE '+316123%'")
+        .execute(pool)
+        .await?;
     for i in 0..40 {
         for (provider, prefix) in std::iter::once(("routit", "+31612300")).chain(
             PROVIDERS
@@ -72,12 +74,14 @@ pub async fn seed(
                 .filter(|p| **p != "routit")
                 .map(|p| (*p, "+31612340")),
         ) {
-            sqlx::query("INSERT INTO subscription (customer_id, provider, identifier) VALUES ($1, $2, $3)")
-                .bind(customers[i % customers.len()])
-                .bind(provider)
-                .bind(format!("{prefix}{i:03}"))
-                .execute(pool)
-                .await?;
+            sqlx::query(
+                "INSERT INTO subscription (customer_id, provider, identifier) VALUES ($1, $2, $3)",
+            )
+            .bind(customers[i % customers.len()])
+            .bind(provider)
+            .bind(format!("{prefix}{i:03}"))
+            .execute(pool)
+            .await?;
         }
     }
     let mut ids = Vec::new();

@@ -132,7 +132,10 @@ async fn main() -> Result<()> {
         Ok((rows.len() == keys.len()).then_some(rows))
     })
     .await?;
-    println!("    {:<52} {:<10} {:>5} {:>6} {:>5} {:>8} {:>11}", "key", "status", "read", "loaded", "dup", "rejected", "no customer");
+    println!(
+        "    {:<52} {:<10} {:>5} {:>6} {:>5} {:>8} {:>11}",
+        "key", "status", "read", "loaded", "dup", "rejected", "no customer"
+    );
     for (key, status, read, loaded, duplicate, rejected, without) in imports {
         println!("    {key:<52} {status:<10} {read:>5} {loaded:>6} {duplicate:>5} {rejected:>8} {without:>11}");
     }
@@ -144,7 +147,10 @@ async fn main() -> Result<()> {
     .await?;
     println!("==> CDRs per customer (provider cost)");
     for (name, count, micros) in per_customer {
-        println!("    {name:<22} {count:>5} CDRs  EUR {:.6}", micros as f64 / 1e6);
+        println!(
+            "    {name:<22} {count:>5} CDRs  EUR {:.6}",
+            micros as f64 / 1e6
+        );
     }
     let waiting = deployment.drain("TotalsQueueUrl").await?;
     println!(

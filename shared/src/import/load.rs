@@ -22,7 +22,7 @@ use crate::billing::cycle_of;
 use crate::import::format::FormatTemplate;
 use crate::import::parse::{CdrRow, CsvParser, FileError, Parsed, Rejected};
 
-const COLUMNS: &str = "provider, external_id, subscription, customer_id, started_at, kind, direction, destination, \
+pub const COLUMNS: &str = "provider, external_id, subscription, customer_id, started_at, kind, direction, destination, \
                        roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros, import_file_id, source_line";
 /// Encoded rows per message to the COPY writer.
 const CHUNK_BYTES: usize = 128 * 1024;
@@ -372,8 +372,8 @@ fn parse_and_encode(
     Ok(report)
 }
 
-/// One row in COPY's text format.
-fn encode(
+/// One row in COPY's text format, in the column order of [`COLUMNS`].
+pub fn encode(
     out: &mut Vec<u8>,
     provider: &str,
     row: &CdrRow,
