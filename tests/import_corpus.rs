@@ -118,13 +118,14 @@ impl Fixture {
 
 /// The import fails permanently, says `expected`, loads nothing and records why.
 async fn refused(f: &Fixture, key: &str, bytes: Vec<u8>, expected: &str) {
+    let before = f.count().await;
     let err = f
         .import(key, bytes)
         .await
         .expect_err("the import is refused");
     assert!(!err.is_retryable(), "{err}");
     assert!(err.to_string().contains(expected), "{key}: {err}");
-    assert_eq!(f.count().await, 0, "{key}: nothing loaded");
+    assert_eq!(f.count().await, before, "{key}: nothing loaded");
     let (status, error) = f.last_file().await;
     assert_eq!(status, "failed");
     assert!(error.unwrap().contains(expected));
@@ -363,4 +364,28 @@ async fn a_run_killed_in_the_middle_and_retried_ends_in_exactly_the_same_rows() 
 
     let summary = f.import("inbox/kill.zip", bytes).await.unwrap();
     assert_eq!((summary.loaded, f.count().await), (30_000, 30_000));
+}
+
+#[tokio::test]
+async fn a_gzipped_csv_imports_and_a_gzip_bomb_is_stopped() {
+    let f = fixture_with(ZipLimits {
+        max_entry_uncompressed: 1 << 20,
+        ..ZipLimits::default()
+    })
+    .await;
+    let gz = |bytes: &[u8]| {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    };
+    let summary = f
+        .import("inbox/a.csv.gz", gz(rows("GZ", 50).as_bytes()))
+        .await
+        .unwrap();
+    assert_eq!((summary.loaded, f.count().await), (50, 50));
+
+    let mut bomb = rows("BOMB", 1).into_bytes();
+    bomb.extend(std::iter::repeat_n(b'\n', 5 << 20));
+    refused(&f, "inbox/bomb.csv.gz", gz(&bomb), "exceeds the limit").await;
+    assert_eq!(f.count().await, 50);
 }

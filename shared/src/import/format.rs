@@ -5,7 +5,8 @@
 //! - `delimiter`, `quote`: single ASCII characters; quoting follows RFC 4180.
 //! - `encoding`: `utf-8` (a BOM is allowed) or `windows-1252` (Latin-1).
 //! - `columns`: header name -> canonical field. Every column must be in the
-//!   header (in any order); a missing one refuses the file.
+//!   header (in any order); a missing one refuses the file. Without an
+//!   `external_id` column, a hash of the normalised record is the key.
 //! - `date_format` + `time_format` (chrono formats, local time) or
 //!   `datetime_format` (`rfc3339` or a chrono format with an offset).
 //! - `time_zone`: IANA zone of local times (DST-aware).
@@ -183,8 +184,8 @@ impl FormatTemplate {
             return Err("decimal_separator must be ',' or '.'".into());
         }
         let has = |field: Field| self.columns.values().any(|f| *f == field);
+        // Without an external id column the natural key is a content hash.
         for required in [
-            Field::ExternalId,
             Field::Subscription,
             Field::Kind,
             Field::Direction,

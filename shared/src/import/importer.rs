@@ -22,7 +22,7 @@ use tracing::{info, instrument, warn};
 
 use crate::import::format::{FormatError, FormatTemplate};
 use crate::import::load::{
-    load_csv, LoadError, LoadInput, LoadMode, LoadReport, RejectFile, Resolver,
+    load_csv, CsvOpen, LoadError, LoadInput, LoadMode, LoadReport, RejectFile, Resolver,
 };
 use crate::import::parse::FileError;
 use crate::import::source::{chunks, sniff, spawn_pump, ObjectKind, RangeRead, SourceError};
@@ -348,13 +348,13 @@ impl Importer {
         match kind {
             ObjectKind::PlainCsv | ObjectKind::Gzip => {
                 let raw = spawn_pump(chunks(source, 0, size, READ_CHUNK), PUMP_CAPACITY);
-                let csv: Box<dyn Read + Send> = if kind == ObjectKind::Gzip {
-                    Box::new(Limited::new(
-                        flate2::read::MultiGzDecoder::new(raw),
-                        self.limits.max_entry_uncompressed,
-                    ))
+                let max = self.limits.max_entry_uncompressed;
+                let csv: CsvOpen = if kind == ObjectKind::Gzip {
+                    Box::new(move || {
+                        Box::new(Limited::new(flate2::read::MultiGzDecoder::new(raw), max))
+                    })
                 } else {
-                    Box::new(raw)
+                    Box::new(move || Box::new(raw))
                 };
                 rejects.set_entry("");
                 let report = load_csv(tx, csv, input, rejects, mode)
@@ -403,8 +403,8 @@ impl Importer {
                         .await
                         .map_err(LoadFailure::db)?;
                     let raw = spawn_pump(archive.entry_data(entry), PUMP_CAPACITY);
-                    let csv: Box<dyn Read + Send> =
-                        Box::new(EntryReader::new(raw, entry, &self.limits));
+                    let reader = EntryReader::new(raw, entry, &self.limits);
+                    let csv: CsvOpen = Box::new(move || Box::new(reader));
                     rejects.set_entry(&name);
                     match load_csv(tx, csv, input, rejects, mode).await {
                         Ok(report) => {

@@ -202,11 +202,15 @@ pub struct LoadInput<'a> {
     pub resolver: Arc<Resolver>,
 }
 
+/// Opens the CSV stream. It runs on the parser's blocking thread, because
+/// opening may already read (a gzip header) and reads block.
+pub type CsvOpen = Box<dyn FnOnce() -> Box<dyn Read + Send> + Send>;
+
 /// Loads one CSV stream inside the caller's transaction. A [`FileError`]
 /// aborts the COPY, so nothing of this stream stays in the transaction.
 pub async fn load_csv(
     connection: &mut PgConnection,
-    csv: Box<dyn Read + Send>,
+    csv: CsvOpen,
     input: &LoadInput<'_>,
     rejects: &mut (dyn RejectSink + Send),
     mode: LoadMode,
@@ -238,7 +242,7 @@ pub async fn load_csv(
     let import_file_id = input.import_file_id;
     let parser = tokio::task::spawn_blocking(move || {
         parse_and_encode(
-            csv,
+            csv(),
             &template,
             &provider,
             import_file_id,

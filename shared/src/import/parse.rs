@@ -610,3 +610,28 @@ mod tests {
         assert!(matches!(err, FileError::LineTooLong { line: 3 }), "{err}");
     }
 }
+
+#[cfg(test)]
+mod natural_key_tests {
+    use super::*;
+
+    #[test]
+    fn rows_without_a_record_id_get_a_stable_content_key() {
+        let text = include_str!("../../../formats/t_mobile.yaml")
+            .replace("  record_id: external_id\n", "");
+        let template = FormatTemplate::parse("t_mobile", &text).unwrap();
+        let csv = "record_id,msisdn,start_time,event_type,direction,called_number,duration_seconds,data_bytes,units,charge_cents,roaming_zone\n\
+                   x,+31612345678,2025-01-20T10:00:00+01:00,SMS,MO,,0,0,1,1,HOME\n\
+                   y,+31612345678,2025-01-20T10:00:00+01:00,SMS,MO,,0,0,1,1,HOME\n\
+                   z,+31612345678,2025-01-20T10:00:01+01:00,SMS,MO,,0,0,1,1,HOME\n";
+        let mut parser = CsvParser::new(csv.as_bytes(), &template).unwrap();
+        let mut ids = Vec::new();
+        while let Some(Ok(Parsed::Row(row))) = parser.next_row() {
+            ids.push(row.external_id);
+        }
+        assert_eq!(ids.len(), 3);
+        assert!(ids[0].starts_with("h:"));
+        assert_eq!(ids[0], ids[1], "the same record gets the same key");
+        assert_ne!(ids[0], ids[2]);
+    }
+}
