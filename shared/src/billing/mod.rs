@@ -6,6 +6,7 @@
 //! by its start date.
 
 pub mod rating;
+pub mod totals;
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use chrono_tz::Tz;
