@@ -10,7 +10,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
-FUNCTIONS=(sync-manager provider-sync cdr-import)
+FUNCTIONS=(sync-manager provider-sync cdr-import totals)
 
 if [[ "${1:-}" == "--release" ]]; then
   # cargo-lambda (pinned in scripts/requirements.txt) cross-links for

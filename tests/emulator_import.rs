@@ -1,6 +1,7 @@
 //! The CDR import path in the emulator: an export put into the bucket is
 //! imported through the S3 notification, recorded, and chains
-//! `DispatchTotals` for every (customer, cycle) it touched.
+//! `DispatchTotals` for every (customer, cycle) it touched, which the totals
+//! function turns into totals and a history version.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -8,7 +9,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tem_local::deployment::wait_for;
-use tem_shared::envelope::{Envelope, Step};
 use tem_tests::stack::{deploy, TestStack};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -80,25 +80,48 @@ async fn import_file(stack: &TestStack, key: &str) -> Value {
     .unwrap()
 }
 
-/// Reads DispatchTotals messages off the totals queue for a while.
-async fn dispatched(stack: &TestStack, expected: usize) -> Vec<Envelope> {
-    let mut found = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
-        for message in stack.deployment.drain("TotalsQueueUrl").await.unwrap() {
-            found.push(Envelope::parse(&message.body).expect("a valid envelope"));
-        }
-        if found.len() >= expected {
-            // Give a duplicate the chance to show up.
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            for message in stack.deployment.drain("TotalsQueueUrl").await.unwrap() {
-                found.push(Envelope::parse(&message.body).unwrap());
-            }
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    found
+/// The (customer, cycle) pairs with totals, once `expected` of them exist.
+async fn totals(stack: &TestStack, expected: usize) -> BTreeSet<(i64, String, i64)> {
+    wait_for(
+        &format!("{expected} customer cycles with totals"),
+        TIMEOUT,
+        || async {
+            let rows: Vec<(i64, String, i64)> = sqlx::query_as(
+                "SELECT customer_id, cycle::text, cdr_count FROM totals ORDER BY 1, 2",
+            )
+            .fetch_all(&stack.db.pool)
+            .await?;
+            Ok((rows.len() >= expected).then(|| rows.into_iter().collect()))
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Versions in the totals history of one cycle: (version, cause, cdr_count).
+async fn history(
+    stack: &TestStack,
+    customer: i64,
+    cycle: &str,
+    versions: usize,
+) -> Vec<(i32, String, i64)> {
+    wait_for(
+        &format!("{versions} history versions of {customer}/{cycle}"),
+        TIMEOUT,
+        || async {
+            let rows: Vec<(i32, String, i64)> = sqlx::query_as(
+                "SELECT version, cause, (figures->>'cdr_count')::bigint FROM totals_history
+             WHERE customer_id = $1 AND cycle = $2::date ORDER BY version",
+            )
+            .bind(customer)
+            .bind(cycle)
+            .fetch_all(&stack.db.pool)
+            .await?;
+            Ok((rows.len() >= versions).then_some(rows))
+        },
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -145,32 +168,23 @@ async fn an_export_put_into_the_bucket_is_imported_and_chains_dispatch_totals_pe
         1
     );
 
-    let messages = dispatched(&stack, 3).await;
-    let touched: BTreeSet<(i64, String)> = messages
-        .iter()
-        .map(|m| {
-            assert_eq!(m.step, Step::DispatchTotals);
-            (
-                m.payload["customer_id"].as_i64().unwrap(),
-                m.payload["cycle"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        messages.len(),
-        3,
-        "one message per customer and cycle: {touched:?}"
-    );
+    // DispatchTotals ran for exactly the touched customer cycles, then
+    // CalculateTotals and BackupTotals in order.
+    let touched = totals(&stack, 3).await;
     assert_eq!(
         touched,
         BTreeSet::from([
-            (acme, "2025-01-01".to_string()),
-            (acme, "2025-02-01".to_string()),
-            (bakker, "2024-12-15".to_string()),
+            (acme, "2025-01-01".to_string(), 1),
+            (acme, "2025-02-01".to_string(), 1),
+            (bakker, "2024-12-15".to_string(), 2),
         ])
     );
+    assert_eq!(
+        history(&stack, bakker, "2024-12-15", 1).await,
+        vec![(1, "import".to_string(), 2)]
+    );
 
-    // The same content under another key: recorded, nothing loaded, nothing chained.
+    // The same content under another key: recorded, nothing loaded, nothing recalculated.
     put(
         &stack,
         "inbox/routit/1/2025-01-14/copy.zip",
@@ -180,12 +194,31 @@ async fn an_export_put_into_the_bucket_is_imported_and_chains_dispatch_totals_pe
     let copy = import_file(&stack, "inbox/routit/1/2025-01-14/copy.zip").await;
     assert_eq!(copy["rows_loaded"], 0, "{copy}");
     assert!(copy["details"]["already_imported_as"].is_number(), "{copy}");
-    assert!(dispatched(&stack, 1).await.is_empty());
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM call_detail_record")
         .fetch_one(&stack.db.pool)
         .await
         .unwrap();
     assert_eq!(count, 5);
+
+    // A late CDR for a past cycle recalculates it and records a new version.
+    let late =
+        format!("{HEADER}\r\n20-12-2024;09:00:00;0622222222;;SMS;Uitgaand;;;0,10;NL;LATE\r\n");
+    put(
+        &stack,
+        "inbox/routit/1/2024-12-20/late.zip",
+        zipped("late.csv", &late),
+    )
+    .await;
+    let versions = history(&stack, bakker, "2024-12-15", 2).await;
+    assert_eq!(
+        versions,
+        vec![(1, "import".to_string(), 2), (2, "import".to_string(), 3)]
+    );
+    assert_eq!(
+        history(&stack, acme, "2025-01-01", 1).await.len(),
+        1,
+        "other cycles untouched"
+    );
     stack.finish().await.unwrap();
 }
 

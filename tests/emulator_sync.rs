@@ -43,6 +43,7 @@ async fn the_template_deploys_every_function_queue_table_and_the_bucket() {
     for key in [
         "SyncManagerFunctionName",
         "CdrImportFunctionName",
+        "TotalsFunctionName",
         "KpnSp16SyncFunctionName",
         "KpnEenSyncFunctionName",
         "VodafoneSyncFunctionName",
@@ -369,6 +370,11 @@ async fn every_file_in_events_invokes_successfully() {
     // export in the sample bucket, which here is the stack's.
     assert_eq!(stack.profile("routit", true, "2025-01-14", None).await, 1);
     assert_eq!(stack.profile("t_mobile", true, "2025-01-14", None).await, 2);
+    // ... and customer 1 (totals events).
+    sqlx::query("INSERT INTO customer (name, billing_cycle_start_day) VALUES ('Acme', 1)")
+        .execute(&stack.db.pool)
+        .await
+        .unwrap();
     let bucket = stack.deployment.output("CdrBucketName").to_string();
     let export = provider_sim::export_zip("routit", "2025-01-14".parse().unwrap(), 5).unwrap();
     stack
@@ -389,6 +395,7 @@ async fn every_file_in_events_invokes_successfully() {
         ("sync-manager", "SyncManagerFunctionName"),
         ("provider-sync", "RoutitSyncFunctionName"),
         ("cdr-import", "CdrImportFunctionName"),
+        ("totals", "TotalsFunctionName"),
     ] {
         let mut files: Vec<_> = std::fs::read_dir(events.join(dir))
             .unwrap()
@@ -425,7 +432,7 @@ async fn every_file_in_events_invokes_successfully() {
             invoked += 1;
         }
     }
-    assert_eq!(invoked, 8, "every file in events/ was invoked");
+    assert_eq!(invoked, 10, "every file in events/ was invoked");
     // The sample notification and console command imported the export (once).
     let (status, read): (String, i64) = sqlx::query_as(
         "SELECT status, rows_read FROM import_file WHERE key = 'inbox/routit/1/2025-01-14/rt 20250114.zip' AND rows_read > 0",

@@ -152,11 +152,29 @@ async fn main() -> Result<()> {
             micros as f64 / 1e6
         );
     }
-    let waiting = deployment.drain("TotalsQueueUrl").await?;
-    println!(
-        "==> {} DispatchTotals messages on the totals queue (the totals function is not built yet)",
-        waiting.len()
-    );
+    println!("==> totals per customer cycle (DispatchTotals -> CalculateTotals -> BackupTotals)");
+    let totals = wait_for("the totals", Duration::from_secs(120), || async {
+        let rows: Vec<(String, String, String, i64, i64, i32)> = sqlx::query_as(
+            "SELECT c.name, t.cycle::text, t.method, t.cdr_count, t.rated_cost_micros,
+                    (SELECT max(version) FROM totals_history h WHERE h.customer_id = t.customer_id AND h.cycle = t.cycle)
+             FROM totals t JOIN customer c ON c.id = t.customer_id ORDER BY 1, 2",
+        )
+        .fetch_all(&deployment.pool)
+        .await?;
+        let counted: i64 = rows.iter().map(|r| r.3).sum();
+        let loaded: i64 = sqlx::query_scalar("SELECT count(*) FROM call_detail_record WHERE customer_id IS NOT NULL")
+            .fetch_one(&deployment.pool)
+            .await?;
+        // Done when every CDR with a customer is in a total that has a history version.
+        Ok((!rows.is_empty() && counted == loaded && rows.iter().all(|r| r.5 > 0)).then_some(rows))
+    })
+    .await?;
+    for (name, cycle, method, count, rated, version) in totals {
+        println!(
+            "    {name:<22} cycle {cycle}  {method:<9} {count:>5} CDRs  EUR {:.6}  (history v{version})",
+            rated as f64 / 1e6
+        );
+    }
     println!("The emulator keeps running (scripts/emulator.sh stop ends it).");
     Ok(())
 }

@@ -31,12 +31,16 @@ pub enum Step {
     ImportCdrFile,
     /// Give customer-less CDRs their customer once their subscription exists.
     AttachUnassignedCdrs,
-    /// Recalculate one customer's totals for one billing cycle.
+    /// Decide how one customer's cycle is priced, then calculate and back up.
     DispatchTotals,
+    /// Calculate and store the totals of one customer's cycle.
+    CalculateTotals,
+    /// Append the cycle's totals to their history when they changed.
+    BackupTotals,
 }
 
 impl Step {
-    pub const ALL: [Step; 7] = [
+    pub const ALL: [Step; 9] = [
         Step::SyncProfile,
         Step::RoutitRequestExport,
         Step::RoutitPollExport,
@@ -44,6 +48,8 @@ impl Step {
         Step::ImportCdrFile,
         Step::AttachUnassignedCdrs,
         Step::DispatchTotals,
+        Step::CalculateTotals,
+        Step::BackupTotals,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +61,8 @@ impl Step {
             Step::ImportCdrFile => "ImportCdrFile",
             Step::AttachUnassignedCdrs => "AttachUnassignedCdrs",
             Step::DispatchTotals => "DispatchTotals",
+            Step::CalculateTotals => "CalculateTotals",
+            Step::BackupTotals => "BackupTotals",
         }
     }
 }

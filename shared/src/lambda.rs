@@ -69,13 +69,13 @@ pub async fn handle_event(
             .collect();
         return Ok(serde_json::to_value(response)?);
     }
-    // The console's import command becomes an envelope; anything else is one.
-    let body = console_envelope(
-        &event,
-        &uuid::Uuid::new_v4().to_string(),
-        chrono::Utc::now(),
-    )
-    .unwrap_or_else(|| event.to_string());
+    // The console's import and totals commands become envelopes; anything
+    // else is taken as an envelope.
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let now = chrono::Utc::now();
+    let body = console_envelope(&event, &request_id, now)
+        .or_else(|| crate::billing::handler::console_envelope(&event, &request_id, now))
+        .unwrap_or_else(|| event.to_string());
     let message = IncomingMessage {
         message_id: event
             .get("id")

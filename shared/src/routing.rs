@@ -127,7 +127,7 @@ impl Router {
                 .import_queue
                 .as_deref()
                 .ok_or_else(|| RoutingError::QueueNotConfigured("import".into())),
-            Step::DispatchTotals => self
+            Step::DispatchTotals | Step::CalculateTotals | Step::BackupTotals => self
                 .totals_queue
                 .as_deref()
                 .ok_or_else(|| RoutingError::QueueNotConfigured("totals".into())),

@@ -5,6 +5,8 @@
 //! containing its start time in the customer's time zone; a cycle is named
 //! by its start date.
 
+pub mod handler;
+pub mod history;
 pub mod rating;
 pub mod totals;
 

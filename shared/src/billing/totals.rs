@@ -194,6 +194,12 @@ pub async fn calculate_totals(
     };
 
     let mut tx = pool.begin().await?;
+    // Two calculations of the same cycle (two imports at once) write one
+    // after the other; the later one read the later data.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("totals:{customer_id}:{cycle}"))
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("DELETE FROM totals WHERE customer_id = $1 AND cycle = $2")
         .bind(customer_id)
         .bind(cycle)

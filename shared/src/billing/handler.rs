@@ -1,0 +1,142 @@
+//! The totals function's step handler: `DispatchTotals` decides the method
+//! and chains `CalculateTotals` then `BackupTotals`.
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use serde::Deserialize;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::billing::history::backup_totals;
+use crate::billing::totals::{calculate_totals, TotalsError};
+use crate::envelope::{ChainLink, Envelope, Step};
+use crate::runtime::{Delivery, StepError, StepHandler, StepOutcome};
+
+#[derive(Debug, Deserialize)]
+struct CyclePayload {
+    customer_id: i64,
+    cycle: NaiveDate,
+    #[serde(default = "default_cause")]
+    cause: String,
+}
+
+fn default_cause() -> String {
+    "console".into()
+}
+
+pub struct Totals {
+    pool: PgPool,
+}
+
+impl Totals {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+fn totals_error(e: TotalsError) -> StepError {
+    match e {
+        TotalsError::Database(db) => StepError::Retryable(db.to_string()),
+        other => StepError::Permanent(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl StepHandler for Totals {
+    #[tracing::instrument(skip_all)]
+    async fn handle(
+        &self,
+        message: &Envelope,
+        _delivery: Delivery,
+    ) -> Result<StepOutcome, StepError> {
+        let payload: CyclePayload =
+            serde_json::from_value(message.payload.clone()).map_err(|e| {
+                StepError::Permanent(format!(
+                    "{} needs {{\"customer_id\": 1, \"cycle\": \"YYYY-MM-DD\"}}: {e}",
+                    message.step
+                ))
+            })?;
+        match message.step {
+            Step::DispatchTotals => {
+                let plan: Option<Option<String>> =
+                    sqlx::query_scalar("SELECT rate_plan_id FROM customer WHERE id = $1")
+                        .bind(payload.customer_id)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(|e| StepError::Retryable(e.to_string()))?;
+                let Some(plan) = plan else {
+                    return Err(StepError::Permanent(format!(
+                        "customer {} does not exist",
+                        payload.customer_id
+                    )));
+                };
+                let method = if plan.is_some() {
+                    "rate_plan"
+                } else {
+                    "standard"
+                };
+                let next = json!({
+                    "customer_id": payload.customer_id,
+                    "cycle": payload.cycle,
+                    "cause": payload.cause,
+                    "method": method,
+                });
+                Ok(StepOutcome::Continue {
+                    output: json!({}),
+                    next: vec![
+                        ChainLink::new(Step::CalculateTotals, next.clone()),
+                        ChainLink::new(Step::BackupTotals, next),
+                    ],
+                })
+            }
+            Step::CalculateTotals => {
+                let totals = calculate_totals(&self.pool, payload.customer_id, payload.cycle)
+                    .await
+                    .map_err(totals_error)?;
+                tracing::info!(
+                    rated = totals.rated_cost_micros,
+                    cdrs = totals.cdr_count,
+                    "totals calculated"
+                );
+                Ok(StepOutcome::done(
+                    json!({ "rated_cost_micros": totals.rated_cost_micros }),
+                ))
+            }
+            Step::BackupTotals => {
+                let backup = backup_totals(
+                    &self.pool,
+                    payload.customer_id,
+                    payload.cycle,
+                    &payload.cause,
+                )
+                .await
+                .map_err(|e| StepError::Retryable(e.to_string()))?;
+                Ok(StepOutcome::done(json!({ "backup": backup })))
+            }
+            other => Err(StepError::Permanent(format!(
+                "the totals function does not run {other}"
+            ))),
+        }
+    }
+}
+
+/// The console's `{"customer_id": 1, "cycle": "2025-01-01"}` as a
+/// `DispatchTotals` envelope.
+pub fn console_envelope(
+    event: &serde_json::Value,
+    request_id: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<String> {
+    if event.get("version").is_some()
+        || event.get("customer_id").is_none()
+        || event.get("cycle").is_none()
+    {
+        return None;
+    }
+    let mut payload = event.clone();
+    if payload.get("cause").is_none() {
+        payload["cause"] = json!("console");
+    }
+    let id = crate::envelope::derived_id(&["console-totals", request_id]);
+    Some(Envelope::root(id, Step::DispatchTotals, payload, vec![], None, now).to_body())
+}
