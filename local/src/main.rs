@@ -28,7 +28,10 @@ async fn main() -> Result<()> {
     println!("==> carrier simulator");
     let simulator = provider_sim::start("127.0.0.1:0".parse()?, TOKEN).await?;
     println!("    http://{}", simulator.addr);
-    println!("==> build and deploy infra/template.yaml as stack {STACK}");
+    println!(
+        "==> build and deploy infra/template.yaml as stack {STACK} (replacing an earlier one)"
+    );
+    tem_local::stack::Stack::remove_existing(&emulator, STACK).await?;
     let params = [
         ("ScheduleEnabled", "false".to_string()),
         ("PollDelaySeconds", "2".to_string()),
@@ -153,8 +156,9 @@ async fn main() -> Result<()> {
         );
     }
     println!("==> totals per customer cycle (DispatchTotals -> CalculateTotals -> BackupTotals)");
+    backfill_totals(&deployment).await?;
     let totals = wait_for("the totals", Duration::from_secs(120), || async {
-        let rows: Vec<(String, String, String, i64, i64, i32)> = sqlx::query_as(
+        let rows: Vec<(String, String, String, i64, i64, Option<i32>)> = sqlx::query_as(
             "SELECT c.name, t.cycle::text, t.method, t.cdr_count, t.rated_cost_micros,
                     (SELECT max(version) FROM totals_history h WHERE h.customer_id = t.customer_id AND h.cycle = t.cycle)
              FROM totals t JOIN customer c ON c.id = t.customer_id ORDER BY 1, 2",
@@ -166,16 +170,59 @@ async fn main() -> Result<()> {
             .fetch_one(&deployment.pool)
             .await?;
         // Done when every CDR with a customer is in a total that has a history version.
-        Ok((!rows.is_empty() && counted == loaded && rows.iter().all(|r| r.5 > 0)).then_some(rows))
+        Ok((!rows.is_empty() && counted == loaded && rows.iter().all(|r| r.5.is_some())).then_some(rows))
     })
     .await?;
     for (name, cycle, method, count, rated, version) in totals {
         println!(
-            "    {name:<22} cycle {cycle}  {method:<9} {count:>5} CDRs  EUR {:.6}  (history v{version})",
-            rated as f64 / 1e6
+            "    {name:<22} cycle {cycle}  {method:<9} {count:>5} CDRs  EUR {:.6}  (history v{})",
+            rated as f64 / 1e6,
+            version.unwrap_or(0)
         );
     }
     println!("The emulator keeps running (scripts/emulator.sh stop ends it).");
+    Ok(())
+}
+
+/// Customer cycles with CDRs but no totals (left by an earlier run whose
+/// DispatchTotals had no consumer yet; a re-run's identical exports are
+/// deduplicated, so nothing dispatches them) get the console's command.
+async fn backfill_totals(deployment: &Deployment) -> Result<()> {
+    let rows: Vec<(i64, chrono::DateTime<chrono::Utc>, i16, String)> = sqlx::query_as(
+        "SELECT DISTINCT r.customer_id, date_trunc('hour', r.started_at), c.billing_cycle_start_day, c.time_zone
+         FROM call_detail_record r JOIN customer c ON c.id = r.customer_id",
+    )
+    .fetch_all(&deployment.pool)
+    .await?;
+    let mut cycles = std::collections::BTreeSet::new();
+    for (customer, at, day, zone) in rows {
+        let zone = zone.parse().unwrap_or(chrono_tz::Europe::Amsterdam);
+        cycles.insert((
+            customer,
+            tem_shared::billing::cycle_of(at, day as u32, zone),
+        ));
+    }
+    for (customer, cycle) in cycles {
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM totals WHERE customer_id = $1 AND cycle = $2)",
+        )
+        .bind(customer)
+        .bind(cycle)
+        .fetch_one(&deployment.pool)
+        .await?;
+        if !exists {
+            println!("    no totals yet for customer {customer}, cycle {cycle}: sending the console's command");
+            let answer = deployment
+                .invoke(
+                    "TotalsFunctionName",
+                    &json!({"customer_id": customer, "cycle": cycle, "cause": "backfill"}),
+                )
+                .await?;
+            if let Some(error) = answer.error {
+                anyhow::bail!("totals failed ({error}): {}", answer.payload);
+            }
+        }
+    }
     Ok(())
 }
 

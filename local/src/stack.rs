@@ -61,6 +61,26 @@ impl Stack {
             .unwrap_or_else(|| panic!("stack {} has no output {key}", self.name))
     }
 
+    /// Removes the stack `name` if it exists, and waits until it is gone, so
+    /// the next deploy starts from empty tables, queues and bucket.
+    pub async fn remove_existing(emulator: &Emulator, name: &str) -> Result<()> {
+        let Ok(stack) = describe(emulator, name) else {
+            return Ok(());
+        };
+        stack.delete().await?;
+        run(
+            emulator,
+            &[
+                "cloudformation",
+                "wait",
+                "stack-delete-complete",
+                "--stack-name",
+                name,
+            ],
+        )?;
+        Ok(())
+    }
+
     /// Deletes the functions first (that stops their warm processes), then the stack.
     pub async fn delete(&self) -> Result<()> {
         let lambda = aws_sdk_lambda::Client::new(&self.emulator.sdk_config().await);
@@ -200,6 +220,11 @@ fn deploy_blocking(emulator: &Emulator, name: &str, parameters: &[String]) -> Re
             .collect();
         bail!("{e}\nfailed resources:\n{}", failures.join("\n"));
     }
+    describe(emulator, name)
+}
+
+/// The deployed stack `name` with its outputs.
+fn describe(emulator: &Emulator, name: &str) -> Result<Stack> {
     let described = run(
         emulator,
         &[
