@@ -11,6 +11,7 @@ use crate::adapters::secrets::SecretsManager;
 use crate::adapters::sqs::SqsQueues;
 use crate::config::{ConfigError, DatabaseSource, Env, PlatformConfig};
 use crate::ports::SecretGet;
+use crate::runtime::{ChainRuntime, StepHandler};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -74,5 +75,23 @@ impl Platform {
             aws,
             config,
         })
+    }
+
+    /// The chain runtime of a queue-driven function around its step handler,
+    /// with the queues, stores and settings of this platform.
+    pub fn chain_runtime<F: Fn(&str) -> Option<String>>(
+        &self,
+        env: &Env<F>,
+        handler: Arc<dyn StepHandler>,
+    ) -> Result<ChainRuntime, ConfigError> {
+        Ok(ChainRuntime::new(
+            handler,
+            env.router(),
+            self.queues.clone(),
+            self.queues.clone(),
+            self.idempotency.clone(),
+            self.tasks.clone(),
+            env.runtime_settings()?,
+        ))
     }
 }

@@ -13,7 +13,6 @@ use tem_shared::import::handler::CdrImport;
 use tem_shared::import::importer::Importer;
 use tem_shared::import::zip::ZipLimits;
 use tem_shared::lambda::{deadline, handle_event};
-use tem_shared::runtime::ChainRuntime;
 use tem_shared::telemetry;
 
 #[tokio::main]
@@ -35,19 +34,14 @@ async fn main() -> Result<(), Error> {
         Arc::new(S3Rejects::new(s3.clone(), env.required("CDR_BUCKET")?)),
         limits,
     );
-    let runtime = ChainRuntime::new(
+    let runtime = platform.chain_runtime(
+        &env,
         Arc::new(CdrImport::new(
             importer,
             Arc::new(S3Sources::new(s3)),
             platform.pool.clone(),
         )),
-        env.router(),
-        platform.queues.clone(),
-        platform.queues.clone(),
-        platform.idempotency.clone(),
-        platform.tasks.clone(),
-        env.runtime_settings()?,
-    );
+    )?;
     let runtime = &runtime;
     run(service_fn(move |event: LambdaEvent<Value>| async move {
         handle_event(runtime, event.payload, deadline(&event.context)).await

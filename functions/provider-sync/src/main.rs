@@ -12,7 +12,6 @@ use tem_shared::bootstrap::Platform;
 use tem_shared::config::Env;
 use tem_shared::lambda::{deadline, handle_event};
 use tem_shared::routing::Provider;
-use tem_shared::runtime::ChainRuntime;
 use tem_shared::sync::drivers::HttpClient;
 use tem_shared::sync::provider::ProviderSync;
 use tem_shared::telemetry;
@@ -32,15 +31,7 @@ async fn main() -> Result<(), Error> {
         env.required("CDR_BUCKET")?,
         Duration::from_secs(env.parsed("POLL_DELAY_SECONDS", 60)?),
     );
-    let runtime = ChainRuntime::new(
-        Arc::new(handler),
-        env.router(),
-        platform.queues.clone(),
-        platform.queues.clone(),
-        platform.idempotency.clone(),
-        platform.tasks.clone(),
-        env.runtime_settings()?,
-    );
+    let runtime = platform.chain_runtime(&env, Arc::new(handler))?;
     let runtime = &runtime;
     run(service_fn(move |event: LambdaEvent<Value>| async move {
         handle_event(runtime, event.payload, deadline(&event.context)).await

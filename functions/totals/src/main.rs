@@ -10,7 +10,6 @@ use tem_shared::billing::handler::Totals;
 use tem_shared::bootstrap::Platform;
 use tem_shared::config::Env;
 use tem_shared::lambda::{deadline, handle_event};
-use tem_shared::runtime::ChainRuntime;
 use tem_shared::telemetry;
 
 #[tokio::main]
@@ -18,15 +17,7 @@ async fn main() -> Result<(), Error> {
     telemetry::init();
     let env = Env::process();
     let platform = Platform::connect(&env).await?;
-    let runtime = ChainRuntime::new(
-        Arc::new(Totals::new(platform.pool.clone())),
-        env.router(),
-        platform.queues.clone(),
-        platform.queues.clone(),
-        platform.idempotency.clone(),
-        platform.tasks.clone(),
-        env.runtime_settings()?,
-    );
+    let runtime = platform.chain_runtime(&env, Arc::new(Totals::new(platform.pool.clone())))?;
     let runtime = &runtime;
     run(service_fn(move |event: LambdaEvent<Value>| async move {
         handle_event(runtime, event.payload, deadline(&event.context)).await
