@@ -230,19 +230,7 @@ impl Envelope {
         if let Value::Object(fixed) = head.payload {
             payload.extend(fixed);
         }
-        Some(Envelope {
-            version: ENVELOPE_VERSION,
-            id: child_id(&self.id, "0"),
-            step: head.step,
-            payload: Value::Object(payload),
-            chain: remaining,
-            task_id: self.task_id.clone(),
-            attempt: 0,
-            created_at: self.created_at,
-            trace_id: self.trace_id.clone(),
-            depth: self.depth + 1,
-            requeues: 0,
-        })
+        Some(self.child("0", head.step, Value::Object(payload), remaining))
     }
 
     /// One message per branch, each followed by the rest of this chain
@@ -252,20 +240,33 @@ impl Envelope {
         branches
             .into_iter()
             .enumerate()
-            .map(|(position, head)| Envelope {
-                version: ENVELOPE_VERSION,
-                id: child_id(&self.id, &format!("branch-{position}")),
-                step: head.step,
-                payload: head.payload,
-                chain: self.chain.clone(),
-                task_id: self.task_id.clone(),
-                attempt: 0,
-                created_at: self.created_at,
-                trace_id: self.trace_id.clone(),
-                depth: self.depth + 1,
-                requeues: 0,
+            .map(|(position, head)| {
+                self.child(
+                    &format!("branch-{position}"),
+                    head.step,
+                    head.payload,
+                    self.chain.clone(),
+                )
             })
             .collect()
+    }
+
+    /// The next message of this one's chain, at `position`: one step deeper,
+    /// same task and trace, a fresh attempt count.
+    fn child(&self, position: &str, step: Step, payload: Value, chain: Vec<ChainLink>) -> Envelope {
+        Envelope {
+            version: ENVELOPE_VERSION,
+            id: child_id(&self.id, position),
+            step,
+            payload,
+            chain,
+            task_id: self.task_id.clone(),
+            attempt: 0,
+            created_at: self.created_at,
+            trace_id: self.trace_id.clone(),
+            depth: self.depth + 1,
+            requeues: 0,
+        }
     }
 
     /// The same step again, later (Routit: export not ready yet).
