@@ -215,19 +215,24 @@ async fn a_rate_plan_prices_each_cdr_records_how_and_the_lines_add_up() {
         line_sums(&db.pool, c, "2025-03-01").await,
         (2, 105_000, 161_000)
     );
-    let (cost, rate, explanation): (i64, Option<String>, String) = sqlx::query_as(
-        "SELECT rated_cost_micros, rate_id, explanation FROM cdr_rating WHERE external_id = 'call'",
+    // The stored pricing of the call: 61,000 by the plan's first rate (index 0).
+    let (cost, rate, billed): (i64, i32, i64) = sqlx::query_as(
+        "SELECT u.cost, u.rate, u.billed
+         FROM cycle_rating_chunk k,
+              unnest(k.cdr_id, k.rated_cost_micros, k.rate, k.billed_quantity) AS u(id, cost, rate, billed)
+         JOIN call_detail_record c ON c.id = u.id
+         WHERE c.external_id = 'call'",
     )
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!((cost, rate.as_deref()), (61_000, Some("voice-nl")));
-    assert!(explanation.contains("61"), "{explanation}");
-    let rated_sum: i64 =
-        sqlx::query_scalar("SELECT sum(rated_cost_micros)::bigint FROM cdr_rating")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    assert_eq!((cost, rate, billed), (61_000, 0, 61));
+    let rated_sum: i64 = sqlx::query_scalar(
+        "SELECT sum(u.cost)::bigint FROM cycle_rating_chunk k, unnest(k.rated_cost_micros) AS u(cost)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(rated_sum, totals.rated_cost_micros);
     assert_eq!(
         calculate_totals(&db.pool, c, "2025-03-01".parse().unwrap())

@@ -1,13 +1,7 @@
 //! `import-bench`: our CDR import against `psql \copy` and row-by-row
 //! INSERTs, on one PostgreSQL server. See bench/README.md.
 
-mod bench;
-mod child;
-mod db;
-mod generate;
-mod measure;
-mod phases;
-mod report;
+use tem_bench::{bench, child, db, generate};
 
 use std::path::PathBuf;
 

@@ -1,10 +1,19 @@
-//! Demo data for the local run: a few customers and one sync profile per
-//! carrier, pointed at the simulator, with their credentials in the
-//! emulator's Secrets Manager.
+//! Demo data for the local run: `local/demo.yaml` (a few customers, one on a
+//! rate plan, their subscriptions and one sync profile per carrier pointed at
+//! the simulator), applied as `temctl apply` does, with the credentials in
+//! the emulator's Secrets Manager.
 
-use anyhow::Result;
-use chrono::NaiveDate;
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use chrono::{Duration, NaiveDate, Utc};
 use sqlx::PgPool;
+use tem_shared::adapters::sqs::SqsQueues;
+use tem_shared::catalog::changes::Summary;
+use tem_shared::catalog::follow_up::{deliver, Delivery, DEFAULT_GRACE_DAYS};
+use tem_shared::catalog::{self, ApplyOptions, Parsed};
+use tem_shared::ports::QueueSend;
+use tem_shared::routing::Router;
 
 use crate::deployment::Deployment;
 
@@ -33,131 +42,167 @@ pub async fn prepare_database(url: &str) -> Result<PgPool> {
     Ok(pool)
 }
 
-/// Seeds customers and one active profile per provider whose next period is
-/// `period`, plus one inactive profile; stores the simulator token as each
-/// profile's credentials. Idempotent: re-running resets the demo profiles.
+/// The demo's customers, subscriptions, rate plan and sync profiles.
+pub const DEMO_FILE: &str = include_str!("../demo.yaml");
+
+/// What seeding did.
+pub struct Seeded {
+    /// The active demo profiles.
+    pub profile_ids: Vec<i64>,
+    pub summary: Summary,
+    /// The apply's follow-up (re-rating, attaching), sent to the stack's queues.
+    pub follow_up: Vec<Delivery>,
+}
+
+/// Applies `local/demo.yaml` (customers, subscriptions, a rate plan, one
+/// active profile per provider whose next period is `period`, one inactive
+/// profile) through the same catalog code as `temctl apply`, and stores the
+/// simulator token as each profile's credentials. Idempotent: re-running
+/// changes nothing but the period, and resets the demo profiles' watermarks
+/// so the run syncs `period` again.
 pub async fn seed(
     deployment: &Deployment,
     simulator_base: &str,
     token: &str,
     period: NaiveDate,
-) -> Result<Vec<i64>> {
+) -> Result<Seeded> {
     let pool = &deployment.pool;
-    for (name, day) in [
-        ("Acme Logistics", 1),
-        ("Bakkerij de Vries", 15),
-        ("Stadsbeheer Utrecht", 28),
-    ] {
-        sqlx::query(
-            "INSERT INTO customer (name, billing_cycle_start_day, time_zone)
-             SELECT $1, $2, 'Europe/Amsterdam' WHERE NOT EXISTS (SELECT 1 FROM customer WHERE name = $1)",
-        )
-        .bind(name)
-        .bind(day as i16)
-        .execute(pool)
-        .await?;
-    }
-    // The simulator's exports use +31612300000..49 (Routit) and
-    // +31612340000..49 (the others); most belong to the demo customers.
-    let customers: Vec<i64> = sqlx::query_scalar(
-        "SELECT id FROM customer WHERE name IN ('Acme Logistics', 'Bakkerij de Vries', 'Stadsbeheer Utrecht') ORDER BY name",
-    )
-    .fetch_all(pool)
-    .await?;
-    sqlx::query("DELETE FROM subscription WHERE identifier LIKE '+316123%'")
-        .execute(pool)
-        .await?;
-    for i in 0..40 {
-        for (provider, prefix) in std::iter::once(("routit", "+31612300")).chain(
-            PROVIDERS
-                .iter()
-                .filter(|p| **p != "routit")
-                .map(|p| (*p, "+31612340")),
-        ) {
-            sqlx::query(
-                "INSERT INTO subscription (customer_id, provider, identifier) VALUES ($1, $2, $3)",
-            )
-            .bind(customers[i % customers.len()])
-            .bind(provider)
-            .bind(format!("{prefix}{i:03}"))
-            .execute(pool)
-            .await?;
-        }
-    }
-    let mut ids = Vec::new();
     for provider in PROVIDERS {
         let secret = format!("{}/{provider}/demo", deployment.secrets_prefix);
         deployment
             .put_secret(&secret, &serde_json::json!({ "token": token }).to_string())
             .await?;
-        let id = upsert_profile(
-            pool,
-            &format!("demo {provider}"),
-            provider,
-            &format!("{simulator_base}/{provider}"),
-            &secret,
-            true,
-            period,
-        )
-        .await?;
-        ids.push(id);
     }
-    upsert_profile(
+    let variables = BTreeMap::from([
+        ("SIM_BASE_URL", simulator_base.to_string()),
+        ("SECRETS_PREFIX", deployment.secrets_prefix.clone()),
+        ("FIRST_PERIOD", period.to_string()),
+    ]);
+    let parsed = catalog::parse(DEMO_FILE, |name| {
+        variables
+            .get(name)
+            .cloned()
+            .or_else(|| std::env::var(name).ok())
+    });
+    if !parsed.is_valid() {
+        let problems: Vec<String> = parsed.problems.iter().map(ToString::to_string).collect();
+        bail!("local/demo.yaml is not valid:\n  {}", problems.join("\n  "));
+    }
+    adopt_customers_of_earlier_runs(pool, &parsed).await?;
+    let now = Utc::now();
+    let applied = catalog::apply(
         pool,
-        "demo routit (retired account)",
-        "routit",
-        &format!("{simulator_base}/routit"),
-        "none",
-        false,
-        period,
+        &parsed,
+        &ApplyOptions {
+            source: "local/demo.yaml".into(),
+            dry_run: false,
+            now,
+            grace: Duration::days(i64::from(DEFAULT_GRACE_DAYS)),
+        },
     )
+    .await
+    .context("apply local/demo.yaml")?;
+    let names: Vec<String> = parsed
+        .document
+        .sync_profiles
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    // A re-run on the same day would otherwise find every profile up to date.
+    sqlx::query(
+        "UPDATE sync_profile SET watermark_period = NULL, updated_at = now() WHERE name = ANY($1)",
+    )
+    .bind(&names)
+    .execute(pool)
     .await?;
-    Ok(ids)
+    let router = Router::default().with_pipeline_queues(
+        Some(deployment.output("ImportQueueUrl").to_string()),
+        Some(deployment.output("TotalsQueueUrl").to_string()),
+    );
+    let queues = SqsQueues::new(deployment.clients.sqs.clone());
+    let follow_up = deliver(
+        &applied.follow_ups,
+        applied.revision,
+        now,
+        &router,
+        Some(&queues as &dyn QueueSend),
+    )
+    .await;
+    let active: Vec<String> = parsed
+        .document
+        .sync_profiles
+        .iter()
+        .filter(|p| p.active)
+        .map(|p| p.name.clone())
+        .collect();
+    let profile_ids =
+        sqlx::query_scalar("SELECT id FROM sync_profile WHERE name = ANY($1) ORDER BY id")
+            .bind(&active)
+            .fetch_all(pool)
+            .await?;
+    Ok(Seeded {
+        profile_ids,
+        summary: applied.summary,
+        follow_up,
+    })
 }
 
-async fn upsert_profile(
-    pool: &PgPool,
-    name: &str,
-    provider: &str,
-    base_url: &str,
-    secret: &str,
-    active: bool,
-    period: NaiveDate,
-) -> Result<i64> {
-    let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM sync_profile WHERE name = $1")
-        .bind(name)
-        .fetch_optional(pool)
+/// Demo customers of runs from before customers had codes get their code,
+/// so the file updates them instead of adding a second Acme Logistics.
+async fn adopt_customers_of_earlier_runs(pool: &PgPool, parsed: &Parsed) -> Result<()> {
+    for customer in &parsed.document.customers {
+        sqlx::query(
+            "UPDATE customer SET code = $1
+             WHERE id = (SELECT min(id) FROM customer WHERE code IS NULL AND name = $2)
+               AND NOT EXISTS (SELECT 1 FROM customer WHERE code = $1)",
+        )
+        .bind(&customer.code)
+        .bind(&customer.name)
+        .execute(pool)
         .await?;
-    let id = match existing {
-        Some(id) => {
-            sqlx::query(
-                "UPDATE sync_profile SET provider = $2, base_url = $3, credentials_secret = $4, active = $5,
-                 first_period = $6, watermark_period = NULL, updated_at = now() WHERE id = $1",
-            )
-            .bind(id)
-            .bind(provider)
-            .bind(base_url)
-            .bind(secret)
-            .bind(active)
-            .bind(period)
-            .execute(pool)
-            .await?;
-            id
-        }
-        None => {
-            sqlx::query_scalar(
-                "INSERT INTO sync_profile (name, provider, base_url, credentials_secret, active, first_period)
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            )
-            .bind(name)
-            .bind(provider)
-            .bind(base_url)
-            .bind(secret)
-            .bind(active)
-            .bind(period)
-            .fetch_one(pool)
-            .await?
-        }
-    };
-    Ok(id)
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_file_is_valid_once_the_local_run_fills_in_its_variables() {
+        let variables = BTreeMap::from([
+            ("SIM_BASE_URL", "http://127.0.0.1:4000"),
+            ("SECRETS_PREFIX", "tem-local"),
+            ("FIRST_PERIOD", "2025-01-14"),
+        ]);
+        let parsed = catalog::parse(DEMO_FILE, |name| variables.get(name).map(|v| v.to_string()));
+
+        assert_eq!(parsed.problems, vec![]);
+        let doc = &parsed.document;
+        assert_eq!(doc.subscriptions.len(), 40 * PROVIDERS.len());
+        let active: Vec<&str> = doc
+            .sync_profiles
+            .iter()
+            .filter(|p| p.active)
+            .map(|p| p.provider.as_str())
+            .collect();
+        assert_eq!(active, PROVIDERS, "one active profile per carrier");
+        assert_eq!(
+            doc.sync_profiles[0].base_url,
+            "http://127.0.0.1:4000/kpn_sp16"
+        );
+        assert_eq!(
+            doc.sync_profiles[0].credentials_secret,
+            "tem-local/kpn_sp16/demo"
+        );
+        let rated: Vec<&str> = doc
+            .customers
+            .iter()
+            .filter(|c| c.rate_plan.is_some())
+            .map(|c| c.code.as_str())
+            .collect();
+        assert_eq!(rated, ["acme"]);
+        let plan = &doc.rate_plans[0].plan;
+        assert!(plan.monthly_fee_micros > 0 && !plan.bundles.is_empty());
+    }
 }

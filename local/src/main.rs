@@ -39,13 +39,28 @@ async fn main() -> Result<()> {
     ];
     let deployment = Deployment::create(&emulator, STACK, &database_url, pool, &params).await?;
     let period = chrono::Utc::now().date_naive() - chrono::Duration::days(1);
-    let profiles = demo::seed(
+    println!("==> demo data: local/demo.yaml (as temctl apply)");
+    let seeded = demo::seed(
         &deployment,
         &format!("http://{}", simulator.addr),
         TOKEN,
         period,
     )
     .await?;
+    let s = seeded.summary;
+    println!(
+        "    {} changed ({} created, {} updated), {} unchanged",
+        s.changed, s.created, s.updated, s.unchanged
+    );
+    for delivery in &seeded.follow_up {
+        let outcome = if delivery.is_sent() {
+            "sent"
+        } else {
+            "NOT sent"
+        };
+        println!("    follow-up {outcome}: {}", delivery.follow_up.describe());
+    }
+    let profiles = seeded.profile_ids;
     // Routit prepares its export for a while: show the polling.
     simulator_control(
         &format!("http://{}/_control/routit", simulator.addr),

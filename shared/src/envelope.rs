@@ -37,10 +37,14 @@ pub enum Step {
     CalculateTotals,
     /// Append the cycle's totals to their history when they changed.
     BackupTotals,
+    /// Record the cycle's anomalies (cost jumps, idle lines, roaming, unrated).
+    BillingInsight,
+    /// Write the cycle's draft invoice, finalise it, or add a correction.
+    GenerateInvoice,
 }
 
 impl Step {
-    pub const ALL: [Step; 9] = [
+    pub const ALL: [Step; 11] = [
         Step::SyncProfile,
         Step::RoutitRequestExport,
         Step::RoutitPollExport,
@@ -50,6 +54,8 @@ impl Step {
         Step::DispatchTotals,
         Step::CalculateTotals,
         Step::BackupTotals,
+        Step::BillingInsight,
+        Step::GenerateInvoice,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +69,8 @@ impl Step {
             Step::DispatchTotals => "DispatchTotals",
             Step::CalculateTotals => "CalculateTotals",
             Step::BackupTotals => "BackupTotals",
+            Step::BillingInsight => "BillingInsight",
+            Step::GenerateInvoice => "GenerateInvoice",
         }
     }
 }

@@ -1,11 +1,12 @@
 //! Glue between Lambda events and the chain runtime: SQS records in, a
 //! partial batch response out; or one envelope from the console.
 
+use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::import::notification::{adapt_body, console_envelope, Adapted};
+use crate::import::notification::{console_envelope, Adapted};
 use crate::runtime::{console_response, ChainRuntime, Disposition, IncomingMessage};
 
 /// The Lambda deadline, which bounds how long a message claim is held.
@@ -31,39 +32,62 @@ pub fn incoming(event: SqsEvent) -> Vec<IncomingMessage> {
         .collect()
 }
 
+/// Turns what arrives on a function's queue into envelopes: the import
+/// queue also carries S3 notifications; the others carry only envelopes.
+#[async_trait]
+pub trait BodyAdapter: Send + Sync {
+    async fn adapt(&self, body: &str, now: DateTime<Utc>) -> Adapted;
+}
+
+/// A queue that carries only envelopes.
+pub struct EnvelopesOnly;
+
+#[async_trait]
+impl BodyAdapter for EnvelopesOnly {
+    async fn adapt(&self, _body: &str, _now: DateTime<Utc>) -> Adapted {
+        Adapted::Unchanged
+    }
+}
+
 /// Handles a queue-driven function's event: an SQS batch (returning the
 /// records to retry), or a bare envelope pasted into the console (returning
 /// what happened to it).
 pub async fn handle_event(
     runtime: &ChainRuntime,
+    adapter: &dyn BodyAdapter,
     event: Value,
     deadline: DateTime<Utc>,
 ) -> Result<Value, lambda_runtime::Error> {
     if event.get("Records").is_some() {
         let sqs: SqsEvent = serde_json::from_value(event)?;
-        // S3 notifications (the import queue) become envelopes here.
-        let messages = incoming(sqs)
-            .into_iter()
-            .filter_map(|mut m| match adapt_body(&m.body, chrono::Utc::now()) {
+        let mut messages = Vec::new();
+        let mut not_yet = Vec::new();
+        for mut m in incoming(sqs) {
+            match adapter.adapt(&m.body, Utc::now()).await {
                 Adapted::Envelope(body) => {
                     m.body = body;
-                    Some(m)
+                    messages.push(m);
                 }
                 Adapted::Ignore(reason) => {
                     tracing::info!(message_id = %m.message_id, %reason, "ignored");
-                    None
                 }
-                Adapted::Unchanged => Some(m),
-            })
-            .collect();
+                Adapted::Unchanged => messages.push(m),
+                Adapted::Retry(reason) => {
+                    tracing::warn!(message_id = %m.message_id, %reason, "left for another delivery");
+                    not_yet.push(m.message_id);
+                }
+            }
+        }
         let reports = runtime.process_batch(messages, deadline).await;
         let mut response = SqsBatchResponse::default();
         response.batch_item_failures = reports
             .iter()
             .filter(|r| !r.disposition.acknowledged())
-            .map(|r| {
+            .map(|r| r.message_id.clone())
+            .chain(not_yet)
+            .map(|id| {
                 let mut failure = BatchItemFailure::default();
-                failure.item_identifier = r.message_id.clone();
+                failure.item_identifier = id;
                 failure
             })
             .collect();

@@ -10,6 +10,7 @@
 pub mod adapters;
 pub mod billing;
 pub mod bootstrap;
+pub mod catalog;
 pub mod config;
 pub mod envelope;
 pub mod import;

@@ -150,12 +150,14 @@ pub trait TaskStore: Send + Sync {
 
 #[async_trait]
 pub trait ObjectPut: Send + Sync {
+    /// `metadata` becomes the object's user metadata (`x-amz-meta-*`).
     async fn put_object(
         &self,
         bucket: &str,
         key: &str,
         bytes: Vec<u8>,
         content_type: &str,
+        metadata: &[(&str, &str)],
     ) -> Result<(), PortError>;
 }
 

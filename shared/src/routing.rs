@@ -127,7 +127,11 @@ impl Router {
                 .import_queue
                 .as_deref()
                 .ok_or_else(|| RoutingError::QueueNotConfigured("import".into())),
-            Step::DispatchTotals | Step::CalculateTotals | Step::BackupTotals => self
+            Step::DispatchTotals
+            | Step::CalculateTotals
+            | Step::BackupTotals
+            | Step::BillingInsight
+            | Step::GenerateInvoice => self
                 .totals_queue
                 .as_deref()
                 .ok_or_else(|| RoutingError::QueueNotConfigured("totals".into())),

@@ -41,6 +41,10 @@ pub enum StepOutcome {
         output: Value,
         branches: Vec<ChainLink>,
     },
+    /// Done here, but the branch goes on outside the queues (an export put
+    /// into the CDR bucket continues as the import its S3 notification
+    /// starts, which adopts the task). The task keeps this branch open.
+    HandOff { output: Value, via: String },
 }
 
 impl StepOutcome {
@@ -321,7 +325,12 @@ impl ChainRuntime {
         outcome: StepOutcome,
     ) -> MessageReport {
         let step = envelope.step.to_string();
+        let mut handed_off = None;
         let (children, delay) = match outcome {
+            StepOutcome::HandOff { output: _, via } => {
+                handed_off = Some(via);
+                (Vec::new(), 0)
+            }
             StepOutcome::Continue { output, next } => (
                 envelope
                     .continuation(&output, next)
@@ -396,7 +405,12 @@ impl ChainRuntime {
         if let Some(task_id) = &envelope.task_id {
             match self
                 .tasks
-                .branch_done(task_id, &envelope.id, children.len() as u32, Utc::now())
+                .branch_done(
+                    task_id,
+                    &envelope.id,
+                    children.len() as u32 + u32::from(handed_off.is_some()),
+                    Utc::now(),
+                )
                 .await
             {
                 Ok(Some(progress)) => info!(
@@ -414,7 +428,9 @@ impl ChainRuntime {
             }
         }
 
-        let detail = if sent.is_empty() {
+        let detail = if let Some(via) = handed_off {
+            format!("completed; continues through {via}")
+        } else if sent.is_empty() {
             "completed; end of chain".to_string()
         } else {
             format!("completed; sent {}", sent.join(", "))

@@ -163,6 +163,24 @@ async fn the_task_completes_when_its_last_step_finishes() {
 }
 
 #[tokio::test]
+async fn a_step_that_hands_off_sends_nothing_and_keeps_its_branch_open() {
+    let h = harness(vec![Ok(StepOutcome::HandOff {
+        output: json!({"key": "inbox/x.zip"}),
+        via: "the import of inbox/x.zip".into(),
+    })]);
+    with_task(&h).await;
+    let report = h
+        .runtime
+        .process(incoming(&message(vec![]), 1), deadline())
+        .await;
+    assert_eq!(report.disposition, Disposition::Completed);
+    assert!(report.detail.contains("the import of inbox/x.zip"), "{}", report.detail);
+    assert!(h.queues.on(ROUTIT_Q).is_empty());
+    let task = h.tasks.task("task-1");
+    assert_eq!((task.outstanding, task.status), (1, TaskStatus::Running));
+}
+
+#[tokio::test]
 async fn a_duplicate_delivery_is_acknowledged_without_running_again() {
     let h = harness(vec![Ok(StepOutcome::done(json!({})))]);
     with_task(&h).await;

@@ -25,6 +25,11 @@ pub enum Command {
     /// Apply the project's database migrations (creates the tables on an
     /// empty database; a no-op when up to date).
     Migrate,
+    /// Create or update customers, subscriptions, rate plans and sync
+    /// profiles from a YAML file; objects not in the file are left alone.
+    Apply(crate::apply::ApplyArgs),
+    /// Show one customer cycle's totals and their lines.
+    Totals(crate::totals::TotalsArgs),
 }
 
 #[derive(Debug, Args)]

@@ -29,6 +29,10 @@ pub enum CliError {
     Open { path: String, source: SourceError },
     #[error(transparent)]
     Import(#[from] ImportError),
+    #[error(transparent)]
+    Apply(#[from] crate::apply::ApplyError),
+    #[error(transparent)]
+    Totals(#[from] crate::totals::ShowTotalsError),
     #[error("cannot write the summary to stdout: {0}")]
     Output(#[from] std::io::Error),
 }
@@ -39,6 +43,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::MissingDatabaseUrl | CliError::BadDatabaseUrl(_) => 2,
+            CliError::Apply(e) => e.exit_code(),
             _ => 1,
         }
     }

@@ -1,5 +1,6 @@
 //! `temctl`: the operators' command line. See `temctl --help`.
 
+mod apply;
 mod cli;
 mod db;
 mod error;
@@ -7,6 +8,7 @@ mod import;
 mod migrate;
 mod progress;
 mod summary;
+mod totals;
 
 use std::process::ExitCode;
 
@@ -21,6 +23,8 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Import(args) => import::run(args).await,
         Command::Migrate => migrate::run().await,
+        Command::Apply(args) => apply::run(args).await,
+        Command::Totals(args) => totals::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

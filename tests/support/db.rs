@@ -54,7 +54,8 @@ pub async fn insert_profile(
         "INSERT INTO sync_profile (name, provider, base_url, credentials_secret, active, first_period, watermark_period)
          VALUES ($1, $2, $3, $4, $5, $6::date, $7::date) RETURNING id",
     )
-    .bind(format!("{provider} account"))
+    // Profile names are unique (migration 0007); tests insert several per provider.
+    .bind(format!("{provider} account {}", uuid::Uuid::new_v4().simple()))
     .bind(provider)
     .bind(base_url)
     .bind(secret)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use serde_json::Value;
-use tem_shared::adapters::s3::{S3Rejects, S3Sources};
+use tem_shared::adapters::s3::{S3Notifications, S3Rejects, S3Sources};
 use tem_shared::adapters::s3_client;
 use tem_shared::bootstrap::Platform;
 use tem_shared::config::Env;
@@ -34,17 +34,19 @@ async fn main() -> Result<(), Error> {
         Arc::new(S3Rejects::new(s3.clone(), env.required("CDR_BUCKET")?)),
         limits,
     );
+    let s3_for_notifications = s3.clone();
     let runtime = platform.chain_runtime(
         &env,
         Arc::new(CdrImport::new(
             importer,
-            Arc::new(S3Sources::new(s3)),
+            Arc::new(S3Sources::new(s3.clone())),
             platform.pool.clone(),
         )),
     )?;
     let runtime = &runtime;
+    let notifications = &S3Notifications::new(s3_for_notifications);
     run(service_fn(move |event: LambdaEvent<Value>| async move {
-        handle_event(runtime, event.payload, deadline(&event.context)).await
+        handle_event(runtime, notifications, event.payload, deadline(&event.context)).await
     }))
     .await
 }

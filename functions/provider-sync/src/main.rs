@@ -10,7 +10,7 @@ use tem_shared::adapters::postgres::PgProfiles;
 use tem_shared::adapters::{s3::S3Objects, s3_client};
 use tem_shared::bootstrap::Platform;
 use tem_shared::config::Env;
-use tem_shared::lambda::{deadline, handle_event};
+use tem_shared::lambda::{deadline, handle_event, EnvelopesOnly};
 use tem_shared::routing::Provider;
 use tem_shared::sync::drivers::HttpClient;
 use tem_shared::sync::provider::ProviderSync;
@@ -34,7 +34,7 @@ async fn main() -> Result<(), Error> {
     let runtime = platform.chain_runtime(&env, Arc::new(handler))?;
     let runtime = &runtime;
     run(service_fn(move |event: LambdaEvent<Value>| async move {
-        handle_event(runtime, event.payload, deadline(&event.context)).await
+        handle_event(runtime, &EnvelopesOnly, event.payload, deadline(&event.context)).await
     }))
     .await
 }

@@ -9,7 +9,10 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 use tokio::sync::OnceCell;
 
+use crate::import::notification::{parse_notification, Adapted, Notification, ObjectCreated};
 use crate::import::source::{RangeRead, SourceError};
+use crate::lambda::BodyAdapter;
+use crate::sync::provider::TASK_ID_METADATA;
 use crate::ports::{ObjectPut, PortError};
 
 #[derive(Debug, Clone)]
@@ -31,13 +34,19 @@ impl ObjectPut for S3Objects {
         key: &str,
         bytes: Vec<u8>,
         content_type: &str,
+        metadata: &[(&str, &str)],
     ) -> Result<(), PortError> {
-        self.client
+        let mut request = self
+            .client
             .put_object()
             .bucket(bucket)
             .key(key)
             .content_type(content_type)
-            .body(ByteStream::from(bytes))
+            .body(ByteStream::from(bytes));
+        for (name, value) in metadata {
+            request = request.metadata(*name, *value);
+        }
+        request
             .send()
             .await
             .map_err(|e| PortError::new("s3 PutObject", DisplayErrorContext(e)))?;
@@ -339,5 +348,56 @@ impl crate::import::importer::RejectStore for S3Rejects {
             .await
             .map_err(|e| PortError::new("s3 PutObject rejected rows", DisplayErrorContext(e)))?;
         Ok(format!("s3://{}/{key}", self.bucket))
+    }
+}
+
+/// The import queue's bodies: S3 notifications become `ImportCdrFile`
+/// envelopes, and an export a sync task stored (its `tem-task-id` metadata)
+/// continues that task, so the task completes only when its totals do.
+pub struct S3Notifications {
+    client: Client,
+}
+
+impl S3Notifications {
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    async fn task_of(&self, object: &ObjectCreated) -> Result<Option<String>, String> {
+        match self
+            .client
+            .head_object()
+            .bucket(&object.bucket)
+            .key(&object.key)
+            .send()
+            .await
+        {
+            Ok(head) => Ok(head
+                .metadata()
+                .and_then(|m| m.get(TASK_ID_METADATA))
+                .cloned()),
+            // Gone already: the import says so in the DLQ with the key.
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(format!(
+                "could not read s3://{}/{} to find its sync task: {}",
+                object.bucket,
+                object.key,
+                DisplayErrorContext(e)
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl BodyAdapter for S3Notifications {
+    async fn adapt(&self, body: &str, now: chrono::DateTime<chrono::Utc>) -> Adapted {
+        match parse_notification(body) {
+            Notification::Object(object) => match self.task_of(&object).await {
+                Ok(task) => Adapted::Envelope(object.envelope(task.as_deref(), now)),
+                Err(reason) => Adapted::Retry(reason),
+            },
+            Notification::Ignore(reason) => Adapted::Ignore(reason),
+            Notification::NotANotification => Adapted::Unchanged,
+        }
     }
 }

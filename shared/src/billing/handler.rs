@@ -1,5 +1,7 @@
 //! The totals function's step handler: `DispatchTotals` decides the method
-//! and chains `CalculateTotals` then `BackupTotals`.
+//! and chains `CalculateTotals`, `BackupTotals`, `BillingInsight` and
+//! `GenerateInvoice`, in that order (each needs the one before it: the
+//! history and the insights read the totals, the invoice bills them).
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
@@ -8,6 +10,8 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::billing::history::backup_totals;
+use crate::billing::insight::{detect_insights, InsightError};
+use crate::billing::invoice::{generate_invoice, InvoiceError};
 use crate::billing::totals::{calculate_totals, TotalsError};
 use crate::envelope::{ChainLink, Envelope, Step};
 use crate::runtime::{Delivery, StepError, StepHandler, StepOutcome};
@@ -26,11 +30,27 @@ fn default_cause() -> String {
 
 pub struct Totals {
     pool: PgPool,
+    /// How long after a cycle ends its invoice stays a draft.
+    grace: chrono::Duration,
 }
 
 impl Totals {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, grace: chrono::Duration) -> Self {
+        Self { pool, grace }
+    }
+}
+
+fn insight_error(e: InsightError) -> StepError {
+    match e {
+        InsightError::Database(db) => StepError::Retryable(db.to_string()),
+        other => StepError::Permanent(other.to_string()),
+    }
+}
+
+fn invoice_error(e: InvoiceError) -> StepError {
+    match e {
+        InvoiceError::Database(db) => StepError::Retryable(db.to_string()),
+        other => StepError::Permanent(other.to_string()),
     }
 }
 
@@ -83,10 +103,15 @@ impl StepHandler for Totals {
                 });
                 Ok(StepOutcome::Continue {
                     output: json!({}),
-                    next: vec![
-                        ChainLink::new(Step::CalculateTotals, next.clone()),
-                        ChainLink::new(Step::BackupTotals, next),
-                    ],
+                    next: [
+                        Step::CalculateTotals,
+                        Step::BackupTotals,
+                        Step::BillingInsight,
+                        Step::GenerateInvoice,
+                    ]
+                    .into_iter()
+                    .map(|step| ChainLink::new(step, next.clone()))
+                    .collect(),
                 })
             }
             Step::CalculateTotals => {
@@ -112,6 +137,27 @@ impl StepHandler for Totals {
                 .await
                 .map_err(|e| StepError::Retryable(e.to_string()))?;
                 Ok(StepOutcome::done(json!({ "backup": backup })))
+            }
+            Step::BillingInsight => {
+                let insights = detect_insights(&self.pool, payload.customer_id, payload.cycle)
+                    .await
+                    .map_err(insight_error)?;
+                let kinds: Vec<&str> = insights.iter().map(|i| i.kind.as_str()).collect();
+                tracing::info!(count = insights.len(), ?kinds, "insights recorded");
+                Ok(StepOutcome::done(json!({ "insights": kinds })))
+            }
+            Step::GenerateInvoice => {
+                let outcome = generate_invoice(
+                    &self.pool,
+                    payload.customer_id,
+                    payload.cycle,
+                    chrono::Utc::now(),
+                    self.grace,
+                )
+                .await
+                .map_err(invoice_error)?;
+                tracing::info!(?outcome, "invoice");
+                Ok(StepOutcome::done(json!({ "invoice": outcome })))
             }
             other => Err(StepError::Permanent(format!(
                 "the totals function does not run {other}"

@@ -60,6 +60,14 @@ pub async fn backup_totals(
         }
     }
     let version = latest.map_or(1, |(v, _)| v + 1);
+    // An import that changes a cycle that already had totals brought CDRs
+    // that arrived late: say so, because that is what a billing engineer
+    // looks for when a figure moved.
+    let cause = if cause == "import" && version > 1 {
+        "late_cdrs"
+    } else {
+        cause
+    };
     sqlx::query("INSERT INTO totals_history (customer_id, cycle, version, cause, figures) VALUES ($1, $2, $3, $4, $5)")
         .bind(customer_id)
         .bind(cycle)

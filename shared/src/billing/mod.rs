@@ -5,9 +5,13 @@
 //! containing its start time in the customer's time zone; a cycle is named
 //! by its start date.
 
+pub mod explain;
 pub mod handler;
 pub mod history;
+pub mod insight;
+pub mod invoice;
 pub mod rating;
+pub mod sweep;
 pub mod totals;
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};

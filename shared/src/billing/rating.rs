@@ -5,6 +5,13 @@
 //! [`standard`] is the standard calculation (rated cost = provider cost),
 //! [`monthly_fees`] the fixed fees and [`summarise`] the totals.
 //!
+//! Underneath, [`Rater`] prices one CDR at a time into [`Pricing`] figures
+//! (rate and bundle as indexes into the plan, billed and covered quantity,
+//! cost) without building any text, so a cycle of a million CDRs rates in
+//! well under a second; the totals calculation stores those figures, and
+//! [`describe`] writes the sentence from them and the plan only when someone
+//! asks (`temctl explain`, [`rate_cycle`]).
+//!
 //! # Rules
 //!
 //! 1. **Rate matching** ([`find_rate`]). A rate is a candidate for a CDR when
@@ -229,21 +236,37 @@ pub fn find_rate<'p>(
     destination: &str,
 ) -> Option<&'p Rate> {
     let digits = destination_digits(destination);
-    let mut best: Option<(&Rate, (usize, bool))> = None;
-    for rate in &plan.rates {
+    best_rate(
+        plan.rates.iter().enumerate(),
+        kind,
+        zone,
+        digits.as_bytes(),
+    )
+    .map(|index| &plan.rates[index])
+}
+
+/// Rule 1 over `rates` (with their index in the plan, in plan order).
+fn best_rate<'p>(
+    rates: impl Iterator<Item = (usize, &'p Rate)>,
+    kind: Kind,
+    zone: Zone,
+    digits: &[u8],
+) -> Option<usize> {
+    let mut best: Option<(usize, (usize, bool))> = None;
+    for (index, rate) in rates {
         if rate.kind != kind
             || rate.zone.is_some_and(|z| z != zone)
-            || !digits.starts_with(rate.prefix.as_str())
+            || !digits.starts_with(rate.prefix.as_bytes())
         {
             continue;
         }
         let score = (rate.prefix.len(), rate.zone.is_some());
         // Strictly greater: the first rate in plan order wins a full tie.
         if best.is_none_or(|(_, b)| score > b) {
-            best = Some((rate, score));
+            best = Some((index, score));
         }
     }
-    best.map(|(rate, _)| rate)
+    best.map(|(index, _)| index)
 }
 
 /// Billed seconds of a call (rule 3): 0 for 0 s; else the first increment,
@@ -285,18 +308,33 @@ pub fn monthly_fees(plan: &RatePlan, active_subscriptions_at_cycle_start: usize)
     plan.monthly_fee_micros.saturating_mul(count)
 }
 
-/// The order bundles are consumed in (rule 7).
+/// The order bundles are consumed in (rule 7). Anything that rates CDRs
+/// outside [`rate_cycle`] (the totals calculation) must feed [`Rater`] in
+/// this order: `started_at`, then `provider`, `external_id` and `id`, the
+/// strings compared byte by byte.
+pub fn consumption_cmp(a: &RatingCdr, b: &RatingCdr) -> std::cmp::Ordering {
+    (a.started_at, &a.provider, &a.external_id, a.id).cmp(&(
+        b.started_at,
+        &b.provider,
+        &b.external_id,
+        b.id,
+    ))
+}
+
 fn consumption_order(cdrs: &[RatingCdr]) -> Vec<&RatingCdr> {
     let mut order: Vec<&RatingCdr> = cdrs.iter().collect();
-    order.sort_by(|a, b| {
-        (a.started_at, &a.provider, &a.external_id, a.id).cmp(&(
-            b.started_at,
-            &b.provider,
-            &b.external_id,
-            b.id,
-        ))
-    });
+    order.sort_by(|a, b| consumption_cmp(a, b));
     order
+}
+
+/// The sentence of the standard calculation for one CDR.
+pub fn describe_standard(cdr: &RatingCdr) -> String {
+    format!(
+        "{} CDR {}: standard calculation, rated at the provider cost of {} micro-euros.",
+        cdr.kind.as_str(),
+        cdr.id,
+        cdr.provider_cost_micros
+    )
 }
 
 /// Standard calculation: every CDR's rated cost is its provider cost.
@@ -312,12 +350,7 @@ pub fn standard(cdrs: &[RatingCdr]) -> Vec<RatedCdr> {
             billed_quantity: recorded_quantity(cdr),
             covered_quantity: 0,
             unrated: false,
-            explanation: format!(
-                "{} CDR {}: standard calculation, rated at the provider cost of {} micro-euros.",
-                cdr.kind.as_str(),
-                cdr.id,
-                cdr.provider_cost_micros
-            ),
+            explanation: describe_standard(cdr),
         })
         .collect()
 }
@@ -326,10 +359,31 @@ pub fn standard(cdrs: &[RatingCdr]) -> Vec<RatedCdr> {
 /// bundle starting full. Results are in consumption order (rule 7): sorted
 /// by `started_at`, `provider`, `external_id`, `id`.
 pub fn rate_cycle(plan: &RatePlan, cdrs: &[RatingCdr]) -> Vec<RatedCdr> {
-    let mut used = BundleUse::default();
+    let mut rater = Rater::new(plan);
+    let mut numbers: HashMap<&str, usize> = HashMap::new();
     consumption_order(cdrs)
         .into_iter()
-        .map(|cdr| rate_one(plan, cdr, &mut used))
+        .map(|cdr| {
+            let next = numbers.len();
+            let subscription = *numbers.entry(cdr.subscription.as_str()).or_insert(next);
+            let pricing = rater.rate(&cdr.usage(subscription));
+            RatedCdr {
+                cdr_id: cdr.id,
+                rated_cost_micros: pricing.rated_cost_micros,
+                rate_id: pricing
+                    .rate
+                    .and_then(|i| plan.rates.get(i))
+                    .map(|r| r.id.clone()),
+                bundle_id: pricing
+                    .bundle
+                    .and_then(|i| plan.bundles.get(i))
+                    .map(|b| b.id.clone()),
+                billed_quantity: pricing.billed_quantity,
+                covered_quantity: pricing.covered_quantity,
+                unrated: pricing.unrated,
+                explanation: describe(plan, cdr, &pricing, rater.shares()),
+            }
+        })
         .collect()
 }
 
@@ -354,10 +408,6 @@ pub fn summarise(cdrs: &[RatingCdr], rated: &[RatedCdr]) -> Totals {
     totals
 }
 
-/// Used allowance per (bundle index in plan, subscription or `None` when
-/// pooled).
-type BundleUse = HashMap<(usize, Option<String>), u64>;
-
 fn recorded_quantity(cdr: &RatingCdr) -> u64 {
     match cdr.kind {
         Kind::Voice => u64::from(cdr.duration_seconds),
@@ -366,59 +416,379 @@ fn recorded_quantity(cdr: &RatingCdr) -> u64 {
     }
 }
 
-/// Covers up to `quantity` from the applicable bundles in plan order.
-/// Returns the covered total and a description per applicable bundle.
+impl RatingCdr {
+    /// What [`Rater::rate`] reads of this CDR; `subscription` is the
+    /// caller's number for `self.subscription`.
+    pub fn usage(&self, subscription: usize) -> Usage<'_> {
+        Usage {
+            subscription,
+            kind: self.kind,
+            zone: self.zone,
+            destination: self.destination.as_bytes(),
+            duration_seconds: self.duration_seconds,
+            volume_bytes: self.volume_bytes,
+            units: self.units,
+            provider_cost_micros: self.provider_cost_micros,
+        }
+    }
+}
+
+/// What rating reads of one CDR, borrowed, so that rating a million CDRs
+/// allocates nothing per CDR.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage<'a> {
+    /// A small number the caller gives each subscription of the cycle
+    /// (0, 1, 2, ...): per-subscription bundles keep one allowance per
+    /// number, in a vector indexed by it.
+    pub subscription: usize,
+    pub kind: Kind,
+    pub zone: Zone,
+    /// The destination as stored; only its ASCII digits matter (rule 1).
+    pub destination: &'a [u8],
+    pub duration_seconds: u32,
+    pub volume_bytes: u64,
+    pub units: u32,
+    pub provider_cost_micros: i64,
+}
+
+/// How one CDR was priced, as figures: what the totals calculation stores.
+/// [`describe`] turns them into the sentence of [`RatedCdr::explanation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pricing {
+    pub rated_cost_micros: i64,
+    /// Index of the rate in `plan.rates`.
+    pub rate: Option<usize>,
+    /// Index in `plan.bundles` of the first bundle that covered part of it.
+    pub bundle: Option<usize>,
+    pub billed_quantity: u64,
+    pub covered_quantity: u64,
+    pub unrated: bool,
+}
+
+/// One applicable bundle's part in pricing a CDR: what it covered and what
+/// it had left afterwards (covered 0: it was used up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Share {
+    /// Index in `plan.bundles`.
+    pub bundle: usize,
+    pub covered: u64,
+    pub left: u64,
+}
+
+/// Where a bundle's used allowance is kept while covering one CDR.
+trait Allowances {
+    fn spent(&mut self, bundle: usize, scope: Scope) -> &mut u64;
+}
+
+/// Rating state of one cycle: rates CDRs one at a time, in consumption
+/// order ([`consumption_cmp`]), with every bundle starting full.
+pub struct Rater<'p> {
+    plan: &'p RatePlan,
+    /// Indexes of the plan's rates per kind (rule 1 only looks at rates of
+    /// the CDR's kind), in plan order.
+    rates_by_kind: [Vec<usize>; 5],
+    /// Used allowance per bundle: one counter when pooled, one per
+    /// subscription number otherwise.
+    spent: Vec<Vec<u64>>,
+    shares: Vec<Share>,
+    digits: Vec<u8>,
+}
+
+fn kind_slot(kind: Kind) -> usize {
+    match kind {
+        Kind::Voice => 0,
+        Kind::Sms => 1,
+        Kind::Mms => 2,
+        Kind::Data => 3,
+        Kind::Service => 4,
+    }
+}
+
+struct Counters<'a> {
+    spent: &'a mut [Vec<u64>],
+    subscription: usize,
+}
+
+impl Allowances for Counters<'_> {
+    fn spent(&mut self, bundle: usize, scope: Scope) -> &mut u64 {
+        let counters = &mut self.spent[bundle];
+        let slot = match scope {
+            Scope::Pooled => 0,
+            Scope::PerSubscription => self.subscription,
+        };
+        if counters.len() <= slot {
+            counters.resize(slot + 1, 0);
+        }
+        &mut counters[slot]
+    }
+}
+
+impl<'p> Rater<'p> {
+    pub fn new(plan: &'p RatePlan) -> Self {
+        let mut rates_by_kind: [Vec<usize>; 5] = Default::default();
+        for (index, rate) in plan.rates.iter().enumerate() {
+            rates_by_kind[kind_slot(rate.kind)].push(index);
+        }
+        Self {
+            plan,
+            rates_by_kind,
+            spent: vec![Vec::new(); plan.bundles.len()],
+            shares: Vec::new(),
+            digits: Vec::with_capacity(32),
+        }
+    }
+
+    /// Prices the next CDR in consumption order (rules 1 to 8), consuming
+    /// bundle allowance. [`Rater::shares`] then tells which bundles took
+    /// part.
+    pub fn rate(&mut self, cdr: &Usage<'_>) -> Pricing {
+        self.shares.clear();
+        self.digits.clear();
+        self.digits.extend(
+            cdr.destination
+                .iter()
+                .copied()
+                .filter(u8::is_ascii_digit),
+        );
+        let plan = self.plan;
+        let rate_index = best_rate(
+            self.rates_by_kind[kind_slot(cdr.kind)]
+                .iter()
+                .map(|&i| (i, &plan.rates[i])),
+            cdr.kind,
+            cdr.zone,
+            &self.digits,
+        );
+        let rate = match rate_index {
+            Some(index) if cdr.kind != Kind::Service => &plan.rates[index],
+            // Rules 2 and 6: provider cost; only a non-service CDR without
+            // a rate is unrated.
+            _ => {
+                return Pricing {
+                    rated_cost_micros: cdr.provider_cost_micros,
+                    rate: rate_index,
+                    bundle: None,
+                    billed_quantity: match cdr.kind {
+                        Kind::Voice => u64::from(cdr.duration_seconds),
+                        Kind::Data => cdr.volume_bytes,
+                        _ => u64::from(cdr.units),
+                    },
+                    covered_quantity: 0,
+                    unrated: cdr.kind != Kind::Service,
+                }
+            }
+        };
+        let billed = billed_quantity(rate, cdr.kind, cdr.duration_seconds, cdr.volume_bytes, cdr.units);
+        let mut counters = Counters {
+            spent: &mut self.spent,
+            subscription: cdr.subscription,
+        };
+        let (covered, bundle) = cover(
+            plan,
+            cdr.kind,
+            cdr.zone,
+            billed,
+            &mut counters,
+            &mut self.shares,
+        );
+        let (numerator, denominator) =
+            cost_fraction(plan, rate, cdr.kind, cdr.duration_seconds, billed - covered);
+        Pricing {
+            rated_cost_micros: clamp_i64(round_half_up(numerator, denominator)),
+            rate: rate_index,
+            bundle,
+            billed_quantity: billed,
+            covered_quantity: covered,
+            unrated: false,
+        }
+    }
+
+    /// The applicable bundles of the last rated CDR, in plan order, each
+    /// with what it covered and had left; empty when nothing was billed or
+    /// no bundle applies.
+    pub fn shares(&self) -> &[Share] {
+        &self.shares
+    }
+}
+
+fn clamp_i64(value: i128) -> i64 {
+    i64::try_from(value).unwrap_or(if value < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// Billed seconds, bytes or messages under `rate` (rules 3 to 5).
+fn billed_quantity(rate: &Rate, kind: Kind, seconds: u32, bytes: u64, units: u32) -> u64 {
+    match kind {
+        Kind::Voice => billed_seconds(rate, seconds),
+        Kind::Data => billed_bytes(rate, bytes),
+        _ => u64::from(units),
+    }
+}
+
+/// The exact cost as `numerator / denominator` (rules 3 to 5): connect fee
+/// (voice longer than 0 s) plus the uncovered quantity at the rate's price.
+fn cost_fraction(
+    plan: &RatePlan,
+    rate: &Rate,
+    kind: Kind,
+    seconds: u32,
+    uncovered: u64,
+) -> (i128, i128) {
+    let uncovered = i128::from(uncovered);
+    match kind {
+        Kind::Voice => {
+            let connect = if seconds > 0 {
+                rate.connect_fee_micros
+            } else {
+                0
+            };
+            (
+                i128::from(connect) * 60 + uncovered * i128::from(rate.price_per_minute_micros),
+                60,
+            )
+        }
+        Kind::Data => (
+            uncovered * i128::from(rate.price_per_unit_micros),
+            i128::from(plan.unit_bytes.max(1)),
+        ),
+        _ => (uncovered * i128::from(rate.price_per_message_micros), 1),
+    }
+}
+
+/// Covers up to `quantity` from the applicable bundles in plan order,
+/// recording each applicable bundle's share. Returns the covered total and
+/// the first bundle that covered anything.
 fn cover(
     plan: &RatePlan,
-    cdr: &RatingCdr,
+    kind: Kind,
+    zone: Zone,
     quantity: u64,
-    unit: &str,
-    used: &mut BundleUse,
-) -> (u64, Option<String>, Vec<String>) {
+    allowances: &mut impl Allowances,
+    shares: &mut Vec<Share>,
+) -> (u64, Option<usize>) {
+    if quantity == 0 {
+        return (0, None);
+    }
     let mut left = quantity;
     let mut first = None;
-    let mut notes = Vec::new();
-    if quantity == 0 {
-        return (0, None, notes);
-    }
     for (index, bundle) in plan.bundles.iter().enumerate() {
         if left == 0 {
             break;
         }
-        if !bundle.kinds.contains(&cdr.kind)
-            || !(bundle.zones.is_empty() || bundle.zones.contains(&cdr.zone))
+        if !bundle.kinds.contains(&kind)
+            || !(bundle.zones.is_empty() || bundle.zones.contains(&zone))
         {
             continue;
         }
-        let owner = match bundle.scope {
-            Scope::PerSubscription => Some(cdr.subscription.clone()),
-            Scope::Pooled => None,
-        };
-        let spent = used.entry((index, owner)).or_insert(0);
+        let spent = allowances.spent(index, bundle.scope);
         let remaining = bundle.allowance.saturating_sub(*spent);
         let take = remaining.min(left);
         *spent += take;
         left -= take;
-        let scope = match bundle.scope {
-            Scope::PerSubscription => "per-subscription",
-            Scope::Pooled => "pooled",
-        };
         if take > 0 {
-            first.get_or_insert_with(|| bundle.id.clone());
-            notes.push(format!(
-                "{scope} bundle '{}' covered {take} {unit} ({} of {} left)",
-                bundle.id,
-                remaining - take,
-                bundle.allowance
-            ));
-        } else {
-            notes.push(format!("{scope} bundle '{}' was used up", bundle.id));
+            first.get_or_insert(index);
         }
+        shares.push(Share {
+            bundle: index,
+            covered: take,
+            left: remaining - take,
+        });
     }
-    (quantity - left, first, notes)
+    (quantity - left, first)
 }
 
-fn rate_one(plan: &RatePlan, cdr: &RatingCdr, used: &mut BundleUse) -> RatedCdr {
+struct Before<'a>(&'a mut [u64]);
+
+impl Allowances for Before<'_> {
+    fn spent(&mut self, bundle: usize, _scope: Scope) -> &mut u64 {
+        &mut self.0[bundle]
+    }
+}
+
+/// The bundle shares of one CDR rebuilt from stored figures: `used_before`
+/// holds, per bundle of the plan, the allowance this CDR's subscription (or
+/// the pool) had used before it. The same walk as rating, so the result is
+/// what rating saw.
+pub fn replay_shares(
+    plan: &RatePlan,
+    kind: Kind,
+    zone: Zone,
+    billed_quantity: u64,
+    used_before: &[u64],
+) -> Vec<Share> {
+    let mut used = used_before.to_vec();
+    used.resize(plan.bundles.len(), 0);
+    let mut shares = Vec::new();
+    if kind != Kind::Service {
+        cover(
+            plan,
+            kind,
+            zone,
+            billed_quantity,
+            &mut Before(&mut used),
+            &mut shares,
+        );
+    }
+    shares
+}
+
+/// The unit of a CDR's billed quantity.
+pub fn unit_of(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Voice => "s",
+        Kind::Data => "bytes",
+        _ => "messages",
+    }
+}
+
+/// The arithmetic of a rated CDR's cost, e.g. `5000 connect + 50 s x
+/// 60000/60 = 55000`, from its figures; `None` when it kept the provider
+/// cost (no rate, or a service).
+pub fn arithmetic(plan: &RatePlan, cdr: &RatingCdr, pricing: &Pricing) -> Option<String> {
+    let rate = pricing
+        .rate
+        .and_then(|i| plan.rates.get(i))
+        .filter(|_| cdr.kind != Kind::Service)?;
+    let uncovered = pricing
+        .billed_quantity
+        .saturating_sub(pricing.covered_quantity);
+    let (numerator, denominator) =
+        cost_fraction(plan, rate, cdr.kind, cdr.duration_seconds, uncovered);
+    let formula = match cdr.kind {
+        Kind::Voice => {
+            let connect = if cdr.duration_seconds > 0 {
+                rate.connect_fee_micros
+            } else {
+                0
+            };
+            format!(
+                "{connect} connect + {uncovered} s x {}/60",
+                rate.price_per_minute_micros
+            )
+        }
+        Kind::Data => format!(
+            "{uncovered} bytes x {}/{}",
+            rate.price_per_unit_micros,
+            plan.unit_bytes.max(1)
+        ),
+        _ => format!(
+            "{uncovered} messages x {}",
+            rate.price_per_message_micros
+        ),
+    };
+    let cost = clamp_i64(round_half_up(numerator, denominator));
+    let exact = if numerator % denominator == 0 {
+        format!("{}", numerator / denominator)
+    } else {
+        format!("{numerator}/{denominator}, rounded half up to {cost}")
+    };
+    Some(format!("{formula} = {exact}"))
+}
+
+/// The sentence that explains how one CDR was priced (rate, increments,
+/// bundle coverage, arithmetic), from its figures, the bundles' shares and
+/// the plan it was rated with. Built on demand: rating itself only keeps
+/// the figures.
+pub fn describe(plan: &RatePlan, cdr: &RatingCdr, pricing: &Pricing, shares: &[Share]) -> String {
     let kind = cdr.kind.as_str();
     let head = format!(
         "{kind} CDR {} ({}, zone {}, to '{}')",
@@ -427,10 +797,9 @@ fn rate_one(plan: &RatePlan, cdr: &RatingCdr, used: &mut BundleUse) -> RatedCdr 
         cdr.zone.as_str(),
         cdr.destination
     );
-    let rate = find_rate(plan, cdr.kind, cdr.zone, &cdr.destination);
-    let Some(rate) = rate.filter(|_| cdr.kind != Kind::Service) else {
-        let rated = cdr.kind == Kind::Service;
-        let explanation = match (rate, rated) {
+    let rate = pricing.rate.and_then(|i| plan.rates.get(i));
+    let (Some(rate), Some(arithmetic)) = (rate, arithmetic(plan, cdr, pricing)) else {
+        return match (rate, cdr.kind == Kind::Service) {
             (Some(rate), _) => format!(
                 "{head}: service rate '{}' ({}) keeps the provider cost of {} micro-euros.",
                 rate.id,
@@ -446,95 +815,49 @@ fn rate_one(plan: &RatePlan, cdr: &RatingCdr, used: &mut BundleUse) -> RatedCdr 
                 plan.id, cdr.provider_cost_micros
             ),
         };
-        return RatedCdr {
-            cdr_id: cdr.id,
-            rated_cost_micros: cdr.provider_cost_micros,
-            rate_id: rate.map(|r| r.id.clone()),
-            bundle_id: None,
-            billed_quantity: recorded_quantity(cdr),
-            covered_quantity: 0,
-            unrated: !rated,
-            explanation,
-        };
     };
-
-    let (billed, unit, billing) = match cdr.kind {
-        Kind::Voice => (
-            billed_seconds(rate, cdr.duration_seconds),
-            "s",
-            format!(
-                "increments {}/{} s",
-                rate.first_increment_s, rate.increment_s
-            ),
+    let unit = unit_of(cdr.kind);
+    let billing = match cdr.kind {
+        Kind::Voice => format!(
+            "increments {}/{} s",
+            rate.first_increment_s, rate.increment_s
         ),
-        Kind::Data => (
-            billed_bytes(rate, cdr.volume_bytes),
-            "bytes",
-            format!("increments of {} bytes", rate.increment_bytes),
-        ),
-        _ => (u64::from(cdr.units), "messages", "per message".to_string()),
+        Kind::Data => format!("increments of {} bytes", rate.increment_bytes),
+        _ => "per message".to_string(),
     };
-    let (covered, bundle_id, notes) = cover(plan, cdr, billed, unit, used);
-    let uncovered = i128::from(billed - covered);
-
-    let (numerator, denominator, arithmetic) = match cdr.kind {
-        Kind::Voice => {
-            let connect = if cdr.duration_seconds > 0 {
-                rate.connect_fee_micros
+    let notes: Vec<String> = shares
+        .iter()
+        .filter_map(|share| {
+            let bundle = plan.bundles.get(share.bundle)?;
+            let scope = scope_text(bundle.scope);
+            Some(if share.covered > 0 {
+                format!(
+                    "{scope} bundle '{}' covered {} {unit} ({} of {} left)",
+                    bundle.id, share.covered, share.left, bundle.allowance
+                )
             } else {
-                0
-            };
-            let ppm = rate.price_per_minute_micros;
-            (
-                i128::from(connect) * 60 + uncovered * i128::from(ppm),
-                60,
-                format!("{connect} connect + {uncovered} s x {ppm}/60"),
-            )
-        }
-        Kind::Data => {
-            let ppu = rate.price_per_unit_micros;
-            let unit_bytes = plan.unit_bytes.max(1);
-            (
-                uncovered * i128::from(ppu),
-                i128::from(unit_bytes),
-                format!("{uncovered} bytes x {ppu}/{unit_bytes}"),
-            )
-        }
-        _ => {
-            let ppm = rate.price_per_message_micros;
-            (
-                uncovered * i128::from(ppm),
-                1,
-                format!("{uncovered} messages x {ppm}"),
-            )
-        }
-    };
-    let exact = round_half_up(numerator, denominator);
-    let cost = i64::try_from(exact).unwrap_or(if exact < 0 { i64::MIN } else { i64::MAX });
-    let exact_text = if numerator % denominator == 0 {
-        format!("{}", numerator / denominator)
-    } else {
-        format!("{numerator}/{denominator}, rounded half up to {cost}")
-    };
+                format!("{scope} bundle '{}' was used up", bundle.id)
+            })
+        })
+        .collect();
     let bundles = if notes.is_empty() {
         String::new()
     } else {
         format!("; {}", notes.join(", "))
     };
-    let explanation = format!(
-        "{head} priced by rate '{}' ({}): billed {billed} {unit} ({billing}){bundles}; {arithmetic} = {exact_text} micro-euros.",
+    format!(
+        "{head} priced by rate '{}' ({}): billed {} {unit} ({billing}){bundles}; {arithmetic} micro-euros.",
         rate.id,
         rate_text(rate),
-    );
-    RatedCdr {
-        cdr_id: cdr.id,
-        rated_cost_micros: cost,
-        rate_id: Some(rate.id.clone()),
-        bundle_id,
-        billed_quantity: billed,
-        covered_quantity: covered,
-        unrated: false,
-        explanation,
+        pricing.billed_quantity,
+    )
+}
+
+/// `per-subscription` or `pooled`.
+pub fn scope_text(scope: Scope) -> &'static str {
+    match scope {
+        Scope::PerSubscription => "per-subscription",
+        Scope::Pooled => "pooled",
     }
 }
 

@@ -16,41 +16,103 @@ pub enum Adapted {
     Ignore(String),
     /// Not a notification: process the body as it is.
     Unchanged,
+    /// Cannot tell yet (the object could not be looked at): leave the
+    /// message on the queue for another delivery.
+    Retry(String),
 }
 
-/// Adapts an SQS body from the import queue.
-pub fn adapt_body(body: &str, now: DateTime<Utc>) -> Adapted {
+/// What an SQS body on the import queue is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notification {
+    Object(ObjectCreated),
+    /// Nothing to do (S3's test event), with the reason.
+    Ignore(String),
+    /// Not a notification: an envelope, or something the runtime rejects.
+    NotANotification,
+}
+
+/// One `ObjectCreated` record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectCreated {
+    pub bucket: String,
+    pub key: String,
+    pub etag: String,
+    pub size: u64,
+    /// Set when the message cannot be imported as it is.
+    pub error: Option<String>,
+}
+
+impl ObjectCreated {
+    /// The `ImportCdrFile` envelope for this object; `task_id` is the sync
+    /// task whose export this is (from the object's metadata), if any.
+    pub fn envelope(&self, task_id: Option<&str>, now: DateTime<Utc>) -> String {
+        // The same object version notified twice gets the same id, so the
+        // idempotency record stops the second; a new upload, or the same
+        // bytes fetched again by a new task, is a new import (which the
+        // importer recognises by content, but the new task gets counted).
+        let mut parts = vec!["s3", &self.bucket, &self.key, &self.etag];
+        if let Some(task_id) = task_id {
+            parts.push(task_id);
+        }
+        let id = derived_id(&parts);
+        let mut payload = json!({
+            "bucket": self.bucket, "key": self.key, "etag": self.etag, "size": self.size,
+        });
+        if let Some(error) = &self.error {
+            payload["error"] = json!(error);
+        }
+        Envelope::root(
+            id,
+            Step::ImportCdrFile,
+            payload,
+            vec![],
+            task_id.map(str::to_string),
+            now,
+        )
+        .to_body()
+    }
+}
+
+/// Reads an SQS body from the import queue.
+pub fn parse_notification(body: &str) -> Notification {
     let Ok(value) = serde_json::from_str::<Value>(body) else {
-        return Adapted::Unchanged;
+        return Notification::NotANotification;
     };
     if value.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
-        return Adapted::Ignore("S3 test event".into());
+        return Notification::Ignore("S3 test event".into());
     }
     let Some(records) = value.get("Records").and_then(Value::as_array) else {
-        return Adapted::Unchanged;
+        return Notification::NotANotification;
     };
     let Some(record) = records
         .first()
         .filter(|r| r.get("eventSource").and_then(Value::as_str) == Some("aws:s3"))
     else {
-        return Adapted::Unchanged;
+        return Notification::NotANotification;
     };
     let s3 = &record["s3"];
-    let bucket = s3["bucket"]["name"].as_str().unwrap_or_default();
-    let key = url_decode(s3["object"]["key"].as_str().unwrap_or_default());
-    let etag = s3["object"]["eTag"].as_str().unwrap_or_default();
-    let size = s3["object"]["size"].as_u64().unwrap_or(0);
-    // The same object version notified twice gets the same id, so the
-    // idempotency record stops the second; a new upload is a new import.
-    let id = derived_id(&["s3", bucket, &key, etag]);
-    let mut payload = json!({ "bucket": bucket, "key": key, "etag": etag, "size": size });
-    if records.len() > 1 {
-        payload["error"] = json!(format!(
-            "{} S3 records in one message; expected one",
-            records.len()
-        ));
+    Notification::Object(ObjectCreated {
+        bucket: s3["bucket"]["name"].as_str().unwrap_or_default().to_string(),
+        key: url_decode(s3["object"]["key"].as_str().unwrap_or_default()),
+        etag: s3["object"]["eTag"].as_str().unwrap_or_default().to_string(),
+        size: s3["object"]["size"].as_u64().unwrap_or(0),
+        error: (records.len() > 1).then(|| {
+            format!(
+                "{} S3 records in one message; expected one",
+                records.len()
+            )
+        }),
+    })
+}
+
+/// Adapts an SQS body from the import queue without looking at the object
+/// (no task): what a notification means on its own.
+pub fn adapt_body(body: &str, now: DateTime<Utc>) -> Adapted {
+    match parse_notification(body) {
+        Notification::Object(object) => Adapted::Envelope(object.envelope(None, now)),
+        Notification::Ignore(reason) => Adapted::Ignore(reason),
+        Notification::NotANotification => Adapted::Unchanged,
     }
-    Adapted::Envelope(Envelope::root(id, Step::ImportCdrFile, payload, vec![], None, now).to_body())
 }
 
 /// The console's `{"bucket": ..., "key": ..., "provider"?: ...}` as an envelope.
@@ -115,6 +177,25 @@ mod tests {
             panic!()
         };
         assert_eq!(Envelope::parse(&again).unwrap().id, envelope.id);
+    }
+
+    #[test]
+    fn an_export_of_a_sync_task_continues_that_task_under_its_own_id() {
+        let Notification::Object(object) = parse_notification(&s3_body()) else {
+            panic!("an S3 notification is an object");
+        };
+        let plain = Envelope::parse(&object.envelope(None, Utc::now())).unwrap();
+        let of_task = Envelope::parse(&object.envelope(Some("task-1"), Utc::now())).unwrap();
+        assert_eq!(of_task.task_id.as_deref(), Some("task-1"));
+        assert_eq!(plain.task_id, None);
+        // A task that fetched the same bytes again is still counted.
+        assert_ne!(of_task.id, plain.id);
+        assert_eq!(
+            of_task.id,
+            Envelope::parse(&object.envelope(Some("task-1"), Utc::now()))
+                .unwrap()
+                .id
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::NaiveDate;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use tracing::{info, instrument};
 
 use crate::envelope::{ChainLink, Envelope, Step};
@@ -19,6 +19,9 @@ use crate::sync::drivers::{
     driver_for, Access, Credentials, Export, HttpClient, Progress, ProviderDriver, Start,
 };
 use crate::sync::profile::{SyncProfile, WatermarkAdvance};
+
+/// User metadata on a stored export naming the sync task it belongs to.
+pub const TASK_ID_METADATA: &str = "tem-task-id";
 
 /// The payload every step of a provider sync carries.
 #[derive(Debug, Clone, Deserialize)]
@@ -71,20 +74,34 @@ impl ProviderSync {
     }
 
     /// Stores the export, then advances the watermark: a crash in between
-    /// re-fetches the same period and overwrites the same key.
+    /// re-fetches the same period and overwrites the same key. The object
+    /// carries the task id, so the import its S3 notification starts
+    /// continues this task's branch.
     async fn store(
         &self,
+        message: &Envelope,
         profile: &SyncProfile,
         period: NaiveDate,
         export: Export,
-    ) -> Result<Value, StepError> {
+    ) -> Result<StepOutcome, StepError> {
         let key = format!(
             "inbox/{}/{}/{}/{}.zip",
             self.provider, profile.id, period, export.export_id
         );
         let size = export.bytes.len();
+        let metadata: Vec<(&str, &str)> = message
+            .task_id
+            .iter()
+            .map(|task_id| (TASK_ID_METADATA, task_id.as_str()))
+            .collect();
         self.objects
-            .put_object(&self.bucket, &key, export.bytes, "application/zip")
+            .put_object(
+                &self.bucket,
+                &key,
+                export.bytes,
+                "application/zip",
+                &metadata,
+            )
             .await?;
         match self.profiles.advance_watermark(profile.id, period).await? {
             WatermarkAdvance::Advanced | WatermarkAdvance::AlreadyThere => {}
@@ -96,7 +113,10 @@ impl ProviderSync {
             }
         }
         info!(%key, size, "export stored; watermark advanced");
-        Ok(json!({ "bucket": self.bucket, "key": key, "bytes": size }))
+        Ok(StepOutcome::HandOff {
+            output: json!({ "bucket": self.bucket, "key": key, "bytes": size }),
+            via: format!("the import of s3://{}/{key}", self.bucket),
+        })
     }
 }
 
@@ -147,9 +167,9 @@ impl StepHandler for ProviderSync {
                 .start(&access, payload.period, &reference)
                 .await?
             {
-                Start::Fetched(export) => Ok(StepOutcome::done(
-                    self.store(&profile, payload.period, export).await?,
-                )),
+                Start::Fetched(export) => {
+                    self.store(message, &profile, payload.period, export).await
+                }
                 Start::Steps(steps) => {
                     let mut base = message.payload.clone();
                     base["reference"] = json!(reference);
@@ -180,9 +200,9 @@ impl StepHandler for ProviderSync {
                     payload: message.payload.clone(),
                 })
             }
-            Progress::Fetched(export) => Ok(StepOutcome::done(
-                self.store(&profile, payload.period, export).await?,
-            )),
+            Progress::Fetched(export) => {
+                self.store(message, &profile, payload.period, export).await
+            }
         }
     }
 }

@@ -1,0 +1,12 @@
+//! Benchmark commands (not tests), sharing the database set-up, the data
+//! generator's random numbers and the goal reporting: `import-bench`
+//! (src/main.rs) and `totals-bench` (src/totals_main.rs). See README.md.
+
+pub mod bench;
+pub mod child;
+pub mod db;
+pub mod generate;
+pub mod measure;
+pub mod phases;
+pub mod report;
+pub mod totals;

@@ -1,0 +1,495 @@
+//! `totals-bench`: CalculateTotals on one customer's cycle of `--rows` CDRs
+//! against a bare `SELECT ... GROUP BY` summing the same columns, in one run
+//! on one PostgreSQL server. See bench/README.md.
+
+pub mod data;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tem_shared::billing::totals::{calculate_totals_timed, cycle_bounds, CycleTotals, TotalsTimings};
+
+use crate::db::BenchDb;
+use crate::report::Goal;
+
+pub struct Options {
+    pub rows: u64,
+    pub other_rows: u64,
+    pub subscriptions: u32,
+    pub runs: u32,
+    pub seed: u64,
+    pub database_url: String,
+    pub keep: bool,
+    pub json_out: Option<PathBuf>,
+}
+
+/// The baseline: what any totals calculation has to do at least, summing
+/// the same columns over the same CDRs, grouped like the totals lines.
+pub const BARE_GROUP_BY: &str = "SELECT subscription, kind, roaming_zone, count(*), sum(duration_seconds), \
+     sum(volume_bytes), sum(units), sum(provider_cost_micros) \
+     FROM call_detail_record WHERE customer_id = $1 AND started_at >= $2 AND started_at < $3 \
+     GROUP BY subscription, kind, roaming_zone";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Timing {
+    pub method: String,
+    /// Every run, in seconds, in the order they ran.
+    pub runs: Vec<f64>,
+    pub best: f64,
+    pub median: f64,
+}
+
+impl Timing {
+    fn new(method: &str, runs: Vec<f64>) -> Self {
+        let mut sorted = runs.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = if sorted.is_empty() {
+            0.0
+        } else if sorted.len() % 2 == 1 {
+            sorted[sorted.len() / 2]
+        } else {
+            (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
+        };
+        Self {
+            method: method.into(),
+            best: sorted.first().copied().unwrap_or(0.0),
+            median,
+            runs,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Checks {
+    pub bare_groups: usize,
+    pub standard_lines: i64,
+    pub standard_equals_bare_sums: bool,
+    pub rate_plan_cdr_count: i64,
+    pub stored_pricings: i64,
+    pub stored_rated_sum_equals_totals: bool,
+    pub lines_add_up_to_totals: bool,
+    pub rate_plan_unrated: i64,
+    pub covered_cdrs: i64,
+    pub split_shares: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub dataset: data::Dataset,
+    pub environment: Vec<(String, String)>,
+    pub timings: Vec<Timing>,
+    /// Best rate-plan run's phases.
+    pub rate_plan_phases: TotalsTimings,
+    pub standard_totals: CycleTotals,
+    pub rate_plan_totals: CycleTotals,
+    pub ratio_standard_best: f64,
+    pub ratio_standard_median: f64,
+    pub ratio_rate_plan_best: f64,
+    pub ratio_rate_plan_median: f64,
+    pub checks: Checks,
+    pub goals: Vec<Goal>,
+    pub all_goals_met: bool,
+    pub notes: Vec<String>,
+}
+
+fn progress(step: &str) {
+    eprintln!("[totals-bench] {step}");
+}
+
+pub async fn run(options: Options) -> Result<()> {
+    if options.rows == 0 || options.runs == 0 {
+        bail!("--rows and --runs must be positive");
+    }
+    let db = BenchDb::create(&options.database_url).await?;
+    progress(&format!("database {} created and migrated", db.name));
+    let outcome = measure(&db, &options).await;
+    if options.keep {
+        progress(&format!("kept database {}", db.name));
+    } else {
+        let name = db.name.clone();
+        db.drop_database().await?;
+        progress(&format!("database {name} dropped"));
+    }
+    let summary = outcome?;
+    print(&summary);
+    if let Some(path) = &options.json_out {
+        std::fs::write(path, serde_json::to_vec_pretty(&summary)?)
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn set_plan(db: &BenchDb, customer_id: i64, plan: Option<&str>) -> Result<()> {
+    sqlx::query("UPDATE customer SET rate_plan_id = $2 WHERE id = $1")
+        .bind(customer_id)
+        .bind(plan)
+        .execute(&db.pool)
+        .await
+        .context("switch the customer's method")?;
+    Ok(())
+}
+
+/// Runs the bare GROUP BY; returns its time and the number of groups.
+async fn bare(
+    db: &BenchDb,
+    customer_id: i64,
+    (start, end): (DateTime<Utc>, DateTime<Utc>),
+) -> Result<(f64, usize)> {
+    let started = Instant::now();
+    let rows = sqlx::query(BARE_GROUP_BY)
+        .bind(customer_id)
+        .bind(start)
+        .bind(end)
+        .fetch_all(&db.pool)
+        .await
+        .context("the bare GROUP BY")?;
+    Ok((started.elapsed().as_secs_f64(), rows.len()))
+}
+
+async fn calculate(db: &BenchDb, dataset: &data::Dataset) -> Result<(f64, CycleTotals, TotalsTimings)> {
+    let started = Instant::now();
+    let (totals, timings) = calculate_totals_timed(&db.pool, dataset.customer_id, dataset.cycle)
+        .await
+        .context("calculate_totals")?;
+    Ok((started.elapsed().as_secs_f64(), totals, timings))
+}
+
+async fn note_checkpoint(db: &BenchDb, notes: &mut Vec<String>) {
+    if let Some(note) = db.checkpoint().await {
+        if !notes.contains(&note) {
+            notes.push(note);
+        }
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+async fn measure(db: &BenchDb, options: &Options) -> Result<Summary> {
+    let mut notes = Vec::new();
+    let mut environment = vec![
+        (
+            "cpus".to_string(),
+            std::thread::available_parallelism()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| "?".into()),
+        ),
+        ("load average (start)".to_string(), load_average()),
+    ];
+    environment.extend(
+        db.server_info()
+            .await?
+            .into_iter()
+            .map(|(k, v)| (format!("postgres {k}"), v)),
+    );
+    for setting in ["max_parallel_workers_per_gather", "work_mem", "jit"] {
+        let value: String = sqlx::query_scalar(&format!("SHOW {setting}"))
+            .fetch_one(&db.pool)
+            .await
+            .with_context(|| format!("show {setting}"))?;
+        environment.push((format!("postgres {setting}"), value));
+    }
+
+    let started = Instant::now();
+    let dataset = data::create(
+        db,
+        options.rows,
+        options.other_rows,
+        options.subscriptions,
+        options.seed,
+    )
+    .await?;
+    progress(&format!(
+        "generated {} CDRs of customer {} in cycle {} ({} subscriptions), {} of another customer in the same weeks, {} of the previous cycle, in {:.1} s",
+        dataset.rows,
+        dataset.customer_id,
+        dataset.cycle,
+        dataset.subscriptions,
+        dataset.other_customer_rows,
+        dataset.previous_cycle_rows,
+        started.elapsed().as_secs_f64()
+    ));
+    let bounds = cycle_bounds(dataset.cycle, chrono_tz::Europe::Amsterdam);
+    let plan = Some(dataset.rate_plan_id.as_str());
+
+    // One untimed round first: caches warm, and the first calculation's
+    // table creation effects (new TOAST pages) are not in the numbers.
+    note_checkpoint(db, &mut notes).await;
+    progress("warm-up round");
+    bare(db, dataset.customer_id, bounds).await?;
+    set_plan(db, dataset.customer_id, None).await?;
+    calculate(db, &dataset).await?;
+    set_plan(db, dataset.customer_id, plan).await?;
+    calculate(db, &dataset).await?;
+
+    // Rounds of the three side by side, so a disturbance on the machine
+    // hits all three alike.
+    let (mut bare_runs, mut standard_runs, mut rated_runs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut groups = 0;
+    let mut standard_totals = None;
+    let mut rate_plan_totals = None;
+    let mut best_phases: Option<(f64, TotalsTimings)> = None;
+    for round in 1..=options.runs {
+        note_checkpoint(db, &mut notes).await;
+        let (took, n) = bare(db, dataset.customer_id, bounds).await?;
+        bare_runs.push(took);
+        groups = n;
+
+        set_plan(db, dataset.customer_id, None).await?;
+        note_checkpoint(db, &mut notes).await;
+        let (took_standard, totals, _) = calculate(db, &dataset).await?;
+        standard_runs.push(took_standard);
+        standard_totals = Some(totals);
+
+        set_plan(db, dataset.customer_id, plan).await?;
+        note_checkpoint(db, &mut notes).await;
+        let (took_rated, totals, phases) = calculate(db, &dataset).await?;
+        rated_runs.push(took_rated);
+        rate_plan_totals = Some(totals);
+        if best_phases.is_none_or(|(best, _)| took_rated < best) {
+            best_phases = Some((took_rated, phases));
+        }
+        progress(&format!(
+            "round {round}/{}: bare {took:.3} s, standard {took_standard:.3} s, rate plan {took_rated:.3} s (read {:.3}, rate {:.3}, write {:.3})",
+            options.runs, phases.read_seconds, phases.rate_seconds, phases.write_seconds
+        ));
+    }
+    environment.push(("load average (end)".to_string(), load_average()));
+    let standard_totals = standard_totals.context("no standard run")?;
+    let rate_plan_totals = rate_plan_totals.context("no rate-plan run")?;
+    let checks = check(db, &dataset, bounds, groups, &standard_totals, &rate_plan_totals).await?;
+    ensure!(
+        checks.standard_equals_bare_sums
+            && checks.stored_rated_sum_equals_totals
+            && checks.lines_add_up_to_totals
+            && checks.rate_plan_cdr_count as u64 == dataset.rows
+            && checks.stored_pricings as u64 == dataset.rows,
+        "the results do not check out: {checks:?}"
+    );
+
+    let bare = Timing::new("bare SELECT ... GROUP BY", bare_runs);
+    let standard = Timing::new("calculate_totals, standard", standard_runs);
+    let rated = Timing::new("calculate_totals, rate plan with bundles", rated_runs);
+    let ratio_standard_best = standard.best / bare.best;
+    let ratio_rate_plan_best = rated.best / bare.best;
+    let ratio_standard_median = standard.median / bare.median;
+    let ratio_rate_plan_median = rated.median / bare.median;
+    let goals = vec![
+        Goal::at_most(
+            "standard / bare GROUP BY (best of runs)",
+            ratio_standard_best,
+            1.5,
+            "x",
+            false,
+        ),
+        Goal::at_most(
+            "rate plan with bundles / bare GROUP BY (best of runs)",
+            ratio_rate_plan_best,
+            3.0,
+            "x",
+            false,
+        ),
+    ];
+    let all_goals_met = goals.iter().all(|g| g.met);
+    if options.rows != 1_000_000 {
+        notes.push("the goals are defined for 1,000,000 CDRs; this run used another size".into());
+    }
+    Ok(Summary {
+        rate_plan_phases: best_phases.map(|(_, p)| p).unwrap_or_default(),
+        dataset,
+        environment,
+        timings: vec![bare, standard, rated],
+        standard_totals,
+        rate_plan_totals,
+        ratio_standard_best,
+        ratio_standard_median,
+        ratio_rate_plan_best,
+        ratio_rate_plan_median,
+        checks,
+        goals,
+        all_goals_met,
+        notes,
+    })
+}
+
+/// The calculations against the bare sums and their own stored parts.
+async fn check(
+    db: &BenchDb,
+    dataset: &data::Dataset,
+    (start, end): (DateTime<Utc>, DateTime<Utc>),
+    bare_groups: usize,
+    standard: &CycleTotals,
+    rated: &CycleTotals,
+) -> Result<Checks> {
+    let (count, provider, seconds, bytes, messages): (i64, i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), sum(provider_cost_micros)::bigint,
+                coalesce(sum(duration_seconds) FILTER (WHERE kind = 'voice'), 0)::bigint,
+                coalesce(sum(volume_bytes) FILTER (WHERE kind = 'data'), 0)::bigint,
+                coalesce(sum(units) FILTER (WHERE kind IN ('sms', 'mms')), 0)::bigint
+         FROM call_detail_record WHERE customer_id = $1 AND started_at >= $2 AND started_at < $3",
+    )
+    .bind(dataset.customer_id)
+    .bind(start)
+    .bind(end)
+    .fetch_one(&db.pool)
+    .await
+    .context("the check sums")?;
+    let standard_equals_bare_sums = (
+        standard.cdr_count,
+        standard.provider_cost_micros,
+        standard.rated_cost_micros,
+        standard.voice_seconds,
+        standard.data_bytes,
+        standard.messages,
+    ) == (count, provider, provider, seconds, bytes, messages)
+        && (rated.cdr_count, rated.provider_cost_micros) == (count, provider);
+    // The last calculation was the rate plan's: its stored parts.
+    let (stored, stored_rated, covered): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), coalesce(sum(u.cost), 0)::bigint, count(*) FILTER (WHERE u.covered > 0)
+         FROM cycle_rating_chunk k, unnest(k.rated_cost_micros, k.covered_quantity) AS u(cost, covered)
+         WHERE k.customer_id = $1 AND k.cycle = $2",
+    )
+    .bind(dataset.customer_id)
+    .bind(dataset.cycle)
+    .fetch_one(&db.pool)
+    .await
+    .context("the stored pricings")?;
+    let split_shares: i64 = sqlx::query_scalar(
+        "SELECT coalesce(cardinality(split_position), 0)::bigint FROM cycle_rating WHERE customer_id = $1 AND cycle = $2",
+    )
+    .bind(dataset.customer_id)
+    .bind(dataset.cycle)
+    .fetch_one(&db.pool)
+    .await
+    .context("the split shares")?;
+    let (lines, line_count, line_rated, line_unrated): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), sum(cdr_count)::bigint, sum(rated_cost_micros)::bigint, sum(unrated_count)::bigint
+         FROM totals_line WHERE customer_id = $1 AND cycle = $2",
+    )
+    .bind(dataset.customer_id)
+    .bind(dataset.cycle)
+    .fetch_one(&db.pool)
+    .await
+    .context("the lines")?;
+    Ok(Checks {
+        bare_groups,
+        standard_lines: lines,
+        standard_equals_bare_sums,
+        rate_plan_cdr_count: rated.cdr_count,
+        stored_pricings: stored,
+        stored_rated_sum_equals_totals: stored_rated == rated.rated_cost_micros,
+        lines_add_up_to_totals: (line_count, line_rated, line_unrated)
+            == (rated.cdr_count, rated.rated_cost_micros, rated.unrated_count),
+        rate_plan_unrated: rated.unrated_count,
+        covered_cdrs: covered,
+        split_shares,
+    })
+}
+
+pub fn print(summary: &Summary) {
+    let d = &summary.dataset;
+    println!();
+    println!(
+        "== totals benchmark: {} CDRs of one customer in cycle {} ==",
+        d.rows, d.cycle
+    );
+    println!(
+        "  also in the table: {} CDRs of another customer in the same weeks, {} of the previous cycle; {} subscriptions; plan {}",
+        d.other_customer_rows, d.previous_cycle_rows, d.subscriptions, d.rate_plan_id
+    );
+    for (key, value) in &summary.environment {
+        println!("  {key:<34} {value}");
+    }
+    println!();
+    println!(
+        "{:<44} {:>9} {:>9} {:>10}  runs",
+        "method", "best s", "median s", "x bare"
+    );
+    println!("{}", "-".repeat(90));
+    let bare = &summary.timings[0];
+    for t in &summary.timings {
+        println!(
+            "{:<44} {:>9.3} {:>9.3} {:>9.2}x  {}",
+            t.method,
+            t.best,
+            t.median,
+            t.best / bare.best,
+            t.runs
+                .iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    let p = &summary.rate_plan_phases;
+    println!(
+        "  rate plan, fastest run: read (COPY) {:.3} s, sort + rate {:.3} s, write + commit {:.3} s",
+        p.read_seconds, p.rate_seconds, p.write_seconds
+    );
+    println!(
+        "  ratios of medians: standard {:.2}x, rate plan {:.2}x",
+        summary.ratio_standard_median, summary.ratio_rate_plan_median
+    );
+    println!();
+    let c = &summary.checks;
+    println!("checks:");
+    println!(
+        "  standard totals = the bare sums: {}; {} groups, {} lines",
+        yes(c.standard_equals_bare_sums),
+        c.bare_groups,
+        c.standard_lines
+    );
+    println!(
+        "  rate plan: {} CDRs, {} stored pricings, stored rated costs add up to the totals: {}, lines add up: {}",
+        c.rate_plan_cdr_count,
+        c.stored_pricings,
+        yes(c.stored_rated_sum_equals_totals),
+        yes(c.lines_add_up_to_totals)
+    );
+    println!(
+        "  rate plan: {} CDRs (partly) covered by bundles, {} shares of CDRs several bundles covered, {} unrated",
+        c.covered_cdrs, c.split_shares, c.rate_plan_unrated
+    );
+    let (s, r) = (&summary.standard_totals, &summary.rate_plan_totals);
+    println!(
+        "  provider cost {} micro-euros; rated: standard {}, rate plan {}",
+        s.provider_cost_micros, s.rated_cost_micros, r.rated_cost_micros
+    );
+    println!();
+    println!("goals:");
+    for goal in &summary.goals {
+        println!(
+            "  [{}] {:<52} actual {:>6.2}{} target {:>5.2}{}  margin {:+.1}%",
+            if goal.met { "met   " } else { "MISSED" },
+            goal.goal,
+            goal.actual,
+            goal.unit,
+            goal.target,
+            goal.unit,
+            goal.margin_percent
+        );
+    }
+    for note in &summary.notes {
+        println!("note: {note}");
+    }
+    println!();
+    println!("JSON summary:");
+    println!(
+        "{}",
+        serde_json::to_string_pretty(summary).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    );
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "NO"
+    }
+}

@@ -1,0 +1,859 @@
+//! GenerateInvoice: the invoice of one customer's billing cycle, from the
+//! totals CalculateTotals wrote plus the rate plan's monthly fees.
+//!
+//! # Life of a cycle's invoice
+//!
+//! - **Open** (`now` < cycle end + grace; the end is the UTC bound of
+//!   [`cycle_bounds`] in the customer's time zone): one draft invoice per
+//!   (customer, cycle), rewritten on every run (same id, lines replaced).
+//! - **Closed**: the first run makes that invoice final (creating it from
+//!   the current totals if there was no draft). A final invoice never
+//!   changes again; the database refuses it too.
+//! - **Late changes**: when the cycle's totals or fees no longer match what
+//!   the final invoice and its earlier corrections billed together, a
+//!   correction invoice (sequence 1, 2, ...) is created, final at once,
+//!   whose lines are the differences per line (positive or negative). When
+//!   nothing differs nothing is written, so repeating a run is harmless.
+//!
+//! # Lines
+//!
+//! One line per totals line (subscription, kind, zone) for its rated cost,
+//! and for a customer with a rate plan one fee line per subscription
+//! identifier active at the cycle start (`active_from` <= start date and
+//! `active_to` open or >= start date) for the plan's `monthly_fee_micros`.
+//! Every invoice satisfies total = sum of its lines = rated cost + fees;
+//! this is checked here before anything is written and again by the
+//! database at commit.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
+use chrono_tz::Tz;
+use serde::Serialize;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+use crate::billing::rating::{monthly_fees, RatePlan};
+use crate::billing::totals::cycle_bounds;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InvoiceError {
+    #[error("customer {0} does not exist")]
+    UnknownCustomer(i64),
+    #[error("{cycle} is not a cycle start of customer {customer} (cycles start on day {day})")]
+    NotACycle {
+        customer: i64,
+        cycle: NaiveDate,
+        day: u32,
+    },
+    #[error("customer {customer} has time zone {zone:?}, which is not an IANA zone name; correct the customer's time_zone")]
+    BadTimeZone { customer: i64, zone: String },
+    #[error("rate plan {0} is not valid: {1}; fix it with temctl apply")]
+    BadPlan(String, String),
+    #[error(
+        "customer {customer} has no totals for cycle {cycle}; run CalculateTotals for it first"
+    )]
+    NoTotals { customer: i64, cycle: NaiveDate },
+    #[error("a grace period of {0} puts the end of cycle {1} outside the calendar; configure a grace of days, not centuries")]
+    BadGrace(Duration, NaiveDate),
+    #[error("invoice of customer {customer} cycle {cycle} would be inconsistent: {reason}; recalculate the cycle's totals and run GenerateInvoice again")]
+    Inconsistent {
+        customer: i64,
+        cycle: NaiveDate,
+        reason: String,
+    },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// What one run did, for the step's log and output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum InvoiceOutcome {
+    /// The cycle is open; its draft was created or rewritten.
+    DraftWritten {
+        invoice_id: i64,
+        created: bool,
+        rated_cost_micros: i64,
+        fees_micros: i64,
+        total_micros: i64,
+        closes_at: DateTime<Utc>,
+    },
+    /// The cycle has closed and its invoice became final.
+    Finalised {
+        invoice_id: i64,
+        /// False when no draft existed and the final was made at once.
+        from_draft: bool,
+        total_micros: i64,
+    },
+    /// Late changes after finalisation, billed as a correction invoice.
+    CorrectionCreated {
+        invoice_id: i64,
+        correction_id: i64,
+        sequence: i32,
+        total_micros: i64,
+    },
+    /// The final invoice and its corrections already bill the current totals.
+    Unchanged { invoice_id: i64, corrections: i32 },
+}
+
+/// One invoice line. `zone` is the roaming zone of a usage line and empty
+/// for a fee; (subscription, kind, zone) identifies a line within a cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvoiceLine {
+    pub description: String,
+    pub subscription: String,
+    pub kind: String,
+    pub zone: String,
+    pub quantity: String,
+    pub amount_micros: i64,
+}
+
+type LineKey = (String, String, String);
+
+impl InvoiceLine {
+    fn key(&self) -> LineKey {
+        (
+            self.subscription.clone(),
+            self.kind.clone(),
+            self.zone.clone(),
+        )
+    }
+}
+
+/// A totals line as read from `totals_line`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageLine {
+    pub subscription: String,
+    pub kind: String,
+    pub zone: String,
+    pub cdr_count: i64,
+    pub voice_seconds: i64,
+    pub data_bytes: i64,
+    pub messages: i64,
+    pub rated_cost_micros: i64,
+}
+
+/// What a cycle is worth now: the lines an invoice made today would have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Billable {
+    pub lines: Vec<InvoiceLine>,
+    pub rated_cost_micros: i64,
+    pub fees_micros: i64,
+    pub total_micros: i64,
+}
+
+fn plural(n: i64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+fn kind_label(kind: &str) -> &str {
+    match kind {
+        "voice" => "Calls",
+        "sms" => "SMS",
+        "mms" => "MMS",
+        "data" => "Data",
+        "service" => "Services",
+        "fee" => "Monthly fee",
+        other => other,
+    }
+}
+
+fn zone_label(zone: &str) -> &str {
+    match zone {
+        "home" => "home",
+        "eu" => "EU roaming",
+        "world" => "world roaming",
+        other => other,
+    }
+}
+
+fn quantity(line: &UsageLine) -> String {
+    match line.kind.as_str() {
+        "voice" => format!(
+            "{}, {} s",
+            plural(line.cdr_count, "call", "calls"),
+            line.voice_seconds
+        ),
+        "data" => format!(
+            "{}, {} bytes",
+            plural(line.cdr_count, "session", "sessions"),
+            line.data_bytes
+        ),
+        "sms" | "mms" => plural(line.messages, "message", "messages"),
+        _ => plural(line.cdr_count, "charge", "charges"),
+    }
+}
+
+/// Usage first, in this order, then the fee: the order lines are printed in.
+fn line_order(line: &InvoiceLine) -> (String, usize, String) {
+    let rank = ["voice", "sms", "mms", "data", "service", "fee"]
+        .iter()
+        .position(|k| *k == line.kind)
+        .unwrap_or(usize::MAX);
+    (line.subscription.clone(), rank, line.zone.clone())
+}
+
+fn checked_sum<'a>(amounts: impl IntoIterator<Item = &'a i64>) -> Option<i64> {
+    amounts
+        .into_iter()
+        .try_fold(0i64, |sum, amount| sum.checked_add(*amount))
+}
+
+/// The lines of a cycle: one per totals line, then a monthly fee per
+/// subscription identifier active at the cycle start (`fee_counts`: how
+/// many subscriptions of that identifier were).
+pub fn billable(
+    usage: &[UsageLine],
+    plan: Option<&RatePlan>,
+    fee_counts: &BTreeMap<String, i64>,
+) -> Option<Billable> {
+    let mut lines: Vec<InvoiceLine> = usage
+        .iter()
+        .map(|u| InvoiceLine {
+            description: format!(
+                "{}, {}: {}",
+                kind_label(&u.kind),
+                zone_label(&u.zone),
+                u.subscription
+            ),
+            subscription: u.subscription.clone(),
+            kind: u.kind.clone(),
+            zone: u.zone.clone(),
+            quantity: quantity(u),
+            amount_micros: u.rated_cost_micros,
+        })
+        .collect();
+    if let Some(plan) = plan.filter(|p| p.monthly_fee_micros != 0) {
+        for (identifier, count) in fee_counts.iter().filter(|(_, n)| **n > 0) {
+            let count_usize = usize::try_from(*count).unwrap_or(usize::MAX);
+            lines.push(InvoiceLine {
+                description: format!("Monthly fee {}: {identifier}", plan.name),
+                subscription: identifier.clone(),
+                kind: "fee".into(),
+                zone: String::new(),
+                quantity: if *count == 1 {
+                    "1 month".into()
+                } else {
+                    format!("{count} subscriptions x 1 month")
+                },
+                amount_micros: monthly_fees(plan, count_usize),
+            });
+        }
+    }
+    lines.sort_by_key(line_order);
+    let rated_cost_micros = checked_sum(usage.iter().map(|u| &u.rated_cost_micros))?;
+    let fees_micros = checked_sum(
+        lines
+            .iter()
+            .filter(|l| l.kind == "fee")
+            .map(|l| &l.amount_micros),
+    )?;
+    Some(Billable {
+        total_micros: rated_cost_micros.checked_add(fees_micros)?,
+        lines,
+        rated_cost_micros,
+        fees_micros,
+    })
+}
+
+/// The correction for a final cycle: per line, what it is worth now minus
+/// what was billed for it so far (`billed`: sums over the final invoice and
+/// earlier corrections). Lines that did not change are left out.
+pub fn correction_lines(billed: &BTreeMap<LineKey, i64>, now: &Billable) -> Vec<InvoiceLine> {
+    let current: BTreeMap<LineKey, &InvoiceLine> = now.lines.iter().map(|l| (l.key(), l)).collect();
+    let mut lines = Vec::new();
+    for (key, line) in &current {
+        let before = billed.get(key).copied().unwrap_or(0);
+        let difference = line.amount_micros.saturating_sub(before);
+        if difference != 0 {
+            lines.push(InvoiceLine {
+                description: format!("Correction of {}", line.description),
+                quantity: format!("now {}", line.quantity),
+                amount_micros: difference,
+                ..(*line).clone()
+            });
+        }
+    }
+    for ((subscription, kind, zone), before) in billed {
+        let key = (subscription.clone(), kind.clone(), zone.clone());
+        if *before != 0 && !current.contains_key(&key) {
+            let what = if kind == "fee" {
+                format!("{}: {subscription}", kind_label(kind))
+            } else {
+                format!("{}, {}: {subscription}", kind_label(kind), zone_label(zone))
+            };
+            lines.push(InvoiceLine {
+                description: format!("Correction of {what}"),
+                subscription: subscription.clone(),
+                kind: kind.clone(),
+                zone: zone.clone(),
+                quantity: "now none".into(),
+                amount_micros: before.saturating_neg(),
+            });
+        }
+    }
+    lines.sort_by_key(line_order);
+    lines
+}
+
+struct Customer {
+    zone: Tz,
+    plan: Option<RatePlan>,
+}
+
+async fn load_customer(
+    pool: &PgPool,
+    customer_id: i64,
+    cycle: NaiveDate,
+) -> Result<Customer, InvoiceError> {
+    let row = sqlx::query(
+        "SELECT c.billing_cycle_start_day, c.time_zone, c.rate_plan_id, p.plan
+         FROM customer c LEFT JOIN rate_plan p ON p.id = c.rate_plan_id WHERE c.id = $1",
+    )
+    .bind(customer_id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or(InvoiceError::UnknownCustomer(customer_id))?;
+    let day: i16 = row.try_get("billing_cycle_start_day")?;
+    if cycle.day() != day as u32 {
+        return Err(InvoiceError::NotACycle {
+            customer: customer_id,
+            cycle,
+            day: day as u32,
+        });
+    }
+    let zone_name: String = row.try_get("time_zone")?;
+    let zone: Tz = zone_name.parse().map_err(|_| InvoiceError::BadTimeZone {
+        customer: customer_id,
+        zone: zone_name.clone(),
+    })?;
+    let plan_id: Option<String> = row.try_get("rate_plan_id")?;
+    let plan = match row.try_get::<Option<serde_json::Value>, _>("plan")? {
+        Some(document) => Some(serde_json::from_value(document).map_err(|e| {
+            InvoiceError::BadPlan(plan_id.clone().unwrap_or_default(), e.to_string())
+        })?),
+        None => None,
+    };
+    Ok(Customer { zone, plan })
+}
+
+/// The cycle's current worth and the totals version it was taken from.
+async fn current_billable(
+    tx: &mut Transaction<'_, Postgres>,
+    customer_id: i64,
+    cycle: NaiveDate,
+    plan: Option<&RatePlan>,
+) -> Result<(Billable, DateTime<Utc>), InvoiceError> {
+    // One statement, so the totals and their lines are of the same version.
+    let rows = sqlx::query(
+        "SELECT t.rated_cost_micros AS total_rated, t.calculated_at,
+                l.subscription, l.kind, l.roaming_zone, l.cdr_count, l.voice_seconds, l.data_bytes,
+                l.messages, l.rated_cost_micros
+         FROM totals t
+         LEFT JOIN totals_line l ON l.customer_id = t.customer_id AND l.cycle = t.cycle
+         WHERE t.customer_id = $1 AND t.cycle = $2",
+    )
+    .bind(customer_id)
+    .bind(cycle)
+    .fetch_all(&mut **tx)
+    .await?;
+    let first = rows.first().ok_or(InvoiceError::NoTotals {
+        customer: customer_id,
+        cycle,
+    })?;
+    let totals_rated: i64 = first.try_get("total_rated")?;
+    let calculated_at: DateTime<Utc> = first.try_get("calculated_at")?;
+    let mut usage = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let Some(subscription) = r.try_get::<Option<String>, _>("subscription")? else {
+            continue;
+        };
+        usage.push(UsageLine {
+            subscription,
+            kind: r.try_get("kind")?,
+            zone: r.try_get("roaming_zone")?,
+            cdr_count: r.try_get("cdr_count")?,
+            voice_seconds: r.try_get("voice_seconds")?,
+            data_bytes: r.try_get("data_bytes")?,
+            messages: r.try_get("messages")?,
+            rated_cost_micros: r.try_get("rated_cost_micros")?,
+        });
+    }
+    let fee_counts: BTreeMap<String, i64> = if plan.is_some() {
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT identifier, count(*) FROM subscription
+             WHERE customer_id = $1 AND active_from <= $2 AND (active_to IS NULL OR active_to >= $2)
+             GROUP BY identifier",
+        )
+        .bind(customer_id)
+        .bind(cycle)
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .collect()
+    } else {
+        BTreeMap::new()
+    };
+    let inconsistent = |reason: String| InvoiceError::Inconsistent {
+        customer: customer_id,
+        cycle,
+        reason,
+    };
+    let billable = billable(&usage, plan, &fee_counts)
+        .ok_or_else(|| inconsistent("its amounts overflow 64 bits".into()))?;
+    if billable.rated_cost_micros != totals_rated {
+        return Err(inconsistent(format!(
+            "the totals lines sum to {} but the totals say {}",
+            billable.rated_cost_micros, totals_rated
+        )));
+    }
+    Ok((billable, calculated_at))
+}
+
+/// Checks total = sum of lines = rated cost + fees before anything is written.
+fn check(
+    customer_id: i64,
+    cycle: NaiveDate,
+    lines: &[InvoiceLine],
+    rated: i64,
+    fees: i64,
+    total: i64,
+) -> Result<(), InvoiceError> {
+    let lines_sum = checked_sum(lines.iter().map(|l| &l.amount_micros));
+    if lines_sum != Some(total) || rated.checked_add(fees) != Some(total) {
+        return Err(InvoiceError::Inconsistent {
+            customer: customer_id,
+            cycle,
+            reason: format!("total {total}, lines sum {lines_sum:?}, rated {rated} + fees {fees}"),
+        });
+    }
+    Ok(())
+}
+
+async fn insert_lines(
+    tx: &mut Transaction<'_, Postgres>,
+    invoice_id: i64,
+    lines: &[InvoiceLine],
+) -> Result<(), InvoiceError> {
+    let numbers: Vec<i32> = (1..).take(lines.len()).collect();
+    sqlx::query(
+        "INSERT INTO invoice_line (invoice_id, line_no, description, subscription, kind, zone, quantity, amount_micros)
+         SELECT $1, n, d, s, k, z, q, a
+         FROM UNNEST($2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[])
+              AS t(n, d, s, k, z, q, a)",
+    )
+    .bind(invoice_id)
+    .bind(&numbers)
+    .bind(lines.iter().map(|l| l.description.as_str()).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.subscription.as_str()).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.kind.as_str()).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.zone.as_str()).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.quantity.as_str()).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.amount_micros).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// When a cycle closes: its end in the customer's time zone plus `grace`.
+fn closing_time(cycle: NaiveDate, zone: Tz, grace: Duration) -> Option<DateTime<Utc>> {
+    cycle_bounds(cycle, zone).1.checked_add_signed(grace)
+}
+
+/// Writes the cycle's draft, finalises it, or bills late changes as a
+/// correction, depending on `now` and what exists (see the module docs).
+pub async fn generate_invoice(
+    pool: &PgPool,
+    customer_id: i64,
+    cycle: NaiveDate,
+    now: DateTime<Utc>,
+    grace: Duration,
+) -> Result<InvoiceOutcome, InvoiceError> {
+    let customer = load_customer(pool, customer_id, cycle).await?;
+    let closes_at =
+        closing_time(cycle, customer.zone, grace).ok_or(InvoiceError::BadGrace(grace, cycle))?;
+    let open = now < closes_at;
+
+    let mut tx = pool.begin().await?;
+    // Two runs for the same cycle at once (a late import and the sweep)
+    // would otherwise both finalise, or both bill the same correction.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("invoice:{customer_id}:{cycle}"))
+        .execute(&mut *tx)
+        .await?;
+    let (now_worth, calculated_at) =
+        current_billable(&mut tx, customer_id, cycle, customer.plan.as_ref()).await?;
+    let main: Option<(i64, String)> = sqlx::query_as(
+        "SELECT id, status FROM invoice WHERE customer_id = $1 AND cycle = $2 AND sequence = 0",
+    )
+    .bind(customer_id)
+    .bind(cycle)
+    .fetch_optional(&mut *tx)
+    .await?;
+
+    let outcome = match main {
+        Some((invoice_id, status)) if status == "final" => {
+            bill_late_changes(
+                &mut tx,
+                customer_id,
+                cycle,
+                invoice_id,
+                &now_worth,
+                calculated_at,
+                now,
+            )
+            .await?
+        }
+        existing => {
+            let Billable {
+                lines,
+                rated_cost_micros: rated,
+                fees_micros: fees,
+                total_micros: total,
+            } = &now_worth;
+            check(customer_id, cycle, lines, *rated, *fees, *total)?;
+            let invoice_id = match existing {
+                Some((invoice_id, _)) => {
+                    sqlx::query(
+                        "UPDATE invoice SET rated_cost_micros = $2, fees_micros = $3, total_micros = $4,
+                                            totals_calculated_at = $5, updated_at = now()
+                         WHERE id = $1",
+                    )
+                    .bind(invoice_id)
+                    .bind(rated)
+                    .bind(fees)
+                    .bind(total)
+                    .bind(calculated_at)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("DELETE FROM invoice_line WHERE invoice_id = $1")
+                        .bind(invoice_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    invoice_id
+                }
+                None => {
+                    sqlx::query_scalar(
+                        "INSERT INTO invoice (customer_id, cycle, kind, status, sequence, rated_cost_micros,
+                                              fees_micros, total_micros, totals_calculated_at)
+                         VALUES ($1, $2, 'invoice', 'draft', 0, $3, $4, $5, $6) RETURNING id",
+                    )
+                    .bind(customer_id)
+                    .bind(cycle)
+                    .bind(rated)
+                    .bind(fees)
+                    .bind(total)
+                    .bind(calculated_at)
+                    .fetch_one(&mut *tx)
+                    .await?
+                }
+            };
+            insert_lines(&mut tx, invoice_id, lines).await?;
+            if open {
+                InvoiceOutcome::DraftWritten {
+                    invoice_id,
+                    created: existing.is_none(),
+                    rated_cost_micros: *rated,
+                    fees_micros: *fees,
+                    total_micros: *total,
+                    closes_at,
+                }
+            } else {
+                finalise(&mut tx, invoice_id, now).await?;
+                InvoiceOutcome::Finalised {
+                    invoice_id,
+                    from_draft: existing.is_some(),
+                    total_micros: *total,
+                }
+            }
+        }
+    };
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+async fn finalise(
+    tx: &mut Transaction<'_, Postgres>,
+    invoice_id: i64,
+    now: DateTime<Utc>,
+) -> Result<(), InvoiceError> {
+    sqlx::query(
+        "UPDATE invoice SET status = 'final', finalised_at = $2, updated_at = now() WHERE id = $1",
+    )
+    .bind(invoice_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn bill_late_changes(
+    tx: &mut Transaction<'_, Postgres>,
+    customer_id: i64,
+    cycle: NaiveDate,
+    invoice_id: i64,
+    now_worth: &Billable,
+    calculated_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<InvoiceOutcome, InvoiceError> {
+    let billed: BTreeMap<LineKey, i64> = sqlx::query_as::<_, (String, String, String, i64)>(
+        "SELECT l.subscription, l.kind, l.zone, sum(l.amount_micros)::bigint
+         FROM invoice_line l JOIN invoice i ON i.id = l.invoice_id
+         WHERE i.customer_id = $1 AND i.cycle = $2 AND i.status = 'final'
+         GROUP BY l.subscription, l.kind, l.zone",
+    )
+    .bind(customer_id)
+    .bind(cycle)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .map(|(s, k, z, amount)| ((s, k, z), amount))
+    .collect();
+    let (corrections, billed_total): (i32, i64) = sqlx::query_as(
+        "SELECT (count(*) FILTER (WHERE kind = 'correction'))::int, coalesce(sum(total_micros), 0)::bigint
+         FROM invoice WHERE customer_id = $1 AND cycle = $2 AND status = 'final'",
+    )
+    .bind(customer_id)
+    .bind(cycle)
+    .fetch_one(&mut **tx)
+    .await?;
+
+    let lines = correction_lines(&billed, now_worth);
+    if lines.is_empty() {
+        return Ok(InvoiceOutcome::Unchanged {
+            invoice_id,
+            corrections,
+        });
+    }
+    let overflow = || InvoiceError::Inconsistent {
+        customer: customer_id,
+        cycle,
+        reason: "the correction's amounts overflow 64 bits".into(),
+    };
+    let fees = checked_sum(
+        lines
+            .iter()
+            .filter(|l| l.kind == "fee")
+            .map(|l| &l.amount_micros),
+    )
+    .ok_or_else(overflow)?;
+    let rated = checked_sum(
+        lines
+            .iter()
+            .filter(|l| l.kind != "fee")
+            .map(|l| &l.amount_micros),
+    )
+    .ok_or_else(overflow)?;
+    let total = rated.checked_add(fees).ok_or_else(overflow)?;
+    check(customer_id, cycle, &lines, rated, fees, total)?;
+    // Together with everything billed before, the correction must bill
+    // exactly what the cycle is worth now.
+    if billed_total.checked_add(total) != Some(now_worth.total_micros) {
+        return Err(InvoiceError::Inconsistent {
+            customer: customer_id,
+            cycle,
+            reason: format!(
+                "billed {billed_total} before plus correction {total} is not the current {}",
+                now_worth.total_micros
+            ),
+        });
+    }
+    let sequence = corrections + 1;
+    // Written as a draft and finalised after its lines, because the
+    // database refuses lines for an invoice that is already final.
+    let correction_id: i64 = sqlx::query_scalar(
+        "INSERT INTO invoice (customer_id, cycle, kind, status, sequence, rated_cost_micros,
+                              fees_micros, total_micros, totals_calculated_at)
+         VALUES ($1, $2, 'correction', 'draft', $3, $4, $5, $6, $7) RETURNING id",
+    )
+    .bind(customer_id)
+    .bind(cycle)
+    .bind(sequence)
+    .bind(rated)
+    .bind(fees)
+    .bind(total)
+    .bind(calculated_at)
+    .fetch_one(&mut **tx)
+    .await?;
+    insert_lines(tx, correction_id, &lines).await?;
+    finalise(tx, correction_id, now).await?;
+    Ok(InvoiceOutcome::CorrectionCreated {
+        invoice_id,
+        correction_id,
+        sequence,
+        total_micros: total,
+    })
+}
+
+/// The (customer, cycle) pairs whose invoice is still a draft although the
+/// cycle has closed (`now` >= cycle end + `grace`), ordered by customer and
+/// cycle: the scheduled sweep sends GenerateInvoice for each. A customer
+/// whose time zone does not parse is left out with a warning; its own
+/// GenerateInvoice fails with the reason.
+pub async fn cycles_due_for_finalisation(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    grace: Duration,
+) -> Result<Vec<(i64, NaiveDate)>, InvoiceError> {
+    // A cycle's end is local midnight of its next start, at most 14 hours
+    // before UTC midnight of that date, so only drafts whose next start is
+    // on or before the day after `now - grace` can have closed.
+    let latest_next_start = now
+        .checked_sub_signed(grace)
+        .and_then(|t| t.date_naive().succ_opt())
+        .unwrap_or(NaiveDate::MAX);
+    let rows: Vec<(i64, NaiveDate, String)> = sqlx::query_as(
+        "SELECT i.customer_id, i.cycle, c.time_zone
+         FROM invoice i JOIN customer c ON c.id = i.customer_id
+         WHERE i.status = 'draft' AND i.sequence = 0 AND (i.cycle + interval '1 month')::date <= $1
+         ORDER BY i.customer_id, i.cycle",
+    )
+    .bind(latest_next_start)
+    .fetch_all(pool)
+    .await?;
+    let mut due = Vec::new();
+    for (customer_id, cycle, zone_name) in rows {
+        let Ok(zone) = zone_name.parse::<Tz>() else {
+            tracing::warn!(
+                customer_id,
+                %cycle,
+                zone = %zone_name,
+                "draft invoice left out of the finalisation sweep: the customer's time zone is not an IANA name"
+            );
+            continue;
+        };
+        if closing_time(cycle, zone, grace).is_some_and(|closes| now >= closes) {
+            due.push((customer_id, cycle));
+        }
+    }
+    Ok(due)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(subscription: &str, kind: &str, zone: &str, count: i64, rated: i64) -> UsageLine {
+        UsageLine {
+            subscription: subscription.into(),
+            kind: kind.into(),
+            zone: zone.into(),
+            cdr_count: count,
+            voice_seconds: if kind == "voice" { 60 * count } else { 0 },
+            data_bytes: 0,
+            messages: if kind == "sms" { count } else { 0 },
+            rated_cost_micros: rated,
+        }
+    }
+
+    fn plan(fee: i64) -> RatePlan {
+        serde_json::from_value(serde_json::json!({
+            "id": "p", "name": "Business", "unit_bytes": 1_048_576, "monthly_fee_micros": fee
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn lines_are_usage_then_the_fee_per_subscription_and_add_up() {
+        let fees: BTreeMap<String, i64> = [
+            ("+31611111111".to_string(), 1),
+            ("+31622222222".to_string(), 2),
+        ]
+        .into_iter()
+        .collect();
+        let worth = billable(
+            &[
+                usage("+31611111111", "sms", "home", 2, 300),
+                usage("+31611111111", "voice", "eu", 1, 1_000),
+            ],
+            Some(&plan(5_000_000)),
+            &fees,
+        )
+        .unwrap();
+        let kinds: Vec<(&str, &str)> = worth
+            .lines
+            .iter()
+            .map(|l| (l.subscription.as_str(), l.kind.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("+31611111111", "voice"),
+                ("+31611111111", "sms"),
+                ("+31611111111", "fee"),
+                ("+31622222222", "fee"),
+            ]
+        );
+        // 1,300 usage + 3 x 5,000,000 fees.
+        assert_eq!(
+            (
+                worth.rated_cost_micros,
+                worth.fees_micros,
+                worth.total_micros
+            ),
+            (1_300, 15_000_000, 15_001_300)
+        );
+        assert_eq!(worth.lines[0].quantity, "1 call, 60 s");
+        assert_eq!(worth.lines[1].quantity, "2 messages");
+        assert_eq!(worth.lines[3].quantity, "2 subscriptions x 1 month");
+    }
+
+    #[test]
+    fn without_a_plan_or_with_a_zero_fee_there_are_no_fee_lines() {
+        let fees: BTreeMap<String, i64> = [("+31611111111".to_string(), 1)].into_iter().collect();
+        let u = [usage("+31611111111", "voice", "home", 1, 10)];
+        assert_eq!(billable(&u, None, &fees).unwrap().lines.len(), 1);
+        assert_eq!(billable(&u, Some(&plan(0)), &fees).unwrap().lines.len(), 1);
+    }
+
+    #[test]
+    fn a_correction_bills_changed_new_and_vanished_lines_by_their_difference() {
+        let now = billable(
+            &[
+                usage("+31611111111", "voice", "home", 3, 3_000),
+                usage("+31611111111", "sms", "home", 1, 100),
+                usage("+31622222222", "data", "eu", 1, 500),
+            ],
+            None,
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let key = |s: &str, k: &str, z: &str| (s.to_string(), k.to_string(), z.to_string());
+        let billed: BTreeMap<LineKey, i64> = [
+            (key("+31611111111", "voice", "home"), 2_000),
+            (key("+31611111111", "sms", "home"), 100),
+            (key("+31633333333", "voice", "world"), 700),
+        ]
+        .into_iter()
+        .collect();
+        let lines = correction_lines(&billed, &now);
+        let got: Vec<(&str, &str, i64)> = lines
+            .iter()
+            .map(|l| (l.subscription.as_str(), l.kind.as_str(), l.amount_micros))
+            .collect();
+        // voice 3,000 - 2,000; data new 500; the world line vanished: -700;
+        // the SMS line is unchanged and left out.
+        assert_eq!(
+            got,
+            vec![
+                ("+31611111111", "voice", 1_000),
+                ("+31622222222", "data", 500),
+                ("+31633333333", "voice", -700),
+            ]
+        );
+        assert_eq!(lines[2].quantity, "now none");
+        assert!(lines[0].description.starts_with("Correction of Calls"));
+    }
+
+    #[test]
+    fn nothing_to_correct_when_everything_was_billed() {
+        let now = billable(
+            &[usage("+31611111111", "voice", "home", 3, 3_000)],
+            None,
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let billed: BTreeMap<LineKey, i64> = now.lines.iter().map(|l| (l.key(), 3_000)).collect();
+        assert!(correction_lines(&billed, &now).is_empty());
+    }
+}

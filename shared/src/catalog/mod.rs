@@ -1,0 +1,150 @@
+//! Configuration as data: customers, subscriptions, rate plans and sync
+//! profiles declared in one YAML file and upserted idempotently
+//! (`temctl apply -f FILE.yaml`, and the local run's demo data).
+//!
+//! # The file
+//!
+//! ```yaml
+//! rate_plans:                    # a RatePlan (billing/rating.rs) per entry
+//!   - id: business-2025
+//!     name: Business 2025
+//!     unit_bytes: 1048576        # data prices are per MiB
+//!     monthly_fee_micros: 12500000
+//!     rates:
+//!       - {id: voice-nl, kind: voice, zone: home, prefix: "31",
+//!          price_per_minute_micros: 100000, first_increment_s: 60, increment_s: 1}
+//!     bundles:
+//!       - {id: minutes, kinds: [voice], zones: [home], allowance: 6000, scope: per_subscription}
+//! customers:
+//!   - code: acme                 # the natural key: files name customers by code
+//!     name: Acme Logistics
+//!     billing_cycle_start_day: 1 # 1..28
+//!     time_zone: Europe/Amsterdam  # IANA name; this is the default
+//!     rate_plan: business-2025   # omitted: standard calculation (no plan)
+//! subscriptions:
+//!   - identifier: "+31612345678" # E.164 (quoted: YAML reads +316... as a number), or a line id
+//!     customer: acme
+//!     provider: routit
+//!     active_from: 2025-01-01    # default 1970-01-01
+//!     active_to: 2025-12-31      # optional, inclusive
+//! sync_profiles:
+//!   - name: routit main          # the natural key
+//!     provider: routit
+//!     base_url: https://api.example.net
+//!     credentials_secret: tem/routit/main  # a Secrets Manager id, never the secret
+//!     active: true               # the default
+//!     first_period: 2025-01-01
+//! ```
+//!
+//! Natural keys: rate plans by `id`, customers by `code`, subscriptions by
+//! (`provider`, `identifier`, `active_from`), sync profiles by `name`. An
+//! object in the file is created or updated to match it exactly (a field
+//! left out takes its default, e.g. no `rate_plan` removes the customer's
+//! plan); objects in the database but not in the file are left alone.
+//! Applying the same file twice changes nothing the second time.
+//!
+//! `${NAME}` is replaced by the environment variable `NAME` before the YAML
+//! is read (an unset or empty variable is an error naming it and its line;
+//! `$${` is a literal `${`; full-line comments are left as they are). Quote
+//! a placeholder whose value may contain YAML characters:
+//! `base_url: "${SIM_BASE_URL}/routit"`.
+//!
+//! Everything is validated before anything is written, and every problem is
+//! reported with its field path (`customers[2].billing_cycle_start_day: 31
+//! is not between 1 and 28`).
+//!
+//! # Follow-up work
+//!
+//! A rate plan whose pricing changed re-rates the open cycles of every
+//! customer on it, and so does a customer whose plan, cycle start day or
+//! time zone changed ([`follow_up`]); added or changed subscriptions send
+//! `AttachUnassignedCdrs`, so CDRs that arrived before them get their
+//! customer.
+
+pub mod changes;
+pub mod document;
+pub mod follow_up;
+pub mod interpolate;
+pub mod store;
+
+use std::fmt;
+
+use serde::Serialize;
+
+pub use changes::{Action, Change, FieldChange, ObjectKind};
+pub use document::{parse, Document, Parsed};
+pub use follow_up::{Delivery, DeliveryOutcome, FollowUp};
+pub use store::{apply, Applied, ApplyOptions, CatalogError};
+
+/// The sections of a file, in the order they are applied (plans before the
+/// customers that use them, customers before their subscriptions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Section {
+    RatePlans,
+    Customers,
+    Subscriptions,
+    SyncProfiles,
+}
+
+impl Section {
+    pub const ALL: [Section; 4] = [
+        Section::RatePlans,
+        Section::Customers,
+        Section::Subscriptions,
+        Section::SyncProfiles,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Section::RatePlans => "rate_plans",
+            Section::Customers => "customers",
+            Section::Subscriptions => "subscriptions",
+            Section::SyncProfiles => "sync_profiles",
+        }
+    }
+}
+
+/// One thing wrong with a file, at a field path such as
+/// `rate_plans[0].rates[3].increment_s`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+    /// Where in the file: problems are reported by section (in the order
+    /// they are applied) and entry, whichever check found them.
+    #[serde(skip)]
+    order: (Option<Section>, usize, usize),
+}
+
+impl Problem {
+    /// A problem of the entry `section[index]`, at `field` within it
+    /// (`""` for the entry itself, `".rates[3].increment_s"` for a field).
+    pub fn at(section: Section, index: usize, field: &str, message: impl Into<String>) -> Self {
+        Self {
+            path: format!("{}[{index}]{field}", section.as_str()),
+            message: message.into(),
+            order: (Some(section), index, 0),
+        }
+    }
+
+    /// A problem of the file as a whole, or of a line before it was read.
+    pub fn file(path: impl Into<String>, line: usize, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+            order: (None, 0, line),
+        }
+    }
+
+    /// File-level problems first, then by section and entry; stable, so the
+    /// problems of one entry keep the order they were found in.
+    pub fn sort(problems: &mut [Problem]) {
+        problems.sort_by_key(|p| p.order);
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}

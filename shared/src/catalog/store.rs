@@ -1,0 +1,457 @@
+//! Applying a parsed file to PostgreSQL: in one transaction, serialised
+//! with any other apply, load what the file names, check what needs the
+//! database, write what changed, record the apply and work out the
+//! follow-up. A dry run does all of it and rolls back.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono_tz::Tz;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool, Row};
+
+use super::changes::{
+    diff, Change, ObjectKind, Stored, StoredCustomer, StoredPlan, StoredProfile,
+    StoredSubscription, Summary,
+};
+use super::document::{stored_overlap_problems, Parsed, StoredPeriod};
+use super::follow_up::{rerating, triggers, FollowUp, RerateCandidate};
+use super::{Problem, Section};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("{} problem(s), nothing was written:\n{}", .0.len(), list(.0))]
+    Invalid(Vec<Problem>),
+    #[error(
+        "the database has no catalog_apply table (migration 0007); run `temctl migrate` first"
+    )]
+    NotMigrated,
+    #[error("database error while {doing}: {source}")]
+    Database {
+        doing: &'static str,
+        source: sqlx::Error,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn db(doing: &'static str) -> impl FnOnce(sqlx::Error) -> CatalogError {
+    move |source| CatalogError::Database { doing, source }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Where the file came from (its path), recorded with the apply.
+    pub source: String,
+    pub dry_run: bool,
+    pub now: DateTime<Utc>,
+    /// The invoice grace period: a cycle stays open this long after its end.
+    pub grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub changes: Vec<Change>,
+    pub summary: Summary,
+    /// The recorded apply (`catalog_apply.id`); `None` when nothing changed
+    /// or on a dry run.
+    pub revision: Option<i64>,
+    pub follow_ups: Vec<FollowUp>,
+}
+
+/// Validates `parsed` against the database and upserts it in one
+/// transaction (rolled back when `options.dry_run`). Any problem, found
+/// while parsing or here, is [`CatalogError::Invalid`] and nothing is
+/// written.
+pub async fn apply(
+    pool: &PgPool,
+    parsed: &Parsed,
+    options: &ApplyOptions,
+) -> Result<Applied, CatalogError> {
+    let mut tx = pool.begin().await.map_err(db("starting the transaction"))?;
+    let migrated: bool = sqlx::query_scalar("SELECT to_regclass('catalog_apply') IS NOT NULL")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("checking the schema"))?;
+    if !migrated {
+        return Err(CatalogError::NotMigrated);
+    }
+    // Two applies at once would each see the other's objects as missing.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('tem:catalog-apply', 0))")
+        .execute(&mut *tx)
+        .await
+        .map_err(db("waiting for another apply to finish"))?;
+
+    let stored = load(&mut tx, parsed).await?;
+    let mut problems = parsed.problems.clone();
+    problems.extend(parsed.reference_problems(
+        &stored.customers.keys().cloned().collect(),
+        &stored.rate_plans.keys().cloned().collect(),
+    ));
+    let periods: Vec<StoredPeriod> = stored
+        .subscriptions
+        .iter()
+        .map(|s| StoredPeriod {
+            provider: s.provider.clone(),
+            identifier: s.identifier.clone(),
+            active_from: s.active_from,
+            active_to: s.active_to,
+            customer: s.customer.clone(),
+        })
+        .collect();
+    problems.extend(stored_overlap_problems(
+        &parsed.document.subscriptions,
+        &periods,
+    ));
+    if !problems.is_empty() {
+        Problem::sort(&mut problems);
+        return Err(CatalogError::Invalid(problems));
+    }
+
+    let changes = diff(&parsed.document, &stored);
+    write(&mut tx, parsed, &stored, &changes).await?;
+    let summary = Summary::of(&changes);
+    let revision = if summary.changed > 0 && !options.dry_run {
+        let changed: Vec<&Change> = changes.iter().filter(|c| c.is_change()).collect();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO catalog_apply (source, sha256, changed, changes) VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(&options.source)
+        .bind(&parsed.sha256)
+        .bind(i32::try_from(summary.changed).unwrap_or(i32::MAX))
+        .bind(serde_json::to_value(&changed).unwrap_or(Value::Null))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("recording the apply"))?;
+        Some(id)
+    } else {
+        None
+    };
+    let follow_ups = follow_ups(&mut tx, &changes, options).await?;
+    if options.dry_run {
+        tx.rollback()
+            .await
+            .map_err(db("rolling back the dry run"))?;
+    } else {
+        tx.commit().await.map_err(db("committing"))?;
+    }
+    Ok(Applied {
+        changes,
+        summary,
+        revision,
+        follow_ups,
+    })
+}
+
+/// The stored objects the file names or refers to.
+async fn load(tx: &mut PgConnection, parsed: &Parsed) -> Result<Stored, CatalogError> {
+    let doc = &parsed.document;
+    let mut stored = Stored::default();
+
+    let plan_ids: Vec<String> = parsed
+        .declared_plans
+        .iter()
+        .cloned()
+        .chain(parsed.plans_needed_from_database())
+        .collect();
+    let rows = sqlx::query("SELECT id, name, plan FROM rate_plan WHERE id = ANY($1)")
+        .bind(&plan_ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("reading rate plans"))?;
+    for row in rows {
+        stored.rate_plans.insert(
+            row.try_get("id").map_err(db("reading rate plans"))?,
+            StoredPlan {
+                name: row.try_get("name").map_err(db("reading rate plans"))?,
+                plan: row.try_get("plan").map_err(db("reading rate plans"))?,
+            },
+        );
+    }
+
+    let codes: Vec<String> = parsed
+        .declared_customers
+        .iter()
+        .cloned()
+        .chain(parsed.customers_needed_from_database())
+        .collect();
+    let rows = sqlx::query(
+        "SELECT id, code, name, billing_cycle_start_day, time_zone, rate_plan_id FROM customer WHERE code = ANY($1)",
+    )
+    .bind(&codes)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db("reading customers"))?;
+    for row in rows {
+        let doing = "reading customers";
+        let day: i16 = row.try_get("billing_cycle_start_day").map_err(db(doing))?;
+        stored.customers.insert(
+            row.try_get("code").map_err(db(doing))?,
+            StoredCustomer {
+                id: row.try_get("id").map_err(db(doing))?,
+                name: row.try_get("name").map_err(db(doing))?,
+                billing_cycle_start_day: u32::try_from(day).unwrap_or(0),
+                time_zone: row.try_get("time_zone").map_err(db(doing))?,
+                rate_plan: row.try_get("rate_plan_id").map_err(db(doing))?,
+            },
+        );
+    }
+
+    let identifiers: Vec<String> = doc
+        .subscriptions
+        .iter()
+        .map(|s| s.identifier.clone())
+        .collect();
+    let rows = sqlx::query(
+        "SELECT s.id, s.customer_id, coalesce(c.code, '#' || c.id) AS customer, s.provider, s.identifier,
+                s.active_from, s.active_to
+         FROM subscription s JOIN customer c ON c.id = s.customer_id
+         WHERE s.identifier = ANY($1) ORDER BY s.id",
+    )
+    .bind(&identifiers)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db("reading subscriptions"))?;
+    for row in rows {
+        let doing = "reading subscriptions";
+        stored.subscriptions.push(StoredSubscription {
+            id: row.try_get("id").map_err(db(doing))?,
+            customer_id: row.try_get("customer_id").map_err(db(doing))?,
+            customer: row.try_get("customer").map_err(db(doing))?,
+            provider: row.try_get("provider").map_err(db(doing))?,
+            identifier: row.try_get("identifier").map_err(db(doing))?,
+            active_from: row.try_get("active_from").map_err(db(doing))?,
+            active_to: row.try_get("active_to").map_err(db(doing))?,
+        });
+    }
+
+    let names: Vec<String> = doc.sync_profiles.iter().map(|p| p.name.clone()).collect();
+    let rows = sqlx::query(
+        "SELECT id, name, provider, base_url, credentials_secret, active, first_period, watermark_period
+         FROM sync_profile WHERE name = ANY($1)",
+    )
+    .bind(&names)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db("reading sync profiles"))?;
+    for row in rows {
+        let doing = "reading sync profiles";
+        stored.sync_profiles.insert(
+            row.try_get("name").map_err(db(doing))?,
+            StoredProfile {
+                id: row.try_get("id").map_err(db(doing))?,
+                provider: row.try_get("provider").map_err(db(doing))?,
+                base_url: row.try_get("base_url").map_err(db(doing))?,
+                credentials_secret: row.try_get("credentials_secret").map_err(db(doing))?,
+                active: row.try_get("active").map_err(db(doing))?,
+                first_period: row.try_get("first_period").map_err(db(doing))?,
+                watermark_period: row.try_get("watermark_period").map_err(db(doing))?,
+            },
+        );
+    }
+    Ok(stored)
+}
+
+fn changed_in(changes: &[Change], object: ObjectKind) -> impl Iterator<Item = &Change> {
+    changes.iter().filter(move |c| c.object == object)
+}
+
+/// Upserts the entries that changed, in dependency order. The upserts key on
+/// the natural keys, so they are right even if a row appeared since it was
+/// read (which the advisory lock makes unlikely, but other writers exist).
+async fn write(
+    tx: &mut PgConnection,
+    parsed: &Parsed,
+    stored: &Stored,
+    changes: &[Change],
+) -> Result<(), CatalogError> {
+    let doc = &parsed.document;
+    for (entry, change) in doc
+        .rate_plans
+        .iter()
+        .zip(changed_in(changes, ObjectKind::RatePlan))
+    {
+        if !change.is_change() {
+            continue;
+        }
+        let plan = serde_json::to_value(&entry.plan).map_err(|e| {
+            CatalogError::Invalid(vec![Problem::at(
+                Section::RatePlans,
+                entry.at,
+                "",
+                format!("cannot be stored: {e}"),
+            )])
+        })?;
+        sqlx::query(
+            "INSERT INTO rate_plan (id, name, plan, updated_at) VALUES ($1, $2, $3, now())
+             ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, plan = EXCLUDED.plan, updated_at = now()",
+        )
+        .bind(&entry.plan.id)
+        .bind(&entry.plan.name)
+        .bind(plan)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("writing rate plans"))?;
+    }
+
+    let mut customer_ids: BTreeMap<String, i64> = stored
+        .customers
+        .iter()
+        .map(|(code, c)| (code.clone(), c.id))
+        .collect();
+    for (customer, change) in doc
+        .customers
+        .iter()
+        .zip(changed_in(changes, ObjectKind::Customer))
+    {
+        if !change.is_change() {
+            continue;
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO customer (code, name, billing_cycle_start_day, time_zone, rate_plan_id)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name,
+                 billing_cycle_start_day = EXCLUDED.billing_cycle_start_day,
+                 time_zone = EXCLUDED.time_zone, rate_plan_id = EXCLUDED.rate_plan_id
+             RETURNING id",
+        )
+        .bind(&customer.code)
+        .bind(&customer.name)
+        .bind(i16::try_from(customer.billing_cycle_start_day).unwrap_or(1))
+        .bind(customer.time_zone.name())
+        .bind(&customer.rate_plan)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("writing customers"))?;
+        customer_ids.insert(customer.code.clone(), id);
+    }
+
+    for (s, change) in doc
+        .subscriptions
+        .iter()
+        .zip(changed_in(changes, ObjectKind::Subscription))
+    {
+        if !change.is_change() {
+            continue;
+        }
+        let customer_id = customer_ids.get(&s.customer).copied().ok_or_else(|| {
+            CatalogError::Invalid(vec![Problem::at(
+                Section::Subscriptions,
+                s.at,
+                ".customer",
+                format!("no customer {:?} in this file or the database", s.customer),
+            )])
+        })?;
+        sqlx::query(
+            "INSERT INTO subscription (customer_id, provider, identifier, active_from, active_to)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (provider, identifier, active_from) DO UPDATE SET
+                 customer_id = EXCLUDED.customer_id, active_to = EXCLUDED.active_to",
+        )
+        .bind(customer_id)
+        .bind(s.provider.as_str())
+        .bind(&s.identifier)
+        .bind(s.active_from)
+        .bind(s.active_to)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("writing subscriptions"))?;
+    }
+
+    for (p, change) in doc
+        .sync_profiles
+        .iter()
+        .zip(changed_in(changes, ObjectKind::SyncProfile))
+    {
+        if !change.is_change() {
+            continue;
+        }
+        // The watermark is operational state, not configuration: kept,
+        // unless it lies before the new first period (see changes.rs).
+        sqlx::query(
+            "INSERT INTO sync_profile (name, provider, base_url, credentials_secret, active, first_period)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (name) DO UPDATE SET provider = EXCLUDED.provider, base_url = EXCLUDED.base_url,
+                 credentials_secret = EXCLUDED.credentials_secret, active = EXCLUDED.active,
+                 first_period = EXCLUDED.first_period,
+                 watermark_period = CASE WHEN sync_profile.watermark_period < EXCLUDED.first_period
+                                         THEN NULL ELSE sync_profile.watermark_period END,
+                 updated_at = now()",
+        )
+        .bind(&p.name)
+        .bind(p.provider.as_str())
+        .bind(&p.base_url)
+        .bind(&p.credentials_secret)
+        .bind(p.active)
+        .bind(p.first_period)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("writing sync profiles"))?;
+    }
+    Ok(())
+}
+
+/// The follow-up of `changes`, from the customers and totals as they are
+/// after the writes.
+async fn follow_ups(
+    tx: &mut PgConnection,
+    changes: &[Change],
+    options: &ApplyOptions,
+) -> Result<Vec<FollowUp>, CatalogError> {
+    let triggers = triggers(changes);
+    let mut follow_ups = Vec::new();
+    if !triggers.plans.is_empty() || !triggers.customers.is_empty() {
+        let doing = "reading the cycles to re-rate";
+        let codes: Vec<String> = triggers.customers.keys().cloned().collect();
+        let plans: Vec<String> = triggers.plans.iter().cloned().collect();
+        let rows = sqlx::query(
+            "SELECT c.id, c.code, c.billing_cycle_start_day, c.time_zone, c.rate_plan_id,
+                    coalesce(array_agg(t.cycle ORDER BY t.cycle) FILTER (WHERE t.cycle IS NOT NULL), '{}') AS cycles
+             FROM customer c LEFT JOIN totals t ON t.customer_id = c.id
+             WHERE c.code = ANY($1) OR c.rate_plan_id = ANY($2)
+             GROUP BY c.id ORDER BY c.id",
+        )
+        .bind(&codes)
+        .bind(&plans)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db(doing))?;
+        let mut candidates = Vec::new();
+        for row in rows {
+            let id: i64 = row.try_get("id").map_err(db(doing))?;
+            let code: Option<String> = row.try_get("code").map_err(db(doing))?;
+            let plan: Option<String> = row.try_get("rate_plan_id").map_err(db(doing))?;
+            let day: i16 = row.try_get("billing_cycle_start_day").map_err(db(doing))?;
+            let zone: String = row.try_get("time_zone").map_err(db(doing))?;
+            let reason = code
+                .as_ref()
+                .and_then(|c| triggers.customers.get(c).cloned())
+                .or_else(|| plan.map(|p| format!("rate plan {p} changed")))
+                .unwrap_or_default();
+            candidates.push(RerateCandidate {
+                customer_id: id,
+                customer: code.unwrap_or_else(|| format!("#{id}")),
+                billing_cycle_start_day: u32::try_from(day).unwrap_or(1),
+                // The same fallback CalculateTotals uses for a zone it cannot read.
+                time_zone: zone.parse::<Tz>().unwrap_or(chrono_tz::Europe::Amsterdam),
+                cycles_with_totals: row
+                    .try_get::<Vec<NaiveDate>, _>("cycles")
+                    .map_err(db(doing))?,
+                reason,
+            });
+        }
+        follow_ups.extend(rerating(&candidates, options.now, options.grace));
+    }
+    if triggers.subscriptions > 0 {
+        follow_ups.push(FollowUp::AttachUnassigned {
+            subscriptions: triggers.subscriptions,
+        });
+    }
+    Ok(follow_ups)
+}

@@ -1,0 +1,147 @@
+//! The whole billing path in the emulator: a schedule tick syncs a carrier,
+//! the export is imported through its S3 notification, and the import's
+//! DispatchTotals runs CalculateTotals, BackupTotals, BillingInsight and
+//! GenerateInvoice in that order; the sync task completes only after the
+//! last of them.
+
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::json;
+use tem_shared::billing::cycle_of;
+use tem_shared::tasks::TaskStatus;
+use tem_tests::stack::{deploy, sent_task, yesterday};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_synced_export_is_totalled_insighted_and_invoiced_before_its_task_completes() {
+    let stack = deploy().await;
+    let pool = &stack.db.pool;
+    let period = yesterday();
+    // Voice at 0.10 a minute, billed per started minute; 2.50 a month per line.
+    let plan = json!({
+        "id": "business", "name": "Business", "unit_bytes": 1_048_576,
+        "monthly_fee_micros": 2_500_000,
+        "rates": [{"id": "voice", "kind": "voice", "price_per_minute_micros": 100_000,
+                   "first_increment_s": 60, "increment_s": 60}],
+    });
+    sqlx::query("INSERT INTO rate_plan (id, name, plan) VALUES ('business', 'Business', $1)")
+        .bind(&plan)
+        .execute(pool)
+        .await
+        .unwrap();
+    let acme: i64 = sqlx::query_scalar(
+        "INSERT INTO customer (name, billing_cycle_start_day, rate_plan_id) VALUES ('Acme', 1, 'business') RETURNING id",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    // The simulator's t_mobile export has 20 calls from +31612340000..19 of
+    // 30+i seconds; Acme has the first five numbers and one idle line.
+    for number in (0..5)
+        .map(|i| format!("+3161234{i:04}"))
+        .chain(["+31612349999".to_string()])
+    {
+        sqlx::query("INSERT INTO subscription (customer_id, provider, identifier) VALUES ($1, 't_mobile', $2)")
+            .bind(acme)
+            .bind(number)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    let profile = stack
+        .profile("t_mobile", true, &period.to_string(), None)
+        .await;
+
+    let summary = stack.schedule_tick("tick-billing").await;
+    let task = stack
+        .finished_task(&sent_task(&summary, profile), TIMEOUT)
+        .await;
+    assert_eq!(
+        (task.status, task.outstanding),
+        (TaskStatus::Completed, 0),
+        "{task:?}"
+    );
+    let task_done = task.finished_at.expect("a finished task has a time");
+
+    // The calls start at 00:00..00:19 +01:00 on the period's day.
+    let first_call: DateTime<Utc> = format!("{period}T00:00:00+01:00").parse().unwrap();
+    let cycle: NaiveDate = cycle_of(first_call, 1, chrono_tz::Europe::Amsterdam);
+
+    // CalculateTotals: 5 calls of 30..34 s, each billed one minute at 0.10.
+    let (count, rated, calculated_at): (i64, i64, DateTime<Utc>) = sqlx::query_as(
+        "SELECT cdr_count, rated_cost_micros, calculated_at FROM totals WHERE customer_id = $1 AND cycle = $2",
+    )
+    .bind(acme)
+    .bind(cycle)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!((count, rated), (5, 500_000));
+
+    // BackupTotals: version 1, caused by the import.
+    let (version, cause, recorded_at): (i32, String, DateTime<Utc>) = sqlx::query_as(
+        "SELECT version, cause, recorded_at FROM totals_history WHERE customer_id = $1 AND cycle = $2",
+    )
+    .bind(acme)
+    .bind(cycle)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!((version, cause.as_str()), (1, "import"));
+
+    // BillingInsight: the idle line, and the other 15 calls without a customer.
+    let insights: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT kind, subject, detected_at FROM billing_insight WHERE customer_id = $1 AND cycle = $2 ORDER BY kind, subject",
+    )
+    .bind(acme)
+    .bind(cycle)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let kinds: Vec<(&str, &str)> = insights
+        .iter()
+        .map(|(k, s, _)| (k.as_str(), s.as_str()))
+        .collect();
+    assert!(
+        kinds.contains(&("idle_subscription", "+31612349999")),
+        "{kinds:?}"
+    );
+    assert!(kinds.contains(&("unassigned_cdrs", "t_mobile")), "{kinds:?}");
+
+    // GenerateInvoice: a draft of the open cycle, rated cost plus 6 line fees.
+    let (status, invoice_rated, fees, total, lines_sum, invoiced_at): (
+        String,
+        i64,
+        i64,
+        i64,
+        i64,
+        DateTime<Utc>,
+    ) = sqlx::query_as(
+        "SELECT i.status, i.rated_cost_micros, i.fees_micros, i.total_micros,
+                (SELECT sum(amount_micros)::bigint FROM invoice_line l WHERE l.invoice_id = i.id), i.updated_at
+         FROM invoice i WHERE customer_id = $1 AND cycle = $2",
+    )
+    .bind(acme)
+    .bind(cycle)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "draft");
+    assert_eq!(
+        (invoice_rated, fees, total, lines_sum),
+        (500_000, 15_000_000, 15_500_000, 15_500_000)
+    );
+
+    // In order, and the task finished after the last step.
+    let detected_at = insights.iter().map(|(_, _, at)| *at).max().unwrap();
+    assert!(calculated_at <= recorded_at, "totals before their backup");
+    assert!(recorded_at <= detected_at, "backup before the insights");
+    assert!(detected_at <= invoiced_at, "insights before the invoice");
+    assert!(
+        invoiced_at <= task_done,
+        "the task completes after the invoice ({invoiced_at} > {task_done})"
+    );
+    stack.finish().await.unwrap();
+}
