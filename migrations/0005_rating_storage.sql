@@ -65,3 +65,23 @@ CREATE TABLE cycle_rating_chunk (
            AND cardinality(cdr_id) = cardinality(billed_quantity)
            AND cardinality(cdr_id) = cardinality(covered_quantity))
 );
+
+-- The arrays are written once per calculation and read rarely: lz4 packs
+-- them several times faster than the default pglz, which took longer than
+-- the whole rating (2 s of pglz for a million CDRs against 0.2 s). A server
+-- built without lz4 keeps them uncompressed instead, still faster to write
+-- than pglz.
+DO $$
+DECLARE
+    col TEXT;
+BEGIN
+    FOREACH col IN ARRAY ARRAY['cdr_id', 'rated_cost_micros', 'rate', 'bundle', 'billed_quantity', 'covered_quantity']
+    LOOP
+        BEGIN
+            EXECUTE format('ALTER TABLE cycle_rating_chunk ALTER COLUMN %I SET COMPRESSION lz4', col);
+        EXCEPTION WHEN feature_not_supported THEN
+            EXECUTE format('ALTER TABLE cycle_rating_chunk ALTER COLUMN %I SET STORAGE EXTERNAL', col);
+        END;
+    END LOOP;
+END
+$$;

@@ -108,7 +108,10 @@ async fn a_synced_export_is_totalled_insighted_and_invoiced_before_its_task_comp
         kinds.contains(&("idle_subscription", "+31612349999")),
         "{kinds:?}"
     );
-    assert!(kinds.contains(&("unassigned_cdrs", "t_mobile")), "{kinds:?}");
+    assert!(
+        kinds.contains(&("unassigned_cdrs", "t_mobile")),
+        "{kinds:?}"
+    );
 
     // GenerateInvoice: a draft of the open cycle, rated cost plus 6 line fees.
     let (status, invoice_rated, fees, total, lines_sum, invoiced_at): (

@@ -212,7 +212,10 @@ async fn an_export_put_into_the_bucket_is_imported_and_chains_dispatch_totals_pe
     let versions = history(&stack, bakker, "2024-12-15", 2).await;
     assert_eq!(
         versions,
-        vec![(1, "import".to_string(), 2), (2, "late_cdrs".to_string(), 3)]
+        vec![
+            (1, "import".to_string(), 2),
+            (2, "late_cdrs".to_string(), 3)
+        ]
     );
     assert_eq!(
         history(&stack, acme, "2025-01-01", 1).await.len(),

@@ -1,9 +1,14 @@
 //! CalculateTotals against a real PostgreSQL: the standard method, a rate
-//! plan, lines that add up to the totals, cycle bounds, idempotence.
+//! plan, lines that add up to the totals, cycle bounds, idempotence, the
+//! stored per-CDR pricing, and `explain_cdr` reading it back.
 
 use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+use tem_shared::billing::explain::{explain_cdr, CdrRef, ExplainError, TotalsState};
+use tem_shared::billing::rating::{rate_cycle, RatePlan, RatingCdr};
 use tem_shared::billing::totals::calculate_totals;
+use tem_shared::import::format::{Kind, Zone};
 use tem_tests::db::fresh;
 
 async fn customer(pool: &PgPool, start_day: i16, plan: Option<serde_json::Value>) -> i64 {
@@ -255,4 +260,537 @@ async fn a_date_that_is_not_a_cycle_start_is_refused() {
             .await
             .is_err()
     );
+}
+
+/// A CDR with the destination and zone given (the helper above fixes them).
+#[allow(clippy::too_many_arguments)]
+async fn cdr_to(
+    pool: &PgPool,
+    customer: i64,
+    id: &str,
+    subscription: &str,
+    at: &str,
+    kind: &str,
+    zone: &str,
+    destination: &str,
+    quantity: i64,
+    cost: i64,
+) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO call_detail_record (provider, external_id, subscription, customer_id, started_at, kind, direction,
+            destination, roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros, import_file_id, source_line)
+         VALUES ('routit', $1, $2, $3, $4::timestamptz, $5, 'outgoing', $6, $7,
+                 CASE WHEN $5 = 'voice' THEN $8::int ELSE 0 END, CASE WHEN $5 = 'data' THEN $8 ELSE 0 END,
+                 CASE WHEN $5 IN ('sms', 'mms', 'service') THEN $8::int ELSE 0 END, $9, 1, 1)
+         RETURNING id",
+    )
+    .bind(id)
+    .bind(subscription)
+    .bind(customer)
+    .bind(at)
+    .bind(kind)
+    .bind(destination)
+    .bind(zone)
+    .bind(quantity)
+    .bind(cost)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Voice 60/1 at 60,000 per minute (1,000 per second) with a 5,000 connect
+/// fee, data at 1,000,000 per MiB in 1 KiB increments, no SMS rate; a 100 s
+/// per-subscription voice bundle, then a 60 s pooled one, and a 1 MiB data
+/// bundle.
+fn bundled_plan() -> serde_json::Value {
+    json!({
+        "id": "bundled", "name": "Bundled", "unit_bytes": 1_048_576, "monthly_fee_micros": 0,
+        "rates": [
+            {"id": "voice", "kind": "voice", "prefix": "", "connect_fee_micros": 5_000,
+             "price_per_minute_micros": 60_000, "first_increment_s": 60, "increment_s": 1},
+            {"id": "data", "kind": "data", "prefix": "", "increment_bytes": 1024,
+             "price_per_unit_micros": 1_000_000}
+        ],
+        "bundles": [
+            {"id": "line-minutes", "kinds": ["voice"], "allowance": 100, "scope": "per_subscription"},
+            {"id": "pool-minutes", "kinds": ["voice"], "allowance": 60, "scope": "pooled"},
+            {"id": "data-mib", "kinds": ["data"], "allowance": 1_048_576, "scope": "pooled"}
+        ]
+    })
+}
+
+/// Six CDRs of two subscriptions in March 2025 (cycle 2025-03-01); the ids
+/// of call 2 (covered by both voice bundles) and of the SMS (unrated).
+async fn bundled_cycle(pool: &PgPool, c: i64) -> (i64, i64) {
+    // s1 09:00, 70 s: billed 70, line bundle covers 70 (30 left): 5,000.
+    cdr_to(
+        pool,
+        c,
+        "v1",
+        "+31611111111",
+        "2025-03-10 09:00:00+00",
+        "voice",
+        "home",
+        "+31201234567",
+        70,
+        1,
+    )
+    .await;
+    // s1 10:00, 90 s: billed 90; line covers 30 (0 left), pool 60 (0 left):
+    // connect fee only, 5,000.
+    let split = cdr_to(
+        pool,
+        c,
+        "v2",
+        "+31611111111",
+        "2025-03-10 10:00:00+00",
+        "voice",
+        "home",
+        "+31201234567",
+        90,
+        1,
+    )
+    .await;
+    // s2 11:00, 120 s: own line bundle 100 (0 left), pool used up; 20 s
+    // charged: 5,000 + 20,000 = 25,000.
+    cdr_to(
+        pool,
+        c,
+        "v3",
+        "+31622222222",
+        "2025-03-10 11:00:00+00",
+        "voice",
+        "eu",
+        "+32470123456",
+        120,
+        1,
+    )
+    .await;
+    // Data 1,500 bytes -> 2,048 billed, all covered: 0.
+    cdr_to(
+        pool,
+        c,
+        "d1",
+        "+31622222222",
+        "2025-03-11 08:00:00+00",
+        "data",
+        "home",
+        "",
+        1_500,
+        7,
+    )
+    .await;
+    // SMS: no rate, unrated at its provider cost 90,000.
+    let sms = cdr_to(
+        pool,
+        c,
+        "s1",
+        "+31611111111",
+        "2025-03-12 08:00:00+00",
+        "sms",
+        "home",
+        "+31612345678",
+        1,
+        90_000,
+    )
+    .await;
+    // s1 again, 30 s: both bundles used up: 5,000 + 60 x 1,000 = 65,000.
+    cdr_to(
+        pool,
+        c,
+        "v4",
+        "+31611111111",
+        "2025-03-20 08:00:00+00",
+        "voice",
+        "home",
+        "+31201234567",
+        30,
+        1,
+    )
+    .await;
+    (split, sms)
+}
+
+/// Everything stored about the cycle's pricing, in a comparable form.
+async fn stored_pricing(
+    pool: &PgPool,
+    c: i64,
+) -> Vec<(
+    i32,
+    Vec<i64>,
+    Vec<i64>,
+    Vec<i32>,
+    Vec<i32>,
+    Vec<i64>,
+    Vec<i64>,
+)> {
+    sqlx::query_as(
+        "SELECT first_position, cdr_id, rated_cost_micros, rate, bundle, billed_quantity, covered_quantity
+         FROM cycle_rating_chunk WHERE customer_id = $1 ORDER BY chunk",
+    )
+    .bind(c)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_stored_per_cdr_results_add_up_to_the_totals_and_their_lines() {
+    let db = fresh().await;
+    let c = customer(&db.pool, 1, Some(bundled_plan())).await;
+    bundled_cycle(&db.pool, c).await;
+
+    let totals = calculate_totals(&db.pool, c, "2025-03-01".parse().unwrap())
+        .await
+        .unwrap();
+
+    // 5,000 + 5,000 + 25,000 + 0 + 90,000 + 65,000 = 190,000; 1 unrated.
+    assert_eq!(
+        (
+            totals.cdr_count,
+            totals.rated_cost_micros,
+            totals.unrated_count
+        ),
+        (6, 190_000, 1)
+    );
+    // Per line, the stored figures joined to their CDRs give the line.
+    let mismatches: i64 = sqlx::query_scalar(
+        "WITH stored AS (
+             SELECT c.subscription, c.kind, c.roaming_zone, count(*) AS n, sum(u.cost) AS rated,
+                    count(*) FILTER (WHERE u.rate < 0 AND c.kind <> 'service') AS unrated
+             FROM cycle_rating_chunk k,
+                  unnest(k.cdr_id, k.rated_cost_micros, k.rate) AS u(id, cost, rate)
+             JOIN call_detail_record c ON c.id = u.id
+             WHERE k.customer_id = $1
+             GROUP BY 1, 2, 3)
+         SELECT count(*) FROM totals_line l FULL JOIN stored s
+             ON (s.subscription, s.kind, s.roaming_zone) = (l.subscription, l.kind, l.roaming_zone)
+         WHERE l.customer_id IS NULL OR s.n IS NULL
+            OR (l.cdr_count, l.rated_cost_micros, l.unrated_count) <> (s.n, s.rated, s.unrated)",
+    )
+    .bind(c)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(mismatches, 0);
+    let (stored_cdrs, stored_rated): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), sum(u.cost)::bigint FROM cycle_rating_chunk k, unnest(k.rated_cost_micros) AS u(cost)
+         WHERE k.customer_id = $1",
+    )
+    .bind(c)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (stored_cdrs, stored_rated),
+        (totals.cdr_count, totals.rated_cost_micros)
+    );
+    // The call both voice bundles covered is recorded with its two shares.
+    let (positions, bundles, covered): (Vec<i32>, Vec<i32>, Vec<i64>) = sqlx::query_as(
+        "SELECT split_position, split_bundle, split_covered FROM cycle_rating WHERE customer_id = $1",
+    )
+    .bind(c)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (positions, bundles, covered),
+        (vec![1, 1], vec![0, 1], vec![30, 60])
+    );
+
+    // Recalculating stores exactly the same figures.
+    let before = stored_pricing(&db.pool, c).await;
+    let again = calculate_totals(&db.pool, c, "2025-03-01".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(again, totals);
+    assert_eq!(stored_pricing(&db.pool, c).await, before);
+}
+
+#[tokio::test]
+async fn reading_the_cycle_alone_or_with_spare_connections_stores_the_same_figures() {
+    let db = fresh().await;
+    let c = customer(&db.pool, 1, Some(bundled_plan())).await;
+    bundled_cycle(&db.pool, c).await;
+    // A pool of one connection has none to spare: the calculation's own
+    // transaction reads the cycle. The test pool has spares, so two
+    // readers share a snapshot.
+    let alone = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+
+    let first = calculate_totals(&alone, c, "2025-03-01".parse().unwrap())
+        .await
+        .unwrap();
+    let stored_alone = stored_pricing(&db.pool, c).await;
+    let second = calculate_totals(&db.pool, c, "2025-03-01".parse().unwrap())
+        .await
+        .unwrap();
+
+    assert_eq!(first, second);
+    assert_eq!(stored_pricing(&db.pool, c).await, stored_alone);
+    assert_eq!(stored_alone[0].1.len(), 6);
+}
+
+#[tokio::test]
+async fn explain_of_a_bundle_covered_cdr_names_each_bundle_and_its_share() {
+    let db = fresh().await;
+    let c = customer(&db.pool, 1, Some(bundled_plan())).await;
+    let (split, _) = bundled_cycle(&db.pool, c).await;
+    calculate_totals(&db.pool, c, "2025-03-01".parse().unwrap())
+        .await
+        .unwrap();
+
+    let e = explain_cdr(&db.pool, &CdrRef::Id(split)).await.unwrap();
+
+    assert_eq!(
+        (e.customer_id, e.cycle.map(|d| d.to_string())),
+        (Some(c), Some("2025-03-01".into()))
+    );
+    assert_eq!(e.method.as_deref(), Some("rate_plan"));
+    let p = e.pricing.clone().unwrap();
+    // 90 s at 60/1: billed 90; line-minutes covers 30 (the 30 left after
+    // the 70 s call), pool-minutes the other 60; only the 5,000 connect fee.
+    assert_eq!(p.rate.as_ref().map(|r| r.id.as_str()), Some("voice"));
+    assert_eq!(
+        (p.billed_quantity, p.covered_quantity, p.rated_cost_micros),
+        (90, 90, 5_000)
+    );
+    let shares: Vec<(&str, u64, u64)> = p
+        .bundles
+        .iter()
+        .map(|b| (b.id.as_str(), b.covered, b.left))
+        .collect();
+    assert_eq!(shares, [("line-minutes", 30, 0), ("pool-minutes", 60, 0)]);
+    assert_eq!(
+        p.arithmetic.as_deref(),
+        Some("5000 connect + 0 s x 60000/60 = 5000")
+    );
+    assert!(
+        matches!(e.totals, TotalsState::Current { .. }),
+        "{:?}",
+        e.totals
+    );
+    assert!(e.warnings.is_empty(), "{:?}", e.warnings);
+    // The sentence is the one the rating core writes for the same CDRs.
+    let plan: RatePlan = serde_json::from_value(bundled_plan()).unwrap();
+    let cdrs: Vec<RatingCdr> = sqlx::query_as::<_, (i64, String, String, String, chrono::DateTime<chrono::Utc>, String, String, String, i32, i64, i32, i64)>(
+        "SELECT id, provider, external_id, subscription, started_at, kind, roaming_zone, destination,
+                duration_seconds, volume_bytes, units, provider_cost_micros FROM call_detail_record",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| RatingCdr {
+        id: r.0,
+        provider: r.1,
+        external_id: r.2,
+        subscription: r.3,
+        started_at: r.4,
+        kind: match r.5.as_str() {
+            "voice" => Kind::Voice,
+            "data" => Kind::Data,
+            _ => Kind::Sms,
+        },
+        zone: if r.6 == "eu" { Zone::Eu } else { Zone::Home },
+        destination: r.7,
+        duration_seconds: r.8 as u32,
+        volume_bytes: r.9 as u64,
+        units: r.10 as u32,
+        provider_cost_micros: r.11,
+    })
+    .collect();
+    let expected = rate_cycle(&plan, &cdrs)
+        .into_iter()
+        .find(|r| r.cdr_id == split)
+        .unwrap();
+    assert_eq!(e.explanation, expected.explanation);
+    assert!(
+        e.explanation.contains("bundle 'line-minutes' covered 30 s")
+            && e.explanation.contains("bundle 'pool-minutes' covered 60 s"),
+        "{}",
+        e.explanation
+    );
+    // Named by its key, the same CDR explains the same way.
+    let by_key = explain_cdr(&db.pool, &"routit:v2".parse::<CdrRef>().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(by_key, e);
+}
+
+#[tokio::test]
+async fn explain_of_a_standard_customers_cdr_says_it_is_rated_at_the_provider_cost() {
+    let db = fresh().await;
+    let c = customer(&db.pool, 1, None).await;
+    let id = cdr_to(
+        &db.pool,
+        c,
+        "call",
+        "+31611111111",
+        "2025-03-10 09:00:00+00",
+        "voice",
+        "home",
+        "+31201234567",
+        61,
+        12_345,
+    )
+    .await;
+    calculate_totals(&db.pool, c, "2025-03-01".parse().unwrap())
+        .await
+        .unwrap();
+
+    let e = explain_cdr(&db.pool, &CdrRef::Id(id)).await.unwrap();
+
+    assert_eq!(e.method.as_deref(), Some("standard"));
+    let p = e.pricing.unwrap();
+    assert_eq!(
+        (p.rated_cost_micros, p.billed_quantity, p.rate),
+        (12_345, 61, None)
+    );
+    assert!(
+        e.explanation.contains("standard calculation")
+            && e.explanation.contains("provider cost of 12345 micro-euros"),
+        "{}",
+        e.explanation
+    );
+    assert!(matches!(e.totals, TotalsState::Current { .. }));
+}
+
+#[tokio::test]
+async fn a_cdr_that_arrived_after_the_calculation_is_not_yet_rated_and_the_totals_are_pending() {
+    let db = fresh().await;
+    let c = customer(&db.pool, 1, Some(bundled_plan())).await;
+    bundled_cycle(&db.pool, c).await;
+    calculate_totals(&db.pool, c, "2025-03-01".parse().unwrap())
+        .await
+        .unwrap();
+    let late = cdr_to(
+        &db.pool,
+        c,
+        "late",
+        "+31611111111",
+        "2025-03-05 09:00:00+00",
+        "voice",
+        "home",
+        "+31201234567",
+        10,
+        1,
+    )
+    .await;
+
+    let e = explain_cdr(&db.pool, &CdrRef::Id(late)).await.unwrap();
+
+    assert!(
+        matches!(
+            e.totals,
+            TotalsState::NotYetRated {
+                calculated_at: Some(_)
+            }
+        ),
+        "{:?}",
+        e.totals
+    );
+    assert!(
+        e.status
+            .contains("not yet rated; totals recalculation pending"),
+        "{}",
+        e.status
+    );
+    assert_eq!(e.pricing, None);
+    // The CDRs that were rated now say their totals are out of date.
+    let other = explain_cdr(&db.pool, &"routit:v1".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        other.totals,
+        match other.totals {
+            TotalsState::Stale { calculated_at, .. } => TotalsState::Stale {
+                calculated_at,
+                cdrs_in_cycle: 7,
+                cdrs_in_totals: 6
+            },
+            ref unexpected => panic!("{unexpected:?}"),
+        }
+    );
+    // After recalculating, the late call is rated first in the cycle and
+    // takes 60 s (billed) of s1's line bundle.
+    calculate_totals(&db.pool, c, "2025-03-01".parse().unwrap())
+        .await
+        .unwrap();
+    let e = explain_cdr(&db.pool, &CdrRef::Id(late)).await.unwrap();
+    let p = e.pricing.unwrap();
+    assert_eq!(
+        (p.position, p.covered_quantity, p.rated_cost_micros),
+        (Some(0), 60, 5_000)
+    );
+    assert!(matches!(e.totals, TotalsState::Current { .. }));
+}
+
+#[tokio::test]
+async fn explain_of_an_unknown_cdr_is_a_clear_error() {
+    let db = fresh().await;
+
+    let by_id = explain_cdr(&db.pool, &CdrRef::Id(424_242))
+        .await
+        .unwrap_err();
+    let by_key = explain_cdr(&db.pool, &"routit:nope".parse().unwrap())
+        .await
+        .unwrap_err();
+
+    assert!(matches!(by_id, ExplainError::UnknownCdr(_)), "{by_id}");
+    assert_eq!(
+        by_id.to_string(),
+        "there is no CDR 424242; check the provider and external id (or the id) against call_detail_record"
+    );
+    assert!(
+        by_key
+            .to_string()
+            .starts_with("there is no CDR routit:nope;"),
+        "{by_key}"
+    );
+    let bad = "routit".parse::<CdrRef>().unwrap_err();
+    assert!(
+        bad.to_string().contains("give PROVIDER:EXTERNAL_ID"),
+        "{bad}"
+    );
+}
+
+#[tokio::test]
+async fn switching_a_customer_to_the_standard_method_removes_the_stored_rating() {
+    let db = fresh().await;
+    let c = customer(&db.pool, 1, Some(bundled_plan())).await;
+    let (split, _) = bundled_cycle(&db.pool, c).await;
+    calculate_totals(&db.pool, c, "2025-03-01".parse().unwrap())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE customer SET rate_plan_id = NULL WHERE id = $1")
+        .bind(c)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    // Before recalculating, explain says the plan changed.
+    let pending = explain_cdr(&db.pool, &CdrRef::Id(split)).await.unwrap();
+    assert!(
+        matches!(pending.totals, TotalsState::PlanChanged { .. }),
+        "{:?}",
+        pending.totals
+    );
+    let totals = calculate_totals(&db.pool, c, "2025-03-01".parse().unwrap())
+        .await
+        .unwrap();
+
+    assert_eq!(totals.method, "standard");
+    let ratings: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM cycle_rating) + (SELECT count(*) FROM cycle_rating_chunk)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(ratings, 0);
+    let e = explain_cdr(&db.pool, &CdrRef::Id(split)).await.unwrap();
+    assert_eq!(e.pricing.map(|p| p.rated_cost_micros), Some(1));
 }

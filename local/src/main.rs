@@ -9,6 +9,7 @@ use serde_json::json;
 use tem_local::demo;
 use tem_local::deployment::{wait_for, Deployment};
 use tem_local::emulator::Emulator;
+use tem_shared::billing::euros;
 use tem_shared::ports::TaskStore;
 
 const STACK: &str = "tem-local";
@@ -165,12 +166,9 @@ async fn main() -> Result<()> {
     .await?;
     println!("==> CDRs per customer (provider cost)");
     for (name, count, micros) in per_customer {
-        println!(
-            "    {name:<22} {count:>5} CDRs  EUR {:.6}",
-            micros as f64 / 1e6
-        );
+        println!("    {name:<22} {count:>5} CDRs  EUR {}", euros(micros));
     }
-    println!("==> totals per customer cycle (DispatchTotals -> CalculateTotals -> BackupTotals)");
+    println!("==> totals per customer cycle (DispatchTotals -> CalculateTotals -> BackupTotals -> BillingInsight -> GenerateInvoice)");
     backfill_totals(&deployment).await?;
     let totals = wait_for("the totals", Duration::from_secs(120), || async {
         let rows: Vec<(String, String, String, i64, i64, Option<i32>)> = sqlx::query_as(
@@ -190,12 +188,44 @@ async fn main() -> Result<()> {
     .await?;
     for (name, cycle, method, count, rated, version) in totals {
         println!(
-            "    {name:<22} cycle {cycle}  {method:<9} {count:>5} CDRs  EUR {:.6}  (history v{})",
-            rated as f64 / 1e6,
+            "    {name:<22} cycle {cycle}  {method:<9} {count:>5} CDRs  EUR {}  (history v{})",
+            euros(rated),
             version.unwrap_or(0)
         );
     }
+    print_insights_and_invoices(&deployment).await?;
     println!("The emulator keeps running (scripts/emulator.sh stop ends it).");
+    Ok(())
+}
+
+/// What BillingInsight and GenerateInvoice made of the totals.
+async fn print_insights_and_invoices(deployment: &Deployment) -> Result<()> {
+    let insights: Vec<(String, String, String, String, serde_json::Value)> = sqlx::query_as(
+        "SELECT c.name, i.cycle::text, i.kind, i.subject, i.detail FROM billing_insight i
+         JOIN customer c ON c.id = i.customer_id ORDER BY 1, 2, 3, 4",
+    )
+    .fetch_all(&deployment.pool)
+    .await?;
+    println!("==> billing insights");
+    for (name, cycle, kind, subject, detail) in insights {
+        println!("    {name:<22} cycle {cycle}  {kind:<18} {subject:<14} {detail}");
+    }
+    let invoices: Vec<(String, String, String, String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT c.name, i.cycle::text, i.kind, i.status, i.rated_cost_micros, i.fees_micros, i.total_micros,
+                (SELECT count(*) FROM invoice_line l WHERE l.invoice_id = i.id)
+         FROM invoice i JOIN customer c ON c.id = i.customer_id ORDER BY 1, 2, i.sequence",
+    )
+    .fetch_all(&deployment.pool)
+    .await?;
+    println!("==> invoices");
+    for (name, cycle, kind, status, rated, fees, total, lines) in invoices {
+        println!(
+            "    {name:<22} cycle {cycle}  {kind} ({status})  rated EUR {} + fees EUR {} = EUR {}  ({lines} lines)",
+            euros(rated),
+            euros(fees),
+            euros(total)
+        );
+    }
     Ok(())
 }
 

@@ -174,7 +174,11 @@ async fn a_step_that_hands_off_sends_nothing_and_keeps_its_branch_open() {
         .process(incoming(&message(vec![]), 1), deadline())
         .await;
     assert_eq!(report.disposition, Disposition::Completed);
-    assert!(report.detail.contains("the import of inbox/x.zip"), "{}", report.detail);
+    assert!(
+        report.detail.contains("the import of inbox/x.zip"),
+        "{}",
+        report.detail
+    );
     assert!(h.queues.on(ROUTIT_Q).is_empty());
     let task = h.tasks.task("task-1");
     assert_eq!((task.outstanding, task.status), (1, TaskStatus::Running));

@@ -33,6 +33,8 @@ pub enum CliError {
     Apply(#[from] crate::apply::ApplyError),
     #[error(transparent)]
     Totals(#[from] crate::totals::ShowTotalsError),
+    #[error(transparent)]
+    Explain(#[from] tem_shared::billing::explain::ExplainError),
     #[error("cannot write the summary to stdout: {0}")]
     Output(#[from] std::io::Error),
 }
@@ -44,6 +46,7 @@ impl CliError {
         match self {
             CliError::MissingDatabaseUrl | CliError::BadDatabaseUrl(_) => 2,
             CliError::Apply(e) => e.exit_code(),
+            CliError::Explain(tem_shared::billing::explain::ExplainError::BadReference(_)) => 2,
             _ => 1,
         }
     }

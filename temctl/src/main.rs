@@ -4,6 +4,7 @@ mod apply;
 mod cli;
 mod db;
 mod error;
+mod explain;
 mod import;
 mod migrate;
 mod progress;
@@ -25,6 +26,7 @@ async fn main() -> ExitCode {
         Command::Migrate => migrate::run().await,
         Command::Apply(args) => apply::run(args).await,
         Command::Totals(args) => totals::run(args).await,
+        Command::Explain(args) => explain::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

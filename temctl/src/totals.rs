@@ -10,8 +10,8 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
-use tem_shared::billing::cycle_of;
 use tem_shared::billing::totals::cycle_bounds;
+use tem_shared::billing::{cycle_of, euros};
 
 use crate::db;
 use crate::error::CliError;
@@ -64,13 +64,6 @@ pub enum ShowTotalsError {
 
 fn db_error(doing: &'static str) -> impl FnOnce(sqlx::Error) -> ShowTotalsError {
     move |source| ShowTotalsError::Database { doing, source }
-}
-
-/// Micro-units as euros with all six decimals, exactly (no float).
-pub fn euros(micros: i64) -> String {
-    let sign = if micros < 0 { "-" } else { "" };
-    let abs = micros.unsigned_abs();
-    format!("{sign}{}.{:06}", abs / 1_000_000, abs % 1_000_000)
 }
 
 struct Customer {
@@ -334,18 +327,4 @@ async fn show(pool: &PgPool, args: &TotalsArgs) -> Result<(), ShowTotalsError> {
         )?;
     }
     Ok(out.flush()?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn euros_show_every_micro_unit_exactly() {
-        assert_eq!(euros(0), "0.000000");
-        assert_eq!(euros(1), "0.000001");
-        assert_eq!(euros(12_500_000), "12.500000");
-        assert_eq!(euros(-1_234_567), "-1.234567");
-        assert_eq!(euros(i64::MIN), "-9223372036854.775808");
-    }
 }

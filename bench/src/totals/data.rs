@@ -139,7 +139,13 @@ pub async fn create(
     let start = utc(CYCLE_START);
     let end = utc(CYCLE_END);
     for i in 0..previous_cycle_rows {
-        let at = spread(previous_start, start, i, previous_cycle_rows, &mut generator.rng);
+        let at = spread(
+            previous_start,
+            start,
+            i,
+            previous_cycle_rows,
+            &mut generator.rng,
+        );
         generator.row(&mut buf, at, false);
         flush(&mut copy, &mut buf, false).await?;
     }
@@ -194,7 +200,13 @@ pub async fn create(
 /// Row `i` of `n` evenly over `[start, end)`, plus up to 2 s of jitter
 /// (so CDRs share a second now and then, and ties are broken by provider
 /// and external id), never past `end`.
-fn spread(start: DateTime<Utc>, end: DateTime<Utc>, i: u64, n: u64, rng: &mut Rng) -> DateTime<Utc> {
+fn spread(
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    i: u64,
+    n: u64,
+    rng: &mut Rng,
+) -> DateTime<Utc> {
     let span = (end - start).num_seconds().max(1) as u64;
     let offset = (i as u128 * span as u128 / n.max(1) as u128) as u64 + rng.below(3);
     start + Duration::seconds(offset.min(span - 1) as i64)
@@ -230,7 +242,10 @@ impl CdrGenerator {
         let rng = &mut self.rng;
         let provider = if rng.percent(90) { "routit" } else { "kpn" };
         let (customer, subscription) = if other {
-            (self.other_customer_id, format!("+3165{:07}", rng.below(200)))
+            (
+                self.other_customer_id,
+                format!("+3165{:07}", rng.below(200)),
+            )
         } else {
             (
                 self.customer_id,
@@ -282,9 +297,9 @@ impl CdrGenerator {
             "service" => (0, 0, 1, 500_000 + rng.below(9) * 250_000),
             _ => (0, 0, 1, 75_000),
         };
-        let _ = write!(
+        let _ = writeln!(
             out,
-            "{provider}\t{}{:010}\t{subscription}\t{customer}\t{}\t{kind}\toutgoing\t{destination}\t{zone}\t{seconds}\t{bytes}\t{units}\t{cost}\t0\t{}\n",
+            "{provider}\t{}{:010}\t{subscription}\t{customer}\t{}\t{kind}\toutgoing\t{destination}\t{zone}\t{seconds}\t{bytes}\t{units}\t{cost}\t0\t{}",
             if provider == "kpn" { "K" } else { "RT" },
             self.seq,
             at.format("%Y-%m-%d %H:%M:%S+00"),

@@ -10,7 +10,9 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tem_shared::billing::totals::{calculate_totals_timed, cycle_bounds, CycleTotals, TotalsTimings};
+use tem_shared::billing::totals::{
+    calculate_totals_timed, cycle_bounds, CycleTotals, TotalsTimings,
+};
 
 use crate::db::BenchDb;
 use crate::report::Goal;
@@ -28,7 +30,8 @@ pub struct Options {
 
 /// The baseline: what any totals calculation has to do at least, summing
 /// the same columns over the same CDRs, grouped like the totals lines.
-pub const BARE_GROUP_BY: &str = "SELECT subscription, kind, roaming_zone, count(*), sum(duration_seconds), \
+pub const BARE_GROUP_BY: &str =
+    "SELECT subscription, kind, roaming_zone, count(*), sum(duration_seconds), \
      sum(volume_bytes), sum(units), sum(provider_cost_micros) \
      FROM call_detail_record WHERE customer_id = $1 AND started_at >= $2 AND started_at < $3 \
      GROUP BY subscription, kind, roaming_zone";
@@ -149,7 +152,10 @@ async fn bare(
     Ok((started.elapsed().as_secs_f64(), rows.len()))
 }
 
-async fn calculate(db: &BenchDb, dataset: &data::Dataset) -> Result<(f64, CycleTotals, TotalsTimings)> {
+async fn calculate(
+    db: &BenchDb,
+    dataset: &data::Dataset,
+) -> Result<(f64, CycleTotals, TotalsTimings)> {
     let started = Instant::now();
     let (totals, timings) = calculate_totals_timed(&db.pool, dataset.customer_id, dataset.cycle)
         .await
@@ -263,7 +269,15 @@ async fn measure(db: &BenchDb, options: &Options) -> Result<Summary> {
     environment.push(("load average (end)".to_string(), load_average()));
     let standard_totals = standard_totals.context("no standard run")?;
     let rate_plan_totals = rate_plan_totals.context("no rate-plan run")?;
-    let checks = check(db, &dataset, bounds, groups, &standard_totals, &rate_plan_totals).await?;
+    let checks = check(
+        db,
+        &dataset,
+        bounds,
+        groups,
+        &standard_totals,
+        &rate_plan_totals,
+    )
+    .await?;
     ensure!(
         checks.standard_equals_bare_sums
             && checks.stored_rated_sum_equals_totals
@@ -385,7 +399,11 @@ async fn check(
         stored_pricings: stored,
         stored_rated_sum_equals_totals: stored_rated == rated.rated_cost_micros,
         lines_add_up_to_totals: (line_count, line_rated, line_unrated)
-            == (rated.cdr_count, rated.rated_cost_micros, rated.unrated_count),
+            == (
+                rated.cdr_count,
+                rated.rated_cost_micros,
+                rated.unrated_count,
+            ),
         rate_plan_unrated: rated.unrated_count,
         covered_cdrs: covered,
         split_shares,

@@ -46,7 +46,13 @@ async fn main() -> Result<(), Error> {
     let runtime = &runtime;
     let notifications = &S3Notifications::new(s3_for_notifications);
     run(service_fn(move |event: LambdaEvent<Value>| async move {
-        handle_event(runtime, notifications, event.payload, deadline(&event.context)).await
+        handle_event(
+            runtime,
+            notifications,
+            event.payload,
+            deadline(&event.context),
+        )
+        .await
     }))
     .await
 }

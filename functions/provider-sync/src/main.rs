@@ -34,7 +34,13 @@ async fn main() -> Result<(), Error> {
     let runtime = platform.chain_runtime(&env, Arc::new(handler))?;
     let runtime = &runtime;
     run(service_fn(move |event: LambdaEvent<Value>| async move {
-        handle_event(runtime, &EnvelopesOnly, event.payload, deadline(&event.context)).await
+        handle_event(
+            runtime,
+            &EnvelopesOnly,
+            event.payload,
+            deadline(&event.context),
+        )
+        .await
     }))
     .await
 }

@@ -27,7 +27,11 @@ async fn main() -> Result<(), Error> {
     let (runtime, platform, totals_queue) = (&runtime, &platform, totals_queue.as_str());
     run(service_fn(move |event: LambdaEvent<Value>| async move {
         // EventBridge's scheduled event: the invoice sweep.
-        if let Some(id) = event.payload.get("detail-type").and(event.payload.get("id")) {
+        if let Some(id) = event
+            .payload
+            .get("detail-type")
+            .and(event.payload.get("id"))
+        {
             let run_key = format!("schedule:{}", id.as_str().unwrap_or_default());
             let report = sweep_due_invoices(
                 &platform.pool,
@@ -40,7 +44,13 @@ async fn main() -> Result<(), Error> {
             .await?;
             return Ok(serde_json::to_value(report)?);
         }
-        handle_event(runtime, &EnvelopesOnly, event.payload, deadline(&event.context)).await
+        handle_event(
+            runtime,
+            &EnvelopesOnly,
+            event.payload,
+            deadline(&event.context),
+        )
+        .await
     }))
     .await
 }

@@ -12,8 +12,8 @@ use tokio::sync::OnceCell;
 use crate::import::notification::{parse_notification, Adapted, Notification, ObjectCreated};
 use crate::import::source::{RangeRead, SourceError};
 use crate::lambda::BodyAdapter;
-use crate::sync::provider::TASK_ID_METADATA;
 use crate::ports::{ObjectPut, PortError};
+use crate::sync::provider::TASK_ID_METADATA;
 
 #[derive(Debug, Clone)]
 pub struct S3Objects {

@@ -154,7 +154,9 @@ pub enum TotalsState {
         cdrs_in_totals: i64,
     },
     /// The CDR arrived after the last calculation (or there was none yet).
-    NotYetRated { calculated_at: Option<DateTime<Utc>> },
+    NotYetRated {
+        calculated_at: Option<DateTime<Utc>>,
+    },
     /// The customer's method or plan changed after the last calculation.
     PlanChanged {
         calculated_at: DateTime<Utc>,
@@ -287,8 +289,8 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
             external_id,
         } => {
             sqlx::query(&format!(
-                "SELECT {CDR_COLUMNS} FROM call_detail_record WHERE provider = $1 AND external_id = $2"
-            ))
+            "SELECT {CDR_COLUMNS} FROM call_detail_record WHERE provider = $1 AND external_id = $2"
+        ))
             .bind(provider)
             .bind(external_id)
             .fetch_optional(pool)
@@ -405,8 +407,7 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
     explanation.method = Some(method.clone());
     explanation.rate_plan_id = stored_plan.clone();
     let freshness = || {
-        if (method.as_str(), stored_plan.as_deref()) != (current_method, current_plan.as_deref())
-        {
+        if (method.as_str(), stored_plan.as_deref()) != (current_method, current_plan.as_deref()) {
             TotalsState::PlanChanged {
                 calculated_at,
                 rated_with: describe_method(&method, stored_plan.as_deref()),
@@ -680,7 +681,8 @@ fn used_before(
             for &(bundle, covered) in shares {
                 add(bundle, covered);
             }
-        } else if let (Some(&bundle), Some(&covered)) = (before.bundle.get(q), before.covered.get(q))
+        } else if let (Some(&bundle), Some(&covered)) =
+            (before.bundle.get(q), before.covered.get(q))
         {
             if let (Ok(bundle), true) = (usize::try_from(bundle), covered > 0) {
                 add(bundle, to_u64(covered));
@@ -771,7 +773,13 @@ mod tests {
             }))
             .unwrap()],
             bundles: vec![
-                bundle("line", &[Kind::Voice], &[Zone::Home], 200, Scope::PerSubscription),
+                bundle(
+                    "line",
+                    &[Kind::Voice],
+                    &[Zone::Home],
+                    200,
+                    Scope::PerSubscription,
+                ),
                 bundle("pool", &[Kind::Voice], &[], 500, Scope::Pooled),
                 bundle("eu", &[Kind::Voice], &[Zone::Eu], 90, Scope::Pooled),
             ],
@@ -785,9 +793,15 @@ mod tests {
         // A fixed pseudo-random mix: 3 subscriptions, home and EU, 0-200 s.
         let mut x: u64 = 7;
         for position in 0..60usize {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let subscription = (x >> 33) as usize % 3;
-            let zone = if (x >> 40) % 4 == 0 { Zone::Eu } else { Zone::Home };
+            let zone = if (x >> 40).is_multiple_of(4) {
+                Zone::Eu
+            } else {
+                Zone::Home
+            };
             let seconds = ((x >> 20) % 200) as u32;
             let pricing = rater.rate(&Usage {
                 subscription,
@@ -815,7 +829,10 @@ mod tests {
             figures.push((pricing.bundle, pricing.covered_quantity));
             rated_shares.push(shares);
         }
-        assert!(!splits.is_empty(), "the mix splits some CDRs between bundles");
+        assert!(
+            !splits.is_empty(),
+            "the mix splits some CDRs between bundles"
+        );
         assert!(
             rated_shares.iter().flatten().any(|s| s.covered == 0),
             "and uses some bundles up"

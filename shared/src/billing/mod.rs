@@ -17,6 +17,13 @@ pub mod totals;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use chrono_tz::Tz;
 
+/// Micro-units as euros with all six decimals, exactly (no float).
+pub fn euros(micros: i64) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    let abs = micros.unsigned_abs();
+    format!("{sign}{}.{:06}", abs / 1_000_000, abs % 1_000_000)
+}
+
 /// The start date of the cycle containing `at` for a customer.
 pub fn cycle_of(at: DateTime<Utc>, start_day: u32, zone: Tz) -> NaiveDate {
     let local = at.with_timezone(&zone).date_naive();
@@ -34,6 +41,15 @@ pub fn cycle_of(at: DateTime<Utc>, start_day: u32, zone: Tz) -> NaiveDate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn euros_show_every_micro_unit_exactly() {
+        assert_eq!(euros(0), "0.000000");
+        assert_eq!(euros(1), "0.000001");
+        assert_eq!(euros(12_500_000), "12.500000");
+        assert_eq!(euros(-1_234_567), "-1.234567");
+        assert_eq!(euros(i64::MIN), "-9223372036854.775808");
+    }
 
     fn at(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()

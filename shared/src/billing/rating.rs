@@ -236,13 +236,8 @@ pub fn find_rate<'p>(
     destination: &str,
 ) -> Option<&'p Rate> {
     let digits = destination_digits(destination);
-    best_rate(
-        plan.rates.iter().enumerate(),
-        kind,
-        zone,
-        digits.as_bytes(),
-    )
-    .map(|index| &plan.rates[index])
+    best_rate(plan.rates.iter().enumerate(), kind, zone, digits.as_bytes())
+        .map(|index| &plan.rates[index])
 }
 
 /// Rule 1 over `rates` (with their index in the plan, in plan order).
@@ -544,12 +539,8 @@ impl<'p> Rater<'p> {
     pub fn rate(&mut self, cdr: &Usage<'_>) -> Pricing {
         self.shares.clear();
         self.digits.clear();
-        self.digits.extend(
-            cdr.destination
-                .iter()
-                .copied()
-                .filter(u8::is_ascii_digit),
-        );
+        self.digits
+            .extend(cdr.destination.iter().copied().filter(u8::is_ascii_digit));
         let plan = self.plan;
         let rate_index = best_rate(
             self.rates_by_kind[kind_slot(cdr.kind)]
@@ -578,7 +569,13 @@ impl<'p> Rater<'p> {
                 }
             }
         };
-        let billed = billed_quantity(rate, cdr.kind, cdr.duration_seconds, cdr.volume_bytes, cdr.units);
+        let billed = billed_quantity(
+            rate,
+            cdr.kind,
+            cdr.duration_seconds,
+            cdr.volume_bytes,
+            cdr.units,
+        );
         let mut counters = Counters {
             spent: &mut self.spent,
             subscription: cdr.subscription,
@@ -770,10 +767,7 @@ pub fn arithmetic(plan: &RatePlan, cdr: &RatingCdr, pricing: &Pricing) -> Option
             rate.price_per_unit_micros,
             plan.unit_bytes.max(1)
         ),
-        _ => format!(
-            "{uncovered} messages x {}",
-            rate.price_per_message_micros
-        ),
+        _ => format!("{uncovered} messages x {}", rate.price_per_message_micros),
     };
     let cost = clamp_i64(round_half_up(numerator, denominator));
     let exact = if numerator % denominator == 0 {

@@ -92,16 +92,18 @@ pub fn parse_notification(body: &str) -> Notification {
     };
     let s3 = &record["s3"];
     Notification::Object(ObjectCreated {
-        bucket: s3["bucket"]["name"].as_str().unwrap_or_default().to_string(),
+        bucket: s3["bucket"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
         key: url_decode(s3["object"]["key"].as_str().unwrap_or_default()),
-        etag: s3["object"]["eTag"].as_str().unwrap_or_default().to_string(),
+        etag: s3["object"]["eTag"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
         size: s3["object"]["size"].as_u64().unwrap_or(0),
-        error: (records.len() > 1).then(|| {
-            format!(
-                "{} S3 records in one message; expected one",
-                records.len()
-            )
-        }),
+        error: (records.len() > 1)
+            .then(|| format!("{} S3 records in one message; expected one", records.len())),
     })
 }
 
