@@ -10,6 +10,7 @@
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use tem_shared::billing::customer::CustomerError;
 use tem_shared::billing::insight::{detect_insights, Insight, InsightError, InsightKind};
 use tem_shared::billing::invoice::{
     cycles_due_for_finalisation, generate_invoice, InvoiceError, InvoiceOutcome,
@@ -524,7 +525,10 @@ async fn insights_need_the_cycles_totals() {
     let err = detect_insights(&db.pool, c, date("2025-01-02"))
         .await
         .unwrap_err();
-    assert!(matches!(err, InsightError::NotACycle { .. }), "{err}");
+    assert!(
+        matches!(err, InsightError::Customer(CustomerError::NotACycle { .. })),
+        "{err}"
+    );
 }
 
 /// A plan with a 5 euro monthly fee and one voice rate of 0.06 euro per

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sqlx::PgPool;
 
+use crate::billing::customer::{BillingCustomer, CustomerError};
 use crate::billing::history::backup_totals;
 use crate::billing::insight::{detect_insights, InsightError};
 use crate::billing::invoice::{generate_invoice, InvoiceError};
@@ -40,9 +41,18 @@ impl Totals {
     }
 }
 
+fn customer_error(e: CustomerError) -> StepError {
+    if e.is_retryable() {
+        StepError::Retryable(e.to_string())
+    } else {
+        StepError::Permanent(e.to_string())
+    }
+}
+
 fn insight_error(e: InsightError) -> StepError {
     match e {
         InsightError::Database(db) => StepError::Retryable(db.to_string()),
+        InsightError::Customer(e) => customer_error(e),
         other => StepError::Permanent(other.to_string()),
     }
 }
@@ -50,6 +60,7 @@ fn insight_error(e: InsightError) -> StepError {
 fn invoice_error(e: InvoiceError) -> StepError {
     match e {
         InvoiceError::Database(db) => StepError::Retryable(db.to_string()),
+        InvoiceError::Customer(e) => customer_error(e),
         other => StepError::Permanent(other.to_string()),
     }
 }
@@ -78,19 +89,11 @@ impl StepHandler for Totals {
             })?;
         match message.step {
             Step::DispatchTotals => {
-                let plan: Option<Option<String>> =
-                    sqlx::query_scalar("SELECT rate_plan_id FROM customer WHERE id = $1")
-                        .bind(payload.customer_id)
-                        .fetch_optional(&self.pool)
+                let customer =
+                    BillingCustomer::load(&self.pool, payload.customer_id, payload.cycle)
                         .await
-                        .map_err(|e| StepError::Retryable(e.to_string()))?;
-                let Some(plan) = plan else {
-                    return Err(StepError::Permanent(format!(
-                        "customer {} does not exist",
-                        payload.customer_id
-                    )));
-                };
-                let method = if plan.is_some() {
+                        .map_err(customer_error)?;
+                let method = if customer.plan.is_some() {
                     "rate_plan"
                 } else {
                     "standard"

@@ -24,12 +24,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
-use chrono_tz::Tz;
+use chrono::{DateTime, Months, NaiveDate, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::{PgPool, Row};
 
+use crate::billing::customer::{BillingCustomer, CustomerError};
 use crate::billing::rating::round_half_up;
 use crate::billing::totals::cycle_bounds;
 
@@ -43,16 +43,8 @@ pub const ROAMING_SHARE_PERCENT: i64 = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InsightError {
-    #[error("customer {0} does not exist")]
-    UnknownCustomer(i64),
-    #[error("{cycle} is not a cycle start of customer {customer} (cycles start on day {day})")]
-    NotACycle {
-        customer: i64,
-        cycle: NaiveDate,
-        day: u32,
-    },
-    #[error("customer {customer} has time zone {zone:?}, which is not an IANA zone name; correct the customer's time_zone")]
-    BadTimeZone { customer: i64, zone: String },
+    #[error(transparent)]
+    Customer(#[from] CustomerError),
     #[error(
         "customer {customer} has no totals for cycle {cycle}; run CalculateTotals for it first"
     )]
@@ -248,25 +240,7 @@ async fn observe(
     customer_id: i64,
     cycle: NaiveDate,
 ) -> Result<Observations, InsightError> {
-    let customer =
-        sqlx::query("SELECT billing_cycle_start_day, time_zone FROM customer WHERE id = $1")
-            .bind(customer_id)
-            .fetch_optional(pool)
-            .await?
-            .ok_or(InsightError::UnknownCustomer(customer_id))?;
-    let day: i16 = customer.try_get("billing_cycle_start_day")?;
-    if cycle.day() != day as u32 {
-        return Err(InsightError::NotACycle {
-            customer: customer_id,
-            cycle,
-            day: day as u32,
-        });
-    }
-    let zone_name: String = customer.try_get("time_zone")?;
-    let zone: Tz = zone_name.parse().map_err(|_| InsightError::BadTimeZone {
-        customer: customer_id,
-        zone: zone_name.clone(),
-    })?;
+    let zone = BillingCustomer::load(pool, customer_id, cycle).await?.zone;
     let bounds = cycle_bounds(cycle, zone);
     // Start days are 1..=28, so the same day exists one month earlier.
     let previous_cycle = cycle - Months::new(1);

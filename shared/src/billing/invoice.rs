@@ -27,7 +27,9 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+
+use crate::billing::customer::{BillingCustomer, CustomerError};
 use chrono_tz::Tz;
 use serde::Serialize;
 use sqlx::{PgPool, Postgres, Row, Transaction};
@@ -37,18 +39,8 @@ use crate::billing::totals::cycle_bounds;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InvoiceError {
-    #[error("customer {0} does not exist")]
-    UnknownCustomer(i64),
-    #[error("{cycle} is not a cycle start of customer {customer} (cycles start on day {day})")]
-    NotACycle {
-        customer: i64,
-        cycle: NaiveDate,
-        day: u32,
-    },
-    #[error("customer {customer} has time zone {zone:?}, which is not an IANA zone name; correct the customer's time_zone")]
-    BadTimeZone { customer: i64, zone: String },
-    #[error("rate plan {0} is not valid: {1}; fix it with temctl apply")]
-    BadPlan(String, String),
+    #[error(transparent)]
+    Customer(#[from] CustomerError),
     #[error(
         "customer {customer} has no totals for cycle {cycle}; run CalculateTotals for it first"
     )]
@@ -296,47 +288,6 @@ pub fn correction_lines(billed: &BTreeMap<LineKey, i64>, now: &Billable) -> Vec<
     lines
 }
 
-struct Customer {
-    zone: Tz,
-    plan: Option<RatePlan>,
-}
-
-async fn load_customer(
-    pool: &PgPool,
-    customer_id: i64,
-    cycle: NaiveDate,
-) -> Result<Customer, InvoiceError> {
-    let row = sqlx::query(
-        "SELECT c.billing_cycle_start_day, c.time_zone, c.rate_plan_id, p.plan
-         FROM customer c LEFT JOIN rate_plan p ON p.id = c.rate_plan_id WHERE c.id = $1",
-    )
-    .bind(customer_id)
-    .fetch_optional(pool)
-    .await?
-    .ok_or(InvoiceError::UnknownCustomer(customer_id))?;
-    let day: i16 = row.try_get("billing_cycle_start_day")?;
-    if cycle.day() != day as u32 {
-        return Err(InvoiceError::NotACycle {
-            customer: customer_id,
-            cycle,
-            day: day as u32,
-        });
-    }
-    let zone_name: String = row.try_get("time_zone")?;
-    let zone: Tz = zone_name.parse().map_err(|_| InvoiceError::BadTimeZone {
-        customer: customer_id,
-        zone: zone_name.clone(),
-    })?;
-    let plan_id: Option<String> = row.try_get("rate_plan_id")?;
-    let plan = match row.try_get::<Option<serde_json::Value>, _>("plan")? {
-        Some(document) => Some(serde_json::from_value(document).map_err(|e| {
-            InvoiceError::BadPlan(plan_id.clone().unwrap_or_default(), e.to_string())
-        })?),
-        None => None,
-    };
-    Ok(Customer { zone, plan })
-}
-
 /// The cycle's current worth and the totals version it was taken from.
 async fn current_billable(
     tx: &mut Transaction<'_, Postgres>,
@@ -469,7 +420,7 @@ pub async fn generate_invoice(
     now: DateTime<Utc>,
     grace: Duration,
 ) -> Result<InvoiceOutcome, InvoiceError> {
-    let customer = load_customer(pool, customer_id, cycle).await?;
+    let customer = BillingCustomer::load(pool, customer_id, cycle).await?;
     let closes_at =
         closing_time(cycle, customer.zone, grace).ok_or(InvoiceError::BadGrace(grace, cycle))?;
     let open = now < closes_at;
@@ -482,7 +433,7 @@ pub async fn generate_invoice(
         .execute(&mut *tx)
         .await?;
     let (now_worth, calculated_at) =
-        current_billable(&mut tx, customer_id, cycle, customer.plan.as_ref()).await?;
+        current_billable(&mut tx, customer_id, cycle, customer.rate_plan()).await?;
     let main: Option<(i64, String)> = sqlx::query_as(
         "SELECT id, status FROM invoice WHERE customer_id = $1 AND cycle = $2 AND sequence = 0",
     )

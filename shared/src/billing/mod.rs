@@ -5,6 +5,7 @@
 //! containing its start time in the customer's time zone; a cycle is named
 //! by its start date.
 
+pub mod customer;
 pub mod explain;
 pub mod handler;
 pub mod history;

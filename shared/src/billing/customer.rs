@@ -1,0 +1,98 @@
+//! A customer's billing settings for one cycle, read the same way by every
+//! billing step: a cycle date that is not one of the customer's cycle
+//! starts, a time zone that is not an IANA name or a plan that does not
+//! parse is an error, never a silent default.
+
+use chrono::{Datelike, NaiveDate};
+use chrono_tz::Tz;
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+
+use crate::billing::rating::RatePlan;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CustomerError {
+    #[error("customer {0} does not exist")]
+    UnknownCustomer(i64),
+    #[error("{cycle} is not a cycle start of customer {customer} (cycles start on day {day})")]
+    NotACycle {
+        customer: i64,
+        cycle: NaiveDate,
+        day: u32,
+    },
+    #[error("customer {customer} has time zone {zone:?}, which is not an IANA zone name; correct the customer's time_zone with temctl apply")]
+    BadTimeZone { customer: i64, zone: String },
+    #[error("rate plan {0} is not valid: {1}; fix it with temctl apply")]
+    BadPlan(String, String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl CustomerError {
+    /// Only a database failure can go away on a retry.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, CustomerError::Database(_))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BillingCustomer {
+    pub id: i64,
+    pub start_day: u32,
+    pub zone: Tz,
+    pub plan_id: Option<String>,
+    /// The plan document as stored, and parsed.
+    pub plan: Option<(Value, RatePlan)>,
+}
+
+impl BillingCustomer {
+    /// The customer's settings, checked against the cycle being billed.
+    pub async fn load(
+        pool: &PgPool,
+        customer_id: i64,
+        cycle: NaiveDate,
+    ) -> Result<Self, CustomerError> {
+        let row = sqlx::query(
+            "SELECT c.billing_cycle_start_day, c.time_zone, c.rate_plan_id, p.plan
+             FROM customer c LEFT JOIN rate_plan p ON p.id = c.rate_plan_id WHERE c.id = $1",
+        )
+        .bind(customer_id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or(CustomerError::UnknownCustomer(customer_id))?;
+        let start_day = row.try_get::<i16, _>("billing_cycle_start_day")? as u32;
+        if cycle.day() != start_day {
+            return Err(CustomerError::NotACycle {
+                customer: customer_id,
+                cycle,
+                day: start_day,
+            });
+        }
+        let zone_name: String = row.try_get("time_zone")?;
+        let zone: Tz = zone_name.parse().map_err(|_| CustomerError::BadTimeZone {
+            customer: customer_id,
+            zone: zone_name.clone(),
+        })?;
+        let plan_id: Option<String> = row.try_get("rate_plan_id")?;
+        let plan = match row.try_get::<Option<Value>, _>("plan")? {
+            Some(document) => {
+                let parsed = serde_json::from_value(document.clone()).map_err(|e| {
+                    CustomerError::BadPlan(plan_id.clone().unwrap_or_default(), e.to_string())
+                })?;
+                Some((document, parsed))
+            }
+            None => None,
+        };
+        Ok(Self {
+            id: customer_id,
+            start_day,
+            zone,
+            plan_id,
+            plan,
+        })
+    }
+
+    pub fn rate_plan(&self) -> Option<&RatePlan> {
+        self.plan.as_ref().map(|(_, plan)| plan)
+    }
+}
