@@ -794,3 +794,24 @@ async fn switching_a_customer_to_the_standard_method_removes_the_stored_rating()
     let e = explain_cdr(&db.pool, &CdrRef::Id(split)).await.unwrap();
     assert_eq!(e.pricing.map(|p| p.rated_cost_micros), Some(1));
 }
+
+#[tokio::test]
+async fn explain_of_a_cdr_without_a_customer_says_it_is_in_no_totals() {
+    let db = fresh().await;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO call_detail_record (provider, external_id, subscription, customer_id, started_at, kind, direction,
+            destination, roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros, import_file_id, source_line)
+         VALUES ('routit', 'orphan', '+31699999999', NULL, '2025-03-10 09:00:00+00', 'sms', 'outgoing', '+31612345678',
+                 'home', 0, 0, 1, 75000, 1, 1)
+         RETURNING id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+
+    let e = explain_cdr(&db.pool, &CdrRef::Id(id)).await.unwrap();
+
+    assert_eq!((e.customer_id, e.cycle, e.pricing), (None, None, None));
+    assert_eq!(e.totals, TotalsState::NoCustomer);
+    assert!(e.status.contains("belongs to no customer"), "{}", e.status);
+}

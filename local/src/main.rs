@@ -210,20 +210,37 @@ async fn print_insights_and_invoices(deployment: &Deployment) -> Result<()> {
     for (name, cycle, kind, subject, detail) in insights {
         println!("    {name:<22} cycle {cycle}  {kind:<18} {subject:<14} {detail}");
     }
-    let invoices: Vec<(String, String, String, String, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT c.name, i.cycle::text, i.kind, i.status, i.rated_cost_micros, i.fees_micros, i.total_micros,
-                (SELECT count(*) FROM invoice_line l WHERE l.invoice_id = i.id)
+    #[derive(sqlx::FromRow)]
+    struct Invoice {
+        name: String,
+        cycle: String,
+        kind: String,
+        status: String,
+        rated: i64,
+        fees: i64,
+        total: i64,
+        lines: i64,
+    }
+    let invoices: Vec<Invoice> = sqlx::query_as(
+        "SELECT c.name, i.cycle::text AS cycle, i.kind, i.status, i.rated_cost_micros AS rated,
+                i.fees_micros AS fees, i.total_micros AS total,
+                (SELECT count(*) FROM invoice_line l WHERE l.invoice_id = i.id) AS lines
          FROM invoice i JOIN customer c ON c.id = i.customer_id ORDER BY 1, 2, i.sequence",
     )
     .fetch_all(&deployment.pool)
     .await?;
     println!("==> invoices");
-    for (name, cycle, kind, status, rated, fees, total, lines) in invoices {
+    for i in invoices {
         println!(
-            "    {name:<22} cycle {cycle}  {kind} ({status})  rated EUR {} + fees EUR {} = EUR {}  ({lines} lines)",
-            euros(rated),
-            euros(fees),
-            euros(total)
+            "    {:<22} cycle {}  {} ({})  rated EUR {} + fees EUR {} = EUR {}  ({} lines)",
+            i.name,
+            i.cycle,
+            i.kind,
+            i.status,
+            euros(i.rated),
+            euros(i.fees),
+            euros(i.total),
+            i.lines
         );
     }
     Ok(())

@@ -15,8 +15,9 @@ use crate::error::CliError;
 /// Arguments of `temctl explain`.
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
-    /// The CDR: PROVIDER:EXTERNAL_ID (e.g. routit:RT25000000001) or its
-    /// numeric id.
+    /// The CDR: PROVIDER:EXTERNAL_ID (e.g. routit:RT25000000001), or its
+    /// numeric id (found by reading the whole CDR table; the key is
+    /// instant).
     #[arg(long, value_name = "ID")]
     pub cdr: String,
     /// Print the explanation as one JSON object on stdout.

@@ -7,6 +7,20 @@ use sqlx::PgPool;
 use support::{stderr, stdout, temctl, TempDir};
 use tem_tests::db::fresh;
 
+/// subscription, kind, zone, then the figures of a totals line in column order.
+type Line = (
+    &'static str,
+    &'static str,
+    &'static str,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+);
+
 /// Customer `acme` (cycles from the 1st) with totals for January 2025:
 /// two lines whose sums are the totals.
 async fn with_totals(pool: &PgPool) -> i64 {
@@ -16,7 +30,7 @@ async fn with_totals(pool: &PgPool) -> i64 {
     .fetch_one(pool)
     .await
     .unwrap();
-    let lines = [
+    let lines: [Line; 2] = [
         (
             "+31612345678",
             "voice",
@@ -42,9 +56,7 @@ async fn with_totals(pool: &PgPool) -> i64 {
             1,
         ),
     ];
-    let sum = |f: fn(&(&str, &str, &str, i64, i64, i64, i64, i64, i64, i64)) -> i64| -> i64 {
-        lines.iter().map(f).sum()
-    };
+    let sum = |f: fn(&Line) -> i64| -> i64 { lines.iter().map(f).sum() };
     sqlx::query(
         "INSERT INTO totals (customer_id, cycle, method, rate_plan_id, cdr_count, voice_seconds, data_bytes, messages,
                              provider_cost_micros, rated_cost_micros, unrated_count)

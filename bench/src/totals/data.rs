@@ -73,10 +73,10 @@ pub fn rate_plan() -> Value {
             {"id": "service", "kind": "service", "prefix": ""}
         ],
         "bundles": [
-            {"id": "minutes-per-line", "kinds": ["voice"], "zones": ["home"], "allowance": 30_000, "scope": "per_subscription"},
-            {"id": "minutes-pool", "kinds": ["voice"], "zones": ["home", "eu"], "allowance": 2_000_000, "scope": "pooled"},
-            {"id": "sms-pool", "kinds": ["sms", "mms"], "allowance": 20_000, "scope": "pooled"},
-            {"id": "data-per-line", "kinds": ["data"], "zones": ["home"], "allowance": 5_368_709_120_u64, "scope": "per_subscription"},
+            {"id": "minutes-per-line", "kinds": ["voice"], "zones": ["home"], "allowance": 600_000, "scope": "per_subscription"},
+            {"id": "minutes-pool", "kinds": ["voice"], "zones": ["home", "eu"], "allowance": 20_000_000, "scope": "pooled"},
+            {"id": "sms-pool", "kinds": ["sms", "mms"], "allowance": 100_000, "scope": "pooled"},
+            {"id": "data-per-line", "kinds": ["data"], "zones": ["home"], "allowance": 32_212_254_720_u64, "scope": "per_subscription"},
             {"id": "data-eu-pool", "kinds": ["data"], "zones": ["eu"], "allowance": 10_737_418_240_u64, "scope": "pooled"}
         ]
     })

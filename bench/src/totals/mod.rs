@@ -11,7 +11,7 @@ use anyhow::{bail, ensure, Context, Result};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tem_shared::billing::totals::{
-    calculate_totals_timed, cycle_bounds, CycleTotals, TotalsTimings,
+    calculate_totals_timed, cycle_bounds, CycleTotals, TotalsTimings, READ_COLUMNS,
 };
 
 use crate::db::BenchDb;
@@ -152,6 +152,36 @@ async fn bare(
     Ok((started.elapsed().as_secs_f64(), rows.len()))
 }
 
+/// The floor of any rating outside the database: one COPY of the columns
+/// the rate-plan method reads, received and thrown away.
+async fn copy_floor(
+    db: &BenchDb,
+    customer_id: i64,
+    (start, end): (DateTime<Utc>, DateTime<Utc>),
+) -> Result<f64> {
+    use futures::TryStreamExt;
+    let mut connection = db.pool.acquire().await.context("a connection")?;
+    let sql = format!(
+        "COPY (SELECT {READ_COLUMNS} FROM call_detail_record
+               WHERE customer_id = {customer_id} AND started_at >= '{}' AND started_at < '{}')
+         TO STDOUT (FORMAT binary)",
+        start.to_rfc3339(),
+        end.to_rfc3339()
+    );
+    let started = Instant::now();
+    let mut stream = connection
+        .copy_out_raw(&sql)
+        .await
+        .context("start the COPY")?;
+    let mut bytes = 0usize;
+    while let Some(chunk) = stream.try_next().await.context("the COPY")? {
+        bytes += chunk.len();
+    }
+    let took = started.elapsed().as_secs_f64();
+    ensure!(bytes > 0, "the COPY returned nothing");
+    Ok(took)
+}
+
 async fn calculate(
     db: &BenchDb,
     dataset: &data::Dataset,
@@ -236,7 +266,8 @@ async fn measure(db: &BenchDb, options: &Options) -> Result<Summary> {
 
     // Rounds of the three side by side, so a disturbance on the machine
     // hits all three alike.
-    let (mut bare_runs, mut standard_runs, mut rated_runs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut bare_runs, mut standard_runs, mut rated_runs, mut floor_runs) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut groups = 0;
     let mut standard_totals = None;
     let mut rate_plan_totals = None;
@@ -261,8 +292,11 @@ async fn measure(db: &BenchDb, options: &Options) -> Result<Summary> {
         if best_phases.is_none_or(|(best, _)| took_rated < best) {
             best_phases = Some((took_rated, phases));
         }
+        note_checkpoint(db, &mut notes).await;
+        let took_floor = copy_floor(db, dataset.customer_id, bounds).await?;
+        floor_runs.push(took_floor);
         progress(&format!(
-            "round {round}/{}: bare {took:.3} s, standard {took_standard:.3} s, rate plan {took_rated:.3} s (read {:.3}, rate {:.3}, write {:.3})",
+            "round {round}/{}: bare {took:.3} s, standard {took_standard:.3} s, rate plan {took_rated:.3} s (read {:.3}, rate {:.3}, write {:.3}), COPY alone {took_floor:.3} s",
             options.runs, phases.read_seconds, phases.rate_seconds, phases.write_seconds
         ));
     }
@@ -290,6 +324,10 @@ async fn measure(db: &BenchDb, options: &Options) -> Result<Summary> {
     let bare = Timing::new("bare SELECT ... GROUP BY", bare_runs);
     let standard = Timing::new("calculate_totals, standard", standard_runs);
     let rated = Timing::new("calculate_totals, rate plan with bundles", rated_runs);
+    let floor = Timing::new(
+        "(floor) COPY out of the columns rating reads, 1 connection, discarded",
+        floor_runs,
+    );
     let ratio_standard_best = standard.best / bare.best;
     let ratio_rate_plan_best = rated.best / bare.best;
     let ratio_standard_median = standard.median / bare.median;
@@ -318,7 +356,7 @@ async fn measure(db: &BenchDb, options: &Options) -> Result<Summary> {
         rate_plan_phases: best_phases.map(|(_, p)| p).unwrap_or_default(),
         dataset,
         environment,
-        timings: vec![bare, standard, rated],
+        timings: vec![bare, standard, rated, floor],
         standard_totals,
         rate_plan_totals,
         ratio_standard_best,
@@ -426,14 +464,14 @@ pub fn print(summary: &Summary) {
     }
     println!();
     println!(
-        "{:<44} {:>9} {:>9} {:>10}  runs",
+        "{:<70} {:>7} {:>8} {:>7}  runs",
         "method", "best s", "median s", "x bare"
     );
-    println!("{}", "-".repeat(90));
+    println!("{}", "-".repeat(120));
     let bare = &summary.timings[0];
     for t in &summary.timings {
         println!(
-            "{:<44} {:>9.3} {:>9.3} {:>9.2}x  {}",
+            "{:<70} {:>7.3} {:>8.3} {:>6.2}x  {}",
             t.method,
             t.best,
             t.median,

@@ -21,13 +21,14 @@ use sqlx::{PgPool, Row};
 use crate::billing::cycle_of;
 use crate::billing::rating::{
     arithmetic, describe, describe_standard, replay_shares, scope_text, unit_of, Pricing, Rate,
-    RatePlan, RatingCdr, Scope, Share,
+    RatePlan, RatingCdr, Scope,
 };
 use crate::billing::totals::cycle_bounds;
 use crate::import::format::{Kind, Zone};
 
-/// A CDR as an operator names it: `PROVIDER:EXTERNAL_ID` (its key) or its
-/// numeric `id`.
+/// A CDR as an operator names it: `PROVIDER:EXTERNAL_ID` (its key, found
+/// through the primary key) or its numeric `id` (no index: a scan of the
+/// table, which every import would otherwise pay for).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CdrRef {
     Id(i64),
@@ -692,43 +693,43 @@ fn used_before(
     used
 }
 
-/// The shares that rating recorded for a CDR, as [`used_before`] rebuilds
-/// them; exposed for the check that replaying equals rating.
-#[doc(hidden)]
-pub fn replay_from_figures(
-    plan: &RatePlan,
-    cdrs: &[(i64, usize, Kind, Zone, u64)],
-    figures: &[(Option<usize>, u64)],
-    split_shares: &[(usize, usize, u64)],
-    position: usize,
-) -> Vec<Share> {
-    let before = Coverage {
-        cdr_id: cdrs.iter().map(|c| c.0).collect(),
-        bundle: figures
-            .iter()
-            .map(|f| f.0.map_or(-1, |b| b as i32))
-            .collect(),
-        covered: figures.iter().map(|f| f.1 as i64).collect(),
-    };
-    let splits = Splits::new(
-        split_shares.iter().map(|s| s.0 as i32).collect(),
-        split_shares.iter().map(|s| s.1 as i32).collect(),
-        split_shares.iter().map(|s| s.2 as i64).collect(),
-    );
-    let subscription = cdrs[position].1;
-    let used = used_before(plan, position, &before, &splits, |id| {
-        cdrs.iter()
-            .find(|c| c.0 == id)
-            .is_some_and(|c| c.1 == subscription)
-    });
-    let (_, _, kind, zone, billed) = cdrs[position];
-    replay_shares(plan, kind, zone, billed, &used)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::billing::rating::{Bundle, Rater, Usage};
+    use crate::billing::rating::{Bundle, Rater, Share, Usage};
+
+    /// The shares of the CDR at `position`, rebuilt the way `explain_cdr`
+    /// does from stored figures: (id, subscription, kind, zone, billed) per
+    /// CDR, (first bundle, covered) per CDR, and the split shares.
+    fn replay_from_figures(
+        plan: &RatePlan,
+        cdrs: &[(i64, usize, Kind, Zone, u64)],
+        figures: &[(Option<usize>, u64)],
+        split_shares: &[(usize, usize, u64)],
+        position: usize,
+    ) -> Vec<Share> {
+        let before = Coverage {
+            cdr_id: cdrs.iter().map(|c| c.0).collect(),
+            bundle: figures
+                .iter()
+                .map(|f| f.0.map_or(-1, |b| b as i32))
+                .collect(),
+            covered: figures.iter().map(|f| f.1 as i64).collect(),
+        };
+        let splits = Splits::new(
+            split_shares.iter().map(|s| s.0 as i32).collect(),
+            split_shares.iter().map(|s| s.1 as i32).collect(),
+            split_shares.iter().map(|s| s.2 as i64).collect(),
+        );
+        let subscription = cdrs[position].1;
+        let used = used_before(plan, position, &before, &splits, |id| {
+            cdrs.iter()
+                .find(|c| c.0 == id)
+                .is_some_and(|c| c.1 == subscription)
+        });
+        let (_, _, kind, zone, billed) = cdrs[position];
+        replay_shares(plan, kind, zone, billed, &used)
+    }
 
     #[test]
     fn a_cdr_is_named_by_provider_and_external_id_or_by_its_id() {

@@ -67,7 +67,8 @@ fn invoice_error(e: InvoiceError) -> StepError {
 
 fn totals_error(e: TotalsError) -> StepError {
     match e {
-        TotalsError::Database(db) => StepError::Retryable(db.to_string()),
+        TotalsError::Database(_) | TotalsError::Read(_) => StepError::Retryable(e.to_string()),
+        TotalsError::Customer(e) => customer_error(e),
         other => StepError::Permanent(other.to_string()),
     }
 }

@@ -24,8 +24,9 @@ use chrono::{DateTime, Months, NaiveDate, NaiveTime, SecondsFormat, Utc};
 use chrono_tz::Tz;
 use futures::TryStreamExt;
 use serde::Serialize;
-use sqlx::{Connection, PgConnection, PgPool, Row};
+use sqlx::{Connection, PgConnection, PgPool};
 
+use crate::billing::customer::{BillingCustomer, CustomerError};
 use crate::billing::rating::{RatePlan, Rater, Usage};
 use crate::import::format::{Kind, Zone};
 use crate::import::normalize::local_to_utc;
@@ -37,16 +38,8 @@ pub const RATING_CHUNK: usize = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TotalsError {
-    #[error("customer {0} does not exist")]
-    UnknownCustomer(i64),
-    #[error("{cycle} is not a cycle start of customer {customer} (cycles start on day {day})")]
-    NotACycle {
-        customer: i64,
-        cycle: NaiveDate,
-        day: u32,
-    },
-    #[error("rate plan {0} is not valid: {1}; fix it with temctl apply")]
-    BadPlan(String, String),
+    #[error(transparent)]
+    Customer(#[from] CustomerError),
     #[error("CDR {id} cannot be rated: {problem}; correct or remove that row of call_detail_record, then recalculate")]
     BadCdr { id: i64, problem: String },
     #[error("reading the cycle's CDRs failed: {0}; retry, and report it if it persists")]
@@ -136,55 +129,6 @@ fn parse_zone(s: &[u8]) -> Option<Zone> {
     })
 }
 
-struct Customer {
-    zone: Tz,
-    plan_id: Option<String>,
-    /// The plan document as stored, and parsed.
-    plan: Option<(serde_json::Value, RatePlan)>,
-}
-
-async fn load_customer(
-    pool: &PgPool,
-    customer_id: i64,
-    cycle: NaiveDate,
-) -> Result<Customer, TotalsError> {
-    let customer = sqlx::query(
-        "SELECT c.billing_cycle_start_day, c.time_zone, c.rate_plan_id, p.plan
-         FROM customer c LEFT JOIN rate_plan p ON p.id = c.rate_plan_id WHERE c.id = $1",
-    )
-    .bind(customer_id)
-    .fetch_optional(pool)
-    .await?
-    .ok_or(TotalsError::UnknownCustomer(customer_id))?;
-    let day: i16 = customer.try_get("billing_cycle_start_day")?;
-    if chrono::Datelike::day(&cycle) != day as u32 {
-        return Err(TotalsError::NotACycle {
-            customer: customer_id,
-            cycle,
-            day: day as u32,
-        });
-    }
-    let zone: Tz = customer
-        .try_get::<String, _>("time_zone")?
-        .parse()
-        .unwrap_or(chrono_tz::Europe::Amsterdam);
-    let plan_id: Option<String> = customer.try_get("rate_plan_id")?;
-    let plan = match customer.try_get::<Option<serde_json::Value>, _>("plan")? {
-        Some(document) => {
-            let plan: RatePlan = serde_json::from_value(document.clone()).map_err(|e| {
-                TotalsError::BadPlan(plan_id.clone().unwrap_or_default(), e.to_string())
-            })?;
-            Some((document, plan))
-        }
-        None => None,
-    };
-    Ok(Customer {
-        zone,
-        plan_id,
-        plan,
-    })
-}
-
 /// Where one calculation's time went (logged; `totals-bench` prints it).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct TotalsTimings {
@@ -214,7 +158,7 @@ pub async fn calculate_totals_timed(
     cycle: NaiveDate,
 ) -> Result<(CycleTotals, TotalsTimings), TotalsError> {
     let mut timings = TotalsTimings::default();
-    let customer = load_customer(pool, customer_id, cycle).await?;
+    let customer = BillingCustomer::load(pool, customer_id, cycle).await?;
     let (start, end) = cycle_bounds(cycle, customer.zone);
 
     let mut tx = pool.begin().await?;
@@ -529,9 +473,9 @@ impl CycleRows {
     }
 }
 
-/// The columns the rate-plan method reads, in the order [`BinaryRows`]
-/// decodes them.
-const READ_COLUMNS: &str =
+/// The columns the rate-plan method reads, in the order its decoder expects
+/// them (public for `totals-bench`, which times reading them alone).
+pub const READ_COLUMNS: &str =
     "id, started_at, provider, external_id, subscription, kind, roaming_zone, destination, \
                             duration_seconds, volume_bytes, units, provider_cost_micros";
 const FIELDS: i16 = 12;
