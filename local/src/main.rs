@@ -200,15 +200,17 @@ async fn main() -> Result<()> {
 
 /// What BillingInsight and GenerateInvoice made of the totals.
 async fn print_insights_and_invoices(deployment: &Deployment) -> Result<()> {
-    let insights: Vec<(String, String, String, String, serde_json::Value)> = sqlx::query_as(
-        "SELECT c.name, i.cycle::text, i.kind, i.subject, i.detail FROM billing_insight i
-         JOIN customer c ON c.id = i.customer_id ORDER BY 1, 2, 3, 4",
+    // One line per kind: the subjects (lines, providers) it is about.
+    let insights: Vec<(String, String, String, i64, String)> = sqlx::query_as(
+        "SELECT c.name, i.cycle::text, i.kind, count(*), coalesce(string_agg(nullif(i.subject, ''), ' ' ORDER BY i.subject), '')
+         FROM billing_insight i JOIN customer c ON c.id = i.customer_id
+         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
     )
     .fetch_all(&deployment.pool)
     .await?;
     println!("==> billing insights");
-    for (name, cycle, kind, subject, detail) in insights {
-        println!("    {name:<22} cycle {cycle}  {kind:<18} {subject:<14} {detail}");
+    for (name, cycle, kind, count, subjects) in insights {
+        println!("    {name:<22} cycle {cycle}  {kind:<18} x{count:<3} {subjects}");
     }
     #[derive(sqlx::FromRow)]
     struct Invoice {

@@ -1,7 +1,9 @@
 //! BackupTotals: an append-only history of every version of a cycle's
 //! totals, with the time and the cause of each change.
 
-use chrono::NaiveDate;
+use chrono::{NaiveDate, Utc};
+
+use crate::billing::totals::cycle_bounds;
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -13,6 +15,21 @@ pub enum Backup {
     Unchanged { version: i32 },
     /// No totals calculated for this cycle yet.
     NoTotals,
+}
+
+async fn cycle_has_ended(
+    pool: &PgPool,
+    customer_id: i64,
+    cycle: NaiveDate,
+) -> Result<bool, sqlx::Error> {
+    let zone: Option<String> = sqlx::query_scalar("SELECT time_zone FROM customer WHERE id = $1")
+        .bind(customer_id)
+        .fetch_optional(pool)
+        .await?;
+    // A zone that does not parse was refused by CalculateTotals before this
+    // step could run; UTC only decides the wording of the cause.
+    let zone = zone.and_then(|z| z.parse().ok()).unwrap_or(chrono_tz::UTC);
+    Ok(Utc::now() >= cycle_bounds(cycle, zone).1)
 }
 
 /// Appends the cycle's current totals as a new version when they differ
@@ -60,14 +77,15 @@ pub async fn backup_totals(
         }
     }
     let version = latest.map_or(1, |(v, _)| v + 1);
-    // An import that changes a cycle that already had totals brought CDRs
+    // An import that changes a cycle that had ended already brought CDRs
     // that arrived late: say so, because that is what a billing engineer
-    // looks for when a figure moved.
-    let cause = if cause == "import" && version > 1 {
-        "late_cdrs"
-    } else {
-        cause
-    };
+    // looks for when the figures of a past cycle moved.
+    let cause =
+        if cause == "import" && version > 1 && cycle_has_ended(pool, customer_id, cycle).await? {
+            "late_cdrs"
+        } else {
+            cause
+        };
     sqlx::query("INSERT INTO totals_history (customer_id, cycle, version, cause, figures) VALUES ($1, $2, $3, $4, $5)")
         .bind(customer_id)
         .bind(cycle)
