@@ -86,21 +86,7 @@ pub async fn run(options: Options) -> Result<()> {
 
 async fn measure_all(db: &BenchDb, dir: &Path, options: &Options) -> Result<Summary> {
     let mut notes = Vec::new();
-    let mut environment = vec![
-        (
-            "cpus".to_string(),
-            std::thread::available_parallelism()
-                .map(|n| n.to_string())
-                .unwrap_or_else(|_| "?".into()),
-        ),
-        ("load average (start)".to_string(), load_average()),
-    ];
-    environment.extend(
-        db.server_info()
-            .await?
-            .into_iter()
-            .map(|(k, v)| (format!("postgres {k}"), v)),
-    );
+    let mut environment = crate::report::environment(db).await?;
 
     // 1. The files and the subscriptions.
     let subscriptions = generate::known_subscriptions(options.subscriptions);
@@ -183,7 +169,10 @@ async fn measure_all(db: &BenchDb, dir: &Path, options: &Options) -> Result<Summ
         measure::legacy_inserts(&mut connection, LEGACY_BASELINE, &copy_file).await?;
     drop(connection);
     progress(&format!("  {:.3} s", legacy_time.as_secs_f64()));
-    environment.push(("load average (end)".to_string(), load_average()));
+    environment.push((
+        "load average (end)".to_string(),
+        crate::report::load_average(),
+    ));
 
     // Verification.
     let counts = Counts {
@@ -319,10 +308,4 @@ async fn note_checkpoint(db: &BenchDb, notes: &mut Vec<String>) {
             notes.push(note);
         }
     }
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
 }

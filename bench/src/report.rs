@@ -214,6 +214,19 @@ pub fn print(summary: &Summary) {
         }
     }
     println!();
+    print_json_summary(summary);
+}
+
+pub fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "NO"
+    }
+}
+
+/// The summary as pretty JSON, for scripts reading the output.
+pub fn print_json_summary<T: Serialize>(summary: &T) {
     println!("JSON summary:");
     println!(
         "{}",
@@ -221,10 +234,28 @@ pub fn print(summary: &Summary) {
     );
 }
 
-fn yes(b: bool) -> &'static str {
-    if b {
-        "yes"
-    } else {
-        "NO"
-    }
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// What the numbers depend on: cores, load and the server's settings.
+pub async fn environment(db: &crate::db::BenchDb) -> anyhow::Result<Vec<(String, String)>> {
+    let mut environment = vec![
+        (
+            "cpus".to_string(),
+            std::thread::available_parallelism()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| "?".into()),
+        ),
+        ("load average (start)".to_string(), load_average()),
+    ];
+    environment.extend(
+        db.server_info()
+            .await?
+            .into_iter()
+            .map(|(k, v)| (format!("postgres {k}"), v)),
+    );
+    Ok(environment)
 }

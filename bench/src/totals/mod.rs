@@ -201,29 +201,9 @@ async fn note_checkpoint(db: &BenchDb, notes: &mut Vec<String>) {
     }
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
 async fn measure(db: &BenchDb, options: &Options) -> Result<Summary> {
     let mut notes = Vec::new();
-    let mut environment = vec![
-        (
-            "cpus".to_string(),
-            std::thread::available_parallelism()
-                .map(|n| n.to_string())
-                .unwrap_or_else(|_| "?".into()),
-        ),
-        ("load average (start)".to_string(), load_average()),
-    ];
-    environment.extend(
-        db.server_info()
-            .await?
-            .into_iter()
-            .map(|(k, v)| (format!("postgres {k}"), v)),
-    );
+    let mut environment = crate::report::environment(db).await?;
     for setting in ["max_parallel_workers_per_gather", "work_mem", "jit"] {
         let value: String = sqlx::query_scalar(&format!("SHOW {setting}"))
             .fetch_one(&db.pool)
@@ -300,7 +280,10 @@ async fn measure(db: &BenchDb, options: &Options) -> Result<Summary> {
             options.runs, phases.read_seconds, phases.rate_seconds, phases.write_seconds
         ));
     }
-    environment.push(("load average (end)".to_string(), load_average()));
+    environment.push((
+        "load average (end)".to_string(),
+        crate::report::load_average(),
+    ));
     let standard_totals = standard_totals.context("no standard run")?;
     let rate_plan_totals = rate_plan_totals.context("no rate-plan run")?;
     let checks = check(
@@ -497,7 +480,7 @@ pub fn print(summary: &Summary) {
     println!("checks:");
     println!(
         "  standard totals = the bare sums: {}; {} groups, {} lines",
-        yes(c.standard_equals_bare_sums),
+        crate::report::yes(c.standard_equals_bare_sums),
         c.bare_groups,
         c.standard_lines
     );
@@ -505,8 +488,8 @@ pub fn print(summary: &Summary) {
         "  rate plan: {} CDRs, {} stored pricings, stored rated costs add up to the totals: {}, lines add up: {}",
         c.rate_plan_cdr_count,
         c.stored_pricings,
-        yes(c.stored_rated_sum_equals_totals),
-        yes(c.lines_add_up_to_totals)
+        crate::report::yes(c.stored_rated_sum_equals_totals),
+        crate::report::yes(c.lines_add_up_to_totals)
     );
     println!(
         "  rate plan: {} CDRs (partly) covered by bundles, {} shares of CDRs several bundles covered, {} unrated",
@@ -535,17 +518,5 @@ pub fn print(summary: &Summary) {
         println!("note: {note}");
     }
     println!();
-    println!("JSON summary:");
-    println!(
-        "{}",
-        serde_json::to_string_pretty(summary).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
-    );
-}
-
-fn yes(b: bool) -> &'static str {
-    if b {
-        "yes"
-    } else {
-        "NO"
-    }
+    crate::report::print_json_summary(summary);
 }
