@@ -40,6 +40,16 @@ pub enum CliError {
 }
 
 impl CliError {
+    /// The reader of stdout went away (`temctl totals | head`): not a
+    /// failure of the command, so it ends quietly as other tools do.
+    pub fn is_closed_output(&self) -> bool {
+        let io = match self {
+            CliError::Output(e) | CliError::Totals(crate::totals::ShowTotalsError::Output(e)) => e,
+            _ => return false,
+        };
+        io.kind() == std::io::ErrorKind::BrokenPipe
+    }
+
     /// 2 when the command was called wrongly (as for clap's usage errors),
     /// 1 when it ran and failed.
     pub fn exit_code(&self) -> u8 {
