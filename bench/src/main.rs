@@ -78,13 +78,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    tem_bench::report::init_tracing();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
     match cli.command {

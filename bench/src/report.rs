@@ -187,19 +187,7 @@ pub fn print(summary: &Summary) {
         yes(c.ours_is_rows_minus_rejected)
     );
     println!();
-    println!("goals:");
-    for goal in &summary.goals {
-        println!(
-            "  [{}] {:<44} actual {:>8.3}{} target {:>7.3}{}  margin {:+.1}%",
-            if goal.met { "met   " } else { "MISSED" },
-            goal.goal,
-            goal.actual,
-            goal.unit,
-            goal.target,
-            goal.unit,
-            goal.margin_percent
-        );
-    }
+    print_goals(&summary.goals, 44, 3);
     if let Some(phases) = &summary.phases {
         println!();
         println!("phases of our import, each run alone:");
@@ -258,4 +246,35 @@ pub async fn environment(db: &crate::db::BenchDb) -> anyhow::Result<Vec<(String,
             .map(|(k, v)| (format!("postgres {k}"), v)),
     );
     Ok(environment)
+}
+
+/// The goals, each met or missed with its margin; `name_width` and
+/// `decimals` fit the benchmark's goal names and numbers.
+pub fn print_goals(goals: &[Goal], name_width: usize, decimals: usize) {
+    println!("goals:");
+    for goal in goals {
+        println!(
+            "  [{}] {:<name_width$} actual {:>w$.decimals$}{} target {:>w$.decimals$}{}  margin {:+.1}%",
+            if goal.met { "met   " } else { "MISSED" },
+            goal.goal,
+            goal.actual,
+            goal.unit,
+            goal.target,
+            goal.unit,
+            goal.margin_percent,
+            w = decimals + 5,
+        );
+    }
+}
+
+/// Warnings and errors of the code under test on stderr, so they do not mix
+/// with the report on stdout.
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
 }

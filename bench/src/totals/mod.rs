@@ -501,19 +501,7 @@ pub fn print(summary: &Summary) {
         s.provider_cost_micros, s.rated_cost_micros, r.rated_cost_micros
     );
     println!();
-    println!("goals:");
-    for goal in &summary.goals {
-        println!(
-            "  [{}] {:<52} actual {:>6.2}{} target {:>5.2}{}  margin {:+.1}%",
-            if goal.met { "met   " } else { "MISSED" },
-            goal.goal,
-            goal.actual,
-            goal.unit,
-            goal.target,
-            goal.unit,
-            goal.margin_percent
-        );
-    }
+    crate::report::print_goals(&summary.goals, 52, 2);
     for note in &summary.notes {
         println!("note: {note}");
     }
