@@ -10,7 +10,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::billing::customer::{BillingCustomer, CustomerError};
-use crate::billing::history::backup_totals;
+use crate::billing::history::{backup_totals, HistoryError};
 use crate::billing::insight::{detect_insights, InsightError};
 use crate::billing::invoice::{generate_invoice, InvoiceError};
 use crate::billing::totals::{calculate_totals, TotalsError};
@@ -139,7 +139,10 @@ impl StepHandler for Totals {
                     &payload.cause,
                 )
                 .await
-                .map_err(|e| StepError::Retryable(e.to_string()))?;
+                .map_err(|e| match e {
+                    HistoryError::Customer(e) => customer_error(e),
+                    HistoryError::Database(e) => StepError::Retryable(e.to_string()),
+                })?;
                 Ok(StepOutcome::done(json!({ "backup": backup })))
             }
             Step::BillingInsight => {

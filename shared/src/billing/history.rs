@@ -3,6 +3,7 @@
 
 use chrono::{NaiveDate, Utc};
 
+use crate::billing::customer::{BillingCustomer, CustomerError};
 use crate::billing::totals::cycle_bounds;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -17,19 +18,22 @@ pub enum Backup {
     NoTotals,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error(transparent)]
+    Customer(#[from] CustomerError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Whether the cycle had ended by now, in the customer's time zone.
 async fn cycle_has_ended(
     pool: &PgPool,
     customer_id: i64,
     cycle: NaiveDate,
-) -> Result<bool, sqlx::Error> {
-    let zone: Option<String> = sqlx::query_scalar("SELECT time_zone FROM customer WHERE id = $1")
-        .bind(customer_id)
-        .fetch_optional(pool)
-        .await?;
-    // A zone that does not parse was refused by CalculateTotals before this
-    // step could run; UTC only decides the wording of the cause.
-    let zone = zone.and_then(|z| z.parse().ok()).unwrap_or(chrono_tz::UTC);
-    Ok(Utc::now() >= cycle_bounds(cycle, zone).1)
+) -> Result<bool, CustomerError> {
+    let customer = BillingCustomer::load(pool, customer_id, cycle).await?;
+    Ok(Utc::now() >= cycle_bounds(cycle, customer.zone).1)
 }
 
 /// Appends the cycle's current totals as a new version when they differ
@@ -39,7 +43,7 @@ pub async fn backup_totals(
     customer_id: i64,
     cycle: NaiveDate,
     cause: &str,
-) -> Result<Backup, sqlx::Error> {
+) -> Result<Backup, HistoryError> {
     let mut tx = pool.begin().await?;
     // Serialise backups of the same cycle so versions never collide.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")

@@ -67,9 +67,9 @@ pub async fn sweep_due_invoices(
 ) -> Result<SweepReport, SweepError> {
     let due = cycles_due_for_finalisation(pool, now, grace).await?;
     let messages = finalisation_messages(&due, run_key, now);
-    let sent: Vec<String> = messages
+    let sent: Vec<String> = due
         .iter()
-        .map(|m| format!("{}:{}", m.payload["customer_id"], m.payload["cycle"]))
+        .map(|(customer_id, cycle)| format!("{customer_id}:{cycle}"))
         .collect();
     let failed = queues
         .send_all(
