@@ -2,12 +2,16 @@
 //! plan, lines that add up to the totals, cycle bounds, idempotence, the
 //! stored per-CDR pricing, and `explain_cdr` reading it back.
 
+use std::collections::{BTreeMap, HashMap};
+
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+use tem_shared::billing::cycle_input::InputSource;
 use tem_shared::billing::explain::{explain_cdr, CdrRef, ExplainError, TotalsState};
+use tem_shared::billing::pricings::{self, Pricings};
 use tem_shared::billing::rating::{rate_cycle, RatePlan, RatingCdr};
-use tem_shared::billing::totals::calculate_totals;
+use tem_shared::billing::totals::{calculate_totals, calculate_totals_timed, CycleTotals};
 use tem_shared::import::format::{Kind, Zone};
 use tem_tests::db::fresh;
 
@@ -221,23 +225,24 @@ async fn a_rate_plan_prices_each_cdr_records_how_and_the_lines_add_up() {
         (2, 105_000, 161_000)
     );
     // The stored pricing of the call: 61,000 by the plan's first rate (index 0).
-    let (cost, rate, billed): (i64, i32, i64) = sqlx::query_as(
-        "SELECT u.cost, u.rate, u.billed
-         FROM cycle_rating_chunk k,
-              unnest(k.cdr_id, k.rated_cost_micros, k.rate, k.billed_quantity) AS u(id, cost, rate, billed)
-         JOIN call_detail_record c ON c.id = u.id
-         WHERE c.external_id = 'call'",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!((cost, rate, billed), (61_000, 0, 61));
-    let rated_sum: i64 = sqlx::query_scalar(
-        "SELECT sum(u.cost)::bigint FROM cycle_rating_chunk k, unnest(k.rated_cost_micros) AS u(cost)",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let stored = pricings::read(&db.pool, c, "2025-03-01".parse().unwrap())
+        .await
+        .unwrap();
+    let call: i64 =
+        sqlx::query_scalar("SELECT id FROM call_detail_record WHERE external_id = 'call'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let at = stored.position_of(call).unwrap();
+    assert_eq!(
+        (
+            stored.rated_cost_micros[at],
+            stored.rate[at],
+            stored.billed_quantity[at]
+        ),
+        (61_000, 0, 61)
+    );
+    let rated_sum: i64 = stored.rated_cost_micros.iter().sum();
     assert_eq!(rated_sum, totals.rated_cost_micros);
     assert_eq!(
         calculate_totals(&db.pool, c, "2025-03-01".parse().unwrap())
@@ -412,26 +417,10 @@ async fn bundled_cycle(pool: &PgPool, c: i64) -> (i64, i64) {
 }
 
 /// Everything stored about the cycle's pricing, in a comparable form.
-async fn stored_pricing(
-    pool: &PgPool,
-    c: i64,
-) -> Vec<(
-    i32,
-    Vec<i64>,
-    Vec<i64>,
-    Vec<i32>,
-    Vec<i32>,
-    Vec<i64>,
-    Vec<i64>,
-)> {
-    sqlx::query_as(
-        "SELECT first_position, cdr_id, rated_cost_micros, rate, bundle, billed_quantity, covered_quantity
-         FROM cycle_rating_chunk WHERE customer_id = $1 ORDER BY chunk",
-    )
-    .bind(c)
-    .fetch_all(pool)
-    .await
-    .unwrap()
+async fn stored_pricing(pool: &PgPool, c: i64) -> Pricings {
+    pricings::read(pool, c, "2025-03-01".parse().unwrap())
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -454,35 +443,47 @@ async fn the_stored_per_cdr_results_add_up_to_the_totals_and_their_lines() {
         (6, 190_000, 1)
     );
     // Per line, the stored figures joined to their CDRs give the line.
-    let mismatches: i64 = sqlx::query_scalar(
-        "WITH stored AS (
-             SELECT c.subscription, c.kind, c.roaming_zone, count(*) AS n, sum(u.cost) AS rated,
-                    count(*) FILTER (WHERE u.rate < 0 AND c.kind <> 'service') AS unrated
-             FROM cycle_rating_chunk k,
-                  unnest(k.cdr_id, k.rated_cost_micros, k.rate) AS u(id, cost, rate)
-             JOIN call_detail_record c ON c.id = u.id
-             WHERE k.customer_id = $1
-             GROUP BY 1, 2, 3)
-         SELECT count(*) FROM totals_line l FULL JOIN stored s
-             ON (s.subscription, s.kind, s.roaming_zone) = (l.subscription, l.kind, l.roaming_zone)
-         WHERE l.customer_id IS NULL OR s.n IS NULL
-            OR (l.cdr_count, l.rated_cost_micros, l.unrated_count) <> (s.n, s.rated, s.unrated)",
+    let stored = stored_pricing(&db.pool, c).await;
+    let cdrs: HashMap<i64, (String, String, String)> = sqlx::query_as(
+        "SELECT id, subscription, kind, roaming_zone FROM call_detail_record WHERE customer_id = $1",
     )
     .bind(c)
-    .fetch_one(&db.pool)
+    .fetch_all(&db.pool)
     .await
-    .unwrap();
-    assert_eq!(mismatches, 0);
-    let (stored_cdrs, stored_rated): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), sum(u.cost)::bigint FROM cycle_rating_chunk k, unnest(k.rated_cost_micros) AS u(cost)
-         WHERE k.customer_id = $1",
+    .unwrap()
+    .into_iter()
+    .map(|(id, subscription, kind, zone)| (id, (subscription, kind, zone)))
+    .collect();
+    let mut from_pricings: BTreeMap<(String, String, String), (i64, i64, i64)> = BTreeMap::new();
+    for i in 0..stored.len() {
+        let key = cdrs[&stored.cdr_id[i]].clone();
+        let unrated = stored.rate[i] < 0 && key.1 != "service";
+        let line = from_pricings.entry(key).or_default();
+        line.0 += 1;
+        line.1 += stored.rated_cost_micros[i];
+        line.2 += i64::from(unrated);
+    }
+    let from_lines: BTreeMap<(String, String, String), (i64, i64, i64)> = sqlx::query_as(
+        "SELECT subscription, kind, roaming_zone, cdr_count, rated_cost_micros, unrated_count
+         FROM totals_line WHERE customer_id = $1",
     )
     .bind(c)
-    .fetch_one(&db.pool)
+    .fetch_all(&db.pool)
     .await
-    .unwrap();
+    .unwrap()
+    .into_iter()
+    .map(
+        |(s, k, z, n, rated, unrated): (String, String, String, i64, i64, i64)| {
+            ((s, k, z), (n, rated, unrated))
+        },
+    )
+    .collect();
+    assert_eq!(from_pricings, from_lines);
     assert_eq!(
-        (stored_cdrs, stored_rated),
+        (
+            stored.len() as i64,
+            stored.rated_cost_micros.iter().sum::<i64>()
+        ),
         (totals.cdr_count, totals.rated_cost_micros)
     );
     // The call both voice bundles covered is recorded with its two shares.
@@ -525,13 +526,18 @@ async fn reading_the_cycle_alone_or_with_spare_connections_stores_the_same_figur
         .await
         .unwrap();
     let stored_alone = stored_pricing(&db.pool, c).await;
+    // Without its stored input the cycle is read from the table again.
+    sqlx::query("DELETE FROM cycle_input")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let second = calculate_totals(&db.pool, c, "2025-03-01".parse().unwrap())
         .await
         .unwrap();
 
     assert_eq!(first, second);
     assert_eq!(stored_pricing(&db.pool, c).await, stored_alone);
-    assert_eq!(stored_alone[0].1.len(), 6);
+    assert_eq!(stored_alone.len(), 6);
 }
 
 #[tokio::test]
@@ -814,4 +820,133 @@ async fn explain_of_a_cdr_without_a_customer_says_it_is_in_no_totals() {
     assert_eq!((e.customer_id, e.cycle, e.pricing), (None, None, None));
     assert_eq!(e.totals, TotalsState::NoCustomer);
     assert!(e.status.contains("belongs to no customer"), "{}", e.status);
+}
+
+async fn calculate_from(pool: &PgPool, c: i64) -> (CycleTotals, InputSource) {
+    let (totals, timings) = calculate_totals_timed(pool, c, "2025-03-01".parse().unwrap())
+        .await
+        .unwrap();
+    (totals, timings.input)
+}
+
+async fn sql(pool: &PgPool, statement: &str) {
+    sqlx::query(statement).execute(pool).await.unwrap();
+}
+
+/// The totals and pricings a calculation from the table alone gives.
+async fn from_the_table_alone(pool: &PgPool, c: i64) -> (CycleTotals, Pricings) {
+    sql(pool, "DELETE FROM cycle_input").await;
+    let (totals, source) = calculate_from(pool, c).await;
+    assert_eq!(source, InputSource::Table);
+    (totals, stored_pricing(pool, c).await)
+}
+
+#[tokio::test]
+async fn a_recalculation_takes_unchanged_files_from_the_stored_input_and_reads_new_or_changed_ones()
+{
+    let db = fresh().await;
+    let c = customer(&db.pool, 1, Some(bundled_plan())).await;
+    bundled_cycle(&db.pool, c).await;
+    // The SMS and the last call came in a second import file.
+    sql(
+        &db.pool,
+        "UPDATE call_detail_record SET import_file_id = 2 WHERE external_id IN ('s1', 'v4')",
+    )
+    .await;
+
+    let (first, source) = calculate_from(&db.pool, c).await;
+    assert_eq!(source, InputSource::Table);
+    let stored_first = stored_pricing(&db.pool, c).await;
+    let (again, source) = calculate_from(&db.pool, c).await;
+    assert_eq!(source, InputSource::Stored);
+    assert_eq!(again, first);
+    assert_eq!(stored_pricing(&db.pool, c).await, stored_first);
+
+    // A late file with a call before all others: it consumes the line
+    // bundle first, so every later call is priced differently.
+    let early = cdr_to(
+        &db.pool,
+        c,
+        "v0",
+        "+31611111111",
+        "2025-03-02 09:00:00+00",
+        "voice",
+        "home",
+        "+31201234567",
+        50,
+        1,
+    )
+    .await;
+    sql(
+        &db.pool,
+        &format!("UPDATE call_detail_record SET import_file_id = 3 WHERE id = {early}"),
+    )
+    .await;
+    let (late, source) = calculate_from(&db.pool, c).await;
+    assert_eq!(source, InputSource::StoredAndFiles { files: 1, cdrs: 1 });
+    assert_eq!(late.cdr_count, 7);
+    assert_ne!(late.rated_cost_micros, first.rated_cost_micros);
+    let stored_late = stored_pricing(&db.pool, c).await;
+    assert_eq!(stored_late.cdr_id[0], early);
+    assert_eq!(
+        from_the_table_alone(&db.pool, c).await,
+        (late.clone(), stored_late)
+    );
+
+    // A call of file 2 corrected by hand: only file 2 is read again.
+    sql(
+        &db.pool,
+        "UPDATE call_detail_record SET duration_seconds = 95 WHERE external_id = 'v4'",
+    )
+    .await;
+    let (corrected, source) = calculate_from(&db.pool, c).await;
+    assert_eq!(source, InputSource::StoredAndFiles { files: 1, cdrs: 2 });
+    // 95 s instead of 30 s (billed as the 60 s first increment), nothing
+    // covered: 35 more seconds at 1,000.
+    assert_eq!(corrected.rated_cost_micros, late.rated_cost_micros + 35_000);
+    let stored_corrected = stored_pricing(&db.pool, c).await;
+    assert_eq!(
+        from_the_table_alone(&db.pool, c).await,
+        (corrected.clone(), stored_corrected)
+    );
+
+    // A deleted CDR disappears from the totals too.
+    sql(
+        &db.pool,
+        "DELETE FROM call_detail_record WHERE external_id = 's1'",
+    )
+    .await;
+    let (deleted, source) = calculate_from(&db.pool, c).await;
+    assert_eq!(source, InputSource::StoredAndFiles { files: 1, cdrs: 1 });
+    assert_eq!(deleted.cdr_count, 6);
+    assert_eq!(deleted.unrated_count, 0);
+    let stored_deleted = stored_pricing(&db.pool, c).await;
+    assert_eq!(
+        from_the_table_alone(&db.pool, c).await,
+        (deleted, stored_deleted)
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_stored_input_or_one_of_other_cycle_bounds_is_ignored() {
+    let db = fresh().await;
+    let c = customer(&db.pool, 1, Some(bundled_plan())).await;
+    bundled_cycle(&db.pool, c).await;
+    let (first, _) = calculate_from(&db.pool, c).await;
+
+    sql(&db.pool, "UPDATE cycle_input SET data = '\\x0102'::bytea").await;
+    let (damaged, source) = calculate_from(&db.pool, c).await;
+    assert_eq!((damaged, source), (first.clone(), InputSource::Table));
+    let (_, source) = calculate_from(&db.pool, c).await;
+    assert_eq!(source, InputSource::Stored, "the damaged copy was replaced");
+
+    // Another time zone moves the cycle's bounds: the copy no longer fits.
+    sql(
+        &db.pool,
+        &format!("UPDATE customer SET time_zone = 'America/New_York' WHERE id = {c}"),
+    )
+    .await;
+    let (moved, source) = calculate_from(&db.pool, c).await;
+    assert_eq!(source, InputSource::Table);
+    assert_eq!(from_the_table_alone(&db.pool, c).await.0, moved);
 }

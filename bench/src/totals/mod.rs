@@ -385,16 +385,13 @@ async fn check(
     ) == (count, provider, provider, seconds, bytes, messages)
         && (rated.cdr_count, rated.provider_cost_micros) == (count, provider);
     // The last calculation was the rate plan's: its stored parts.
-    let (stored, stored_rated, covered): (i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*), coalesce(sum(u.cost), 0)::bigint, count(*) FILTER (WHERE u.covered > 0)
-         FROM cycle_rating_chunk k, unnest(k.rated_cost_micros, k.covered_quantity) AS u(cost, covered)
-         WHERE k.customer_id = $1 AND k.cycle = $2",
-    )
-    .bind(dataset.customer_id)
-    .bind(dataset.cycle)
-    .fetch_one(&db.pool)
-    .await
-    .context("the stored pricings")?;
+    let pricings =
+        tem_shared::billing::pricings::read(&db.pool, dataset.customer_id, dataset.cycle)
+            .await
+            .context("the stored pricings")?;
+    let stored = pricings.len() as i64;
+    let stored_rated: i64 = pricings.rated_cost_micros.iter().sum();
+    let covered = pricings.covered_quantity.iter().filter(|c| **c > 0).count() as i64;
     let split_shares: i64 = sqlx::query_scalar(
         "SELECT coalesce(cardinality(split_position), 0)::bigint FROM cycle_rating WHERE customer_id = $1 AND cycle = $2",
     )

@@ -4,7 +4,7 @@
 //! totals are current.
 //!
 //! Nothing here re-rates: the figures are the ones the last calculation
-//! stored (`cycle_rating_chunk`), read with the plan snapshot it was rated
+//! stored (`billing::pricings`), read with the plan snapshot it was rated
 //! with (`cycle_rating.plan`). Only the sentence and the bundle shares are
 //! rebuilt; the shares by replaying the bundle walk with what the bundles had
 //! used before this CDR, summed from the stored figures of the CDRs before it.
@@ -19,6 +19,7 @@ use serde::Serialize;
 use sqlx::{PgPool, Row};
 
 use crate::billing::cycle_of;
+use crate::billing::pricings::{self, Pricings, PricingsError};
 use crate::billing::rating::{
     arithmetic, describe, describe_standard, replay_shares, scope_text, unit_of, Pricing, Rate,
     RatePlan, RatingCdr, Scope,
@@ -457,17 +458,13 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
     .bind(cycle)
     .fetch_optional(pool)
     .await?;
-    let found = sqlx::query(
-        "SELECT k.first_position + p.i - 1 AS position, k.rated_cost_micros[p.i] AS cost, k.rate[p.i] AS rate,
-                k.bundle[p.i] AS bundle, k.billed_quantity[p.i] AS billed, k.covered_quantity[p.i] AS covered
-         FROM cycle_rating_chunk k CROSS JOIN LATERAL (SELECT array_position(k.cdr_id, $3) AS i) p
-         WHERE k.customer_id = $1 AND k.cycle = $2 AND p.i IS NOT NULL",
-    )
-    .bind(customer_id)
-    .bind(cycle)
-    .bind(facts.id)
-    .fetch_optional(pool)
-    .await?;
+    let stored = pricings::read(pool, customer_id, cycle)
+        .await
+        .map_err(|e| match e {
+            PricingsError::Database(e) => ExplainError::Database(e),
+            PricingsError::Damaged { problem, .. } => bad(problem),
+        })?;
+    let found = stored.position_of(facts.id);
     let (Some(header), Some(found)) = (header, found) else {
         explanation.totals = TotalsState::NotYetRated {
             calculated_at: Some(calculated_at),
@@ -482,15 +479,15 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
     };
     let plan: RatePlan = serde_json::from_value(header.try_get("plan")?)
         .map_err(|e| bad(format!("its plan snapshot does not parse: {e}")))?;
-    let position: i32 = found.try_get("position")?;
-    let rate_index: i32 = found.try_get("rate")?;
-    let bundle_index: i32 = found.try_get("bundle")?;
+    let position = found;
+    let rate_index = stored.rate[position];
+    let bundle_index = stored.bundle[position];
     let pricing = Pricing {
-        rated_cost_micros: found.try_get("cost")?,
+        rated_cost_micros: stored.rated_cost_micros[position],
         rate: usize::try_from(rate_index).ok(),
         bundle: usize::try_from(bundle_index).ok(),
-        billed_quantity: to_u64(found.try_get("billed")?),
-        covered_quantity: to_u64(found.try_get("covered")?),
+        billed_quantity: to_u64(stored.billed_quantity[position]),
+        covered_quantity: to_u64(stored.covered_quantity[position]),
         unrated: rate_index < 0 && rating.kind != Kind::Service,
     };
     if pricing.rate.is_some_and(|i| i >= plan.rates.len())
@@ -501,7 +498,6 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
             facts.id
         )));
     }
-    let position = usize::try_from(position).map_err(|_| bad("a negative position".into()))?;
 
     let shares = if pricing.billed_quantity > 0
         && pricing.rate.is_some()
@@ -513,7 +509,6 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
             header.try_get("split_bundle")?,
             header.try_get("split_covered")?,
         );
-        let before = earlier_coverage(pool, customer_id, cycle, position).await?;
         let needs_subscription = plan
             .bundles
             .iter()
@@ -534,7 +529,7 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
         } else {
             HashSet::new()
         };
-        let used = used_before(&plan, position, &before, &splits, |id| {
+        let used = used_before(&plan, position, &stored, &splits, |id| {
             same_subscription.contains(&id)
         });
         replay_shares(
@@ -599,44 +594,6 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
     Ok(explanation)
 }
 
-/// The CDRs a bundle covered before `position`, from the stored chunks.
-#[derive(Debug, Default)]
-struct Coverage {
-    cdr_id: Vec<i64>,
-    bundle: Vec<i32>,
-    covered: Vec<i64>,
-}
-
-async fn earlier_coverage(
-    pool: &PgPool,
-    customer_id: i64,
-    cycle: NaiveDate,
-    position: usize,
-) -> Result<Coverage, ExplainError> {
-    let rows = sqlx::query(
-        "SELECT first_position, cdr_id, bundle, covered_quantity FROM cycle_rating_chunk
-         WHERE customer_id = $1 AND cycle = $2 AND first_position <= $3 ORDER BY first_position",
-    )
-    .bind(customer_id)
-    .bind(cycle)
-    .bind(i32::try_from(position).unwrap_or(i32::MAX))
-    .fetch_all(pool)
-    .await?;
-    let mut coverage = Coverage::default();
-    for row in rows {
-        coverage
-            .cdr_id
-            .extend(row.try_get::<Vec<i64>, _>("cdr_id")?);
-        coverage
-            .bundle
-            .extend(row.try_get::<Vec<i32>, _>("bundle")?);
-        coverage
-            .covered
-            .extend(row.try_get::<Vec<i64>, _>("covered_quantity")?);
-    }
-    Ok(coverage)
-}
-
 /// The shares of CDRs that several bundles covered, by position.
 #[derive(Debug, Default)]
 struct Splits(HashMap<usize, Vec<(usize, u64)>>);
@@ -663,7 +620,7 @@ impl Splits {
 fn used_before(
     plan: &RatePlan,
     position: usize,
-    before: &Coverage,
+    before: &Pricings,
     splits: &Splits,
     same_subscription: impl Fn(i64) -> bool,
 ) -> Vec<u64> {
@@ -683,7 +640,7 @@ fn used_before(
                 add(bundle, covered);
             }
         } else if let (Some(&bundle), Some(&covered)) =
-            (before.bundle.get(q), before.covered.get(q))
+            (before.bundle.get(q), before.covered_quantity.get(q))
         {
             if let (Ok(bundle), true) = (usize::try_from(bundle), covered > 0) {
                 add(bundle, to_u64(covered));
@@ -708,13 +665,14 @@ mod tests {
         split_shares: &[(usize, usize, u64)],
         position: usize,
     ) -> Vec<Share> {
-        let before = Coverage {
+        let before = Pricings {
             cdr_id: cdrs.iter().map(|c| c.0).collect(),
             bundle: figures
                 .iter()
                 .map(|f| f.0.map_or(-1, |b| b as i32))
                 .collect(),
-            covered: figures.iter().map(|f| f.1 as i64).collect(),
+            covered_quantity: figures.iter().map(|f| f.1 as i64).collect(),
+            ..Pricings::default()
         };
         let splits = Splits::new(
             split_shares.iter().map(|s| s.0 as i32).collect(),

@@ -6,11 +6,15 @@
 //! by its start date.
 
 pub mod customer;
+pub mod cycle_input;
+mod cycle_rows;
+mod encoding;
 pub mod explain;
 pub mod handler;
 pub mod history;
 pub mod insight;
 pub mod invoice;
+pub mod pricings;
 pub mod rating;
 pub mod sweep;
 pub mod totals;

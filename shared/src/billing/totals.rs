@@ -9,32 +9,31 @@
 //! - **standard**: the lines are that GROUP BY itself, computed by the
 //!   database; only the few grouped rows travel. Nothing is stored per CDR:
 //!   every CDR is rated at its provider cost.
-//! - **rate plan**: the columns rating needs are read with one binary
-//!   `COPY ... TO STDOUT`, rated in memory by [`Rater`] (figures only, no
-//!   text), and how each CDR was priced is written as a few rows of parallel
-//!   arrays (`cycle_rating`, `cycle_rating_chunk`), together with the plan
-//!   it was rated with; `billing::explain` turns them into sentences.
+//! - **rate plan**: every CDR of the cycle is rated in memory by [`Rater`]
+//!   (figures only, no text) on every calculation. The columns rating needs
+//!   come from the cycle's stored input (`billing::cycle_input`) for the
+//!   import files that did not change since the last calculation, and with
+//!   one binary `COPY ... TO STDOUT` from the table for the rest. How each
+//!   CDR was priced is written as a few rows of parallel arrays
+//!   (`cycle_rating`, `cycle_rating_chunk`), together with the plan it was
+//!   rated with; `billing::explain` turns them into sentences.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Instant;
 
-use bytes::Bytes;
-use chrono::{DateTime, Months, NaiveDate, NaiveTime, SecondsFormat, Utc};
+use chrono::{DateTime, Months, NaiveDate, NaiveTime, Utc};
 use chrono_tz::Tz;
-use futures::TryStreamExt;
 use serde::Serialize;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 
 use crate::billing::customer::{BillingCustomer, CustomerError};
+use crate::billing::cycle_input::{self, InputSource};
+use crate::billing::cycle_rows::{parse_kind, parse_zone, CycleRows};
+use crate::billing::pricings::{self, Pricings};
 use crate::billing::rating::{RatePlan, Rater, Usage};
 use crate::import::format::{Kind, Zone};
 use crate::import::normalize::local_to_utc;
 
-/// CDRs per `cycle_rating_chunk` row: large enough that a cycle of a
-/// million CDRs is ten inserts, small enough that no single statement nears
-/// PostgreSQL's 1 GiB message limit however big a cycle gets.
-pub const RATING_CHUNK: usize = 100_000;
+pub use crate::billing::cycle_rows::READ_COLUMNS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TotalsError {
@@ -109,33 +108,18 @@ struct Line {
     sums: Sums,
 }
 
-fn parse_kind(s: &[u8]) -> Option<Kind> {
-    Some(match s {
-        b"voice" => Kind::Voice,
-        b"sms" => Kind::Sms,
-        b"mms" => Kind::Mms,
-        b"data" => Kind::Data,
-        b"service" => Kind::Service,
-        _ => return None,
-    })
-}
-
-fn parse_zone(s: &[u8]) -> Option<Zone> {
-    Some(match s {
-        b"home" => Zone::Home,
-        b"eu" => Zone::Eu,
-        b"world" => Zone::World,
-        _ => return None,
-    })
-}
-
 /// Where one calculation's time went (logged; `totals-bench` prints it).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct TotalsTimings {
-    /// Reading the cycle: the GROUP BY (standard) or the COPY (rate plan).
+    /// Reading the cycle: the GROUP BY (standard), or the stored input, its
+    /// check against the table and the COPY of what changed (rate plan).
     pub read_seconds: f64,
+    /// Where the rate-plan method's CDRs came from.
+    pub input: InputSource,
     /// Sorting and rating in memory (rate plan only).
     pub rate_seconds: f64,
+    /// Storing the cycle's input again, when it changed (rate plan only).
+    pub store_input_seconds: f64,
     /// Writing totals, lines and rating, and the commit.
     pub write_seconds: f64,
 }
@@ -176,14 +160,30 @@ pub async fn calculate_totals_timed(
             None,
         ),
         Some((_, plan)) => {
-            let rows = read_cycle(pool, &mut tx, customer_id, start, end).await?;
+            let input = cycle_input::load(pool, &mut tx, customer_id, cycle, (start, end)).await?;
             timings.read_seconds = started.elapsed().as_secs_f64();
+            timings.input = input.source;
             let rated = Instant::now();
-            let (lines, rating) = rate_rows(plan, rows)?;
+            let order = input.rows.consumption_order();
+            let (lines, rating) = rate_rows(plan, &input.rows, &order)?;
             timings.rate_seconds = rated.elapsed().as_secs_f64();
+            if input.store {
+                let stored = Instant::now();
+                cycle_input::store(
+                    &mut tx,
+                    customer_id,
+                    cycle,
+                    (start, end),
+                    &input.rows,
+                    &order,
+                )
+                .await?;
+                timings.store_input_seconds = stored.elapsed().as_secs_f64();
+            }
             (lines, Some(rating))
         }
     };
+
     if rating.is_none() {
         timings.read_seconds = started.elapsed().as_secs_f64();
     }
@@ -243,6 +243,7 @@ pub async fn calculate_totals_timed(
         %cycle,
         method,
         cdrs = total.cdr_count,
+        input = ?timings.input,
         read_s = timings.read_seconds,
         rate_s = timings.rate_seconds,
         write_s = timings.write_seconds,
@@ -349,458 +350,11 @@ async fn write_lines(
     Ok(())
 }
 
-/// A byte range of [`CycleRows::text`].
-#[derive(Debug, Clone, Copy)]
-struct Span {
-    start: usize,
-    len: usize,
-}
-
-/// FNV-1a: subscription numbers are looked up once per CDR, and the
-/// default SipHash costs more than the rest of decoding a row. The keys are
-/// our own data, so flooding is no concern.
-struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-}
-
-/// One CDR as rating needs it; strings live in [`CycleRows::text`] so a
-/// million CDRs are a few allocations, not millions.
-#[derive(Debug, Clone, Copy)]
-struct CdrRow {
-    id: i64,
-    /// PostgreSQL's binary timestamptz (microseconds since 2000-01-01 UTC):
-    /// only ever compared.
-    started_at: i64,
-    provider: Span,
-    external_id: Span,
-    /// Index into [`CycleRows::subscriptions`].
-    subscription: u32,
-    kind: Kind,
-    zone: Zone,
-    destination: Span,
-    duration_seconds: u32,
-    volume_bytes: u64,
-    units: u32,
-    provider_cost_micros: i64,
-}
-
-/// The CDRs of one cycle, as read.
-#[derive(Default)]
-struct CycleRows {
-    rows: Vec<CdrRow>,
-    text: Vec<u8>,
-    subscriptions: Vec<String>,
-    numbers: HashMap<Box<[u8]>, u32, BuildHasherDefault<Fnv>>,
-}
-
-impl CycleRows {
-    fn span(&mut self, bytes: &[u8]) -> Span {
-        let start = self.text.len();
-        self.text.extend_from_slice(bytes);
-        Span {
-            start,
-            len: bytes.len(),
-        }
-    }
-
-    fn text(&self, span: Span) -> &[u8] {
-        &self.text[span.start..span.start + span.len]
-    }
-
-    /// Appends another part's rows, renumbering its subscriptions.
-    fn absorb(&mut self, part: CycleRows) {
-        if self.rows.is_empty() && self.text.is_empty() {
-            *self = part;
-            return;
-        }
-        let shift = self.text.len();
-        self.text.extend_from_slice(&part.text);
-        let renumber: Vec<u32> = part
-            .subscriptions
-            .iter()
-            .map(|name| {
-                let next = self.subscriptions.len() as u32;
-                *self
-                    .numbers
-                    .entry(name.as_bytes().into())
-                    .or_insert_with(|| {
-                        self.subscriptions.push(name.clone());
-                        next
-                    })
-            })
-            .collect();
-        let moved = |span: Span| Span {
-            start: span.start + shift,
-            len: span.len,
-        };
-        self.rows.extend(part.rows.into_iter().map(|row| CdrRow {
-            provider: moved(row.provider),
-            external_id: moved(row.external_id),
-            destination: moved(row.destination),
-            subscription: renumber[row.subscription as usize],
-            ..row
-        }));
-    }
-
-    fn subscription(&mut self, bytes: &[u8]) -> Result<u32, String> {
-        if let Some(&number) = self.numbers.get(bytes) {
-            return Ok(number);
-        }
-        let name = std::str::from_utf8(bytes)
-            .map_err(|_| "its subscription is not UTF-8".to_string())?
-            .to_string();
-        let number = u32::try_from(self.subscriptions.len())
-            .map_err(|_| "the cycle has more than 4 billion subscriptions".to_string())?;
-        self.subscriptions.push(name);
-        self.numbers.insert(bytes.into(), number);
-        Ok(number)
-    }
-}
-
-/// The columns the rate-plan method reads, in the order its decoder expects
-/// them (public for `totals-bench`, which times reading them alone).
-pub const READ_COLUMNS: &str =
-    "id, started_at, provider, external_id, subscription, kind, roaming_zone, destination, \
-                            duration_seconds, volume_bytes, units, provider_cost_micros";
-const FIELDS: i16 = 12;
-
-/// Connections reading one cycle at once, when the pool has them to spare.
-const READERS: usize = 2;
-
-/// How long to wait for a spare connection before reading alone.
-const SPARE_CONNECTION_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// Reads the cycle's CDRs with binary COPY: about half the time of fetching
-/// them as rows. PostgreSQL spends most of it turning values into their
-/// wire form, one backend per query, so with connections to spare the cycle
-/// is split in time and read by [`READERS`] backends at once, all on one
-/// snapshot taken after the calculation's lock. Without spare connections
-/// (a Lambda's small pool) the calculation's own transaction reads it all.
-async fn read_cycle(
-    pool: &PgPool,
-    tx: &mut PgConnection,
-    customer_id: i64,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-) -> Result<CycleRows, TotalsError> {
-    let mut spare = Vec::with_capacity(READERS);
-    while spare.len() < READERS {
-        match tokio::time::timeout(SPARE_CONNECTION_WAIT, pool.acquire()).await {
-            Ok(Ok(connection)) => spare.push(connection),
-            _ => break,
-        }
-    }
-    if spare.len() < 2 {
-        // One spare connection does not help (the calculation's own
-        // transaction cannot share a snapshot); give it back at once.
-        drop(spare);
-        return read_part(tx, customer_id, start, end).await;
-    }
-    let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
-        .fetch_one(&mut *tx)
-        .await?;
-    // SET TRANSACTION SNAPSHOT takes no parameters either; the id is
-    // PostgreSQL's own (hex digits and dashes), checked before use.
-    if snapshot.is_empty() || !snapshot.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
-        return Err(TotalsError::Read(format!(
-            "unexpected snapshot id {snapshot:?}"
-        )));
-    }
-    let parts = spare.len() as i32;
-    let span = end - start;
-    let mut readers = Vec::with_capacity(spare.len());
-    for (i, mut connection) in spare.into_iter().enumerate() {
-        let i = i as i32;
-        let from = start + span * i / parts;
-        let to = if i + 1 == parts {
-            end
-        } else {
-            start + span * (i + 1) / parts
-        };
-        let snapshot = snapshot.clone();
-        readers.push(tokio::spawn(async move {
-            let result = read_on_snapshot(&mut connection, &snapshot, customer_id, from, to).await;
-            if result.is_err() {
-                // It may have stopped inside the COPY: close the connection
-                // rather than hand it back to the pool in that state.
-                connection.close_on_drop();
-            }
-            result
-        }));
-    }
-    let mut merged = CycleRows::default();
-    for reader in readers {
-        let part = reader
-            .await
-            .map_err(|e| TotalsError::Read(format!("a reader stopped: {e}")))??;
-        merged.absorb(part);
-    }
-    Ok(merged)
-}
-
-/// Reads the CDRs of `[from, to)` in a transaction of its own that sees
-/// the exported `snapshot`.
-async fn read_on_snapshot(
-    connection: &mut PgConnection,
-    snapshot: &str,
-    customer_id: i64,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> Result<CycleRows, TotalsError> {
-    let mut reader = connection
-        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await?;
-    sqlx::query(&format!("SET TRANSACTION SNAPSHOT '{snapshot}'"))
-        .execute(&mut *reader)
-        .await?;
-    let rows = read_part(&mut reader, customer_id, from, to).await?;
-    reader.commit().await?;
-    Ok(rows)
-}
-
-/// Reads the CDRs of `[from, to)` with one binary COPY.
-async fn read_part(
-    connection: &mut PgConnection,
-    customer_id: i64,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> Result<CycleRows, TotalsError> {
-    // COPY takes no parameters; the values are an integer and two
-    // timestamps we format ourselves, so nothing foreign reaches the SQL.
-    let sql = format!(
-        "COPY (SELECT {READ_COLUMNS} FROM call_detail_record
-               WHERE customer_id = {customer_id} AND started_at >= '{}' AND started_at < '{}')
-         TO STDOUT (FORMAT binary)",
-        from.to_rfc3339_opts(SecondsFormat::Micros, true),
-        to.to_rfc3339_opts(SecondsFormat::Micros, true),
-    );
-    let mut decoder = BinaryRows::default();
-    let mut out = CycleRows::default();
-    let mut stream = connection.copy_out_raw(&sql).await?;
-    while let Some(chunk) = stream.try_next().await? {
-        decoder.feed(chunk, &mut out)?;
-    }
-    drop(stream);
-    decoder.finish()?;
-    Ok(out)
-}
-
-/// Decoder of PostgreSQL's binary COPY format for [`READ_COLUMNS`]. The
-/// server sends a row per message; a row split over messages is buffered.
-#[derive(Default)]
-struct BinaryRows {
-    pending: Vec<u8>,
-    header_seen: bool,
-    trailer_seen: bool,
-}
-
-const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
-
-/// A cursor over one buffer; `None` means "the buffer ends here".
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let slice = self.bytes.get(self.at..self.at.checked_add(n)?)?;
-        self.at += n;
-        Some(slice)
-    }
-
-    fn i16(&mut self) -> Option<i16> {
-        self.take(2).map(|b| i16::from_be_bytes([b[0], b[1]]))
-    }
-
-    fn i32(&mut self) -> Option<i32> {
-        self.take(4)
-            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-}
-
-/// What decoding one row found.
-enum Step {
-    Row(RawRow),
-    Trailer,
-    /// The buffer ends inside the row: wait for more.
-    Incomplete,
-}
-
-/// One row's fields, borrowed from the buffer as byte ranges.
-struct RawRow {
-    fields: [(usize, usize); FIELDS as usize],
-}
-
-impl BinaryRows {
-    fn feed(&mut self, chunk: Bytes, out: &mut CycleRows) -> Result<(), TotalsError> {
-        if self.pending.is_empty() {
-            let used = self.decode(&chunk, out)?;
-            self.pending.extend_from_slice(&chunk[used..]);
-        } else {
-            self.pending.extend_from_slice(&chunk);
-            let pending = std::mem::take(&mut self.pending);
-            let used = self.decode(&pending, out)?;
-            self.pending = pending;
-            self.pending.drain(..used);
-        }
-        Ok(())
-    }
-
-    fn finish(&self) -> Result<(), TotalsError> {
-        if !self.trailer_seen || !self.pending.is_empty() {
-            return Err(TotalsError::Read(
-                "the COPY stream ended before its trailer".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Decodes every complete row of `bytes`; returns how many bytes it used.
-    fn decode(&mut self, bytes: &[u8], out: &mut CycleRows) -> Result<usize, TotalsError> {
-        let mut used = 0;
-        if !self.header_seen {
-            let mut cursor = Cursor { bytes, at: 0 };
-            let (Some(signature), Some(_flags), Some(extension)) =
-                (cursor.take(SIGNATURE.len()), cursor.i32(), cursor.i32())
-            else {
-                return Ok(0);
-            };
-            if signature != SIGNATURE {
-                return Err(TotalsError::Read("not a binary COPY stream".into()));
-            }
-            let Some(_) = cursor.take(usize::try_from(extension).unwrap_or(usize::MAX)) else {
-                return Ok(0);
-            };
-            self.header_seen = true;
-            used = cursor.at;
-        }
-        loop {
-            if self.trailer_seen {
-                if used < bytes.len() {
-                    return Err(TotalsError::Read("data after the COPY trailer".into()));
-                }
-                return Ok(used);
-            }
-            let mut cursor = Cursor { bytes, at: used };
-            match Self::row(&mut cursor)? {
-                Step::Incomplete => return Ok(used),
-                Step::Trailer => self.trailer_seen = true,
-                Step::Row(raw) => push_row(out, bytes, &raw)?,
-            }
-            used = cursor.at;
-        }
-    }
-
-    fn row(cursor: &mut Cursor<'_>) -> Result<Step, TotalsError> {
-        let Some(count) = cursor.i16() else {
-            return Ok(Step::Incomplete);
-        };
-        if count == -1 {
-            return Ok(Step::Trailer);
-        }
-        if count != FIELDS {
-            return Err(TotalsError::Read(format!(
-                "a row has {count} fields, expected {FIELDS}"
-            )));
-        }
-        let mut fields = [(0, 0); FIELDS as usize];
-        for field in &mut fields {
-            let Some(len) = cursor.i32() else {
-                return Ok(Step::Incomplete);
-            };
-            // Every column read is NOT NULL, so -1 (NULL) is refused too.
-            let len = usize::try_from(len)
-                .map_err(|_| TotalsError::Read("a NOT NULL column came back NULL".into()))?;
-            let start = cursor.at;
-            if cursor.take(len).is_none() {
-                return Ok(Step::Incomplete);
-            }
-            *field = (start, len);
-        }
-        Ok(Step::Row(RawRow { fields }))
-    }
-}
-
-fn int<const N: usize>(bytes: &[u8], (start, len): (usize, usize)) -> Option<[u8; N]> {
-    if len != N {
-        return None;
-    }
-    bytes.get(start..start + N)?.try_into().ok()
-}
-
-fn push_row(out: &mut CycleRows, bytes: &[u8], raw: &RawRow) -> Result<(), TotalsError> {
-    let f = &raw.fields;
-    let text = |i: usize| &bytes[f[i].0..f[i].0 + f[i].1];
-    let bad =
-        |what: &str| TotalsError::Read(format!("column {what} has an unexpected binary form"));
-    let id = i64::from_be_bytes(int::<8>(bytes, f[0]).ok_or_else(|| bad("id"))?);
-    let problem = |problem: String| TotalsError::BadCdr { id, problem };
-    let started_at = i64::from_be_bytes(int::<8>(bytes, f[1]).ok_or_else(|| bad("started_at"))?);
-    let kind = parse_kind(text(5)).ok_or_else(|| {
-        problem(format!(
-            "kind '{}' is not voice, sms, mms, data or service",
-            String::from_utf8_lossy(text(5))
-        ))
-    })?;
-    let zone = parse_zone(text(6)).ok_or_else(|| {
-        problem(format!(
-            "roaming zone '{}' is not home, eu or world",
-            String::from_utf8_lossy(text(6))
-        ))
-    })?;
-    let duration =
-        i32::from_be_bytes(int::<4>(bytes, f[8]).ok_or_else(|| bad("duration_seconds"))?);
-    let volume = i64::from_be_bytes(int::<8>(bytes, f[9]).ok_or_else(|| bad("volume_bytes"))?);
-    let units = i32::from_be_bytes(int::<4>(bytes, f[10]).ok_or_else(|| bad("units"))?);
-    let cost =
-        i64::from_be_bytes(int::<8>(bytes, f[11]).ok_or_else(|| bad("provider_cost_micros"))?);
-    let negative = |what: &str, value: i64| problem(format!("{what} is negative ({value})"));
-    let row = CdrRow {
-        id,
-        started_at,
-        provider: out.span(text(2)),
-        external_id: out.span(text(3)),
-        subscription: out.subscription(text(4)).map_err(problem)?,
-        kind,
-        zone,
-        destination: out.span(text(7)),
-        duration_seconds: u32::try_from(duration)
-            .map_err(|_| negative("duration_seconds", duration.into()))?,
-        volume_bytes: u64::try_from(volume).map_err(|_| negative("volume_bytes", volume))?,
-        units: u32::try_from(units).map_err(|_| negative("units", units.into()))?,
-        provider_cost_micros: cost,
-    };
-    out.rows.push(row);
-    Ok(())
-}
-
-/// How each CDR of a cycle was priced, as the parallel arrays stored in
-/// `cycle_rating_chunk`, in consumption order.
+/// How each CDR of a cycle was priced, in consumption order, and the CDRs
+/// that more than one bundle covered.
 #[derive(Debug, Default)]
 struct Rating {
-    cdr_id: Vec<i64>,
-    rated_cost_micros: Vec<i64>,
-    rate: Vec<i32>,
-    bundle: Vec<i32>,
-    billed_quantity: Vec<i64>,
-    covered_quantity: Vec<i64>,
+    pricings: Pricings,
     split_position: Vec<i32>,
     split_bundle: Vec<i32>,
     split_covered: Vec<i64>,
@@ -814,52 +368,25 @@ fn quantity_i64(quantity: u64) -> i64 {
     i64::try_from(quantity).unwrap_or(i64::MAX)
 }
 
-/// Rates the cycle's CDRs in consumption order and sums the lines.
-fn rate_rows(plan: &RatePlan, mut cycle: CycleRows) -> Result<(Vec<Line>, Rating), TotalsError> {
-    if i32::try_from(cycle.rows.len()).is_err() {
+/// Rates the cycle's CDRs in consumption `order` and sums the lines.
+fn rate_rows(
+    plan: &RatePlan,
+    cycle: &CycleRows,
+    order: &[u32],
+) -> Result<(Vec<Line>, Rating), TotalsError> {
+    let rows = &cycle.rows;
+    if i32::try_from(rows.len()).is_err() {
         return Err(TotalsError::Read(format!(
             "the cycle has {} CDRs, more than one rating can hold (2^31)",
-            cycle.rows.len()
+            rows.len()
         )));
-    }
-    // Rule 7's order: by instant first (16-byte keys sort fast), then each
-    // run of equal instants by provider, external id and id.
-    let rows = std::mem::take(&mut cycle.rows);
-    let mut order: Vec<(i64, u32)> = rows
-        .iter()
-        .enumerate()
-        .map(|(i, row)| (row.started_at, i as u32))
-        .collect();
-    order.sort_unstable();
-    let mut run = 0;
-    while run < order.len() {
-        let instant = order[run].0;
-        let mut next = run + 1;
-        while next < order.len() && order[next].0 == instant {
-            next += 1;
-        }
-        if next - run > 1 {
-            order[run..next].sort_unstable_by(|&(_, a), &(_, b)| {
-                let (a, b) = (&rows[a as usize], &rows[b as usize]);
-                cycle
-                    .text(a.provider)
-                    .cmp(cycle.text(b.provider))
-                    .then_with(|| cycle.text(a.external_id).cmp(cycle.text(b.external_id)))
-                    .then(a.id.cmp(&b.id))
-            });
-        }
-        run = next;
     }
     let n = rows.len();
     let mut rating = Rating {
-        cdr_id: Vec::with_capacity(n),
-        rated_cost_micros: Vec::with_capacity(n),
-        rate: Vec::with_capacity(n),
-        bundle: Vec::with_capacity(n),
-        billed_quantity: Vec::with_capacity(n),
-        covered_quantity: Vec::with_capacity(n),
+        pricings: Pricings::with_capacity(n),
         ..Rating::default()
     };
+    let stored = &mut rating.pricings;
     // Lines in a dense table: subscription x kind x zone.
     const KINDS: usize = 5;
     const ZONES: usize = 3;
@@ -877,7 +404,7 @@ fn rate_rows(plan: &RatePlan, mut cycle: CycleRows) -> Result<(Vec<Line>, Rating
         Zone::World => 2,
     };
     let mut rater = Rater::new(plan);
-    for (position, &(_, index)) in order.iter().enumerate() {
+    for (position, &index) in order.iter().enumerate() {
         let row = &rows[index as usize];
         let pricing = rater.rate(&Usage {
             subscription: row.subscription as usize,
@@ -889,14 +416,14 @@ fn rate_rows(plan: &RatePlan, mut cycle: CycleRows) -> Result<(Vec<Line>, Rating
             units: row.units,
             provider_cost_micros: row.provider_cost_micros,
         });
-        rating.cdr_id.push(row.id);
-        rating.rated_cost_micros.push(pricing.rated_cost_micros);
-        rating.rate.push(index_i32(pricing.rate));
-        rating.bundle.push(index_i32(pricing.bundle));
-        rating
+        stored.cdr_id.push(row.id);
+        stored.rated_cost_micros.push(pricing.rated_cost_micros);
+        stored.rate.push(index_i32(pricing.rate));
+        stored.bundle.push(index_i32(pricing.bundle));
+        stored
             .billed_quantity
             .push(quantity_i64(pricing.billed_quantity));
-        rating
+        stored
             .covered_quantity
             .push(quantity_i64(pricing.covered_quantity));
         let shares = rater.shares();
@@ -956,32 +483,12 @@ async fn write_rating(
     .bind(cycle)
     .bind(plan_id)
     .bind(plan)
-    .bind(rating.cdr_id.len() as i64)
+    .bind(rating.pricings.len() as i64)
     .bind(&rating.split_position)
     .bind(&rating.split_bundle)
     .bind(&rating.split_covered)
     .execute(&mut *tx)
     .await?;
-    let n = rating.cdr_id.len();
-    for (chunk, first) in (0..n).step_by(RATING_CHUNK).enumerate() {
-        let range = first..(first + RATING_CHUNK).min(n);
-        sqlx::query(
-            "INSERT INTO cycle_rating_chunk (customer_id, cycle, chunk, first_position, cdr_id, rated_cost_micros, rate,
-                                             bundle, billed_quantity, covered_quantity)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(customer_id)
-        .bind(cycle)
-        .bind(chunk as i32)
-        .bind(first as i32)
-        .bind(&rating.cdr_id[range.clone()])
-        .bind(&rating.rated_cost_micros[range.clone()])
-        .bind(&rating.rate[range.clone()])
-        .bind(&rating.bundle[range.clone()])
-        .bind(&rating.billed_quantity[range.clone()])
-        .bind(&rating.covered_quantity[range])
-        .execute(&mut *tx)
-        .await?;
-    }
+    pricings::write(tx, customer_id, cycle, &rating.pricings).await?;
     Ok(())
 }
