@@ -2,15 +2,18 @@
 -- the columns rating reads, for every CDR of the cycle, encoded and
 -- compressed by the calculation, with a fingerprint per import file that
 -- each calculation checks against call_detail_record before using it. Only a
--- speed-up: deleting rows here changes no figure.
+-- speed-up: deleting rows here changes no figure. A cycle's copy is kept in
+-- segments, each holding whole import files, so that after an import only
+-- the new file's segment is written.
 CREATE TABLE cycle_input (
     customer_id   BIGINT NOT NULL REFERENCES customer (id) ON DELETE CASCADE,
     cycle         DATE NOT NULL,
+    segment       INTEGER NOT NULL,
     cdr_count     BIGINT NOT NULL,
     import_files  INTEGER NOT NULL,
     data          BYTEA NOT NULL,
     written_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
-    PRIMARY KEY (customer_id, cycle)
+    PRIMARY KEY (customer_id, cycle, segment)
 );
 
 -- Already compressed (lz4, by the calculation): PostgreSQL need not try.

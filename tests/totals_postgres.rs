@@ -888,6 +888,13 @@ async fn a_recalculation_takes_unchanged_files_from_the_stored_input_and_reads_n
     assert_ne!(late.rated_cost_micros, first.rated_cost_micros);
     let stored_late = stored_pricing(&db.pool, c).await;
     assert_eq!(stored_late.cdr_id[0], early);
+    // Only the late file was written: a segment of its own, one CDR.
+    let segments: Vec<(i32, i64)> =
+        sqlx::query_as("SELECT segment, cdr_count FROM cycle_input ORDER BY segment")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(segments, vec![(0, 6), (1, 1)]);
     assert_eq!(
         from_the_table_alone(&db.pool, c).await,
         (late.clone(), stored_late)

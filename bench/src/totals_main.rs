@@ -23,7 +23,12 @@ struct Cli {
     /// The customer's subscriptions.
     #[arg(long, default_value_t = 50)]
     subscriptions: u32,
-    /// Timed rounds (each: bare query, standard, rate plan).
+    /// CDRs of the import file added (and removed again) in each round, to
+    /// time the calculation that follows an import [default: 1% of --rows].
+    #[arg(long)]
+    added_file_rows: Option<u64>,
+    /// Timed rounds (each: bare query, standard, rate plan unchanged, after
+    /// an added file, with nothing stored, COPY alone).
     #[arg(long, default_value_t = 5)]
     runs: u32,
     #[arg(long, default_value_t = 20_250_301)]
@@ -48,6 +53,7 @@ fn main() -> Result<()> {
     runtime.block_on(totals::run(totals::Options {
         rows: cli.rows,
         other_rows: cli.other_rows,
+        added_file_rows: cli.added_file_rows.unwrap_or(cli.rows / 100).max(1),
         subscriptions: cli.subscriptions,
         runs: cli.runs,
         seed: cli.seed,

@@ -121,6 +121,7 @@ pub async fn create(
         customer_id,
         other_customer_id,
         subscriptions,
+        file: None,
     };
     let mut copy = db
         .pool
@@ -197,6 +198,57 @@ pub async fn create(
     })
 }
 
+/// Adds one more import file of `rows` CDRs of the customer, spread over
+/// 2025-03-16 (a late daily export), as import file `file`; their
+/// external ids cannot collide with the dataset's.
+pub async fn add_file(
+    db: &BenchDb,
+    dataset: &Dataset,
+    rows: u64,
+    file: i64,
+    seed: u64,
+) -> Result<()> {
+    let mut generator = CdrGenerator {
+        rng: Rng::new(seed ^ file as u64),
+        seq: 5_000_000_000 + file as u64 * 10_000_000,
+        customer_id: dataset.customer_id,
+        other_customer_id: dataset.other_customer_id,
+        subscriptions: dataset.subscriptions,
+        file: Some(file),
+    };
+    let mut copy = db
+        .pool
+        .copy_in_raw(
+            "COPY call_detail_record (provider, external_id, subscription, customer_id, started_at, kind, direction,
+                 destination, roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros,
+                 import_file_id, source_line) FROM STDIN",
+        )
+        .await
+        .context("start the COPY of the added file")?;
+    let mut buf = Vec::with_capacity(FLUSH_BYTES + 1024);
+    let day = utc((2025, 3, 15, 23));
+    for i in 0..rows {
+        let at = spread(day, day + Duration::days(1), i, rows, &mut generator.rng);
+        generator.row(&mut buf, at, false);
+        flush(&mut copy, &mut buf, false).await?;
+    }
+    flush(&mut copy, &mut buf, true).await?;
+    copy.finish()
+        .await
+        .context("finish the COPY of the added file")?;
+    Ok(())
+}
+
+/// Removes an added import file's CDRs again.
+pub async fn remove_file(db: &BenchDb, file: i64) -> Result<()> {
+    sqlx::query("DELETE FROM call_detail_record WHERE import_file_id = $1")
+        .bind(file)
+        .execute(&db.pool)
+        .await
+        .context("remove the added file")?;
+    Ok(())
+}
+
 /// Row `i` of `n` evenly over `[start, end)`, plus up to 2 s of jitter
 /// (so CDRs share a second now and then, and ties are broken by provider
 /// and external id), never past `end`.
@@ -232,6 +284,9 @@ struct CdrGenerator {
     customer_id: i64,
     other_customer_id: i64,
     subscriptions: u32,
+    /// The import file of every row; `None`: one file per day, as a daily
+    /// carrier export.
+    file: Option<i64>,
 }
 
 impl CdrGenerator {
@@ -297,9 +352,10 @@ impl CdrGenerator {
             "service" => (0, 0, 1, 500_000 + rng.below(9) * 250_000),
             _ => (0, 0, 1, 75_000),
         };
+        let file = self.file.unwrap_or(at.timestamp() / 86_400);
         let _ = writeln!(
             out,
-            "{provider}\t{}{:010}\t{subscription}\t{customer}\t{}\t{kind}\toutgoing\t{destination}\t{zone}\t{seconds}\t{bytes}\t{units}\t{cost}\t0\t{}",
+            "{provider}\t{}{:010}\t{subscription}\t{customer}\t{}\t{kind}\toutgoing\t{destination}\t{zone}\t{seconds}\t{bytes}\t{units}\t{cost}\t{file}\t{}",
             if provider == "kpn" { "K" } else { "RT" },
             self.seq,
             at.format("%Y-%m-%d %H:%M:%S+00"),

@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tem_shared::billing::cycle_input::InputSource;
 use tem_shared::billing::totals::{
     calculate_totals_timed, cycle_bounds, CycleTotals, TotalsTimings, READ_COLUMNS,
 };
@@ -20,6 +21,7 @@ use crate::report::Goal;
 pub struct Options {
     pub rows: u64,
     pub other_rows: u64,
+    pub added_file_rows: u64,
     pub subscriptions: u32,
     pub runs: u32,
     pub seed: u64,
@@ -84,14 +86,20 @@ pub struct Summary {
     pub dataset: data::Dataset,
     pub environment: Vec<(String, String)>,
     pub timings: Vec<Timing>,
-    /// Best rate-plan run's phases.
+    /// CDRs of the import file added before each "after an import" run.
+    pub added_file_rows: u64,
+    /// Phases of the best run of each rate-plan case.
     pub rate_plan_phases: TotalsTimings,
+    pub after_import_phases: TotalsTimings,
+    pub nothing_stored_phases: TotalsTimings,
     pub standard_totals: CycleTotals,
     pub rate_plan_totals: CycleTotals,
     pub ratio_standard_best: f64,
     pub ratio_standard_median: f64,
     pub ratio_rate_plan_best: f64,
     pub ratio_rate_plan_median: f64,
+    pub ratio_after_import_best: f64,
+    pub ratio_nothing_stored_best: f64,
     pub checks: Checks,
     pub goals: Vec<Goal>,
     pub all_goals_met: bool,
@@ -193,6 +201,14 @@ async fn calculate(
     Ok((started.elapsed().as_secs_f64(), totals, timings))
 }
 
+/// One calculation's phases, for the progress lines.
+fn phases_text(p: &TotalsTimings) -> String {
+    format!(
+        "read {:.3}, rate {:.3}, store input {:.3}, write {:.3}",
+        p.read_seconds, p.rate_seconds, p.store_input_seconds, p.write_seconds
+    )
+}
+
 async fn note_checkpoint(db: &BenchDb, notes: &mut Vec<String>) {
     if let Some(note) = db.checkpoint().await {
         if !notes.contains(&note) {
@@ -244,14 +260,20 @@ async fn measure(db: &BenchDb, options: &Options) -> Result<Summary> {
     set_plan(db, dataset.customer_id, plan).await?;
     calculate(db, &dataset).await?;
 
-    // Rounds of the three side by side, so a disturbance on the machine
-    // hits all three alike.
+    // Rounds of all cases side by side, so a disturbance on the machine
+    // hits all alike.
     let (mut bare_runs, mut standard_runs, mut rated_runs, mut floor_runs) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut after_import_runs, mut nothing_stored_runs) = (Vec::new(), Vec::new());
     let mut groups = 0;
     let mut standard_totals = None;
     let mut rate_plan_totals = None;
-    let mut best_phases: Option<(f64, TotalsTimings)> = None;
+    let mut best_phases: [Option<(f64, TotalsTimings)>; 3] = [None; 3];
+    let mut keep_best = |case: usize, took: f64, phases: TotalsTimings| {
+        if best_phases[case].is_none_or(|(best, _)| took < best) {
+            best_phases[case] = Some((took, phases));
+        }
+    };
     for round in 1..=options.runs {
         note_checkpoint(db, &mut notes).await;
         let (took, n) = bare(db, dataset.customer_id, bounds).await?;
@@ -264,20 +286,67 @@ async fn measure(db: &BenchDb, options: &Options) -> Result<Summary> {
         standard_runs.push(took_standard);
         standard_totals = Some(totals);
 
+        // Nothing changed since the last calculation: the whole cycle from
+        // its stored input, checked against the table.
         set_plan(db, dataset.customer_id, plan).await?;
         note_checkpoint(db, &mut notes).await;
         let (took_rated, totals, phases) = calculate(db, &dataset).await?;
+        ensure!(
+            phases.input == InputSource::Stored,
+            "expected the stored input, got {:?}",
+            phases.input
+        );
         rated_runs.push(took_rated);
         rate_plan_totals = Some(totals);
-        if best_phases.is_none_or(|(best, _)| took_rated < best) {
-            best_phases = Some((took_rated, phases));
-        }
+        keep_best(0, took_rated, phases);
+
+        // What follows an import: one more daily file, read from the table
+        // on top of the stored input, and the input stored again. The file
+        // is removed again after, untimed.
+        let file = 900_000 + i64::from(round);
+        data::add_file(db, &dataset, options.added_file_rows, file, options.seed).await?;
+        note_checkpoint(db, &mut notes).await;
+        let (took_after, after, after_phases) = calculate(db, &dataset).await?;
+        ensure!(
+            matches!(
+                after_phases.input,
+                InputSource::StoredAndFiles { files: 1, .. }
+            ) && after.cdr_count as u64 == dataset.rows + options.added_file_rows,
+            "the calculation after an import read {:?} and counted {}",
+            after_phases.input,
+            after.cdr_count
+        );
+        after_import_runs.push(took_after);
+        keep_best(1, took_after, after_phases);
+        data::remove_file(db, file).await?;
+        calculate(db, &dataset).await?;
+
+        // The first calculation of a cycle, or one whose stored input is
+        // lost: everything from the table, and stored.
+        sqlx::query("DELETE FROM cycle_input")
+            .execute(&db.pool)
+            .await
+            .context("remove the stored input")?;
+        note_checkpoint(db, &mut notes).await;
+        let (took_cold, _, cold_phases) = calculate(db, &dataset).await?;
+        ensure!(
+            cold_phases.input == InputSource::Table,
+            "expected a full read, got {:?}",
+            cold_phases.input
+        );
+        nothing_stored_runs.push(took_cold);
+        keep_best(2, took_cold, cold_phases);
+
         note_checkpoint(db, &mut notes).await;
         let took_floor = copy_floor(db, dataset.customer_id, bounds).await?;
         floor_runs.push(took_floor);
         progress(&format!(
-            "round {round}/{}: bare {took:.3} s, standard {took_standard:.3} s, rate plan {took_rated:.3} s (read {:.3}, rate {:.3}, write {:.3}), COPY alone {took_floor:.3} s",
-            options.runs, phases.read_seconds, phases.rate_seconds, phases.write_seconds
+            "round {round}/{}: bare {took:.3} s, standard {took_standard:.3} s, rate plan {took_rated:.3} s ({}), \
+             after an import {took_after:.3} s ({}), nothing stored {took_cold:.3} s ({}), COPY alone {took_floor:.3} s",
+            options.runs,
+            phases_text(&phases),
+            phases_text(&after_phases),
+            phases_text(&cold_phases),
         ));
     }
     environment.push((
@@ -306,7 +375,21 @@ async fn measure(db: &BenchDb, options: &Options) -> Result<Summary> {
 
     let bare = Timing::new("bare SELECT ... GROUP BY", bare_runs);
     let standard = Timing::new("calculate_totals, standard", standard_runs);
-    let rated = Timing::new("calculate_totals, rate plan with bundles", rated_runs);
+    let rated = Timing::new(
+        "calculate_totals, rate plan with bundles, nothing changed",
+        rated_runs,
+    );
+    let after_import = Timing::new(
+        &format!(
+            "  ... after an import file of {} more CDRs",
+            options.added_file_rows
+        ),
+        after_import_runs,
+    );
+    let nothing_stored = Timing::new(
+        "  ... with nothing stored (a cycle's first read)",
+        nothing_stored_runs,
+    );
     let floor = Timing::new(
         "(floor) COPY out of the columns rating reads, 1 connection, discarded",
         floor_runs,
@@ -315,6 +398,8 @@ async fn measure(db: &BenchDb, options: &Options) -> Result<Summary> {
     let ratio_rate_plan_best = rated.best / bare.best;
     let ratio_standard_median = standard.median / bare.median;
     let ratio_rate_plan_median = rated.median / bare.median;
+    let ratio_after_import_best = after_import.best / bare.best;
+    let ratio_nothing_stored_best = nothing_stored.best / bare.best;
     let goals = vec![
         Goal::at_most(
             "standard / bare GROUP BY (best of runs)",
@@ -330,22 +415,34 @@ async fn measure(db: &BenchDb, options: &Options) -> Result<Summary> {
             "x",
             false,
         ),
+        Goal::at_most(
+            "rate plan after an import / bare GROUP BY (best of runs)",
+            ratio_after_import_best,
+            3.0,
+            "x",
+            false,
+        ),
     ];
     let all_goals_met = goals.iter().all(|g| g.met);
     if options.rows != 1_000_000 {
         notes.push("the goals are defined for 1,000,000 CDRs; this run used another size".into());
     }
     Ok(Summary {
-        rate_plan_phases: best_phases.map(|(_, p)| p).unwrap_or_default(),
+        added_file_rows: options.added_file_rows,
+        rate_plan_phases: best_phases[0].map(|(_, p)| p).unwrap_or_default(),
+        after_import_phases: best_phases[1].map(|(_, p)| p).unwrap_or_default(),
+        nothing_stored_phases: best_phases[2].map(|(_, p)| p).unwrap_or_default(),
         dataset,
         environment,
-        timings: vec![bare, standard, rated, floor],
+        timings: vec![bare, standard, rated, after_import, nothing_stored, floor],
         standard_totals,
         rate_plan_totals,
         ratio_standard_best,
         ratio_standard_median,
         ratio_rate_plan_best,
         ratio_rate_plan_median,
+        ratio_after_import_best,
+        ratio_nothing_stored_best,
         checks,
         goals,
         all_goals_met,

@@ -52,12 +52,35 @@ pub enum InputSource {
     StoredAndFiles { files: usize, cdrs: usize },
 }
 
-/// The cycle's CDRs and whether the stored copy needs writing again.
+/// The cycle's CDRs and what to store of them after the calculation.
 pub(crate) struct CycleInput {
     pub rows: CycleRows,
     pub source: InputSource,
-    pub store: bool,
+    pub store: Store,
 }
+
+/// What the stored copy needs after a calculation. The copy is kept in
+/// segments (rows of `cycle_input`), each holding whole import files, so
+/// that after an import only the new file is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Store {
+    /// It is right as it is.
+    Nothing,
+    /// Replace every segment with one holding all rows.
+    Everything,
+    /// Remove the `stale` segments and add one segment `next` holding
+    /// these files' rows (the files read again, and the still-right files
+    /// of the removed segments).
+    Segment {
+        stale: Vec<i32>,
+        next: i32,
+        files: BTreeSet<i64>,
+    },
+}
+
+/// More segments than this are merged into one when the next segment is
+/// written: each costs a row to read and a decode to start.
+const MAX_SEGMENTS: usize = 12;
 
 /// One import file's CDRs in the cycle, as PostgreSQL sums them now.
 struct FileNow {
@@ -84,28 +107,32 @@ pub(crate) async fn load(
     let full = |rows| CycleInput {
         rows,
         source: InputSource::Table,
-        store: true,
+        store: Store::Everything,
     };
-    let data: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT data FROM cycle_input WHERE customer_id = $1 AND cycle = $2")
-            .bind(customer_id)
-            .bind(cycle)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some(data) = data else {
+    let segments: Vec<(i32, Vec<u8>)> = sqlx::query_as(
+        "SELECT segment, data FROM cycle_input WHERE customer_id = $1 AND cycle = $2 ORDER BY segment",
+    )
+    .bind(customer_id)
+    .bind(cycle)
+    .fetch_all(&mut *tx)
+    .await?;
+    if segments.is_empty() {
         return Ok(full(read_cycle(pool, tx, customer_id, start, end).await?));
-    };
+    }
     // Decoding takes about as long as PostgreSQL takes for the fingerprints:
     // do both at once.
-    let decoding = tokio::task::spawn_blocking(move || decode(&data));
+    let bounds = (pg_micros(start), pg_micros(end));
+    let decoding = tokio::task::spawn_blocking(move || decode_segments(segments, bounds));
     let now = files_now(tx, customer_id, start, end).await;
     let decoded = decoding
         .await
         .unwrap_or_else(|e| Err(format!("the decoder stopped: {e}")));
     let now = now?;
-    let stored = match decoded {
-        Ok(stored) if stored.bounds == (pg_micros(start), pg_micros(end)) => stored.rows,
-        Ok(_) => return Ok(full(read_cycle(pool, tx, customer_id, start, end).await?)),
+    let (stored, homes) = match decoded {
+        Ok(Some(decoded)) => decoded,
+        // Stored with other cycle bounds: the customer's time zone or start
+        // day changed since.
+        Ok(None) => return Ok(full(read_cycle(pool, tx, customer_id, start, end).await?)),
         Err(problem) => {
             tracing::warn!(customer_id, %cycle, problem, "stored cycle input unreadable; reading the table");
             return Ok(full(read_cycle(pool, tx, customer_id, start, end).await?));
@@ -116,12 +143,17 @@ pub(crate) async fn load(
         .filter(|(file, current)| stored.files.get(file) != Some(&current.sum))
         .map(|(file, _)| *file)
         .collect();
-    let gone = stored.files.keys().any(|file| !now.contains_key(file));
-    if stale.is_empty() && !gone {
+    let gone: Vec<i64> = stored
+        .files
+        .keys()
+        .filter(|file| !now.contains_key(file))
+        .copied()
+        .collect();
+    if stale.is_empty() && gone.is_empty() {
         return Ok(CycleInput {
             rows: stored,
             source: InputSource::Stored,
-            store: false,
+            store: Store::Nothing,
         });
     }
     let total: i64 = now.values().map(|f| f.sum.count).sum();
@@ -146,14 +178,62 @@ pub(crate) async fn load(
         let fresh = read_files(tx, customer_id, first.max(start), until, &stale).await?;
         rows.absorb(fresh);
     }
+    // The segments that held a changed or removed file are written again
+    // without it, together with the files read again.
+    let dirty: BTreeSet<i32> = stale
+        .iter()
+        .chain(&gone)
+        .filter_map(|file| homes.get(file).copied())
+        .collect();
+    let mut files: BTreeSet<i64> = stale.iter().copied().collect();
+    files.extend(
+        homes
+            .iter()
+            .filter(|(file, home)| dirty.contains(home) && keep.contains(file))
+            .map(|(file, _)| *file),
+    );
+    let segments: BTreeSet<i32> = homes.values().copied().collect();
+    let store = if segments.len() - dirty.len() + 1 > MAX_SEGMENTS {
+        Store::Everything
+    } else {
+        Store::Segment {
+            stale: dirty.into_iter().collect(),
+            next: segments.last().map_or(0, |last| last + 1),
+            files,
+        }
+    };
     Ok(CycleInput {
         rows,
         source: InputSource::StoredAndFiles {
             files: stale.len(),
             cdrs: usize::try_from(to_read).unwrap_or(usize::MAX),
         },
-        store: true,
+        store,
     })
+}
+
+/// Every segment decoded into one set of rows, with the segment each
+/// import file is in; `None` when one was stored with other cycle bounds.
+#[allow(clippy::type_complexity)]
+fn decode_segments(
+    segments: Vec<(i32, Vec<u8>)>,
+    bounds: (i64, i64),
+) -> Result<Option<(CycleRows, BTreeMap<i64, i32>)>, String> {
+    let mut rows = CycleRows::default();
+    let mut homes = BTreeMap::new();
+    for (segment, data) in segments {
+        let stored = decode(&data).map_err(|problem| format!("segment {segment}: {problem}"))?;
+        if stored.bounds != bounds {
+            return Ok(None);
+        }
+        for file in stored.rows.files.keys() {
+            if homes.insert(*file, segment).is_some() {
+                return Err(format!("file {file} is in two segments"));
+            }
+        }
+        rows.absorb(stored.rows);
+    }
+    Ok(Some((rows, homes)))
 }
 
 /// The fingerprint of each import file's CDRs in the cycle, in one
@@ -199,8 +279,7 @@ async fn files_now(
     Ok(files)
 }
 
-/// Writes the copy of the cycle (in consumption `order`), or removes it
-/// when it would be too big to store.
+/// Stores what `store` says of the cycle's rows (in consumption `order`).
 pub(crate) async fn store(
     tx: &mut PgConnection,
     customer_id: i64,
@@ -208,43 +287,69 @@ pub(crate) async fn store(
     (start, end): (DateTime<Utc>, DateTime<Utc>),
     rows: &CycleRows,
     order: &[u32],
+    store: &Store,
 ) -> Result<(), TotalsError> {
-    let data = encode(rows, order, (pg_micros(start), pg_micros(end)));
+    let bounds = (pg_micros(start), pg_micros(end));
+    let (segment, data, files) = match store {
+        Store::Nothing => return Ok(()),
+        Store::Everything => {
+            sqlx::query("DELETE FROM cycle_input WHERE customer_id = $1 AND cycle = $2")
+                .bind(customer_id)
+                .bind(cycle)
+                .execute(&mut *tx)
+                .await?;
+            (0, encode(rows, order, bounds), rows.files.len())
+        }
+        Store::Segment { stale, next, files } => {
+            sqlx::query(
+                "DELETE FROM cycle_input WHERE customer_id = $1 AND cycle = $2 AND segment = ANY($3)",
+            )
+            .bind(customer_id)
+            .bind(cycle)
+            .bind(stale)
+            .execute(&mut *tx)
+            .await?;
+            let part = rows.subset(files);
+            let order = part.consumption_order();
+            (*next, encode(&part, &order, bounds), files.len())
+        }
+    };
     if data.len() > MAX_STORED_BYTES {
+        // Too big to keep: every segment goes, and the cycle is read in
+        // full next time.
         tracing::warn!(customer_id, %cycle, bytes = data.len(), "cycle input too big to store; it will be read in full");
-        return remove(tx, customer_id, cycle).await;
+        sqlx::query("DELETE FROM cycle_input WHERE customer_id = $1 AND cycle = $2")
+            .bind(customer_id)
+            .bind(cycle)
+            .execute(&mut *tx)
+            .await?;
+        return Ok(());
     }
     sqlx::query(
-        "INSERT INTO cycle_input (customer_id, cycle, cdr_count, import_files, data)
-         VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (customer_id, cycle) DO UPDATE
-            SET cdr_count = EXCLUDED.cdr_count, import_files = EXCLUDED.import_files,
-                data = EXCLUDED.data, written_at = now()",
+        "INSERT INTO cycle_input (customer_id, cycle, segment, cdr_count, import_files, data)
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(customer_id)
     .bind(cycle)
-    .bind(rows.rows.len() as i64)
-    .bind(rows.files.len() as i32)
+    .bind(segment)
+    .bind(count_in(rows, store) as i64)
+    .bind(files as i32)
     .bind(data)
     .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
-/// Removes the stored copy of a cycle. A customer switched to the standard
-/// method keeps its copy: it is checked before any use, and switching back
-/// then costs no full read.
-async fn remove(
-    tx: &mut PgConnection,
-    customer_id: i64,
-    cycle: chrono::NaiveDate,
-) -> Result<(), TotalsError> {
-    sqlx::query("DELETE FROM cycle_input WHERE customer_id = $1 AND cycle = $2")
-        .bind(customer_id)
-        .bind(cycle)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
+/// The number of rows a segment written for `store` holds.
+fn count_in(rows: &CycleRows, store: &Store) -> usize {
+    match store {
+        Store::Segment { files, .. } => files
+            .iter()
+            .filter_map(|file| rows.files.get(file))
+            .map(|sum| sum.count as usize)
+            .sum(),
+        _ => rows.rows.len(),
+    }
 }
 
 /// A decoded copy.

@@ -542,6 +542,30 @@ impl CycleRows {
         self.files.retain(|file, _| keep.contains(file));
     }
 
+    /// A copy of the rows of the given import files only.
+    pub fn subset(&self, files: &BTreeSet<i64>) -> CycleRows {
+        let mut part = CycleRows::default();
+        for row in self.rows.iter().filter(|row| files.contains(&row.file)) {
+            let copied = CdrRow {
+                provider: part.span(self.text(row.provider)),
+                external_id: part.span(self.text(row.external_id)),
+                destination: part.span(self.text(row.destination)),
+                subscription: part
+                    .subscription(self.subscriptions[row.subscription as usize].as_bytes())
+                    .unwrap_or_default(),
+                ..*row
+            };
+            part.rows.push(copied);
+        }
+        part.files = self
+            .files
+            .iter()
+            .filter(|(file, _)| files.contains(file))
+            .map(|(file, sum)| (*file, *sum))
+            .collect();
+        part
+    }
+
     /// The positions of the rows in bundle consumption order: by
     /// `started_at`, then provider, external id and id (rule 7 of the
     /// README's rating rules).
@@ -554,7 +578,9 @@ impl CycleRows {
             .enumerate()
             .map(|(i, row)| (row.started_at, i as u32))
             .collect();
-        order.sort_unstable();
+        // The stable sort finds the sorted runs the stored segments already
+        // are and merges them, instead of sorting from scratch.
+        order.sort();
         let mut run = 0;
         while run < order.len() {
             let instant = order[run].0;

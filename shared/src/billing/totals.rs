@@ -167,23 +167,21 @@ pub async fn calculate_totals_timed(
             let order = input.rows.consumption_order();
             let (lines, rating) = rate_rows(plan, &input.rows, &order)?;
             timings.rate_seconds = rated.elapsed().as_secs_f64();
-            if input.store {
-                let stored = Instant::now();
-                cycle_input::store(
-                    &mut tx,
-                    customer_id,
-                    cycle,
-                    (start, end),
-                    &input.rows,
-                    &order,
-                )
-                .await?;
-                timings.store_input_seconds = stored.elapsed().as_secs_f64();
-            }
+            let stored = Instant::now();
+            cycle_input::store(
+                &mut tx,
+                customer_id,
+                cycle,
+                (start, end),
+                &input.rows,
+                &order,
+                &input.store,
+            )
+            .await?;
+            timings.store_input_seconds = stored.elapsed().as_secs_f64();
             (lines, Some(rating))
         }
     };
-
     if rating.is_none() {
         timings.read_seconds = started.elapsed().as_secs_f64();
     }
