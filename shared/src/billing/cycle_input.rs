@@ -26,7 +26,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Row};
 
-use crate::billing::cycle_rows::{read_cycle, read_files, CdrRow, CycleRows, FileSum, Span};
+use crate::billing::cycle_rows::{
+    read_cycle, read_files, CdrRow, CycleRows, FileSum, Span, SPARE_CONNECTION_WAIT,
+};
 use crate::billing::encoding::{put_bytes, put_varint, seal, unseal, zigzag, Reader};
 use crate::billing::totals::TotalsError;
 use crate::import::format::{Kind, Zone};
@@ -109,24 +111,47 @@ pub(crate) async fn load(
         source: InputSource::Table,
         store: Store::Everything,
     };
-    let segments: Vec<(i32, Vec<u8>)> = sqlx::query_as(
-        "SELECT segment, data FROM cycle_input WHERE customer_id = $1 AND cycle = $2 ORDER BY segment",
-    )
-    .bind(customer_id)
-    .bind(cycle)
-    .fetch_all(&mut *tx)
-    .await?;
-    if segments.is_empty() {
+    let stored_segments: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM cycle_input WHERE customer_id = $1 AND cycle = $2")
+            .bind(customer_id)
+            .bind(cycle)
+            .fetch_one(&mut *tx)
+            .await?;
+    if stored_segments == 0 {
         return Ok(full(read_cycle(pool, tx, customer_id, start, end).await?));
     }
-    // Decoding takes about as long as PostgreSQL takes for the fingerprints:
-    // do both at once.
+    // Fetching and decoding the segments takes about as long as PostgreSQL
+    // takes for the fingerprints: do both at once. Segments are written
+    // only under the calculation's lock, so a spare connection may fetch
+    // them; without one the transaction fetches them first.
     let bounds = (pg_micros(start), pg_micros(end));
-    let decoding = tokio::task::spawn_blocking(move || decode_segments(segments, bounds));
-    let now = files_now(tx, customer_id, start, end).await;
-    let decoded = decoding
+    let decode_all = move |segments| {
+        tokio::task::spawn_blocking(move || decode_segments(segments, bounds))
+    };
+    let spare = tokio::time::timeout(SPARE_CONNECTION_WAIT, pool.acquire())
         .await
-        .unwrap_or_else(|e| Err(format!("the decoder stopped: {e}")));
+        .ok()
+        .and_then(Result::ok);
+    let (decoded, now) = match spare {
+        Some(mut connection) => {
+            let loading = tokio::spawn(async move {
+                let segments = fetch_segments(&mut connection, customer_id, cycle).await?;
+                Ok::<_, sqlx::Error>(decode_all(segments).await)
+            });
+            let now = files_now(tx, customer_id, start, end).await;
+            let loaded = loading
+                .await
+                .map_err(|e| TotalsError::Read(format!("the segment reader stopped: {e}")))??;
+            (loaded, now)
+        }
+        None => {
+            let segments = fetch_segments(tx, customer_id, cycle).await?;
+            let decoding = decode_all(segments);
+            let now = files_now(tx, customer_id, start, end).await;
+            (decoding.await, now)
+        }
+    };
+    let decoded = decoded.unwrap_or_else(|e| Err(format!("the decoder stopped: {e}")));
     let now = now?;
     let (stored, homes) = match decoded {
         Ok(Some(decoded)) => decoded,
@@ -210,6 +235,20 @@ pub(crate) async fn load(
         },
         store,
     })
+}
+
+async fn fetch_segments(
+    connection: &mut PgConnection,
+    customer_id: i64,
+    cycle: chrono::NaiveDate,
+) -> Result<Vec<(i32, Vec<u8>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT segment, data FROM cycle_input WHERE customer_id = $1 AND cycle = $2 ORDER BY segment",
+    )
+    .bind(customer_id)
+    .bind(cycle)
+    .fetch_all(connection)
+    .await
 }
 
 /// Every segment decoded into one set of rows, with the segment each

@@ -196,7 +196,7 @@ const FIELDS: i16 = 14;
 const READERS: usize = 2;
 
 /// How long to wait for a spare connection before reading alone.
-const SPARE_CONNECTION_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+pub(crate) const SPARE_CONNECTION_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Reads the cycle's CDRs with binary COPY: about half the time of fetching
 /// them as rows. PostgreSQL spends most of it turning values into their
