@@ -930,8 +930,47 @@ async fn a_recalculation_takes_unchanged_files_from_the_stored_input_and_reads_n
     let stored_deleted = stored_pricing(&db.pool, c).await;
     assert_eq!(
         from_the_table_alone(&db.pool, c).await,
-        (deleted, stored_deleted)
+        (deleted.clone(), stored_deleted)
     );
+
+    // A file added and removed again: its own segment goes with it, and
+    // no empty one takes its place.
+    let extra = cdr_to(
+        &db.pool,
+        c,
+        "v9",
+        "+31622222222",
+        "2025-03-25 09:00:00+00",
+        "voice",
+        "home",
+        "+31201234567",
+        10,
+        1,
+    )
+    .await;
+    sql(
+        &db.pool,
+        &format!("UPDATE call_detail_record SET import_file_id = 5 WHERE id = {extra}"),
+    )
+    .await;
+    let (_, source) = calculate_from(&db.pool, c).await;
+    assert_eq!(source, InputSource::StoredAndFiles { files: 1, cdrs: 1 });
+    let segments = || async {
+        sqlx::query_scalar::<_, i64>("SELECT cdr_count FROM cycle_input ORDER BY segment")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(segments().await, vec![6, 1]);
+    sql(
+        &db.pool,
+        "DELETE FROM call_detail_record WHERE import_file_id = 5",
+    )
+    .await;
+    let (without, source) = calculate_from(&db.pool, c).await;
+    assert_eq!(source, InputSource::StoredAndFiles { files: 0, cdrs: 0 });
+    assert_eq!(without, deleted);
+    assert_eq!(segments().await, vec![6]);
 }
 
 #[tokio::test]

@@ -111,12 +111,13 @@ pub(crate) async fn load(
         source: InputSource::Table,
         store: Store::Everything,
     };
-    let stored_segments: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM cycle_input WHERE customer_id = $1 AND cycle = $2")
-            .bind(customer_id)
-            .bind(cycle)
-            .fetch_one(&mut *tx)
-            .await?;
+    let stored_segments: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM cycle_input WHERE customer_id = $1 AND cycle = $2",
+    )
+    .bind(customer_id)
+    .bind(cycle)
+    .fetch_one(&mut *tx)
+    .await?;
     if stored_segments == 0 {
         return Ok(full(read_cycle(pool, tx, customer_id, start, end).await?));
     }
@@ -125,9 +126,8 @@ pub(crate) async fn load(
     // only under the calculation's lock, so a spare connection may fetch
     // them; without one the transaction fetches them first.
     let bounds = (pg_micros(start), pg_micros(end));
-    let decode_all = move |segments| {
-        tokio::task::spawn_blocking(move || decode_segments(segments, bounds))
-    };
+    let decode_all =
+        move |segments| tokio::task::spawn_blocking(move || decode_segments(segments, bounds));
     let spare = tokio::time::timeout(SPARE_CONNECTION_WAIT, pool.acquire())
         .await
         .ok()
@@ -348,6 +348,10 @@ pub(crate) async fn store(
             .bind(stale)
             .execute(&mut *tx)
             .await?;
+            if files.is_empty() {
+                // Only removed files: nothing new to hold.
+                return Ok(());
+            }
             let part = rows.subset(files);
             let order = part.consumption_order();
             (*next, encode(&part, &order, bounds), files.len())
