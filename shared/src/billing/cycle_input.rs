@@ -283,6 +283,12 @@ async fn files_now(
     start: DateTime<Utc>,
     end: DateTime<Utc>,
 ) -> Result<BTreeMap<i64, FileNow>, TotalsError> {
+    // One parallel worker, not the default two: on a small server the
+    // segments are decoded meanwhile, and three processes plus the decoder
+    // on two cores only wait for each other.
+    sqlx::query("SET LOCAL max_parallel_workers_per_gather = 1")
+        .execute(&mut *tx)
+        .await?;
     let rows = sqlx::query(
         "SELECT import_file_id, count(*) AS count, sum(id)::text AS id_sum,
                 sum(xmin::text::bigint)::text AS xmin_sum, min(started_at) AS first, max(started_at) AS last

@@ -220,12 +220,6 @@ fn ser_zones<S: Serializer>(zones: &[Zone], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(zones.iter().map(|z| z.as_str()))
 }
 
-/// The digits of a destination: its ASCII digits, in order (`+` and any
-/// separators dropped).
-pub fn destination_digits(destination: &str) -> String {
-    destination.chars().filter(char::is_ascii_digit).collect()
-}
-
 /// The rate that prices a CDR (rule 1): same kind, zone equal or any, prefix
 /// of the destination's digits; longest prefix, then specific zone, then
 /// plan order.
@@ -235,23 +229,29 @@ pub fn find_rate<'p>(
     zone: Zone,
     destination: &str,
 ) -> Option<&'p Rate> {
-    let digits = destination_digits(destination);
-    best_rate(plan.rates.iter().enumerate(), kind, zone, digits.as_bytes())
-        .map(|index| &plan.rates[index])
+    best_rate_of_destination(
+        plan.rates.iter().enumerate(),
+        kind,
+        zone,
+        destination.as_bytes(),
+    )
+    .map(|index| &plan.rates[index])
 }
 
-/// Rule 1 over `rates` (with their index in the plan, in plan order).
-fn best_rate<'p>(
+/// Rule 1 over `rates` (with their index in the plan, in plan order) for a
+/// destination as stored: its digits are compared in place, without
+/// collecting them first.
+fn best_rate_of_destination<'p>(
     rates: impl Iterator<Item = (usize, &'p Rate)>,
     kind: Kind,
     zone: Zone,
-    digits: &[u8],
+    destination: &[u8],
 ) -> Option<usize> {
     let mut best: Option<(usize, (usize, bool))> = None;
     for (index, rate) in rates {
         if rate.kind != kind
             || rate.zone.is_some_and(|z| z != zone)
-            || !digits.starts_with(rate.prefix.as_bytes())
+            || !digits_start_with(destination, rate.prefix.as_bytes())
         {
             continue;
         }
@@ -262,6 +262,12 @@ fn best_rate<'p>(
         }
     }
     best.map(|(index, _)| index)
+}
+
+/// Whether the ASCII digits of `destination` start with `prefix`.
+fn digits_start_with(destination: &[u8], prefix: &[u8]) -> bool {
+    let mut digits = destination.iter().filter(|b| b.is_ascii_digit());
+    prefix.iter().all(|p| digits.next() == Some(p))
 }
 
 /// Billed seconds of a call (rule 3): 0 for 0 s; else the first increment,
@@ -477,6 +483,12 @@ trait Allowances {
 
 /// Rating state of one cycle: rates CDRs one at a time, in consumption
 /// order ([`consumption_cmp`]), with every bundle starting full.
+/// What [`Rater::prepare`] found for one CDR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prepared {
+    rate: Option<usize>,
+}
+
 pub struct Rater<'p> {
     plan: &'p RatePlan,
     /// Indexes of the plan's rates per kind (rule 1 only looks at rates of
@@ -486,7 +498,6 @@ pub struct Rater<'p> {
     /// subscription number otherwise.
     spent: Vec<Vec<u64>>,
     shares: Vec<Share>,
-    digits: Vec<u8>,
 }
 
 fn kind_slot(kind: Kind) -> usize {
@@ -529,7 +540,6 @@ impl<'p> Rater<'p> {
             rates_by_kind,
             spent: vec![Vec::new(); plan.bundles.len()],
             shares: Vec::new(),
-            digits: Vec::with_capacity(32),
         }
     }
 
@@ -537,19 +547,33 @@ impl<'p> Rater<'p> {
     /// bundle allowance. [`Rater::shares`] then tells which bundles took
     /// part.
     pub fn rate(&mut self, cdr: &Usage<'_>) -> Pricing {
-        self.shares.clear();
-        self.digits.clear();
-        self.digits
-            .extend(cdr.destination.iter().copied().filter(u8::is_ascii_digit));
+        let prepared = self.prepare(cdr);
+        self.rate_prepared(cdr, prepared)
+    }
+
+    /// The part of rating a CDR that does not depend on any other CDR: its
+    /// rate (rule 1). It only reads the plan, so the CDRs of a cycle can be
+    /// prepared on several threads before [`Rater::rate_prepared`] walks
+    /// them in consumption order.
+    pub fn prepare(&self, cdr: &Usage<'_>) -> Prepared {
         let plan = self.plan;
-        let rate_index = best_rate(
-            self.rates_by_kind[kind_slot(cdr.kind)]
-                .iter()
-                .map(|&i| (i, &plan.rates[i])),
-            cdr.kind,
-            cdr.zone,
-            &self.digits,
-        );
+        Prepared {
+            rate: best_rate_of_destination(
+                self.rates_by_kind[kind_slot(cdr.kind)]
+                    .iter()
+                    .map(|&i| (i, &plan.rates[i])),
+                cdr.kind,
+                cdr.zone,
+                cdr.destination,
+            ),
+        }
+    }
+
+    /// [`Rater::rate`] of a CDR [`Rater::prepare`] prepared.
+    pub fn rate_prepared(&mut self, cdr: &Usage<'_>, prepared: Prepared) -> Pricing {
+        self.shares.clear();
+        let plan = self.plan;
+        let rate_index = prepared.rate;
         let rate = match rate_index {
             Some(index) if cdr.kind != Kind::Service => &plan.rates[index],
             // Rules 2 and 6: provider cost; only a non-service CDR without

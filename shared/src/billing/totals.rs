@@ -29,7 +29,7 @@ use crate::billing::customer::{BillingCustomer, CustomerError};
 use crate::billing::cycle_input::{self, InputSource};
 use crate::billing::cycle_rows::{parse_kind, parse_zone, CycleRows};
 use crate::billing::pricings::{self, Pricings};
-use crate::billing::rating::{RatePlan, Rater, Usage};
+use crate::billing::rating::{Prepared, RatePlan, Rater, Usage};
 use crate::import::format::{Kind, Zone};
 use crate::import::normalize::local_to_utc;
 
@@ -401,10 +401,9 @@ fn rate_rows(
         Zone::Eu => 1,
         Zone::World => 2,
     };
-    let mut rater = Rater::new(plan);
-    for (position, &index) in order.iter().enumerate() {
+    let usage = |index: u32| {
         let row = &rows[index as usize];
-        let pricing = rater.rate(&Usage {
+        Usage {
             subscription: row.subscription as usize,
             kind: row.kind,
             zone: row.zone,
@@ -413,7 +412,28 @@ fn rate_rows(
             volume_bytes: row.volume_bytes,
             units: row.units,
             provider_cost_micros: row.provider_cost_micros,
-        });
+        }
+    };
+    let mut rater = Rater::new(plan);
+    // Finding each CDR's rate does not depend on the others: done on two
+    // threads, it takes about half the rating off the one walk in
+    // consumption order that bundles need.
+    let prepared: Vec<Prepared> = {
+        let rater = &rater;
+        let prepare = |part: &[u32]| -> Vec<Prepared> {
+            part.iter().map(|&i| rater.prepare(&usage(i))).collect()
+        };
+        let (first, second) = order.split_at(order.len() / 2);
+        std::thread::scope(|scope| {
+            let other = scope.spawn(|| prepare(second));
+            let mut all = prepare(first);
+            all.extend(other.join().unwrap_or_else(|_| prepare(second)));
+            all
+        })
+    };
+    for (position, (&index, prepared)) in order.iter().zip(prepared).enumerate() {
+        let row = &rows[index as usize];
+        let pricing = rater.rate_prepared(&usage(index), prepared);
         stored.cdr_id.push(row.id);
         stored.rated_cost_micros.push(pricing.rated_cost_micros);
         stored.rate.push(index_i32(pricing.rate));
