@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolCopyExt;
+use tem_shared::import::load::COLUMNS;
 
 use crate::db::BenchDb;
 use crate::generate::Rng;
@@ -123,15 +124,7 @@ pub async fn create(
         subscriptions,
         file: None,
     };
-    let mut copy = db
-        .pool
-        .copy_in_raw(
-            "COPY call_detail_record (provider, external_id, subscription, customer_id, started_at, kind, direction,
-                 destination, roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros,
-                 import_file_id, source_line) FROM STDIN",
-        )
-        .await
-        .context("start the COPY of the CDRs")?;
+    let mut copy = copy_cdrs(db).await?;
     let mut buf = Vec::with_capacity(FLUSH_BYTES + 1024);
 
     // The previous cycle (February), then March with the other customer's
@@ -216,15 +209,7 @@ pub async fn add_file(
         subscriptions: dataset.subscriptions,
         file: Some(file),
     };
-    let mut copy = db
-        .pool
-        .copy_in_raw(
-            "COPY call_detail_record (provider, external_id, subscription, customer_id, started_at, kind, direction,
-                 destination, roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros,
-                 import_file_id, source_line) FROM STDIN",
-        )
-        .await
-        .context("start the COPY of the added file")?;
+    let mut copy = copy_cdrs(db).await?;
     let mut buf = Vec::with_capacity(FLUSH_BYTES + 1024);
     let day = utc((2025, 3, 15, 23));
     for i in 0..rows {
@@ -262,6 +247,17 @@ fn spread(
     let span = (end - start).num_seconds().max(1) as u64;
     let offset = (i as u128 * span as u128 / n.max(1) as u128) as u64 + rng.below(3);
     start + Duration::seconds(offset.min(span - 1) as i64)
+}
+
+/// A COPY of generated lines into `call_detail_record`, in the importer's
+/// column order.
+async fn copy_cdrs(
+    db: &BenchDb,
+) -> Result<sqlx::postgres::PgCopyIn<sqlx::pool::PoolConnection<sqlx::Postgres>>> {
+    db.pool
+        .copy_in_raw(&format!("COPY call_detail_record ({COLUMNS}) FROM STDIN"))
+        .await
+        .context("start a COPY of CDRs")
 }
 
 async fn flush(

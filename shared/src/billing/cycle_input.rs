@@ -106,11 +106,25 @@ pub(crate) async fn load(
     cycle: chrono::NaiveDate,
     (start, end): (DateTime<Utc>, DateTime<Utc>),
 ) -> Result<CycleInput, TotalsError> {
-    let full = |rows| CycleInput {
-        rows,
-        source: InputSource::Table,
-        store: Store::Everything,
-    };
+    match from_stored(pool, tx, customer_id, cycle, (start, end)).await? {
+        Some(input) => Ok(input),
+        None => Ok(CycleInput {
+            rows: read_cycle(pool, tx, customer_id, start, end).await?,
+            source: InputSource::Table,
+            store: Store::Everything,
+        }),
+    }
+}
+
+/// [`load`] from the stored copy and what changed since; `None` when the
+/// cycle is better read in full.
+async fn from_stored(
+    pool: &PgPool,
+    tx: &mut PgConnection,
+    customer_id: i64,
+    cycle: chrono::NaiveDate,
+    (start, end): (DateTime<Utc>, DateTime<Utc>),
+) -> Result<Option<CycleInput>, TotalsError> {
     let stored_segments: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM cycle_input WHERE customer_id = $1 AND cycle = $2",
     )
@@ -119,7 +133,7 @@ pub(crate) async fn load(
     .fetch_one(&mut *tx)
     .await?;
     if stored_segments == 0 {
-        return Ok(full(read_cycle(pool, tx, customer_id, start, end).await?));
+        return Ok(None);
     }
     // Fetching and decoding the segments takes about as long as PostgreSQL
     // takes for the fingerprints: do both at once. Segments are written
@@ -157,10 +171,10 @@ pub(crate) async fn load(
         Ok(Some(decoded)) => decoded,
         // Stored with other cycle bounds: the customer's time zone or start
         // day changed since.
-        Ok(None) => return Ok(full(read_cycle(pool, tx, customer_id, start, end).await?)),
+        Ok(None) => return Ok(None),
         Err(problem) => {
             tracing::warn!(customer_id, %cycle, problem, "stored cycle input unreadable; reading the table");
-            return Ok(full(read_cycle(pool, tx, customer_id, start, end).await?));
+            return Ok(None);
         }
     };
     let stale: Vec<i64> = now
@@ -175,17 +189,17 @@ pub(crate) async fn load(
         .copied()
         .collect();
     if stale.is_empty() && gone.is_empty() {
-        return Ok(CycleInput {
+        return Ok(Some(CycleInput {
             rows: stored,
             source: InputSource::Stored,
             store: Store::Nothing,
-        });
+        }));
     }
     let total: i64 = now.values().map(|f| f.sum.count).sum();
     let to_read: i64 = stale.iter().map(|file| now[file].sum.count).sum();
     if to_read * 2 > total {
         // Mostly new: one full read is cheaper than the copy plus most of it.
-        return Ok(full(read_cycle(pool, tx, customer_id, start, end).await?));
+        return Ok(None);
     }
     let mut rows = stored;
     let keep: BTreeSet<i64> = now
@@ -227,14 +241,14 @@ pub(crate) async fn load(
             files,
         }
     };
-    Ok(CycleInput {
+    Ok(Some(CycleInput {
         rows,
         source: InputSource::StoredAndFiles {
             files: stale.len(),
             cdrs: usize::try_from(to_read).unwrap_or(usize::MAX),
         },
         store,
-    })
+    }))
 }
 
 async fn fetch_segments(
