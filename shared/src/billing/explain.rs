@@ -465,7 +465,7 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
             PricingsError::Damaged { problem, .. } => bad(problem),
         })?;
     let found = stored.position_of(facts.id);
-    let (Some(header), Some(found)) = (header, found) else {
+    let (Some(header), Some(position)) = (header, found) else {
         explanation.totals = TotalsState::NotYetRated {
             calculated_at: Some(calculated_at),
         };
@@ -479,7 +479,6 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
     };
     let plan: RatePlan = serde_json::from_value(header.try_get("plan")?)
         .map_err(|e| bad(format!("its plan snapshot does not parse: {e}")))?;
-    let position = found;
     let rate_index = stored.rate[position];
     let bundle_index = stored.bundle[position];
     let pricing = Pricing {

@@ -14,9 +14,9 @@
 //!   come from the cycle's stored input (`billing::cycle_input`) for the
 //!   import files that did not change since the last calculation, and with
 //!   one binary `COPY ... TO STDOUT` from the table for the rest. How each
-//!   CDR was priced is written as a few rows of parallel arrays
-//!   (`cycle_rating`, `cycle_rating_chunk`), together with the plan it was
-//!   rated with; `billing::explain` turns them into sentences.
+//!   CDR was priced is written as a few rows of encoded columns
+//!   (`billing::pricings`), together with the plan it was rated with
+//!   (`cycle_rating`); `billing::explain` turns them into sentences.
 
 use std::time::Instant;
 
