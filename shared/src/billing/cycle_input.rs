@@ -357,7 +357,7 @@ pub(crate) async fn store(
                 .bind(cycle)
                 .execute(&mut *tx)
                 .await?;
-            (0, encode(rows, order, bounds), rows.files.len())
+            (0, encode(rows, order, bounds, None), rows.files.len())
         }
         Store::Segment { stale, next, files } => {
             sqlx::query(
@@ -372,9 +372,7 @@ pub(crate) async fn store(
                 // Only removed files: nothing new to hold.
                 return Ok(());
             }
-            let part = rows.subset(files);
-            let order = part.consumption_order();
-            (*next, encode(&part, &order, bounds), files.len())
+            (*next, encode(rows, order, bounds, Some(files)), files.len())
         }
     };
     if data.len() > MAX_STORED_BYTES {
@@ -434,20 +432,27 @@ fn kind_zone(kind: Kind, zone: Zone) -> u8 {
 /// Encodes the rows in `order`, column by column (deltas of ids and times
 /// as varints, providers and files as numbers), then compresses with lz4:
 /// about 20 bytes per CDR.
-pub(crate) fn encode(rows: &CycleRows, order: &[u32], bounds: (i64, i64)) -> Vec<u8> {
+/// With `only`, just the rows of those import files (a segment).
+pub(crate) fn encode(
+    rows: &CycleRows,
+    order: &[u32],
+    bounds: (i64, i64),
+    only: Option<&BTreeSet<i64>>,
+) -> Vec<u8> {
+    let wanted = |file: &i64| only.is_none_or(|only| only.contains(file));
     let n = order.len();
     let mut head = Vec::with_capacity(1024);
     head.extend_from_slice(TAG);
     head.extend_from_slice(&bounds.0.to_le_bytes());
     head.extend_from_slice(&bounds.1.to_le_bytes());
-    let file_numbers: BTreeMap<i64, u64> = rows
-        .files
-        .keys()
+    let files: Vec<(&i64, &FileSum)> = rows.files.iter().filter(|(f, _)| wanted(f)).collect();
+    let file_numbers: BTreeMap<i64, u64> = files
+        .iter()
         .enumerate()
-        .map(|(i, file)| (*file, i as u64))
+        .map(|(i, (file, _))| (**file, i as u64))
         .collect();
-    put_varint(&mut head, rows.files.len() as u64);
-    for (file, sum) in &rows.files {
+    put_varint(&mut head, files.len() as u64);
+    for (file, sum) in files {
         put_varint(&mut head, zigzag(*file));
         put_varint(&mut head, sum.count as u64);
         head.extend_from_slice(&sum.id_sum.to_le_bytes());
@@ -461,8 +466,13 @@ pub(crate) fn encode(rows: &CycleRows, order: &[u32], bounds: (i64, i64)) -> Vec
     let mut columns: [Vec<u8>; 9] = std::array::from_fn(|_| Vec::with_capacity(n * 3));
     let mut text = Vec::with_capacity(n * 24);
     let (mut last_id, mut last_at) = (0i64, 0i64);
+    let mut written = 0usize;
     for &index in order {
         let row = &rows.rows[index as usize];
+        if !wanted(&row.file) {
+            continue;
+        }
+        written += 1;
         put_varint(&mut columns[0], zigzag(row.id.wrapping_sub(last_id)));
         put_varint(
             &mut columns[1],
@@ -495,7 +505,7 @@ pub(crate) fn encode(rows: &CycleRows, order: &[u32], bounds: (i64, i64)) -> Vec
     for provider in &providers {
         put_bytes(&mut head, provider);
     }
-    put_varint(&mut head, n as u64);
+    put_varint(&mut head, written as u64);
     let mut all: Vec<&[u8]> = columns.iter().map(Vec::as_slice).collect();
     all.push(&text);
     seal(head, &all)
@@ -660,7 +670,7 @@ mod tests {
     fn a_stored_input_decodes_to_the_same_rows_in_consumption_order() {
         let rows = sample();
         let order = rows.consumption_order();
-        let stored = decode(&encode(&rows, &order, (-7, 99))).unwrap();
+        let stored = decode(&encode(&rows, &order, (-7, 99), None)).unwrap();
         assert_eq!(stored.bounds, (-7, 99));
         assert_eq!(stored.rows.files, rows.files);
         let identity: Vec<u32> = (0..rows.rows.len() as u32).collect();
@@ -669,10 +679,29 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_holds_only_its_files_rows_and_fingerprints() {
+        let rows = sample();
+        let order = rows.consumption_order();
+        let only: BTreeSet<i64> = [1, 7].into();
+        let stored = decode(&encode(&rows, &order, (0, 1), Some(&only))).unwrap();
+        assert_eq!(
+            stored.rows.files.keys().copied().collect::<BTreeSet<_>>(),
+            only
+        );
+        let kept: Vec<u32> = order
+            .iter()
+            .copied()
+            .filter(|&i| only.contains(&rows.rows[i as usize].file))
+            .collect();
+        let identity: Vec<u32> = (0..kept.len() as u32).collect();
+        assert_eq!(flat(&stored.rows, &identity), flat(&rows, &kept));
+    }
+
+    #[test]
     fn a_damaged_stored_input_is_an_error_not_a_panic() {
         let rows = sample();
         let order = rows.consumption_order();
-        let good = encode(&rows, &order, (0, 1));
+        let good = encode(&rows, &order, (0, 1), None);
         let raw = unseal(&good).unwrap();
         // Cut short, flipped bytes, another tag: each an error.
         for cut in [0, 4, raw.len() / 2, raw.len() - 1] {
@@ -695,7 +724,7 @@ mod tests {
         let mut rows = sample();
         let order = rows.consumption_order();
         rows.files.get_mut(&1).unwrap().count = 3;
-        let problem = decode(&encode(&rows, &order, (0, 1))).err().unwrap();
+        let problem = decode(&encode(&rows, &order, (0, 1), None)).err().unwrap();
         assert!(problem.contains("file 1 holds 2 CDRs"), "{problem}");
     }
 }

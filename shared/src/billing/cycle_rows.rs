@@ -542,30 +542,6 @@ impl CycleRows {
         self.files.retain(|file, _| keep.contains(file));
     }
 
-    /// A copy of the rows of the given import files only.
-    pub fn subset(&self, files: &BTreeSet<i64>) -> CycleRows {
-        let mut part = CycleRows::default();
-        for row in self.rows.iter().filter(|row| files.contains(&row.file)) {
-            let copied = CdrRow {
-                provider: part.span(self.text(row.provider)),
-                external_id: part.span(self.text(row.external_id)),
-                destination: part.span(self.text(row.destination)),
-                subscription: part
-                    .subscription(self.subscriptions[row.subscription as usize].as_bytes())
-                    .unwrap_or_default(),
-                ..*row
-            };
-            part.rows.push(copied);
-        }
-        part.files = self
-            .files
-            .iter()
-            .filter(|(file, _)| files.contains(file))
-            .map(|(file, sum)| (*file, *sum))
-            .collect();
-        part
-    }
-
     /// The positions of the rows in bundle consumption order: by
     /// `started_at`, then provider, external id and id (rule 7 of the
     /// README's rating rules).
