@@ -9,7 +9,10 @@ use crate::adapters::dynamodb::{DynamoIdempotency, DynamoTasks};
 use crate::adapters::postgres;
 use crate::adapters::secrets::SecretsManager;
 use crate::adapters::sqs::SqsQueues;
-use crate::config::{ConfigError, DatabaseSource, Env, PlatformConfig};
+use crate::config::{
+    parse_ca_bundle, parse_database_secret, CaBundleError, ConfigError, DatabaseConfig,
+    DatabaseSecretError, DatabaseSource, Env, PlatformConfig,
+};
 use crate::ports::SecretGet;
 use crate::runtime::{ChainRuntime, StepHandler};
 
@@ -17,10 +20,79 @@ use crate::runtime::{ChainRuntime, StepHandler};
 pub enum StartupError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot read the database URL from secret {secret}: {reason}; check DATABASE_SECRET_ID and the function's secret policy")]
-    DatabaseSecret { secret: String, reason: String },
-    #[error("cannot connect to PostgreSQL: {0}; check that the server is reachable and DATABASE_URL is right")]
-    Database(#[source] sqlx::Error),
+    #[error("cannot read secret {secret} ({variable}): {reason}; check the secret's name and the function's secretsmanager:GetSecretValue policy")]
+    SecretUnreadable {
+        variable: &'static str,
+        secret: String,
+        reason: String,
+    },
+    #[error("the database credentials in {from} cannot be used: {reason}")]
+    DatabaseSecret {
+        from: String,
+        reason: DatabaseSecretError,
+    },
+    #[error(transparent)]
+    CaBundle(#[from] CaBundleError),
+    #[error(transparent)]
+    ConnectOptions(#[from] postgres::ConnectOptionsError),
+    #[error("cannot connect to PostgreSQL at {target}: {source}; {advice}")]
+    Database {
+        target: String,
+        advice: String,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// The pool of one function instance, from its [`DatabaseConfig`]: the
+/// secrets are read through `secrets`, the credentials parsed, and the pool
+/// opened with the TLS settings. Tests call it too, so they connect the way
+/// the functions do.
+pub async fn connect_database(
+    config: &DatabaseConfig,
+    secrets: &dyn SecretGet,
+) -> Result<PgPool, StartupError> {
+    let read = |variable: &'static str, secret: String| async move {
+        secrets
+            .secret_string(&secret)
+            .await
+            .map_err(|e| StartupError::SecretUnreadable {
+                variable,
+                secret,
+                reason: e.to_string(),
+            })
+    };
+    let (text, from) = match &config.source {
+        DatabaseSource::Url(url) => (url.clone(), "DATABASE_URL".to_string()),
+        DatabaseSource::Secret(secret) => (
+            read("DATABASE_SECRET_ID", secret.clone()).await?,
+            format!("secret {secret} (DATABASE_SECRET_ID)"),
+        ),
+    };
+    let target = parse_database_secret(&text, &config.endpoint)
+        .map_err(|reason| StartupError::DatabaseSecret { from, reason })?;
+    let ca = match &config.ca_secret {
+        Some(secret) => Some(parse_ca_bundle(
+            secret,
+            &read("DATABASE_CA_SECRET_ID", secret.clone()).await?,
+        )?),
+        None => None,
+    };
+    let options =
+        postgres::connect_options(&target, &config.endpoint, config.ssl_mode, ca.as_deref())?;
+    let target = format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("(default database)")
+    );
+    postgres::connect_with(options, config.max_connections, config.acquire_timeout)
+        .await
+        .map_err(|source| StartupError::Database {
+            advice: postgres::connect_advice(&source, config.ca_secret.as_deref()),
+            target,
+            source,
+        })
 }
 
 pub struct Platform {
@@ -42,21 +114,7 @@ impl Platform {
         let secrets = Arc::new(SecretsManager::new(aws_sdk_secretsmanager::Client::new(
             &aws,
         )));
-        let database_url = match &config.database {
-            DatabaseSource::Url(url) => url.clone(),
-            DatabaseSource::Secret(secret) => {
-                secrets
-                    .secret_string(secret)
-                    .await
-                    .map_err(|e| StartupError::DatabaseSecret {
-                        secret: secret.clone(),
-                        reason: e.to_string(),
-                    })?
-            }
-        };
-        let pool = postgres::connect(&database_url, env.parsed("DATABASE_MAX_CONNECTIONS", 2)?)
-            .await
-            .map_err(StartupError::Database)?;
+        let pool = connect_database(&config.database, secrets.as_ref()).await?;
         let dynamo = aws_sdk_dynamodb::Client::new(&aws);
         Ok(Self {
             queues: Arc::new(SqsQueues::new(aws_sdk_sqs::Client::new(&aws))),

@@ -3,8 +3,13 @@
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 use sqlx::Row;
+
+use crate::config::{DatabaseTarget, Endpoint, SslMode};
 
 use crate::ports::{PortError, ProfileStore, RunLog};
 use crate::sync::manager::RunSummary;
@@ -13,14 +18,138 @@ use crate::sync::profile::{ProfileSelection, SyncProfile, WatermarkAdvance};
 /// The embedded migrations (`migrations/` at the repository root).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// A small pool: a Lambda instance handles one event at a time, and many
-/// instances share the server's connection limit.
-pub async fn connect(database_url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+/// sqlx's text for [`sqlx::Error::PoolTimedOut`]. Handlers turn database
+/// errors into text, so the chain runtime recognises a pool wait by it
+/// (see `runtime::StepError::NotAttempted`); a test pins it to sqlx's.
+pub const POOL_TIMED_OUT: &str = "pool timed out while waiting for an open connection";
+
+/// Why the pool's connect options cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectOptionsError {
+    // sqlx's URL errors name the part, never the URL (which holds the password).
+    #[error("the database URL is not a valid PostgreSQL URL ({0}); percent-encode special characters in the password, or use the JSON secret form")]
+    BadUrl(String),
+}
+
+/// Builds the connect options from the parsed target and the TLS settings,
+/// with sqlx's builder (never a formatted URL, so any password works).
+/// `ssl_mode` wins over the URL's `sslmode`; `ca_pem` (the bundle from
+/// `DATABASE_CA_SECRET_ID`) wins over the URL's `sslrootcert`.
+pub fn connect_options(
+    target: &DatabaseTarget,
+    endpoint: &Endpoint,
+    ssl_mode: Option<SslMode>,
+    ca_pem: Option<&str>,
+) -> Result<PgConnectOptions, ConnectOptionsError> {
+    let mut options = match target {
+        DatabaseTarget::Url(url) => {
+            let mut options = PgConnectOptions::from_str(url)
+                .map_err(|e| ConnectOptionsError::BadUrl(e.to_string()))?;
+            if let Some(host) = &endpoint.host {
+                options = options.host(host);
+            }
+            if let Some(port) = endpoint.port {
+                options = options.port(port);
+            }
+            if let Some(dbname) = &endpoint.dbname {
+                options = options.database(dbname);
+            }
+            options
+        }
+        // The endpoint already completed the parts.
+        DatabaseTarget::Parts {
+            host,
+            port,
+            dbname,
+            username,
+            password,
+        } => PgConnectOptions::new_without_pgpass()
+            .host(host)
+            .port(*port)
+            .database(dbname)
+            .username(username)
+            .password(password.expose()),
+    };
+    if let Some(mode) = ssl_mode {
+        options = options.ssl_mode(match mode {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Prefer => PgSslMode::Prefer,
+            SslMode::Require => PgSslMode::Require,
+            SslMode::VerifyCa => PgSslMode::VerifyCa,
+            SslMode::VerifyFull => PgSslMode::VerifyFull,
+        });
+    }
+    if let Some(pem) = ca_pem {
+        options = options.ssl_root_cert_from_pem(pem.as_bytes().to_vec());
+    }
+    Ok(options)
+}
+
+/// A small pool: a Lambda instance handles one batch at a time, and many
+/// instances share the server's connection limit. The acquire timeout is
+/// long on purpose: the chain runtime runs no more records at once than the
+/// pool serves, so a wait is only for a connection being opened.
+pub async fn connect_with(
+    options: PgConnectOptions,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect(database_url)
+        .acquire_timeout(acquire_timeout)
+        .connect_with(options)
         .await
+}
+
+/// A pool on a URL (temctl, local runs and tests).
+pub async fn connect(database_url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(database_url)?;
+    connect_with(options, max_connections, Duration::from_secs(10)).await
+}
+
+/// What to tell the operator about a failed connection, by its cause.
+/// `ca_secret` is `DATABASE_CA_SECRET_ID` when set.
+pub fn connect_advice(error: &sqlx::Error, ca_secret: Option<&str>) -> String {
+    let text = error.to_string();
+    let database_code = match error {
+        sqlx::Error::Database(db) => db.code().map(|c| c.to_string()),
+        _ => None,
+    };
+    if text.contains("UnknownIssuer") || text.contains("UnknownCA") || text.contains("BadSignature")
+    {
+        return match ca_secret {
+            Some(secret) => format!("the server's certificate is not signed by the CA in DATABASE_CA_SECRET_ID ({secret}); store the RDS bundle for your region there (https://truststore.pki.rds.amazonaws.com/REGION/REGION-bundle.pem)"),
+            None => "the server's certificate is not signed by a CA this build trusts; store the CA bundle (for RDS, the bundle of your region) in a secret and set DATABASE_CA_SECRET_ID (template parameter DatabaseCaSecretName), or add sslrootcert=/path to DATABASE_URL".into(),
+        };
+    }
+    if text.contains("NotValidForName") {
+        return "the server's certificate does not name the host connected to; connect by the name in the certificate (the RDS or RDS Proxy endpoint, not an IP address or a CNAME), or use DATABASE_SSL_MODE=verify-ca".into();
+    }
+    if text.contains("Expired") || text.contains("NotValidYet") {
+        return "the server's certificate is outside its validity period; rotate the server certificate (RDS: modify the instance's certificate authority)".into();
+    }
+    if text.contains("server does not support TLS") {
+        return "the server does not offer TLS; turn ssl on at the server, or, only for a database on loopback, set DATABASE_SSL_MODE=disable".into();
+    }
+    if matches!(error, sqlx::Error::Tls(_)) {
+        return match ca_secret {
+            Some(secret) => format!("the TLS handshake failed; check that DATABASE_CA_SECRET_ID ({secret}) holds PEM certificates only"),
+            None => "the TLS handshake failed; check DATABASE_SSL_MODE and the server's TLS settings".into(),
+        };
+    }
+    if database_code.as_deref() == Some("28000") && text.contains("no encryption") {
+        return "the server accepts only encrypted connections; set DATABASE_SSL_MODE=verify-full (or require)".into();
+    }
+    if matches!(database_code.as_deref(), Some("28P01") | Some("28000")) {
+        return "the server refused the credentials; check username and password in the database secret".into();
+    }
+    if database_code.as_deref() == Some("3D000") {
+        return "the database does not exist; check dbname in the secret or DATABASE_NAME".into();
+    }
+    if matches!(error, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) {
+        return "the server is not reachable; check host and port, and that the function's subnets and security group reach the database (VpcSubnetIds, VpcSecurityGroupIds)".into();
+    }
+    "check the database secret (or DATABASE_URL) and that the server is reachable".into()
 }
 
 fn db_error(operation: &'static str) -> impl FnOnce(sqlx::Error) -> PortError {
@@ -165,5 +294,73 @@ impl RunLog for PgRunLog {
         .await
         .map_err(db_error("postgres insert sync_run"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Password;
+
+    #[test]
+    fn the_pool_timeout_text_is_sqlx_own() {
+        assert_eq!(sqlx::Error::PoolTimedOut.to_string(), POOL_TIMED_OUT);
+    }
+
+    #[test]
+    fn json_parts_become_options_without_a_url_so_any_password_works() {
+        let target = DatabaseTarget::Parts {
+            host: "db.internal".into(),
+            port: 6432,
+            dbname: "tem".into(),
+            username: "tem_app".into(),
+            password: Password::new("p@ss/w:rd?#%"),
+        };
+        let options = connect_options(
+            &target,
+            &Endpoint::default(),
+            Some(SslMode::VerifyFull),
+            None,
+        )
+        .unwrap();
+        assert_eq!(options.get_host(), "db.internal");
+        assert_eq!(options.get_port(), 6432);
+        assert_eq!(options.get_database(), Some("tem"));
+        assert_eq!(options.get_username(), "tem_app");
+        assert!(matches!(options.get_ssl_mode(), PgSslMode::VerifyFull));
+    }
+
+    #[test]
+    fn the_ssl_mode_setting_wins_over_the_url_and_the_endpoint_over_its_host() {
+        let target = DatabaseTarget::Url("postgres://u:p@instance:5432/tem?sslmode=disable".into());
+        let endpoint = Endpoint {
+            host: Some("proxy".into()),
+            ..Endpoint::default()
+        };
+        let options = connect_options(&target, &endpoint, Some(SslMode::Require), None).unwrap();
+        assert!(matches!(options.get_ssl_mode(), PgSslMode::Require));
+        assert_eq!(options.get_host(), "proxy");
+        let kept = connect_options(&target, &Endpoint::default(), None, None).unwrap();
+        assert!(matches!(kept.get_ssl_mode(), PgSslMode::Disable));
+        assert_eq!(kept.get_host(), "instance");
+    }
+
+    #[test]
+    fn a_bad_url_error_does_not_quote_the_url() {
+        let target = DatabaseTarget::Url("postgres://u:secretpw@host:notaport/db".into());
+        let err = connect_options(&target, &Endpoint::default(), None, None).unwrap_err();
+        assert!(!err.to_string().contains("secretpw"), "{err}");
+    }
+
+    #[test]
+    fn a_certificate_from_an_unknown_ca_is_explained_by_the_ca_secret() {
+        let error = sqlx::Error::Tls("invalid peer certificate: UnknownIssuer".into());
+        let advice = connect_advice(&error, Some("tem/rds-ca"));
+        assert!(
+            advice.contains("DATABASE_CA_SECRET_ID (tem/rds-ca)"),
+            "{advice}"
+        );
+        assert!(advice.contains("RDS bundle"), "{advice}");
+        assert!(connect_advice(&error, None).contains("set DATABASE_CA_SECRET_ID"));
     }
 }
