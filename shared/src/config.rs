@@ -93,6 +93,9 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                     self.parsed("BACKOFF_CAP_SECONDS", defaults.backoff.cap.as_secs())?,
                 ),
             },
+            pool_connections: self
+                .parsed("DATABASE_MAX_CONNECTIONS", defaults.pool_connections)?
+                .max(1),
         })
     }
 }

@@ -113,7 +113,7 @@ pub async fn handle_event(
     let report = runtime.process(message, deadline).await;
     match report.disposition {
         Disposition::Completed | Disposition::Duplicate => Ok(console_response(&report)),
-        Disposition::Retry | Disposition::DeadLettered => Err(format!(
+        Disposition::Retry | Disposition::DeadLettered | Disposition::Postponed => Err(format!(
             "{} failed: {}",
             report.step.as_deref().unwrap_or("message"),
             report.detail

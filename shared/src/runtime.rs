@@ -9,7 +9,14 @@
 //!    count the branch on the task, and record the message as completed;
 //! 6. on a retryable error hide the message for a backoff delay and report it
 //!    as a batch item failure; after the last attempt, or on a permanent
-//!    error, send it to the DLQ with the reason and fail its task.
+//!    error, send it to the DLQ with the reason and fail its task;
+//! 7. when the step could not even start (no database connection within the
+//!    pool's acquire timeout), put it back without spending an attempt (see
+//!    [`StepError::NotAttempted`]).
+//!
+//! A batch's records run concurrently, but never more at once than the
+//! database pool can serve: `pool_connections / connections_per_record`
+//! (at least one), so a record never waits for another's connection.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +71,33 @@ pub enum StepError {
     /// No retry can fix it (bad input, misconfiguration).
     #[error("{0}")]
     Permanent(String),
+    /// The step could not start its work: it waited for a database
+    /// connection until the pool's acquire timeout. Nothing was done, so no
+    /// attempt is spent: the runtime sends the message again as a new SQS
+    /// message (whose receive count starts over) carrying the attempts
+    /// already spent in `Envelope::attempt`, and acknowledges this one.
+    /// It is never dead-lettered for its attempts.
+    #[error("{0}")]
+    NotAttempted(String),
+}
+
+/// The text of a database pool's acquire timeout (sqlx's
+/// `Error::PoolTimedOut`; a test in `adapters::postgres` pins it). Handlers
+/// turn database errors into text, so the runtime recognises a pool wait in
+/// a retryable error by it.
+pub const POOL_TIMED_OUT: &str = "pool timed out while waiting for an open connection";
+
+impl StepError {
+    /// A retryable error that is really a pool wait becomes
+    /// [`StepError::NotAttempted`].
+    fn classified(self) -> Self {
+        match self {
+            StepError::Retryable(reason) if reason.contains(POOL_TIMED_OUT) => {
+                StepError::NotAttempted(reason)
+            }
+            other => other,
+        }
+    }
 }
 
 impl From<PortError> for StepError {
@@ -75,7 +109,8 @@ impl From<PortError> for StepError {
 /// What the handler may know about the delivery.
 #[derive(Debug, Clone, Copy)]
 pub struct Delivery {
-    /// 1 on the first delivery (SQS `ApproximateReceiveCount`).
+    /// The attempt this is, 1 on the first: the attempts spent in earlier
+    /// copies of the message plus SQS `ApproximateReceiveCount`.
     pub receive_count: u32,
     pub deadline: DateTime<Utc>,
 }
@@ -87,6 +122,12 @@ pub trait StepHandler: Send + Sync {
         message: &Envelope,
         delivery: Delivery,
     ) -> Result<StepOutcome, StepError>;
+
+    /// How many database connections one record may hold at once; the
+    /// runtime runs `pool / this` records of a batch at a time.
+    fn connections_per_record(&self) -> u32 {
+        1
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +141,9 @@ pub struct RuntimeSettings {
     /// equal to the queue's `maxReceiveCount`.
     pub max_attempts: u32,
     pub backoff: Backoff,
+    /// The database pool's size (`DATABASE_MAX_CONNECTIONS`), which bounds
+    /// how many records of a batch run at once.
+    pub pool_connections: u32,
 }
 
 impl Default for RuntimeSettings {
@@ -114,6 +158,7 @@ impl Default for RuntimeSettings {
                 base: Duration::from_secs(5),
                 cap: Duration::from_secs(900),
             },
+            pool_connections: 2,
         }
     }
 }
@@ -138,6 +183,9 @@ pub enum Disposition {
     Retry,
     /// Moved to the DLQ with the reason.
     DeadLettered,
+    /// Not attempted (no database connection in time); sent again as a new
+    /// message with the attempts so far, and this one acknowledged.
+    Postponed,
 }
 
 impl Disposition {
@@ -187,13 +235,26 @@ impl ChainRuntime {
         }
     }
 
-    /// Handles a batch; every record independently and concurrently.
+    /// How many records of a batch run at once: as many as the pool has
+    /// connections for, and at least one.
+    pub fn max_in_flight(&self) -> usize {
+        let per_record = self.handler.connections_per_record().max(1);
+        (self.settings.pool_connections / per_record).max(1) as usize
+    }
+
+    /// Handles a batch; every record independently, at most
+    /// [`Self::max_in_flight`] at once, reports in the batch's order.
     pub async fn process_batch(
         &self,
         messages: Vec<IncomingMessage>,
         deadline: DateTime<Utc>,
     ) -> Vec<MessageReport> {
-        futures::future::join_all(messages.into_iter().map(|m| self.process(m, deadline))).await
+        use futures::StreamExt;
+        futures::stream::iter(messages)
+            .map(|m| self.process(m, deadline))
+            .buffered(self.max_in_flight())
+            .collect()
+            .await
     }
 
     pub async fn process(
@@ -223,7 +284,7 @@ impl ChainRuntime {
             message_id = %envelope.id,
             step = %envelope.step,
             provider = %provider,
-            attempt = incoming.receive_count,
+            attempt = envelope.attempt.saturating_add(incoming.receive_count),
         );
         self.process_envelope(&incoming, envelope, deadline)
             .instrument(span)
@@ -237,6 +298,8 @@ impl ChainRuntime {
         deadline: DateTime<Utc>,
     ) -> MessageReport {
         let step = envelope.step.to_string();
+        // Attempts spent in earlier copies (see StepError::NotAttempted) count.
+        let attempt = envelope.attempt.saturating_add(incoming.receive_count);
         if envelope.depth > self.settings.max_chain_depth {
             let reason = format!(
                 "chain depth {} exceeds the limit of {}; refusing to continue a chain that may loop",
@@ -290,18 +353,25 @@ impl ChainRuntime {
         }
 
         let delivery = Delivery {
-            receive_count: incoming.receive_count,
+            receive_count: attempt,
             deadline,
         };
-        let result = self.handler.handle(&envelope, delivery).await;
+        let result = self
+            .handler
+            .handle(&envelope, delivery)
+            .await
+            .map_err(StepError::classified);
         match result {
             Ok(outcome) => self.succeed(incoming, &envelope, outcome).await,
+            Err(StepError::NotAttempted(reason)) => {
+                warn!(%reason, "no database connection in time; not attempted, postponed");
+                self.release(&envelope).await;
+                self.postpone(incoming, &envelope, attempt.saturating_sub(1), reason)
+                    .await
+            }
             Err(StepError::Retryable(reason)) => {
-                if incoming.receive_count >= self.settings.max_attempts {
-                    let reason = format!(
-                        "gave up after {} attempts; last error: {reason}",
-                        incoming.receive_count
-                    );
+                if attempt >= self.settings.max_attempts {
+                    let reason = format!("gave up after {attempt} attempts; last error: {reason}");
                     self.finish_failed(incoming, &envelope, "retries_exhausted", &reason)
                         .await
                 } else {
@@ -527,7 +597,13 @@ impl ChainRuntime {
         message.attributes = vec![
             ("tem-error".into(), truncate(reason, 4000)),
             ("tem-error-kind".into(), kind.into()),
-            ("tem-attempts".into(), incoming.receive_count.to_string()),
+            (
+                "tem-attempts".into(),
+                envelope
+                    .map_or(0, |e| e.attempt)
+                    .saturating_add(incoming.receive_count)
+                    .to_string(),
+            ),
             ("tem-failed-at".into(), Utc::now().to_rfc3339()),
             (
                 "tem-step".into(),
@@ -567,16 +643,72 @@ impl ChainRuntime {
         )
     }
 
+    /// Puts back a message whose step was not attempted, without spending
+    /// an attempt: SQS counts every receive toward the queue's
+    /// `maxReceiveCount`, and its redrive would dead-letter the message
+    /// however often it was only waiting. So the body goes out again as a
+    /// new message (receive count 1) with `attempt` = the attempts actually
+    /// spent, and this one is acknowledged; the same envelope id keeps the
+    /// step idempotent if both copies ever run. Without a source queue
+    /// (console) or if the send fails, the message is left for a retry.
+    async fn postpone(
+        &self,
+        incoming: &IncomingMessage,
+        envelope: &Envelope,
+        spent: u32,
+        reason: String,
+    ) -> MessageReport {
+        let step = Some(envelope.step.to_string());
+        let seconds = self
+            .settings
+            .backoff
+            .visibility_seconds(spent.max(1), &mut rand::thread_rng());
+        let Some(queue) = &self.settings.source_queue_url else {
+            return self
+                .retry_later(incoming, step, seconds, format!("not attempted: {reason}"))
+                .await;
+        };
+        let mut again = envelope.clone();
+        again.attempt = spent;
+        let mut message = OutgoingMessage::new(envelope.id.clone(), again.to_body());
+        // SQS caps message delays at 15 minutes.
+        message.delay_seconds = seconds.clamp(1, 900) as u32;
+        match self.queues.send_all(queue, vec![message]).await {
+            Ok(failed) if failed.is_empty() => report(
+                incoming,
+                step,
+                Disposition::Postponed,
+                format!(
+                    "not attempted ({reason}); sent again to run in {}s, {spent} attempts spent",
+                    seconds.clamp(1, 900)
+                ),
+                vec![],
+            ),
+            Ok(failed) => {
+                let why = format!(
+                    "not attempted: {reason}; re-send failed: {}",
+                    failed[0].reason
+                );
+                self.retry_later(incoming, step, seconds, why).await
+            }
+            Err(e) => {
+                let why = format!("not attempted: {reason}; re-send failed: {e}");
+                self.retry_later(incoming, step, seconds, why).await
+            }
+        }
+    }
+
     async fn retry(
         &self,
         incoming: &IncomingMessage,
         envelope: &Envelope,
         reason: String,
     ) -> MessageReport {
+        let attempt = envelope.attempt.saturating_add(incoming.receive_count);
         let seconds = self
             .settings
             .backoff
-            .visibility_seconds(incoming.receive_count.max(1), &mut rand::thread_rng());
+            .visibility_seconds(attempt.max(1), &mut rand::thread_rng());
         self.retry_later(incoming, Some(envelope.step.to_string()), seconds, reason)
             .await
     }

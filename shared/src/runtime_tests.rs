@@ -69,6 +69,7 @@ fn harness(answers: Vec<Result<StepOutcome, StepError>>) -> Harness {
             base: Duration::from_secs(4),
             cap: Duration::from_secs(60),
         },
+        pool_connections: 2,
     };
     let runtime = ChainRuntime::new(
         handler.clone(),
@@ -374,4 +375,187 @@ async fn one_bad_record_in_a_batch_does_not_return_its_neighbours() {
     assert!(reports.iter().all(|r| r.disposition.acknowledged()));
     assert_eq!(reports[0].disposition, Disposition::Completed);
     assert_eq!(reports[1].disposition, Disposition::DeadLettered);
+}
+
+/// Counts how many records run at once; each holds its place for a while.
+#[derive(Default)]
+struct Gauge {
+    now: AtomicUsize,
+    most: AtomicUsize,
+    per_record: u32,
+}
+
+#[async_trait]
+impl StepHandler for Gauge {
+    async fn handle(&self, _m: &Envelope, _d: Delivery) -> Result<StepOutcome, StepError> {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        Ok(StepOutcome::done(json!({})))
+    }
+
+    fn connections_per_record(&self) -> u32 {
+        self.per_record
+    }
+}
+
+fn gauged(pool_connections: u32, per_record: u32) -> (ChainRuntime, Arc<Gauge>) {
+    let gauge = Arc::new(Gauge {
+        per_record,
+        ..Gauge::default()
+    });
+    let queues = Arc::new(FakeQueues::default());
+    let runtime = ChainRuntime::new(
+        gauge.clone(),
+        Router::new(BTreeMap::from([(Provider::Routit, ROUTIT_Q.to_string())])),
+        queues.clone(),
+        queues,
+        Arc::new(FakeIdempotency::default()),
+        Arc::new(FakeTasks::default()),
+        RuntimeSettings {
+            pool_connections,
+            ..RuntimeSettings::default()
+        },
+    );
+    (runtime, gauge)
+}
+
+fn batch_of(n: usize) -> Vec<IncomingMessage> {
+    (0..n)
+        .map(|i| {
+            let mut m = message(vec![]);
+            m.id = format!("m{i}");
+            let mut record = incoming(&m, 1);
+            record.message_id = format!("sqs-{i}");
+            record
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batch_runs_no_more_records_at_once_than_the_pool_has_connections() {
+    let (runtime, gauge) = gauged(2, 1);
+    let reports = runtime.process_batch(batch_of(10), deadline()).await;
+    assert_eq!(runtime.max_in_flight(), 2);
+    // Concurrent up to the pool, and never beyond it.
+    assert_eq!(gauge.most.load(Ordering::SeqCst), 2);
+    assert!(reports
+        .iter()
+        .all(|r| r.disposition == Disposition::Completed));
+    // Reports keep the batch's order, for the partial batch response.
+    let ids: Vec<_> = reports.iter().map(|r| r.message_id.clone()).collect();
+    assert_eq!(ids, (0..10).map(|i| format!("sqs-{i}")).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn records_that_hold_several_connections_run_fewer_at_once() {
+    let (runtime, gauge) = gauged(6, 3);
+    runtime.process_batch(batch_of(10), deadline()).await;
+    assert_eq!(gauge.most.load(Ordering::SeqCst), 2);
+    // A pool smaller than one record's need still runs one at a time.
+    let (runtime, gauge) = gauged(2, 3);
+    runtime.process_batch(batch_of(4), deadline()).await;
+    assert_eq!(runtime.max_in_flight(), 1);
+    assert_eq!(gauge.most.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn the_totals_handler_counts_its_spare_readers() {
+    let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+    let totals = crate::billing::handler::Totals::new(pool, chrono::Duration::days(5));
+    assert_eq!(totals.connections_per_record(), 3);
+}
+
+fn pool_wait() -> StepError {
+    // What the handlers make of sqlx's PoolTimedOut.
+    StepError::Retryable(format!(
+        "database error: {POOL_TIMED_OUT}; the import was rolled back and can be retried"
+    ))
+}
+
+#[tokio::test]
+async fn a_pool_wait_on_the_last_attempt_is_not_dead_lettered_but_sent_again_with_the_attempts_spent(
+) {
+    let h = harness(vec![Err(pool_wait())]);
+    with_task(&h).await;
+    let m = message(vec![]);
+    // max_attempts is 3: a real failure here would be dead-lettered.
+    let report = h.runtime.process(incoming(&m, 3), deadline()).await;
+    assert_eq!(report.disposition, Disposition::Postponed);
+    assert!(report.disposition.acknowledged());
+    assert!(h.queues.on(DLQ).is_empty());
+    let again = h.queues.on(ROUTIT_Q);
+    assert_eq!(again.len(), 1);
+    assert!(again[0].delay_seconds >= 1);
+    let copy = Envelope::parse(&again[0].body).unwrap();
+    assert_eq!(copy.id, m.id);
+    // Two attempts were spent before; the one that only waited is not counted.
+    assert_eq!(copy.attempt, 2);
+    assert_eq!(h.tasks.task("task-1").status, TaskStatus::Running);
+}
+
+#[tokio::test]
+async fn the_copy_of_a_postponed_message_keeps_counting_real_attempts() {
+    let h = harness(vec![
+        Err(pool_wait()),
+        Err(StepError::Retryable("server closed the connection".into())),
+    ]);
+    with_task(&h).await;
+    h.runtime
+        .process(incoming(&message(vec![]), 3), deadline())
+        .await;
+    let copy = Envelope::parse(&h.queues.on(ROUTIT_Q)[0].body).unwrap();
+    // The copy's first receive is attempt 3 of 3: a real failure now ends it.
+    let report = h.runtime.process(incoming(&copy, 1), deadline()).await;
+    assert_eq!(report.disposition, Disposition::DeadLettered);
+    let dead = h.queues.on(DLQ);
+    let attempts = dead[0]
+        .attributes
+        .iter()
+        .find(|(k, _)| k == "tem-attempts")
+        .unwrap();
+    assert_eq!(attempts.1, "3");
+    assert!(
+        report.detail.contains("after 3 attempts"),
+        "{}",
+        report.detail
+    );
+}
+
+#[tokio::test]
+async fn a_postponed_copy_that_succeeds_completes_its_task() {
+    let h = harness(vec![Err(pool_wait()), Ok(StepOutcome::done(json!({})))]);
+    with_task(&h).await;
+    h.runtime
+        .process(incoming(&message(vec![]), 1), deadline())
+        .await;
+    let copy = Envelope::parse(&h.queues.on(ROUTIT_Q)[0].body).unwrap();
+    assert_eq!(copy.attempt, 0);
+    let report = h.runtime.process(incoming(&copy, 1), deadline()).await;
+    assert_eq!(report.disposition, Disposition::Completed);
+    assert_eq!(h.tasks.task("task-1").status, TaskStatus::Completed);
+    assert_eq!(h.handler.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_pool_wait_without_a_source_queue_is_left_for_a_retry() {
+    let h = harness(vec![Err(pool_wait())]);
+    let mut runtime_settings = RuntimeSettings::default();
+    runtime_settings.max_attempts = 1;
+    let runtime = ChainRuntime::new(
+        h.handler.clone(),
+        Router::new(BTreeMap::new()),
+        h.queues.clone(),
+        h.queues.clone(),
+        Arc::new(FakeIdempotency::default()),
+        h.tasks.clone(),
+        runtime_settings,
+    );
+    let report = runtime
+        .process(incoming(&message(vec![]), 1), deadline())
+        .await;
+    assert_eq!(report.disposition, Disposition::Retry);
+    assert!(report.detail.contains("not attempted"), "{}", report.detail);
+    assert!(h.queues.sent.lock().unwrap().is_empty());
 }

@@ -18,11 +18,6 @@ use crate::sync::profile::{ProfileSelection, SyncProfile, WatermarkAdvance};
 /// The embedded migrations (`migrations/` at the repository root).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// sqlx's text for [`sqlx::Error::PoolTimedOut`]. Handlers turn database
-/// errors into text, so the chain runtime recognises a pool wait by it
-/// (see `runtime::StepError::NotAttempted`); a test pins it to sqlx's.
-pub const POOL_TIMED_OUT: &str = "pool timed out while waiting for an open connection";
-
 /// Why the pool's connect options cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectOptionsError {
@@ -303,8 +298,11 @@ mod tests {
     use crate::config::Password;
 
     #[test]
-    fn the_pool_timeout_text_is_sqlx_own() {
-        assert_eq!(sqlx::Error::PoolTimedOut.to_string(), POOL_TIMED_OUT);
+    fn the_runtime_knows_the_pool_timeout_by_sqlx_own_text() {
+        assert_eq!(
+            sqlx::Error::PoolTimedOut.to_string(),
+            crate::runtime::POOL_TIMED_OUT
+        );
     }
 
     #[test]

@@ -195,6 +195,12 @@ const FIELDS: i16 = 14;
 /// Connections reading one cycle at once, when the pool has them to spare.
 const READERS: usize = 2;
 
+/// The most connections one calculation holds at once: its transaction and
+/// the spare readers (the stored-input path takes one spare, the table
+/// path up to [`READERS`], never both at once). The chain runtime sizes a
+/// batch's concurrency by it.
+pub(crate) const CONNECTIONS_PER_CALCULATION: u32 = 1 + READERS as u32;
+
 /// How long to wait for a spare connection before reading alone.
 pub(crate) const SPARE_CONNECTION_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 

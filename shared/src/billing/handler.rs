@@ -171,6 +171,13 @@ impl StepHandler for Totals {
             ))),
         }
     }
+
+    /// A rate-plan calculation reads with spare connections when the pool
+    /// has them; counting them keeps a batch's records from waiting for
+    /// each other's connections.
+    fn connections_per_record(&self) -> u32 {
+        crate::billing::cycle_rows::CONNECTIONS_PER_CALCULATION
+    }
 }
 
 /// The console's `{"customer_id": 1, "cycle": "2025-01-01"}` as a
