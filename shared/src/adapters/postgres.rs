@@ -65,6 +65,7 @@ pub fn connect_options(
             .username(username)
             .password(password.expose()),
     };
+    let ssl_mode = ssl_mode.or_else(|| loopback_default(target, options.get_host()));
     if let Some(mode) = ssl_mode {
         options = options.ssl_mode(match mode {
             SslMode::Disable => PgSslMode::Disable,
@@ -78,6 +79,24 @@ pub fn connect_options(
         options = options.ssl_root_cert_from_pem(pem.as_bytes().to_vec());
     }
     Ok(options)
+}
+
+/// Local runs stay on plain loopback: with no sslmode anywhere (not in the
+/// URL, not in DATABASE_SSL_MODE, not in PGSSLMODE) and a loopback host,
+/// TLS would protect nothing, so it is `disable` instead of sqlx's `prefer`
+/// (which would use TLS whenever the server has it on).
+fn loopback_default(target: &DatabaseTarget, host: &str) -> Option<SslMode> {
+    let explicit = match target {
+        DatabaseTarget::Url(url) => url.contains("sslmode=") || url.contains("ssl-mode="),
+        DatabaseTarget::Parts { .. } => false,
+    };
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!explicit && loopback && std::env::var_os("PGSSLMODE").is_none()).then_some(SslMode::Disable)
 }
 
 /// A small pool: a Lambda instance handles one batch at a time, and many
@@ -98,7 +117,13 @@ pub async fn connect_with(
 
 /// A pool on a URL (temctl, local runs and tests).
 pub async fn connect(database_url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(database_url)?;
+    let options = connect_options(
+        &DatabaseTarget::Url(database_url.to_string()),
+        &Endpoint::default(),
+        None,
+        None,
+    )
+    .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
     connect_with(options, max_connections, Duration::from_secs(10)).await
 }
 
@@ -341,6 +366,39 @@ mod tests {
         let kept = connect_options(&target, &Endpoint::default(), None, None).unwrap();
         assert!(matches!(kept.get_ssl_mode(), PgSslMode::Disable));
         assert_eq!(kept.get_host(), "instance");
+    }
+
+    #[test]
+    fn a_loopback_url_without_sslmode_stays_plain_and_any_other_keeps_sqlx_default() {
+        let mode = |url: &str| {
+            connect_options(
+                &DatabaseTarget::Url(url.into()),
+                &Endpoint::default(),
+                None,
+                None,
+            )
+            .unwrap()
+            .get_ssl_mode()
+        };
+        if std::env::var_os("PGSSLMODE").is_some() {
+            return;
+        }
+        assert!(matches!(
+            mode("postgres://postgres@127.0.0.1:5432/x"),
+            PgSslMode::Disable
+        ));
+        assert!(matches!(
+            mode("postgres://postgres@localhost/x"),
+            PgSslMode::Disable
+        ));
+        assert!(matches!(
+            mode("postgres://postgres@127.0.0.1/x?sslmode=require"),
+            PgSslMode::Require
+        ));
+        assert!(matches!(
+            mode("postgres://u@db.example/x"),
+            PgSslMode::Prefer
+        ));
     }
 
     #[test]
