@@ -1,6 +1,7 @@
 //! Support for the integration tests: per-test PostgreSQL databases, the
 //! emulator stack, and the template rules.
 
+pub mod cluster;
 pub mod db;
 pub mod stack;
 pub mod template;
