@@ -541,8 +541,10 @@ async fn a_postponed_copy_that_succeeds_completes_its_task() {
 #[tokio::test]
 async fn a_pool_wait_without_a_source_queue_is_left_for_a_retry() {
     let h = harness(vec![Err(pool_wait())]);
-    let mut runtime_settings = RuntimeSettings::default();
-    runtime_settings.max_attempts = 1;
+    let runtime_settings = RuntimeSettings {
+        max_attempts: 1,
+        ..RuntimeSettings::default()
+    };
     let runtime = ChainRuntime::new(
         h.handler.clone(),
         Router::new(BTreeMap::new()),
