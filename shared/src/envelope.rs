@@ -121,6 +121,9 @@ pub struct Envelope {
     pub chain: Vec<ChainLink>,
     #[serde(default)]
     pub task_id: Option<String>,
+    /// Attempts spent on this step in earlier SQS messages: the runtime
+    /// re-sends a step that only waited for a database connection as a new
+    /// message (its receive count starts over) and carries the count here.
     #[serde(default)]
     pub attempt: u32,
     pub created_at: DateTime<Utc>,
