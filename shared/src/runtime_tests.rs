@@ -561,3 +561,50 @@ async fn a_pool_wait_without_a_source_queue_is_left_for_a_retry() {
     assert!(report.detail.contains("not attempted"), "{}", report.detail);
     assert!(h.queues.sent.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_real_pool_timeout_in_the_totals_handler_is_postponed_on_the_last_attempt() {
+    // Nothing listens on port 1: sqlx retries the refused connection until
+    // the acquire timeout and reports PoolTimedOut, as with a busy pool.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_millis(200))
+        .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+        .unwrap();
+    let queues = Arc::new(FakeQueues::default());
+    let runtime = ChainRuntime::new(
+        Arc::new(crate::billing::handler::Totals::new(
+            pool,
+            chrono::Duration::days(5),
+        )),
+        Router::new(BTreeMap::new()),
+        queues.clone(),
+        queues.clone(),
+        Arc::new(FakeIdempotency::default()),
+        Arc::new(FakeTasks::default()),
+        RuntimeSettings {
+            source_queue_url: Some("q/totals".into()),
+            dlq_url: Some("q/totals-dlq".into()),
+            max_attempts: 3,
+            ..RuntimeSettings::default()
+        },
+    );
+    let m = Envelope::root(
+        "t1",
+        Step::DispatchTotals,
+        json!({"customer_id": 1, "cycle": "2025-01-01"}),
+        vec![],
+        None,
+        Utc::now(),
+    );
+    let report = runtime.process(incoming(&m, 3), deadline()).await;
+    assert_eq!(
+        report.disposition,
+        Disposition::Postponed,
+        "{}",
+        report.detail
+    );
+    assert!(queues.on("q/totals-dlq").is_empty());
+    let copy = Envelope::parse(&queues.on("q/totals")[0].body).unwrap();
+    assert_eq!((copy.id.as_str(), copy.attempt), ("t1", 2));
+}
