@@ -96,6 +96,10 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             pool_connections: self
                 .parsed("DATABASE_MAX_CONNECTIONS", defaults.pool_connections)?
                 .max(1),
+            max_postpone_age: chrono::Duration::minutes(self.parsed(
+                "MAX_POSTPONE_MINUTES",
+                defaults.max_postpone_age.num_minutes(),
+            )?),
         })
     }
 }

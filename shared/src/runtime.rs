@@ -144,6 +144,10 @@ pub struct RuntimeSettings {
     /// The database pool's size (`DATABASE_MAX_CONNECTIONS`), which bounds
     /// how many records of a batch run at once.
     pub pool_connections: u32,
+    /// How long after its creation a message may still be postponed for a
+    /// pool wait; after that a pool wait counts as an attempt, so a long
+    /// database outage ends in the DLQ (visible) instead of cycling forever.
+    pub max_postpone_age: chrono::Duration,
 }
 
 impl Default for RuntimeSettings {
@@ -159,6 +163,7 @@ impl Default for RuntimeSettings {
                 cap: Duration::from_secs(900),
             },
             pool_connections: 2,
+            max_postpone_age: chrono::Duration::hours(1),
         }
     }
 }
@@ -363,13 +368,15 @@ impl ChainRuntime {
             .map_err(StepError::classified);
         match result {
             Ok(outcome) => self.succeed(incoming, &envelope, outcome).await,
-            Err(StepError::NotAttempted(reason)) => {
+            Err(StepError::NotAttempted(reason))
+                if now - envelope.created_at < self.settings.max_postpone_age =>
+            {
                 warn!(%reason, "no database connection in time; not attempted, postponed");
                 self.release(&envelope).await;
                 self.postpone(incoming, &envelope, attempt.saturating_sub(1), reason)
                     .await
             }
-            Err(StepError::Retryable(reason)) => {
+            Err(StepError::Retryable(reason) | StepError::NotAttempted(reason)) => {
                 if attempt >= self.settings.max_attempts {
                     let reason = format!("gave up after {attempt} attempts; last error: {reason}");
                     self.finish_failed(incoming, &envelope, "retries_exhausted", &reason)

@@ -70,6 +70,7 @@ fn harness(answers: Vec<Result<StepOutcome, StepError>>) -> Harness {
             cap: Duration::from_secs(60),
         },
         pool_connections: 2,
+        max_postpone_age: chrono::Duration::hours(1),
     };
     let runtime = ChainRuntime::new(
         handler.clone(),
@@ -493,6 +494,21 @@ async fn a_pool_wait_on_the_last_attempt_is_not_dead_lettered_but_sent_again_wit
     // Two attempts were spent before; the one that only waited is not counted.
     assert_eq!(copy.attempt, 2);
     assert_eq!(h.tasks.task("task-1").status, TaskStatus::Running);
+}
+
+#[tokio::test]
+async fn a_message_waiting_for_the_database_longer_than_the_postpone_limit_is_dead_lettered_on_its_last_attempt(
+) {
+    let h = harness(vec![Err(pool_wait())]);
+    with_task(&h).await;
+    let mut m = message(vec![]);
+    // A database that has been unreachable for two hours is an outage an
+    // operator must see, not a wait to hide.
+    m.created_at = chrono::Utc::now() - chrono::Duration::hours(2);
+    let report = h.runtime.process(incoming(&m, 3), deadline()).await;
+    assert_eq!(report.disposition, Disposition::DeadLettered);
+    assert_eq!(h.queues.on(DLQ).len(), 1);
+    assert!(h.queues.on(ROUTIT_Q).is_empty());
 }
 
 #[tokio::test]
