@@ -144,8 +144,8 @@ pub struct RuntimeSettings {
     /// The database pool's size (`DATABASE_MAX_CONNECTIONS`), which bounds
     /// how many records of a batch run at once.
     pub pool_connections: u32,
-    /// How long after its creation a message may still be postponed for a
-    /// pool wait; after that a pool wait counts as an attempt, so a long
+    /// How long after its chain started (`created_at`, which children
+    /// inherit) a message may still be postponed for a pool wait; after that a pool wait counts as an attempt, so a long
     /// database outage ends in the DLQ (visible) instead of cycling forever.
     pub max_postpone_age: chrono::Duration,
 }
