@@ -484,3 +484,79 @@ async fn cdrs_of_a_subscription_added_later_are_attached_once_with_their_cycles(
     .unwrap();
     assert_eq!(now, Some(late));
 }
+
+#[tokio::test]
+async fn duplicates_of_an_earlier_file_count_as_duplicates_and_never_as_without_customer() {
+    let f = fixture().await;
+    // +31612345678 is Acme's; 0687654321 and 0611111111 belong to nobody.
+    let known_a = "15-01-2025;10:00:00;0612345678;;SMS;Uitgaand;;;0,10;NL;K-A";
+    let unknown_b = "15-01-2025;10:01:00;0687654321;;SMS;Uitgaand;;;0,10;NL;U-B";
+    let unknown_c = "15-01-2025;10:02:00;0687654321;;SMS;Uitgaand;;;0,10;NL;U-C";
+    let first = f
+        .import(
+            Provider::Routit,
+            "inbox/routit/1/d/first.csv",
+            format!("{ROUTIT_HEADER}\n{known_a}\n{unknown_b}\n{unknown_c}\n").into_bytes(),
+        )
+        .await;
+    assert_eq!(
+        (
+            first.read,
+            first.loaded,
+            first.duplicate,
+            first.rejected,
+            first.without_customer
+        ),
+        (3, 3, 0, 0, 2),
+        "{first:?}"
+    );
+
+    // Again A, B and C (duplicates, two of them without customer), one new
+    // row without customer, one new row with, and one bad row.
+    let new_unknown = "15-01-2025;10:03:00;0611111111;;SMS;Uitgaand;;;0,10;NL;U-D";
+    let new_known = "15-01-2025;10:04:00;0612345678;;SMS;Uitgaand;;;0,10;NL;K-E";
+    let bad = "15-01-2025;10:05:00;0612345678;;Fax;Uitgaand;;;0,10;NL;K-F";
+    let second = f
+        .import(
+            Provider::Routit,
+            "inbox/routit/1/d/second.csv",
+            format!(
+                "{ROUTIT_HEADER}\n{known_a}\n{unknown_b}\n{new_unknown}\n{unknown_c}\n{new_known}\n{bad}\n"
+            )
+            .into_bytes(),
+        )
+        .await;
+    assert_eq!(
+        (
+            second.read,
+            second.loaded,
+            second.duplicate,
+            second.rejected,
+            second.without_customer
+        ),
+        (6, 2, 3, 1, 1),
+        "{second:?}"
+    );
+    assert_eq!(
+        second.read,
+        second.loaded + second.duplicate + second.rejected
+    );
+    let stored: (i64, i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT rows_read, rows_loaded, rows_duplicate, rows_rejected, rows_without_customer
+         FROM import_file WHERE id = $1",
+    )
+    .bind(second.import_file_id)
+    .fetch_one(&f.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, (6, 2, 3, 1, 1));
+    let without: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM call_detail_record WHERE customer_id IS NULL")
+            .fetch_one(&f.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        without as u64,
+        first.without_customer + second.without_customer
+    );
+}
