@@ -422,3 +422,43 @@ async fn a_zip_after_a_self_extractor_stub_loads_exactly_its_rows() {
     .unwrap();
     assert_eq!(distinct, 225);
 }
+
+#[tokio::test]
+async fn an_unterminated_quote_in_one_entry_stops_that_entry_while_the_next_entry_loads() {
+    let f = fixture().await;
+    let mut bad = rows("OPEN", 3);
+    bad.push_str("\"15-01-2025;11:00:00;0612345678;;SMS;Uitgaand;;;0,10;NL;OPEN-X\r\n");
+    bad.push_str(&rows("LOST", 40_000));
+    let archive = zip(&[
+        ("a.csv", bad.as_bytes()),
+        ("b.csv", rows("NEXT", 20).as_bytes()),
+    ]);
+    let summary = f
+        .import("inbox/routit/1/d/open-quote.zip", archive)
+        .await
+        .unwrap();
+    assert_eq!(summary.status, "completed_with_errors", "{summary:?}");
+    assert_eq!((summary.loaded, summary.rejected), (23, 1), "{summary:?}");
+    let a = &summary.entries[0];
+    assert_eq!(a.entry, "a.csv");
+    assert!(
+        a.outcome.starts_with(
+            "stopped at line 5: unterminated quote starting at line 5: record exceeds 1 MiB"
+        ),
+        "{}",
+        a.outcome
+    );
+    assert!(
+        a.outcome.contains("loaded 3 of the 3 rows before it"),
+        "{}",
+        a.outcome
+    );
+    assert_eq!(summary.entries[1].outcome, "loaded 20 of 20 rows");
+    let lost: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM call_detail_record WHERE external_id LIKE 'LOST%' OR external_id LIKE 'OPEN-X%'",
+    )
+    .fetch_one(&f.pool)
+    .await
+    .unwrap();
+    assert_eq!(lost, 0);
+}

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::billing::cycle_of;
 use crate::import::format::FormatTemplate;
-use crate::import::parse::{CdrRow, CsvParser, FileError, Parsed, Rejected};
+use crate::import::parse::{CdrRow, CsvParser, FileError, Parsed, Rejected, Stopped};
 
 pub const COLUMNS: &str = "provider, external_id, subscription, customer_id, started_at, kind, direction, destination, \
                        roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros, import_file_id, source_line";
@@ -171,6 +171,9 @@ pub struct LoadReport {
     pub without_customer: u64,
     /// Every (customer, cycle start) a row belongs to.
     pub touched: BTreeSet<(i64, NaiveDate)>,
+    /// Why the parser stopped before the end (a quote that never closes):
+    /// the rows before it are loaded, the record it stopped at is rejected.
+    pub stopped: Option<Stopped>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -387,6 +390,7 @@ fn parse_and_encode(
     if !chunk.is_empty() {
         let _ = sender.blocking_send(chunk);
     }
+    report.stopped = parser.stopped().cloned();
     Ok(report)
 }
 
