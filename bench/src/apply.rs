@@ -378,11 +378,12 @@ pub async fn run(options: Options) -> Result<()> {
                 unchanged.push((b, None));
             }
             let _ = std::fs::remove_dir_all(&dir);
+            notes.push(format!("temctl timed as a process: {}", temctl.display()));
+            timings.push(Timing::new("temctl apply --json, first (process)", first));
             timings.push(Timing::new(
-                &format!("temctl apply --json, first ({})", temctl.display()),
-                first,
+                "temctl apply --json, unchanged (process)",
+                unchanged,
             ));
-            timings.push(Timing::new("temctl apply --json, unchanged", unchanged));
         }
         None => notes.push(
             "no temctl binary next to this one (build it with `cargo build --release -p temctl`, or pass --temctl): the command itself was not timed".into(),

@@ -1637,7 +1637,7 @@ subscriptions:
         let mut checked = (0, 0);
         for round in 0..300 {
             let numbers = 1 + next(4);
-            let mut period = |next: &mut dyn FnMut(u64) -> u64| {
+            let period = |next: &mut dyn FnMut(u64) -> u64| {
                 let from = base + chrono::Duration::days(next(40) as i64);
                 let to = match next(5) {
                     0 => None,
