@@ -389,3 +389,76 @@ async fn a_gzipped_csv_imports_and_a_gzip_bomb_is_stopped() {
     refused(&f, "inbox/bomb.csv.gz", gz(&bomb), "exceeds the limit").await;
     assert_eq!(f.count().await, 50);
 }
+
+#[tokio::test]
+async fn a_zip_after_a_self_extractor_stub_loads_exactly_its_rows() {
+    let f = fixture().await;
+    let archive = zip(&[
+        ("a.csv", rows("SFX-A", 150).as_bytes()),
+        ("b.csv", rows("SFX-B", 75).as_bytes()),
+    ]);
+    // A 4 KiB stub, then one larger than the reader's 64 KiB tail window.
+    for (n, prefix_len) in [(0, 4096usize), (1, 300_000)] {
+        let mut bytes = b"MZ\x90\x00".to_vec();
+        bytes.resize(prefix_len, b's');
+        bytes.extend_from_slice(&archive);
+        // Different stubs, so the second is not "already imported".
+        bytes[4] = n;
+        let summary = f
+            .import(&format!("inbox/routit/1/d/sfx-{n}.zip"), bytes)
+            .await
+            .unwrap_or_else(|e| panic!("prefix {prefix_len}: {e}"));
+        assert_eq!(summary.status, "completed", "{summary:?}");
+        assert_eq!(summary.read, 225, "{summary:?}");
+        let expected_new = if n == 0 { 225 } else { 0 };
+        assert_eq!(summary.loaded, expected_new, "{summary:?}");
+    }
+    assert_eq!(f.count().await, 225);
+    let distinct: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT external_id) FROM call_detail_record WHERE external_id LIKE 'SFX-%'",
+    )
+    .fetch_one(&f.pool)
+    .await
+    .unwrap();
+    assert_eq!(distinct, 225);
+}
+
+#[tokio::test]
+async fn an_unterminated_quote_in_one_entry_stops_that_entry_while_the_next_entry_loads() {
+    let f = fixture().await;
+    let mut bad = rows("OPEN", 3);
+    bad.push_str("\"15-01-2025;11:00:00;0612345678;;SMS;Uitgaand;;;0,10;NL;OPEN-X\r\n");
+    bad.push_str(&rows("LOST", 40_000));
+    let archive = zip(&[
+        ("a.csv", bad.as_bytes()),
+        ("b.csv", rows("NEXT", 20).as_bytes()),
+    ]);
+    let summary = f
+        .import("inbox/routit/1/d/open-quote.zip", archive)
+        .await
+        .unwrap();
+    assert_eq!(summary.status, "completed_with_errors", "{summary:?}");
+    assert_eq!((summary.loaded, summary.rejected), (23, 1), "{summary:?}");
+    let a = &summary.entries[0];
+    assert_eq!(a.entry, "a.csv");
+    assert!(
+        a.outcome.starts_with(
+            "stopped at line 5: unterminated quote starting at line 5: record exceeds 1 MiB"
+        ),
+        "{}",
+        a.outcome
+    );
+    assert!(
+        a.outcome.contains("loaded 3 of the 3 rows before it"),
+        "{}",
+        a.outcome
+    );
+    assert_eq!(summary.entries[1].outcome, "loaded 20 of 20 rows");
+    let lost: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM call_detail_record WHERE external_id LIKE 'LOST%' OR external_id LIKE 'OPEN-X%'",
+    )
+    .fetch_one(&f.pool)
+    .await
+    .unwrap();
+    assert_eq!(lost, 0);
+}

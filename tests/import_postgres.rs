@@ -484,3 +484,146 @@ async fn cdrs_of_a_subscription_added_later_are_attached_once_with_their_cycles(
     .unwrap();
     assert_eq!(now, Some(late));
 }
+
+#[tokio::test]
+async fn duplicates_of_an_earlier_file_count_as_duplicates_and_never_as_without_customer() {
+    let f = fixture().await;
+    // +31612345678 is Acme's; 0687654321 and 0611111111 belong to nobody.
+    let known_a = "15-01-2025;10:00:00;0612345678;;SMS;Uitgaand;;;0,10;NL;K-A";
+    let unknown_b = "15-01-2025;10:01:00;0687654321;;SMS;Uitgaand;;;0,10;NL;U-B";
+    let unknown_c = "15-01-2025;10:02:00;0687654321;;SMS;Uitgaand;;;0,10;NL;U-C";
+    let first = f
+        .import(
+            Provider::Routit,
+            "inbox/routit/1/d/first.csv",
+            format!("{ROUTIT_HEADER}\n{known_a}\n{unknown_b}\n{unknown_c}\n").into_bytes(),
+        )
+        .await;
+    assert_eq!(
+        (
+            first.read,
+            first.loaded,
+            first.duplicate,
+            first.rejected,
+            first.without_customer
+        ),
+        (3, 3, 0, 0, 2),
+        "{first:?}"
+    );
+
+    // Again A, B and C (duplicates, two of them without customer), one new
+    // row without customer, one new row with, and one bad row.
+    let new_unknown = "15-01-2025;10:03:00;0611111111;;SMS;Uitgaand;;;0,10;NL;U-D";
+    let new_known = "15-01-2025;10:04:00;0612345678;;SMS;Uitgaand;;;0,10;NL;K-E";
+    let bad = "15-01-2025;10:05:00;0612345678;;Fax;Uitgaand;;;0,10;NL;K-F";
+    let second = f
+        .import(
+            Provider::Routit,
+            "inbox/routit/1/d/second.csv",
+            format!(
+                "{ROUTIT_HEADER}\n{known_a}\n{unknown_b}\n{new_unknown}\n{unknown_c}\n{new_known}\n{bad}\n"
+            )
+            .into_bytes(),
+        )
+        .await;
+    assert_eq!(
+        (
+            second.read,
+            second.loaded,
+            second.duplicate,
+            second.rejected,
+            second.without_customer
+        ),
+        (6, 2, 3, 1, 1),
+        "{second:?}"
+    );
+    assert_eq!(
+        second.read,
+        second.loaded + second.duplicate + second.rejected
+    );
+    let stored: (i64, i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT rows_read, rows_loaded, rows_duplicate, rows_rejected, rows_without_customer
+         FROM import_file WHERE id = $1",
+    )
+    .bind(second.import_file_id)
+    .fetch_one(&f.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, (6, 2, 3, 1, 1));
+    let without: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM call_detail_record WHERE customer_id IS NULL")
+            .fetch_one(&f.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        without as u64,
+        first.without_customer + second.without_customer
+    );
+}
+
+#[tokio::test]
+async fn an_unterminated_quote_rejects_its_row_with_its_line_and_stops_the_file_after_the_good_rows(
+) {
+    let f = fixture().await;
+    let good = |id: &str, minute: u32| {
+        format!("{id},+31612345678,2025-01-20T10:{minute:02}:00+01:00,SMS,MO,,0,0,1,1,HOME\n")
+    };
+    let mut text = format!("{TMOBILE_HEADER}\n");
+    for i in 0..5 {
+        text.push_str(&good(&format!("Q-{i}"), i));
+    }
+    // Line 7 opens a quote that never closes, then ~10 MB of rows.
+    text.push_str("\"Q-BAD,+31612345678,2025-01-20T10:30:00+01:00,SMS,MO,,0,0,1,1,HOME\n");
+    let mut i = 0;
+    while text.len() < 10_000_000 {
+        text.push_str(&good(&format!("LOST-{i}"), 40));
+        i += 1;
+    }
+    let summary = f
+        .import(
+            Provider::TMobile,
+            "inbox/t_mobile/1/2025-01-20/open-quote.csv",
+            text.into_bytes(),
+        )
+        .await;
+    assert_eq!(summary.status, "completed_with_errors", "{summary:?}");
+    assert_eq!(
+        (summary.read, summary.loaded, summary.rejected),
+        (6, 5, 1),
+        "{summary:?}"
+    );
+    assert_eq!(f.count().await, 5, "the good rows before it, nothing after");
+    assert_eq!(summary.entries.len(), 1, "{summary:?}");
+    let outcome = &summary.entries[0].outcome;
+    assert!(
+        outcome.starts_with(
+            "stopped at line 7: unterminated quote starting at line 7: record exceeds 1 MiB"
+        ),
+        "{outcome}"
+    );
+    let rejected = std::fs::read_to_string(
+        f.rejects
+            .0
+            .join("rejected/inbox/t_mobile/1/2025-01-20/open-quote.csv.csv"),
+    )
+    .unwrap();
+    // The header, then the one rejected row: its line, the reason, and only
+    // the start of the record (256 bytes), not the 10 MB after it.
+    assert!(
+        rejected.starts_with(
+            "entry,line,reason,record\n,7,unterminated quote starting at line 7: record exceeds 1 MiB; the rest of this file is not read,\"\"\"Q-BAD,"
+        ),
+        "{rejected:.600}"
+    );
+    assert!(rejected.len() < 600, "{} bytes", rejected.len());
+    let (status, rows_loaded, rows_rejected): (String, i64, i64) =
+        sqlx::query_as("SELECT status, rows_loaded, rows_rejected FROM import_file WHERE id = $1")
+            .bind(summary.import_file_id)
+            .fetch_one(&f.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), rows_loaded, rows_rejected),
+        ("completed_with_errors", 5, 1)
+    );
+}

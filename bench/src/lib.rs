@@ -1,7 +1,9 @@
 //! Benchmark commands (not tests), sharing the database set-up, the data
 //! generator's random numbers and the goal reporting: `import-bench`
-//! (src/main.rs) and `totals-bench` (src/totals_main.rs). See README.md.
+//! (src/main.rs), `totals-bench` (src/totals_main.rs) and `apply-bench`
+//! (src/apply_main.rs). See README.md.
 
+pub mod apply;
 pub mod bench;
 pub mod child;
 pub mod db;

@@ -511,3 +511,115 @@ async fn moving_a_customer_to_another_plan_rerates_its_open_cycles() {
     assert_eq!(follow_up["problem"], "QUEUE_URL_TOTALS is not set");
     assert_eq!(result["follow_up"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_period_next_to_a_stored_one_applies_and_one_sharing_a_day_is_refused() {
+    let db = fresh().await;
+    let dir = TempDir::new();
+    let customers = "customers:\n  - {code: acme, name: Acme, billing_cycle_start_day: 1}\n  - {code: bakker, name: Bakker, billing_cycle_start_day: 1}\n";
+    dir.write(
+        "first.yaml",
+        format!("{customers}subscriptions:\n  - {{identifier: \"+31612345678\", customer: acme, provider: routit, active_to: 2025-03-31}}\n").as_bytes(),
+    );
+    let first = temctl(&db.url, &dir.0, &["apply", "-f", "first.yaml"], &[]);
+    assert!(first.status.success(), "stderr: {}", stderr(&first));
+
+    // Starts the day after the stored period ends: adjacent, not overlapping.
+    dir.write(
+        "next.yaml",
+        format!("{customers}subscriptions:\n  - {{identifier: \"+31612345678\", customer: bakker, provider: routit, active_from: 2025-04-01}}\n").as_bytes(),
+    );
+    let next = temctl(&db.url, &dir.0, &["apply", "-f", "next.yaml"], &[]);
+    assert!(next.status.success(), "stderr: {}", stderr(&next));
+
+    // Starts on the stored period's last day: overlaps acme's, and within
+    // the file it overlaps its own second entry too.
+    dir.write(
+        "clash.yaml",
+        format!("{customers}subscriptions:\n  - {{identifier: \"+31612345678\", customer: bakker, provider: routit, active_from: 2025-03-31, active_to: 2025-03-31}}\n  - {{identifier: \"+31612345678\", customer: acme, provider: routit, active_from: 2025-03-15, active_to: 2025-03-31}}\n").as_bytes(),
+    );
+    let clash = temctl(&db.url, &dir.0, &["apply", "-f", "clash.yaml"], &[]);
+    assert!(!clash.status.success());
+    let err = stderr(&clash);
+    assert!(
+        err.contains("subscriptions[0]: routit +31612345678 overlaps the database's subscription of customer acme (1970-01-01 to 2025-03-31)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("subscriptions[1]: routit +31612345678 overlaps subscriptions[0] (2025-03-31 to 2025-03-31)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("subscriptions[1]: routit +31612345678 overlaps the database's subscription of customer acme"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("customer bakker"),
+        "bakker's stored period starts after: {err}"
+    );
+    assert_eq!(count(&db.pool, "subscription").await, 2, "nothing written");
+}
+
+#[tokio::test]
+async fn a_file_larger_than_one_write_batch_applies_every_row_and_then_changes_nothing() {
+    let db = fresh().await;
+    let dir = TempDir::new();
+    let n = 23_456;
+    let mut text = String::from("customers:\n");
+    for c in 0..7 {
+        text.push_str(&format!(
+            "  - {{code: c{c}, name: Customer {c}, billing_cycle_start_day: {}}}\n",
+            c + 1
+        ));
+    }
+    text.push_str("subscriptions:\n");
+    for i in 0..n {
+        let to = if i % 3 == 0 {
+            ", active_to: 2025-12-31"
+        } else {
+            ""
+        };
+        text.push_str(&format!(
+            "  - {{identifier: \"+3161{i:07}\", customer: c{}, provider: routit{to}}}\n",
+            i % 7
+        ));
+    }
+    dir.write("big.yaml", text.as_bytes());
+    let first = temctl(&db.url, &dir.0, &["apply", "--json", "-f", "big.yaml"], &[]);
+    assert!(first.status.success(), "stderr: {}", stderr(&first));
+    assert_eq!(json(&first)["created"], n + 7);
+    assert_eq!(count(&db.pool, "subscription").await, n as i64);
+    let (owner, to): (String, Option<NaiveDate>) = sqlx::query_as(
+        "SELECT c.code, s.active_to FROM subscription s JOIN customer c ON c.id = s.customer_id
+         WHERE s.identifier = '+31610012345'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((owner.as_str(), to), ("c4", "2025-12-31".parse().ok()));
+
+    let again = temctl(&db.url, &dir.0, &["apply", "--json", "-f", "big.yaml"], &[]);
+    assert!(again.status.success(), "stderr: {}", stderr(&again));
+    let again = json(&again);
+    assert_eq!(
+        (again["changed"].as_u64(), again["unchanged"].as_u64()),
+        (Some(0), Some(n + 7))
+    );
+
+    // One subscription moves to another customer: exactly one update.
+    let moved = text.replace(
+        "identifier: \"+31610012345\", customer: c4",
+        "identifier: \"+31610012345\", customer: c5",
+    );
+    dir.write("big.yaml", moved.as_bytes());
+    let update = temctl(&db.url, &dir.0, &["apply", "--json", "-f", "big.yaml"], &[]);
+    assert!(update.status.success(), "stderr: {}", stderr(&update));
+    assert_eq!(json(&update)["updated"], 1);
+    let owner: String = sqlx::query_scalar(
+        "SELECT c.code FROM subscription s JOIN customer c ON c.id = s.customer_id WHERE s.identifier = '+31610012345'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(owner, "c5");
+}

@@ -2,7 +2,7 @@
 //! stored object of the same natural key. Pure; the store loads [`Stored`]
 //! and writes what [`diff`] says.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use chrono::NaiveDate;
@@ -250,10 +250,24 @@ pub fn diff(document: &Document, stored: &Stored) -> Vec<Change> {
         });
         changes.push(change(ObjectKind::Customer, customer.code.clone(), fields));
     }
+    // By natural key, once: looking each entry up in the list would make
+    // the diff of n subscriptions O(n²). The first of equal keys wins, as
+    // with `Stored::subscription`.
+    let mut stored_subscriptions: HashMap<(&str, &str, NaiveDate), &StoredSubscription> =
+        HashMap::with_capacity(stored.subscriptions.len());
+    for old in &stored.subscriptions {
+        stored_subscriptions
+            .entry((
+                old.provider.as_str(),
+                old.identifier.as_str(),
+                old.active_from,
+            ))
+            .or_insert(old);
+    }
     for s in &document.subscriptions {
         let provider = s.provider.as_str();
-        let fields = stored
-            .subscription(provider, &s.identifier, s.active_from)
+        let fields = stored_subscriptions
+            .get(&(provider, s.identifier.as_str(), s.active_from))
             .map(|old| {
                 let mut fields = Vec::new();
                 if old.customer != s.customer {

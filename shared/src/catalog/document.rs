@@ -5,7 +5,7 @@
 //! [`super::store`] with [`Parsed::reference_problems`] and
 //! [`stored_overlap_problems`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::NaiveDate;
 use chrono_tz::Tz;
@@ -926,10 +926,6 @@ pub struct StoredPeriod {
     pub customer: String,
 }
 
-fn overlap(a: (NaiveDate, Option<NaiveDate>), b: (NaiveDate, Option<NaiveDate>)) -> bool {
-    a.0 <= b.1.unwrap_or(NaiveDate::MAX) && b.0 <= a.1.unwrap_or(NaiveDate::MAX)
-}
-
 fn period(from: NaiveDate, to: Option<NaiveDate>) -> String {
     match to {
         Some(to) => format!("{from} to {to}"),
@@ -937,67 +933,180 @@ fn period(from: NaiveDate, to: Option<NaiveDate>) -> String {
     }
 }
 
+/// A period's last day, `NaiveDate::MAX` for an open-ended one: periods
+/// are inclusive at both ends (`active_to` is the last active day), so two
+/// periods overlap when each starts on or before the other's last day.
+fn last_day(to: Option<NaiveDate>) -> NaiveDate {
+    to.unwrap_or(NaiveDate::MAX)
+}
+
+/// Indices of `items` grouped by the number (or line) they are for, in
+/// `items` order within each group. Only groups of two or more can
+/// overlap; hashing keeps this linear for the common one period per number.
+fn by_number<'a, T>(
+    items: &'a [T],
+    key: impl Fn(&'a T) -> (&'a str, &'a str),
+) -> HashMap<(&'a str, &'a str), Vec<usize>> {
+    let mut groups: HashMap<(&str, &str), Vec<usize>> = HashMap::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        groups.entry(key(item)).or_default().push(i);
+    }
+    groups
+}
+
 /// A number (or line) belongs to one customer at a time: subscriptions of
 /// the same provider and identifier must not overlap within the file.
+///
+/// Each later entry is reported against every earlier one it overlaps
+/// (entries with the same `active_from` are duplicates, reported by
+/// [`duplicate_keys`] instead). O(n log n + problems): entries are grouped
+/// by number, each group swept in order of `active_from` with the periods
+/// seen so far kept ordered by their last day, so the ones still running
+/// when a period starts are a range, not a scan.
 pub fn overlap_problems(subscriptions: &[Subscription]) -> Vec<Problem> {
-    let mut problems = Vec::new();
-    for (i, s) in subscriptions.iter().enumerate() {
-        for earlier in &subscriptions[..i] {
-            if earlier.provider == s.provider
-                && earlier.identifier == s.identifier
-                && earlier.active_from != s.active_from
-                && overlap(
-                    (earlier.active_from, earlier.active_to),
-                    (s.active_from, s.active_to),
-                )
-            {
-                problems.push(Problem::at(
-                    Section::Subscriptions,
-                    s.at,
-                    "",
-                    format!(
-                        "{} {} overlaps subscriptions[{}] ({}); a number belongs to one customer at a time, so end the earlier one with active_to",
-                        s.provider, s.identifier, earlier.at, period(earlier.active_from, earlier.active_to)
-                    ),
-                ));
+    let mut pairs: Vec<(usize, usize)> = Vec::new();
+    for (_, mut group) in by_number(subscriptions, |s| (s.provider.as_str(), &s.identifier)) {
+        if group.len() < 2 {
+            continue;
+        }
+        group.sort_by_key(|&i| (subscriptions[i].active_from, i));
+        // (last day, index) of the periods that start before the current one.
+        let mut running: BTreeSet<(NaiveDate, usize)> = BTreeSet::new();
+        let mut start = 0;
+        while start < group.len() {
+            let from = subscriptions[group[start]].active_from;
+            let same_from = group[start..]
+                .iter()
+                .take_while(|&&i| subscriptions[i].active_from == from)
+                .count();
+            let batch = &group[start..start + same_from];
+            // Every period in `running` starts before `from`, so it overlaps
+            // this one exactly when it is still running on `from` (and,
+            // for an entry whose active_to is before its active_from, a
+            // problem of its own, when it starts by that active_to).
+            for &i in batch {
+                let last = last_day(subscriptions[i].active_to);
+                for &(_, j) in running.range((from, 0)..) {
+                    if subscriptions[j].active_from <= last {
+                        pairs.push((i.max(j), i.min(j)));
+                    }
+                }
             }
+            for &i in batch {
+                running.insert((last_day(subscriptions[i].active_to), i));
+            }
+            start += same_from;
         }
     }
-    problems
+    pairs.sort_unstable();
+    pairs
+        .into_iter()
+        .map(|(later, earlier)| {
+            let s = &subscriptions[later];
+            let earlier = &subscriptions[earlier];
+            Problem::at(
+                Section::Subscriptions,
+                s.at,
+                "",
+                format!(
+                    "{} {} overlaps subscriptions[{}] ({}); a number belongs to one customer at a time, so end the earlier one with active_to",
+                    s.provider, s.identifier, earlier.at, period(earlier.active_from, earlier.active_to)
+                ),
+            )
+        })
+        .collect()
 }
 
 /// Nor with `stored` subscriptions the file leaves alone (a stored one with
 /// the same key as a file entry is replaced by it, so it does not count).
+///
+/// Problems come by file entry, then in `stored` order, as a nested loop
+/// over both would give them, in O((n + m) log m + problems): the stored
+/// periods are grouped by number and sorted by `active_from`, so those that
+/// start on or before an entry's last day are a prefix found by binary
+/// search, and a running maximum of their last days says where in that
+/// prefix the search back for overlaps can stop.
 pub fn stored_overlap_problems(
     subscriptions: &[Subscription],
     stored: &[StoredPeriod],
 ) -> Vec<Problem> {
+    let in_file: HashSet<(&str, &str, NaiveDate)> = subscriptions
+        .iter()
+        .map(|f| (f.provider.as_str(), f.identifier.as_str(), f.active_from))
+        .collect();
+    let left_alone: Vec<usize> = (0..stored.len())
+        .filter(|&i| {
+            let row = &stored[i];
+            !in_file.contains(&(
+                row.provider.as_str(),
+                row.identifier.as_str(),
+                row.active_from,
+            ))
+        })
+        .collect();
+    // Per number: (active_from, last day, index in `stored`), by active_from,
+    // and the running maximum of the last days.
+    struct Periods {
+        sorted: Vec<(NaiveDate, NaiveDate, usize)>,
+        max_last: Vec<NaiveDate>,
+    }
+    let mut groups: HashMap<(&str, &str), Periods> = HashMap::new();
+    for &i in &left_alone {
+        let row = &stored[i];
+        groups
+            .entry((row.provider.as_str(), row.identifier.as_str()))
+            .or_insert_with(|| Periods {
+                sorted: Vec::new(),
+                max_last: Vec::new(),
+            })
+            .sorted
+            .push((row.active_from, last_day(row.active_to), i));
+    }
+    for periods in groups.values_mut() {
+        periods.sorted.sort_unstable();
+        let mut max = NaiveDate::MIN;
+        periods.max_last = periods
+            .sorted
+            .iter()
+            .map(|&(_, last, _)| {
+                max = max.max(last);
+                max
+            })
+            .collect();
+    }
+
     let mut problems = Vec::new();
+    let mut found: Vec<usize> = Vec::new();
     for s in subscriptions {
-        for row in stored {
-            let replaced = subscriptions.iter().any(|f| {
-                f.provider.as_str() == row.provider
-                    && f.identifier == row.identifier
-                    && f.active_from == row.active_from
-            });
-            if !replaced
-                && row.provider == s.provider.as_str()
-                && row.identifier == s.identifier
-                && overlap(
-                    (row.active_from, row.active_to),
-                    (s.active_from, s.active_to),
-                )
-            {
-                problems.push(Problem::at(
-                    Section::Subscriptions,
-                    s.at,
-                    "",
-                    format!(
-                        "{} {} overlaps the database's subscription of customer {} ({}); add that one to this file with active_from: {} and an active_to to end it",
-                        s.provider, s.identifier, row.customer, period(row.active_from, row.active_to), row.active_from
-                    ),
-                ));
+        let Some(periods) = groups.get(&(s.provider.as_str(), s.identifier.as_str())) else {
+            continue;
+        };
+        let last = last_day(s.active_to);
+        // Stored periods that start on or before this entry's last day ...
+        let starts_in_time = periods.sorted.partition_point(|&(from, _, _)| from <= last);
+        // ... overlap it when they last until its first day.
+        found.clear();
+        for k in (0..starts_in_time).rev() {
+            if periods.max_last[k] < s.active_from {
+                break;
             }
+            let (_, row_last, i) = periods.sorted[k];
+            if row_last >= s.active_from {
+                found.push(i);
+            }
+        }
+        found.sort_unstable();
+        for &i in &found {
+            let row = &stored[i];
+            problems.push(Problem::at(
+                Section::Subscriptions,
+                s.at,
+                "",
+                format!(
+                    "{} {} overlaps the database's subscription of customer {} ({}); add that one to this file with active_from: {} and an active_to to end it",
+                    s.provider, s.identifier, row.customer, period(row.active_from, row.active_to), row.active_from
+                ),
+            ));
         }
     }
     problems
@@ -1337,6 +1446,247 @@ subscriptions:
             vec![],
             "the same key is the file's own entry, replaced by it"
         );
+    }
+
+    /// The checks as they were before they were made O(n log n): a nested
+    /// loop over every pair. The fast ones must give exactly these problems,
+    /// in this order.
+    mod quadratic {
+        use super::super::*;
+
+        fn overlap(a: (NaiveDate, Option<NaiveDate>), b: (NaiveDate, Option<NaiveDate>)) -> bool {
+            a.0 <= b.1.unwrap_or(NaiveDate::MAX) && b.0 <= a.1.unwrap_or(NaiveDate::MAX)
+        }
+
+        pub fn overlap_problems(subscriptions: &[Subscription]) -> Vec<Problem> {
+            let mut problems = Vec::new();
+            for (i, s) in subscriptions.iter().enumerate() {
+                for earlier in &subscriptions[..i] {
+                    if earlier.provider == s.provider
+                        && earlier.identifier == s.identifier
+                        && earlier.active_from != s.active_from
+                        && overlap(
+                            (earlier.active_from, earlier.active_to),
+                            (s.active_from, s.active_to),
+                        )
+                    {
+                        problems.push(Problem::at(
+                            Section::Subscriptions,
+                            s.at,
+                            "",
+                            format!(
+                                "{} {} overlaps subscriptions[{}] ({}); a number belongs to one customer at a time, so end the earlier one with active_to",
+                                s.provider, s.identifier, earlier.at, period(earlier.active_from, earlier.active_to)
+                            ),
+                        ));
+                    }
+                }
+            }
+            problems
+        }
+
+        pub fn stored_overlap_problems(
+            subscriptions: &[Subscription],
+            stored: &[StoredPeriod],
+        ) -> Vec<Problem> {
+            let mut problems = Vec::new();
+            for s in subscriptions {
+                for row in stored {
+                    let replaced = subscriptions.iter().any(|f| {
+                        f.provider.as_str() == row.provider
+                            && f.identifier == row.identifier
+                            && f.active_from == row.active_from
+                    });
+                    if !replaced
+                        && row.provider == s.provider.as_str()
+                        && row.identifier == s.identifier
+                        && overlap(
+                            (row.active_from, row.active_to),
+                            (s.active_from, s.active_to),
+                        )
+                    {
+                        problems.push(Problem::at(
+                            Section::Subscriptions,
+                            s.at,
+                            "",
+                            format!(
+                                "{} {} overlaps the database's subscription of customer {} ({}); add that one to this file with active_from: {} and an active_to to end it",
+                                s.provider, s.identifier, row.customer, period(row.active_from, row.active_to), row.active_from
+                            ),
+                        ));
+                    }
+                }
+            }
+            problems
+        }
+    }
+
+    fn day(text: &str) -> NaiveDate {
+        text.parse().unwrap()
+    }
+
+    fn sub(at: usize, identifier: &str, from: &str, to: Option<&str>) -> Subscription {
+        Subscription {
+            at,
+            identifier: identifier.into(),
+            customer: format!("c{at}"),
+            provider: Provider::Routit,
+            active_from: day(from),
+            active_to: to.map(day),
+        }
+    }
+
+    fn kept(identifier: &str, from: &str, to: Option<&str>, customer: &str) -> StoredPeriod {
+        StoredPeriod {
+            provider: "routit".into(),
+            identifier: identifier.into(),
+            active_from: day(from),
+            active_to: to.map(day),
+            customer: customer.into(),
+        }
+    }
+
+    fn paths_and_periods(problems: &[Problem]) -> Vec<String> {
+        problems
+            .iter()
+            .map(|p| {
+                let start = p.message.find('(').unwrap();
+                let end = p.message.find(')').unwrap();
+                format!("{} {}", p.path, &p.message[start..=end])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn adjacent_periods_do_not_overlap_and_overlapping_ones_do_in_the_file_and_against_the_database(
+    ) {
+        let file = vec![
+            // A: three periods back to back (adjacent: no problem) ...
+            sub(0, "A", "2025-01-01", Some("2025-01-31")),
+            sub(1, "A", "2025-02-01", Some("2025-02-28")),
+            sub(2, "A", "2025-03-01", None),
+            // ... and one sharing a single day with the first.
+            sub(3, "A", "2024-06-01", Some("2025-01-01")),
+            // B: open-ended, then one inside it.
+            sub(4, "B", "2025-01-01", None),
+            sub(5, "B", "2025-05-01", Some("2025-05-31")),
+            // C: alone in the file, next to and across stored periods.
+            sub(6, "C", "2025-04-01", Some("2025-04-30")),
+            // D: replaces its stored period (same key), no problem.
+            sub(7, "D", "2025-01-01", Some("2025-12-31")),
+        ];
+        let within = overlap_problems(&file);
+        assert_eq!(
+            paths_and_periods(&within),
+            vec![
+                "subscriptions[3] (2025-01-01 to 2025-01-31)",
+                "subscriptions[5] (2025-01-01, open-ended)",
+            ]
+        );
+        let stored = vec![
+            kept("C", "2025-01-01", Some("2025-03-31"), "ends-the-day-before"),
+            kept("C", "2025-05-01", None, "starts-the-day-after"),
+            kept("C", "2025-04-30", Some("2025-06-30"), "shares-the-last-day"),
+            kept(
+                "C",
+                "2024-01-01",
+                Some("2025-04-01"),
+                "shares-the-first-day",
+            ),
+            kept("D", "2025-01-01", None, "replaced"),
+            kept("D", "2026-01-01", None, "after-the-replacement"),
+            kept("D", "2025-12-31", None, "on-the-last-day"),
+            kept("B", "2024-01-01", Some("2024-12-31"), "before-b"),
+        ];
+        let against = stored_overlap_problems(&file, &stored);
+        let found: Vec<(String, &str)> = against
+            .iter()
+            .map(|p| {
+                let customer = stored
+                    .iter()
+                    .find(|k| p.message.contains(&format!("customer {} ", k.customer)))
+                    .unwrap();
+                (p.path.clone(), customer.customer.as_str())
+            })
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                ("subscriptions[6]".to_string(), "shares-the-last-day"),
+                ("subscriptions[6]".to_string(), "shares-the-first-day"),
+                ("subscriptions[7]".to_string(), "on-the-last-day"),
+            ]
+        );
+        assert_eq!(within, quadratic::overlap_problems(&file));
+        assert_eq!(against, quadratic::stored_overlap_problems(&file, &stored));
+    }
+
+    #[test]
+    fn the_fast_overlap_checks_give_exactly_the_nested_loops_problems_in_their_order() {
+        // Seeded xorshift: a few numbers with many periods each, so that
+        // overlaps, adjacent periods, equal starts, open ends and reversed
+        // periods (a problem of their own) all occur, in random file order.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let base = day("2025-01-01");
+        let mut checked = (0, 0);
+        for round in 0..300 {
+            let numbers = 1 + next(4);
+            let period = |next: &mut dyn FnMut(u64) -> u64| {
+                let from = base + chrono::Duration::days(next(40) as i64);
+                let to = match next(5) {
+                    0 => None,
+                    1 => Some(from - chrono::Duration::days(1 + next(3) as i64)),
+                    _ => Some(from + chrono::Duration::days(next(12) as i64)),
+                };
+                (from, to)
+            };
+            let file: Vec<Subscription> = (0..next(25) as usize)
+                .map(|at| {
+                    let (from, to) = period(&mut next);
+                    Subscription {
+                        at: at * 2,
+                        identifier: format!("N{}", next(numbers)),
+                        customer: "c".into(),
+                        provider: if next(6) == 0 {
+                            Provider::KpnEen
+                        } else {
+                            Provider::Routit
+                        },
+                        active_from: from,
+                        active_to: to,
+                    }
+                })
+                .collect();
+            let stored: Vec<StoredPeriod> = (0..next(25))
+                .map(|k| {
+                    let (from, to) = period(&mut next);
+                    StoredPeriod {
+                        provider: if next(6) == 0 { "kpn_een" } else { "routit" }.into(),
+                        identifier: format!("N{}", next(numbers)),
+                        active_from: from,
+                        active_to: to,
+                        customer: format!("k{k}"),
+                    }
+                })
+                .collect();
+            let within = overlap_problems(&file);
+            assert_eq!(within, quadratic::overlap_problems(&file), "round {round}");
+            let against = stored_overlap_problems(&file, &stored);
+            assert_eq!(
+                against,
+                quadratic::stored_overlap_problems(&file, &stored),
+                "round {round}"
+            );
+            checked.0 += within.len();
+            checked.1 += against.len();
+        }
+        assert!(checked.0 > 300 && checked.1 > 300, "{checked:?}");
     }
 
     #[test]

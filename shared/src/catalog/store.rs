@@ -258,6 +258,9 @@ async fn load(tx: &mut PgConnection, parsed: &Parsed) -> Result<Stored, CatalogE
     Ok(stored)
 }
 
+/// Rows per batched INSERT of customers and subscriptions.
+const WRITE_BATCH: usize = 10_000;
+
 fn changed_in(changes: &[Change], object: ObjectKind) -> impl Iterator<Item = &Change> {
     changes.iter().filter(move |c| c.object == object)
 }
@@ -305,33 +308,58 @@ async fn write(
         .iter()
         .map(|(code, c)| (code.clone(), c.id))
         .collect();
-    for (customer, change) in doc
+    // Customers and subscriptions are written in batches, one statement per
+    // WRITE_BATCH rows through UNNEST: a file of 50,000 subscriptions is a
+    // handful of round trips, not 50,000. Keys are unique within a file
+    // (duplicate_keys), so no statement touches a row twice.
+    let customers: Vec<&super::document::Customer> = doc
         .customers
         .iter()
         .zip(changed_in(changes, ObjectKind::Customer))
-    {
-        if !change.is_change() {
-            continue;
-        }
-        let id: i64 = sqlx::query_scalar(
+        .filter(|(_, change)| change.is_change())
+        .map(|(customer, _)| customer)
+        .collect();
+    for batch in customers.chunks(WRITE_BATCH) {
+        let rows = sqlx::query(
             "INSERT INTO customer (code, name, billing_cycle_start_day, time_zone, rate_plan_id)
-             VALUES ($1, $2, $3, $4, $5)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int2[], $4::text[], $5::text[])
              ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name,
                  billing_cycle_start_day = EXCLUDED.billing_cycle_start_day,
                  time_zone = EXCLUDED.time_zone, rate_plan_id = EXCLUDED.rate_plan_id
-             RETURNING id",
+             RETURNING code, id",
         )
-        .bind(&customer.code)
-        .bind(&customer.name)
-        .bind(i16::try_from(customer.billing_cycle_start_day).unwrap_or(1))
-        .bind(customer.time_zone.name())
-        .bind(&customer.rate_plan)
-        .fetch_one(&mut *tx)
+        .bind(batch.iter().map(|c| c.code.clone()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|c| c.name.clone()).collect::<Vec<_>>())
+        .bind(
+            batch
+                .iter()
+                .map(|c| i16::try_from(c.billing_cycle_start_day).unwrap_or(1))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|c| c.time_zone.name().to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|c| c.rate_plan.clone())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *tx)
         .await
         .map_err(db("writing customers"))?;
-        customer_ids.insert(customer.code.clone(), id);
+        for row in rows {
+            customer_ids.insert(
+                row.try_get("code").map_err(db("writing customers"))?,
+                row.try_get("id").map_err(db("writing customers"))?,
+            );
+        }
     }
 
+    let mut subscriptions = Vec::new();
     for (s, change) in doc
         .subscriptions
         .iter()
@@ -348,17 +376,40 @@ async fn write(
                 format!("no customer {:?} in this file or the database", s.customer),
             )])
         })?;
+        subscriptions.push((customer_id, s));
+    }
+    for batch in subscriptions.chunks(WRITE_BATCH) {
         sqlx::query(
             "INSERT INTO subscription (customer_id, provider, identifier, active_from, active_to)
-             VALUES ($1, $2, $3, $4, $5)
+             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::date[], $5::date[])
              ON CONFLICT (provider, identifier, active_from) DO UPDATE SET
                  customer_id = EXCLUDED.customer_id, active_to = EXCLUDED.active_to",
         )
-        .bind(customer_id)
-        .bind(s.provider.as_str())
-        .bind(&s.identifier)
-        .bind(s.active_from)
-        .bind(s.active_to)
+        .bind(batch.iter().map(|(id, _)| *id).collect::<Vec<i64>>())
+        .bind(
+            batch
+                .iter()
+                .map(|(_, s)| s.provider.as_str().to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|(_, s)| s.identifier.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|(_, s)| s.active_from)
+                .collect::<Vec<NaiveDate>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|(_, s)| s.active_to)
+                .collect::<Vec<Option<NaiveDate>>>(),
+        )
         .execute(&mut *tx)
         .await
         .map_err(db("writing subscriptions"))?;

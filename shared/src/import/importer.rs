@@ -24,7 +24,7 @@ use crate::import::format::{FormatError, FormatTemplate};
 use crate::import::load::{
     load_csv, CsvOpen, LoadError, LoadInput, LoadMode, LoadReport, RejectFile, Resolver,
 };
-use crate::import::parse::FileError;
+use crate::import::parse::{FileError, Stopped};
 use crate::import::source::{chunks, sniff, spawn_pump, ObjectKind, RangeRead, SourceError};
 use crate::import::zip::{EntryDecision, EntryReader, ZipArchive, ZipError, ZipLimits};
 use crate::ports::PortError;
@@ -53,7 +53,8 @@ pub struct EntryNote {
 #[derive(Debug, Clone, Serialize)]
 pub struct ImportSummary {
     pub import_file_id: i64,
-    /// `completed`, `completed_with_errors` (an entry was refused) or
+    /// `completed`, `completed_with_errors` (an entry was refused, failed,
+    /// or stopped early at a quote that never closes; see `entries`) or
     /// `already_imported` (the same content was imported before).
     pub status: String,
     pub sha256: String,
@@ -279,9 +280,11 @@ impl Importer {
                 }
                 None => None,
             };
-            let failed_entries = entries
-                .iter()
-                .any(|e| e.outcome.starts_with("refused") || e.outcome.starts_with("failed"));
+            let failed_entries = entries.iter().any(|e| {
+                e.outcome.starts_with("refused")
+                    || e.outcome.starts_with("failed")
+                    || e.outcome.starts_with("stopped")
+            });
             let status = if failed_entries {
                 "completed_with_errors"
             } else {
@@ -360,7 +363,17 @@ impl Importer {
                 let report = load_csv(tx, csv, input, rejects, mode)
                     .await
                     .map_err(|e| LoadFailure::from_load(e, &what))?;
-                Ok((report, vec![]))
+                let notes = match &report.stopped {
+                    Some(stopped) => {
+                        warn!(line = stopped.line, reason = %stopped.reason, "file stopped");
+                        vec![EntryNote {
+                            entry: what.clone(),
+                            outcome: stopped_outcome(stopped, &report),
+                        }]
+                    }
+                    None => vec![],
+                };
+                Ok((report, notes))
             }
             ObjectKind::Zip => {
                 let archive = ZipArchive::open(source, self.limits.clone())
@@ -412,12 +425,16 @@ impl Importer {
                                 .execute(&mut *tx)
                                 .await
                                 .map_err(LoadFailure::db)?;
+                            let outcome = match &report.stopped {
+                                Some(stopped) => {
+                                    warn!(entry = %name, line = stopped.line, reason = %stopped.reason, "entry stopped");
+                                    stopped_outcome(stopped, &report)
+                                }
+                                None => format!("loaded {} of {} rows", report.loaded, report.read),
+                            };
                             notes.push(EntryNote {
                                 entry: name,
-                                outcome: format!(
-                                    "loaded {} of {} rows",
-                                    report.loaded, report.read
-                                ),
+                                outcome,
                             });
                             total.read += report.read;
                             total.loaded += report.loaded;
@@ -458,6 +475,19 @@ impl Importer {
             }
         }
     }
+}
+
+/// The note of an entry (or file) whose parser stopped: what loaded before
+/// the stop, and why the rest was not read.
+fn stopped_outcome(stopped: &Stopped, report: &LoadReport) -> String {
+    format!(
+        "stopped at line {}: {}; loaded {} of the {} rows before it (the record at line {} is in the rejected rows)",
+        stopped.line,
+        stopped.reason,
+        report.loaded,
+        report.read.saturating_sub(1),
+        stopped.line
+    )
 }
 
 enum LoadFailure {

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::billing::cycle_of;
 use crate::import::format::FormatTemplate;
-use crate::import::parse::{CdrRow, CsvParser, FileError, Parsed, Rejected};
+use crate::import::parse::{CdrRow, CsvParser, FileError, Parsed, Rejected, Stopped};
 
 pub const COLUMNS: &str = "provider, external_id, subscription, customer_id, started_at, kind, direction, destination, \
                        roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros, import_file_id, source_line";
@@ -166,9 +166,14 @@ pub struct LoadReport {
     pub loaded: u64,
     pub duplicate: u64,
     pub rejected: u64,
+    /// Loaded rows (not duplicates) whose subscription has no customer on
+    /// the row's date. `read = loaded + duplicate + rejected`.
     pub without_customer: u64,
     /// Every (customer, cycle start) a row belongs to.
     pub touched: BTreeSet<(i64, NaiveDate)>,
+    /// Why the parser stopped before the end (a quote that never closes):
+    /// the rows before it are loaded, the record it stopped at is rejected.
+    pub stopped: Option<Stopped>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -305,18 +310,30 @@ pub async fn load_csv(
         return Err(LoadError::Rejects(e));
     }
     let copied = copy.finish().await.map_err(LoadError::from_copy)?;
-    report.loaded = match mode {
-        LoadMode::Direct => copied,
-        LoadMode::Deduplicate => sqlx::query(&format!(
-            "INSERT INTO call_detail_record ({COLUMNS})
-             SELECT DISTINCT ON (provider, external_id) {COLUMNS} FROM cdr_staging
-             ORDER BY provider, external_id, source_line
-             ON CONFLICT (provider, external_id) DO NOTHING"
-        ))
-        .execute(&mut *connection)
-        .await?
-        .rows_affected(),
-    };
+    match mode {
+        // Every parsed row was copied, so the parser's count of rows
+        // without a customer is the count of loaded ones.
+        LoadMode::Direct => report.loaded = copied,
+        LoadMode::Deduplicate => {
+            // Only the rows actually inserted count: a duplicate is neither
+            // loaded nor "without customer", whatever its subscription.
+            let inserted = sqlx::query(&format!(
+                "WITH inserted AS (
+                   INSERT INTO call_detail_record ({COLUMNS})
+                   SELECT DISTINCT ON (provider, external_id) {COLUMNS} FROM cdr_staging
+                   ORDER BY provider, external_id, source_line
+                   ON CONFLICT (provider, external_id) DO NOTHING
+                   RETURNING customer_id)
+                 SELECT count(*) AS loaded,
+                        count(*) FILTER (WHERE customer_id IS NULL) AS without_customer
+                 FROM inserted"
+            ))
+            .fetch_one(&mut *connection)
+            .await?;
+            report.loaded = inserted.try_get::<i64, _>("loaded")? as u64;
+            report.without_customer = inserted.try_get::<i64, _>("without_customer")? as u64;
+        }
+    }
     report.duplicate = copied - report.loaded;
     Ok(report)
 }
@@ -373,6 +390,7 @@ fn parse_and_encode(
     if !chunk.is_empty() {
         let _ = sender.blocking_send(chunk);
     }
+    report.stopped = parser.stopped().cloned();
     Ok(report)
 }
 

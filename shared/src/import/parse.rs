@@ -18,6 +18,15 @@ use crate::import::normalize;
 /// whole, and no carrier writes lines anywhere near this long.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
 
+/// A record (all its lines, quoted newlines included) longer than this is
+/// not read further, so that an unterminated quote cannot make the rest of
+/// the file one field held in memory. An unquoted record is one line, so
+/// this is the line limit too.
+pub const MAX_RECORD_BYTES: usize = MAX_LINE_BYTES;
+
+/// How much of a record that is too long is kept for the rejected file.
+const RAW_HEAD_BYTES: usize = 256;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct CdrRow {
     pub external_id: String,
@@ -70,6 +79,17 @@ pub enum Parsed {
     Rejected(Rejected),
 }
 
+/// Why a parser stopped before the end of its input, after the rows before
+/// that point: a quote that never closes leaves no later line that can be
+/// trusted to start a record (any newline may be inside the field), so
+/// there is no sound point to resume from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stopped {
+    /// The line the rejected record starts on.
+    pub line: u64,
+    pub reason: String,
+}
+
 /// Where each canonical field sits in a record.
 #[derive(Debug, Default)]
 struct Layout {
@@ -91,6 +111,7 @@ pub struct CsvParser<R: Read> {
     template: FormatTemplate,
     layout: Layout,
     record: csv::ByteRecord,
+    stopped: Option<Stopped>,
 }
 
 impl<R: Read> CsvParser<R> {
@@ -101,7 +122,11 @@ impl<R: Read> CsvParser<R> {
             .quote(template.quote as u8)
             .has_headers(false)
             .flexible(true)
-            .from_reader(LineLimit::new(input));
+            .from_reader(LineLimit::new(
+                input,
+                template.delimiter as u8,
+                template.quote as u8,
+            ));
         let mut header = csv::ByteRecord::new();
         match reader.read_byte_record(&mut header) {
             Ok(true) => {}
@@ -114,21 +139,63 @@ impl<R: Read> CsvParser<R> {
             template: template.clone(),
             layout,
             record: csv::ByteRecord::new(),
+            stopped: None,
         })
     }
 
-    /// The next row, or `None` at the end of the file.
+    /// Why the parser stopped before the end of the input, if it did (the
+    /// record it stopped at was returned as rejected).
+    pub fn stopped(&self) -> Option<&Stopped> {
+        self.stopped.as_ref()
+    }
+
+    /// The longest record read so far, in bytes (at most
+    /// [`MAX_RECORD_BYTES`] + 1): what the parser held of one record.
+    pub fn largest_record_bytes(&self) -> usize {
+        self.reader.get_ref().largest_record
+    }
+
+    /// The next row, or `None` at the end of the file (or after the record
+    /// the parser [stopped](Self::stopped) at).
     pub fn next_row(&mut self) -> Option<Result<Parsed, FileError>> {
+        if self.stopped.is_some() {
+            return None;
+        }
         loop {
             let line = self.reader.position().line() + 1;
             match self.reader.read_byte_record(&mut self.record) {
                 Ok(false) => return None,
-                Err(e) => return Some(Err(read_error(e, line))),
+                Err(e) => {
+                    if let Some(open) = unterminated_quote(&e) {
+                        return Some(Ok(Parsed::Rejected(self.stop(open))));
+                    }
+                    return Some(Err(read_error(e, line)));
+                }
                 Ok(true) => {}
             }
             let line = self.record.position().map(|p| p.line()).unwrap_or(line);
             if self.record.len() == 1 && self.record[0].iter().all(u8::is_ascii_whitespace) {
                 continue;
+            }
+            if let Some(open) = self.reader.get_ref().eof_in_quote {
+                // This record is the one the input ended in when it spans
+                // that record's first byte (its reported start may lie
+                // before, at empty lines the reader skipped).
+                let start = self.record.position().map_or(0, |p| p.byte());
+                let end = self.reader.position().byte();
+                if (start..end).contains(&open.record_byte) {
+                    // The file ends inside a quote: this record swallowed
+                    // every line after it, so its fields mean nothing.
+                    let reason = format!(
+                        "unterminated quote starting at line {}: the file ends inside it",
+                        open.quote_line
+                    );
+                    return Some(Ok(Parsed::Rejected(Rejected {
+                        line: open.record_line,
+                        reason,
+                        raw: self.raw_head(),
+                    })));
+                }
             }
             return Some(Ok(match self.row(line) {
                 Ok(row) => Parsed::Row(Box::new(row)),
@@ -139,6 +206,37 @@ impl<R: Read> CsvParser<R> {
                 }),
             }));
         }
+    }
+
+    /// Rejects the record that outgrew [`MAX_RECORD_BYTES`] inside a quote
+    /// and stops: see [`Stopped`].
+    fn stop(&mut self, open: OpenQuote) -> Rejected {
+        let reason = format!(
+            "unterminated quote starting at line {}: record exceeds {} MiB; the rest of this file is not read",
+            open.quote_line,
+            MAX_RECORD_BYTES >> 20
+        );
+        let rejected = Rejected {
+            line: open.record_line,
+            reason: reason.clone(),
+            raw: self.raw_head(),
+        };
+        self.stopped = Some(Stopped {
+            line: open.record_line,
+            reason,
+        });
+        rejected
+    }
+
+    /// The start of the current record as read, for a record whose fields
+    /// cannot be trusted.
+    fn raw_head(&self) -> String {
+        let head = &self.reader.get_ref().head;
+        let mut raw = String::from_utf8_lossy(head).into_owned();
+        if head.len() == RAW_HEAD_BYTES {
+            raw.push_str("...");
+        }
+        raw
     }
 
     fn raw(&self) -> String {
@@ -371,6 +469,14 @@ fn read_error(e: csv::Error, line: u64) -> FileError {
     }
 }
 
+/// The quote a record outgrew [`MAX_RECORD_BYTES`] in, if that is the error.
+fn unterminated_quote(e: &csv::Error) -> Option<OpenQuote> {
+    match e.kind() {
+        csv::ErrorKind::Io(io) => io.get_ref()?.downcast_ref::<OpenQuote>().copied(),
+        _ => None,
+    }
+}
+
 #[derive(Debug)]
 struct LineTooLong(u64);
 
@@ -382,43 +488,140 @@ impl std::fmt::Display for LineTooLong {
 
 impl std::error::Error for LineTooLong {}
 
-/// Refuses input with a line over [`MAX_LINE_BYTES`] before the CSV reader
-/// buffers it whole, and turns CRLF into LF (the CSV reader counts lines
-/// one short after a CR-terminated record).
+/// A record still inside a quote: where the record and the quote start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OpenQuote {
+    record_line: u64,
+    quote_line: u64,
+    /// Offset of the record's first byte in the reader's input.
+    record_byte: u64,
+}
+
+impl std::fmt::Display for OpenQuote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "unterminated quote starting at line {}: record exceeds {MAX_RECORD_BYTES} bytes",
+            self.quote_line
+        )
+    }
+}
+
+impl std::error::Error for OpenQuote {}
+
+/// Where a record is, byte by byte, following the CSV reader's own rules
+/// (csv-core with its defaults: a quote opens a field only at its start, a
+/// doubled quote inside is a literal one, CR or LF ends a record outside
+/// quotes, empty lines are no record), so that a record's size is known
+/// before the reader buffers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    StartRecord,
+    StartField,
+    InField,
+    InQuotes,
+    /// A quote inside quotes: the closing one, or the first of a pair.
+    QuoteInQuotes,
+}
+
+/// Refuses input with a record over [`MAX_RECORD_BYTES`] before the CSV
+/// reader buffers it whole (a long line, or a quote that never closes), and
+/// turns CRLF into LF (the CSV reader counts lines one short after a
+/// CR-terminated record).
 struct LineLimit<R> {
     inner: R,
     line: u64,
-    since_newline: usize,
     /// A CR at the end of the previous read, not yet known to precede LF.
     pending_cr: bool,
     input: Vec<u8>,
     ready: Vec<u8>,
     position: usize,
+    delimiter: u8,
+    quote: u8,
+    scan: Scan,
+    record_bytes: usize,
+    record_line: u64,
+    record_byte: u64,
+    quote_line: u64,
+    /// Bytes handed on so far (after CRLF became LF).
+    output_bytes: u64,
+    /// The first [`RAW_HEAD_BYTES`] of the current record.
+    head: Vec<u8>,
+    largest_record: usize,
+    /// Set when the input ends inside a quote.
+    eof_in_quote: Option<OpenQuote>,
 }
 
 impl<R> LineLimit<R> {
-    fn new(inner: R) -> Self {
+    fn new(inner: R, delimiter: u8, quote: u8) -> Self {
         Self {
             inner,
             line: 1,
-            since_newline: 0,
             pending_cr: false,
             input: vec![0; 64 * 1024],
             ready: Vec::with_capacity(64 * 1024),
             position: 0,
+            delimiter,
+            quote,
+            scan: Scan::StartRecord,
+            record_bytes: 0,
+            record_line: 1,
+            record_byte: 0,
+            quote_line: 1,
+            output_bytes: 0,
+            head: Vec::with_capacity(RAW_HEAD_BYTES),
+            largest_record: 0,
+            eof_in_quote: None,
         }
     }
 
     fn push(&mut self, byte: u8) -> std::io::Result<()> {
         self.ready.push(byte);
+        self.output_bytes += 1;
+        let terminator = byte == b'\n' || byte == b'\r';
+        if self.scan == Scan::StartRecord {
+            if terminator {
+                // Empty lines are no record.
+                if byte == b'\n' {
+                    self.line += 1;
+                }
+                return Ok(());
+            }
+            self.scan = Scan::StartField;
+            self.record_line = self.line;
+            self.record_byte = self.output_bytes - 1;
+            self.record_bytes = 0;
+            self.head.clear();
+        }
+        self.record_bytes += 1;
+        if self.head.len() < RAW_HEAD_BYTES {
+            self.head.push(byte);
+        }
+        self.scan = match self.scan {
+            Scan::InQuotes if byte == self.quote => Scan::QuoteInQuotes,
+            Scan::InQuotes => Scan::InQuotes,
+            Scan::QuoteInQuotes if byte == self.quote => Scan::InQuotes,
+            Scan::StartField if byte == self.quote => {
+                self.quote_line = self.line;
+                Scan::InQuotes
+            }
+            _ if byte == self.delimiter => Scan::StartField,
+            _ if terminator => Scan::StartRecord,
+            _ => Scan::InField,
+        };
         if byte == b'\n' {
             self.line += 1;
-            self.since_newline = 0;
-        } else {
-            self.since_newline += 1;
-            if self.since_newline > MAX_LINE_BYTES {
-                return Err(std::io::Error::other(LineTooLong(self.line)));
+        }
+        self.largest_record = self.largest_record.max(self.record_bytes);
+        if self.record_bytes > MAX_RECORD_BYTES {
+            if self.scan == Scan::InQuotes {
+                return Err(std::io::Error::other(OpenQuote {
+                    record_line: self.record_line,
+                    quote_line: self.quote_line,
+                    record_byte: self.record_byte,
+                }));
             }
+            return Err(std::io::Error::other(LineTooLong(self.line)));
         }
         Ok(())
     }
@@ -433,6 +636,13 @@ impl<R> LineLimit<R> {
         if n == 0 {
             if std::mem::take(&mut self.pending_cr) {
                 self.push(b'\r')?;
+            }
+            if matches!(self.scan, Scan::InQuotes) {
+                self.eof_in_quote = Some(OpenQuote {
+                    record_line: self.record_line,
+                    quote_line: self.quote_line,
+                    record_byte: self.record_byte,
+                });
             }
             return Ok(!self.ready.is_empty());
         }
@@ -608,6 +818,178 @@ mod tests {
         text.push_str(&"x".repeat(10 << 20));
         let err = parse(Provider::Routit, text.as_bytes()).err().unwrap();
         assert!(matches!(err, FileError::LineTooLong { line: 3 }), "{err}");
+    }
+}
+
+/// Counts the bytes each thread has allocated, so a test can see how much
+/// memory the parser held at its peak while it ran on the test's thread.
+#[cfg(test)]
+mod counting_allocator {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    struct Counting;
+
+    #[global_allocator]
+    static ALLOCATOR: Counting = Counting;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn note(delta: isize) {
+        let _ = LIVE.try_with(|live| {
+            let now = live.get() + delta;
+            live.set(now);
+            let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+        });
+    }
+
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let p = unsafe { System.alloc(layout) };
+            if !p.is_null() {
+                note(layout.size() as isize);
+            }
+            p
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(ptr, layout) };
+            note(-(layout.size() as isize));
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            let p = unsafe { System.realloc(ptr, layout, new_size) };
+            if !p.is_null() {
+                note(new_size as isize - layout.size() as isize);
+            }
+            p
+        }
+    }
+
+    /// The most this thread had allocated at once while `f` ran, above
+    /// what it had when `f` started.
+    pub fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        let base = LIVE.with(Cell::get);
+        PEAK.with(|p| p.set(base));
+        let out = f();
+        let peak = PEAK.with(Cell::get);
+        (out, (peak - base).max(0) as usize)
+    }
+}
+
+#[cfg(test)]
+mod record_limit_tests {
+    use super::*;
+    use crate::routing::Provider;
+
+    const HEADER: &str =
+        "record_id,msisdn,start_time,event_type,direction,called_number,duration_seconds,data_bytes,units,charge_cents,roaming_zone";
+
+    fn good(id: &str) -> String {
+        format!("{id},+31612345678,2025-01-20T10:00:00+01:00,SMS,MO,,0,0,1,1,HOME\n")
+    }
+
+    /// Every row, rejected row and the stop, of `text`.
+    fn read_all(text: &[u8]) -> (Vec<String>, Vec<Rejected>, Option<Stopped>, usize) {
+        let template = FormatTemplate::for_provider(Provider::TMobile).unwrap();
+        let mut parser = CsvParser::new(text, &template).unwrap();
+        let (mut rows, mut rejected) = (Vec::new(), Vec::new());
+        while let Some(next) = parser.next_row() {
+            match next.unwrap() {
+                Parsed::Row(row) => rows.push(row.external_id),
+                Parsed::Rejected(r) => rejected.push(r),
+            }
+        }
+        (
+            rows,
+            rejected,
+            parser.stopped().cloned(),
+            parser.largest_record_bytes(),
+        )
+    }
+
+    #[test]
+    fn an_unterminated_quote_before_ten_megabytes_rejects_its_row_and_stops_with_memory_bounded() {
+        let mut text = format!("{HEADER}\n{}{}", good("A"), good("B"));
+        // Line 4 opens a quote that never closes; 10 MB of rows follow.
+        text.push_str("\"C,+31612345678,2025-01-20T10:00:00+01:00,SMS,MO,,0,0,1,1,HOME\n");
+        while text.len() < 10_000_000 {
+            text.push_str(&good("LOST"));
+        }
+        let input = text.into_bytes();
+        let ((rows, rejected, stopped, largest), peak) =
+            counting_allocator::peak_during(|| read_all(&input));
+
+        assert_eq!(rows, vec!["A", "B"], "the rows before it load");
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(rejected[0].line, 4);
+        assert_eq!(
+            rejected[0].reason,
+            "unterminated quote starting at line 4: record exceeds 1 MiB; the rest of this file is not read"
+        );
+        assert!(
+            rejected[0].raw.starts_with("\"C,+31612345678"),
+            "{:?}",
+            rejected[0].raw
+        );
+        assert!(
+            rejected[0].raw.len() < 300,
+            "only the record's start is kept"
+        );
+        assert_eq!(stopped.map(|s| s.line), Some(4));
+        assert_eq!(largest, MAX_RECORD_BYTES + 1);
+        // The record is held up to the limit, never the 10 MB after it.
+        assert!(peak < 4 << 20, "peak {peak} bytes while reading 10 MB");
+    }
+
+    #[test]
+    fn a_file_ending_inside_a_quote_rejects_that_record_with_the_quote_line() {
+        let text = format!(
+            "{HEADER}\n{}\n\n{}\"D,+31612345678,2025-01-20T10:00:00+01:00,SMS,MO,,0,0,1,1,HOME\n{}",
+            good("A").trim_end(),
+            good("B"),
+            good("SWALLOWED")
+        );
+        let (rows, rejected, stopped, _) = read_all(text.as_bytes());
+        assert_eq!(rows, vec!["A", "B"]);
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(rejected[0].line, 5);
+        assert_eq!(
+            rejected[0].reason,
+            "unterminated quote starting at line 5: the file ends inside it"
+        );
+        assert_eq!(stopped, None, "the end of the file, not a stop");
+    }
+
+    #[test]
+    fn quoted_fields_with_newlines_and_doubled_quotes_still_read_and_count_as_one_record() {
+        let text = format!(
+            "{HEADER}\n\"A\"\"1\",+31612345678,2025-01-20T10:00:00+01:00,SMS,MO,\"+31 20\n123 4567\",0,0,1,1,HOME\n{}",
+            good("B")
+        );
+        let (rows, rejected, stopped, largest) = read_all(text.as_bytes());
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert_eq!(rows, vec!["A\"1", "B"]);
+        assert_eq!(stopped, None);
+        assert_eq!(
+            largest,
+            HEADER.len() + 1,
+            "the header is the longest record"
+        );
+    }
+
+    #[test]
+    fn a_quote_inside_an_unquoted_field_is_a_literal_and_opens_nothing() {
+        let text = format!(
+            "{HEADER}\nA5\"x,+31612345678,2025-01-20T10:00:00+01:00,SMS,MO,,0,0,1,1,HOME\n{}",
+            good("B")
+        );
+        let (rows, rejected, _, _) = read_all(text.as_bytes());
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert_eq!(rows, vec!["A5\"x", "B"]);
     }
 }
 

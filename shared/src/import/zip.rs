@@ -311,8 +311,22 @@ fn find_eocd(tail: &[u8]) -> Option<usize> {
     })
 }
 
+/// The ZIP64 end record that ends exactly where `before` ends (where the
+/// locator starts): its signature, and its own size field agreeing.
+fn find_eocd64(before: &[u8]) -> Option<usize> {
+    if before.len() < EOCD64_LEN {
+        return None;
+    }
+    (0..=before.len() - EOCD64_LEN).rev().find(|&i| {
+        u32le(before, i) == EOCD64_SIG
+            && u64le(before, i + 4).checked_add(12 + i as u64) == Some(before.len() as u64)
+    })
+}
+
 impl ZipArchive {
-    /// Reads the end record(s) and the central directory.
+    /// Reads the end record(s) and the central directory. An archive with
+    /// bytes before its first local header (a self-extracting stub) is read
+    /// too: its offsets are shifted by the size of that prefix.
     pub async fn open(source: Arc<dyn RangeRead>, limits: ZipLimits) -> Result<Self, ZipError> {
         let what = source.describe();
         let size = source.len().await?;
@@ -369,7 +383,7 @@ impl ZipArchive {
         };
         if let Some(loc) = locator.filter(|l| u32le(l, 0) == EOCD64_LOCATOR_SIG) {
             let locator_pos = eocd_pos - EOCD64_LOCATOR_LEN as u64;
-            let record_pos = u64le(&loc, 8);
+            let mut record_pos = u64le(&loc, 8);
             if u32le(&loc, 16) > 1 {
                 return Err(ZipError::Unsupported {
                     what,
@@ -381,11 +395,21 @@ impl ZipArchive {
                     "the ZIP64 locator points at offset {record_pos}, past its own position {locator_pos}"
                 )));
             }
-            let r = source.read_range(record_pos, EOCD64_LEN as u64).await?;
+            let mut r = source.read_range(record_pos, EOCD64_LEN as u64).await?;
             if u32le(&r, 0) != EOCD64_SIG {
-                return Err(corrupt(format!(
-                    "no ZIP64 end-of-central-directory record at offset {record_pos}, where the locator points"
-                )));
+                // An archive with bytes before it (a self-extractor's stub)
+                // keeps the offsets it had without them: find the record
+                // where it ends, right before the locator, as unzip does.
+                let found = (at >= EOCD64_LOCATOR_LEN)
+                    .then(|| find_eocd64(&tail[..at - EOCD64_LOCATOR_LEN]))
+                    .flatten();
+                let Some(found) = found else {
+                    return Err(corrupt(format!(
+                        "no ZIP64 end-of-central-directory record at offset {record_pos}, where the locator points"
+                    )));
+                };
+                r = tail.slice(found..found + EOCD64_LEN);
+                record_pos = tail_start + found as u64;
             }
             disk = u32le(&r, 16);
             cd_disk = u32le(&r, 20);
@@ -421,11 +445,26 @@ impl ZipArchive {
             )));
         }
 
-        let cd = if cd_size == 0 {
+        // Bytes before the archive (a self-extracting stub, a mail header)
+        // shift everything while the recorded offsets stay as they were
+        // without them. Like unzip and Python's zipfile, take the gap
+        // between where the central directory should end and where the end
+        // record really is as that prefix, and shift every offset by it.
+        let mut prefix = cd_end - (cd_offset + cd_size);
+        let mut cd = if cd_size == 0 {
             Bytes::new()
         } else {
-            source.read_range(cd_offset, cd_size).await?
+            source.read_range(cd_offset + prefix, cd_size).await?
         };
+        if prefix > 0 && total > 0 && u32le(&cd, 0) != CENTRAL_SIG {
+            // Not a prefix after all: something between the central
+            // directory and the end record. Read it where it says it is.
+            let unshifted = source.read_range(cd_offset, cd_size).await?;
+            if u32le(&unshifted, 0) == CENTRAL_SIG {
+                cd = unshifted;
+                prefix = 0;
+            }
+        }
         let mut entries = Vec::with_capacity(total as usize);
         let mut pos = 0usize;
         while (entries.len() as u64) < total {
@@ -437,6 +476,17 @@ impl ZipArchive {
                     cd_offset + pos as u64
                 ))
             })?;
+            let mut entry = entry;
+            entry.local_header_offset =
+                entry
+                    .local_header_offset
+                    .checked_add(prefix)
+                    .ok_or_else(|| {
+                        corrupt(format!(
+                        "central directory entry {} of {total}: its local header offset overflows",
+                        n + 1
+                    ))
+                    })?;
             entries.push(entry);
             pos = next;
         }
@@ -445,7 +495,7 @@ impl ZipArchive {
             what,
             limits,
             entries,
-            data_end: cd_offset,
+            data_end: cd_offset + prefix,
             chunk_size: DEFAULT_CHUNK_SIZE,
         })
     }
@@ -1214,6 +1264,123 @@ mod tests {
             one
         );
         assert_eq!(read_entry(&archive, e).await.unwrap(), two);
+    }
+
+    /// A fake self-extractor stub: `MZ`, then bytes that hold no ZIP
+    /// signature.
+    fn stub(len: usize) -> Vec<u8> {
+        let mut out = b"MZ\x90\x00".to_vec();
+        out.extend((0..len.saturating_sub(4)).map(|i| (i % 7) as u8 + b'a'));
+        out.truncate(len);
+        out
+    }
+
+    fn prefixed(prefix: usize, archive: &[u8]) -> Vec<u8> {
+        let mut out = stub(prefix);
+        out.extend_from_slice(archive);
+        out
+    }
+
+    #[tokio::test]
+    async fn an_archive_with_a_self_extractor_stub_before_it_is_read_with_shifted_offsets() {
+        let big = csv_text(200_000);
+        let small = csv_text(900);
+        let archive = build(&[
+            ("big.csv", &big, options(CompressionMethod::Deflated)),
+            ("small.csv", &small, options(CompressionMethod::Stored)),
+        ]);
+        // 4 KiB, and more than the 64 KiB tail read, and 3 MiB.
+        for prefix in [1, 4096, 200_000, 3 << 20] {
+            let bytes = prefixed(prefix, &archive);
+            let opened = open(bytes).await.unwrap().with_chunk_size(64 * 1024);
+            assert_eq!(opened.entries().len(), 2, "prefix {prefix}");
+            assert_eq!(
+                entry(&opened, "big.csv").local_header_offset,
+                prefix as u64,
+                "prefix {prefix}"
+            );
+            assert_eq!(
+                read_entry(&opened, entry(&opened, "big.csv"))
+                    .await
+                    .unwrap(),
+                big,
+                "prefix {prefix}"
+            );
+            assert_eq!(
+                read_entry(&opened, entry(&opened, "small.csv"))
+                    .await
+                    .unwrap(),
+                small,
+                "prefix {prefix}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_zip64_archive_with_a_prefix_is_read_through_its_shifted_zip64_records() {
+        let one = csv_text(5000);
+        let two = csv_text(70);
+        let raw = [
+            Raw {
+                name: b"one.csv",
+                flags: 0,
+                data: &one,
+            },
+            Raw {
+                name: b"two.csv",
+                flags: 0,
+                data: &two,
+            },
+        ];
+        let bytes = prefixed(4096, &handmade(&raw, true));
+        let archive = open(bytes).await.unwrap().with_chunk_size(512);
+        assert_eq!(
+            read_entry(&archive, entry(&archive, "one.csv"))
+                .await
+                .unwrap(),
+            one
+        );
+        assert_eq!(
+            read_entry(&archive, entry(&archive, "two.csv"))
+                .await
+                .unwrap(),
+            two
+        );
+
+        let data = csv_text(100_000);
+        let opts = options(CompressionMethod::Deflated).large_file(true);
+        let from_crate = build_with(&[("a.csv", &data, opts)], |w| {
+            w.set_zip64_comment(Some("forces the ZIP64 end record"))
+        });
+        let archive = open(prefixed(4096, &from_crate)).await.unwrap();
+        assert_eq!(
+            read_entry(&archive, entry(&archive, "a.csv"))
+                .await
+                .unwrap(),
+            data
+        );
+    }
+
+    #[tokio::test]
+    async fn a_prefixed_archive_cut_short_or_with_a_bad_entry_is_still_refused() {
+        let data = csv_text(50_000);
+        let archive = build(&[("a.csv", &data, options(CompressionMethod::Stored))]);
+        let bytes = prefixed(4096, &archive);
+        let err = open(bytes[..bytes.len() - 1].to_vec()).await.unwrap_err();
+        assert!(matches!(err, ZipError::NotAZip { .. }), "{err}");
+        // A CRC mismatch in the shifted data is still found.
+        let mut bad = bytes.clone();
+        bad[4096 + LOCAL_LEN + "a.csv".len() + 100] ^= 0x01;
+        let opened = open(bad).await.unwrap();
+        let err = read_entry(&opened, &opened.entries()[0]).await.unwrap_err();
+        assert!(err.to_string().contains("CRC-32"), "{err}");
+        // A central directory that claims more than fits before its end
+        // record is corrupt, not a negative prefix.
+        let mut lying = bytes;
+        let eocd = positions(&lying, EOCD_SIG)[0];
+        lying[eocd + 16..eocd + 20].copy_from_slice(&(u32::MAX - 10).to_le_bytes());
+        let err = open(lying).await.unwrap_err();
+        assert!(matches!(err, ZipError::Corrupt { .. }), "{err}");
     }
 
     #[tokio::test]
