@@ -271,3 +271,99 @@ fn a_queue_without_maximum_concurrency_is_caught_as_unbounded() {
         "{found}"
     );
 }
+
+mod permissions {
+    use serde_yaml::Value;
+    use tem_tests::permissions::{load_list, permission_violations, sources};
+    use tem_tests::template::{load, mapping_mut};
+
+    #[test]
+    fn every_call_the_code_makes_is_listed_and_granted_and_nothing_else_is() {
+        let found = permission_violations(&load(), &load_list(), &sources());
+        assert!(found.is_empty(), "{}", found.join("\n"));
+    }
+
+    #[test]
+    fn a_missing_grant_is_caught() {
+        // The HeadObject case: without ListBucket a gone export is a 403.
+        let mut template = load();
+        let statements = mapping_mut(
+            &mut template,
+            &["Resources", "CdrImportFunction", "Properties", "Policies"],
+        )[0]["Statement"]
+            .as_sequence_mut()
+            .unwrap();
+        statements.retain(|s| s["Sid"].as_str() != Some("TellGoneExportsApart"));
+        let found = permission_violations(&template, &load_list(), &sources());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("function CdrImportFunction needs s3:ListBucket on arn:"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn an_unused_grant_is_caught() {
+        let mut template = load();
+        let statements = mapping_mut(
+            &mut template,
+            &["Resources", "TotalsFunction", "Properties", "Policies"],
+        )[0]["Statement"]
+            .as_sequence_mut()
+            .unwrap();
+        statements.push(
+            serde_yaml::from_str(
+                "{Sid: Extra, Effect: Allow, Action: [dynamodb:Scan], Resource: !GetAtt TasksTable.Arn}",
+            )
+            .unwrap(),
+        );
+        let found = permission_violations(&template, &load_list(), &sources());
+        assert_eq!(
+            found,
+            ["function TotalsFunction is granted dynamodb:Scan on TasksTable.Arn, which infra/permissions.yaml does not list as called"]
+        );
+    }
+
+    #[test]
+    fn a_new_sdk_call_in_an_adapter_is_caught_until_it_is_listed_and_granted() {
+        let mut code = sources();
+        let s3 = code.get_mut("shared/src/adapters/s3.rs").unwrap();
+        // S3Rejects (used by cdr-import only) deletes instead of writing.
+        *s3 = s3.replacen(
+            "            .put_object()\n            .bucket(&self.bucket)",
+            "            .delete_object()\n            .bucket(&self.bucket)",
+            1,
+        );
+        let found = permission_violations(&load(), &load_list(), &code).join("\n");
+        assert!(
+            found.contains("adapter S3Rejects calls s3 delete_object, which infra/permissions.yaml does not map"),
+            "{found}"
+        );
+        // Mapped, it is still missing from the functions that use it.
+        let mut list = load_list();
+        list["operations"]["s3"]["delete_object"] =
+            serde_yaml::from_str("[s3:DeleteObject]").unwrap();
+        let found = permission_violations(&load(), &list, &code).join("\n");
+        assert!(
+            found.contains("calls s3:DeleteObject (adapter S3Rejects delete_object), which infra/permissions.yaml does not list"),
+            "{found}"
+        );
+    }
+
+    #[test]
+    fn an_adapter_a_function_reaches_but_does_not_list_is_caught() {
+        let mut list = load_list();
+        let uses = list["functions"]["CdrImportFunction"]["uses"]
+            .as_sequence_mut()
+            .unwrap();
+        uses.retain(|u| u.as_str() != Some("S3Notifications"));
+        let found = permission_violations(&load(), &list, &sources());
+        assert!(
+            found
+                .iter()
+                .any(|f| f.contains("function CdrImportFunction reaches adapter S3Notifications")),
+            "{found:?}"
+        );
+        let _ = Value::Null;
+    }
+}

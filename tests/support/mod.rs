@@ -2,5 +2,6 @@
 //! emulator stack, and the template rules.
 
 pub mod db;
+pub mod permissions;
 pub mod stack;
 pub mod template;
