@@ -20,6 +20,9 @@ cargo fmt --all -- --check
 step "lints"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+step "template checkers (cfn-lint, checkov: scripts/lint-template.sh)"
+scripts/lint-template.sh
+
 step "emulator"
 started_here=false
 if ! scripts/emulator.sh status >/dev/null 2>&1; then

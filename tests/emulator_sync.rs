@@ -66,6 +66,48 @@ async fn the_template_deploys_every_function_queue_table_and_the_bucket() {
         assert!(d.output(queue).starts_with("http"), "{queue}");
     }
     assert!(d.objects("inbox/").await.unwrap().is_empty());
+    // The stack is deployed with ScheduleEnabled=false: both rules exist,
+    // disabled, so neither schedule fires in the emulator.
+    let mut rules: Vec<String> = serde_json::from_str::<Value>(
+        &d.stack
+            .aws(&[
+                "events",
+                "list-rules",
+                "--name-prefix",
+                &d.stack.name,
+                "--output",
+                "json",
+            ])
+            .unwrap(),
+    )
+    .unwrap()["Rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["Name"].as_str().unwrap().to_string())
+        .collect();
+    rules.sort();
+    assert_eq!(
+        rules.len(),
+        2,
+        "the master sync and the invoice sweep: {rules:?}"
+    );
+    for rule in &rules {
+        let described: Value = serde_json::from_str(
+            &d.stack
+                .aws(&[
+                    "events",
+                    "describe-rule",
+                    "--name",
+                    rule,
+                    "--output",
+                    "json",
+                ])
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(described["State"], "DISABLED", "rule {rule}: {described}");
+    }
     stack.finish().await.unwrap();
 }
 

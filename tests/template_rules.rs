@@ -1,8 +1,12 @@
 //! The template rules hold for infra/template.yaml, and each rule really
 //! fails when the template breaks it.
 
+use serde_json::{json, Value as Json};
 use serde_yaml::Value;
-use tem_tests::template::{load, mapping_mut, violations};
+use tem_tests::template::{
+    budget_violations, function_connections, load, load_json, mapping_mut, translated, violations,
+    Deployment,
+};
 
 #[test]
 fn the_template_keeps_every_rule() {
@@ -125,4 +129,241 @@ fn a_wildcard_resource_in_a_policy_is_caught() {
     let found = violations(&template);
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(found[0].contains("SyncManagerFunction") && found[0].contains("wildcard"));
+}
+
+/// The EventBridge rules of the translated template and the state each has
+/// in a deployment with `ScheduleEnabled`.
+fn schedule_states(translated: &Json, schedule_enabled: &str) -> Vec<(String, Json)> {
+    let deployment = Deployment::new(translated, &[("ScheduleEnabled", schedule_enabled)]);
+    translated["Resources"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r["Type"] == "AWS::Events::Rule")
+        .map(|(id, r)| (id.clone(), deployment.resolve(&r["Properties"]["State"])))
+        .collect()
+}
+
+#[test]
+fn the_translated_schedules_are_disabled_exactly_when_schedule_enabled_is_false() {
+    let translated = translated();
+    let schedules = load_json()["Resources"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|r| {
+            r["Properties"]["Events"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter(|(_, e)| e["Type"] == "Schedule")
+        .count();
+    assert_eq!(schedules, 2, "sync-manager's and the invoice sweep's");
+    for (enabled, want) in [("false", "DISABLED"), ("true", "ENABLED")] {
+        let states = schedule_states(&translated, enabled);
+        assert_eq!(states.len(), schedules, "one rule per schedule: {states:?}");
+        for (id, state) in states {
+            assert_eq!(
+                state,
+                json!(want),
+                "rule {id} with ScheduleEnabled={enabled}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_schedule_enabled_through_enabled_and_if_is_caught_as_always_on() {
+    // The defect of the issue: SAM reads `Enabled: !If [...]` as true.
+    let text = std::fs::read_to_string(tem_tests::template::TEMPLATE)
+        .unwrap()
+        .replace(
+            "State: !If [ScheduleOn, ENABLED, DISABLED]",
+            "Enabled: !If [ScheduleOn, true, false]",
+        );
+    let dir = std::env::temp_dir().join(format!("tem-template-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("template.yaml");
+    std::fs::write(&path, text).unwrap();
+    let translated = tem_tests::template::translated_file(&path);
+    let states = schedule_states(&translated, "false");
+    assert_eq!(states.len(), 2);
+    assert!(
+        states.iter().all(|(_, s)| s == "ENABLED"),
+        "the old form stays on: {states:?}"
+    );
+}
+
+#[test]
+fn every_connection_budget_tier_holds_every_function_and_the_operators() {
+    let found = budget_violations(&load_json());
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
+#[test]
+fn the_budget_counts_pool_times_concurrency_per_function() {
+    let template = load_json();
+    let deployment = Deployment::new(&template, &[("DatabaseMaxConnections", "50")]);
+    let of = |id: &str| function_connections(&deployment, id, &template["Resources"][id]).unwrap();
+    assert_eq!(of("CdrImportFunction"), (4.0, 2.0));
+    // The queue's 5 and the hourly sweep's 1.
+    assert_eq!(of("TotalsFunction"), (6.0, 2.0));
+    assert_eq!(of("SyncManagerFunction"), (1.0, 2.0));
+    assert_eq!(of("RoutitSyncFunction"), (2.0, 1.0));
+    let reserved = Deployment::new(
+        &template,
+        &[
+            ("DatabaseMaxConnections", "50"),
+            ("ReservedConcurrencyEnabled", "true"),
+        ],
+    );
+    let of = |id: &str| function_connections(&reserved, id, &template["Resources"][id]).unwrap();
+    assert_eq!(of("TotalsFunction"), (6.0, 2.0));
+    assert_eq!(of("SyncManagerFunction"), (1.0, 2.0));
+}
+
+#[test]
+fn a_tier_over_its_budget_is_caught() {
+    let mut template = load_json();
+    template["Mappings"]["ConnectionBudget"]["30"]["ImportConcurrency"] = json!(5);
+    let found = budget_violations(&template).join("\n");
+    assert!(
+        found.contains("tier 30 (reserved concurrency false) needs")
+            && found.contains("CdrImportFunction 5x2"),
+        "{found}"
+    );
+    assert!(
+        found.contains("tier 30 (reserved concurrency true)"),
+        "{found}"
+    );
+    assert!(!found.contains("tier 50"), "{found}");
+
+    // A pool size set by hand past the mapping breaks it too.
+    let mut template = load_json();
+    template["Resources"]["TelfortSyncFunction"]["Properties"]["Environment"]["Variables"]
+        ["DATABASE_MAX_CONNECTIONS"] = json!("10");
+    let found = budget_violations(&template).join("\n");
+    assert!(found.contains("TelfortSyncFunction 2x10"), "{found}");
+}
+
+#[test]
+fn a_queue_without_maximum_concurrency_is_caught_as_unbounded() {
+    let mut template = load_json();
+    template["Resources"]["YielderSyncFunction"]["Properties"]["Events"]["Queue"]["Properties"]
+        .as_object_mut()
+        .unwrap()
+        .remove("ScalingConfig");
+    let found = budget_violations(&template).join("\n");
+    assert!(
+        found.contains(
+            "function YielderSyncFunction event Queue has no ScalingConfig.MaximumConcurrency"
+        ),
+        "{found}"
+    );
+
+    // AWS's minimum is 2.
+    let mut template = load_json();
+    template["Mappings"]["ConnectionBudget"]["30"]["ProviderConcurrency"] = json!(1);
+    let found = budget_violations(&template).join("\n");
+    assert!(
+        found.contains("MaximumConcurrency 1; AWS allows 2 to 1000"),
+        "{found}"
+    );
+}
+
+mod permissions {
+    use serde_yaml::Value;
+    use tem_tests::permissions::{load_list, permission_violations, sources};
+    use tem_tests::template::{load, mapping_mut};
+
+    #[test]
+    fn every_call_the_code_makes_is_listed_and_granted_and_nothing_else_is() {
+        let found = permission_violations(&load(), &load_list(), &sources());
+        assert!(found.is_empty(), "{}", found.join("\n"));
+    }
+
+    #[test]
+    fn a_missing_grant_is_caught() {
+        // The HeadObject case: without ListBucket a gone export is a 403.
+        let mut template = load();
+        let statements = mapping_mut(
+            &mut template,
+            &["Resources", "CdrImportFunction", "Properties", "Policies"],
+        )[0]["Statement"]
+            .as_sequence_mut()
+            .unwrap();
+        statements.retain(|s| s["Sid"].as_str() != Some("TellGoneExportsApart"));
+        let found = permission_violations(&template, &load_list(), &sources());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("function CdrImportFunction needs s3:ListBucket on arn:"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn an_unused_grant_is_caught() {
+        let mut template = load();
+        let statements = mapping_mut(
+            &mut template,
+            &["Resources", "TotalsFunction", "Properties", "Policies"],
+        )[0]["Statement"]
+            .as_sequence_mut()
+            .unwrap();
+        statements.push(
+            serde_yaml::from_str(
+                "{Sid: Extra, Effect: Allow, Action: [dynamodb:Scan], Resource: !GetAtt TasksTable.Arn}",
+            )
+            .unwrap(),
+        );
+        let found = permission_violations(&template, &load_list(), &sources());
+        assert_eq!(
+            found,
+            ["function TotalsFunction is granted dynamodb:Scan on TasksTable.Arn, which infra/permissions.yaml does not list as called"]
+        );
+    }
+
+    #[test]
+    fn a_new_sdk_call_in_an_adapter_is_caught_until_it_is_listed_and_granted() {
+        let mut code = sources();
+        let s3 = code.get_mut("shared/src/adapters/s3.rs").unwrap();
+        // S3Rejects (used by cdr-import only) deletes instead of writing.
+        *s3 = s3.replacen(
+            "            .put_object()\n            .bucket(&self.bucket)",
+            "            .delete_object()\n            .bucket(&self.bucket)",
+            1,
+        );
+        let found = permission_violations(&load(), &load_list(), &code).join("\n");
+        assert!(
+            found.contains("adapter S3Rejects calls s3 delete_object, which infra/permissions.yaml does not map"),
+            "{found}"
+        );
+        // Mapped, it is still missing from the functions that use it.
+        let mut list = load_list();
+        list["operations"]["s3"]["delete_object"] =
+            serde_yaml::from_str("[s3:DeleteObject]").unwrap();
+        let found = permission_violations(&load(), &list, &code).join("\n");
+        assert!(
+            found.contains("calls s3:DeleteObject (adapter S3Rejects delete_object), which infra/permissions.yaml does not list"),
+            "{found}"
+        );
+    }
+
+    #[test]
+    fn an_adapter_a_function_reaches_but_does_not_list_is_caught() {
+        let mut list = load_list();
+        let uses = list["functions"]["CdrImportFunction"]["uses"]
+            .as_sequence_mut()
+            .unwrap();
+        uses.retain(|u| u.as_str() != Some("S3Notifications"));
+        let found = permission_violations(&load(), &list, &sources());
+        assert!(
+            found
+                .iter()
+                .any(|f| f.contains("function CdrImportFunction reaches adapter S3Notifications")),
+            "{found:?}"
+        );
+        let _ = Value::Null;
+    }
 }

@@ -12,6 +12,10 @@ use tem_shared::adapters::dynamodb::DynamoTasks;
 use crate::emulator::Emulator;
 use crate::stack::Stack;
 
+/// The `DatabaseMaxConnections` tier of emulator stacks: the functions'
+/// pools and queue concurrencies follow the template's mapping for it.
+pub const EMULATOR_CONNECTION_BUDGET: u32 = 50;
+
 pub struct Clients {
     pub sqs: aws_sdk_sqs::Client,
     pub s3: aws_sdk_s3::Client,
@@ -74,7 +78,20 @@ impl Deployment {
         deployment
             .put_secret(&format!("{name}/database"), database_url)
             .await?;
-        let mut all = vec![("SecretsPrefix", name.to_string())];
+        // What every emulator stack needs unlike AWS: plain loopback
+        // PostgreSQL, the native build of scripts/build.sh, and a budget the
+        // shared local server can give every test's stack at once. The
+        // caller's parameters come last and win.
+        let mut all = vec![
+            ("SecretsPrefix", name.to_string()),
+            ("ScheduleEnabled", "false".to_string()),
+            ("DatabaseSslMode", "disable".to_string()),
+            ("Architecture", "x86_64".to_string()),
+            (
+                "DatabaseMaxConnections",
+                EMULATOR_CONNECTION_BUDGET.to_string(),
+            ),
+        ];
         all.extend(parameters.iter().cloned());
         deployment.stack = Stack::deploy(emulator, name, &all).await?;
         Ok(deployment)

@@ -55,6 +55,12 @@ impl Stack {
             .context("deploy task")?
     }
 
+    /// Runs the aws cli against the emulator (for what the SDKs here do
+    /// not cover, e.g. `events describe-rule`); returns its stdout.
+    pub fn aws(&self, args: &[&str]) -> Result<String> {
+        run(&self.emulator, args)
+    }
+
     pub fn output(&self, key: &str) -> &str {
         self.outputs
             .get(key)
@@ -188,6 +194,11 @@ fn deploy_blocking(emulator: &Emulator, name: &str, parameters: &[String]) -> Re
         "CAPABILITY_IAM",
         "CAPABILITY_AUTO_EXPAND",
         "--no-fail-on-empty-changeset",
+        // Over 51,200 bytes a template must go through S3, as on AWS.
+        "--s3-bucket",
+        ARTIFACT_BUCKET,
+        "--s3-prefix",
+        name,
     ];
     if !parameters.is_empty() {
         args.push("--parameter-overrides");

@@ -3,5 +3,6 @@
 
 pub mod cluster;
 pub mod db;
+pub mod permissions;
 pub mod stack;
 pub mod template;

@@ -152,13 +152,30 @@ pub fn violations(template: &Value) -> Vec<String> {
     found
 }
 
+/// Every statement of a function's inline policies, those under `!If` too.
 fn statements(policies: &Value) -> Vec<&Value> {
+    fn of(policy: &Value) -> Vec<&Value> {
+        match policy {
+            Value::Tagged(tagged) if tagged.tag == "If" => tagged
+                .value
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .skip(1)
+                .flat_map(of)
+                .collect(),
+            other => other["Statement"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .collect(),
+        }
+    }
     policies
         .as_sequence()
         .into_iter()
         .flatten()
-        .filter_map(|p| p["Statement"].as_sequence())
-        .flatten()
+        .flat_map(of)
         .collect()
 }
 
@@ -167,4 +184,380 @@ pub fn mapping_mut<'a>(value: &'a mut Value, path: &[&str]) -> &'a mut Value {
         v.get_mut(*key)
             .unwrap_or_else(|| panic!("no {key} in template"))
     })
+}
+
+// ------------------------------------------------------------------------
+// CloudFormation's view of one deployment: the template in JSON form, with
+// parameters, conditions and mappings resolved as CloudFormation would.
+
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+
+/// The template in CloudFormation's JSON form: short-form tags become
+/// `{"Fn::If": ...}`, `{"Ref": ...}`, as in the SAM translator's output.
+pub fn json_form(value: &Value) -> Json {
+    match value {
+        Value::Null => Json::Null,
+        Value::Bool(b) => Json::Bool(*b),
+        Value::Number(n) => serde_json::to_value(n).unwrap_or(Json::Null),
+        Value::String(s) => Json::String(s.clone()),
+        Value::Sequence(s) => Json::Array(s.iter().map(json_form).collect()),
+        Value::Mapping(m) => Json::Object(
+            m.iter()
+                .filter_map(|(k, v)| Some((k.as_str()?.to_string(), json_form(v))))
+                .collect(),
+        ),
+        Value::Tagged(tagged) => {
+            let tag = tagged.tag.to_string();
+            let tag = tag.trim_start_matches('!');
+            let inner = json_form(&tagged.value);
+            let (key, inner) = match (tag, inner) {
+                ("Ref", inner) => ("Ref".to_string(), inner),
+                ("Condition", inner) => ("Condition".to_string(), inner),
+                ("GetAtt", Json::String(s)) => (
+                    "Fn::GetAtt".to_string(),
+                    Json::Array(
+                        s.splitn(2, '.')
+                            .map(|p| Json::String(p.to_string()))
+                            .collect(),
+                    ),
+                ),
+                (other, inner) => (format!("Fn::{other}"), inner),
+            };
+            Json::Object([(key, inner)].into_iter().collect())
+        }
+    }
+}
+
+pub fn load_json() -> Json {
+    json_form(&load())
+}
+
+/// Marks a value `!Ref AWS::NoValue` removed.
+const NO_VALUE: &str = "\u{0}AWS::NoValue";
+
+fn scalar(value: &Json) -> String {
+    match value {
+        Json::String(s) => s.clone(),
+        Json::Number(n) => n.to_string(),
+        Json::Bool(b) => b.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// One deployment of a template: its parameter values (defaults, then the
+/// given overrides) and what the intrinsic functions resolve to.
+pub struct Deployment<'a> {
+    template: &'a Json,
+    parameters: BTreeMap<String, Json>,
+}
+
+impl<'a> Deployment<'a> {
+    pub fn new(template: &'a Json, overrides: &[(&str, &str)]) -> Self {
+        let mut parameters = BTreeMap::new();
+        for (name, spec) in template["Parameters"].as_object().into_iter().flatten() {
+            let value = overrides
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.to_string())
+                .or_else(|| spec.get("Default").map(scalar))
+                .unwrap_or_default();
+            let value = if spec["Type"].as_str() == Some("CommaDelimitedList") {
+                Json::Array(
+                    value
+                        .split(',')
+                        .map(|s| Json::String(s.trim().to_string()))
+                        .collect(),
+                )
+            } else {
+                Json::String(value)
+            };
+            parameters.insert(name.clone(), value);
+        }
+        for (name, _) in overrides {
+            assert!(
+                parameters.contains_key(*name),
+                "parameter {name} is not in the template"
+            );
+        }
+        Self {
+            template,
+            parameters,
+        }
+    }
+
+    pub fn condition(&self, name: &str) -> bool {
+        let definition = &self.template["Conditions"][name];
+        assert!(!definition.is_null(), "no condition {name}");
+        self.truth(definition)
+    }
+
+    fn truth(&self, value: &Json) -> bool {
+        match self.resolve(value) {
+            Json::Bool(b) => b,
+            Json::String(s) => s == "true",
+            other => panic!("not a condition value: {other}"),
+        }
+    }
+
+    /// `value` with every parameter reference, condition, `Fn::If`,
+    /// `Fn::FindInMap`, `Fn::Join` of literals and `AWS::NoValue` resolved;
+    /// resource references stay as they are.
+    pub fn resolve(&self, value: &Json) -> Json {
+        let resolved = self.resolve_inner(value);
+        if resolved.as_str() == Some(NO_VALUE) {
+            Json::Null
+        } else {
+            resolved
+        }
+    }
+
+    fn resolve_inner(&self, value: &Json) -> Json {
+        match value {
+            Json::Array(items) => Json::Array(
+                items
+                    .iter()
+                    .map(|v| self.resolve_inner(v))
+                    .filter(|v| v.as_str() != Some(NO_VALUE))
+                    .collect(),
+            ),
+            Json::Object(map) if map.len() == 1 => {
+                let (key, arg) = map.iter().next().unwrap();
+                let args = arg.as_array();
+                let at = |i: usize| self.resolve_inner(&args.expect("intrinsic arguments")[i]);
+                match key.as_str() {
+                    "Ref" => match arg.as_str() {
+                        Some("AWS::NoValue") => Json::String(NO_VALUE.into()),
+                        Some(name) => self
+                            .parameters
+                            .get(name)
+                            .cloned()
+                            .unwrap_or_else(|| value.clone()),
+                        None => value.clone(),
+                    },
+                    "Condition" => Json::Bool(self.condition(arg.as_str().unwrap_or_default())),
+                    "Fn::If" => {
+                        let name = args.expect("Fn::If arguments")[0]
+                            .as_str()
+                            .unwrap_or_default();
+                        if self.condition(name) {
+                            at(1)
+                        } else {
+                            at(2)
+                        }
+                    }
+                    "Fn::Equals" => Json::Bool(scalar(&at(0)) == scalar(&at(1))),
+                    "Fn::Not" => Json::Bool(!self.truth(&at(0))),
+                    "Fn::And" => {
+                        Json::Bool((0..args.map_or(0, Vec::len)).all(|i| self.truth(&at(i))))
+                    }
+                    "Fn::Or" => {
+                        Json::Bool((0..args.map_or(0, Vec::len)).any(|i| self.truth(&at(i))))
+                    }
+                    "Fn::FindInMap" => {
+                        let (map, first, second) = (at(0), at(1), at(2));
+                        let found = &self.template["Mappings"][scalar(&map)][scalar(&first)]
+                            [scalar(&second)];
+                        assert!(!found.is_null(), "no mapping entry {map}/{first}/{second}");
+                        found.clone()
+                    }
+                    "Fn::Join" => match (at(0), at(1)) {
+                        (Json::String(sep), Json::Array(parts))
+                            if parts.iter().all(Json::is_string) =>
+                        {
+                            Json::String(parts.iter().map(scalar).collect::<Vec<_>>().join(&sep))
+                        }
+                        (sep, parts) => {
+                            serde_json::json!({ "Fn::Join": [sep, parts] })
+                        }
+                    },
+                    _ => Json::Object(
+                        [(key.clone(), self.resolve_inner(arg))]
+                            .into_iter()
+                            .collect(),
+                    ),
+                }
+            }
+            Json::Object(map) => Json::Object(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), self.resolve_inner(v)))
+                    .filter(|(_, v)| v.as_str() != Some(NO_VALUE))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------
+// The SAM translation, by the pinned aws-sam-translator.
+
+const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+/// The template as the pinned aws-sam-translator (scripts/requirements.txt,
+/// in .venv) translates it: what CloudFormation deploys.
+pub fn translated() -> Json {
+    translated_file(std::path::Path::new(TEMPLATE))
+}
+
+pub fn translated_file(template: &std::path::Path) -> Json {
+    let python = std::path::Path::new(REPO).join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing; create it with scripts/emulator.sh venv",
+        python.display()
+    );
+    let output = std::process::Command::new(&python)
+        .arg(format!("{REPO}/scripts/sam-translate.py"))
+        .arg(template)
+        .output()
+        .expect("run scripts/sam-translate.py");
+    assert!(
+        output.status.success(),
+        "the SAM translation failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the translation is JSON")
+}
+
+// ------------------------------------------------------------------------
+// The connection budget.
+
+fn json_number(value: &Json) -> Option<f64> {
+    match value {
+        Json::Number(n) => n.as_f64(),
+        Json::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Seconds between two runs of a `rate(...)` schedule.
+fn rate_seconds(expression: &str) -> Option<f64> {
+    let inner = expression.strip_prefix("rate(")?.strip_suffix(')')?;
+    let (n, unit) = inner.split_once(' ')?;
+    let n: f64 = n.parse().ok()?;
+    let unit = match unit.trim_end_matches('s') {
+        "minute" => 60.0,
+        "hour" => 3600.0,
+        "day" => 86400.0,
+        _ => return None,
+    };
+    Some(n * unit)
+}
+
+/// How many PostgreSQL connections one function can hold at once in this
+/// deployment: (concurrency, pool size), or why it is unbounded.
+pub fn function_connections(
+    deployment: &Deployment,
+    id: &str,
+    function: &Json,
+) -> Result<(f64, f64), String> {
+    let template = deployment.template;
+    let properties = deployment.resolve(&function["Properties"]);
+    let globals = deployment.resolve(&template["Globals"]["Function"]);
+    let pool = json_number(&properties["Environment"]["Variables"]["DATABASE_MAX_CONNECTIONS"])
+        .or_else(|| json_number(&globals["Environment"]["Variables"]["DATABASE_MAX_CONNECTIONS"]))
+        // shared/src/bootstrap.rs's default.
+        .unwrap_or(2.0);
+    let timeout = json_number(&properties["Timeout"])
+        .or_else(|| json_number(&globals["Timeout"]))
+        .unwrap_or(3.0);
+    if let Some(reserved) = json_number(&properties["ReservedConcurrentExecutions"]) {
+        return Ok((reserved, pool));
+    }
+    let mut concurrency = 0.0;
+    let mut events = 0;
+    for (name, event) in properties["Events"].as_object().into_iter().flatten() {
+        events += 1;
+        match event["Type"].as_str() {
+            Some("SQS") => {
+                let max = json_number(&event["Properties"]["ScalingConfig"]["MaximumConcurrency"])
+                    .ok_or_else(|| format!(
+                        "function {id} event {name} has no ScalingConfig.MaximumConcurrency: its connections are unbounded"
+                    ))?;
+                if !(2.0..=1000.0).contains(&max) {
+                    return Err(format!(
+                        "function {id} event {name} has MaximumConcurrency {max}; AWS allows 2 to 1000"
+                    ));
+                }
+                concurrency += max;
+            }
+            Some("Schedule") | Some("ScheduleV2") => {
+                let expression = event["Properties"]["Schedule"]
+                    .as_str()
+                    .or_else(|| event["Properties"]["ScheduleExpression"].as_str())
+                    .unwrap_or_default();
+                match rate_seconds(expression) {
+                    Some(period) if period >= timeout => concurrency += 1.0,
+                    _ => {
+                        return Err(format!(
+                            "function {id} schedule {name} ({expression}) can overlap its own runs (timeout {timeout}s): count it by reserved concurrency"
+                        ))
+                    }
+                }
+            }
+            other => {
+                return Err(format!(
+                    "function {id} event {name} of type {other:?} is not counted by the connection budget"
+                ))
+            }
+        }
+    }
+    if events == 0 {
+        // Invoked only from the console, one at a time.
+        concurrency = 1.0;
+    }
+    Ok((concurrency, pool))
+}
+
+/// The connection budget's rule, for every allowed `DatabaseMaxConnections`
+/// with and without reserved concurrency:
+/// sum over functions of (concurrency x pool size) + OperatorReserve <= tier.
+pub fn budget_violations(template: &Json) -> Vec<String> {
+    let mut found = Vec::new();
+    let tiers: Vec<String> = template["Parameters"]["DatabaseMaxConnections"]["AllowedValues"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(scalar)
+        .collect();
+    if tiers.is_empty() {
+        found.push("parameter DatabaseMaxConnections has no AllowedValues (tiers)".into());
+    }
+    for tier in &tiers {
+        for reserve in ["false", "true"] {
+            let deployment = Deployment::new(
+                template,
+                &[
+                    ("DatabaseMaxConnections", tier),
+                    ("ReservedConcurrencyEnabled", reserve),
+                ],
+            );
+            let budget: f64 = tier.parse().unwrap_or(0.0);
+            let operators =
+                json_number(&template["Mappings"]["ConnectionBudget"][tier]["OperatorReserve"])
+                    .unwrap_or(0.0);
+            let mut total = operators;
+            let mut parts = vec![format!("operators {operators}")];
+            for (id, resource) in template["Resources"].as_object().into_iter().flatten() {
+                if resource["Type"].as_str() != Some("AWS::Serverless::Function") {
+                    continue;
+                }
+                match function_connections(&deployment, id, resource) {
+                    Ok((concurrency, pool)) => {
+                        total += concurrency * pool;
+                        parts.push(format!("{id} {concurrency}x{pool}"));
+                    }
+                    Err(e) => found.push(format!("tier {tier}: {e}")),
+                }
+            }
+            if total > budget {
+                found.push(format!(
+                    "tier {tier} (reserved concurrency {reserve}) needs {total} connections: {}",
+                    parts.join(" + ")
+                ));
+            }
+        }
+    }
+    found
 }
