@@ -37,7 +37,11 @@ pub async fn deploy() -> TestStack {
 }
 
 pub async fn deploy_with(extra: &[(&str, String)]) -> TestStack {
-    let db = fresh().await;
+    deploy_onto(fresh().await, extra).await
+}
+
+/// Deploys a stack over the given database (e.g. an unmigrated one).
+pub async fn deploy_onto(db: TestDb, extra: &[(&str, String)]) -> TestStack {
     let sim = provider_sim::start("127.0.0.1:0".parse().unwrap(), TOKEN)
         .await
         .expect("the simulator starts");
