@@ -62,7 +62,10 @@ native="debug $(uname -m)"
 for f in "${functions[@]}"; do
   out="target/lambda/$f"
   mkdir -p "$out"
-  if [[ "$out/bootstrap.zip" -nt "target/debug/$f" && "$(cat "$out/built-as" 2>/dev/null)" == "$native" ]]; then
+  # Reuse the zip only if it is newer than the binary and built-as was
+  # written after it (a zip from a bare `cargo lambda build` is not ours).
+  if [[ "$out/bootstrap.zip" -nt "target/debug/$f" && "$(cat "$out/built-as" 2>/dev/null)" == "$native" \
+        && ! "$out/bootstrap.zip" -nt "$out/built-as" ]]; then
     continue
   fi
   # Stripped, the debug binary zips to a quarter of its size.
