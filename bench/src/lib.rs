@@ -1,6 +1,7 @@
 //! Benchmark commands (not tests), sharing the database set-up, the data
 //! generator's random numbers and the goal reporting: `import-bench`
-//! (src/main.rs) and `totals-bench` (src/totals_main.rs). See README.md.
+//! (src/main.rs), `totals-bench` (src/totals_main.rs) and `startup-bench`
+//! (src/startup_main.rs). See README.md.
 
 pub mod bench;
 pub mod child;
@@ -9,4 +10,5 @@ pub mod generate;
 pub mod measure;
 pub mod phases;
 pub mod report;
+pub mod startup;
 pub mod totals;

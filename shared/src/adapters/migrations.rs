@@ -26,7 +26,7 @@ pub enum MigrationError {
 pub async fn apply(pool: &PgPool, migrator: &Migrator) -> Result<MigrationReport, MigrationError> {
     let mut conn = pool.acquire().await.map_err(MigrationError::Connect)?;
     conn.lock().await.map_err(MigrationError::Migrate)?;
-    let result = apply_locked(&mut *conn, migrator).await;
+    let result = apply_locked(&mut conn, migrator).await;
     // Unlock even after a failure: the connection goes back to the pool.
     let unlocked = conn.unlock().await.map_err(MigrationError::Migrate);
     let report = result?;
