@@ -10,6 +10,15 @@
 #
 # start is idempotent: if the emulator recorded in .emulator/ is alive and
 # healthy it is left alone (use restart to pick up a changed environment).
+#
+# Another emulator (LocalStack, ...): when AWS_ENDPOINT_URL is set in the
+# caller's environment, that endpoint is used and no MiniStack is started.
+# start then only checks that the endpoint answers and prints the env lines
+# for it (EMULATOR_KIND=external; .emulator/ is not touched); status checks
+# that it answers; stop and restart leave it alone. The AWS_ENDPOINT_URL of our own .emulator/env
+# (EMULATOR_KIND=ministack, e.g. after `source .emulator/env`) does not count
+# as another emulator. Everything else MiniStack-specific lives in
+# local/src/emulator.rs (its module doc lists the quirks).
 # Lambda function processes inherit the emulator's environment. DATABASE_URL
 # is removed from it on purpose: deployed functions read their database URL
 # from Secrets Manager ({SecretsPrefix}/database), as on AWS, so each stack
@@ -30,6 +39,44 @@ REGION="${EMULATOR_REGION:-eu-west-1}"
 START_TIMEOUT="${EMULATOR_START_TIMEOUT:-60}"
 
 log() { echo "emulator: $*" >&2; }
+
+# The endpoint of an emulator this script does not manage, if one is set.
+external_endpoint() {
+  [[ -n "${AWS_ENDPOINT_URL:-}" && "${EMULATOR_KIND:-}" != ministack ]] || return 1
+  # The endpoint of the MiniStack recorded in .emulator/ is ours too.
+  [[ -f "$STATE/port" && "$AWS_ENDPOINT_URL" == "http://127.0.0.1:$(cat "$STATE/port")" ]] && return 1
+  echo "$AWS_ENDPOINT_URL"
+}
+
+# Any HTTP answer will do: emulators differ in their health URLs.
+answers() { # url
+  curl -sS -o /dev/null --max-time 5 "$1" 2>/dev/null
+}
+
+# The env lines for an emulator this script does not manage. Nothing is
+# written to .emulator/: that state belongs to our own MiniStack.
+external_env() { # endpoint
+  cat <<EOF
+# For the emulator at AWS_ENDPOINT_URL (not managed by scripts/emulator.sh).
+export AWS_ENDPOINT_URL=$1
+export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-test}
+export AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-test}
+export AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-${AWS_REGION:-$REGION}}
+export AWS_REGION=${AWS_REGION:-${AWS_DEFAULT_REGION:-$REGION}}
+export AWS_EC2_METADATA_DISABLED=true
+export EMULATOR_KIND=external
+export EMULATOR_VENV=$VENV
+EOF
+}
+
+external_start() { # endpoint
+  if ! answers "$1"; then
+    log "AWS_ENDPOINT_URL=$1 does not answer; start that emulator first (or unset AWS_ENDPOINT_URL to use MiniStack)"
+    return 1
+  fi
+  log "using the emulator at $1 (AWS_ENDPOINT_URL); not starting MiniStack"
+  external_env "$1"
+}
 
 ensure_venv() {
   local want have=""
@@ -85,6 +132,7 @@ export AWS_SECRET_ACCESS_KEY=test
 export AWS_DEFAULT_REGION=$REGION
 export AWS_REGION=$REGION
 export AWS_EC2_METADATA_DISABLED=true
+export EMULATOR_KIND=ministack
 export EMULATOR_PORT=$1
 export EMULATOR_PID=$(cat "$STATE/pid")
 export EMULATOR_LOG=$STATE/ministack.log
@@ -187,6 +235,20 @@ lock() { # serialise concurrent start/stop calls (e.g. parallel test binaries)
   exec 9>"$STATE/lock"
   flock 9
 }
+
+if endpoint="$(external_endpoint)"; then
+  case "${1:-}" in
+    start) ensure_venv; external_start "$endpoint" ;;
+    stop|restart) log "the emulator at $endpoint (AWS_ENDPOINT_URL) is not managed here; left alone" ;;
+    status)
+      if answers "$endpoint"; then log "using the emulator at $endpoint (AWS_ENDPOINT_URL)"
+      else log "the emulator at $endpoint (AWS_ENDPOINT_URL) does not answer"; exit 1; fi ;;
+    env) external_env "$endpoint" ;;
+    venv) ensure_venv ;;
+    *) echo "usage: $0 {start|stop|restart|status|env|venv}" >&2; exit 2 ;;
+  esac
+  exit
+fi
 
 case "${1:-}" in
   start) lock; start ;;

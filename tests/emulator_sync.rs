@@ -10,7 +10,8 @@ use tem_local::deployment::wait_for;
 use tem_shared::envelope::{Envelope, Step};
 use tem_shared::ports::TaskStore;
 use tem_shared::tasks::{NewTask, TaskStatus};
-use tem_tests::stack::{deploy, sent_task, yesterday};
+use tem_tests::db::unmigrated;
+use tem_tests::stack::{deploy, deploy_onto, sent_task, yesterday};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -44,6 +45,7 @@ async fn the_template_deploys_every_function_queue_table_and_the_bucket() {
         "SyncManagerFunctionName",
         "CdrImportFunctionName",
         "TotalsFunctionName",
+        "OpsFunctionName",
         "KpnSp16SyncFunctionName",
         "KpnEenSyncFunctionName",
         "VodafoneSyncFunctionName",
@@ -432,13 +434,25 @@ async fn every_file_in_events_invokes_successfully() {
         .unwrap();
 
     let events = tem_local::emulator::repo_root().join("events");
-    let mut invoked = 0;
-    for (dir, function) in [
+    // Every folder of events/ must be named here: a new function's events
+    // cannot be left out unnoticed.
+    let functions = [
         ("sync-manager", "SyncManagerFunctionName"),
         ("provider-sync", "RoutitSyncFunctionName"),
         ("cdr-import", "CdrImportFunctionName"),
         ("totals", "TotalsFunctionName"),
-    ] {
+        ("ops", "OpsFunctionName"),
+    ];
+    let mut dirs: Vec<String> = std::fs::read_dir(&events)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    let mut named: Vec<String> = functions.iter().map(|(d, _)| d.to_string()).collect();
+    named.sort();
+    assert_eq!(dirs, named, "every folder of events/ has its function");
+    let mut invoked = 0;
+    for (dir, function) in functions {
         let mut files: Vec<_> = std::fs::read_dir(events.join(dir))
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -457,6 +471,17 @@ async fn every_file_in_events_invokes_successfully() {
             } else if dir == "totals" && event.get("detail-type").is_some() {
                 // The invoice sweep says how many cycles were due.
                 assert!(answer.payload["due"].is_u64(), "{name}: {}", answer.payload);
+            } else if dir == "ops" {
+                // The stack's database is migrated already: nothing to apply.
+                assert_eq!(answer.payload["applied"], json!([]), "{name}");
+                assert!(
+                    !answer.payload["already_applied"]
+                        .as_array()
+                        .unwrap()
+                        .is_empty(),
+                    "{name}: {}",
+                    answer.payload
+                );
             } else if dir == "sync-manager" {
                 assert_eq!(
                     answer.payload["failures"],
@@ -477,7 +502,7 @@ async fn every_file_in_events_invokes_successfully() {
             invoked += 1;
         }
     }
-    assert_eq!(invoked, 11, "every file in events/ was invoked");
+    assert_eq!(invoked, 12, "every file in events/ was invoked");
     // The sample notification and console command imported the export (once).
     let (status, read): (String, i64) = sqlx::query_as(
         "SELECT status, rows_read FROM import_file WHERE key = 'inbox/routit/1/2025-01-14/rt 20250114.zip' AND rows_read > 0",
@@ -486,5 +511,83 @@ async fn every_file_in_events_invokes_successfully() {
     .await
     .unwrap();
     assert_eq!((status.as_str(), read), ("completed", 5));
+    stack.finish().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ops_migrate_command_builds_the_schema_of_an_empty_database_once() {
+    let stack = deploy_onto(unmigrated().await, &[]).await;
+    let migrations: Vec<i64> = tem_shared::adapters::postgres::MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| m.version)
+        .collect();
+    let table_exists = |name: &'static str| {
+        let pool = stack.db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
+                .bind(name)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(
+        !table_exists("sync_profile").await,
+        "the database starts empty"
+    );
+
+    let event: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            tem_local::emulator::repo_root().join("events/ops/console-migrate.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let first = stack
+        .deployment
+        .invoke("OpsFunctionName", &event)
+        .await
+        .unwrap();
+    assert_eq!(first.error, None, "{}", first.payload);
+    let applied: Vec<i64> = first.payload["applied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(applied, migrations, "{}", first.payload);
+    assert_eq!(first.payload["already_applied"], json!([]));
+    for table in ["sync_profile", "import_file", "customer"] {
+        assert!(table_exists(table).await, "{table} exists after migrate");
+    }
+    let recorded: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(&stack.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded, migrations);
+
+    let second = stack
+        .deployment
+        .invoke("OpsFunctionName", &event)
+        .await
+        .unwrap();
+    assert_eq!(second.error, None, "{}", second.payload);
+    assert_eq!(second.payload["applied"], json!([]), "{}", second.payload);
+    assert_eq!(second.payload["already_applied"], json!(migrations));
+
+    let unknown = stack
+        .deployment
+        .invoke("OpsFunctionName", &json!({"command": "migrat"}))
+        .await
+        .unwrap();
+    assert!(unknown.error.is_some(), "{}", unknown.payload);
+    let message = unknown.payload["errorMessage"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("unknown ops command") && message.contains("migrate"),
+        "{}",
+        unknown.payload
+    );
     stack.finish().await.unwrap();
 }

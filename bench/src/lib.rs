@@ -1,7 +1,7 @@
 //! Benchmark commands (not tests), sharing the database set-up, the data
 //! generator's random numbers and the goal reporting: `import-bench`
-//! (src/main.rs), `totals-bench` (src/totals_main.rs) and `apply-bench`
-//! (src/apply_main.rs). See README.md.
+//! (src/main.rs), `totals-bench` (src/totals_main.rs), `apply-bench`
+//! (src/apply_main.rs) and `startup-bench` (src/startup_main.rs). See README.md.
 
 pub mod apply;
 pub mod bench;
@@ -11,4 +11,5 @@ pub mod generate;
 pub mod measure;
 pub mod phases;
 pub mod report;
+pub mod startup;
 pub mod totals;

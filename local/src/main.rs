@@ -27,7 +27,7 @@ async fn main() -> Result<()> {
         .await
         .context("prepare the database (is PostgreSQL running?)")?;
     println!("==> carrier simulator");
-    let simulator = provider_sim::start("127.0.0.1:0".parse()?, TOKEN).await?;
+    let simulator = provider_sim::start(emulator.serve_addr(), TOKEN).await?;
     println!("    http://{}", simulator.addr);
     println!(
         "==> build and deploy infra/template.yaml as stack {STACK} (replacing an earlier one)"
@@ -38,12 +38,13 @@ async fn main() -> Result<()> {
         ("PollDelaySeconds", "2".to_string()),
         ("BackoffBaseSeconds", "2".to_string()),
     ];
-    let deployment = Deployment::create(&emulator, STACK, &database_url, pool, &params).await?;
+    let function_db_url = emulator.for_functions(&database_url);
+    let deployment = Deployment::create(&emulator, STACK, &function_db_url, pool, &params).await?;
     let period = chrono::Utc::now().date_naive() - chrono::Duration::days(1);
     println!("==> demo data: local/demo.yaml (as temctl apply)");
     let seeded = demo::seed(
         &deployment,
-        &format!("http://{}", simulator.addr),
+        &emulator.for_functions(&format!("http://{}", simulator.addr)),
         TOKEN,
         period,
     )

@@ -11,13 +11,14 @@ use crate::emulator::{repo_root, Emulator};
 
 const ARTIFACT_BUCKET: &str = "tem-artifacts";
 
-/// Builds the function zips once per process.
-pub fn build_functions() -> Result<()> {
+/// Builds the function zips once per process, as the emulator runs them.
+pub fn build_functions(emulator: &Emulator) -> Result<()> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
             let output = std::process::Command::new("bash")
                 .arg(repo_root().join("scripts/build.sh"))
+                .args(emulator.build_args())
                 .output()
                 .map_err(|e| e.to_string())?;
             if output.status.success() {
@@ -44,7 +45,7 @@ impl Stack {
         name: &str,
         parameters: &[(&str, String)],
     ) -> Result<Stack> {
-        build_functions()?;
+        build_functions(emulator)?;
         let config = emulator.sdk_config().await;
         ensure_artifact_bucket(&tem_shared::adapters::s3_client(&config), &emulator.region).await?;
         let emulator = emulator.clone();
@@ -87,27 +88,15 @@ impl Stack {
         Ok(())
     }
 
-    /// Deletes the functions first (that stops their warm processes), then the stack.
+    /// Deletes the stack (its functions first: see [`Emulator::delete_stack`]).
     pub async fn delete(&self) -> Result<()> {
-        let lambda = aws_sdk_lambda::Client::new(&self.emulator.sdk_config().await);
-        for (key, function) in &self.outputs {
-            if key.ends_with("FunctionName") {
-                let _ = lambda
-                    .delete_function()
-                    .function_name(function)
-                    .send()
-                    .await;
-            }
-        }
-        let status = self
-            .emulator
-            .aws_cli()
-            .args(["cloudformation", "delete-stack", "--stack-name", &self.name])
-            .status()?;
-        if !status.success() {
-            bail!("delete-stack {} failed", self.name);
-        }
-        Ok(())
+        let functions: Vec<&str> = self
+            .outputs
+            .iter()
+            .filter(|(key, _)| key.ends_with("FunctionName"))
+            .map(|(_, name)| name.as_str())
+            .collect();
+        self.emulator.delete_stack(&self.name, &functions).await
     }
 }
 

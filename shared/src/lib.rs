@@ -6,6 +6,7 @@
 //! - [`ports`]: the narrow traits domain code uses to reach the outside;
 //!   [`adapters`]: their AWS and PostgreSQL implementations.
 //! - [`config`], [`telemetry`], [`lambda`]: what each function's `main` wires up.
+//! - [`ops`]: the ops function's console commands (migrations).
 
 pub mod adapters;
 pub mod billing;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod envelope;
 pub mod import;
 pub mod lambda;
+pub mod ops;
 pub mod ports;
 pub mod retry;
 pub mod routing;

@@ -1,5 +1,6 @@
 //! One fresh PostgreSQL database per test, migrated with the project's
-//! migrations. Databases are named `tem_test_*`; `.ci/run` drops leftovers.
+//! migrations (or left empty, for the migration tests). Databases are
+//! named `tem_test_*`; `.ci/run` drops leftovers.
 
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{ConnectOptions, Connection};
@@ -16,7 +17,18 @@ pub struct TestDb {
     pub name: String,
 }
 
+/// A new database with every migration applied.
 pub async fn fresh() -> TestDb {
+    let db = unmigrated().await;
+    tem_shared::adapters::postgres::MIGRATOR
+        .run(&db.pool)
+        .await
+        .expect("migrations apply to an empty database");
+    db
+}
+
+/// A new, empty database: what a first deploy migrates (the ops function).
+pub async fn unmigrated() -> TestDb {
     let server =
         PgConnectOptions::from_str(&server_url()).expect("DATABASE_URL is a PostgreSQL URL");
     let name = format!("tem_test_{}", uuid::Uuid::new_v4().simple());
@@ -33,10 +45,6 @@ pub async fn fresh() -> TestDb {
     let pool = PgPool::connect_with(options)
         .await
         .expect("connect to the test database");
-    tem_shared::adapters::postgres::MIGRATOR
-        .run(&pool)
-        .await
-        .expect("migrations apply to an empty database");
     TestDb { pool, url, name }
 }
 

@@ -37,8 +37,12 @@ pub async fn deploy() -> TestStack {
 }
 
 pub async fn deploy_with(extra: &[(&str, String)]) -> TestStack {
-    let db = fresh().await;
-    let sim = provider_sim::start("127.0.0.1:0".parse().unwrap(), TOKEN)
+    deploy_onto(fresh().await, extra).await
+}
+
+/// Deploys a stack over the given database (e.g. an unmigrated one).
+pub async fn deploy_onto(db: TestDb, extra: &[(&str, String)]) -> TestStack {
+    let sim = provider_sim::start(emulator().serve_addr(), TOKEN)
         .await
         .expect("the simulator starts");
     let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
@@ -49,9 +53,18 @@ pub async fn deploy_with(extra: &[(&str, String)]) -> TestStack {
         ("HttpTimeoutSeconds", "5".to_string()),
     ];
     params.extend(extra.iter().cloned());
-    let deployment = Deployment::create(&emulator(), &name, &db.url, db.pool.clone(), &params)
-        .await
-        .expect("the template deploys into the emulator");
+    // The functions reach the database and the simulator by the emulator's
+    // function host (127.0.0.1 for MiniStack, which runs them locally).
+    let function_db_url = emulator().for_functions(&db.url);
+    let deployment = Deployment::create(
+        &emulator(),
+        &name,
+        &function_db_url,
+        db.pool.clone(),
+        &params,
+    )
+    .await
+    .expect("the template deploys into the emulator");
     TestStack {
         deployment,
         db,
@@ -82,7 +95,7 @@ impl TestStack {
         insert_profile(
             &self.db.pool,
             provider,
-            &self.sim.base_url(provider),
+            &emulator().for_functions(&self.sim.base_url(provider)),
             &secret,
             active,
             first_period,
