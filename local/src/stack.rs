@@ -16,11 +16,20 @@ pub fn build_functions(emulator: &Emulator) -> Result<()> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let output = std::process::Command::new("bash")
+            let mut build = std::process::Command::new("bash");
+            build
                 .arg(repo_root().join("scripts/build.sh"))
-                .args(emulator.build_args())
-                .output()
-                .map_err(|e| e.to_string())?;
+                .args(emulator.build_args());
+            // A test binary runs with the variables cargo sets for it, and
+            // ring's build script depends on CARGO_MANIFEST_DIR: inherited,
+            // they make the nested build rebuild ring and everything above
+            // it, and the next `cargo test` rebuild it all back.
+            for (key, _) in std::env::vars_os() {
+                if inherited_from_cargo(&key.to_string_lossy()) {
+                    build.env_remove(&key);
+                }
+            }
+            let output = build.output().map_err(|e| e.to_string())?;
             if output.status.success() {
                 Ok(())
             } else {
@@ -29,6 +38,19 @@ pub fn build_functions(emulator: &Emulator) -> Result<()> {
         })
         .clone()
         .map_err(|e| anyhow::anyhow!("scripts/build.sh failed:\n{e}"))
+}
+
+/// Variables cargo sets for the process it runs (a test binary), as
+/// opposed to the user's own settings (`CARGO_HOME`, `CARGO_TARGET_DIR`, ...).
+fn inherited_from_cargo(key: &str) -> bool {
+    key == "CARGO"
+        || key == "CARGO_MANIFEST_DIR"
+        || key == "CARGO_MANIFEST_PATH"
+        || key == "CARGO_CRATE_NAME"
+        || key == "CARGO_BIN_NAME"
+        || key == "CARGO_PRIMARY_PACKAGE"
+        || key == "CARGO_TARGET_TMPDIR"
+        || key.starts_with("CARGO_PKG_")
 }
 
 #[derive(Debug, Clone)]

@@ -20,7 +20,9 @@ pub fn write_human(
         "already_imported" => {
             "already imported (the same content was imported before; nothing loaded)"
         }
-        "completed_with_errors" => "completed with errors (an entry was refused or stopped early, see below)",
+        "completed_with_errors" => {
+            "completed with errors (an entry was refused or stopped early, see below)"
+        }
         other => other,
     };
     writeln!(out, "import of {} ({})", request.key, request.provider)?;
