@@ -426,7 +426,7 @@ fn function_env(template: &Yaml, function: &str) -> Result<(String, BTreeMap<Str
     ] {
         for (key, value) in variables.as_mapping().into_iter().flatten() {
             let Some(key) = key.as_str() else { continue };
-            env.insert(key.to_string(), env_value(key, value, parameters));
+            env.insert(key.to_string(), env_value(key, value, template));
         }
     }
     // The local database instead of the secrets; plain loopback.
@@ -466,21 +466,47 @@ fn function_env(template: &Yaml, function: &str) -> Result<(String, BTreeMap<Str
 /// A template value as the function would see it: literals as written, a
 /// `!Ref` of a parameter as its default, anything else a fake name (queue
 /// URLs on the local endpoint, which answers no call).
-fn env_value(key: &str, value: &Yaml, parameters: &Yaml) -> String {
+fn env_value(key: &str, value: &Yaml, template: &Yaml) -> String {
+    let parameters = &template["Parameters"];
     match value {
         Yaml::String(s) => s.clone(),
         Yaml::Number(n) => n.to_string(),
         Yaml::Bool(b) => b.to_string(),
         Yaml::Tagged(tagged) if tagged.tag == "Ref" => {
             let name = tagged.value.as_str().unwrap_or_default();
-            match &parameters[name]["Default"] {
-                Yaml::String(s) => s.clone(),
-                Yaml::Number(n) => n.to_string(),
-                Yaml::Bool(b) => b.to_string(),
-                _ => fake(key, name),
+            scalar(&parameters[name]["Default"]).unwrap_or_else(|| fake(key, name))
+        }
+        // `!FindInMap [Map, !Ref Parameter, Key]` (the connection budget):
+        // the mapping's value at the parameter's default.
+        Yaml::Tagged(tagged) if tagged.tag == "FindInMap" => {
+            let path: Vec<String> = tagged
+                .value
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .filter_map(|part| match part {
+                    Yaml::Tagged(r) if r.tag == "Ref" => {
+                        scalar(&parameters[r.value.as_str().unwrap_or_default()]["Default"])
+                    }
+                    other => scalar(other),
+                })
+                .collect();
+            match path.as_slice() {
+                [map, first, second] => scalar(&template["Mappings"][map][first][second]),
+                _ => None,
             }
+            .unwrap_or_else(|| fake(key, &key.to_lowercase()))
         }
         _ => fake(key, &key.to_lowercase()),
+    }
+}
+
+fn scalar(value: &Yaml) -> Option<String> {
+    match value {
+        Yaml::String(s) => Some(s.clone()),
+        Yaml::Number(n) => Some(n.to_string()),
+        Yaml::Bool(b) => Some(b.to_string()),
+        _ => None,
     }
 }
 
@@ -573,6 +599,10 @@ mod tests {
 Parameters:
   Backoff: { Type: Number, Default: 5 }
   Prefix: { Type: String }
+  Budget: { Type: String, Default: "50" }
+Mappings:
+  ConnectionBudget:
+    "50": { TotalsPool: "2" }
 Globals:
   Function:
     Environment:
@@ -589,6 +619,7 @@ Resources:
         Variables:
           QUEUE_URL_TOTALS: !Ref TotalsQueue
           MAX_ATTEMPTS: "5"
+          DATABASE_MAX_CONNECTIONS: !FindInMap [ConnectionBudget, !Ref Budget, TotalsPool]
 "#,
         )
         .unwrap()
@@ -600,6 +631,8 @@ Resources:
         assert_eq!(id, "TotalsFunction");
         assert_eq!(env["BACKOFF_BASE_SECONDS"], "5");
         assert_eq!(env["MAX_ATTEMPTS"], "5");
+        // The connection budget's pool at the parameter's default tier.
+        assert_eq!(env["DATABASE_MAX_CONNECTIONS"], "2");
         assert_eq!(env["TASKS_TABLE"], "bench-TasksTable");
         assert!(env["QUEUE_URL_TOTALS"].starts_with("http://"));
         assert!(
