@@ -418,7 +418,6 @@ fn function_env(template: &Yaml, function: &str) -> Result<(String, BTreeMap<Str
         .find(|(_, r)| r["Properties"]["CodeUri"].as_str() == Some(code_uri.as_str()))
         .with_context(|| format!("no function in the template has CodeUri {code_uri}"))?;
     let logical_id = logical_id.as_str().unwrap_or_default().to_string();
-    let parameters = &template["Parameters"];
     let mut env = BTreeMap::new();
     for variables in [
         &template["Globals"]["Function"]["Environment"]["Variables"],
