@@ -207,6 +207,19 @@ pub struct MessageReport {
     pub disposition: Disposition,
     pub detail: String,
     pub children: Vec<String>,
+    /// What the metrics and the step journal need besides the disposition;
+    /// unset for a body that is not an envelope.
+    pub provider: Option<String>,
+    pub task_id: Option<String>,
+    /// The attempt this was (earlier copies' attempts included).
+    pub attempt: u32,
+    pub started_at: DateTime<Utc>,
+    pub duration: Duration,
+    /// When the chain started (the envelope's `created_at`).
+    pub chain_started_at: Option<DateTime<Utc>>,
+    /// Why it was dead-lettered: invalid, permanent, retries_exhausted,
+    /// loop or routing.
+    pub error_kind: Option<String>,
 }
 
 pub struct ChainRuntime {
@@ -267,14 +280,21 @@ impl ChainRuntime {
         incoming: IncomingMessage,
         deadline: DateTime<Utc>,
     ) -> MessageReport {
+        let started_at = Utc::now();
+        let clock = std::time::Instant::now();
         let envelope = match Envelope::parse(&incoming.body) {
             Ok(envelope) => envelope,
             Err(e) => {
                 let reason = format!("invalid message, not retried: {e}");
                 let task_id = salvage_task_id(&incoming.body);
-                return self
+                let mut report = self
                     .dead_letter(&incoming, None, task_id.as_deref(), "invalid", &reason)
                     .await;
+                report.task_id = task_id;
+                report.attempt = incoming.receive_count;
+                report.started_at = started_at;
+                report.duration = clock.elapsed();
+                return report;
             }
         };
         let provider = envelope
@@ -291,9 +311,20 @@ impl ChainRuntime {
             provider = %provider,
             attempt = envelope.attempt.saturating_add(incoming.receive_count),
         );
-        self.process_envelope(&incoming, envelope, deadline)
+        let attempt = envelope.attempt.saturating_add(incoming.receive_count);
+        let task_id = envelope.task_id.clone();
+        let chain_started_at = envelope.created_at;
+        let mut report = self
+            .process_envelope(&incoming, envelope, deadline)
             .instrument(span)
-            .await
+            .await;
+        report.provider = (!provider.is_empty()).then_some(provider);
+        report.task_id = task_id;
+        report.attempt = attempt;
+        report.started_at = started_at;
+        report.duration = clock.elapsed();
+        report.chain_started_at = Some(chain_started_at);
+        report
     }
 
     async fn process_envelope(
@@ -592,13 +623,16 @@ impl ChainRuntime {
             if let Some(task_id) = task_id {
                 let _ = self.tasks.mark_failed(task_id, reason, Utc::now()).await;
             }
-            return report(
-                incoming,
-                step,
-                Disposition::DeadLettered,
-                reason.to_string(),
-                vec![],
-            );
+            return MessageReport {
+                error_kind: Some(kind.to_string()),
+                ..report(
+                    incoming,
+                    step,
+                    Disposition::DeadLettered,
+                    reason.to_string(),
+                    vec![],
+                )
+            };
         };
         let mut message = OutgoingMessage::new(incoming.message_id.clone(), incoming.body.clone());
         message.attributes = vec![
@@ -635,19 +669,23 @@ impl ChainRuntime {
             }
         }
         error!(%reason, kind, "moved to the dead-letter queue");
+        let error_kind = Some(kind.to_string());
         if let Some(task_id) = task_id {
             let why = format!("{}: {reason}", step.as_deref().unwrap_or("message"));
             if let Err(e) = self.tasks.mark_failed(task_id, &why, Utc::now()).await {
                 warn!(error = %e, "could not mark the task failed");
             }
         }
-        report(
-            incoming,
-            step,
-            Disposition::DeadLettered,
-            reason.to_string(),
-            vec![],
-        )
+        MessageReport {
+            error_kind,
+            ..report(
+                incoming,
+                step,
+                Disposition::DeadLettered,
+                reason.to_string(),
+                vec![],
+            )
+        }
     }
 
     /// Puts back a message whose step was not attempted, without spending
@@ -765,6 +803,13 @@ fn report(
         disposition,
         detail,
         children,
+        provider: None,
+        task_id: None,
+        attempt: incoming.receive_count,
+        started_at: Utc::now(),
+        duration: Duration::ZERO,
+        chain_started_at: None,
+        error_kind: None,
     }
 }
 
