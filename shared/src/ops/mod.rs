@@ -4,6 +4,8 @@
 //! command, later ones (a status report, failed-message handling) are added
 //! as variants here and to [`OpsCommand::NAMES`].
 
+pub mod settings;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -73,7 +75,7 @@ mod tests {
     #[test]
     fn the_console_migrate_event_is_the_migrate_command() {
         let event: Value =
-            serde_json::from_str(include_str!("../../events/ops/console-migrate.json")).unwrap();
+            serde_json::from_str(include_str!("../../../events/ops/console-migrate.json")).unwrap();
         assert_eq!(OpsCommand::from_event(&event), Ok(OpsCommand::Migrate {}));
     }
 
