@@ -196,7 +196,7 @@ async fn the_task_completes_when_its_last_step_finishes() {
 async fn a_step_that_hands_off_sends_nothing_and_keeps_its_branch_open() {
     let h = harness(vec![Ok(StepOutcome::HandOff {
         output: json!({"key": "inbox/x.zip"}),
-        via: "the import of inbox/x.zip".into(),
+        via: "s3://cdr/inbox/x.zip".into(),
     })]);
     with_task(&h).await;
     let report = h
@@ -205,7 +205,7 @@ async fn a_step_that_hands_off_sends_nothing_and_keeps_its_branch_open() {
         .await;
     assert_eq!(report.disposition, Disposition::Completed);
     assert!(
-        report.detail.contains("the import of inbox/x.zip"),
+        report.detail.contains("s3://cdr/inbox/x.zip"),
         "{}",
         report.detail
     );
