@@ -202,6 +202,9 @@ use tem_shared::adapters::journal::{PgFailureLog, PgStepJournal};
 use tem_shared::ports::{FailureLog, FailureRecord, StepEnd, StepJournal, StepStart};
 use tem_shared::runtime::Disposition;
 
+/// attempt, outcome, error_kind, children, finished
+type JournalRow = (i32, Option<String>, Option<String>, Vec<String>, bool);
+
 fn start(attempt: u32) -> StepStart {
     let now = Utc::now();
     StepStart {
@@ -240,7 +243,7 @@ async fn an_attempt_is_journaled_at_its_start_and_completed_at_its_end() {
         )
         .await
         .unwrap();
-    let rows: Vec<(i32, Option<String>, Option<String>, Vec<String>, bool)> = sqlx::query_as(
+    let rows: Vec<JournalRow> = sqlx::query_as(
         "SELECT attempt, outcome, error_kind, children, finished_at IS NOT NULL
          FROM step_run WHERE message_id = 'm1' ORDER BY attempt",
     )
