@@ -273,6 +273,34 @@ async fn the_routit_chain_requests_polls_until_ready_downloads_and_completes_onl
         "{key}"
     );
     assert_eq!(stack.watermark(routit).await, Some(period));
+
+    // Every attempt of the chain is journaled under one trace, and the
+    // import continued the download's hand-off of this very object.
+    let runs: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT step, trace_id, outcome, handoff FROM step_run WHERE task_id = $1 ORDER BY started_at",
+    )
+    .bind(&task_id)
+    .fetch_all(&stack.db.pool)
+    .await
+    .unwrap();
+    let steps: Vec<&str> = runs.iter().map(|r| r.0.as_str()).collect();
+    for step in [
+        "SyncProfile",
+        "RoutitRequestExport",
+        "RoutitPollExport",
+        "RoutitDownloadExport",
+        "ImportCdrFile",
+    ] {
+        assert!(steps.contains(&step), "{step} missing from {steps:?}");
+    }
+    assert!(runs.iter().all(|r| r.1 == runs[0].1), "one trace: {runs:?}");
+    assert!(
+        runs.iter().all(|r| r.2.as_deref() == Some("completed")),
+        "{runs:?}"
+    );
+    let token = format!("s3://{}/{key}", stack.deployment.output("CdrBucketName"));
+    let import = runs.iter().find(|r| r.0 == "ImportCdrFile").unwrap();
+    assert_eq!(import.3.as_deref(), Some(token.as_str()));
     stack.finish().await.unwrap();
 }
 
