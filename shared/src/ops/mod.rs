@@ -4,7 +4,11 @@
 //! command, later ones (a status report, failed-message handling) are added
 //! as variants here and to [`OpsCommand::NAMES`].
 
+pub mod failed;
 pub mod settings;
+
+#[cfg(test)]
+mod fakes;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
