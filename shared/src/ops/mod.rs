@@ -6,6 +6,7 @@
 
 pub mod failed;
 pub mod settings;
+pub mod timeline;
 
 #[cfg(test)]
 mod fakes;
