@@ -53,6 +53,10 @@ pub struct FailedSelection {
     /// `failed` (default), `retried`, `removed` or `any`.
     pub status: Option<String>,
     pub limit: Option<u32>,
+    /// retry: say what would be sent, send nothing.
+    pub dry_run: bool,
+    /// remove: the operator's confirmation.
+    pub yes: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
