@@ -155,7 +155,7 @@ impl TaskAdmin for DynamoTasks {
             tasks.extend(Self::tasks_of(&items));
             day += Duration::days(1);
         }
-        tasks.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        tasks.sort_by_key(|t| t.created_at);
         Ok(tasks)
     }
 }

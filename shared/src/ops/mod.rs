@@ -157,8 +157,8 @@ mod tests {
                 ..FailedSelection::default()
             })
         );
-        let err = OpsCommand::from_event(&json!({"command": "failed-list", "provder": "x"}))
-            .unwrap_err();
+        let err =
+            OpsCommand::from_event(&json!({"command": "failed-list", "provder": "x"})).unwrap_err();
         assert!(err.to_string().contains("provder"), "{err}");
     }
 

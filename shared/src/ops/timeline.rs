@@ -299,7 +299,7 @@ pub async fn list_tasks(
         .filter(|t| status.is_none_or(|s| t.status == s))
         .filter(|t| provider.is_none_or(|p| t.provider == p))
         .collect();
-    found.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    found.sort_by_key(|t| std::cmp::Reverse(t.created_at));
     Ok(found)
 }
 
