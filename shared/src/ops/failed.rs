@@ -324,11 +324,19 @@ pub fn retry_body(body: &str) -> String {
 }
 
 /// The failure id of a DLQ message: its envelope id, or `sqs:<MessageId>`
-/// for a body that is not an envelope.
+/// for a body that is not an envelope. The runtime's copy of such a body is
+/// a new SQS message; `tem-message-id`, when the runtime sets it, names the
+/// original's MessageId, which its failure row is keyed by. A copy SQS
+/// itself moved keeps its MessageId.
 pub fn failure_id(message: &ReceivedMessage) -> String {
     match Envelope::parse(&message.body) {
         Ok(e) => e.id,
-        Err(_) => format!("sqs:{}", message.message_id),
+        Err(_) => format!(
+            "sqs:{}",
+            message
+                .attribute("tem-message-id")
+                .unwrap_or(&message.message_id)
+        ),
     }
 }
 

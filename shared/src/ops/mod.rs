@@ -4,10 +4,11 @@
 //! failed-message, task and watch commands run the same code as `temctl
 //! failed` and `temctl task` ([`failed`], [`timeline`], [`watch`]).
 
+pub mod console;
 pub mod failed;
 pub mod settings;
 pub mod timeline;
-// pub mod watch; (after the runtime merge)
+pub mod watch;
 
 #[cfg(test)]
 mod fakes;

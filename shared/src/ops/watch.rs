@@ -122,7 +122,7 @@ pub async fn watch(
     if let Err(e) = mark_stalled(ports, watch, now, &mut report).await {
         report.errors.push(format!("stalled tasks: {e}"));
     }
-    match delete_expired(watch, now, |limit| {
+    match delete_expired(watch, |limit| {
         ports.failed.history.delete_expired(now, limit)
     })
     .await
@@ -130,7 +130,7 @@ pub async fn watch(
         Ok(n) => report.step_runs_deleted = n,
         Err(e) => report.errors.push(format!("expired step runs: {e}")),
     }
-    match delete_expired(watch, now, |limit| {
+    match delete_expired(watch, |limit| {
         ports.failed.failures.delete_expired(now, limit)
     })
     .await
@@ -167,7 +167,11 @@ async fn watch_dlq(
     report.dlq_copies_deleted += sweep.deleted;
     for message in &sweep.unrecorded {
         let id = failure_id(message);
-        let attempts = ports.failed.history.attempts(&[id.clone()]).await?;
+        let attempts = ports
+            .failed
+            .history
+            .attempts(std::slice::from_ref(&id))
+            .await?;
         let failure = unrecorded_failure(message, pair, &attempts, watch, now);
         if !ports.failed.failures.ingest(&failure).await? {
             continue;
@@ -319,11 +323,7 @@ async fn mark_stalled(
     Ok(())
 }
 
-async fn delete_expired<F, Fut>(
-    watch: &WatchSettings,
-    _now: DateTime<Utc>,
-    mut delete: F,
-) -> Result<u64, PortError>
+async fn delete_expired<F, Fut>(watch: &WatchSettings, mut delete: F) -> Result<u64, PortError>
 where
     F: FnMut(u32) -> Fut,
     Fut: std::future::Future<Output = Result<u64, PortError>>,
@@ -340,4 +340,5 @@ where
 }
 
 #[cfg(test)]
+#[path = "watch_tests.rs"]
 mod tests;
