@@ -8,9 +8,9 @@ use std::io::{self, BufRead, IsTerminal, Write};
 
 use chrono::Utc;
 use clap::{Args, Subcommand};
-use tem_shared::adapters::dynamodb::DynamoTasks;
 use tem_shared::adapters::operations::{PgFailures, PgStepHistory};
-use tem_shared::adapters::sqs::SqsQueues;
+use tem_shared::adapters::sqs::{SqsDeadLetters, SqsQueues};
+use tem_shared::adapters::task_admin::DynamoTaskAdmin;
 use tem_shared::ops::failed::{
     self, human_age, FailedPorts, FailedSelection, RetryOptions, SelectionError,
 };
@@ -146,7 +146,8 @@ struct Context {
     failures: PgFailures,
     history: PgStepHistory,
     sqs: SqsQueues,
-    tasks: DynamoTasks,
+    dead_letters: SqsDeadLetters,
+    tasks: DynamoTaskAdmin,
     settings: Option<tem_shared::ops::settings::OpsSettings>,
 }
 
@@ -156,9 +157,9 @@ impl Context {
             failures: &self.failures,
             history: &self.history,
             send: &self.sqs,
-            receive: &self.sqs,
-            delete: &self.sqs,
-            release: &self.sqs,
+            receive: &self.dead_letters,
+            delete: &self.dead_letters,
+            release: &self.dead_letters,
             tasks: &self.tasks,
         }
     }
@@ -181,11 +182,8 @@ async fn context(stack: &StackArgs) -> Result<Context, CliError> {
         failures: PgFailures::new(database.pool.clone()),
         history: PgStepHistory::new(database.pool),
         sqs: SqsQueues::new(aws_sdk_sqs::Client::new(&aws)),
-        tasks: DynamoTasks::new(
-            aws_sdk_dynamodb::Client::new(&aws),
-            tasks_table,
-            chrono::Duration::days(30),
-        ),
+        dead_letters: SqsDeadLetters::from_config(&aws),
+        tasks: DynamoTaskAdmin::from_config(&aws, tasks_table),
         settings,
     })
 }

@@ -8,6 +8,7 @@ use chrono::Utc;
 use clap::{Args, Subcommand};
 use tem_shared::adapters::dynamodb::DynamoTasks;
 use tem_shared::adapters::operations::PgStepHistory;
+use tem_shared::adapters::task_admin::DynamoTaskAdmin;
 use tem_shared::ops::failed::parse_age;
 use tem_shared::ops::timeline;
 use tem_shared::tasks::TaskStatus;
@@ -86,8 +87,9 @@ pub async fn run(args: TaskArgs) -> Result<(), CliError> {
             json,
         } => {
             let since = parse_age(&since)?;
+            let admin = DynamoTaskAdmin::from_config(&stack.aws, &stack.settings.tasks_table);
             let found =
-                timeline::list_tasks(&tasks, since, status, provider.as_deref(), now).await?;
+                timeline::list_tasks(&admin, since, status, provider.as_deref(), now).await?;
             if json {
                 serde_json::to_writer(&mut out, &serde_json::json!({ "tasks": found }))
                     .map_err(io::Error::from)?;

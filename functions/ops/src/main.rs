@@ -9,6 +9,8 @@ use chrono::Utc;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use serde_json::{json, Value};
 use tem_shared::adapters::operations::{PgFailures, PgStepHistory};
+use tem_shared::adapters::sqs::SqsDeadLetters;
+use tem_shared::adapters::task_admin::DynamoTaskAdmin;
 use tem_shared::adapters::{migrations, postgres::MIGRATOR};
 use tem_shared::bootstrap::Platform;
 use tem_shared::config::Env;
@@ -28,15 +30,17 @@ async fn main() -> Result<(), Error> {
     let watch = WatchSettings::from_env(&env)?;
     let failures = PgFailures::new(platform.pool.clone());
     let history = PgStepHistory::new(platform.pool.clone());
+    let dead_letters = SqsDeadLetters::from_config(&platform.aws);
+    let task_admin = DynamoTaskAdmin::from_config(&platform.aws, &settings.tasks_table);
     let console = Console {
         failed: FailedPorts {
             failures: &failures,
             history: &history,
             send: platform.queues.as_ref(),
-            receive: platform.queues.as_ref(),
-            delete: platform.queues.as_ref(),
-            release: platform.queues.as_ref(),
-            tasks: platform.tasks.as_ref(),
+            receive: &dead_letters,
+            delete: &dead_letters,
+            release: &dead_letters,
+            tasks: &task_admin,
         },
         tasks: platform.tasks.as_ref(),
         idempotency: platform.idempotency.as_ref(),

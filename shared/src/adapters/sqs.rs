@@ -150,8 +150,27 @@ impl QueueVisibility for SqsQueues {
     }
 }
 
+/// What the operators' commands do to a DLQ: receive, delete, give back.
+/// Its own type, so that only the functions that reconcile DLQs (ops) are
+/// granted ReceiveMessage and DeleteMessage (infra/permissions.yaml counts
+/// calls per adapter type).
+#[derive(Debug, Clone)]
+pub struct SqsDeadLetters {
+    client: Client,
+}
+
+impl SqsDeadLetters {
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    pub fn from_config(config: &aws_config::SdkConfig) -> Self {
+        Self::new(Client::new(config))
+    }
+}
+
 #[async_trait]
-impl QueueReceive for SqsQueues {
+impl QueueReceive for SqsDeadLetters {
     async fn receive(
         &self,
         queue_url: &str,
@@ -211,7 +230,7 @@ impl QueueReceive for SqsQueues {
 }
 
 #[async_trait]
-impl QueueDelete for SqsQueues {
+impl QueueDelete for SqsDeadLetters {
     async fn delete_all(
         &self,
         queue_url: &str,
@@ -256,7 +275,7 @@ impl QueueDelete for SqsQueues {
 }
 
 #[async_trait]
-impl QueueRelease for SqsQueues {
+impl QueueRelease for SqsDeadLetters {
     async fn set_visibility_all(
         &self,
         queue_url: &str,
