@@ -119,6 +119,31 @@ fn a_visibility_timeout_under_six_function_timeouts_is_caught() {
 }
 
 #[test]
+fn a_visibility_under_six_timeouts_for_any_allowed_provider_timeout_is_caught() {
+    // Only the crash test's 5 s timeout maps to a visibility too short.
+    let mut template = load();
+    *mapping_mut(
+        &mut template,
+        &["Mappings", "ProviderSyncTimeout", "5", "VisibilityTimeout"],
+    ) = Value::from(29);
+    let found = violations(&template);
+    assert_eq!(found.len(), 7, "one per provider queue: {found:?}");
+    assert!(
+        found[0].contains("29s") && found[0].contains("with ProviderSyncTimeoutSeconds=5"),
+        "{found:?}"
+    );
+    // An allowed value with no visibility of its own is caught too.
+    let mut template = load();
+    mapping_mut(&mut template, &["Mappings", "ProviderSyncTimeout"])
+        .as_mapping_mut()
+        .unwrap()
+        .remove("15");
+    assert!(violations(&template)
+        .iter()
+        .any(|v| v.contains("with ProviderSyncTimeoutSeconds=15")));
+}
+
+#[test]
 fn a_wildcard_resource_in_a_policy_is_caught() {
     let mut template = load();
     let statement = &mut mapping_mut(
