@@ -184,7 +184,10 @@ fn the_translated_schedules_are_disabled_exactly_when_schedule_enabled_is_false(
         })
         .filter(|(_, e)| e["Type"] == "Schedule")
         .count();
-    assert_eq!(schedules, 2, "sync-manager's and the invoice sweep's");
+    assert_eq!(
+        schedules, 3,
+        "sync-manager's, the invoice sweep's and the ops watch's"
+    );
     for (enabled, want) in [("false", "DISABLED"), ("true", "ENABLED")] {
         let states = schedule_states(&translated, enabled);
         assert_eq!(states.len(), schedules, "one rule per schedule: {states:?}");
@@ -213,7 +216,7 @@ fn a_schedule_enabled_through_enabled_and_if_is_caught_as_always_on() {
     std::fs::write(&path, text).unwrap();
     let translated = tem_tests::template::translated_file(&path);
     let states = schedule_states(&translated, "false");
-    assert_eq!(states.len(), 2);
+    assert_eq!(states.len(), 3);
     assert!(
         states.iter().all(|(_, s)| s == "ENABLED"),
         "the old form stays on: {states:?}"
