@@ -220,6 +220,7 @@ async fn import(
                 key: key.into(),
                 provider: Provider::Routit,
                 profile_id: None,
+                deadline: None,
             },
         )
         .await

@@ -274,6 +274,36 @@ async fn the_routit_chain_requests_polls_until_ready_downloads_and_completes_onl
         "{key}"
     );
     assert_eq!(stack.watermark(routit).await, Some(period));
+
+    // Every attempt of the chain is journaled under one trace, and the
+    // import continued the download's hand-off of this very object.
+    let runs: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT step, trace_id, outcome, handoff FROM step_run WHERE task_id = $1 ORDER BY started_at",
+    )
+    .bind(&task_id)
+    .fetch_all(&stack.db.pool)
+    .await
+    .unwrap();
+    for step in [
+        "SyncProfile",
+        "RoutitRequestExport",
+        "RoutitPollExport",
+        "RoutitDownloadExport",
+        "ImportCdrFile",
+    ] {
+        assert!(
+            runs.iter()
+                .any(|r| r.0 == step && r.2.as_deref() == Some("completed")),
+            "no completed {step} in {runs:?}"
+        );
+    }
+    assert!(runs.iter().all(|r| r.1 == runs[0].1), "one trace: {runs:?}");
+    let token = format!("s3://{}/{key}", stack.deployment.output("CdrBucketName"));
+    let import = runs
+        .iter()
+        .find(|r| r.0 == "ImportCdrFile" && r.2.as_deref() == Some("completed"))
+        .unwrap();
+    assert_eq!(import.3.as_deref(), Some(token.as_str()));
     stack.finish().await.unwrap();
 }
 

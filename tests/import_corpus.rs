@@ -92,6 +92,7 @@ impl Fixture {
             key: key.into(),
             provider: Provider::Routit,
             profile_id: None,
+            deadline: None,
         };
         self.importer.import(source, &request).await
     }

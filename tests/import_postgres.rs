@@ -87,6 +87,7 @@ impl Fixture {
             key: key.into(),
             provider,
             profile_id: None,
+            deadline: None,
         };
         self.importer.import(source, &request).await
     }
@@ -625,5 +626,131 @@ async fn an_unterminated_quote_rejects_its_row_with_its_line_and_stops_the_file_
     assert_eq!(
         (status.as_str(), rows_loaded, rows_rejected),
         ("completed_with_errors", 5, 1)
+    );
+}
+
+/// A `running` row as a dead attempt leaves it; returns its id.
+async fn dead_attempt(
+    pool: &PgPool,
+    key: &str,
+    deadline: Option<chrono::DateTime<chrono::Utc>>,
+    started_minutes_ago: i64,
+) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO import_file (bucket, key, sha256, size_bytes, provider, status, deadline, started_at)
+         VALUES ('test', $1, 'x', 1, 'routit', 'running', $2, now() - make_interval(mins => $3::int)) RETURNING id",
+    )
+    .bind(key)
+    .bind(deadline)
+    .bind(started_minutes_ago as i32)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn status_and_error(pool: &PgPool, id: i64) -> (String, Option<String>) {
+    let row = sqlx::query("SELECT status, error FROM import_file WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    (row.get("status"), row.get("error"))
+}
+
+#[tokio::test]
+async fn a_new_attempt_of_an_object_marks_earlier_attempts_that_died_superseded() {
+    let f = fixture().await;
+    let key = "inbox/routit/1/d/killed.csv";
+    let past = chrono::Utc::now() - chrono::Duration::minutes(5);
+    let future = chrono::Utc::now() + chrono::Duration::minutes(5);
+    let killed = dead_attempt(&f.pool, key, Some(past), 20).await;
+    let undated_old = dead_attempt(&f.pool, key, None, 20).await;
+    let undated_recent = dead_attempt(&f.pool, key, None, 2).await;
+    let still_running = dead_attempt(&f.pool, key, Some(future), 1).await;
+    let other_object = dead_attempt(&f.pool, "inbox/other.csv", Some(past), 20).await;
+
+    let summary = f.import(Provider::Routit, key, routit_file()).await;
+    for id in [killed, undated_old] {
+        let (status, error) = status_and_error(&f.pool, id).await;
+        assert_eq!(status, "superseded");
+        assert!(
+            error.unwrap().contains(&format!(
+                "superseded by import_file {}",
+                summary.import_file_id
+            )),
+            "row {id}"
+        );
+    }
+    for id in [undated_recent, still_running, other_object] {
+        assert_eq!(status_and_error(&f.pool, id).await.0, "running", "row {id}");
+    }
+    let deadline: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT deadline FROM import_file WHERE id = $1")
+            .bind(summary.import_file_id)
+            .fetch_one(&f.pool)
+            .await
+            .unwrap();
+    assert_eq!(deadline, None, "the test's import has no deadline");
+}
+
+#[tokio::test]
+async fn an_import_records_its_deadline() {
+    let f = fixture().await;
+    let deadline = chrono::DateTime::parse_from_rfc3339("2030-01-01T00:15:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let request = ImportRequest {
+        bucket: "test".into(),
+        key: "inbox/dated.csv".into(),
+        provider: Provider::Routit,
+        profile_id: None,
+        deadline: Some(deadline),
+    };
+    let source: Arc<dyn RangeRead> =
+        Arc::new(MemorySource::named("inbox/dated.csv", routit_file()));
+    let summary = f.importer.import(source, &request).await.unwrap();
+    let stored: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT deadline FROM import_file WHERE id = $1")
+            .bind(summary.import_file_id)
+            .fetch_one(&f.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, Some(deadline));
+}
+
+#[tokio::test]
+async fn running_imports_past_their_deadline_are_marked_abandoned() {
+    let f = fixture().await;
+    let now = chrono::Utc::now();
+    let dead = dead_attempt(
+        &f.pool,
+        "a.csv",
+        Some(now - chrono::Duration::minutes(1)),
+        16,
+    )
+    .await;
+    let alive = dead_attempt(
+        &f.pool,
+        "b.csv",
+        Some(now + chrono::Duration::minutes(1)),
+        14,
+    )
+    .await;
+    let undated = dead_attempt(&f.pool, "c.csv", None, 60).await;
+    let marked = tem_shared::import::importer::mark_abandoned_imports(&f.pool, now)
+        .await
+        .unwrap();
+    assert_eq!(marked, 1);
+    let (status, error) = status_and_error(&f.pool, dead).await;
+    assert_eq!(status, "abandoned");
+    assert!(error.unwrap().contains("deadline"));
+    assert_eq!(status_and_error(&f.pool, alive).await.0, "running");
+    assert_eq!(status_and_error(&f.pool, undated).await.0, "running");
+    // Running it again finds nothing new.
+    assert_eq!(
+        tem_shared::import::importer::mark_abandoned_imports(&f.pool, now)
+            .await
+            .unwrap(),
+        0
     );
 }

@@ -195,3 +195,117 @@ async fn a_run_delivered_twice_is_recorded_once_with_its_delivery_count() {
             .unwrap();
     assert_eq!((count, deliveries, seen), (1, 2, 3));
 }
+
+// --- the step journal and the failure log (adapters/journal.rs) ---
+
+use tem_shared::adapters::journal::{PgFailureLog, PgStepJournal};
+use tem_shared::ports::{FailureLog, FailureRecord, StepEnd, StepJournal, StepStart};
+use tem_shared::runtime::Disposition;
+
+/// attempt, outcome, error_kind, children, finished
+type JournalRow = (i32, Option<String>, Option<String>, Vec<String>, bool);
+
+fn start(attempt: u32) -> StepStart {
+    let now = Utc::now();
+    StepStart {
+        message_id: "m1".into(),
+        attempt,
+        step: "SyncProfile".into(),
+        function_name: "tem-RoutitSyncFunction".into(),
+        queue: Some("tem-RoutitQueue".into()),
+        provider: Some("routit".into()),
+        task_id: Some("task-1".into()),
+        trace_id: "trace-1".into(),
+        depth: 0,
+        chain_started_at: now,
+        started_at: now,
+        expires_at: now + chrono::Duration::days(14),
+    }
+}
+
+#[tokio::test]
+async fn an_attempt_is_journaled_at_its_start_and_completed_at_its_end() {
+    let db = fresh().await;
+    let journal = PgStepJournal::new(db.pool.clone());
+    let died = journal.started(&start(1)).await.unwrap();
+    let second = journal.started(&start(2)).await.unwrap();
+    journal
+        .finished(
+            second,
+            &StepEnd {
+                finished_at: Utc::now(),
+                outcome: Disposition::DeadLettered,
+                error: Some("carrier down".into()),
+                error_kind: Some("retries_exhausted".into()),
+                children: vec!["c1".into(), "c2".into()],
+                handoff: Some("s3://b/k".into()),
+            },
+        )
+        .await
+        .unwrap();
+    let rows: Vec<JournalRow> = sqlx::query_as(
+        "SELECT attempt, outcome, error_kind, children, finished_at IS NOT NULL
+         FROM step_run WHERE message_id = 'm1' ORDER BY attempt",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(died, second - 1);
+    // The first attempt's process "died": its row stays open.
+    assert_eq!(rows[0], (1, None, None, vec![], false));
+    assert_eq!(
+        rows[1],
+        (
+            2,
+            Some("dead_lettered".into()),
+            Some("retries_exhausted".into()),
+            vec!["c1".into(), "c2".into()],
+            true
+        )
+    );
+}
+
+fn failure(error: &str) -> FailureRecord {
+    let now = Utc::now();
+    FailureRecord {
+        id: "m1".into(),
+        queue: "tem-RoutitQueue".into(),
+        queue_url: "http://sqs/q/tem-RoutitQueue".into(),
+        dlq_url: "http://sqs/q/tem-RoutitDlq".into(),
+        function_name: Some("tem-RoutitSyncFunction".into()),
+        step: Some("SyncProfile".into()),
+        provider: Some("routit".into()),
+        task_id: Some("task-1".into()),
+        trace_id: Some("trace-1".into()),
+        body: "{}".into(),
+        error_kind: "permanent".into(),
+        error: error.into(),
+        attempts: 1,
+        failed_at: now,
+        expires_at: now + chrono::Duration::days(30),
+    }
+}
+
+#[tokio::test]
+async fn a_failure_is_recorded_resolved_once_and_reopened_when_it_fails_again() {
+    let db = fresh().await;
+    let log = PgFailureLog::new(db.pool.clone());
+    log.record(&failure("first")).await.unwrap();
+    assert!(log.resolved("m1", "redrive", Utc::now()).await.unwrap());
+    assert!(!log.resolved("m1", "redrive", Utc::now()).await.unwrap());
+    assert!(!log.resolved("nobody", "redrive", Utc::now()).await.unwrap());
+    let resolved: (String, Option<String>) =
+        sqlx::query_as("SELECT status, resolved_by FROM failed_message WHERE id = 'm1'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(resolved, ("retried".into(), Some("redrive".into())));
+
+    log.record(&failure("second")).await.unwrap();
+    let again: (String, i32, String) =
+        sqlx::query_as("SELECT status, times_failed, error FROM failed_message WHERE id = 'm1'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(again, ("failed".into(), 2, "second".into()));
+}

@@ -57,6 +57,7 @@ pub async fn import_only(zip: &Path, database: &str, rejects_dir: &Path) -> Resu
         key: format!("inbox/routit/bench/{file_name}"),
         provider: Provider::Routit,
         profile_id: None,
+        deadline: None,
     };
     let started = Instant::now();
     let summary = importer

@@ -124,11 +124,10 @@ impl Platform {
                 &config.tasks_table,
                 config.task_ttl,
             )),
-            idempotency: Arc::new(DynamoIdempotency::new(
-                dynamo,
-                &config.idempotency_table,
-                config.idempotency_ttl,
-            )),
+            idempotency: Arc::new(
+                DynamoIdempotency::new(dynamo, &config.idempotency_table, config.idempotency_ttl)
+                    .with_dead_letter_ttl(config.failure_retention),
+            ),
             secrets,
             pool,
             aws,

@@ -106,24 +106,28 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             step_record_ttl: chrono::Duration::days(
                 self.parsed("STEP_RECORD_TTL_DAYS", defaults.step_record_ttl.num_days())?,
             ),
-            failure_retention: {
-                let days = self.parsed(
-                    "FAILED_MESSAGE_RETENTION_DAYS",
-                    defaults.failure_retention.num_days(),
-                )?;
-                // A failure must outlive its DLQ copy (SQS keeps one 14 days).
-                if days < 14 {
-                    return Err(ConfigError::Invalid {
-                        name: "FAILED_MESSAGE_RETENTION_DAYS",
-                        value: days.to_string(),
-                        reason: "must be at least 14 (days), the longest SQS keeps the DLQ copy"
-                            .into(),
-                    });
-                }
-                chrono::Duration::days(days)
-            },
+            failure_retention: failure_retention(self)?,
         })
     }
+}
+
+/// `FAILED_MESSAGE_RETENTION_DAYS`: how long a failure stays retryable. A
+/// failure must outlive its DLQ copy, which SQS keeps at most 14 days.
+pub fn failure_retention<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+) -> Result<chrono::Duration, ConfigError> {
+    let days = env.parsed(
+        "FAILED_MESSAGE_RETENTION_DAYS",
+        crate::runtime::DEFAULT_FAILURE_RETENTION_DAYS,
+    )?;
+    if days < 14 {
+        return Err(ConfigError::Invalid {
+            name: "FAILED_MESSAGE_RETENTION_DAYS",
+            value: days.to_string(),
+            reason: "must be at least 14 (days), the longest SQS keeps the DLQ copy".into(),
+        });
+    }
+    Ok(chrono::Duration::days(days))
 }
 
 /// Where the database credentials come from: `DATABASE_URL` directly (local
@@ -471,6 +475,9 @@ pub struct PlatformConfig {
     pub idempotency_table: String,
     pub idempotency_ttl: chrono::Duration,
     pub task_ttl: chrono::Duration,
+    /// How long dead-lettered idempotency records are kept (as long as
+    /// their failures stay retryable).
+    pub failure_retention: chrono::Duration,
     pub database: DatabaseConfig,
 }
 
@@ -481,6 +488,7 @@ impl PlatformConfig {
             idempotency_table: env.required("IDEMPOTENCY_TABLE")?,
             idempotency_ttl: chrono::Duration::hours(env.parsed("IDEMPOTENCY_TTL_HOURS", 24)?),
             task_ttl: chrono::Duration::days(env.parsed("TASK_TTL_DAYS", 30)?),
+            failure_retention: failure_retention(env)?,
             database: DatabaseConfig::from_env(env)?,
         })
     }
@@ -497,6 +505,31 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Env::from_fn(move |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn the_runtime_reads_its_function_name_and_retention_settings() {
+        let settings = env(&[
+            ("AWS_LAMBDA_FUNCTION_NAME", "tem-RoutitSyncFunction"),
+            ("STEP_RECORD_TTL_DAYS", "7"),
+            ("FAILED_MESSAGE_RETENTION_DAYS", "21"),
+        ])
+        .runtime_settings()
+        .unwrap();
+        assert_eq!(settings.function_name, "tem-RoutitSyncFunction");
+        assert_eq!(settings.step_record_ttl, chrono::Duration::days(7));
+        assert_eq!(settings.failure_retention, chrono::Duration::days(21));
+        let defaults = env(&[]).runtime_settings().unwrap();
+        assert_eq!(defaults.function_name, "local");
+        assert_eq!(defaults.failure_retention, chrono::Duration::days(30));
+    }
+
+    #[test]
+    fn a_failure_retention_shorter_than_the_dlq_keeps_messages_is_refused() {
+        let err = env(&[("FAILED_MESSAGE_RETENTION_DAYS", "13")])
+            .runtime_settings()
+            .unwrap_err();
+        assert!(err.to_string().contains("at least 14"), "{err}");
     }
 
     #[test]

@@ -303,9 +303,10 @@ impl TaskStore for FakeTasks {
             if !t.task.failed_ids.iter().any(|id| id == message_id) {
                 t.task.failed_ids.push(message_id.to_string());
             }
+            // The first failure's time and reason stay.
             t.task.status = TaskStatus::Failed;
-            t.task.error = Some(reason.to_string());
-            t.task.finished_at = Some(now);
+            t.task.error.get_or_insert_with(|| reason.to_string());
+            t.task.finished_at.get_or_insert(now);
         }
         Ok(())
     }

@@ -183,10 +183,13 @@ impl Default for RuntimeSettings {
             max_postpone_age: chrono::Duration::hours(1),
             function_name: "local".into(),
             step_record_ttl: chrono::Duration::days(14),
-            failure_retention: chrono::Duration::days(30),
+            failure_retention: chrono::Duration::days(DEFAULT_FAILURE_RETENTION_DAYS),
         }
     }
 }
+
+/// How long a failure stays retryable by default (`FAILED_MESSAGE_RETENTION_DAYS`).
+pub const DEFAULT_FAILURE_RETENTION_DAYS: i64 = 30;
 
 /// The longest an SQS message can be hidden (12 hours).
 const MAX_VISIBILITY_SECONDS: i64 = 43_200;

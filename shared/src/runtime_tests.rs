@@ -1090,3 +1090,67 @@ async fn an_import_of_a_task_that_failed_meanwhile_is_still_adopted_and_retried_
     assert_eq!((task.status, task.outstanding), (TaskStatus::Completed, 0));
     assert_eq!(task.notes[0], "kept");
 }
+
+// --- the step span ---
+
+/// Records the fields of every `step` span, as a log line's span list shows them.
+#[derive(Clone, Default)]
+struct StepFields(Arc<Mutex<BTreeMap<String, String>>>);
+
+struct Visit<'a>(&'a mut BTreeMap<String, String>);
+
+impl tracing::field::Visit for Visit<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(
+            field.name().to_string(),
+            format!("{value:?}").trim_matches('"').to_string(),
+        );
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_string(), value.to_string());
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for StepFields {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _id: &tracing::span::Id,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if attrs.metadata().name() == "step" {
+            attrs.record(&mut Visit(&mut self.0.lock().unwrap()));
+        }
+    }
+
+    fn on_record(
+        &self,
+        _id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        values.record(&mut Visit(&mut self.0.lock().unwrap()));
+    }
+}
+
+#[tokio::test]
+async fn the_step_span_carries_the_trace_id_with_the_task_message_step_provider_and_attempt() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let fields = StepFields::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(fields.clone()));
+    let h = harness(vec![Ok(StepOutcome::done(json!({})))]);
+    with_task(&h).await;
+    let mut m = message(vec![]);
+    m.trace_id = "trace-of-the-sync".into();
+    h.runtime.process(incoming(&m, 2), deadline()).await;
+    let recorded = fields.0.lock().unwrap().clone();
+    let get = |name: &str| recorded.get(name).cloned().unwrap_or_default();
+    assert_eq!(get("trace_id"), "trace-of-the-sync");
+    assert_eq!(get("task_id"), "task-1");
+    assert_eq!(get("message_id"), "m1");
+    assert_eq!(get("step"), "SyncProfile");
+    assert_eq!(get("provider"), "routit");
+    assert_eq!(get("attempt"), "2");
+}

@@ -1,6 +1,7 @@
 //! Logging: JSON when Lambda's `AWS_LAMBDA_LOG_FORMAT=JSON`, text otherwise.
-//! Step spans carry task id, message id, step and provider, so every line
-//! logged inside a step has them as fields.
+//! Step spans carry the envelope's trace id, task id, message id, step,
+//! provider and attempt, so every line logged inside a step has them as
+//! fields, and one sync's lines are found by its trace id.
 
 use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::EnvFilter;
@@ -21,8 +22,8 @@ pub fn init() {
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            // Every enclosing span, so each line has the step span's task
-            // id, message id, step and provider.
+            // Every enclosing span, so each line has the step span's trace
+            // id, task id, message id, step and provider.
             .with_span_list(true)
             .try_init()
     } else {

@@ -40,6 +40,7 @@ pub async fn run(args: ImportArgs) -> Result<(), CliError> {
         key: args.file.to_string_lossy().into_owned(),
         provider: args.provider,
         profile_id: args.profile_id,
+        deadline: None,
     };
     let result = importer.import(source, &request).await;
     progress.finish();

@@ -16,7 +16,7 @@ use crate::db::{fresh, insert_profile, TestDb};
 
 pub const TOKEN: &str = "test-sim-token";
 
-fn emulator() -> Emulator {
+pub fn emulator() -> Emulator {
     static EMULATOR: OnceLock<Emulator> = OnceLock::new();
     EMULATOR
         .get_or_init(|| Emulator::start().expect("the emulator starts (scripts/emulator.sh start)"))

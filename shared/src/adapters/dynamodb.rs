@@ -94,6 +94,9 @@ pub struct DynamoIdempotency {
     client: Client,
     table: String,
     ttl: Duration,
+    /// How long a dead-lettered record is kept: as long as its failure is
+    /// retryable, so the retry still reopens the task and resolves it.
+    dead_letter_ttl: Duration,
 }
 
 impl DynamoIdempotency {
@@ -102,7 +105,13 @@ impl DynamoIdempotency {
             client,
             table: table.into(),
             ttl,
+            dead_letter_ttl: Duration::days(crate::runtime::DEFAULT_FAILURE_RETENTION_DAYS),
         }
+    }
+
+    pub fn with_dead_letter_ttl(mut self, ttl: Duration) -> Self {
+        self.dead_letter_ttl = ttl;
+        self
     }
 }
 
@@ -220,7 +229,10 @@ impl IdempotencyStore for DynamoIdempotency {
             .item("status", s("dead_lettered"))
             .item("outcome", s(format!("dead-lettered: {reason}")))
             .item("failed_at", s(now.to_rfc3339()))
-            .item("ttl", n((now + self.ttl).timestamp()))
+            .item(
+                "ttl",
+                n((now + self.dead_letter_ttl.max(self.ttl)).timestamp()),
+            )
             .condition_expression("attribute_not_exists(id) OR #status <> :completed")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":completed", s("completed"))

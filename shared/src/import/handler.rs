@@ -86,7 +86,7 @@ impl StepHandler for CdrImport {
     async fn handle(
         &self,
         message: &Envelope,
-        _delivery: Delivery,
+        delivery: Delivery,
     ) -> Result<StepOutcome, StepError> {
         match message.step {
             Step::ImportCdrFile => {}
@@ -129,6 +129,7 @@ impl StepHandler for CdrImport {
             key: payload.key.clone(),
             provider,
             profile_id: profile_id.or(payload.profile_id),
+            deadline: Some(delivery.deadline),
         };
         let source = self.sources.open(&payload.bucket, &payload.key);
         let summary = self.importer.import(source, &request).await.map_err(|e| {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::json;
@@ -42,7 +42,14 @@ pub struct ImportRequest {
     pub key: String,
     pub provider: Provider,
     pub profile_id: Option<i64>,
+    /// When the attempt is cut off (the Lambda deadline); `None` for an
+    /// import without one (temctl). A `running` row past it was killed.
+    pub deadline: Option<DateTime<Utc>>,
 }
+
+/// How long a `running` row without a deadline may be before a new attempt
+/// of the same object takes it as dead (Lambda's own limit).
+const UNDATED_ATTEMPT_LIMIT: &str = "15 minutes";
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct EntryNote {
@@ -95,6 +102,22 @@ impl ImportError {
     }
 }
 
+/// Marks `running` imports whose deadline passed as `abandoned`: their
+/// process died and no later attempt of the object came (the ops watch
+/// calls this). Returns how many. An attempt that is in fact still running
+/// overwrites the mark when it finishes.
+pub async fn mark_abandoned_imports(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, ImportError> {
+    Ok(sqlx::query(
+        "UPDATE import_file SET status = 'abandoned', finished_at = $1,
+             error = 'abandoned: the attempt did not finish by its deadline (' || deadline || '); its process died'
+         WHERE status = 'running' AND deadline < $1",
+    )
+    .bind(now)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
 /// Where the rejected-rows CSV is stored (the CDR bucket, or a local folder).
 #[async_trait]
 pub trait RejectStore: Send + Sync {
@@ -134,8 +157,8 @@ impl Importer {
             .map_err(source_error)?;
         let template = FormatTemplate::for_provider(request.provider)?;
         let import_file_id: i64 = sqlx::query_scalar(
-            "INSERT INTO import_file (bucket, key, sha256, size_bytes, provider, profile_id, status)
-             VALUES ($1, $2, $3, $4, $5, $6, 'running') RETURNING id",
+            "INSERT INTO import_file (bucket, key, sha256, size_bytes, provider, profile_id, status, deadline)
+             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7) RETURNING id",
         )
         .bind(&request.bucket)
         .bind(&request.key)
@@ -143,8 +166,10 @@ impl Importer {
         .bind(size as i64)
         .bind(request.provider.as_str())
         .bind(request.profile_id)
+        .bind(request.deadline)
         .fetch_one(&self.pool)
         .await?;
+        self.supersede(request, import_file_id).await?;
 
         let result = self
             .run(
@@ -169,6 +194,36 @@ impl Importer {
             .await;
         }
         result
+    }
+
+    /// Earlier attempts of the same object that died (killed, out of
+    /// memory, timed out) left their rows `running`; this attempt replaces
+    /// them, so nobody takes them for imports still under way.
+    async fn supersede(
+        &self,
+        request: &ImportRequest,
+        import_file_id: i64,
+    ) -> Result<(), ImportError> {
+        let superseded = sqlx::query(&format!(
+            "UPDATE import_file SET status = 'superseded', finished_at = now(),
+                 error = 'superseded by import_file ' || $3::bigint || ', a later attempt of the same object'
+             WHERE bucket = $1 AND key = $2 AND id <> $3 AND status = 'running'
+               AND (deadline < now()
+                    OR (deadline IS NULL AND started_at < now() - interval '{UNDATED_ATTEMPT_LIMIT}'))"
+        ))
+        .bind(&request.bucket)
+        .bind(&request.key)
+        .bind(import_file_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if superseded > 0 {
+            info!(
+                superseded,
+                import_file_id, "earlier attempts of this object marked superseded"
+            );
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
