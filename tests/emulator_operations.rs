@@ -551,6 +551,7 @@ async fn task_show_on_a_completed_sync_prints_every_step_in_order_with_durations
 
     let output = temctl(&stack, &["task", "show", &task_id]);
     let text = String::from_utf8_lossy(&output.stdout).to_string();
+    println!("{text}");
     assert!(
         output.status.success(),
         "{text}{}",
@@ -584,5 +585,82 @@ async fn task_show_on_a_completed_sync_prints_every_step_in_order_with_durations
         timeline["steps"][0]["children"][0]["step"], "ImportCdrFile",
         "{timeline}"
     );
+    stack.finish().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_watch_marks_a_task_unfinished_past_its_limit_stalled_and_task_list_finds_it() {
+    let stack = deploy().await;
+    let tasks = stack.deployment.tasks();
+    for (id, age) in [("old-task", 150), ("young-task", 10)] {
+        tasks
+            .create(
+                &NewTask {
+                    task_id: id.into(),
+                    profile_id: if id == "old-task" { 1 } else { 2 },
+                    provider: "routit".into(),
+                    period: yesterday(),
+                    created_at: Utc::now() - chrono::Duration::minutes(age),
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        tasks.mark_running(id, Utc::now()).await.unwrap();
+    }
+
+    let run = stack
+        .deployment
+        .invoke("OpsWatchFunctionName", &json!({"command": "watch"}))
+        .await
+        .unwrap();
+    assert_eq!(run.error, None, "{}", run.payload);
+    assert_eq!(
+        run.payload["report"]["tasks_stalled"],
+        json!(["old-task"]),
+        "{}",
+        run.payload
+    );
+    assert_eq!(
+        run.payload["report"]["errors"],
+        json!([]),
+        "{}",
+        run.payload
+    );
+    let old = stack.task("old-task").await.unwrap();
+    assert_eq!(old.status, TaskStatus::Stalled, "{old:?}");
+    assert!(old.notes.iter().any(|n| n.contains("stalled")), "{old:?}");
+    assert_eq!(
+        stack.task("young-task").await.unwrap().status,
+        TaskStatus::Running
+    );
+    // A second run finds nothing more to do.
+    let again = stack
+        .deployment
+        .invoke("OpsWatchFunctionName", &json!({"command": "watch"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.payload["report"]["tasks_stalled"],
+        json!([]),
+        "{}",
+        again.payload
+    );
+
+    let listed = ok_json(
+        &stack,
+        &[
+            "task", "list", "--status", "stalled", "--since", "1d", "--json",
+        ],
+    );
+    let found: Vec<&str> = listed["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["task_id"].as_str())
+        .collect();
+    assert_eq!(found, vec!["old-task"], "{listed}");
+    let all = ok_json(&stack, &["task", "list", "--since", "1d", "--json"]);
+    assert_eq!(all["tasks"].as_array().unwrap().len(), 2, "{all}");
     stack.finish().await.unwrap();
 }
