@@ -589,7 +589,8 @@ async fn task_show_on_a_completed_sync_prints_every_step_in_order_with_durations
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_watch_marks_a_task_unfinished_past_its_limit_stalled_and_task_list_finds_it() {
+async fn the_watch_marks_a_task_unfinished_past_its_limit_stalled_and_a_dead_import_abandoned_and_task_list_finds_the_task(
+) {
     let stack = deploy().await;
     let tasks = stack.deployment.tasks();
     for (id, age) in [("old-task", 150), ("young-task", 10)] {
@@ -609,12 +610,26 @@ async fn the_watch_marks_a_task_unfinished_past_its_limit_stalled_and_task_list_
         tasks.mark_running(id, Utc::now()).await.unwrap();
     }
 
+    // An import attempt whose process died: running, its deadline passed.
+    sqlx::query(
+        "INSERT INTO import_file (bucket, key, sha256, size_bytes, provider, status, deadline) \
+         VALUES ('b', 'inbox/routit/x.zip', 'h', 1, 'routit', 'running', now() - interval '1 hour')",
+    )
+    .execute(&stack.db.pool)
+    .await
+    .unwrap();
+
     let run = stack
         .deployment
         .invoke("OpsWatchFunctionName", &json!({"command": "watch"}))
         .await
         .unwrap();
     assert_eq!(run.error, None, "{}", run.payload);
+    assert_eq!(
+        run.payload["report"]["imports_abandoned"], 1,
+        "{}",
+        run.payload
+    );
     assert_eq!(
         run.payload["report"]["tasks_stalled"],
         json!(["old-task"]),

@@ -531,3 +531,11 @@ pub trait TaskAdmin: Send + Sync {
         to: DateTime<Utc>,
     ) -> Result<Vec<SyncTask>, PortError>;
 }
+
+/// Imports whose attempt died: an import_file row left `running` past its
+/// Lambda deadline, with no later attempt of the object to supersede it.
+#[async_trait]
+pub trait AbandonedImports: Send + Sync {
+    /// Marks them `abandoned`; returns how many.
+    async fn mark_abandoned(&self, now: DateTime<Utc>) -> Result<u64, PortError>;
+}

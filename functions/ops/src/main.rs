@@ -8,7 +8,7 @@
 use chrono::Utc;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use serde_json::{json, Value};
-use tem_shared::adapters::operations::{PgFailures, PgStepHistory};
+use tem_shared::adapters::operations::{PgAbandonedImports, PgFailures, PgStepHistory};
 use tem_shared::adapters::sqs::SqsDeadLetters;
 use tem_shared::adapters::task_admin::DynamoTaskAdmin;
 use tem_shared::adapters::{migrations, postgres::MIGRATOR};
@@ -30,6 +30,7 @@ async fn main() -> Result<(), Error> {
     let watch = WatchSettings::from_env(&env)?;
     let failures = PgFailures::new(platform.pool.clone());
     let history = PgStepHistory::new(platform.pool.clone());
+    let imports = PgAbandonedImports::new(platform.pool.clone());
     let dead_letters = SqsDeadLetters::from_config(&platform.aws);
     let task_admin = DynamoTaskAdmin::from_config(&platform.aws, &settings.tasks_table);
     let console = Console {
@@ -42,6 +43,7 @@ async fn main() -> Result<(), Error> {
             release: &dead_letters,
             tasks: &task_admin,
         },
+        imports: &imports,
         tasks: platform.tasks.as_ref(),
         idempotency: platform.idempotency.as_ref(),
         settings: &settings,

@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 
 use crate::ports::{
-    FailedMessage, FailureAdmin, FailureFilter, FailureStatus, PortError, StepHistory, StepRun,
+    AbandonedImports, FailedMessage, FailureAdmin, FailureFilter, FailureStatus, PortError,
+    StepHistory, StepRun,
 };
 
 fn db_error(operation: &'static str) -> impl FnOnce(sqlx::Error) -> PortError {
@@ -354,5 +355,25 @@ impl StepHistory for PgStepHistory {
         .await
         .map_err(db_error("delete expired step_run"))?
         .rows_affected())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PgAbandonedImports {
+    pool: PgPool,
+}
+
+impl PgAbandonedImports {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[async_trait]
+impl AbandonedImports for PgAbandonedImports {
+    async fn mark_abandoned(&self, now: DateTime<Utc>) -> Result<u64, PortError> {
+        crate::import::importer::mark_abandoned_imports(&self.pool, now)
+            .await
+            .map_err(|e| PortError::new("mark abandoned imports", e))
     }
 }

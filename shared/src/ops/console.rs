@@ -10,7 +10,7 @@ use crate::ops::settings::OpsSettings;
 use crate::ops::timeline;
 use crate::ops::watch::{self, WatchPorts, WatchSettings};
 use crate::ops::OpsCommand;
-use crate::ports::{FailedMessage, IdempotencyStore, PortError, TaskStore};
+use crate::ports::{AbandonedImports, FailedMessage, IdempotencyStore, PortError, TaskStore};
 use crate::tasks::TaskStatus;
 
 /// Who the console's retries and removals are recorded as done by.
@@ -36,6 +36,7 @@ pub enum ConsoleError {
 
 pub struct Console<'a> {
     pub failed: FailedPorts<'a>,
+    pub imports: &'a dyn AbandonedImports,
     pub tasks: &'a dyn TaskStore,
     pub idempotency: &'a dyn IdempotencyStore,
     pub settings: &'a OpsSettings,
@@ -137,6 +138,7 @@ impl Console<'_> {
                     failed: self.failed,
                     tasks: self.tasks,
                     idempotency: self.idempotency,
+                    imports: self.imports,
                 };
                 json!({"command": "watch", "report": watch::watch(ports, self.settings, self.watch, now).await})
             }

@@ -9,6 +9,8 @@
 //! - DLQ copies of resolved rows are deleted.
 //! - Tasks unfinished for longer than `TASK_STALLED_AFTER_MINUTES` are
 //!   marked stalled (visible, and no longer blocking their profile).
+//! - Imports whose attempt died (running past their deadline) are marked
+//!   abandoned, so nobody sees a phantom running import.
 //! - Expired step_run and failed_message rows are deleted in batches.
 //!
 //! Every part is idempotent and bounded per run, so a run that stops midway
@@ -24,7 +26,8 @@ use crate::envelope::Envelope;
 use crate::ops::failed::{failure_id, sweep_dlq, FailedPorts};
 use crate::ops::settings::{queue_name_of, OpsSettings, QueuePair};
 use crate::ports::{
-    FailedMessage, FailureStatus, IdempotencyStore, PortError, ReceivedMessage, StepRun, TaskStore,
+    AbandonedImports, FailedMessage, FailureStatus, IdempotencyStore, PortError, ReceivedMessage,
+    StepRun, TaskStore,
 };
 use crate::routing::Provider;
 
@@ -85,6 +88,7 @@ pub struct WatchPorts<'a> {
     pub failed: FailedPorts<'a>,
     pub tasks: &'a dyn TaskStore,
     pub idempotency: &'a dyn IdempotencyStore,
+    pub imports: &'a dyn AbandonedImports,
 }
 
 /// What one run did (the ops function's answer and its log line).
@@ -98,6 +102,7 @@ pub struct WatchReport {
     pub redriven: usize,
     pub tasks_failed: Vec<String>,
     pub tasks_stalled: Vec<String>,
+    pub imports_abandoned: u64,
     pub step_runs_deleted: u64,
     pub failures_deleted: u64,
     /// Parts that could not run (the next run tries again).
@@ -121,6 +126,10 @@ pub async fn watch(
     }
     if let Err(e) = mark_stalled(ports, watch, now, &mut report).await {
         report.errors.push(format!("stalled tasks: {e}"));
+    }
+    match ports.imports.mark_abandoned(now).await {
+        Ok(n) => report.imports_abandoned = n,
+        Err(e) => report.errors.push(format!("abandoned imports: {e}")),
     }
     match delete_expired(watch, |limit| {
         ports.failed.history.delete_expired(now, limit)
@@ -148,6 +157,7 @@ pub async fn watch(
         redriven = report.redriven,
         tasks_failed = report.tasks_failed.len(),
         stalled = report.tasks_stalled.len(),
+        imports_abandoned = report.imports_abandoned,
         step_runs_deleted = report.step_runs_deleted,
         failures_deleted = report.failures_deleted,
         "watched"

@@ -21,10 +21,22 @@ fn settings() -> OpsSettings {
     }
 }
 
+/// Import rows left running past their deadline.
+#[derive(Default)]
+struct Imports(std::sync::Mutex<u64>);
+
+#[async_trait::async_trait]
+impl AbandonedImports for Imports {
+    async fn mark_abandoned(&self, _now: DateTime<Utc>) -> Result<u64, PortError> {
+        Ok(std::mem::take(&mut *self.0.lock().unwrap()))
+    }
+}
+
 struct Rig {
     world: World,
     tasks: FakeTasks,
     idempotency: FakeIdempotency,
+    imports: Imports,
 }
 
 impl Rig {
@@ -33,6 +45,7 @@ impl Rig {
             world: World::default(),
             tasks: FakeTasks::default(),
             idempotency: FakeIdempotency::default(),
+            imports: Imports::default(),
         };
         rig.tasks
             .create(
@@ -56,6 +69,7 @@ impl Rig {
             failed: self.world.ports(),
             tasks: &self.tasks,
             idempotency: &self.idempotency,
+            imports: &self.imports,
         }
     }
 }
@@ -295,4 +309,25 @@ fn a_failure_retention_under_fourteen_days_is_refused() {
         WatchSettings::from_env(&env).unwrap().stalled_after,
         Duration::minutes(30)
     );
+}
+
+#[tokio::test]
+async fn abandoned_imports_are_marked_once() {
+    let rig = Rig::new().await;
+    *rig.imports.0.lock().unwrap() = 2;
+    let first = watch(
+        rig.ports(),
+        &settings(),
+        &WatchSettings::default(),
+        Utc::now(),
+    )
+    .await;
+    let second = watch(
+        rig.ports(),
+        &settings(),
+        &WatchSettings::default(),
+        Utc::now(),
+    )
+    .await;
+    assert_eq!((first.imports_abandoned, second.imports_abandoned), (2, 0));
 }
