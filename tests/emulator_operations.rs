@@ -506,6 +506,18 @@ async fn a_bulk_retry_of_a_thousand_failures_interrupted_midway_and_run_again_ru
     .await
     .unwrap();
     assert_eq!(twice, 0);
+    let duplicates: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM step_run WHERE outcome = 'duplicate' AND message_id LIKE 'seeded-%'",
+    )
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap();
+    println!(
+        "killed the first run at {at_kill} retried ({after_kill:?} after the kill); \
+         the second run retried {}, skipped {}; {duplicates} copies sent twice were deduplicated",
+        again["retried"].as_array().map_or(0, Vec::len),
+        again["skipped"].as_array().map_or(0, Vec::len),
+    );
     assert!(stack
         .deployment
         .drain("ImportDlqUrl")
