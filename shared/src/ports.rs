@@ -506,6 +506,9 @@ pub trait StepHistory: Send + Sync {
     async fn attempts(&self, message_ids: &[String]) -> Result<Vec<StepRun>, PortError>;
     /// Every recorded attempt of the task's steps, in start order.
     async fn of_task(&self, task_id: &str) -> Result<Vec<StepRun>, PortError>;
+    /// Every recorded attempt that carried this hand-off token (the step
+    /// that opened it and the imports that continued it), in start order.
+    async fn of_handoff(&self, token: &str) -> Result<Vec<StepRun>, PortError>;
     /// Deletes up to `limit` rows expired before `now`; returns how many.
     async fn delete_expired(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, PortError>;
 }

@@ -344,6 +344,19 @@ impl StepHistory for PgStepHistory {
         .collect())
     }
 
+    async fn of_handoff(&self, token: &str) -> Result<Vec<StepRun>, PortError> {
+        Ok(sqlx::query_as::<_, RunRow>(&format!(
+            "SELECT {RUN_COLUMNS} FROM step_run WHERE handoff = $1 ORDER BY started_at, id"
+        ))
+        .bind(token)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error("read step_run"))?
+        .into_iter()
+        .map(StepRun::from)
+        .collect())
+    }
+
     async fn delete_expired(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, PortError> {
         Ok(sqlx::query(
             "DELETE FROM step_run WHERE id IN \

@@ -263,6 +263,19 @@ impl StepHistory for World {
         Ok(runs)
     }
 
+    async fn of_handoff(&self, token: &str) -> Result<Vec<StepRun>, PortError> {
+        let mut runs: Vec<StepRun> = self
+            .runs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.handoff.as_deref() == Some(token))
+            .cloned()
+            .collect();
+        runs.sort_by_key(|r| r.started_at);
+        Ok(runs)
+    }
+
     async fn delete_expired(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, PortError> {
         let mut runs = self.runs.lock().unwrap();
         let before = runs.len();

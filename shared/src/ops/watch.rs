@@ -22,7 +22,8 @@ use serde_json::Value;
 use tracing::{info, instrument, warn};
 
 use crate::config::{ConfigError, Env};
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Step};
+use crate::import::notification::{parse_notification, Notification};
 use crate::ops::failed::{failure_id, sweep_dlq, FailedPorts};
 use crate::ops::settings::{queue_name_of, OpsSettings, QueuePair};
 use crate::ports::{
@@ -30,6 +31,7 @@ use crate::ports::{
     StepRun, TaskStore,
 };
 use crate::routing::Provider;
+use crate::sync::provider::handoff_token;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatchSettings {
@@ -176,12 +178,7 @@ async fn watch_dlq(
     report.dlq_messages_seen += sweep.seen;
     report.dlq_copies_deleted += sweep.deleted;
     for message in &sweep.unrecorded {
-        let id = failure_id(message);
-        let attempts = ports
-            .failed
-            .history
-            .attempts(std::slice::from_ref(&id))
-            .await?;
+        let attempts = attempts_of(ports, message).await?;
         let failure = unrecorded_failure(message, pair, &attempts, watch, now);
         if !ports.failed.failures.ingest(&failure).await? {
             continue;
@@ -195,23 +192,58 @@ async fn watch_dlq(
             failure.step.as_deref().unwrap_or("message"),
             failure.error
         );
-        if Envelope::parse(&failure.body).is_ok() {
+        // The id the runtime claimed: the envelope's, or for an S3
+        // notification the envelope its import attempts ran as.
+        let claimed = match Envelope::parse(&failure.body) {
+            Ok(envelope) => Some(envelope.id),
+            Err(_) => attempts.last().map(|a| a.message_id.clone()),
+        };
+        if let Some(claimed) = &claimed {
             // The dead attempt's claim is an expired in_progress: mark it
             // dead-lettered so a retry's claim reopens the task.
             ports
                 .idempotency
-                .dead_lettered(&failure.id, &reason, now)
+                .dead_lettered(claimed, &reason, now)
                 .await?;
         }
-        if let Some(task_id) = &failure.task_id {
+        if let (Some(task_id), Some(claimed)) = (&failure.task_id, &claimed) {
             ports
                 .tasks
-                .mark_failed(task_id, &failure.id, &reason, now)
+                .mark_failed(task_id, claimed, &reason, now)
                 .await?;
             report.tasks_failed.push(task_id.clone());
         }
     }
     Ok(())
+}
+
+/// The attempts the runtime recorded of a DLQ message: by its envelope id,
+/// or, for an S3 notification (the import queue's own body), the import
+/// attempts that continued the object's hand-off.
+async fn attempts_of(
+    ports: WatchPorts<'_>,
+    message: &ReceivedMessage,
+) -> Result<Vec<StepRun>, PortError> {
+    if Envelope::parse(&message.body).is_ok() {
+        let id = failure_id(message);
+        return ports
+            .failed
+            .history
+            .attempts(std::slice::from_ref(&id))
+            .await;
+    }
+    let Notification::Object(object) = parse_notification(&message.body) else {
+        return Ok(Vec::new());
+    };
+    let token = handoff_token(&object.bucket, &object.key);
+    let mut runs = ports.failed.history.of_handoff(&token).await?;
+    runs.retain(|r| r.step == Step::ImportCdrFile.as_str());
+    // The imports of the latest upload of the object: the same key
+    // uploaded again is a new message of its own.
+    if let Some(last) = runs.last().map(|r| r.message_id.clone()) {
+        runs.retain(|r| r.message_id == last);
+    }
+    Ok(runs)
 }
 
 /// The failure row of a DLQ message nobody recorded: from tem's attributes

@@ -331,3 +331,53 @@ async fn abandoned_imports_are_marked_once() {
     .await;
     assert_eq!((first.imports_abandoned, second.imports_abandoned), (2, 0));
 }
+
+#[tokio::test]
+async fn an_s3_notification_sqs_redrove_fails_the_task_its_import_ran_for() {
+    let rig = Rig::new().await;
+    let import_queue = QueuePair {
+        name: "import".into(),
+        url: "https://sqs/tem-ImportQueue".into(),
+        dlq_url: "https://sqs/tem-ImportDlq".into(),
+    };
+    let settings = OpsSettings {
+        queues: vec![import_queue.clone()],
+        ..settings()
+    };
+    let started = Utc::now() - Duration::minutes(4);
+    let mut import = died("import-envelope-id", started);
+    import.step = "ImportCdrFile".into();
+    import.handoff = Some("s3://cdr/inbox/routit/1/x.zip".into());
+    rig.world.runs.lock().unwrap().push(import);
+    let notification = json!({"Records": [{"eventSource": "aws:s3", "s3": {
+        "bucket": {"name": "cdr"}, "object": {"key": "inbox/routit/1/x.zip", "eTag": "e", "size": 3}
+    }}]})
+    .to_string();
+    let sqs_id = rig
+        .world
+        .put(&import_queue.dlq_url, &notification, &[], Utc::now());
+
+    let report = watch(
+        rig.ports(),
+        &settings,
+        &WatchSettings::default(),
+        Utc::now(),
+    )
+    .await;
+
+    assert_eq!(report.failures_recorded, vec![format!("sqs:{sqs_id}")]);
+    assert_eq!(report.tasks_failed, vec!["task-1".to_string()]);
+    let failure = rig.world.row(&format!("sqs:{sqs_id}"));
+    assert_eq!(failure.step.as_deref(), Some("ImportCdrFile"));
+    assert!(
+        failure.error.contains(&started.to_rfc3339()),
+        "{}",
+        failure.error
+    );
+    assert_eq!(rig.tasks.task("task-1").status, TaskStatus::Failed);
+    assert_eq!(
+        rig.idempotency.status("import-envelope-id").as_deref(),
+        Some("dead_lettered"),
+        "a retry of the notification reopens the task"
+    );
+}
