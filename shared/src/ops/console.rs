@@ -146,3 +146,76 @@ impl Console<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fakes::{FakeIdempotency, FakeTasks};
+    use crate::ops::fakes::{row, World};
+    use crate::ports::FailureStatus;
+    use serde_json::json;
+
+    struct NoImports;
+
+    #[async_trait::async_trait]
+    impl AbandonedImports for NoImports {
+        async fn mark_abandoned(&self, _now: DateTime<Utc>) -> Result<u64, PortError> {
+            Ok(0)
+        }
+    }
+
+    async fn run(world: &World, event: Value) -> Result<Value, ConsoleError> {
+        let tasks = FakeTasks::default();
+        let idempotency = FakeIdempotency::default();
+        let settings = OpsSettings {
+            queues: vec![],
+            tasks_table: "t".into(),
+            idempotency_table: "i".into(),
+        };
+        let console = Console {
+            failed: world.ports(),
+            imports: &NoImports,
+            tasks: &tasks,
+            idempotency: &idempotency,
+            settings: &settings,
+            watch: &WatchSettings::default(),
+        };
+        console
+            .run(OpsCommand::from_event(&event).unwrap(), Utc::now())
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_console_remove_without_yes_is_refused_and_says_what_to_add() {
+        let world = World::default();
+        world.add_row(row("a", "q", "dlq", "{}", Utc::now()));
+        let err = run(&world, json!({"command": "failed-remove", "ids": ["a"]}))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("\"yes\": true"), "{err}");
+        assert_eq!(world.row("a").status, FailureStatus::Failed);
+        let done = run(
+            &world,
+            json!({"command": "failed-remove", "ids": ["a"], "yes": true}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(done["report"]["removed"], json!(["a"]));
+    }
+
+    #[tokio::test]
+    async fn a_console_retry_that_names_nothing_is_refused_and_an_unknown_id_is_named() {
+        let world = World::default();
+        let err = run(
+            &world,
+            json!({"command": "failed-retry", "provider": "routit"}),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("\"all\": true"), "{err}");
+        let err = run(&world, json!({"command": "failed-retry", "ids": ["nope"]}))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+}
