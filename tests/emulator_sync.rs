@@ -223,6 +223,119 @@ async fn a_failing_provider_ends_in_its_dlq_after_the_retries_while_the_others_c
     );
     assert_eq!(stack.sim_hits("t_mobile:export").await, 5);
     assert_eq!(stack.watermark(failing).await, None);
+    let queue_url = stack.deployment.output("TMobileQueueUrl").to_string();
+    let queue_name = queue_url.rsplit('/').next().unwrap();
+    assert!(
+        attributes["tem-source-queue"].ends_with(queue_name),
+        "{attributes:?}"
+    );
+    assert!(!attributes["tem-function"].is_empty());
+
+    // The failure is recorded to be listed and retried, and the task knows
+    // which of its messages failed.
+    let message_id = Envelope::parse(&dead[0].body).unwrap().id;
+    let row: (String, String, i32, Option<String>) = sqlx::query_as(
+        "SELECT status, error_kind, attempts, task_id FROM failed_message WHERE id = $1",
+    )
+    .bind(&message_id)
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        row,
+        (
+            "failed".into(),
+            "retries_exhausted".into(),
+            5,
+            Some(failed.task_id.clone())
+        )
+    );
+    assert_eq!(failed.failed_ids, vec![message_id]);
+    stack.finish().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_copied_or_put_by_hand_with_a_finished_tasks_id_leaves_that_task_as_it_finished()
+{
+    let stack = deploy().await;
+    let start = yesterday().to_string();
+    let profile = stack.profile("kpn_sp16", true, &start, None).await;
+    let summary = stack.schedule_tick("tick-copies").await;
+    let task_id = sent_task(&summary, profile);
+    let done = stack.finished_task(&task_id, TIMEOUT).await;
+    assert_eq!((done.status, done.outstanding), (TaskStatus::Completed, 0));
+    let objects = stack.deployment.objects("inbox/kpn_sp16/").await.unwrap();
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    let original = &objects[0].0;
+    let bucket = stack.deployment.output("CdrBucketName").to_string();
+    let s3 = &stack.deployment.clients.s3;
+
+    // A copy within the bucket (to import it again) keeps the metadata.
+    let copy = format!("inbox/kpn_sp16/{profile}/{start}/again.zip");
+    s3.copy_object()
+        .bucket(&bucket)
+        .copy_source(format!("{bucket}/{original}"))
+        .key(&copy)
+        .send()
+        .await
+        .expect("copy the export");
+    let head = s3
+        .head_object()
+        .bucket(&bucket)
+        .key(&copy)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.metadata().and_then(|m| m.get("tem-task-id")),
+        Some(&task_id)
+    );
+    // An object put by hand naming the finished task, whose import fails.
+    let by_hand = format!("inbox/kpn_sp16/{profile}/{start}/by-hand.zip");
+    s3.put_object()
+        .bucket(&bucket)
+        .key(&by_hand)
+        .metadata("tem-task-id", &task_id)
+        .body(b"not a zip".to_vec().into())
+        .send()
+        .await
+        .expect("put the object by hand");
+
+    for key in [&copy, &by_hand] {
+        wait_for(&format!("the import of {key}"), TIMEOUT, || async {
+            let status: Option<String> = sqlx::query_scalar(
+                "SELECT status FROM import_file WHERE key = $1 AND status <> 'running' LIMIT 1",
+            )
+            .bind(key)
+            .fetch_optional(&stack.db.pool)
+            .await?;
+            Ok(status)
+        })
+        .await
+        .unwrap();
+    }
+    let dead = wait_for("the dead letter", TIMEOUT, || async {
+        let dead = stack.deployment.drain("ImportDlqUrl").await?;
+        Ok((!dead.is_empty()).then_some(dead))
+    })
+    .await
+    .unwrap();
+    assert_eq!(dead[0].attributes["tem-error-kind"], "permanent");
+
+    let after = stack.task(&task_id).await.unwrap();
+    assert_eq!(after.status, TaskStatus::Completed, "{after:?}");
+    assert_eq!(after.outstanding, 0);
+    assert_eq!(after.finished_at, done.finished_at);
+    assert!(after.failed_ids.is_empty(), "{after:?}");
+    // Both imports ran on their own, not as part of the task.
+    let adopted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM step_run WHERE task_id = $1 AND step = 'ImportCdrFile'",
+    )
+    .bind(&task_id)
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(adopted, 1, "only the original's import counts on the task");
     stack.finish().await.unwrap();
 }
 
