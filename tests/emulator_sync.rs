@@ -46,6 +46,7 @@ async fn the_template_deploys_every_function_queue_table_and_the_bucket() {
         "CdrImportFunctionName",
         "TotalsFunctionName",
         "OpsFunctionName",
+        "OpsWatchFunctionName",
         "KpnSp16SyncFunctionName",
         "KpnEenSyncFunctionName",
         "VodafoneSyncFunctionName",
@@ -68,8 +69,8 @@ async fn the_template_deploys_every_function_queue_table_and_the_bucket() {
         assert!(d.output(queue).starts_with("http"), "{queue}");
     }
     assert!(d.objects("inbox/").await.unwrap().is_empty());
-    // The stack is deployed with ScheduleEnabled=false: both rules exist,
-    // disabled, so neither schedule fires in the emulator.
+    // The stack is deployed with ScheduleEnabled=false: every rule exists,
+    // disabled, so no schedule fires in the emulator.
     let mut rules: Vec<String> = serde_json::from_str::<Value>(
         &d.stack
             .aws(&[
@@ -91,8 +92,8 @@ async fn the_template_deploys_every_function_queue_table_and_the_bucket() {
     rules.sort();
     assert_eq!(
         rules.len(),
-        2,
-        "the master sync and the invoice sweep: {rules:?}"
+        3,
+        "the master sync, the invoice sweep and the ops watch: {rules:?}"
     );
     for rule in &rules {
         let described: Value = serde_json::from_str(

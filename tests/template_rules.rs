@@ -119,6 +119,31 @@ fn a_visibility_timeout_under_six_function_timeouts_is_caught() {
 }
 
 #[test]
+fn a_visibility_under_six_timeouts_for_any_allowed_provider_timeout_is_caught() {
+    // Only the crash test's 5 s timeout maps to a visibility too short.
+    let mut template = load();
+    *mapping_mut(
+        &mut template,
+        &["Mappings", "ProviderSyncTimeout", "5", "VisibilityTimeout"],
+    ) = Value::from(29);
+    let found = violations(&template);
+    assert_eq!(found.len(), 7, "one per provider queue: {found:?}");
+    assert!(
+        found[0].contains("29s") && found[0].contains("with ProviderSyncTimeoutSeconds=5"),
+        "{found:?}"
+    );
+    // An allowed value with no visibility of its own is caught too.
+    let mut template = load();
+    mapping_mut(&mut template, &["Mappings", "ProviderSyncTimeout"])
+        .as_mapping_mut()
+        .unwrap()
+        .remove("15");
+    assert!(violations(&template)
+        .iter()
+        .any(|v| v.contains("with ProviderSyncTimeoutSeconds=15")));
+}
+
+#[test]
 fn a_wildcard_resource_in_a_policy_is_caught() {
     let mut template = load();
     let statement = &mut mapping_mut(
@@ -159,7 +184,10 @@ fn the_translated_schedules_are_disabled_exactly_when_schedule_enabled_is_false(
         })
         .filter(|(_, e)| e["Type"] == "Schedule")
         .count();
-    assert_eq!(schedules, 2, "sync-manager's and the invoice sweep's");
+    assert_eq!(
+        schedules, 3,
+        "sync-manager's, the invoice sweep's and the ops watch's"
+    );
     for (enabled, want) in [("false", "DISABLED"), ("true", "ENABLED")] {
         let states = schedule_states(&translated, enabled);
         assert_eq!(states.len(), schedules, "one rule per schedule: {states:?}");
@@ -188,7 +216,7 @@ fn a_schedule_enabled_through_enabled_and_if_is_caught_as_always_on() {
     std::fs::write(&path, text).unwrap();
     let translated = tem_tests::template::translated_file(&path);
     let states = schedule_states(&translated, "false");
-    assert_eq!(states.len(), 2);
+    assert_eq!(states.len(), 3);
     assert!(
         states.iter().all(|(_, s)| s == "ENABLED"),
         "the old form stays on: {states:?}"

@@ -1,6 +1,7 @@
 //! `local-run`: the main job, locally. Starts the emulator, deploys the
 //! template, seeds demo profiles against the carrier simulator, runs one
-//! master-sync cycle, and prints the tasks and what landed in S3.
+//! master-sync cycle, and prints the tasks, what landed in S3, the totals
+//! and invoices, and one completed sync as a timeline.
 
 use std::time::Duration;
 
@@ -9,8 +10,11 @@ use serde_json::json;
 use tem_local::demo;
 use tem_local::deployment::{wait_for, Deployment};
 use tem_local::emulator::Emulator;
+use tem_shared::adapters::operations::PgStepHistory;
 use tem_shared::billing::euros;
+use tem_shared::ops::timeline;
 use tem_shared::ports::TaskStore;
+use tem_shared::tasks::{SyncTask, TaskStatus};
 
 const STACK: &str = "tem-local";
 const TOKEN: &str = "local-sim-token";
@@ -195,7 +199,36 @@ async fn main() -> Result<()> {
         );
     }
     print_insights_and_invoices(&deployment).await?;
+    print_one_timeline(&deployment, &finished).await?;
     println!("The emulator keeps running (scripts/emulator.sh stop ends it).");
+    Ok(())
+}
+
+/// One completed sync as `temctl task show` prints it: the task with the
+/// longest chain, so the timeline shows the import and the totals too.
+async fn print_one_timeline(deployment: &Deployment, finished: &[SyncTask]) -> Result<()> {
+    let history = PgStepHistory::new(deployment.pool.clone());
+    let tasks = deployment.tasks();
+    let mut best: Option<timeline::Timeline> = None;
+    for task in finished
+        .iter()
+        .filter(|t| t.status == TaskStatus::Completed)
+    {
+        let t = timeline::timeline(&history, &tasks, &task.task_id).await?;
+        let size = |t: &timeline::Timeline| timeline::render(t).lines().count();
+        if best.as_ref().is_none_or(|b| size(&t) > size(b)) {
+            best = Some(t);
+        }
+    }
+    if let Some(t) = best {
+        println!(
+            "==> one sync as a timeline (temctl task show {})",
+            t.task_id
+        );
+        for line in timeline::render(&t).lines() {
+            println!("    {line}");
+        }
+    }
     Ok(())
 }
 

@@ -299,3 +299,246 @@ pub trait ProfileStore: Send + Sync {
 pub trait RunLog: Send + Sync {
     async fn record_run(&self, run: &RunSummary) -> Result<(), PortError>;
 }
+
+// ------------------------------------------------------------- operations
+// What the operators' commands (shared/src/ops/) read and change: queues as
+// seen from outside (the DLQs), the failure records and step history in
+// PostgreSQL, and the operator's side of sync tasks.
+
+/// A message received from a queue, with what SQS knows of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedMessage {
+    /// SQS's MessageId (kept when SQS or the console moves the message).
+    pub message_id: String,
+    pub receipt_handle: String,
+    pub body: String,
+    /// Message attributes (string values), e.g. the runtime's `tem-error`.
+    pub attributes: Vec<(String, String)>,
+    /// ApproximateReceiveCount.
+    pub receive_count: u32,
+    /// SentTimestamp: when this copy entered the queue.
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+impl ReceivedMessage {
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[async_trait]
+pub trait QueueReceive: Send + Sync {
+    /// Receives up to `max` (1..=10) messages without waiting, hiding them
+    /// for `hide_seconds`.
+    async fn receive(
+        &self,
+        queue_url: &str,
+        max: u32,
+        hide_seconds: i32,
+    ) -> Result<Vec<ReceivedMessage>, PortError>;
+}
+
+#[async_trait]
+pub trait QueueDelete: Send + Sync {
+    /// Deletes the received messages (ten per call); returns the receipt
+    /// handles SQS refused.
+    async fn delete_all(
+        &self,
+        queue_url: &str,
+        receipt_handles: Vec<String>,
+    ) -> Result<Vec<FailedSend>, PortError>;
+}
+
+#[async_trait]
+pub trait QueueRelease: Send + Sync {
+    /// Sets the visibility of received messages (ten per call), e.g. 0 to
+    /// give back the ones an operation looked at but left alone.
+    async fn set_visibility_all(
+        &self,
+        queue_url: &str,
+        receipt_handles: Vec<String>,
+        seconds: i32,
+    ) -> Result<(), PortError>;
+}
+
+/// Where a failure stands (failed_message.status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureStatus {
+    /// Open: in its DLQ (or its copy expired), waiting for an operator.
+    Failed,
+    /// Sent back to its queue by a retry, or completed after a console redrive.
+    Retried,
+    /// An operator removed it.
+    Removed,
+}
+
+impl FailureStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureStatus::Failed => "failed",
+            FailureStatus::Retried => "retried",
+            FailureStatus::Removed => "removed",
+        }
+    }
+}
+
+impl std::str::FromStr for FailureStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "failed" => Ok(FailureStatus::Failed),
+            "retried" => Ok(FailureStatus::Retried),
+            "removed" => Ok(FailureStatus::Removed),
+            other => Err(format!(
+                "unknown failure status {other:?} (failed, retried, removed)"
+            )),
+        }
+    }
+}
+
+/// One failed_message row.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FailedMessage {
+    pub id: String,
+    pub queue: String,
+    pub queue_url: String,
+    pub dlq_url: String,
+    pub function_name: Option<String>,
+    pub step: Option<String>,
+    pub provider: Option<String>,
+    pub task_id: Option<String>,
+    pub trace_id: Option<String>,
+    pub body: String,
+    pub error_kind: String,
+    pub error: String,
+    pub attempts: u32,
+    pub failed_at: DateTime<Utc>,
+    pub times_failed: u32,
+    pub status: FailureStatus,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub resolved_by: Option<String>,
+    pub retries: u32,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Which failures an operator means. Every field narrows; `queue` matches
+/// the queue's SQS name or the name tem gives it (`routit`, `import`: the
+/// caller resolves that to URLs in `queue_urls`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FailureFilter {
+    /// Only these statuses; empty means open failures only.
+    pub statuses: Vec<FailureStatus>,
+    pub queue: Option<String>,
+    /// Source queue URLs that `queue` also stands for.
+    pub queue_urls: Vec<String>,
+    pub step: Option<String>,
+    pub provider: Option<String>,
+    pub kind: Option<String>,
+    /// Case-insensitive substring of the error or the body.
+    pub grep: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub task_id: Option<String>,
+    pub ids: Vec<String>,
+    pub limit: Option<u32>,
+}
+
+/// What an operation did to failure rows: the ids it changed.
+#[async_trait]
+pub trait FailureAdmin: Send + Sync {
+    /// Rows matching the filter, oldest failure first.
+    async fn find(&self, filter: &FailureFilter) -> Result<Vec<FailedMessage>, PortError>;
+    /// The rows with these ids (any status).
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<FailedMessage>, PortError>;
+    /// Marks open rows retried (retries + 1); returns the ids it changed.
+    /// A row that is no longer open is left as it is.
+    async fn mark_retried(
+        &self,
+        ids: &[String],
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, PortError>;
+    /// Marks open rows removed; returns the ids it changed.
+    async fn mark_removed(
+        &self,
+        ids: &[String],
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, PortError>;
+    /// Inserts a failure found only in a DLQ; false when a row exists (the
+    /// runtime's record, which knows more, always wins).
+    async fn ingest(&self, failure: &FailedMessage) -> Result<bool, PortError>;
+    /// Deletes up to `limit` rows expired before `now`; returns how many.
+    async fn delete_expired(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, PortError>;
+}
+
+/// One step_run row: one attempt of one step.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StepRun {
+    pub id: i64,
+    pub message_id: String,
+    pub attempt: u32,
+    pub step: String,
+    pub function_name: String,
+    pub queue: Option<String>,
+    pub provider: Option<String>,
+    pub task_id: Option<String>,
+    pub trace_id: String,
+    pub depth: u32,
+    pub chain_started_at: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// None while running, or when the process died.
+    pub outcome: Option<String>,
+    pub error: Option<String>,
+    pub error_kind: Option<String>,
+    pub children: Vec<String>,
+    pub handoff: Option<String>,
+}
+
+#[async_trait]
+pub trait StepHistory: Send + Sync {
+    /// Every recorded attempt of these messages, by message then attempt.
+    async fn attempts(&self, message_ids: &[String]) -> Result<Vec<StepRun>, PortError>;
+    /// Every recorded attempt of the task's steps, in start order.
+    async fn of_task(&self, task_id: &str) -> Result<Vec<StepRun>, PortError>;
+    /// Every recorded attempt that carried this hand-off token (the step
+    /// that opened it and the imports that continued it), in start order.
+    async fn of_handoff(&self, token: &str) -> Result<Vec<StepRun>, PortError>;
+    /// Deletes up to `limit` rows expired before `now`; returns how many.
+    async fn delete_expired(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, PortError>;
+}
+
+/// The operator's side of sync tasks (the runtime's is [`TaskStore`]).
+#[async_trait]
+pub trait TaskAdmin: Send + Sync {
+    /// Appends a line to the task's notes (operator-visible history).
+    async fn note(&self, task_id: &str, text: &str, now: DateTime<Utc>) -> Result<(), PortError>;
+    /// Marks a pending or running task stalled; false when it was neither.
+    async fn mark_stalled(
+        &self,
+        task_id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, PortError>;
+    /// Unfinished (pending or running) tasks created before `created_before`.
+    async fn open_tasks(&self, created_before: DateTime<Utc>) -> Result<Vec<SyncTask>, PortError>;
+    /// Tasks created in `[from, to)`, oldest first.
+    async fn tasks_created_between(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<SyncTask>, PortError>;
+}
+
+/// Imports whose attempt died: an import_file row left `running` past its
+/// Lambda deadline, with no later attempt of the object to supersede it.
+#[async_trait]
+pub trait AbandonedImports: Send + Sync {
+    /// Marks them `abandoned`; returns how many.
+    async fn mark_abandoned(&self, now: DateTime<Utc>) -> Result<u64, PortError>;
+}

@@ -9,7 +9,7 @@ use tem_shared::routing::Provider;
 /// the PostgreSQL database named by the DATABASE_URL environment variable.
 ///
 /// Exit codes: 0 success, 1 the command failed, 2 usage error (bad
-/// arguments, or DATABASE_URL not set).
+/// arguments, DATABASE_URL or the stack not set, a removal not confirmed).
 #[derive(Debug, Parser)]
 #[command(name = "temctl", version)]
 pub struct Cli {
@@ -33,6 +33,12 @@ pub enum Command {
     /// Show how one CDR was priced (rate, billed quantity, bundles,
     /// arithmetic) and whether its cycle's totals are current.
     Explain(crate::explain::ExplainArgs),
+    /// Failed messages of a deployed stack: list, stats, show, retry,
+    /// remove (rows in DATABASE_URL; queues through the AWS environment).
+    Failed(crate::failed::FailedArgs),
+    /// Sync tasks of a deployed stack (--stack/TEM_STACK): one task's
+    /// timeline, or the tasks of the last day.
+    Task(crate::task::TaskArgs),
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +72,36 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn failed_retry_takes_ids_or_all_with_filters() {
+        let cli = Cli::try_parse_from([
+            "temctl",
+            "failed",
+            "retry",
+            "--all",
+            "--provider",
+            "routit",
+            "--since",
+            "2h",
+            "--dry-run",
+        ])
+        .unwrap();
+        let Command::Failed(args) = cli.command else {
+            panic!("not failed")
+        };
+        let crate::failed::FailedCommand::Retry(act) = args.command else {
+            panic!("not retry")
+        };
+        assert!(act.all && act.dry_run && act.ids.is_empty());
+        assert_eq!(act.filters.provider.as_deref(), Some("routit"));
+    }
+
+    #[test]
+    fn a_task_status_that_does_not_exist_is_a_usage_error() {
+        let err = Cli::try_parse_from(["temctl", "task", "list", "--status", "lost"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
     }
 
     #[test]

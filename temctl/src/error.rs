@@ -37,6 +37,18 @@ pub enum CliError {
     Explain(#[from] tem_shared::billing::explain::ExplainError),
     #[error(transparent)]
     Stack(#[from] crate::stack::StackError),
+    #[error(transparent)]
+    Port(#[from] tem_shared::ports::PortError),
+    #[error(transparent)]
+    Selection(tem_shared::ops::failed::SelectionError),
+    #[error("no failed message {0}; `temctl failed list --status any` lists them")]
+    NoSuchFailure(String),
+    #[error("stack {stack} has no task {task_id} (tasks expire after TASK_TTL_DAYS); `temctl task list --since 7d` lists them")]
+    NoSuchTask { task_id: String, stack: String },
+    #[error("not confirmed: removing {0} failed message(s) needs confirmation; run it again with --yes, or on a terminal and type yes")]
+    Unconfirmed(usize),
+    #[error("{0}")]
+    PartlyDone(String),
     #[error("cannot write the summary to stdout: {0}")]
     Output(#[from] std::io::Error),
 }
@@ -59,6 +71,7 @@ impl CliError {
             CliError::MissingDatabaseUrl | CliError::BadDatabaseUrl(_) => 2,
             CliError::Apply(e) => e.exit_code(),
             CliError::Stack(e) => e.exit_code(),
+            CliError::Selection(_) | CliError::Unconfirmed(_) => 2,
             CliError::Explain(tem_shared::billing::explain::ExplainError::BadReference(_)) => 2,
             _ => 1,
         }

@@ -5,13 +5,13 @@ mod cli;
 mod db;
 mod error;
 mod explain;
+mod failed;
 mod import;
 mod migrate;
 mod progress;
-// The operations commands (failed, task, status) arrive with issue 10.
-#[allow(dead_code)]
 mod stack;
 mod summary;
+mod task;
 mod totals;
 
 use std::process::ExitCode;
@@ -30,6 +30,8 @@ async fn main() -> ExitCode {
         Command::Apply(args) => apply::run(args).await,
         Command::Totals(args) => totals::run(args).await,
         Command::Explain(args) => explain::run(args).await,
+        Command::Failed(args) => failed::run(args).await,
+        Command::Task(args) => task::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -41,6 +41,96 @@ fn number(value: &Value) -> Option<f64> {
     }
 }
 
+/// The parameters `!Ref`ed anywhere in `value`.
+fn parameters_in(template: &Value, value: &Value, found: &mut std::collections::BTreeSet<String>) {
+    match value {
+        Value::Tagged(t) if t.tag == "Ref" => {
+            if let Some(name) = t.value.as_str() {
+                if !template["Parameters"][name].is_null() {
+                    found.insert(name.to_string());
+                }
+            }
+        }
+        Value::Tagged(t) => parameters_in(template, &t.value, found),
+        Value::Sequence(items) => items.iter().for_each(|v| parameters_in(template, v, found)),
+        Value::Mapping(m) => m.values().for_each(|v| parameters_in(template, v, found)),
+        _ => {}
+    }
+}
+
+/// Every combination of allowed values of the parameters `values` refer to
+/// (a parameter without AllowedValues takes its default).
+fn assignments(template: &Value, values: &[&Value]) -> Vec<Vec<(String, String)>> {
+    let mut names = std::collections::BTreeSet::new();
+    for v in values {
+        parameters_in(template, v, &mut names);
+    }
+    let mut all = vec![Vec::new()];
+    for name in names {
+        let spec = &template["Parameters"][name.as_str()];
+        let choices: Vec<String> = match spec["AllowedValues"].as_sequence() {
+            Some(values) => values.iter().filter_map(scalar_text).collect(),
+            None => spec
+                .get("Default")
+                .and_then(scalar_text)
+                .into_iter()
+                .collect(),
+        };
+        all = all
+            .into_iter()
+            .flat_map(|a| {
+                let name = &name;
+                choices.iter().map(move |c| {
+                    let mut next = a.clone();
+                    next.push((name.clone(), c.clone()));
+                    next
+                })
+            })
+            .collect();
+    }
+    all
+}
+
+fn scalar_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A number written literally, as `!Ref Parameter` or as
+/// `!FindInMap [Map, key, key]` over such values.
+fn resolved_number(
+    template: &Value,
+    value: &Value,
+    assignment: &[(String, String)],
+) -> Option<f64> {
+    fn text(template: &Value, value: &Value, assignment: &[(String, String)]) -> Option<String> {
+        match value {
+            Value::Tagged(t) if t.tag == "Ref" => {
+                let name = t.value.as_str()?;
+                assignment
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            }
+            Value::Tagged(t) if t.tag == "FindInMap" => {
+                let args = t.value.as_sequence()?;
+                let keys: Vec<String> = args
+                    .iter()
+                    .map(|a| text(template, a, assignment))
+                    .collect::<Option<_>>()?;
+                let found = &template["Mappings"][keys.first()?.as_str()][keys.get(1)?.as_str()]
+                    [keys.get(2)?.as_str()];
+                scalar_text(found)
+            }
+            other => scalar_text(other),
+        }
+    }
+    text(template, value, assignment)?.parse().ok()
+}
+
 fn resources(template: &Value) -> Vec<(String, &Value)> {
     template["Resources"]
         .as_mapping()
@@ -92,7 +182,6 @@ pub fn violations(template: &Value) -> Vec<String> {
     }
 
     for (fid, function) in &functions {
-        let timeout = number(&function["Properties"]["Timeout"]).unwrap_or(global_timeout);
         let Some(events) = function["Properties"]["Events"].as_mapping() else {
             continue;
         };
@@ -116,15 +205,28 @@ pub fn violations(template: &Value) -> Vec<String> {
                 ));
                 continue;
             };
-            let visibility = queues
+            let timeout_value = &function["Properties"]["Timeout"];
+            let visibility_value = queues
                 .iter()
                 .find(|(q, _)| *q == queue_id)
-                .and_then(|(_, q)| number(&q["Properties"]["VisibilityTimeout"]))
-                .unwrap_or(30.0);
-            if visibility < 6.0 * timeout {
-                found.push(format!(
-                    "queue {queue_id} has visibility timeout {visibility}s, under 6 x {timeout}s (timeout of {fid})"
-                ));
+                .map(|(_, q)| &q["Properties"]["VisibilityTimeout"])
+                .unwrap_or(&Value::Null);
+            // Every allowed value of the parameters either one follows.
+            for assignment in assignments(template, &[timeout_value, visibility_value]) {
+                let timeout =
+                    resolved_number(template, timeout_value, &assignment).unwrap_or(global_timeout);
+                let visibility =
+                    resolved_number(template, visibility_value, &assignment).unwrap_or(30.0);
+                if visibility < 6.0 * timeout {
+                    let with: Vec<String> = assignment
+                        .iter()
+                        .map(|(k, v)| format!(" with {k}={v}"))
+                        .collect();
+                    found.push(format!(
+                        "queue {queue_id} has visibility timeout {visibility}s, under 6 x {timeout}s (timeout of {fid}){}",
+                        with.concat()
+                    ));
+                }
             }
         }
         for statement in statements(&function["Properties"]["Policies"]) {

@@ -21,23 +21,23 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use crate::ports::{Claim, HandoffChange, IdempotencyStore, PortError, TaskCreation, TaskStore};
 use crate::tasks::{NewTask, SyncTask, TaskProgress, TaskStatus};
 
-type Item = HashMap<String, AttributeValue>;
+pub(crate) type Item = HashMap<String, AttributeValue>;
 
-fn s(value: impl Into<String>) -> AttributeValue {
+pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
 
-fn n(value: impl ToString) -> AttributeValue {
+pub(crate) fn n(value: impl ToString) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 
-fn get_s<'a>(item: &'a Item, key: &str) -> Option<&'a str> {
+pub(crate) fn get_s<'a>(item: &'a Item, key: &str) -> Option<&'a str> {
     item.get(key)
         .and_then(|v| v.as_s().ok())
         .map(String::as_str)
 }
 
-fn get_n(item: &Item, key: &str) -> Option<i64> {
+pub(crate) fn get_n(item: &Item, key: &str) -> Option<i64> {
     item.get(key)
         .and_then(|v| v.as_n().ok())
         .and_then(|v| v.parse().ok())
@@ -73,7 +73,7 @@ fn ss(value: &str) -> AttributeValue {
 /// The value of the sparse `open` attribute (the `open-index` hash key).
 const OPEN: &str = "open";
 
-fn port_error<E, R>(operation: &'static str) -> impl FnOnce(SdkError<E, R>) -> PortError
+pub(crate) fn port_error<E, R>(operation: &'static str) -> impl FnOnce(SdkError<E, R>) -> PortError
 where
     E: std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
@@ -82,7 +82,7 @@ where
 }
 
 /// Whether an SDK error is a failed condition (an expected race, not a fault).
-fn is_condition_failure<E, R>(error: &SdkError<E, R>) -> bool
+pub(crate) fn is_condition_failure<E, R>(error: &SdkError<E, R>) -> bool
 where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
 {
@@ -249,8 +249,8 @@ impl IdempotencyStore for DynamoIdempotency {
 
 #[derive(Debug, Clone)]
 pub struct DynamoTasks {
-    client: Client,
-    table: String,
+    pub(crate) client: Client,
+    pub(crate) table: String,
     /// How long finished tasks stay visible.
     ttl: Duration,
 }
@@ -264,7 +264,7 @@ impl DynamoTasks {
         }
     }
 
-    fn task_key(task_id: &str) -> AttributeValue {
+    pub(crate) fn task_key(task_id: &str) -> AttributeValue {
         s(format!("task#{task_id}"))
     }
 
@@ -285,7 +285,7 @@ impl DynamoTasks {
             .item)
     }
 
-    fn parse_task(item: &Item) -> Option<SyncTask> {
+    pub(crate) fn parse_task(item: &Item) -> Option<SyncTask> {
         Some(SyncTask {
             task_id: get_s(item, "task_id")?.to_string(),
             profile_id: get_n(item, "profile_id")?,

@@ -4,10 +4,12 @@
 pub mod dynamodb;
 pub mod journal;
 pub mod migrations;
+pub mod operations;
 pub mod postgres;
 pub mod s3;
 pub mod secrets;
 pub mod sqs;
+pub mod task_admin;
 
 /// The shared AWS configuration: region, credentials and `AWS_ENDPOINT_URL`
 /// (the emulator locally) from the environment.

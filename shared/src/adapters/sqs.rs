@@ -1,13 +1,23 @@
-//! SQS: batched sends with retries of refused entries, and visibility changes.
+//! SQS: batched sends with retries of refused entries, and visibility changes;
+//! for the operators' commands also receives, batched deletes and batched
+//! visibility changes (DLQ reconciliation).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageAttributeValue, MessageSystemAttributeName, SendMessageBatchRequestEntry,
+};
 use aws_sdk_sqs::Client;
 
-use crate::ports::{FailedSend, OutgoingMessage, PortError, QueueSend, QueueVisibility};
+use chrono::DateTime;
+
+use crate::ports::{
+    FailedSend, OutgoingMessage, PortError, QueueDelete, QueueReceive, QueueRelease, QueueSend,
+    QueueVisibility, ReceivedMessage,
+};
 
 /// SQS accepts at most ten entries per `SendMessageBatch`.
 const BATCH_SIZE: usize = 10;
@@ -136,6 +146,170 @@ impl QueueVisibility for SqsQueues {
                     aws_sdk_sqs::error::DisplayErrorContext(e),
                 )
             })?;
+        Ok(())
+    }
+}
+
+/// What the operators' commands do to a DLQ: receive, delete, give back.
+/// Its own type, so that only the functions that reconcile DLQs (ops) are
+/// granted ReceiveMessage and DeleteMessage (infra/permissions.yaml counts
+/// calls per adapter type).
+#[derive(Debug, Clone)]
+pub struct SqsDeadLetters {
+    client: Client,
+}
+
+impl SqsDeadLetters {
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    pub fn from_config(config: &aws_config::SdkConfig) -> Self {
+        Self::new(Client::new(config))
+    }
+}
+
+#[async_trait]
+impl QueueReceive for SqsDeadLetters {
+    async fn receive(
+        &self,
+        queue_url: &str,
+        max: u32,
+        hide_seconds: i32,
+    ) -> Result<Vec<ReceivedMessage>, PortError> {
+        let output = self
+            .client
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(max.clamp(1, 10) as i32)
+            .visibility_timeout(hide_seconds)
+            .wait_time_seconds(0)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .map_err(|e| {
+                PortError::new(
+                    "sqs ReceiveMessage",
+                    aws_sdk_sqs::error::DisplayErrorContext(e),
+                )
+            })?;
+        Ok(output
+            .messages()
+            .iter()
+            .map(|m| {
+                let system = m.attributes();
+                let system_value = |name: MessageSystemAttributeName| {
+                    system.and_then(|a| a.get(&name)).map(String::as_str)
+                };
+                let mut attributes: Vec<(String, String)> = m
+                    .message_attributes()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(k, v)| Some((k.clone(), v.string_value()?.to_string())))
+                    .collect();
+                attributes.sort();
+                ReceivedMessage {
+                    message_id: m.message_id().unwrap_or_default().to_string(),
+                    receipt_handle: m.receipt_handle().unwrap_or_default().to_string(),
+                    body: m.body().unwrap_or_default().to_string(),
+                    attributes,
+                    receive_count: system_value(
+                        MessageSystemAttributeName::ApproximateReceiveCount,
+                    )
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+                    sent_at: system_value(MessageSystemAttributeName::SentTimestamp)
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .and_then(DateTime::from_timestamp_millis),
+                }
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl QueueDelete for SqsDeadLetters {
+    async fn delete_all(
+        &self,
+        queue_url: &str,
+        receipt_handles: Vec<String>,
+    ) -> Result<Vec<FailedSend>, PortError> {
+        let mut refused = Vec::new();
+        for chunk in receipt_handles.chunks(BATCH_SIZE) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, handle)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(handle)
+                        .build()
+                        .map_err(|e| PortError::new("sqs delete entry", e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let output = self
+                .client
+                .delete_message_batch()
+                .queue_url(queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| {
+                    PortError::new(
+                        "sqs DeleteMessageBatch",
+                        aws_sdk_sqs::error::DisplayErrorContext(e),
+                    )
+                })?;
+            refused.extend(output.failed().iter().filter_map(|f| {
+                let index: usize = f.id().parse().ok()?;
+                Some(FailedSend {
+                    id: chunk.get(index)?.clone(),
+                    reason: format!("{}: {}", f.code(), f.message().unwrap_or("")),
+                })
+            }));
+        }
+        Ok(refused)
+    }
+}
+
+#[async_trait]
+impl QueueRelease for SqsDeadLetters {
+    async fn set_visibility_all(
+        &self,
+        queue_url: &str,
+        receipt_handles: Vec<String>,
+        seconds: i32,
+    ) -> Result<(), PortError> {
+        for chunk in receipt_handles.chunks(BATCH_SIZE) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, handle)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(handle)
+                        .visibility_timeout(seconds)
+                        .build()
+                        .map_err(|e| PortError::new("sqs visibility entry", e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            // An entry SQS refuses (the message was deleted meanwhile) needs
+            // nothing more: it reappears when its visibility runs out.
+            self.client
+                .change_message_visibility_batch()
+                .queue_url(queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| {
+                    PortError::new(
+                        "sqs ChangeMessageVisibilityBatch",
+                        aws_sdk_sqs::error::DisplayErrorContext(e),
+                    )
+                })?;
+        }
         Ok(())
     }
 }

@@ -1,13 +1,22 @@
 //! The ops function's console commands: operator tasks that must run inside
 //! the stack's network (the database may be reachable only from the VPC).
-//! An event is `{"command": "<name>", ...arguments}`; `migrate` is the first
-//! command, later ones (a status report, failed-message handling) are added
-//! as variants here and to [`OpsCommand::NAMES`].
+//! An event is `{"command": "<name>", ...arguments}` (events/ops/). The
+//! failed-message, task and watch commands run the same code as `temctl
+//! failed` and `temctl task` ([`failed`], [`timeline`], [`watch`]).
 
+pub mod console;
+pub mod failed;
 pub mod settings;
+pub mod timeline;
+pub mod watch;
+
+#[cfg(test)]
+mod fakes;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+pub use failed::FailedSelection;
 
 /// A command sent to the ops function (`events/ops/*.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -18,6 +27,31 @@ pub enum OpsCommand {
     /// the tag of a unit variant, and a mistyped argument (a down-migration
     /// target, say) must be refused, not silently dropped.
     Migrate {},
+    /// Failed messages matching the filters (`temctl failed list`).
+    FailedList(FailedSelection),
+    /// Counts of failed messages per queue, step, provider and kind.
+    FailedStats(FailedSelection),
+    /// One failed message: envelope, chain to run, attributes, attempts.
+    FailedShow { id: String },
+    /// Send failed messages back to their queues (`ids`, or `all` with filters).
+    FailedRetry(FailedSelection),
+    /// Remove failed messages; needs `"yes": true`.
+    FailedRemove(FailedSelection),
+    /// One sync task's steps as a timeline.
+    TaskShow { task_id: String },
+    /// Sync tasks created in the last `since` (default 1d).
+    TaskList {
+        #[serde(default)]
+        status: Option<String>,
+        #[serde(default)]
+        since: Option<String>,
+        #[serde(default)]
+        provider: Option<String>,
+    },
+    /// The scheduled watch (every minute): DLQ-only failures recorded and
+    /// their tasks failed, resolved DLQ copies deleted, stalled tasks
+    /// marked, expired records deleted.
+    Watch {},
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -32,7 +66,17 @@ pub enum OpsCommandError {
 
 impl OpsCommand {
     /// Every command's name, as the event spells it.
-    pub const NAMES: &'static [&'static str] = &["migrate"];
+    pub const NAMES: &'static [&'static str] = &[
+        "migrate",
+        "failed-list",
+        "failed-stats",
+        "failed-show",
+        "failed-retry",
+        "failed-remove",
+        "task-show",
+        "task-list",
+        "watch",
+    ];
 
     /// Reads the command from a Lambda event. An unknown name is refused
     /// with the list of known ones, before its arguments are looked at.
@@ -77,6 +121,46 @@ mod tests {
         let event: Value =
             serde_json::from_str(include_str!("../../../events/ops/console-migrate.json")).unwrap();
         assert_eq!(OpsCommand::from_event(&event), Ok(OpsCommand::Migrate {}));
+    }
+
+    #[test]
+    fn every_console_event_of_the_ops_function_is_a_known_command() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../events/ops");
+        let mut seen = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let event: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let command = OpsCommand::from_event(&event)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen.insert(event["command"].as_str().unwrap().to_string());
+            if let OpsCommand::FailedRemove(selection) = command {
+                assert!(selection.yes, "a remove event confirms itself");
+            }
+        }
+        for name in OpsCommand::NAMES {
+            assert!(seen.contains(*name), "no events/ops event for {name}");
+        }
+    }
+
+    #[test]
+    fn a_failed_selection_takes_its_filters_and_refuses_a_mistyped_one() {
+        let command = OpsCommand::from_event(&json!({
+            "command": "failed-retry", "all": true, "provider": "routit", "since": "2h"
+        }))
+        .unwrap();
+        assert_eq!(
+            command,
+            OpsCommand::FailedRetry(FailedSelection {
+                all: true,
+                provider: Some("routit".into()),
+                since: Some("2h".into()),
+                ..FailedSelection::default()
+            })
+        );
+        let err =
+            OpsCommand::from_event(&json!({"command": "failed-list", "provder": "x"})).unwrap_err();
+        assert!(err.to_string().contains("provder"), "{err}");
     }
 
     #[test]
