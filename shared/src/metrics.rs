@@ -243,8 +243,9 @@ pub fn emit_counts(dimensions: &[(&str, &str)], counts: &[(&str, Unit, f64)]) {
 /// The step metrics of one batch: per (step, provider), the messages
 /// processed, failed, retried and dead-lettered, each attempt's duration and,
 /// for completed steps, the chain's latency (now - the chain's start).
-/// Dimension sets [Function, Step] (the failure-rate alarm per function and
-/// step) and, when the provider is known, [Step, Provider].
+/// Dimension sets [Function] (the failure-rate alarm per function),
+/// [Function, Step] (the dashboard and `status`'s per-step rate) and, when
+/// the provider is known, [Step, Provider].
 pub fn step_metrics(
     namespace: &str,
     function: &str,
@@ -257,12 +258,17 @@ pub fn step_metrics(
         let provider = report.provider.clone().filter(|p| !p.is_empty());
         groups.entry((step, provider)).or_default().push(report);
     }
-    groups
+    let tasks_failed = reports
+        .iter()
+        .filter(|r| r.disposition == Disposition::DeadLettered && r.task_id.is_some())
+        .count();
+    let mut documents: Vec<Emf> = groups
         .into_iter()
         .map(|((step, provider), reports)| {
             let mut emf = Emf::new(namespace, now)
                 .dimension("Function", function)
                 .dimension("Step", &step)
+                .dimension_set(&["Function"])
                 .dimension_set(&["Function", "Step"]);
             if let Some(provider) = &provider {
                 emf = emf
@@ -279,16 +285,10 @@ pub fn step_metrics(
             });
             let retried = count(&|r| r.disposition == Disposition::Retry);
             let dead = count(&|r| r.disposition == Disposition::DeadLettered);
-            // A dead-lettered message with a task fails its task.
-            let tasks_failed =
-                count(&|r| r.disposition == Disposition::DeadLettered && r.task_id.is_some());
             emf.add("MessagesProcessed", Unit::Count, reports.len() as f64)
                 .add("MessagesFailed", Unit::Count, failed)
                 .add("MessagesRetried", Unit::Count, retried)
                 .add("MessagesDeadLettered", Unit::Count, dead);
-            if tasks_failed > 0.0 {
-                emf.add("TasksFailed", Unit::Count, tasks_failed);
-            }
             for report in &reports {
                 emf.add(
                     "StepDuration",
@@ -304,7 +304,16 @@ pub fn step_metrics(
             }
             emf
         })
-        .collect()
+        .collect();
+    // A dead-lettered message with a task fails its task: one stack-wide
+    // count (no dimensions), which the tasks-failed alarm divides by
+    // sync-manager's FanOutSent.
+    if tasks_failed > 0 {
+        let mut emf = Emf::new(namespace, now).dimension_set(&[]);
+        emf.add("TasksFailed", Unit::Count, tasks_failed as f64);
+        documents.push(emf);
+    }
+    documents
 }
 
 #[cfg(test)]
@@ -376,7 +385,8 @@ mod tests {
             report("SyncProfile", Some("vodafone"), Disposition::Completed),
         ];
         let documents = step_metrics("tem", "tem-RoutitSync", &reports, now);
-        assert_eq!(documents.len(), 2);
+        // routit, vodafone, and the stack-wide TasksFailed.
+        assert_eq!(documents.len(), 3);
         let routit: Value =
             serde_json::from_str(&documents[0].to_json().unwrap().to_string()).unwrap();
         assert_valid_emf(&routit);
@@ -384,7 +394,7 @@ mod tests {
         assert_eq!(routit["_aws"]["CloudWatchMetrics"][0]["Namespace"], "tem");
         assert_eq!(
             routit["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
-            json!([["Function", "Step"], ["Step", "Provider"]])
+            json!([["Function"], ["Function", "Step"], ["Step", "Provider"]])
         );
         assert_eq!(routit["Function"], "tem-RoutitSync");
         assert_eq!(routit["Provider"], "routit");
@@ -392,7 +402,14 @@ mod tests {
         assert_eq!(routit["MessagesFailed"], 2.0);
         assert_eq!(routit["MessagesRetried"], 1.0);
         assert_eq!(routit["MessagesDeadLettered"], 1.0);
-        assert_eq!(routit["TasksFailed"], 1.0);
+        assert!(routit.get("TasksFailed").is_none());
+        let tasks = documents[2].to_json().unwrap();
+        assert_valid_emf(&tasks);
+        assert_eq!(
+            tasks["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([[]])
+        );
+        assert_eq!(tasks["TasksFailed"], 1.0);
         assert_eq!(routit["StepDuration"], json!([250.0, 250.0, 250.0]));
         // Only the completed message has a chain latency: 10 s + 5 s.
         assert_eq!(routit["ChainLatency"], 15000.0);
@@ -414,16 +431,15 @@ mod tests {
     #[test]
     fn a_report_without_a_provider_has_only_the_function_and_step_set() {
         let reports = vec![report("DispatchTotals", None, Disposition::Completed)];
-        let document = step_metrics("tem", "tem-Totals", &reports, Utc::now())[0]
-            .to_json()
-            .unwrap();
+        let documents = step_metrics("tem", "tem-Totals", &reports, Utc::now());
+        assert_eq!(documents.len(), 1, "no TasksFailed without a dead letter");
+        let document = documents[0].to_json().unwrap();
         assert_valid_emf(&document);
         assert_eq!(
             document["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
-            json!([["Function", "Step"]])
+            json!([["Function"], ["Function", "Step"]])
         );
         assert!(document.get("Provider").is_none());
-        assert!(document.get("TasksFailed").is_none());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! as variants here and to [`OpsCommand::NAMES`].
 
 pub mod settings;
+pub mod status;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
