@@ -33,6 +33,12 @@ pub enum Command {
     /// Show how one CDR was priced (rate, billed quantity, bundles,
     /// arithmetic) and whether its cycle's totals are current.
     Explain(crate::explain::ExplainArgs),
+    /// Evaluate the runbook's monitoring points (sync-manager runs, failure
+    /// rates, routing failures, failed tasks, queue depths, totals duration)
+    /// and the daily extras. Exit code 0 OK, 1 WARNING, 2 CRITICAL,
+    /// 3 UNKNOWN. Needs DATABASE_URL, AWS access and the stack's
+    /// QUEUE_URL_*/DLQ_URL_*/TASKS_TABLE/IDEMPOTENCY_TABLE.
+    Status(crate::status::StatusArgs),
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ mod explain;
 mod import;
 mod migrate;
 mod progress;
+mod status;
 mod summary;
 mod totals;
 
@@ -22,6 +23,8 @@ async fn main() -> ExitCode {
     // Usage errors (and --help/--version) exit here, with code 2 (0 for help).
     let cli = Cli::parse();
     let result = match cli.command {
+        // Its own exit codes (monitoring-plugin convention).
+        Command::Status(args) => return ExitCode::from(status::run(args).await),
         Command::Import(args) => import::run(args).await,
         Command::Migrate => migrate::run().await,
         Command::Apply(args) => apply::run(args).await,

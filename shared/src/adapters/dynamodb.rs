@@ -205,7 +205,7 @@ impl DynamoTasks {
             .item)
     }
 
-    fn parse_task(item: &Item) -> Option<SyncTask> {
+    pub(crate) fn parse_task(item: &Item) -> Option<SyncTask> {
         Some(SyncTask {
             task_id: get_s(item, "task_id")?.to_string(),
             profile_id: get_n(item, "profile_id")?,

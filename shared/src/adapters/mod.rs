@@ -7,6 +7,8 @@ pub mod postgres;
 pub mod s3;
 pub mod secrets;
 pub mod sqs;
+pub mod status;
+pub mod task_overview;
 
 /// The shared AWS configuration: region, credentials and `AWS_ENDPOINT_URL`
 /// (the emulator locally) from the environment.

@@ -1,12 +1,14 @@
-//! SQS: batched sends with retries of refused entries, and visibility changes.
+//! SQS: batched sends with retries of refused entries, visibility changes,
+//! and queue depths for `status`.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
 use aws_sdk_sqs::Client;
 
+use crate::ops::status::{QueueDepth, QueueStats};
 use crate::ports::{FailedSend, OutgoingMessage, PortError, QueueSend, QueueVisibility};
 
 /// SQS accepts at most ten entries per `SendMessageBatch`.
@@ -137,5 +139,38 @@ impl QueueVisibility for SqsQueues {
                 )
             })?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl QueueStats for SqsQueues {
+    async fn depth(&self, queue_url: &str) -> Result<QueueDepth, PortError> {
+        let output = self
+            .client
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(|e| {
+                PortError::new(
+                    "sqs GetQueueAttributes",
+                    aws_sdk_sqs::error::DisplayErrorContext(e),
+                )
+            })?;
+        let attributes = output.attributes();
+        let get = |name: QueueAttributeName| {
+            attributes
+                .and_then(|a| a.get(&name))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(QueueDepth {
+            visible: get(QueueAttributeName::ApproximateNumberOfMessages),
+            in_flight: get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            delayed: get(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+        })
     }
 }

@@ -19,6 +19,13 @@ pub enum OpsCommand {
     /// the tag of a unit variant, and a mistyped argument (a down-migration
     /// target, say) must be refused, not silently dropped.
     Migrate {},
+    /// The runbook's monitoring points and the daily extras
+    /// (`ops::status`); `set` overrides thresholds by name for this call,
+    /// e.g. `{"STATUS_QUEUE_DEPTH_CRITICAL": "500"}`.
+    Status {
+        #[serde(default)]
+        set: std::collections::BTreeMap<String, String>,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -33,7 +40,7 @@ pub enum OpsCommandError {
 
 impl OpsCommand {
     /// Every command's name, as the event spells it.
-    pub const NAMES: &'static [&'static str] = &["migrate"];
+    pub const NAMES: &'static [&'static str] = &["migrate", "status"];
 
     /// Reads the command from a Lambda event. An unknown name is refused
     /// with the list of known ones, before its arguments are looked at.
@@ -78,6 +85,25 @@ mod tests {
         let event: Value =
             serde_json::from_str(include_str!("../../../events/ops/console-migrate.json")).unwrap();
         assert_eq!(OpsCommand::from_event(&event), Ok(OpsCommand::Migrate {}));
+    }
+
+    #[test]
+    fn the_console_status_event_is_the_status_command() {
+        let event: Value =
+            serde_json::from_str(include_str!("../../../events/ops/console-status.json")).unwrap();
+        assert_eq!(
+            OpsCommand::from_event(&event),
+            Ok(OpsCommand::Status {
+                set: Default::default()
+            })
+        );
+        let with = OpsCommand::from_event(
+            &json!({"command": "status", "set": {"STATUS_QUEUE_DEPTH_CRITICAL": "5"}}),
+        )
+        .unwrap();
+        assert!(
+            matches!(with, OpsCommand::Status { set } if set["STATUS_QUEUE_DEPTH_CRITICAL"] == "5")
+        );
     }
 
     #[test]
