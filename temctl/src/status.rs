@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use chrono::Utc;
 use clap::Args;
-use tem_shared::adapters::sqs::SqsQueues;
+use tem_shared::adapters::sqs::SqsQueueStats;
 use tem_shared::adapters::status::PgStatus;
 use tem_shared::adapters::task_overview::DynamoTaskOverview;
 use tem_shared::config::Env;
@@ -66,7 +66,7 @@ pub async fn report(args: &StatusArgs) -> Result<StatusReport, StatusError> {
     let settings = settings()?;
     let database = db::open(&db::url_from_env()?, 2).await?;
     let aws = aws_config::load_from_env().await;
-    let queues = SqsQueues::new(aws_sdk_sqs::Client::new(&aws));
+    let queues = SqsQueueStats::new(aws_sdk_sqs::Client::new(&aws));
     let tasks = DynamoTaskOverview::new(aws_sdk_dynamodb::Client::new(&aws), &settings.tasks_table);
     Ok(status::status(
         &PgStatus::new(database.pool),

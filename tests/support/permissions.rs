@@ -120,7 +120,7 @@ fn service_of(path: &str) -> Option<&'static str> {
     Some(match path.rsplit('/').next()? {
         "s3.rs" => "s3",
         "sqs.rs" => "sqs",
-        "dynamodb.rs" => "dynamodb",
+        "dynamodb.rs" | "task_overview.rs" => "dynamodb",
         "secrets.rs" => "secretsmanager",
         _ => return None,
     })

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use serde_json::{json, Value};
+use tem_shared::adapters::sqs::SqsQueueStats;
 use tem_shared::adapters::status::PgStatus;
 use tem_shared::adapters::task_overview::DynamoTaskOverview;
 use tem_shared::adapters::{migrations, postgres::MIGRATOR};
@@ -59,9 +60,10 @@ async fn status(
         aws_sdk_dynamodb::Client::new(&platform.aws),
         &settings.tasks_table,
     );
+    let queues = SqsQueueStats::new(aws_sdk_sqs::Client::new(&platform.aws));
     let report = status::status(
         &PgStatus::new(platform.pool.clone()),
-        platform.queues.as_ref(),
+        &queues,
         &tasks,
         &settings,
         &thresholds,

@@ -142,8 +142,21 @@ impl QueueVisibility for SqsQueues {
     }
 }
 
+/// Queue depths for `status`: its own type, so that only the functions
+/// that ask for depths reach (and are granted) GetQueueAttributes.
+#[derive(Debug, Clone)]
+pub struct SqsQueueStats {
+    client: Client,
+}
+
+impl SqsQueueStats {
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+}
+
 #[async_trait]
-impl QueueStats for SqsQueues {
+impl QueueStats for SqsQueueStats {
     async fn depth(&self, queue_url: &str) -> Result<QueueDepth, PortError> {
         let output = self
             .client
