@@ -35,6 +35,7 @@ pub const MAX_VALUES: usize = 100;
 pub enum Unit {
     Count,
     Milliseconds,
+    Percent,
 }
 
 impl Unit {
@@ -42,6 +43,7 @@ impl Unit {
         match self {
             Unit::Count => "Count",
             Unit::Milliseconds => "Milliseconds",
+            Unit::Percent => "Percent",
         }
     }
 }
@@ -225,8 +227,16 @@ impl Emf {
     }
 }
 
+/// The tasks-failed alarm without metric math: sync-manager emits a
+/// TaskFailureShare sample of 0 per task it starts, the runtime one of 100
+/// per task it fails, so the Average is 100 f / (c + f) for c started and f
+/// failed tasks, and "failed over 10% of started" (f / c > 0.1) is an
+/// Average over 100 x 0.1 / 1.1 = 9.09.
+pub const TASK_FAILURE_SHARE_ALARM: f64 = 100.0 * 0.1 / 1.1;
+
 /// A document with one metric set on the given dimensions: the common case
-/// of domain metrics (`CdrsLoaded` per provider, `FanOutSent`, ...).
+/// of domain metrics (`CdrsLoaded` per provider, `FanOutSent`, ...). A
+/// name given several times becomes several samples.
 pub fn emit_counts(dimensions: &[(&str, &str)], counts: &[(&str, Unit, f64)]) {
     let mut emf = Emf::new(namespace_from_env(), Utc::now());
     for (name, value) in dimensions {
@@ -285,6 +295,20 @@ pub fn step_metrics(
             });
             let retried = count(&|r| r.disposition == Disposition::Retry);
             let dead = count(&|r| r.disposition == Disposition::DeadLettered);
+            // One sample per message, 100 when it failed: the Average of an
+            // hour is the failure rate in percent, which an alarm can watch
+            // without metric math.
+            for report in &reports {
+                let failed = matches!(
+                    report.disposition,
+                    Disposition::Retry | Disposition::DeadLettered
+                );
+                emf.add(
+                    "MessageFailureRate",
+                    Unit::Percent,
+                    if failed { 100.0 } else { 0.0 },
+                );
+            }
             emf.add("MessagesProcessed", Unit::Count, reports.len() as f64)
                 .add("MessagesFailed", Unit::Count, failed)
                 .add("MessagesRetried", Unit::Count, retried)
@@ -306,11 +330,15 @@ pub fn step_metrics(
         })
         .collect();
     // A dead-lettered message with a task fails its task: one stack-wide
-    // count (no dimensions), which the tasks-failed alarm divides by
-    // sync-manager's FanOutSent.
+    // count (no dimensions), and a TaskFailureShare sample of 100 per
+    // failure beside sync-manager's 0 per task started (see
+    // TASK_FAILURE_SHARE_ALARM).
     if tasks_failed > 0 {
         let mut emf = Emf::new(namespace, now).dimension_set(&[]);
         emf.add("TasksFailed", Unit::Count, tasks_failed as f64);
+        for _ in 0..tasks_failed {
+            emf.add("TaskFailureShare", Unit::Percent, 100.0);
+        }
         documents.push(emf);
     }
     documents
@@ -362,7 +390,8 @@ mod tests {
             assert!(metrics.len() <= MAX_METRICS);
             for metric in metrics {
                 let name = metric["Name"].as_str().unwrap();
-                assert!(["Count", "Milliseconds"].contains(&metric["Unit"].as_str().unwrap()));
+                assert!(["Count", "Milliseconds", "Percent"]
+                    .contains(&metric["Unit"].as_str().unwrap()));
                 let value = &document[name];
                 assert!(
                     value.is_number()
@@ -410,7 +439,9 @@ mod tests {
             json!([[]])
         );
         assert_eq!(tasks["TasksFailed"], 1.0);
+        assert_eq!(tasks["TaskFailureShare"], 100.0);
         assert_eq!(routit["StepDuration"], json!([250.0, 250.0, 250.0]));
+        assert_eq!(routit["MessageFailureRate"], json!([0.0, 100.0, 100.0]));
         // Only the completed message has a chain latency: 10 s + 5 s.
         assert_eq!(routit["ChainLatency"], 15000.0);
         let units: Vec<(String, String)> = routit["_aws"]["CloudWatchMetrics"][0]["Metrics"]
@@ -426,6 +457,7 @@ mod tests {
             .collect();
         assert!(units.contains(&("StepDuration".into(), "Milliseconds".into())));
         assert!(units.contains(&("MessagesFailed".into(), "Count".into())));
+        assert!(units.contains(&("MessageFailureRate".into(), "Percent".into())));
     }
 
     #[test]
@@ -440,6 +472,16 @@ mod tests {
             json!([["Function"], ["Function", "Step"]])
         );
         assert!(document.get("Provider").is_none());
+    }
+
+    #[test]
+    fn the_task_failure_share_crosses_its_alarm_exactly_at_ten_percent_of_started_tasks() {
+        let average =
+            |started: usize, failed: usize| 100.0 * failed as f64 / (started + failed) as f64;
+        assert!(average(100, 10) <= TASK_FAILURE_SHARE_ALARM + 1e-9);
+        assert!(average(100, 11) > TASK_FAILURE_SHARE_ALARM);
+        assert!(average(1000, 100) <= TASK_FAILURE_SHARE_ALARM + 1e-9);
+        assert!(average(1000, 101) > TASK_FAILURE_SHARE_ALARM);
     }
 
     #[test]

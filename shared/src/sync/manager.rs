@@ -202,19 +202,24 @@ impl SyncManager {
         }
         // SyncRuns is what the "sync-manager missed 2 runs" alarm watches;
         // RoutingFailures counts the run's routing and sending failures.
-        crate::metrics::emit_counts(
-            &[],
-            &[
-                ("SyncRuns", Unit::Count, 1.0),
-                ("FanOutSent", Unit::Count, summary.sent.len() as f64),
-                ("FanOutSkipped", Unit::Count, summary.skipped.len() as f64),
-                (
-                    "RoutingFailures",
-                    Unit::Count,
-                    summary.failures.len() as f64,
-                ),
-            ],
+        // TaskFailureShare: a 0 per task started (metrics::TASK_FAILURE_SHARE_ALARM).
+        let mut counts = vec![
+            ("SyncRuns", Unit::Count, 1.0),
+            ("FanOutSent", Unit::Count, summary.sent.len() as f64),
+            ("FanOutSkipped", Unit::Count, summary.skipped.len() as f64),
+            (
+                "RoutingFailures",
+                Unit::Count,
+                summary.failures.len() as f64,
+            ),
+        ];
+        counts.extend(
+            summary
+                .sent
+                .iter()
+                .map(|_| ("TaskFailureShare", Unit::Percent, 0.0)),
         );
+        crate::metrics::emit_counts(&[], &counts);
         info!(
             seen = summary.profiles_seen,
             sent = summary.sent.len(),
