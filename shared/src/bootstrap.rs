@@ -6,6 +6,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::adapters::dynamodb::{DynamoIdempotency, DynamoTasks};
+use crate::adapters::journal::{PgFailureLog, PgStepJournal};
 use crate::adapters::postgres;
 use crate::adapters::secrets::SecretsManager;
 use crate::adapters::sqs::SqsQueues;
@@ -14,7 +15,7 @@ use crate::config::{
     DatabaseSecretError, DatabaseSource, Env, PlatformConfig,
 };
 use crate::ports::SecretGet;
-use crate::runtime::{ChainRuntime, StepHandler};
+use crate::runtime::{ChainRuntime, RuntimePorts, StepHandler};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -145,10 +146,14 @@ impl Platform {
         Ok(ChainRuntime::new(
             handler,
             env.router(),
-            self.queues.clone(),
-            self.queues.clone(),
-            self.idempotency.clone(),
-            self.tasks.clone(),
+            RuntimePorts {
+                queues: self.queues.clone(),
+                visibility: self.queues.clone(),
+                idempotency: self.idempotency.clone(),
+                tasks: self.tasks.clone(),
+                journal: Arc::new(PgStepJournal::new(self.pool.clone())),
+                failures: Arc::new(PgFailureLog::new(self.pool.clone())),
+            },
             env.runtime_settings()?,
         ))
     }

@@ -100,6 +100,28 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 "MAX_POSTPONE_MINUTES",
                 defaults.max_postpone_age.num_minutes(),
             )?),
+            function_name: self
+                .optional("AWS_LAMBDA_FUNCTION_NAME")
+                .unwrap_or(defaults.function_name),
+            step_record_ttl: chrono::Duration::days(
+                self.parsed("STEP_RECORD_TTL_DAYS", defaults.step_record_ttl.num_days())?,
+            ),
+            failure_retention: {
+                let days = self.parsed(
+                    "FAILED_MESSAGE_RETENTION_DAYS",
+                    defaults.failure_retention.num_days(),
+                )?;
+                // A failure must outlive its DLQ copy (SQS keeps one 14 days).
+                if days < 14 {
+                    return Err(ConfigError::Invalid {
+                        name: "FAILED_MESSAGE_RETENTION_DAYS",
+                        value: days.to_string(),
+                        reason: "must be at least 14 (days), the longest SQS keeps the DLQ copy"
+                            .into(),
+                    });
+                }
+                chrono::Duration::days(days)
+            },
         })
     }
 }

@@ -134,6 +134,11 @@ pub struct Envelope {
     /// How often this step has re-enqueued itself (Routit polling).
     #[serde(default)]
     pub requeues: u32,
+    /// The hand-off token (`s3://bucket/key`) this root message continues:
+    /// set on the import of an export a sync task stored, so the import
+    /// counts on that task only while the task has this hand-off open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -173,6 +178,7 @@ impl Envelope {
             created_at: now,
             depth: 0,
             requeues: 0,
+            handoff: None,
         }
     }
 
@@ -277,6 +283,7 @@ impl Envelope {
             trace_id: self.trace_id.clone(),
             depth: self.depth + 1,
             requeues: 0,
+            handoff: None,
         }
     }
 

@@ -1,7 +1,7 @@
 //! In-memory fakes of the ports, for unit tests of domain logic only.
 //! Integration tests use the real adapters against the emulator.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -73,6 +73,12 @@ pub struct FakeIdempotency {
     pub records: Mutex<HashMap<String, IdempotencyRecord>>,
 }
 
+impl FakeIdempotency {
+    pub fn status(&self, id: &str) -> Option<String> {
+        self.records.lock().unwrap().get(id).map(|r| r.0.clone())
+    }
+}
+
 #[async_trait]
 impl IdempotencyStore for FakeIdempotency {
     async fn claim(
@@ -82,24 +88,25 @@ impl IdempotencyStore for FakeIdempotency {
         expires_at: DateTime<Utc>,
     ) -> Result<Claim, PortError> {
         let mut records = self.records.lock().unwrap();
-        match records.get(id) {
+        let after_dead_letter = match records.get(id) {
             Some((status, _, outcome)) if status == "completed" => {
                 return Ok(Claim::Completed {
                     outcome: outcome.clone(),
                 })
             }
+            Some((status, _, _)) if status == "dead_lettered" => true,
             Some((_, expires, _)) if *expires >= now => {
                 return Ok(Claim::InProgress {
                     expires_at: *expires,
                 })
             }
-            _ => {}
-        }
+            _ => false,
+        };
         records.insert(
             id.to_string(),
             ("in_progress".into(), expires_at, String::new()),
         );
-        Ok(Claim::Acquired)
+        Ok(Claim::Acquired { after_dead_letter })
     }
 
     async fn complete(&self, id: &str, outcome: &str, now: DateTime<Utc>) -> Result<(), PortError> {
@@ -117,17 +124,58 @@ impl IdempotencyStore for FakeIdempotency {
         }
         Ok(())
     }
+
+    async fn dead_lettered(
+        &self,
+        id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), PortError> {
+        let mut records = self.records.lock().unwrap();
+        if records.get(id).is_some_and(|r| r.0 == "completed") {
+            return Ok(());
+        }
+        records.insert(
+            id.to_string(),
+            ("dead_lettered".into(), now, reason.to_string()),
+        );
+        Ok(())
+    }
 }
 
+/// One task with what DynamoDB keeps beside it.
+#[derive(Debug, Clone)]
+pub struct FakeTask {
+    pub task: SyncTask,
+    pub done_ids: HashSet<String>,
+    pub handoffs: BTreeSet<String>,
+}
+
+/// Follows the same rules as `adapters::dynamodb::DynamoTasks`.
 #[derive(Default)]
 pub struct FakeTasks {
-    pub tasks: Mutex<HashMap<String, (SyncTask, HashSet<String>)>>,
+    pub tasks: Mutex<HashMap<String, FakeTask>>,
     pub pointers: Mutex<HashMap<i64, String>>,
 }
 
 impl FakeTasks {
     pub fn task(&self, id: &str) -> SyncTask {
-        self.tasks.lock().unwrap()[id].0.clone()
+        self.tasks.lock().unwrap()[id].task.clone()
+    }
+
+    pub fn handoffs(&self, id: &str) -> BTreeSet<String> {
+        self.tasks.lock().unwrap()[id].handoffs.clone()
+    }
+
+    /// Changes a task directly, e.g. to set up a finished one.
+    pub fn update(&self, id: &str, change: impl FnOnce(&mut FakeTask)) {
+        change(
+            self.tasks
+                .lock()
+                .unwrap()
+                .get_mut(id)
+                .expect("no such task"),
+        );
     }
 }
 
@@ -162,25 +210,39 @@ impl TaskStore for FakeTasks {
             finished_at: None,
             outstanding: 1,
             error: None,
+            notes: vec![],
+            failed_ids: vec![],
         };
-        tasks.insert(task.task_id.clone(), (new, HashSet::new()));
+        tasks.insert(
+            task.task_id.clone(),
+            FakeTask {
+                task: new,
+                done_ids: HashSet::new(),
+                handoffs: BTreeSet::new(),
+            },
+        );
         Ok(TaskCreation::Created)
     }
 
     async fn get(&self, task_id: &str) -> Result<Option<SyncTask>, PortError> {
-        Ok(self.tasks.lock().unwrap().get(task_id).map(|t| t.0.clone()))
+        Ok(self
+            .tasks
+            .lock()
+            .unwrap()
+            .get(task_id)
+            .map(|t| t.task.clone()))
     }
 
     async fn current_for_profile(&self, profile_id: i64) -> Result<Option<SyncTask>, PortError> {
         let id = self.pointers.lock().unwrap().get(&profile_id).cloned();
-        Ok(id.and_then(|id| self.tasks.lock().unwrap().get(&id).map(|t| t.0.clone())))
+        Ok(id.and_then(|id| self.tasks.lock().unwrap().get(&id).map(|t| t.task.clone())))
     }
 
     async fn mark_running(&self, task_id: &str, now: DateTime<Utc>) -> Result<(), PortError> {
-        if let Some((task, _)) = self.tasks.lock().unwrap().get_mut(task_id) {
-            if task.status == TaskStatus::Pending {
-                task.status = TaskStatus::Running;
-                task.started_at = Some(now);
+        if let Some(t) = self.tasks.lock().unwrap().get_mut(task_id) {
+            if t.task.status == TaskStatus::Pending {
+                t.task.status = TaskStatus::Running;
+                t.task.started_at = Some(now);
             }
         }
         Ok(())
@@ -191,36 +253,174 @@ impl TaskStore for FakeTasks {
         task_id: &str,
         message_id: &str,
         new: u32,
+        handoff: HandoffChange<'_>,
         now: DateTime<Utc>,
     ) -> Result<Option<TaskProgress>, PortError> {
         let mut tasks = self.tasks.lock().unwrap();
-        let Some((task, done)) = tasks.get_mut(task_id) else {
+        let Some(t) = tasks.get_mut(task_id) else {
             return Ok(None);
         };
-        if done.insert(message_id.to_string()) {
-            task.outstanding += i64::from(new) - 1;
-            if task.outstanding <= 0 && task.status != TaskStatus::Failed {
-                task.status = TaskStatus::Completed;
-                task.finished_at = Some(now);
+        let counts = t.task.outstanding > 0
+            && !t.done_ids.contains(message_id)
+            && match handoff {
+                HandoffChange::Closes(token) => t.handoffs.contains(token),
+                _ => true,
+            };
+        if counts {
+            t.done_ids.insert(message_id.to_string());
+            t.task.outstanding = (t.task.outstanding + i64::from(new) - 1).max(0);
+            match handoff {
+                HandoffChange::Opens(token) => {
+                    t.handoffs.insert(token.to_string());
+                }
+                HandoffChange::Closes(token) => {
+                    t.handoffs.remove(token);
+                }
+                HandoffChange::None => {}
+            }
+            if t.task.outstanding == 0 && t.task.status.may_complete() {
+                t.task.status = TaskStatus::Completed;
+                t.task.finished_at = Some(now);
             }
         }
         Ok(Some(TaskProgress {
-            outstanding: task.outstanding,
-            status: task.status,
+            outstanding: t.task.outstanding,
+            status: t.task.status,
         }))
     }
 
     async fn mark_failed(
         &self,
         task_id: &str,
+        message_id: &str,
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<(), PortError> {
-        if let Some((task, _)) = self.tasks.lock().unwrap().get_mut(task_id) {
-            task.status = TaskStatus::Failed;
-            task.error = Some(reason.to_string());
-            task.finished_at = Some(now);
+        if let Some(t) = self.tasks.lock().unwrap().get_mut(task_id) {
+            if t.task.status == TaskStatus::Completed {
+                return Ok(());
+            }
+            if !t.task.failed_ids.iter().any(|id| id == message_id) {
+                t.task.failed_ids.push(message_id.to_string());
+            }
+            t.task.status = TaskStatus::Failed;
+            t.task.error = Some(reason.to_string());
+            t.task.finished_at = Some(now);
         }
         Ok(())
+    }
+
+    async fn reopen(
+        &self,
+        task_id: &str,
+        message_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<TaskStatus>, PortError> {
+        let mut tasks = self.tasks.lock().unwrap();
+        let Some(t) = tasks.get_mut(task_id) else {
+            return Ok(None);
+        };
+        t.task.failed_ids.retain(|id| id != message_id);
+        if t.task.failed_ids.is_empty() && t.task.status == TaskStatus::Failed {
+            t.task.status = TaskStatus::Running;
+            t.task.finished_at = None;
+            t.task.error = None;
+            t.task
+                .notes
+                .push(crate::tasks::reopened_note(message_id, now));
+        }
+        Ok(Some(t.task.status))
+    }
+
+    async fn adoptable(
+        &self,
+        task_id: &str,
+        token: &str,
+        message_id: &str,
+    ) -> Result<bool, PortError> {
+        Ok(self
+            .tasks
+            .lock()
+            .unwrap()
+            .get(task_id)
+            .is_some_and(|t| t.handoffs.contains(token) || t.done_ids.contains(message_id)))
+    }
+}
+
+/// Every journal call, in order; `broken` makes every call fail.
+#[derive(Default)]
+pub struct FakeJournal {
+    pub starts: Mutex<Vec<StepStart>>,
+    pub ends: Mutex<Vec<(i64, StepEnd)>>,
+    pub broken: std::sync::atomic::AtomicBool,
+}
+
+impl FakeJournal {
+    fn check(&self) -> Result<(), PortError> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(PortError::new("fake journal", "database unavailable"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StepJournal for FakeJournal {
+    async fn started(&self, start: &StepStart) -> Result<i64, PortError> {
+        self.check()?;
+        let mut starts = self.starts.lock().unwrap();
+        starts.push(start.clone());
+        Ok(starts.len() as i64)
+    }
+
+    async fn finished(&self, id: i64, end: &StepEnd) -> Result<(), PortError> {
+        self.check()?;
+        self.ends.lock().unwrap().push((id, end.clone()));
+        Ok(())
+    }
+}
+
+/// A failure with its status and who resolved it.
+type FailureEntry = (FailureRecord, String, Option<String>);
+
+/// Failures by id with their status and resolver; `broken` fails every call.
+#[derive(Default)]
+pub struct FakeFailures {
+    pub records: Mutex<BTreeMap<String, FailureEntry>>,
+    pub broken: std::sync::atomic::AtomicBool,
+}
+
+impl FakeFailures {
+    pub fn status(&self, id: &str) -> Option<String> {
+        self.records.lock().unwrap().get(id).map(|r| r.1.clone())
+    }
+}
+
+#[async_trait]
+impl FailureLog for FakeFailures {
+    async fn record(&self, failure: &FailureRecord) -> Result<(), PortError> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(PortError::new("fake failures", "database unavailable"));
+        }
+        self.records
+            .lock()
+            .unwrap()
+            .insert(failure.id.clone(), (failure.clone(), "failed".into(), None));
+        Ok(())
+    }
+
+    async fn resolved(&self, id: &str, by: &str, _now: DateTime<Utc>) -> Result<bool, PortError> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(PortError::new("fake failures", "database unavailable"));
+        }
+        let mut records = self.records.lock().unwrap();
+        match records.get_mut(id) {
+            Some(r) if r.1 == "failed" => {
+                r.1 = "retried".into();
+                r.2 = Some(by.to_string());
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 }

@@ -14,6 +14,14 @@
 //!    pool's acquire timeout), put it back without spending an attempt (see
 //!    [`StepError::NotAttempted`]).
 //!
+//! Every attempt of an envelope is journaled (start and end, [`StepJournal`])
+//! and every dead letter recorded ([`FailureLog`]); both only inform, so
+//! their errors are logged and never fail a message. A dead-lettered id may
+//! run again (an operator's retry or the console's DLQ redrive): its claim
+//! is taken again, its task reopened, and its failure resolved when it
+//! completes. A live claim of another invocation (one that may have died)
+//! is waited for, not retried against, so a dead attempt costs one receive.
+//!
 //! A batch's records run concurrently, but never more at once than the
 //! database pool can serve: `pool_connections / connections_per_record`
 //! (at least one), so a record never waits for another's connection.
@@ -28,8 +36,10 @@ use serde_json::{json, Value};
 use tracing::{error, info, warn, Instrument};
 
 use crate::envelope::{salvage_task_id, ChainLink, Envelope};
+use crate::ops::settings::queue_name_of;
 use crate::ports::{
-    Claim, IdempotencyStore, OutgoingMessage, PortError, QueueSend, QueueVisibility, TaskStore,
+    Claim, FailureLog, FailureRecord, HandoffChange, IdempotencyStore, OutgoingMessage, PortError,
+    QueueSend, QueueVisibility, StepEnd, StepJournal, StepStart, TaskStore,
 };
 use crate::retry::Backoff;
 use crate::routing::Router;
@@ -50,7 +60,8 @@ pub enum StepOutcome {
     },
     /// Done here, but the branch goes on outside the queues (an export put
     /// into the CDR bucket continues as the import its S3 notification
-    /// starts, which adopts the task). The task keeps this branch open.
+    /// starts, which adopts the task). The task keeps this branch open as
+    /// the hand-off `via`, the token `s3://{bucket}/{key}`.
     HandOff { output: Value, via: String },
 }
 
@@ -148,6 +159,12 @@ pub struct RuntimeSettings {
     /// inherit) a message may still be postponed for a pool wait; after that a pool wait counts as an attempt, so a long
     /// database outage ends in the DLQ (visible) instead of cycling forever.
     pub max_postpone_age: chrono::Duration,
+    /// `AWS_LAMBDA_FUNCTION_NAME`, recorded with every attempt and failure.
+    pub function_name: String,
+    /// How long an attempt's journal record is kept (`STEP_RECORD_TTL_DAYS`).
+    pub step_record_ttl: chrono::Duration,
+    /// How long a failure stays retryable (`FAILED_MESSAGE_RETENTION_DAYS`).
+    pub failure_retention: chrono::Duration,
 }
 
 impl Default for RuntimeSettings {
@@ -164,9 +181,15 @@ impl Default for RuntimeSettings {
             },
             pool_connections: 2,
             max_postpone_age: chrono::Duration::hours(1),
+            function_name: "local".into(),
+            step_record_ttl: chrono::Duration::days(14),
+            failure_retention: chrono::Duration::days(30),
         }
     }
 }
+
+/// The longest an SQS message can be hidden (12 hours).
+const MAX_VISIBILITY_SECONDS: i64 = 43_200;
 
 /// One message as it arrived, free of the event source's types.
 #[derive(Debug, Clone)]
@@ -222,6 +245,17 @@ pub struct MessageReport {
     pub error_kind: Option<String>,
 }
 
+/// The stores and queues the runtime works with.
+#[derive(Clone)]
+pub struct RuntimePorts {
+    pub queues: Arc<dyn QueueSend>,
+    pub visibility: Arc<dyn QueueVisibility>,
+    pub idempotency: Arc<dyn IdempotencyStore>,
+    pub tasks: Arc<dyn TaskStore>,
+    pub journal: Arc<dyn StepJournal>,
+    pub failures: Arc<dyn FailureLog>,
+}
+
 pub struct ChainRuntime {
     handler: Arc<dyn StepHandler>,
     router: Router,
@@ -229,26 +263,36 @@ pub struct ChainRuntime {
     visibility: Arc<dyn QueueVisibility>,
     idempotency: Arc<dyn IdempotencyStore>,
     tasks: Arc<dyn TaskStore>,
+    journal: Arc<dyn StepJournal>,
+    failures: Arc<dyn FailureLog>,
     settings: RuntimeSettings,
+}
+
+/// What one attempt learnt on the way that its report does not carry.
+#[derive(Debug, Default)]
+struct AttemptNotes {
+    /// The hand-off the attempt opened or continued.
+    handoff: Option<String>,
+    /// The claim was taken over from a dead letter (a retry).
+    after_dead_letter: bool,
 }
 
 impl ChainRuntime {
     pub fn new(
         handler: Arc<dyn StepHandler>,
         router: Router,
-        queues: Arc<dyn QueueSend>,
-        visibility: Arc<dyn QueueVisibility>,
-        idempotency: Arc<dyn IdempotencyStore>,
-        tasks: Arc<dyn TaskStore>,
+        ports: RuntimePorts,
         settings: RuntimeSettings,
     ) -> Self {
         Self {
             handler,
             router,
-            queues,
-            visibility,
-            idempotency,
-            tasks,
+            queues: ports.queues,
+            visibility: ports.visibility,
+            idempotency: ports.idempotency,
+            tasks: ports.tasks,
+            journal: ports.journal,
+            failures: ports.failures,
             settings,
         }
     }
@@ -282,7 +326,7 @@ impl ChainRuntime {
     ) -> MessageReport {
         let started_at = Utc::now();
         let clock = std::time::Instant::now();
-        let envelope = match Envelope::parse(&incoming.body) {
+        let mut envelope = match Envelope::parse(&incoming.body) {
             Ok(envelope) => envelope,
             Err(e) => {
                 let reason = format!("invalid message, not retried: {e}");
@@ -303,35 +347,130 @@ impl ChainRuntime {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
+        // Attempts spent in earlier copies (see StepError::NotAttempted) count.
+        let attempt = envelope.attempt.saturating_add(incoming.receive_count);
         let span = tracing::info_span!(
             "step",
-            task_id = envelope.task_id.as_deref().unwrap_or(""),
+            trace_id = %envelope.trace_id,
+            // Recorded once the task is known to adopt the message.
+            task_id = tracing::field::Empty,
             message_id = %envelope.id,
             step = %envelope.step,
             provider = %provider,
-            attempt = envelope.attempt.saturating_add(incoming.receive_count),
+            attempt,
         );
-        let attempt = envelope.attempt.saturating_add(incoming.receive_count);
-        let task_id = envelope.task_id.clone();
         let chain_started_at = envelope.created_at;
-        let mut report = self
-            .process_envelope(&incoming, envelope, deadline)
-            .instrument(span)
-            .await;
-        report.provider = (!provider.is_empty()).then_some(provider);
-        report.task_id = task_id;
-        report.attempt = attempt;
-        report.started_at = started_at;
-        report.duration = clock.elapsed();
-        report.chain_started_at = Some(chain_started_at);
-        report
+        let mut notes = AttemptNotes::default();
+        let report = async {
+            let adoption = self.adopt(&mut envelope).await;
+            tracing::Span::current().record("task_id", envelope.task_id.as_deref().unwrap_or(""));
+            if let Err(e) = adoption {
+                // Nothing ran yet and no claim is held: just come back later.
+                warn!(error = %e, "cannot tell whether the task adopts this message");
+                return self.retry(&incoming, &envelope, e.to_string()).await;
+            }
+            let journal_id = self
+                .journal_start(&envelope, attempt, &provider, started_at)
+                .await;
+            let report = self
+                .process_envelope(&incoming, &envelope, deadline, &mut notes)
+                .await;
+            self.journal_end(journal_id, &report, &notes).await;
+            report
+        }
+        .instrument(span)
+        .await;
+        MessageReport {
+            provider: (!provider.is_empty()).then_some(provider),
+            task_id: envelope.task_id,
+            attempt,
+            started_at,
+            duration: clock.elapsed(),
+            chain_started_at: Some(chain_started_at),
+            ..report
+        }
+    }
+
+    /// A message continuing a hand-off counts on its task only while the
+    /// task has that hand-off open (or already counted this very message).
+    /// Otherwise (an export copied within the bucket with its metadata, an
+    /// object put by hand with a finished task's id) it runs on its own, so
+    /// it can neither complete nor fail a task it does not belong to.
+    async fn adopt(&self, envelope: &mut Envelope) -> Result<(), PortError> {
+        let (Some(task_id), Some(token)) = (&envelope.task_id, &envelope.handoff) else {
+            return Ok(());
+        };
+        if self.tasks.adoptable(task_id, token, &envelope.id).await? {
+            return Ok(());
+        }
+        warn!(
+            task_id = %task_id,
+            handoff = %token,
+            "the task does not have this hand-off open (finished, or the object was copied or put by hand); running without the task"
+        );
+        envelope.task_id = None;
+        Ok(())
+    }
+
+    async fn journal_start(
+        &self,
+        envelope: &Envelope,
+        attempt: u32,
+        provider: &str,
+        started_at: DateTime<Utc>,
+    ) -> Option<i64> {
+        let start = StepStart {
+            message_id: envelope.id.clone(),
+            attempt,
+            step: envelope.step.to_string(),
+            function_name: self.settings.function_name.clone(),
+            queue: self
+                .settings
+                .source_queue_url
+                .as_deref()
+                .map(|url| queue_name_of(url).to_string()),
+            provider: (!provider.is_empty()).then(|| provider.to_string()),
+            task_id: envelope.task_id.clone(),
+            trace_id: envelope.trace_id.clone(),
+            depth: envelope.depth,
+            chain_started_at: envelope.created_at,
+            started_at,
+            expires_at: started_at + self.settings.step_record_ttl,
+        };
+        match self.journal.started(&start).await {
+            Ok(id) => Some(id),
+            Err(e) => {
+                warn!(error = %e, "could not journal the attempt's start; going on without it");
+                None
+            }
+        }
+    }
+
+    async fn journal_end(&self, id: Option<i64>, report: &MessageReport, notes: &AttemptNotes) {
+        let Some(id) = id else { return };
+        let failed = matches!(
+            report.disposition,
+            Disposition::Retry | Disposition::DeadLettered | Disposition::Postponed
+        );
+        let end = StepEnd {
+            finished_at: Utc::now(),
+            outcome: report.disposition,
+            error: failed.then(|| report.detail.clone()),
+            error_kind: report.error_kind.clone(),
+            children: report.children.clone(),
+            handoff: notes.handoff.clone(),
+        };
+        if let Err(e) = self.journal.finished(id, &end).await {
+            warn!(error = %e, "could not journal the attempt's end; going on without it");
+        }
     }
 
     async fn process_envelope(
         &self,
         incoming: &IncomingMessage,
-        envelope: Envelope,
+        envelope: &Envelope,
         deadline: DateTime<Utc>,
+        notes: &mut AttemptNotes,
     ) -> MessageReport {
         let step = envelope.step.to_string();
         // Attempts spent in earlier copies (see StepError::NotAttempted) count.
@@ -341,19 +480,26 @@ impl ChainRuntime {
                 "chain depth {} exceeds the limit of {}; refusing to continue a chain that may loop",
                 envelope.depth, self.settings.max_chain_depth
             );
-            return self.refuse(incoming, &envelope, &reason).await;
+            return self.refuse(incoming, envelope, &reason).await;
         }
         if envelope.requeues > self.settings.max_requeues {
             let reason = format!(
                 "step {} re-enqueued itself {} times, over the limit of {}",
                 envelope.step, envelope.requeues, self.settings.max_requeues
             );
-            return self.refuse(incoming, &envelope, &reason).await;
+            return self.refuse(incoming, envelope, &reason).await;
         }
 
         let now = Utc::now();
         match self.idempotency.claim(&envelope.id, now, deadline).await {
-            Ok(Claim::Acquired) => {}
+            Ok(Claim::Acquired { after_dead_letter }) => {
+                notes.after_dead_letter = after_dead_letter;
+                if after_dead_letter {
+                    if let Err(report) = self.reopen(incoming, envelope, now).await {
+                        return report;
+                    }
+                }
+            }
             Ok(Claim::Completed { outcome }) => {
                 info!(%outcome, "duplicate delivery; already processed");
                 return report(
@@ -365,20 +511,24 @@ impl ChainRuntime {
                 );
             }
             Ok(Claim::InProgress { expires_at }) => {
-                // Come back after a backoff, or when the claim expires if sooner.
-                let backoff = self
-                    .settings
-                    .backoff
-                    .visibility_seconds(incoming.receive_count.max(1), &mut rand::thread_rng());
-                let wait = ((expires_at - now).num_seconds().clamp(1, 900) as i32).min(backoff);
-                info!(%expires_at, "another invocation is processing this message; retrying later");
+                // The holder may have died (killed, out of memory): retrying
+                // before its claim expires would only spend attempts, so come
+                // back just after it expires.
+                let wait =
+                    ((expires_at - now).num_seconds() + 1).clamp(1, MAX_VISIBILITY_SECONDS) as i32;
+                info!(%expires_at, wait_s = wait, "another invocation holds this message's claim; waiting for it to expire");
                 return self
-                    .retry_later(incoming, Some(step), wait, "in progress elsewhere".into())
+                    .retry_later(
+                        incoming,
+                        Some(step),
+                        wait,
+                        format!("claimed by another invocation until {expires_at}"),
+                    )
                     .await;
             }
             Err(e) => {
                 warn!(error = %e, "idempotency store unavailable");
-                return self.retry(incoming, &envelope, e.to_string()).await;
+                return self.retry(incoming, envelope, e.to_string()).await;
             }
         }
 
@@ -394,34 +544,76 @@ impl ChainRuntime {
         };
         let result = self
             .handler
-            .handle(&envelope, delivery)
+            .handle(envelope, delivery)
             .await
             .map_err(StepError::classified);
         match result {
-            Ok(outcome) => self.succeed(incoming, &envelope, outcome).await,
+            Ok(outcome) => {
+                let report = self.succeed(incoming, envelope, outcome, notes).await;
+                if report.disposition == Disposition::Completed && notes.after_dead_letter {
+                    match self
+                        .failures
+                        .resolved(&envelope.id, "redrive", Utc::now())
+                        .await
+                    {
+                        Ok(true) => info!("the failure of this message is resolved"),
+                        Ok(false) => {}
+                        Err(e) => warn!(error = %e, "could not mark the failure resolved"),
+                    }
+                }
+                report
+            }
             Err(StepError::NotAttempted(reason))
                 if now - envelope.created_at < self.settings.max_postpone_age =>
             {
                 warn!(%reason, "no database connection in time; not attempted, postponed");
-                self.release(&envelope).await;
-                self.postpone(incoming, &envelope, attempt.saturating_sub(1), reason)
+                self.release(envelope, notes).await;
+                self.postpone(incoming, envelope, attempt.saturating_sub(1), reason)
                     .await
             }
             Err(StepError::Retryable(reason) | StepError::NotAttempted(reason)) => {
                 if attempt >= self.settings.max_attempts {
                     let reason = format!("gave up after {attempt} attempts; last error: {reason}");
-                    self.finish_failed(incoming, &envelope, "retries_exhausted", &reason)
+                    self.finish_failed(incoming, envelope, "retries_exhausted", &reason, notes)
                         .await
                 } else {
                     warn!(%reason, "step failed; will retry");
-                    self.release(&envelope).await;
-                    self.retry(incoming, &envelope, reason).await
+                    self.release(envelope, notes).await;
+                    self.retry(incoming, envelope, reason).await
                 }
             }
             Err(StepError::Permanent(reason)) => {
                 error!(%reason, "step failed permanently");
-                self.finish_failed(incoming, &envelope, "permanent", &reason)
+                self.finish_failed(incoming, envelope, "permanent", &reason, notes)
                     .await
+            }
+        }
+    }
+
+    /// A dead-lettered message runs again: its task goes back to running
+    /// (unless another of its messages is still failed). If the task cannot
+    /// be reached the message waits, its claim again marked dead-lettered so
+    /// the next delivery reopens the task instead.
+    async fn reopen(
+        &self,
+        incoming: &IncomingMessage,
+        envelope: &Envelope,
+        now: DateTime<Utc>,
+    ) -> Result<(), MessageReport> {
+        info!("a dead-lettered message runs again");
+        let Some(task_id) = &envelope.task_id else {
+            return Ok(());
+        };
+        match self.tasks.reopen(task_id, &envelope.id, now).await {
+            Ok(status) => {
+                info!(status = ?status, "task reopened for the retried message");
+                Ok(())
+            }
+            Err(e) => {
+                warn!(error = %e, "could not reopen the task; retrying later");
+                self.mark_dead_lettered(envelope, "waiting to reopen its task")
+                    .await;
+                Err(self.retry(incoming, envelope, e.to_string()).await)
             }
         }
     }
@@ -431,6 +623,7 @@ impl ChainRuntime {
         incoming: &IncomingMessage,
         envelope: &Envelope,
         outcome: StepOutcome,
+        notes: &mut AttemptNotes,
     ) -> MessageReport {
         let step = envelope.step.to_string();
         let mut handed_off = None;
@@ -458,7 +651,7 @@ impl ChainRuntime {
                         envelope.step, again.requeues, self.settings.max_requeues
                     );
                     return self
-                        .finish_failed(incoming, envelope, "loop", &reason)
+                        .finish_failed(incoming, envelope, "loop", &reason, notes)
                         .await;
                 }
                 // SQS caps message delays at 15 minutes.
@@ -474,7 +667,7 @@ impl ChainRuntime {
                 too_deep.depth, self.settings.max_chain_depth
             );
             return self
-                .finish_failed(incoming, envelope, "loop", &reason)
+                .finish_failed(incoming, envelope, "loop", &reason, notes)
                 .await;
         }
 
@@ -485,7 +678,7 @@ impl ChainRuntime {
                 Err(e) => {
                     let reason = format!("cannot route the next step {}: {e}", child.step);
                     return self
-                        .finish_failed(incoming, envelope, "routing", &reason)
+                        .finish_failed(incoming, envelope, "routing", &reason, notes)
                         .await;
                 }
             };
@@ -494,7 +687,7 @@ impl ChainRuntime {
             match self.queues.send_all(&queue, vec![message]).await {
                 Ok(failed) if failed.is_empty() => sent.push(child.id.clone()),
                 Ok(failed) => {
-                    self.release(envelope).await;
+                    self.release(envelope, notes).await;
                     return self
                         .retry(
                             incoming,
@@ -504,19 +697,26 @@ impl ChainRuntime {
                         .await;
                 }
                 Err(e) => {
-                    self.release(envelope).await;
+                    self.release(envelope, notes).await;
                     return self.retry(incoming, envelope, e.to_string()).await;
                 }
             }
         }
 
+        notes.handoff = handed_off.clone().or_else(|| envelope.handoff.clone());
         if let Some(task_id) = &envelope.task_id {
+            let change = match (&handed_off, &envelope.handoff) {
+                (Some(via), _) => HandoffChange::Opens(via),
+                (None, Some(token)) => HandoffChange::Closes(token),
+                (None, None) => HandoffChange::None,
+            };
             match self
                 .tasks
                 .branch_done(
                     task_id,
                     &envelope.id,
                     children.len() as u32 + u32::from(handed_off.is_some()),
+                    change,
                     Utc::now(),
                 )
                 .await
@@ -530,7 +730,7 @@ impl ChainRuntime {
                 Err(e) => {
                     // The children are out; a retry re-sends the same ids,
                     // which their consumers deduplicate.
-                    self.release(envelope).await;
+                    self.release(envelope, notes).await;
                     return self.retry(incoming, envelope, e.to_string()).await;
                 }
             }
@@ -580,6 +780,7 @@ impl ChainRuntime {
         envelope: &Envelope,
         kind: &str,
         reason: &str,
+        notes: &AttemptNotes,
     ) -> MessageReport {
         let report = self
             .dead_letter(
@@ -591,23 +792,29 @@ impl ChainRuntime {
             )
             .await;
         if report.disposition == Disposition::DeadLettered {
-            let outcome = format!("dead-lettered: {reason}");
-            if let Err(e) = self
-                .idempotency
-                .complete(&envelope.id, &outcome, Utc::now())
-                .await
-            {
-                warn!(error = %e, "could not record the dead-lettering");
-            }
+            self.mark_dead_lettered(envelope, reason).await;
         } else {
-            self.release(envelope).await;
+            self.release(envelope, notes).await;
         }
         report
     }
 
-    /// Moves the original body to the DLQ with the reason as attributes, and
-    /// fails the task. If the DLQ cannot be reached the message stays on its
-    /// queue: nothing is lost.
+    /// Records the id as dead-lettered, so a retry may claim it again.
+    async fn mark_dead_lettered(&self, envelope: &Envelope, reason: &str) {
+        if let Err(e) = self
+            .idempotency
+            .dead_lettered(&envelope.id, reason, Utc::now())
+            .await
+        {
+            // The in-progress claim then expires with the deadline, after
+            // which a retry claims it too (without reopening the task).
+            warn!(error = %e, "could not record the dead-lettering");
+        }
+    }
+
+    /// Moves the original body to the DLQ with the reason as attributes,
+    /// records the failure, and fails the task. If the DLQ cannot be reached
+    /// the message stays on its queue: nothing is lost.
     async fn dead_letter(
         &self,
         incoming: &IncomingMessage,
@@ -617,11 +824,21 @@ impl ChainRuntime {
         reason: &str,
     ) -> MessageReport {
         let step = envelope.map(|e| e.step.to_string());
+        // The id a retry and the task know this failure by.
+        let failed_id =
+            envelope.map_or_else(|| format!("sqs:{}", incoming.message_id), |e| e.id.clone());
+        let why = format!("{}: {reason}", step.as_deref().unwrap_or("message"));
         let Some(dlq) = &self.settings.dlq_url else {
             // Invoked directly (console): the caller sees the error instead.
             error!(%reason, "failed");
             if let Some(task_id) = task_id {
-                let _ = self.tasks.mark_failed(task_id, reason, Utc::now()).await;
+                if let Err(e) = self
+                    .tasks
+                    .mark_failed(task_id, &failed_id, &why, Utc::now())
+                    .await
+                {
+                    warn!(error = %e, "could not mark the task failed");
+                }
             }
             return MessageReport {
                 error_kind: Some(kind.to_string()),
@@ -634,23 +851,28 @@ impl ChainRuntime {
                 )
             };
         };
+        let attempts = envelope
+            .map_or(0, |e| e.attempt)
+            .saturating_add(incoming.receive_count);
+        let failed_at = Utc::now();
         let mut message = OutgoingMessage::new(incoming.message_id.clone(), incoming.body.clone());
         message.attributes = vec![
             ("tem-error".into(), truncate(reason, 4000)),
             ("tem-error-kind".into(), kind.into()),
-            (
-                "tem-attempts".into(),
-                envelope
-                    .map_or(0, |e| e.attempt)
-                    .saturating_add(incoming.receive_count)
-                    .to_string(),
-            ),
-            ("tem-failed-at".into(), Utc::now().to_rfc3339()),
+            ("tem-attempts".into(), attempts.to_string()),
+            ("tem-failed-at".into(), failed_at.to_rfc3339()),
             (
                 "tem-step".into(),
                 step.clone().unwrap_or_else(|| "unknown".into()),
             ),
+            ("tem-function".into(), self.settings.function_name.clone()),
         ];
+        // SQS refuses empty attribute values: without a source queue, none.
+        if let Some(source) = &self.settings.source_queue_url {
+            message
+                .attributes
+                .push(("tem-source-queue".into(), source.clone()));
+        }
         match self.queues.send_all(dlq, vec![message]).await {
             Ok(failed) if failed.is_empty() => {}
             Ok(failed) => {
@@ -669,15 +891,38 @@ impl ChainRuntime {
             }
         }
         error!(%reason, kind, "moved to the dead-letter queue");
-        let error_kind = Some(kind.to_string());
         if let Some(task_id) = task_id {
-            let why = format!("{}: {reason}", step.as_deref().unwrap_or("message"));
-            if let Err(e) = self.tasks.mark_failed(task_id, &why, Utc::now()).await {
+            if let Err(e) = self
+                .tasks
+                .mark_failed(task_id, &failed_id, &why, Utc::now())
+                .await
+            {
                 warn!(error = %e, "could not mark the task failed");
             }
         }
+        self.record_failure(FailureRecord {
+            id: failed_id,
+            queue: String::new(),
+            queue_url: String::new(),
+            dlq_url: dlq.clone(),
+            function_name: Some(self.settings.function_name.clone()),
+            step: step.clone(),
+            provider: envelope
+                .and_then(|e| e.payload.get("provider"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            task_id: task_id.map(str::to_string),
+            trace_id: envelope.map(|e| e.trace_id.clone()),
+            body: incoming.body.clone(),
+            error_kind: kind.to_string(),
+            error: reason.to_string(),
+            attempts,
+            failed_at,
+            expires_at: failed_at + self.settings.failure_retention,
+        })
+        .await;
         MessageReport {
-            error_kind,
+            error_kind: Some(kind.to_string()),
             ..report(
                 incoming,
                 step,
@@ -688,6 +933,20 @@ impl ChainRuntime {
         }
     }
 
+    /// Keeps the failure findable and retryable beyond the DLQ's own
+    /// retention. The DLQ copy is already out, so an error here only warns:
+    /// the ops watch records DLQ messages that have no record.
+    async fn record_failure(&self, mut failure: FailureRecord) {
+        let Some(source) = &self.settings.source_queue_url else {
+            warn!("no source queue to retry this failure on; not recorded");
+            return;
+        };
+        failure.queue = queue_name_of(source).to_string();
+        failure.queue_url = source.clone();
+        if let Err(e) = self.failures.record(&failure).await {
+            warn!(error = %e, "could not record the failure; the ops watch will find it in the DLQ");
+        }
+    }
     /// Puts back a message whose step was not attempted, without spending
     /// an attempt: SQS counts every receive toward the queue's
     /// `maxReceiveCount`, and its redrive would dead-letter the message
@@ -782,7 +1041,15 @@ impl ChainRuntime {
         )
     }
 
-    async fn release(&self, envelope: &Envelope) {
+    /// Gives the claim back for a retry. A message retried after a dead
+    /// letter keeps its claim marked dead-lettered instead, so the attempt
+    /// that finally completes still resolves its failure.
+    async fn release(&self, envelope: &Envelope, notes: &AttemptNotes) {
+        if notes.after_dead_letter {
+            self.mark_dead_lettered(envelope, "retrying after a dead letter")
+                .await;
+            return;
+        }
         if let Err(e) = self.idempotency.release(&envelope.id).await {
             // The claim then expires with the deadline; the retry waits for it.
             warn!(error = %e, "could not release the idempotency claim");

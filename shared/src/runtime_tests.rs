@@ -10,8 +10,8 @@ use chrono::Utc;
 use serde_json::json;
 
 use crate::envelope::{ChainLink, Envelope, Step};
-use crate::fakes::{FakeIdempotency, FakeQueues, FakeTasks};
-use crate::ports::TaskStore;
+use crate::fakes::{FakeFailures, FakeIdempotency, FakeJournal, FakeQueues, FakeTasks};
+use crate::ports::{HandoffChange, TaskStore};
 use crate::retry::Backoff;
 use crate::routing::{Provider, Router};
 use crate::runtime::*;
@@ -53,6 +53,25 @@ struct Harness {
     handler: Arc<Scripted>,
     queues: Arc<FakeQueues>,
     tasks: Arc<FakeTasks>,
+    idempotency: Arc<FakeIdempotency>,
+    journal: Arc<FakeJournal>,
+    failures: Arc<FakeFailures>,
+}
+
+/// Ports over fakes; the journal and failure log are fresh ones.
+fn ports(
+    queues: &Arc<FakeQueues>,
+    idempotency: Arc<FakeIdempotency>,
+    tasks: Arc<FakeTasks>,
+) -> RuntimePorts {
+    RuntimePorts {
+        queues: queues.clone(),
+        visibility: queues.clone(),
+        idempotency,
+        tasks,
+        journal: Arc::new(FakeJournal::default()),
+        failures: Arc::new(FakeFailures::default()),
+    }
 }
 
 fn harness(answers: Vec<Result<StepOutcome, StepError>>) -> Harness {
@@ -71,14 +90,20 @@ fn harness(answers: Vec<Result<StepOutcome, StepError>>) -> Harness {
         },
         pool_connections: 2,
         max_postpone_age: chrono::Duration::hours(1),
+        function_name: "tem-routit".into(),
+        ..RuntimeSettings::default()
     };
+    let idempotency = Arc::new(FakeIdempotency::default());
+    let journal = Arc::new(FakeJournal::default());
+    let failures = Arc::new(FakeFailures::default());
     let runtime = ChainRuntime::new(
         handler.clone(),
         Router::new(BTreeMap::from([(Provider::Routit, ROUTIT_Q.to_string())])),
-        queues.clone(),
-        queues.clone(),
-        Arc::new(FakeIdempotency::default()),
-        tasks.clone(),
+        RuntimePorts {
+            journal: journal.clone(),
+            failures: failures.clone(),
+            ..ports(&queues, idempotency.clone(), tasks.clone())
+        },
         settings,
     );
     Harness {
@@ -86,6 +111,9 @@ fn harness(answers: Vec<Result<StepOutcome, StepError>>) -> Harness {
         handler,
         queues,
         tasks,
+        idempotency,
+        journal,
+        failures,
     }
 }
 
@@ -168,7 +196,7 @@ async fn the_task_completes_when_its_last_step_finishes() {
 async fn a_step_that_hands_off_sends_nothing_and_keeps_its_branch_open() {
     let h = harness(vec![Ok(StepOutcome::HandOff {
         output: json!({"key": "inbox/x.zip"}),
-        via: "the import of inbox/x.zip".into(),
+        via: "s3://cdr/inbox/x.zip".into(),
     })]);
     with_task(&h).await;
     let report = h
@@ -177,7 +205,7 @@ async fn a_step_that_hands_off_sends_nothing_and_keeps_its_branch_open() {
         .await;
     assert_eq!(report.disposition, Disposition::Completed);
     assert!(
-        report.detail.contains("the import of inbox/x.zip"),
+        report.detail.contains("s3://cdr/inbox/x.zip"),
         "{}",
         report.detail
     );
@@ -291,9 +319,30 @@ async fn the_last_attempt_dead_letters_with_error_attempts_and_time() {
     assert!(attr("tem-failed-at")
         .parse::<chrono::DateTime<Utc>>()
         .is_ok());
+    assert_eq!(attr("tem-source-queue"), ROUTIT_Q);
+    assert_eq!(attr("tem-function"), "tem-routit");
     let task = h.tasks.task("task-1");
     assert_eq!(task.status, TaskStatus::Failed);
     assert!(task.error.unwrap().contains("carrier down"));
+    assert_eq!(task.failed_ids, vec!["m1".to_string()]);
+    let failures = h.failures.records.lock().unwrap();
+    let (failure, status, _) = &failures["m1"];
+    assert_eq!(status, "failed");
+    assert_eq!(
+        (
+            failure.queue.as_str(),
+            failure.queue_url.as_str(),
+            failure.dlq_url.as_str()
+        ),
+        ("routit", ROUTIT_Q, DLQ)
+    );
+    assert_eq!(
+        (failure.attempts, failure.error_kind.as_str()),
+        (3, "retries_exhausted")
+    );
+    assert_eq!(failure.task_id.as_deref(), Some("task-1"));
+    assert_eq!(Envelope::parse(&failure.body).unwrap().id, "m1");
+    assert!(failure.expires_at - failure.failed_at >= chrono::Duration::days(14));
 }
 
 #[tokio::test]
@@ -410,10 +459,11 @@ fn gauged(pool_connections: u32, per_record: u32) -> (ChainRuntime, Arc<Gauge>) 
     let runtime = ChainRuntime::new(
         gauge.clone(),
         Router::new(BTreeMap::from([(Provider::Routit, ROUTIT_Q.to_string())])),
-        queues.clone(),
-        queues,
-        Arc::new(FakeIdempotency::default()),
-        Arc::new(FakeTasks::default()),
+        ports(
+            &queues,
+            Arc::new(FakeIdempotency::default()),
+            Arc::new(FakeTasks::default()),
+        ),
         RuntimeSettings {
             pool_connections,
             ..RuntimeSettings::default()
@@ -564,10 +614,11 @@ async fn a_pool_wait_without_a_source_queue_is_left_for_a_retry() {
     let runtime = ChainRuntime::new(
         h.handler.clone(),
         Router::new(BTreeMap::new()),
-        h.queues.clone(),
-        h.queues.clone(),
-        Arc::new(FakeIdempotency::default()),
-        h.tasks.clone(),
+        ports(
+            &h.queues,
+            Arc::new(FakeIdempotency::default()),
+            h.tasks.clone(),
+        ),
         runtime_settings,
     );
     let report = runtime
@@ -594,10 +645,11 @@ async fn a_real_pool_timeout_in_the_totals_handler_is_postponed_on_the_last_atte
             chrono::Duration::days(5),
         )),
         Router::new(BTreeMap::new()),
-        queues.clone(),
-        queues.clone(),
-        Arc::new(FakeIdempotency::default()),
-        Arc::new(FakeTasks::default()),
+        ports(
+            &queues,
+            Arc::new(FakeIdempotency::default()),
+            Arc::new(FakeTasks::default()),
+        ),
         RuntimeSettings {
             source_queue_url: Some("q/totals".into()),
             dlq_url: Some("q/totals-dlq".into()),
@@ -623,4 +675,418 @@ async fn a_real_pool_timeout_in_the_totals_handler_is_postponed_on_the_last_atte
     assert!(queues.on("q/totals-dlq").is_empty());
     let copy = Envelope::parse(&queues.on("q/totals")[0].body).unwrap();
     assert_eq!((copy.id.as_str(), copy.attempt), ("t1", 2));
+}
+
+// --- retries of dead letters, live claims, task accounting, the journal ---
+
+fn permanent(reason: &str) -> Result<StepOutcome, StepError> {
+    Err(StepError::Permanent(reason.into()))
+}
+
+#[tokio::test]
+async fn a_dead_lettered_message_runs_again_on_redelivery_and_reopens_its_task() {
+    let h = harness(vec![
+        permanent("carrier refused"),
+        Ok(StepOutcome::done(json!({}))),
+    ]);
+    with_task(&h).await;
+    let m = message(vec![]);
+    let first = h.runtime.process(incoming(&m, 1), deadline()).await;
+    assert_eq!(first.disposition, Disposition::DeadLettered);
+    assert_eq!(h.idempotency.status("m1").as_deref(), Some("dead_lettered"));
+    assert_eq!(h.tasks.task("task-1").status, TaskStatus::Failed);
+
+    // The DLQ's body, moved back unchanged (console redrive or a retry).
+    let again = h.runtime.process(incoming(&m, 1), deadline()).await;
+    assert_eq!(
+        again.disposition,
+        Disposition::Completed,
+        "{}",
+        again.detail
+    );
+    assert_eq!(h.handler.calls.load(Ordering::SeqCst), 2);
+    let task = h.tasks.task("task-1");
+    assert_eq!((task.status, task.outstanding), (TaskStatus::Completed, 0));
+    assert!(task.failed_ids.is_empty());
+    assert!(
+        task.notes
+            .iter()
+            .any(|n| n.ends_with("reopened: message m1 runs again")),
+        "{:?}",
+        task.notes
+    );
+    assert_eq!(h.failures.status("m1").as_deref(), Some("retried"));
+    assert_eq!(
+        h.failures.records.lock().unwrap()["m1"].2.as_deref(),
+        Some("redrive")
+    );
+    assert_eq!(h.idempotency.status("m1").as_deref(), Some("completed"));
+}
+
+#[tokio::test]
+async fn a_retried_dead_letter_gets_its_claim_back_and_its_attempts_start_again() {
+    let h = harness(vec![
+        Err(StepError::Retryable("carrier down".into())),
+        Err(StepError::Retryable("carrier still down".into())),
+        Ok(StepOutcome::done(json!({}))),
+    ]);
+    with_task(&h).await;
+    let m = message(vec![]);
+    // The last attempt (max_attempts is 3) dead-letters.
+    let dead = h.runtime.process(incoming(&m, 3), deadline()).await;
+    assert_eq!(dead.disposition, Disposition::DeadLettered);
+    // The retry is a new SQS message: receive count 1, far from the limit.
+    let retry = h.runtime.process(incoming(&m, 1), deadline()).await;
+    assert_eq!(retry.disposition, Disposition::Retry, "{}", retry.detail);
+    assert_eq!(h.queues.on(DLQ).len(), 1);
+    assert_eq!(h.tasks.task("task-1").status, TaskStatus::Running);
+    // Its claim is given back marked dead-lettered, so the attempt that
+    // completes still resolves the failure.
+    assert_eq!(h.idempotency.status("m1").as_deref(), Some("dead_lettered"));
+    let done = h.runtime.process(incoming(&m, 2), deadline()).await;
+    assert_eq!(done.disposition, Disposition::Completed, "{}", done.detail);
+    assert_eq!(h.tasks.task("task-1").status, TaskStatus::Completed);
+    assert_eq!(h.failures.status("m1").as_deref(), Some("retried"));
+}
+
+#[tokio::test]
+async fn a_live_claim_is_waited_for_for_its_remaining_time() {
+    let h = harness(vec![Ok(StepOutcome::done(json!({})))]);
+    let now = Utc::now();
+    h.idempotency.records.lock().unwrap().insert(
+        "m1".into(),
+        (
+            "in_progress".into(),
+            now + chrono::Duration::seconds(600),
+            String::new(),
+        ),
+    );
+    let report = h
+        .runtime
+        .process(incoming(&message(vec![]), 1), deadline())
+        .await;
+    assert_eq!(report.disposition, Disposition::Retry);
+    assert_eq!(h.handler.calls.load(Ordering::SeqCst), 0);
+    let (_, seconds) = h.queues.visibility.lock().unwrap()[0].clone();
+    // 600 s left, plus one, minus the time the test took to get here.
+    assert!((599..=601).contains(&seconds), "{seconds}");
+}
+
+#[tokio::test]
+async fn a_claim_held_longer_than_sqs_can_hide_a_message_waits_twelve_hours() {
+    let h = harness(vec![Ok(StepOutcome::done(json!({})))]);
+    h.idempotency.records.lock().unwrap().insert(
+        "m1".into(),
+        (
+            "in_progress".into(),
+            Utc::now() + chrono::Duration::days(2),
+            String::new(),
+        ),
+    );
+    h.runtime
+        .process(incoming(&message(vec![]), 1), deadline())
+        .await;
+    assert_eq!(h.queues.visibility.lock().unwrap()[0].1, 43_200);
+}
+
+#[tokio::test]
+async fn a_task_never_goes_below_zero() {
+    let h = harness(vec![Ok(StepOutcome::done(json!({})))]);
+    with_task(&h).await;
+    let now = Utc::now();
+    for id in ["a", "b", "c"] {
+        let progress = h
+            .tasks
+            .branch_done("task-1", id, 0, HandoffChange::None, now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(progress.outstanding, 0);
+    }
+    assert_eq!(h.tasks.task("task-1").outstanding, 0);
+}
+
+#[tokio::test]
+async fn a_failed_branch_then_retried_completes_the_task() {
+    let h = harness(vec![
+        Ok(StepOutcome::Fork {
+            output: json!({}),
+            branches: vec![poll_link(), poll_link()],
+        }),
+        permanent("export broken"),
+        Ok(StepOutcome::done(json!({}))),
+    ]);
+    with_task(&h).await;
+    h.runtime
+        .process(incoming(&message(vec![]), 1), deadline())
+        .await;
+    let branches: Vec<Envelope> = h
+        .queues
+        .on(ROUTIT_Q)
+        .iter()
+        .map(|m| Envelope::parse(&m.body).unwrap())
+        .collect();
+    assert_eq!(branches.len(), 2);
+    let failed = h
+        .runtime
+        .process(incoming(&branches[0], 1), deadline())
+        .await;
+    assert_eq!(failed.disposition, Disposition::DeadLettered);
+    h.runtime
+        .process(incoming(&branches[1], 1), deadline())
+        .await;
+    let task = h.tasks.task("task-1");
+    assert_eq!((task.status, task.outstanding), (TaskStatus::Failed, 1));
+
+    let retried = h
+        .runtime
+        .process(incoming(&branches[0], 1), deadline())
+        .await;
+    assert_eq!(retried.disposition, Disposition::Completed);
+    let task = h.tasks.task("task-1");
+    assert_eq!((task.status, task.outstanding), (TaskStatus::Completed, 0));
+    assert!(task.error.is_none() && task.failed_ids.is_empty());
+}
+
+#[tokio::test]
+async fn a_finished_task_is_never_failed_or_completed_again() {
+    let h = harness(vec![Ok(StepOutcome::done(json!({})))]);
+    with_task(&h).await;
+    h.runtime
+        .process(incoming(&message(vec![]), 1), deadline())
+        .await;
+    let completed = h.tasks.task("task-1");
+    assert_eq!(completed.status, TaskStatus::Completed);
+    let later = Utc::now() + chrono::Duration::hours(1);
+    h.tasks
+        .mark_failed("task-1", "other", "late failure", later)
+        .await
+        .unwrap();
+    h.tasks
+        .branch_done("task-1", "other", 0, HandoffChange::None, later)
+        .await
+        .unwrap();
+    let task = h.tasks.task("task-1");
+    assert_eq!(task.status, TaskStatus::Completed);
+    assert_eq!(task.finished_at, completed.finished_at);
+    assert_eq!(task.outstanding, 0);
+    assert!(task.failed_ids.is_empty());
+
+    // A failed task is not completed by a branch either, only after a retry.
+    let h = harness(vec![Ok(StepOutcome::done(json!({})))]);
+    with_task(&h).await;
+    h.tasks
+        .mark_failed("task-1", "x", "broken", Utc::now())
+        .await
+        .unwrap();
+    h.runtime
+        .process(incoming(&message(vec![]), 1), deadline())
+        .await;
+    assert_eq!(h.tasks.task("task-1").status, TaskStatus::Failed);
+}
+
+#[tokio::test]
+async fn every_attempt_is_journaled_at_its_start_and_end_with_its_outcome() {
+    let h = harness(vec![
+        Err(StepError::Retryable("carrier down".into())),
+        Ok(StepOutcome::done(json!({}))),
+    ]);
+    with_task(&h).await;
+    let m = message(vec![poll_link()]);
+    h.runtime.process(incoming(&m, 1), deadline()).await;
+    h.runtime.process(incoming(&m, 2), deadline()).await;
+    let starts = h.journal.starts.lock().unwrap().clone();
+    let ends = h.journal.ends.lock().unwrap().clone();
+    assert_eq!(starts.len(), 2);
+    assert_eq!(
+        starts.iter().map(|s| s.attempt).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    for start in &starts {
+        assert_eq!(start.message_id, "m1");
+        assert_eq!(start.step, "SyncProfile");
+        assert_eq!(start.function_name, "tem-routit");
+        assert_eq!(start.queue.as_deref(), Some("routit"));
+        assert_eq!(start.provider.as_deref(), Some("routit"));
+        assert_eq!(start.task_id.as_deref(), Some("task-1"));
+        assert_eq!(start.trace_id, m.trace_id);
+        assert_eq!(
+            start.expires_at - start.started_at,
+            chrono::Duration::days(14)
+        );
+    }
+    assert_eq!(ends.iter().map(|e| e.0).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(ends[0].1.outcome, Disposition::Retry);
+    assert!(ends[0].1.error.as_deref().unwrap().contains("carrier down"));
+    assert_eq!(ends[1].1.outcome, Disposition::Completed);
+    assert_eq!(ends[1].1.error, None);
+    assert_eq!(ends[1].1.children.len(), 1);
+}
+
+#[tokio::test]
+async fn a_dead_letter_is_journaled_with_its_error_kind() {
+    let h = harness(vec![permanent("bad credentials")]);
+    h.runtime
+        .process(incoming(&message(vec![]), 1), deadline())
+        .await;
+    let ends = h.journal.ends.lock().unwrap().clone();
+    assert_eq!(ends[0].1.outcome, Disposition::DeadLettered);
+    assert_eq!(ends[0].1.error_kind.as_deref(), Some("permanent"));
+}
+
+#[tokio::test]
+async fn a_journal_or_failure_log_that_fails_does_not_fail_the_message() {
+    let h = harness(vec![
+        Ok(StepOutcome::done(json!({}))),
+        permanent("bad credentials"),
+    ]);
+    with_task(&h).await;
+    h.journal.broken.store(true, Ordering::SeqCst);
+    h.failures.broken.store(true, Ordering::SeqCst);
+    let ok = h
+        .runtime
+        .process(incoming(&message(vec![poll_link()]), 1), deadline())
+        .await;
+    assert_eq!(ok.disposition, Disposition::Completed);
+    assert_eq!(h.queues.on(ROUTIT_Q).len(), 1);
+    let mut other = message(vec![]);
+    other.id = "m2".into();
+    let dead = h.runtime.process(incoming(&other, 1), deadline()).await;
+    assert_eq!(dead.disposition, Disposition::DeadLettered);
+    assert_eq!(h.queues.on(DLQ).len(), 1);
+}
+
+// --- hand-offs: an import counts on a task only while it has the hand-off open ---
+
+const TOKEN: &str = "s3://cdr/inbox/routit/1/2025-01-01/e1.zip";
+
+fn import_of(token: &str, id: &str) -> Envelope {
+    let mut m = Envelope::root(
+        id,
+        Step::ImportCdrFile,
+        json!({"bucket": "cdr", "key": token.trim_start_matches("s3://cdr/")}),
+        vec![],
+        Some("task-1".into()),
+        Utc::now(),
+    );
+    m.handoff = Some(token.to_string());
+    m
+}
+
+/// A task whose export was handed off and whose import then completed it.
+async fn completed_through_a_hand_off(h: &Harness) -> crate::tasks::SyncTask {
+    with_task(h).await;
+    let sync = h
+        .runtime
+        .process(incoming(&message(vec![]), 1), deadline())
+        .await;
+    assert_eq!(sync.disposition, Disposition::Completed);
+    assert_eq!(
+        h.tasks.handoffs("task-1").into_iter().collect::<Vec<_>>(),
+        vec![TOKEN.to_string()]
+    );
+    assert_eq!(h.tasks.task("task-1").outstanding, 1);
+    let import = h
+        .runtime
+        .process(incoming(&import_of(TOKEN, "import-1"), 1), deadline())
+        .await;
+    assert_eq!(import.task_id.as_deref(), Some("task-1"));
+    let task = h.tasks.task("task-1");
+    assert_eq!((task.status, task.outstanding), (TaskStatus::Completed, 0));
+    assert!(h.tasks.handoffs("task-1").is_empty());
+    task
+}
+
+fn hand_off() -> Result<StepOutcome, StepError> {
+    Ok(StepOutcome::HandOff {
+        output: json!({}),
+        via: TOKEN.into(),
+    })
+}
+
+#[tokio::test]
+async fn an_import_continuing_an_open_hand_off_counts_on_its_task_and_closes_it() {
+    let h = harness(vec![hand_off(), Ok(StepOutcome::done(json!({})))]);
+    completed_through_a_hand_off(&h).await;
+    let ends = h.journal.ends.lock().unwrap().clone();
+    assert_eq!(ends[0].1.handoff.as_deref(), Some(TOKEN));
+    assert_eq!(ends[1].1.handoff.as_deref(), Some(TOKEN));
+}
+
+#[tokio::test]
+async fn an_export_copied_with_the_originals_metadata_does_not_touch_the_completed_task() {
+    let h = harness(vec![hand_off(), Ok(StepOutcome::done(json!({})))]);
+    let completed = completed_through_a_hand_off(&h).await;
+    let copy = import_of("s3://cdr/reimport/e1.zip", "import-of-the-copy");
+    let report = h.runtime.process(incoming(&copy, 1), deadline()).await;
+    assert_eq!(report.disposition, Disposition::Completed);
+    assert_eq!(report.task_id, None);
+    let task = h.tasks.task("task-1");
+    assert_eq!(task.outstanding, 0);
+    assert_eq!(task.status, TaskStatus::Completed);
+    assert_eq!(task.finished_at, completed.finished_at);
+    assert_eq!(h.journal.starts.lock().unwrap()[2].task_id, None);
+}
+
+#[tokio::test]
+async fn an_object_put_by_hand_with_a_finished_tasks_id_and_a_failing_import_leaves_the_task_completed(
+) {
+    let h = harness(vec![
+        hand_off(),
+        Ok(StepOutcome::done(json!({}))),
+        permanent("not a CDR export"),
+    ]);
+    let completed = completed_through_a_hand_off(&h).await;
+    // The same key put again by hand: a new object version, a new message id.
+    let by_hand = import_of(TOKEN, "import-by-hand");
+    let report = h.runtime.process(incoming(&by_hand, 1), deadline()).await;
+    assert_eq!(report.disposition, Disposition::DeadLettered);
+    let task = h.tasks.task("task-1");
+    assert_eq!(task.status, TaskStatus::Completed);
+    assert_eq!(task.finished_at, completed.finished_at);
+    assert!(task.failed_ids.is_empty());
+    assert_eq!(
+        h.failures.records.lock().unwrap()["import-by-hand"]
+            .0
+            .task_id,
+        None
+    );
+}
+
+#[tokio::test]
+async fn a_redelivered_import_that_already_counted_is_still_adopted() {
+    let h = harness(vec![hand_off(), Ok(StepOutcome::done(json!({})))]);
+    completed_through_a_hand_off(&h).await;
+    // Its completion was not recorded (idempotency store down), so it runs again.
+    h.idempotency.records.lock().unwrap().remove("import-1");
+    let again = h
+        .runtime
+        .process(incoming(&import_of(TOKEN, "import-1"), 1), deadline())
+        .await;
+    assert_eq!(again.task_id.as_deref(), Some("task-1"));
+    assert_eq!(h.tasks.task("task-1").outstanding, 0);
+}
+
+#[tokio::test]
+async fn an_import_of_a_task_that_failed_meanwhile_is_still_adopted_and_retried_into_completion() {
+    let h = harness(vec![
+        hand_off(),
+        permanent("corrupt zip"),
+        Ok(StepOutcome::done(json!({}))),
+    ]);
+    with_task(&h).await;
+    h.runtime
+        .process(incoming(&message(vec![]), 1), deadline())
+        .await;
+    let import = import_of(TOKEN, "import-1");
+    let failed = h.runtime.process(incoming(&import, 1), deadline()).await;
+    assert_eq!(failed.disposition, Disposition::DeadLettered);
+    assert_eq!(h.tasks.task("task-1").status, TaskStatus::Failed);
+    h.tasks
+        .update("task-1", |t| t.task.notes.push("kept".into()));
+    let retried = h.runtime.process(incoming(&import, 1), deadline()).await;
+    assert_eq!(retried.disposition, Disposition::Completed);
+    let task = h.tasks.task("task-1");
+    assert_eq!((task.status, task.outstanding), (TaskStatus::Completed, 0));
+    assert_eq!(task.notes[0], "kept");
 }

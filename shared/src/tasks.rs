@@ -15,6 +15,10 @@ pub enum TaskStatus {
     Running,
     Completed,
     Failed,
+    /// Unfinished for longer than the configured limit (set by the ops
+    /// watch): visible, and no longer blocking a new run of its profile. It
+    /// may still complete or fail.
+    Stalled,
 }
 
 impl TaskStatus {
@@ -24,11 +28,20 @@ impl TaskStatus {
             TaskStatus::Running => "running",
             TaskStatus::Completed => "completed",
             TaskStatus::Failed => "failed",
+            TaskStatus::Stalled => "stalled",
         }
     }
 
     pub fn is_finished(self) -> bool {
         matches!(self, TaskStatus::Completed | TaskStatus::Failed)
+    }
+
+    /// Whether a finished branch may still complete a task in this status.
+    pub fn may_complete(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Pending | TaskStatus::Running | TaskStatus::Stalled
+        )
     }
 }
 
@@ -47,6 +60,7 @@ impl FromStr for TaskStatus {
             "running" => Ok(TaskStatus::Running),
             "completed" => Ok(TaskStatus::Completed),
             "failed" => Ok(TaskStatus::Failed),
+            "stalled" => Ok(TaskStatus::Stalled),
             other => Err(format!("unknown task status {other:?}")),
         }
     }
@@ -74,6 +88,10 @@ pub struct SyncTask {
     /// Chain branches still to finish; the task completes when it reaches 0.
     pub outstanding: i64,
     pub error: Option<String>,
+    /// Operator-visible history lines ("... reopened: message X runs again").
+    pub notes: Vec<String>,
+    /// Ids of the task's messages now in a DLQ.
+    pub failed_ids: Vec<String>,
 }
 
 impl SyncTask {
@@ -81,8 +99,17 @@ impl SyncTask {
     /// has been unfinished for longer than `stale_after` is taken as lost (its
     /// messages sit in a DLQ or expired) so the profile is not blocked forever.
     pub fn blocks_new_run(&self, now: DateTime<Utc>, stale_after: chrono::Duration) -> bool {
-        !self.status.is_finished() && now - self.created_at < stale_after
+        matches!(self.status, TaskStatus::Pending | TaskStatus::Running)
+            && now - self.created_at < stale_after
     }
+}
+
+/// The note a task gets when a retried message reopens it.
+pub fn reopened_note(message_id: &str, now: DateTime<Utc>) -> String {
+    format!(
+        "{} reopened: message {message_id} runs again",
+        now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +134,8 @@ mod tests {
             finished_at: None,
             outstanding: 1,
             error: None,
+            notes: vec![],
+            failed_ids: vec![],
         }
     }
 
@@ -133,12 +162,23 @@ mod tests {
     }
 
     #[test]
+    fn a_stalled_task_does_not_block_but_may_still_complete() {
+        let now = Utc::now();
+        let hour = chrono::Duration::hours(1);
+        assert!(!task(TaskStatus::Stalled, now).blocks_new_run(now, hour));
+        assert!(TaskStatus::Stalled.may_complete());
+        assert!(!TaskStatus::Failed.may_complete());
+        assert!(!TaskStatus::Completed.may_complete());
+    }
+
+    #[test]
     fn statuses_round_trip_through_their_names() {
         for s in [
             TaskStatus::Pending,
             TaskStatus::Running,
             TaskStatus::Completed,
             TaskStatus::Failed,
+            TaskStatus::Stalled,
         ] {
             assert_eq!(s.as_str().parse::<TaskStatus>().unwrap(), s);
         }

@@ -36,8 +36,8 @@ pub enum Command {
     /// Evaluate the runbook's monitoring points (sync-manager runs, failure
     /// rates, routing failures, failed tasks, queue depths, totals duration)
     /// and the daily extras. Exit code 0 OK, 1 WARNING, 2 CRITICAL,
-    /// 3 UNKNOWN. Needs DATABASE_URL, AWS access and the stack's
-    /// QUEUE_URL_*/DLQ_URL_*/TASKS_TABLE/IDEMPOTENCY_TABLE.
+    /// 3 UNKNOWN. Needs DATABASE_URL, AWS access and --stack NAME (or
+    /// TEM_STACK).
     Status(crate::status::StatusArgs),
 }
 

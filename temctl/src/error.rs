@@ -35,6 +35,8 @@ pub enum CliError {
     Totals(#[from] crate::totals::ShowTotalsError),
     #[error(transparent)]
     Explain(#[from] tem_shared::billing::explain::ExplainError),
+    #[error(transparent)]
+    Stack(#[from] crate::stack::StackError),
     #[error("cannot write the summary to stdout: {0}")]
     Output(#[from] std::io::Error),
 }
@@ -56,6 +58,7 @@ impl CliError {
         match self {
             CliError::MissingDatabaseUrl | CliError::BadDatabaseUrl(_) => 2,
             CliError::Apply(e) => e.exit_code(),
+            CliError::Stack(e) => e.exit_code(),
             CliError::Explain(tem_shared::billing::explain::ExplainError::BadReference(_)) => 2,
             _ => 1,
         }

@@ -8,6 +8,9 @@ mod explain;
 mod import;
 mod migrate;
 mod progress;
+// The operations commands (failed, task, status) arrive with issue 10.
+#[allow(dead_code)]
+mod stack;
 mod status;
 mod summary;
 mod totals;

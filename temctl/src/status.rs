@@ -17,9 +17,12 @@ use tem_shared::ops::status::{self, StatusReport, ThresholdError, Thresholds};
 
 use crate::db;
 use crate::error::CliError;
+use crate::stack::{StackArgs, StackError};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    #[command(flatten)]
+    pub stack: StackArgs,
     /// Print the report as one JSON object (the ops function's answer).
     #[arg(long)]
     pub json: bool,
@@ -42,7 +45,9 @@ fn parse_setting(text: &str) -> Result<(String, String), String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error("the stack's queues and tables are not known: {0}; set QUEUE_URL_<NAME>, DLQ_URL_<NAME>, TASKS_TABLE and IDEMPOTENCY_TABLE as the ops function has them")]
+    #[error(transparent)]
+    Stack(#[from] StackError),
+    #[error("the stack's queues and tables are not known: {0}; pass --stack NAME (or TEM_STACK), or set QUEUE_URL_<NAME>, DLQ_URL_<NAME>, TASKS_TABLE and IDEMPOTENCY_TABLE as the ops function has them")]
     Settings(#[from] tem_shared::config::ConfigError),
     #[error(transparent)]
     Threshold(#[from] ThresholdError),
@@ -50,11 +55,19 @@ pub enum StatusError {
     Cli(#[from] CliError),
 }
 
-/// The settings of the stack to look at: the queues, their DLQs and the
-/// tables, from the environment (the names the ops function's environment
-/// uses).
-fn settings() -> Result<OpsSettings, StatusError> {
-    Ok(OpsSettings::from_env(&Env::process())?)
+/// The stack to look at (its queues, DLQs and tables) and the AWS
+/// configuration: the stack's outputs when `--stack`/`TEM_STACK` names one,
+/// otherwise the ops function's environment names (QUEUE_URL_*, ...), so
+/// the same command runs where that environment is set.
+async fn settings(args: &StatusArgs) -> Result<(OpsSettings, aws_config::SdkConfig), StatusError> {
+    match args.stack.load().await {
+        Ok(stack) => Ok((stack.settings, stack.aws)),
+        Err(StackError::NotNamed) => Ok((
+            OpsSettings::from_env(&Env::process())?,
+            tem_shared::adapters::aws_config().await,
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub async fn report(args: &StatusArgs) -> Result<StatusReport, StatusError> {
@@ -63,9 +76,8 @@ pub async fn report(args: &StatusArgs) -> Result<StatusReport, StatusError> {
     for (name, value) in &args.set {
         thresholds.set(name, value)?;
     }
-    let settings = settings()?;
+    let (settings, aws) = settings(args).await?;
     let database = db::open(&db::url_from_env()?, 2).await?;
-    let aws = aws_config::load_from_env().await;
     let queues = SqsQueueStats::new(aws_sdk_sqs::Client::new(&aws));
     let tasks = DynamoTaskOverview::new(aws_sdk_dynamodb::Client::new(&aws), &settings.tasks_table);
     Ok(status::status(

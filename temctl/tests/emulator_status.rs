@@ -14,45 +14,19 @@ use tem_local::emulator::Emulator;
 use tem_shared::envelope::{Envelope, Step};
 use tem_tests::stack::{deploy, TestStack};
 
-/// The ops function's environment names of each queue, and the stack's
-/// output prefix (OpsSettings::from_env reads the former).
-const QUEUES: &[(&str, &str)] = &[
-    ("IMPORT", "Import"),
-    ("TOTALS", "Totals"),
-    ("KPN_SP16", "KpnSp16"),
-    ("KPN_EEN", "KpnEen"),
-    ("VODAFONE", "Vodafone"),
-    ("T_MOBILE", "TMobile"),
-    ("ROUTIT", "Routit"),
-    ("YIELDER", "Yielder"),
-    ("TELFORT", "Telfort"),
-];
-
-/// `temctl status --json` against the stack: its database, the emulator's
-/// AWS endpoint, and the stack's queues and tables.
+/// `temctl status --json --stack NAME` against the stack: its database and
+/// the emulator's AWS endpoint; the queues and tables come from the stack's
+/// outputs.
 fn status(stack: &TestStack) -> (Output, Value) {
     let emulator = Emulator::start().expect("the emulator runs");
     let d = &stack.deployment;
     let mut command = Command::new(env!("CARGO_BIN_EXE_temctl"));
     command
-        .args(["status", "--json"])
+        .args(["status", "--json", "--stack", &d.stack.name])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", &stack.db.url)
-        .env("TASKS_TABLE", d.output("TasksTableName"))
-        .env("IDEMPOTENCY_TABLE", d.output("IdempotencyTableName"))
         .envs(&emulator.env);
-    for (key, prefix) in QUEUES {
-        command
-            .env(
-                format!("QUEUE_URL_{key}"),
-                d.output(&format!("{prefix}QueueUrl")),
-            )
-            .env(
-                format!("DLQ_URL_{key}"),
-                d.output(&format!("{prefix}DlqUrl")),
-            );
-    }
     let output = command.output().expect("run temctl status");
     let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
         panic!(

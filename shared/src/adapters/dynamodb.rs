@@ -1,10 +1,14 @@
 //! DynamoDB: idempotency records and sync tasks.
 //!
 //! Tables (see infra/template.yaml):
-//! - idempotency: key `id`; `status` in_progress|completed, `expires_at`
-//!   (epoch seconds, the Lambda deadline while in progress), `outcome`, `ttl`.
+//! - idempotency: key `id`; `status` in_progress|completed|dead_lettered,
+//!   `expires_at` (epoch seconds, the Lambda deadline while in progress),
+//!   `outcome`, `ttl`. A dead-lettered id may be claimed again (a retry).
 //! - tasks: key `pk`; `task#{id}` items hold a task, `profile#{id}` items
-//!   point at the profile's current task.
+//!   point at the profile's current task. A task item also has `created_ms`
+//!   and `day` (for the `day-index`), `open` while unfinished (the sparse
+//!   `open-index`), `done_ids`, `failed_ids`, `handoffs` (string sets) and
+//!   `notes` (a list of operator-visible lines).
 
 use std::collections::HashMap;
 
@@ -14,7 +18,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 
-use crate::ports::{Claim, IdempotencyStore, PortError, TaskCreation, TaskStore};
+use crate::ports::{Claim, HandoffChange, IdempotencyStore, PortError, TaskCreation, TaskStore};
 use crate::tasks::{NewTask, SyncTask, TaskProgress, TaskStatus};
 
 type Item = HashMap<String, AttributeValue>;
@@ -42,6 +46,32 @@ fn get_n(item: &Item, key: &str) -> Option<i64> {
 fn get_time(item: &Item, key: &str) -> Option<DateTime<Utc>> {
     get_s(item, key).and_then(|v| v.parse().ok())
 }
+
+fn get_ss(item: &Item, key: &str) -> Vec<String> {
+    item.get(key)
+        .and_then(|v| v.as_ss().ok())
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn get_list_of_s(item: &Item, key: &str) -> Vec<String> {
+    item.get(key)
+        .and_then(|v| v.as_l().ok())
+        .map(|values| {
+            values
+                .iter()
+                .filter_map(|v| v.as_s().ok().cloned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn ss(value: &str) -> AttributeValue {
+    AttributeValue::Ss(vec![value.to_string()])
+}
+
+/// The value of the sparse `open` attribute (the `open-index` hash key).
+const OPEN: &str = "open";
 
 fn port_error<E, R>(operation: &'static str) -> impl FnOnce(SdkError<E, R>) -> PortError
 where
@@ -93,15 +123,25 @@ impl IdempotencyStore for DynamoIdempotency {
             .item("expires_at", n(expires_at.timestamp()))
             .item("ttl", n((now + self.ttl).timestamp()))
             .condition_expression(
-                "attribute_not_exists(id) OR (#status = :in_progress AND expires_at < :now)",
+                "attribute_not_exists(id) OR (#status = :in_progress AND expires_at < :now) \
+                 OR #status = :dead_lettered",
             )
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":in_progress", s("in_progress"))
+            .expression_attribute_values(":dead_lettered", s("dead_lettered"))
             .expression_attribute_values(":now", n(now.timestamp()))
+            .return_values(ReturnValue::AllOld)
             .send()
             .await;
         match put {
-            Ok(_) => return Ok(Claim::Acquired),
+            Ok(output) => {
+                let after_dead_letter = output
+                    .attributes
+                    .as_ref()
+                    .and_then(|old| get_s(old, "status"))
+                    == Some("dead_lettered");
+                return Ok(Claim::Acquired { after_dead_letter });
+            }
             Err(e) if is_condition_failure(&e) => {}
             Err(e) => return Err(port_error("dynamodb PutItem idempotency")(e)),
         }
@@ -165,6 +205,34 @@ impl IdempotencyStore for DynamoIdempotency {
             Err(e) => Err(port_error("dynamodb DeleteItem idempotency")(e)),
         }
     }
+
+    async fn dead_lettered(
+        &self,
+        message_id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), PortError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("id", s(message_id))
+            .item("status", s("dead_lettered"))
+            .item("outcome", s(format!("dead-lettered: {reason}")))
+            .item("failed_at", s(now.to_rfc3339()))
+            .item("ttl", n((now + self.ttl).timestamp()))
+            .condition_expression("attribute_not_exists(id) OR #status <> :completed")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":completed", s("completed"))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // It completed after all (a redelivery that succeeded): keep that.
+            Err(e) if is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(port_error("dynamodb PutItem idempotency dead-lettered")(e)),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -217,6 +285,8 @@ impl DynamoTasks {
             finished_at: get_time(item, "finished_at"),
             outstanding: get_n(item, "outstanding").unwrap_or(0),
             error: get_s(item, "error").map(str::to_string),
+            notes: get_list_of_s(item, "notes"),
+            failed_ids: get_ss(item, "failed_ids"),
         })
     }
 
@@ -274,6 +344,9 @@ impl TaskStore for DynamoTasks {
             .item("status", s(TaskStatus::Pending.as_str()))
             .item("created_at", s(task.created_at.to_rfc3339()))
             .item("outstanding", n(1))
+            .item("created_ms", n(task.created_at.timestamp_millis()))
+            .item("day", s(task.created_at.format("%Y-%m-%d").to_string()))
+            .item(OPEN, s(OPEN))
             .item("ttl", n((task.created_at + self.ttl).timestamp()))
             .condition_expression("attribute_not_exists(pk)")
             .send()
@@ -329,52 +402,86 @@ impl TaskStore for DynamoTasks {
         task_id: &str,
         message_id: &str,
         new_branches: u32,
+        handoff: HandoffChange<'_>,
         now: DateTime<Utc>,
     ) -> Result<Option<TaskProgress>, PortError> {
         // One atomic update counts the branch and remembers the message id,
-        // so a redelivered message can never count twice.
+        // so a redelivered message can never count twice, a branch never
+        // counts on a task with none outstanding (the count stays >= 0), and
+        // an import counts only while its hand-off is open.
         let delta = i64::from(new_branches) - 1;
-        let result = self
+        let mut update =
+            "SET outstanding = outstanding + :delta, updated_at = :now ADD done_ids :ids"
+                .to_string();
+        let mut condition = "attribute_exists(pk) AND outstanding > :zero \
+                             AND NOT contains(done_ids, :id)"
+            .to_string();
+        let mut request = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", Self::task_key(task_id))
-            .update_expression(
-                "SET outstanding = outstanding + :delta, updated_at = :now ADD done_ids :ids",
-            )
-            .condition_expression("attribute_exists(pk) AND NOT contains(done_ids, :id)")
+            .key("pk", Self::task_key(task_id));
+        match handoff {
+            HandoffChange::None => {}
+            HandoffChange::Opens(token) => {
+                update.push_str(", handoffs :token");
+                request = request.expression_attribute_values(":token", ss(token));
+            }
+            HandoffChange::Closes(token) => {
+                update.push_str(" DELETE handoffs :token");
+                condition.push_str(" AND contains(handoffs, :token_s)");
+                request = request
+                    .expression_attribute_values(":token", ss(token))
+                    .expression_attribute_values(":token_s", s(token));
+            }
+        }
+        let result = request
+            .update_expression(update)
+            .condition_expression(condition)
             .expression_attribute_values(":delta", n(delta))
+            .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":now", s(now.to_rfc3339()))
-            .expression_attribute_values(":ids", AttributeValue::Ss(vec![message_id.to_string()]))
+            .expression_attribute_values(":ids", ss(message_id))
             .expression_attribute_values(":id", s(message_id))
             .return_values(ReturnValue::AllNew)
             .send()
             .await;
-        let outstanding = match result {
-            Ok(output) => output
-                .attributes
-                .as_ref()
-                .and_then(|item| get_n(item, "outstanding"))
-                .unwrap_or(0),
+        let (outstanding, status) = match result {
+            Ok(output) => {
+                let item = output.attributes.unwrap_or_default();
+                (
+                    get_n(&item, "outstanding").unwrap_or(0),
+                    get_s(&item, "status").and_then(|v| v.parse::<TaskStatus>().ok()),
+                )
+            }
             Err(e) if is_condition_failure(&e) => return self.progress(task_id).await,
             Err(e) => return Err(port_error("dynamodb UpdateItem task branch")(e)),
         };
-        if outstanding > 0 {
+        let status = status.unwrap_or(TaskStatus::Running);
+        if outstanding > 0 || !status.may_complete() {
             return Ok(Some(TaskProgress {
                 outstanding,
-                status: TaskStatus::Running,
+                status,
             }));
         }
+        // Completion only from an unfinished status: a failed task waits for
+        // its retry, a completed one keeps its finish time.
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", Self::task_key(task_id))
-            .update_expression("SET #status = :completed, finished_at = :now")
-            .condition_expression("#status <> :failed")
+            .update_expression("SET #status = :completed, finished_at = :now REMOVE #open")
+            .condition_expression(
+                "#status IN (:pending, :running, :stalled) AND outstanding <= :zero",
+            )
             .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#open", OPEN)
             .expression_attribute_values(":completed", s(TaskStatus::Completed.as_str()))
-            .expression_attribute_values(":failed", s(TaskStatus::Failed.as_str()))
+            .expression_attribute_values(":pending", s(TaskStatus::Pending.as_str()))
+            .expression_attribute_values(":running", s(TaskStatus::Running.as_str()))
+            .expression_attribute_values(":stalled", s(TaskStatus::Stalled.as_str()))
+            .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":now", s(now.to_rfc3339()))
             .send()
             .await;
@@ -391,28 +498,114 @@ impl TaskStore for DynamoTasks {
     async fn mark_failed(
         &self,
         task_id: &str,
+        message_id: &str,
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<(), PortError> {
+        // The first failure's time and reason stay; later ones only add
+        // their message id.
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", Self::task_key(task_id))
-            .update_expression("SET #status = :failed, finished_at = :now, #error = :reason")
-            .condition_expression("attribute_exists(pk)")
+            .update_expression(
+                "SET #status = :failed, finished_at = if_not_exists(finished_at, :now), \
+                 #error = if_not_exists(#error, :reason), updated_at = :now \
+                 REMOVE #open ADD failed_ids :ids",
+            )
+            .condition_expression("attribute_exists(pk) AND #status <> :completed")
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#error", "error")
+            .expression_attribute_names("#open", OPEN)
             .expression_attribute_values(":failed", s(TaskStatus::Failed.as_str()))
+            .expression_attribute_values(":completed", s(TaskStatus::Completed.as_str()))
             .expression_attribute_values(":now", s(now.to_rfc3339()))
             .expression_attribute_values(":reason", s(reason))
+            .expression_attribute_values(":ids", ss(message_id))
             .send()
             .await;
         match result {
             Ok(_) => Ok(()),
-            // A message naming a task that does not exist has nothing to fail.
+            // No such task (nothing to fail), or it completed (it stays so).
             Err(e) if is_condition_failure(&e) => Ok(()),
             Err(e) => Err(port_error("dynamodb UpdateItem task failed")(e)),
         }
+    }
+
+    async fn reopen(
+        &self,
+        task_id: &str,
+        message_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<TaskStatus>, PortError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", Self::task_key(task_id))
+            .update_expression("SET updated_at = :now DELETE failed_ids :ids")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":now", s(now.to_rfc3339()))
+            .expression_attribute_values(":ids", ss(message_id))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        let item = match result {
+            Ok(output) => output.attributes.unwrap_or_default(),
+            Err(e) if is_condition_failure(&e) => return Ok(None),
+            Err(e) => return Err(port_error("dynamodb UpdateItem task reopen")(e)),
+        };
+        let status = get_s(&item, "status").and_then(|v| v.parse::<TaskStatus>().ok());
+        if status != Some(TaskStatus::Failed) || !get_ss(&item, "failed_ids").is_empty() {
+            return Ok(status);
+        }
+        let note = AttributeValue::L(vec![s(crate::tasks::reopened_note(message_id, now))]);
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", Self::task_key(task_id))
+            .update_expression(
+                "SET #status = :running, #open = :open, updated_at = :now, \
+                 notes = list_append(if_not_exists(notes, :empty), :note) \
+                 REMOVE finished_at, #error",
+            )
+            .condition_expression(
+                "#status = :failed AND (attribute_not_exists(failed_ids) OR size(failed_ids) = :zero)",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#open", OPEN)
+            .expression_attribute_names("#error", "error")
+            .expression_attribute_values(":running", s(TaskStatus::Running.as_str()))
+            .expression_attribute_values(":failed", s(TaskStatus::Failed.as_str()))
+            .expression_attribute_values(":open", s(OPEN))
+            .expression_attribute_values(":now", s(now.to_rfc3339()))
+            .expression_attribute_values(":empty", AttributeValue::L(vec![]))
+            .expression_attribute_values(":note", note)
+            .expression_attribute_values(":zero", n(0))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Some(TaskStatus::Running)),
+            // Another message failed meanwhile: the task stays failed.
+            Err(e) if is_condition_failure(&e) => Ok(self.get(task_id).await?.map(|t| t.status)),
+            Err(e) => Err(port_error("dynamodb UpdateItem task reopened")(e)),
+        }
+    }
+
+    async fn adoptable(
+        &self,
+        task_id: &str,
+        token: &str,
+        message_id: &str,
+    ) -> Result<bool, PortError> {
+        Ok(self
+            .get_item(Self::task_key(task_id))
+            .await?
+            .is_some_and(|item| {
+                get_ss(&item, "handoffs").iter().any(|t| t == token)
+                    || get_ss(&item, "done_ids").iter().any(|id| id == message_id)
+            }))
     }
 }

@@ -2,6 +2,7 @@
 //! The only modules that see SDK types.
 
 pub mod dynamodb;
+pub mod journal;
 pub mod migrations;
 pub mod postgres;
 pub mod s3;

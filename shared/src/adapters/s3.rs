@@ -9,11 +9,13 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 use tokio::sync::OnceCell;
 
-use crate::import::notification::{parse_notification, Adapted, Notification, ObjectCreated};
+use crate::import::notification::{
+    parse_notification, Adapted, ExportOrigin, Notification, ObjectCreated,
+};
 use crate::import::source::{RangeRead, SourceError};
 use crate::lambda::BodyAdapter;
 use crate::ports::{ObjectPut, PortError};
-use crate::sync::provider::TASK_ID_METADATA;
+use crate::sync::provider::{TASK_ID_METADATA, TRACE_ID_METADATA};
 
 #[derive(Debug, Clone)]
 pub struct S3Objects {
@@ -352,8 +354,9 @@ impl crate::import::importer::RejectStore for S3Rejects {
 }
 
 /// The import queue's bodies: S3 notifications become `ImportCdrFile`
-/// envelopes, and an export a sync task stored (its `tem-task-id` metadata)
-/// continues that task, so the task completes only when its totals do.
+/// envelopes, and an export a sync task stored (its `tem-task-id` and
+/// `tem-trace-id` metadata) continues that task's hand-off and trace, so the
+/// task completes only when its totals do.
 pub struct S3Notifications {
     client: Client,
 }
@@ -363,7 +366,7 @@ impl S3Notifications {
         Self { client }
     }
 
-    async fn task_of(&self, object: &ObjectCreated) -> Result<Option<String>, String> {
+    async fn origin_of(&self, object: &ObjectCreated) -> Result<ExportOrigin, String> {
         match self
             .client
             .head_object()
@@ -372,12 +375,17 @@ impl S3Notifications {
             .send()
             .await
         {
-            Ok(head) => Ok(head
-                .metadata()
-                .and_then(|m| m.get(TASK_ID_METADATA))
-                .cloned()),
+            Ok(head) => {
+                let get = |name: &str| head.metadata().and_then(|m| m.get(name)).cloned();
+                Ok(ExportOrigin {
+                    task_id: get(TASK_ID_METADATA),
+                    trace_id: get(TRACE_ID_METADATA),
+                })
+            }
             // Gone already: the import says so in the DLQ with the key.
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => {
+                Ok(ExportOrigin::default())
+            }
             Err(e) => Err(format!(
                 "could not read s3://{}/{} to find its sync task: {}",
                 object.bucket,
@@ -392,8 +400,8 @@ impl S3Notifications {
 impl BodyAdapter for S3Notifications {
     async fn adapt(&self, body: &str, now: chrono::DateTime<chrono::Utc>) -> Adapted {
         match parse_notification(body) {
-            Notification::Object(object) => match self.task_of(&object).await {
-                Ok(task) => Adapted::Envelope(object.envelope(task.as_deref(), now)),
+            Notification::Object(object) => match self.origin_of(&object).await {
+                Ok(origin) => Adapted::Envelope(object.envelope(&origin, now)),
                 Err(reason) => Adapted::Retry(reason),
             },
             Notification::Ignore(reason) => Adapted::Ignore(reason),

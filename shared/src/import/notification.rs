@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use crate::envelope::{derived_id, Envelope, Step};
+use crate::sync::provider::handoff_token;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Adapted {
@@ -42,10 +43,22 @@ pub struct ObjectCreated {
     pub error: Option<String>,
 }
 
+/// What an object's metadata says about the sync that stored it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExportOrigin {
+    /// `tem-task-id`: the sync task whose export this is.
+    pub task_id: Option<String>,
+    /// `tem-trace-id`: the trace of that sync.
+    pub trace_id: Option<String>,
+}
+
 impl ObjectCreated {
-    /// The `ImportCdrFile` envelope for this object; `task_id` is the sync
-    /// task whose export this is (from the object's metadata), if any.
-    pub fn envelope(&self, task_id: Option<&str>, now: DateTime<Utc>) -> String {
+    /// The `ImportCdrFile` envelope for this object. With a task id in the
+    /// object's metadata it continues that task's hand-off (the token
+    /// `s3://bucket/key`), which the runtime checks is still open before
+    /// the import counts on the task; a trace id keeps the sync's trace.
+    pub fn envelope(&self, origin: &ExportOrigin, now: DateTime<Utc>) -> String {
+        let task_id = origin.task_id.as_deref();
         // The same object version notified twice gets the same id, so the
         // idempotency record stops the second; a new upload, or the same
         // bytes fetched again by a new task, is a new import (which the
@@ -61,15 +74,21 @@ impl ObjectCreated {
         if let Some(error) = &self.error {
             payload["error"] = json!(error);
         }
-        Envelope::root(
+        let mut envelope = Envelope::root(
             id,
             Step::ImportCdrFile,
             payload,
             vec![],
             task_id.map(str::to_string),
             now,
-        )
-        .to_body()
+        );
+        if task_id.is_some() {
+            envelope.handoff = Some(handoff_token(&self.bucket, &self.key));
+        }
+        if let Some(trace_id) = origin.trace_id.as_ref().filter(|t| !t.is_empty()) {
+            envelope.trace_id = trace_id.clone();
+        }
+        envelope.to_body()
     }
 }
 
@@ -111,7 +130,9 @@ pub fn parse_notification(body: &str) -> Notification {
 /// (no task): what a notification means on its own.
 pub fn adapt_body(body: &str, now: DateTime<Utc>) -> Adapted {
     match parse_notification(body) {
-        Notification::Object(object) => Adapted::Envelope(object.envelope(None, now)),
+        Notification::Object(object) => {
+            Adapted::Envelope(object.envelope(&ExportOrigin::default(), now))
+        }
         Notification::Ignore(reason) => Adapted::Ignore(reason),
         Notification::NotANotification => Adapted::Unchanged,
     }
@@ -186,15 +207,26 @@ mod tests {
         let Notification::Object(object) = parse_notification(&s3_body()) else {
             panic!("an S3 notification is an object");
         };
-        let plain = Envelope::parse(&object.envelope(None, Utc::now())).unwrap();
-        let of_task = Envelope::parse(&object.envelope(Some("task-1"), Utc::now())).unwrap();
+        let origin = ExportOrigin {
+            task_id: Some("task-1".into()),
+            trace_id: Some("trace-of-the-sync".into()),
+        };
+        let plain =
+            Envelope::parse(&object.envelope(&ExportOrigin::default(), Utc::now())).unwrap();
+        let of_task = Envelope::parse(&object.envelope(&origin, Utc::now())).unwrap();
         assert_eq!(of_task.task_id.as_deref(), Some("task-1"));
-        assert_eq!(plain.task_id, None);
+        assert_eq!(
+            of_task.handoff.as_deref(),
+            Some("s3://tem-cdr-000000000000-eu-west-1/inbox/routit/1/2025-01-14/rt 20250114.zip")
+        );
+        assert_eq!(of_task.trace_id, "trace-of-the-sync");
+        assert_eq!((plain.task_id, plain.handoff), (None, None));
+        assert_eq!(plain.trace_id, plain.id);
         // A task that fetched the same bytes again is still counted.
         assert_ne!(of_task.id, plain.id);
         assert_eq!(
             of_task.id,
-            Envelope::parse(&object.envelope(Some("task-1"), Utc::now()))
+            Envelope::parse(&object.envelope(&origin, Utc::now()))
                 .unwrap()
                 .id
         );

@@ -183,7 +183,7 @@ impl SyncManager {
                         error!(profile_id = task.profile_id, provider = %task.provider, %reason, "routing failure");
                         if let Err(e) = self
                             .tasks
-                            .mark_failed(&task.task_id, &reason, Utc::now())
+                            .mark_failed(&task.task_id, &task.message_id, &reason, Utc::now())
                             .await
                         {
                             warn!(error = %e, "could not mark the task failed");
@@ -382,6 +382,8 @@ mod tests {
             finished_at: None,
             outstanding: 1,
             error: None,
+            notes: vec![],
+            failed_ids: vec![],
         }
     }
 

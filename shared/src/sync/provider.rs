@@ -22,6 +22,15 @@ use crate::sync::profile::{SyncProfile, WatermarkAdvance};
 
 /// User metadata on a stored export naming the sync task it belongs to.
 pub const TASK_ID_METADATA: &str = "tem-task-id";
+/// User metadata on a stored export carrying the sync's trace id, so the
+/// import's logs share it with the sync that fetched the export.
+pub const TRACE_ID_METADATA: &str = "tem-trace-id";
+
+/// The hand-off token of an object: how the task knows the import that
+/// continues its branch.
+pub fn handoff_token(bucket: &str, key: &str) -> String {
+    format!("s3://{bucket}/{key}")
+}
 
 /// The payload every step of a provider sync carries.
 #[derive(Debug, Clone, Deserialize)]
@@ -89,11 +98,12 @@ impl ProviderSync {
             self.provider, profile.id, period, export.export_id
         );
         let size = export.bytes.len();
-        let metadata: Vec<(&str, &str)> = message
+        let mut metadata: Vec<(&str, &str)> = message
             .task_id
             .iter()
             .map(|task_id| (TASK_ID_METADATA, task_id.as_str()))
             .collect();
+        metadata.push((TRACE_ID_METADATA, message.trace_id.as_str()));
         self.objects
             .put_object(
                 &self.bucket,
@@ -115,7 +125,7 @@ impl ProviderSync {
         info!(%key, size, "export stored; watermark advanced");
         Ok(StepOutcome::HandOff {
             output: json!({ "bucket": self.bucket, "key": key, "bytes": size }),
-            via: format!("the import of s3://{}/{key}", self.bucket),
+            via: handoff_token(&self.bucket, &key),
         })
     }
 }
