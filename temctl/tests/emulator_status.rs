@@ -146,6 +146,14 @@ async fn status_is_ok_on_a_healthy_stack_and_critical_for_a_deep_queue_and_a_dlq
     assert_eq!(report["state"], "OK", "{report:#}");
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(check(&report, "sync-manager runs")["state"], "OK");
+    // The console's status command (events/ops/console-status.json) answers
+    // the same report.
+    let console: Value =
+        serde_json::from_str(include_str!("../../events/ops/console-status.json")).unwrap();
+    let ops = d.invoke("OpsFunctionName", &console).await.unwrap();
+    assert!(ops.error.is_none(), "{:#}", ops.payload);
+    assert_eq!(ops.payload["state"], "OK", "{:#}", ops.payload);
+    assert_eq!(check(&ops.payload, "sync-manager runs")["state"], "OK");
 
     // A DLQ holding one message.
     d.send_raw("RoutitDlqUrl", r#"{"left":"by hand"}"#)

@@ -904,6 +904,8 @@ mod tests {
             finished_at: None,
             outstanding: 0,
             error: None,
+            notes: vec![],
+            failed_ids: vec![],
         }
     }
 
