@@ -233,6 +233,20 @@ async fn failed_attempts_routing_failures_and_deep_queues_are_read_from_their_so
         "dead_lettered",
     )
     .await;
+    // An attempt whose process died 20 minutes ago (never finished) failed;
+    // one started a minute ago may still be running.
+    for minutes in [20, 1] {
+        sqlx::query(
+            "INSERT INTO step_run (message_id, attempt, step, function_name, queue, provider, trace_id, depth,
+                                   chain_started_at, started_at, expires_at)
+             VALUES ($1, 1, 'CalculateTotals', 'tem-Totals', 'q', NULL, 'trace', 0, $2, $2, $2 + interval '14 days')",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(now() - Duration::minutes(minutes))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
     sync_run(&db.pool, "run-3", now() - Duration::minutes(1), 2).await;
     sqlx::query(
         "INSERT INTO failed_message (id, queue, queue_url, dlq_url, body, error_kind, error, attempts, failed_at, expires_at)
@@ -253,6 +267,10 @@ async fn failed_attempts_routing_failures_and_deep_queues_are_read_from_their_so
     let rate = check(&report, "failure rate tem-RoutitSync SyncProfile");
     assert_eq!(rate.state, State::Critical);
     assert_eq!(rate.detail, "1 of 2 attempts failed");
+    // 20 completed in the healthy run, and the dead attempt.
+    let totals = check(&report, "failure rate tem-Totals CalculateTotals");
+    assert_eq!(totals.detail, "1 of 21 attempts failed");
+    assert_eq!(totals.state, State::Critical);
     let routing = check(&report, "routing failures");
     assert_eq!(
         (routing.state, routing.value.clone()),

@@ -38,16 +38,21 @@ impl StatusStore for PgStatus {
             .map_err(db_error("postgres read sync_run"))
     }
 
-    async fn step_rates(&self, since: DateTime<Utc>) -> Result<Vec<StepRate>, PortError> {
+    async fn step_rates(
+        &self,
+        since: DateTime<Utc>,
+        dead_before: DateTime<Utc>,
+    ) -> Result<Vec<StepRate>, PortError> {
         let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
             "SELECT function_name, step, count(*),
-                    count(*) FILTER (WHERE outcome IN ('retry', 'dead_lettered'))
+                    count(*) FILTER (WHERE outcome IN ('retry', 'dead_lettered') OR outcome IS NULL)
              FROM step_run
-             WHERE started_at >= $1 AND outcome IS NOT NULL
+             WHERE started_at >= $1 AND (outcome IS NOT NULL OR started_at < $2)
              GROUP BY function_name, step
              ORDER BY function_name, step",
         )
         .bind(since)
+        .bind(dead_before)
         .fetch_all(&self.pool)
         .await
         .map_err(db_error("postgres read step_run rates"))?;

@@ -361,8 +361,15 @@ pub struct QueueDepth {
 pub trait StatusStore: Send + Sync {
     /// When the latest recorded sync-manager run started.
     async fn last_sync_run(&self) -> Result<Option<DateTime<Utc>>, PortError>;
-    /// Attempts per function and step that finished since `since`.
-    async fn step_rates(&self, since: DateTime<Utc>) -> Result<Vec<StepRate>, PortError>;
+    /// Attempts per function and step started since `since`: those that
+    /// finished, and those that never did although started before
+    /// `dead_before` (the process died: crash, timeout, out of memory),
+    /// which count as failed.
+    async fn step_rates(
+        &self,
+        since: DateTime<Utc>,
+        dead_before: DateTime<Utc>,
+    ) -> Result<Vec<StepRate>, PortError>;
     /// Routing and sending failures of the sync-manager runs since `since`.
     async fn routing_failures(&self, since: DateTime<Utc>) -> Result<u64, PortError>;
     async fn totals_durations(&self, since: DateTime<Utc>) -> Result<Durations, PortError>;
@@ -479,7 +486,12 @@ pub async fn gather(
     Facts {
         now,
         last_sync_run: text(store.last_sync_run().await),
-        step_rates: text(store.step_rates(hour_ago).await),
+        // No Lambda runs longer than 15 minutes.
+        step_rates: text(
+            store
+                .step_rates(hour_ago, now - Duration::minutes(15))
+                .await,
+        ),
         routing_failures: text(store.routing_failures(hour_ago).await),
         tasks: recent,
         queues: queue_facts,
