@@ -395,3 +395,245 @@ mod permissions {
         let _ = Value::Null;
     }
 }
+
+/// The monitoring rules: every queue and every DLQ has a depth alarm, every
+/// monitoring point of the runbook (ops::status::MONITORING_POINTS) has its
+/// alarm, every queue-driven function a failure-rate alarm, every alarm
+/// notifies AlarmTopic, and the dashboard names every function.
+mod monitoring {
+    use serde_yaml::Value;
+    use tem_shared::ops::status::MONITORING_POINTS;
+    use tem_tests::template::{load, mapping_mut};
+
+    fn resources(template: &Value) -> Vec<(String, &Value)> {
+        template["Resources"]
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.as_str().unwrap().to_string(), v))
+            .collect()
+    }
+
+    fn of_type<'a>(template: &'a Value, kind: &str) -> Vec<(String, &'a Value)> {
+        resources(template)
+            .into_iter()
+            .filter(|(_, r)| r["Type"].as_str() == Some(kind))
+            .collect()
+    }
+
+    /// `!Ref X` -> X; `!GetAtt X.Attr` -> X.Attr.
+    fn tagged<'a>(value: &'a Value, tag: &str) -> Option<&'a str> {
+        match value {
+            Value::Tagged(t) if t.tag == tag => t.value.as_str(),
+            _ => None,
+        }
+    }
+
+    fn number(value: &Value) -> Option<f64> {
+        value
+            .as_f64()
+            .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
+    }
+
+    /// Whether an alarm's metric (or one of its metric-math inputs) has the
+    /// dimension `name` = `!Ref`/`!GetAtt` of `target`.
+    fn has_dimension(alarm: &Value, name: &str, tag: &str, target: &str) -> bool {
+        let matches = |dimensions: &Value| {
+            dimensions.as_sequence().is_some_and(|ds| {
+                ds.iter().any(|d| {
+                    d["Name"].as_str() == Some(name) && tagged(&d["Value"], tag) == Some(target)
+                })
+            })
+        };
+        let properties = &alarm["Properties"];
+        matches(&properties["Dimensions"])
+            || properties["Metrics"].as_sequence().is_some_and(|ms| {
+                ms.iter()
+                    .any(|m| matches(&m["MetricStat"]["Metric"]["Dimensions"]))
+            })
+    }
+
+    pub fn violations(template: &Value) -> Vec<String> {
+        let mut found = Vec::new();
+        let alarms = of_type(template, "AWS::CloudWatch::Alarm");
+        let queues = of_type(template, "AWS::SQS::Queue");
+        let dlqs: Vec<String> = queues
+            .iter()
+            .filter_map(|(_, q)| {
+                tagged(
+                    &q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"],
+                    "GetAtt",
+                )
+                .map(|t| t.trim_end_matches(".Arn").to_string())
+            })
+            .collect();
+        for (id, _) in &queues {
+            let dlq = dlqs.contains(id);
+            let limit = if dlq { 0.0 } else { 1000.0 };
+            let alarmed = alarms.iter().any(|(_, a)| {
+                let p = &a["Properties"];
+                p["MetricName"].as_str() == Some("ApproximateNumberOfMessagesVisible")
+                    && has_dimension(a, "QueueName", "GetAtt", &format!("{id}.QueueName"))
+                    && number(&p["Threshold"]).is_some_and(|t| t <= limit)
+                    && p["ComparisonOperator"].as_str() == Some("GreaterThanThreshold")
+            });
+            if !alarmed {
+                let kind = if dlq { "DLQ" } else { "queue" };
+                found.push(format!(
+                    "{kind} {id} has no alarm on ApproximateNumberOfMessagesVisible over {limit}"
+                ));
+            }
+        }
+        for (point, name, alarm) in MONITORING_POINTS {
+            let present = alarms
+                .iter()
+                .any(|(id, _)| id == alarm || id.ends_with(alarm));
+            if !present {
+                found.push(format!(
+                    "monitoring point {point} ({name}) has no alarm {alarm}"
+                ));
+            }
+        }
+        for (fid, function) in of_type(template, "AWS::Serverless::Function") {
+            let queue_driven = function["Properties"]["Events"]
+                .as_mapping()
+                .is_some_and(|events| events.values().any(|e| e["Type"].as_str() == Some("SQS")));
+            let alarmed = alarms.iter().any(|(id, a)| {
+                id.ends_with("FailureRateAlarm") && has_dimension(a, "Function", "Ref", &fid)
+            });
+            if queue_driven && !alarmed {
+                found.push(format!("function {fid} has no failure-rate alarm"));
+            }
+        }
+        for (id, alarm) in &alarms {
+            let notifies = alarm["Properties"]["AlarmActions"]
+                .as_sequence()
+                .is_some_and(|actions| {
+                    actions
+                        .iter()
+                        .any(|a| tagged(a, "Ref") == Some("AlarmTopic"))
+                });
+            if !notifies {
+                found.push(format!("alarm {id} does not notify AlarmTopic"));
+            }
+        }
+        let dashboards = of_type(template, "AWS::CloudWatch::Dashboard");
+        if dashboards.is_empty() {
+            found.push("the template has no dashboard".into());
+        }
+        for (id, dashboard) in &dashboards {
+            let body = tagged(&dashboard["Properties"]["DashboardBody"], "Sub").unwrap_or("");
+            for (fid, _) in of_type(template, "AWS::Serverless::Function") {
+                if !body.contains(&format!("${{{fid}}}")) {
+                    found.push(format!("dashboard {id} does not name function {fid}"));
+                }
+            }
+        }
+        found
+    }
+
+    fn remove(template: &mut Value, id: &str) {
+        template["Resources"]
+            .as_mapping_mut()
+            .unwrap()
+            .remove(id)
+            .unwrap_or_else(|| panic!("no {id}"));
+    }
+
+    #[test]
+    fn every_queue_dlq_monitoring_point_and_function_has_its_alarm_and_a_dashboard_names_every_function(
+    ) {
+        let found = violations(&load());
+        assert!(found.is_empty(), "{}", found.join("\n"));
+    }
+
+    #[test]
+    fn a_dlq_or_a_queue_without_its_depth_alarm_is_caught() {
+        let mut template = load();
+        remove(&mut template, "RoutitDlqDepthAlarm");
+        assert_eq!(
+            violations(&template),
+            ["DLQ RoutitDlq has no alarm on ApproximateNumberOfMessagesVisible over 0"]
+        );
+        let mut template = load();
+        *mapping_mut(
+            &mut template,
+            &[
+                "Resources",
+                "ImportQueueDepthAlarm",
+                "Properties",
+                "Threshold",
+            ],
+        ) = Value::from(5000);
+        assert_eq!(
+            violations(&template),
+            ["queue ImportQueue has no alarm on ApproximateNumberOfMessagesVisible over 1000"]
+        );
+    }
+
+    #[test]
+    fn a_monitoring_point_without_its_alarm_is_caught() {
+        let mut template = load();
+        remove(&mut template, "TotalsDurationAlarm");
+        assert_eq!(
+            violations(&template),
+            ["monitoring point 6 (totals duration) has no alarm TotalsDurationAlarm"]
+        );
+        let mut template = load();
+        remove(&mut template, "SyncManagerMissedRunsAlarm");
+        assert_eq!(
+            violations(&template),
+            ["monitoring point 1 (sync-manager runs) has no alarm SyncManagerMissedRunsAlarm"]
+        );
+    }
+
+    #[test]
+    fn a_queue_driven_function_without_a_failure_rate_alarm_is_caught() {
+        let mut template = load();
+        remove(&mut template, "TotalsFailureRateAlarm");
+        assert_eq!(
+            violations(&template),
+            ["function TotalsFunction has no failure-rate alarm"]
+        );
+    }
+
+    #[test]
+    fn an_alarm_that_notifies_nobody_is_caught() {
+        let mut template = load();
+        *mapping_mut(
+            &mut template,
+            &[
+                "Resources",
+                "RoutingFailuresAlarm",
+                "Properties",
+                "AlarmActions",
+            ],
+        ) = Value::Sequence(vec![]);
+        assert_eq!(
+            violations(&template),
+            ["alarm RoutingFailuresAlarm does not notify AlarmTopic"]
+        );
+    }
+
+    #[test]
+    fn a_dashboard_that_leaves_out_a_function_is_caught() {
+        let mut template = load();
+        let body = mapping_mut(
+            &mut template,
+            &["Resources", "Dashboard", "Properties", "DashboardBody"],
+        );
+        let Value::Tagged(tagged) = body else {
+            panic!("DashboardBody is a !Sub string")
+        };
+        let text = tagged
+            .value
+            .as_str()
+            .unwrap()
+            .replace("${OpsFunction}", "tem-ops");
+        tagged.value = Value::from(text);
+        assert_eq!(
+            violations(&template),
+            ["dashboard Dashboard does not name function OpsFunction"]
+        );
+    }
+}

@@ -49,6 +49,15 @@ impl BodyAdapter for EnvelopesOnly {
     }
 }
 
+/// The batch's step metrics, as EMF lines on stdout (crate::metrics).
+fn emit_step_metrics(reports: &[crate::runtime::MessageReport]) {
+    let namespace = crate::metrics::namespace_from_env();
+    let function = crate::metrics::function_name_from_env();
+    for document in crate::metrics::step_metrics(&namespace, &function, reports, Utc::now()) {
+        document.emit();
+    }
+}
+
 /// Handles a queue-driven function's event: an SQS batch (returning the
 /// records to retry), or a bare envelope pasted into the console (returning
 /// what happened to it).
@@ -79,6 +88,7 @@ pub async fn handle_event(
             }
         }
         let reports = runtime.process_batch(messages, deadline).await;
+        emit_step_metrics(&reports);
         let mut response = SqsBatchResponse::default();
         response.batch_item_failures = reports
             .iter()
@@ -111,6 +121,7 @@ pub async fn handle_event(
         receipt_handle: None,
     };
     let report = runtime.process(message, deadline).await;
+    emit_step_metrics(std::slice::from_ref(&report));
     match report.disposition {
         Disposition::Completed | Disposition::Duplicate => Ok(console_response(&report)),
         Disposition::Retry | Disposition::DeadLettered | Disposition::Postponed => Err(format!(

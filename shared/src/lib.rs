@@ -16,6 +16,7 @@ pub mod config;
 pub mod envelope;
 pub mod import;
 pub mod lambda;
+pub mod metrics;
 pub mod ops;
 pub mod ports;
 pub mod retry;

@@ -39,6 +39,12 @@ pub enum Command {
     /// Sync tasks of a deployed stack (--stack/TEM_STACK): one task's
     /// timeline, or the tasks of the last day.
     Task(crate::task::TaskArgs),
+    /// Evaluate the runbook's monitoring points (sync-manager runs, failure
+    /// rates, routing failures, failed tasks, queue depths, totals duration)
+    /// and the daily extras. Exit code 0 OK, 1 WARNING, 2 CRITICAL,
+    /// 3 UNKNOWN. Needs DATABASE_URL, AWS access and --stack NAME (or
+    /// TEM_STACK).
+    Status(crate::status::StatusArgs),
 }
 
 #[derive(Debug, Args)]

@@ -10,6 +10,7 @@ mod import;
 mod migrate;
 mod progress;
 mod stack;
+mod status;
 mod summary;
 mod task;
 mod totals;
@@ -22,9 +23,25 @@ use crate::cli::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // Usage errors (and --help/--version) exit here, with code 2 (0 for help).
-    let cli = Cli::parse();
+    // Usage errors (and --help/--version) exit here, with code 2 (0 for
+    // help); `status` follows the monitoring-plugin convention, where 2 is
+    // CRITICAL, so its usage errors are UNKNOWN (3).
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let status = std::env::args().nth(1).as_deref() == Some("status");
+            let code = if status && e.use_stderr() {
+                3
+            } else {
+                e.exit_code()
+            };
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(code).unwrap_or(2));
+        }
+    };
     let result = match cli.command {
+        // Its own exit codes (monitoring-plugin convention).
+        Command::Status(args) => return ExitCode::from(status::run(args).await),
         Command::Import(args) => import::run(args).await,
         Command::Migrate => migrate::run().await,
         Command::Apply(args) => apply::run(args).await,

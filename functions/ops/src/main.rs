@@ -4,12 +4,16 @@
 //! embedded migrations, which is how scripts/deploy.sh migrates a database
 //! only the VPC can reach; the failed-message, task and watch commands run
 //! shared/src/ops (the code `temctl failed` and `temctl task` run).
+//! `{"command": "status"}` returns the monitoring points (ops::status).
+
+use std::collections::BTreeMap;
 
 use chrono::Utc;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use serde_json::{json, Value};
 use tem_shared::adapters::operations::{PgAbandonedImports, PgFailures, PgStepHistory};
-use tem_shared::adapters::sqs::SqsDeadLetters;
+use tem_shared::adapters::sqs::{SqsDeadLetters, SqsQueueStats};
+use tem_shared::adapters::status::PgStatus;
 use tem_shared::adapters::task_admin::DynamoTaskAdmin;
 use tem_shared::adapters::{migrations, postgres::MIGRATOR};
 use tem_shared::bootstrap::Platform;
@@ -18,7 +22,7 @@ use tem_shared::ops::console::Console;
 use tem_shared::ops::failed::FailedPorts;
 use tem_shared::ops::settings::OpsSettings;
 use tem_shared::ops::watch::WatchSettings;
-use tem_shared::ops::OpsCommand;
+use tem_shared::ops::{status, OpsCommand};
 use tem_shared::telemetry;
 
 #[tokio::main]
@@ -49,7 +53,7 @@ async fn main() -> Result<(), Error> {
         settings: &settings,
         watch: &watch,
     };
-    let (platform, console) = (&platform, &console);
+    let (platform, console, settings, task_admin) = (&platform, &console, &settings, &task_admin);
     run(service_fn(move |event: LambdaEvent<Value>| async move {
         match OpsCommand::from_event(&event.payload)? {
             OpsCommand::Migrate {} => {
@@ -65,8 +69,38 @@ async fn main() -> Result<(), Error> {
                     "already_applied": report.already_applied,
                 }))
             }
+            OpsCommand::Status { set } => Ok(serde_json::to_value(
+                status(platform, settings, task_admin, &set).await?,
+            )?),
             command => Ok(console.run(command, Utc::now()).await?),
         }
     }))
     .await
+}
+
+/// The status report over this function's database, queues and tasks table;
+/// thresholds from the environment, then the event's `set`.
+async fn status(
+    platform: &Platform,
+    settings: &OpsSettings,
+    tasks: &DynamoTaskAdmin,
+    set: &BTreeMap<String, String>,
+) -> Result<status::StatusReport, Error> {
+    let env = Env::process();
+    let mut thresholds = status::Thresholds::from_lookup(|name| env.optional(name))?;
+    for (name, value) in set {
+        thresholds.set(name, value)?;
+    }
+    let queues = SqsQueueStats::new(aws_sdk_sqs::Client::new(&platform.aws));
+    let report = status::status(
+        &PgStatus::new(platform.pool.clone()),
+        &queues,
+        tasks,
+        settings,
+        &thresholds,
+        chrono::Utc::now(),
+    )
+    .await;
+    tracing::info!(state = %report.state, checks = report.checks.len(), "status");
+    Ok(report)
 }

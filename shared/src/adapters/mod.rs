@@ -9,6 +9,7 @@ pub mod postgres;
 pub mod s3;
 pub mod secrets;
 pub mod sqs;
+pub mod status;
 pub mod task_admin;
 
 /// The shared AWS configuration: region, credentials and `AWS_ENDPOINT_URL`

@@ -119,9 +119,19 @@ impl StepHandler for Totals {
                 })
             }
             Step::CalculateTotals => {
+                let started = std::time::Instant::now();
                 let totals = calculate_totals(&self.pool, payload.customer_id, payload.cycle)
                     .await
                     .map_err(totals_error)?;
+                // The runbook's "totals taking over 5 minutes" alarm reads this.
+                crate::metrics::emit_counts(
+                    &[],
+                    &[(
+                        "TotalsDuration",
+                        crate::metrics::Unit::Milliseconds,
+                        started.elapsed().as_millis() as f64,
+                    )],
+                );
                 tracing::info!(
                     rated = totals.rated_cost_micros,
                     cdrs = totals.cdr_count,

@@ -13,6 +13,7 @@ use tracing::instrument;
 use crate::envelope::{ChainLink, Envelope, Step};
 use crate::import::importer::{ImportRequest, Importer};
 use crate::import::source::RangeRead;
+use crate::metrics::Unit;
 use crate::routing::Provider;
 use crate::runtime::{Delivery, StepError, StepHandler, StepOutcome};
 
@@ -139,6 +140,22 @@ impl StepHandler for CdrImport {
                 StepError::Permanent(e.to_string())
             }
         })?;
+        // An import of content seen before loaded nothing new: no counts.
+        if summary.status != "already_imported" {
+            crate::metrics::emit_counts(
+                &[("Provider", provider.as_str())],
+                &[
+                    ("CdrsLoaded", Unit::Count, summary.loaded as f64),
+                    ("CdrsDuplicate", Unit::Count, summary.duplicate as f64),
+                    ("CdrsRejected", Unit::Count, summary.rejected as f64),
+                    (
+                        "CdrsWithoutCustomer",
+                        Unit::Count,
+                        summary.without_customer as f64,
+                    ),
+                ],
+            );
+        }
         let branches = dispatch_totals(
             &summary.touched,
             "import",

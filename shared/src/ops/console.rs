@@ -143,6 +143,7 @@ impl Console<'_> {
                 json!({"command": "watch", "report": watch::watch(ports, self.settings, self.watch, now).await})
             }
             OpsCommand::Migrate {} => return Err(ConsoleError::NotHere("migrate")),
+            OpsCommand::Status { .. } => return Err(ConsoleError::NotHere("status")),
         })
     }
 }

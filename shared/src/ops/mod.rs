@@ -7,6 +7,7 @@
 pub mod console;
 pub mod failed;
 pub mod settings;
+pub mod status;
 pub mod timeline;
 pub mod watch;
 
@@ -52,6 +53,13 @@ pub enum OpsCommand {
     /// their tasks failed, resolved DLQ copies deleted, stalled tasks
     /// marked, expired records deleted.
     Watch {},
+    /// The runbook's monitoring points and the daily extras
+    /// (`ops::status`); `set` overrides thresholds by name for this call,
+    /// e.g. `{"STATUS_QUEUE_DEPTH_CRITICAL": "500"}`.
+    Status {
+        #[serde(default)]
+        set: std::collections::BTreeMap<String, String>,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -76,6 +84,7 @@ impl OpsCommand {
         "task-show",
         "task-list",
         "watch",
+        "status",
     ];
 
     /// Reads the command from a Lambda event. An unknown name is refused
@@ -161,6 +170,25 @@ mod tests {
         let err =
             OpsCommand::from_event(&json!({"command": "failed-list", "provder": "x"})).unwrap_err();
         assert!(err.to_string().contains("provder"), "{err}");
+    }
+
+    #[test]
+    fn the_console_status_event_is_the_status_command() {
+        let event: Value =
+            serde_json::from_str(include_str!("../../../events/ops/console-status.json")).unwrap();
+        assert_eq!(
+            OpsCommand::from_event(&event),
+            Ok(OpsCommand::Status {
+                set: Default::default()
+            })
+        );
+        let with = OpsCommand::from_event(
+            &json!({"command": "status", "set": {"STATUS_QUEUE_DEPTH_CRITICAL": "5"}}),
+        )
+        .unwrap();
+        assert!(
+            matches!(with, OpsCommand::Status { set } if set["STATUS_QUEUE_DEPTH_CRITICAL"] == "5")
+        );
     }
 
     #[test]

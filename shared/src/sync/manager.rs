@@ -14,6 +14,7 @@ use serde_json::json;
 use tracing::{error, info, instrument, warn};
 
 use crate::envelope::{derived_id, Envelope, Step};
+use crate::metrics::Unit;
 use crate::ports::{
     OutgoingMessage, PortError, ProfileStore, QueueSend, RunLog, TaskCreation, TaskStore,
 };
@@ -199,6 +200,26 @@ impl SyncManager {
         if let Err(e) = self.runs.record_run(&summary).await {
             warn!(error = %e, "could not record the run");
         }
+        // SyncRuns is what the "sync-manager missed 2 runs" alarm watches;
+        // RoutingFailures counts the run's routing and sending failures.
+        // TaskFailureShare: a 0 per task started (metrics::TASK_FAILURE_SHARE_ALARM).
+        let mut counts = vec![
+            ("SyncRuns", Unit::Count, 1.0),
+            ("FanOutSent", Unit::Count, summary.sent.len() as f64),
+            ("FanOutSkipped", Unit::Count, summary.skipped.len() as f64),
+            (
+                "RoutingFailures",
+                Unit::Count,
+                summary.failures.len() as f64,
+            ),
+        ];
+        counts.extend(
+            summary
+                .sent
+                .iter()
+                .map(|_| ("TaskFailureShare", Unit::Percent, 0.0)),
+        );
+        crate::metrics::emit_counts(&[], &counts);
         info!(
             seen = summary.profiles_seen,
             sent = summary.sent.len(),
