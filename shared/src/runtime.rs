@@ -869,6 +869,9 @@ impl ChainRuntime {
                 step.clone().unwrap_or_else(|| "unknown".into()),
             ),
             ("tem-function".into(), self.settings.function_name.clone()),
+            // The copy is a new SQS message: the original's id keys the
+            // failure of a body that is not an envelope (`sqs:<id>`).
+            ("tem-message-id".into(), incoming.message_id.clone()),
         ];
         // SQS refuses empty attribute values: without a source queue, none.
         if let Some(source) = &self.settings.source_queue_url {

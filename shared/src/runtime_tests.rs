@@ -246,6 +246,20 @@ async fn a_malformed_body_goes_to_the_dlq_at_once_with_the_reason() {
         .unwrap();
     assert!(error.1.contains("not retried"), "{error:?}");
     assert_eq!(h.handler.calls.load(Ordering::SeqCst), 0);
+    // The copy is a new SQS message; the original's id keys its failure.
+    let original = incoming_body("{oops".into(), 1).message_id;
+    let named = dead[0]
+        .attributes
+        .iter()
+        .find(|(k, _)| k == "tem-message-id")
+        .map(|(_, v)| v.clone());
+    assert_eq!(named, Some(original.clone()));
+    let failures = h.failures.records.lock().unwrap();
+    assert!(
+        failures.contains_key(&format!("sqs:{original}")),
+        "{:?}",
+        failures.keys()
+    );
 }
 
 #[tokio::test]
