@@ -226,11 +226,25 @@ pub fn render(timeline: &Timeline) -> String {
         );
         return out;
     }
+    // Deep chains (Routit's polls, then the import and the totals) indent
+    // far: the step column is as wide as its widest label.
+    fn widest(node: &StepNode, indent: usize) -> usize {
+        let own = indent + node.step.as_deref().map_or(13, str::len);
+        node.children
+            .iter()
+            .map(|child| widest(child, indent + 3))
+            .fold(own, usize::max)
+    }
+    let width = timeline
+        .steps
+        .iter()
+        .map(|node| widest(node, 0))
+        .fold(44, usize::max);
     out.push_str(&format!(
-        "  {:<44} {:<23} {:>9} {:>8}  {:<14} {}\n",
+        "  {:<width$} {:<23} {:>9} {:>8}  {:<14} {}\n",
         "step", "start", "duration", "attempts", "outcome", "message / queue"
     ));
-    fn line(out: &mut String, node: &StepNode, prefix: &str, last: bool, top: bool) {
+    fn line(out: &mut String, node: &StepNode, prefix: &str, last: bool, top: bool, width: usize) {
         let branch = if top {
             ""
         } else if last {
@@ -244,7 +258,7 @@ pub fn render(timeline: &Timeline) -> String {
         );
         let queue = node.queue.as_deref().unwrap_or("-");
         out.push_str(&format!(
-            "  {:<44} {:<23} {:>9} {:>8}  {:<14} {} / {}\n",
+            "  {:<width$} {:<23} {:>9} {:>8}  {:<14} {} / {}\n",
             label,
             time(node.started_at),
             node.duration_ms.map_or("-".into(), human_duration),
@@ -274,11 +288,12 @@ pub fn render(timeline: &Timeline) -> String {
                 &child_prefix,
                 i + 1 == node.children.len(),
                 false,
+                width,
             );
         }
     }
     for node in &timeline.steps {
-        line(&mut out, node, "", true, true);
+        line(&mut out, node, "", true, true, width);
     }
     out
 }
@@ -451,6 +466,33 @@ mod tests {
             !text.contains("error: database busy"),
             "only the last attempt's error: {text}"
         );
+    }
+
+    #[test]
+    fn a_deep_chain_keeps_its_columns_aligned() {
+        // Routit's polls, the import and the totals nest a dozen deep.
+        let names = ["SyncProfile", "RoutitPollExport", "GenerateInvoice"];
+        let mut runs = Vec::new();
+        for depth in 0..14 {
+            let mut r = run(&format!("m{depth}"), names[depth % 3], 1, depth as i64, 20);
+            r.children = vec![format!("m{}", depth + 1)];
+            if depth == 13 {
+                r.children.clear();
+            }
+            runs.push(r);
+        }
+        let text = render(&Timeline {
+            task_id: "t".into(),
+            task: None,
+            steps: build(&runs),
+        });
+        let starts: Vec<usize> = text
+            .lines()
+            .filter(|l| l.contains("2026-12-01 01:"))
+            .map(|l| l.chars().position(|c| c.is_ascii_digit()).unwrap())
+            .collect();
+        assert_eq!(starts.len(), 14, "{text}");
+        assert!(starts.iter().all(|&s| s == starts[0]), "{text}");
     }
 
     #[test]
