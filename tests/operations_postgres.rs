@@ -6,37 +6,39 @@ use chrono::{Duration, Utc};
 use tem_shared::adapters::operations::{PgFailures, PgStepHistory};
 use tem_shared::ops::failed::FailedSelection;
 use tem_shared::ops::settings::{OpsSettings, QueuePair};
-use tem_shared::ports::{FailedMessage, FailureAdmin, FailureStatus, StepHistory};
+use tem_shared::ports::{FailedMessage, FailureAdmin, FailureRecord, FailureStatus, StepHistory};
 use tem_tests::db::fresh;
 
 fn failure(id: &str, provider: &str, kind: &str, error: &str, age: Duration) -> FailedMessage {
     let failed_at = Utc::now() - age;
     FailedMessage {
-        id: id.into(),
-        queue: format!("tem-{provider}-queue"),
-        queue_url: format!("https://sqs/tem-{provider}-queue"),
-        dlq_url: format!("https://sqs/tem-{provider}-dlq"),
-        function_name: Some("f".into()),
-        step: Some("SyncProfile".into()),
-        provider: Some(provider.into()),
-        task_id: Some(format!("task-{provider}")),
-        trace_id: None,
-        body: format!("{{\"id\":\"{id}\"}}"),
-        error_kind: kind.into(),
-        error: error.into(),
-        attempts: 5,
-        failed_at,
+        failure: FailureRecord {
+            id: id.into(),
+            queue: format!("tem-{provider}-queue"),
+            queue_url: format!("https://sqs/tem-{provider}-queue"),
+            dlq_url: format!("https://sqs/tem-{provider}-dlq"),
+            function_name: Some("f".into()),
+            step: Some("SyncProfile".into()),
+            provider: Some(provider.into()),
+            task_id: Some(format!("task-{provider}")),
+            trace_id: None,
+            body: format!("{{\"id\":\"{id}\"}}"),
+            error_kind: kind.into(),
+            error: error.into(),
+            attempts: 5,
+            failed_at,
+            expires_at: failed_at + Duration::days(30),
+        },
         times_failed: 1,
         status: FailureStatus::Failed,
         resolved_at: None,
         resolved_by: None,
         retries: 0,
-        expires_at: failed_at + Duration::days(30),
     }
 }
 
 fn ids(rows: &[FailedMessage]) -> Vec<&str> {
-    rows.iter().map(|r| r.id.as_str()).collect()
+    rows.iter().map(|r| r.failure.id.as_str()).collect()
 }
 
 #[tokio::test]
@@ -227,7 +229,9 @@ async fn a_dlq_only_failure_never_overwrites_the_runtimes_record() {
     let watch = failure("a", "routit", "redriven", "a guess", Duration::zero());
     assert!(!store.ingest(&watch).await.unwrap());
     assert_eq!(
-        store.get_many(&["a".into()]).await.unwrap()[0].error,
+        store.get_many(&["a".into()]).await.unwrap()[0]
+            .failure
+            .error,
         "the real reason"
     );
 }

@@ -235,7 +235,7 @@ pub trait StepJournal: Send + Sync {
 }
 
 /// A message that failed for good (a `failed_message` row).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct FailureRecord {
     /// The envelope id, or `sqs:<MessageId>` for a body that is no envelope.
     pub id: String,
@@ -401,29 +401,17 @@ impl std::str::FromStr for FailureStatus {
     }
 }
 
-/// One failed_message row.
+/// One failed_message row: the failure as recorded, and what operators
+/// did about it since.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct FailedMessage {
-    pub id: String,
-    pub queue: String,
-    pub queue_url: String,
-    pub dlq_url: String,
-    pub function_name: Option<String>,
-    pub step: Option<String>,
-    pub provider: Option<String>,
-    pub task_id: Option<String>,
-    pub trace_id: Option<String>,
-    pub body: String,
-    pub error_kind: String,
-    pub error: String,
-    pub attempts: u32,
-    pub failed_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub failure: FailureRecord,
     pub times_failed: u32,
     pub status: FailureStatus,
     pub resolved_at: Option<DateTime<Utc>>,
     pub resolved_by: Option<String>,
     pub retries: u32,
-    pub expires_at: DateTime<Utc>,
 }
 
 /// Which failures an operator means. Every field narrows; `queue` matches

@@ -263,26 +263,30 @@ pub async fn run(args: FailedArgs) -> Result<(), CliError> {
                 return Ok(());
             }
             let f = &detail.failure;
-            writeln!(out, "failed message {}", f.id)?;
+            writeln!(out, "failed message {}", f.failure.id)?;
             let field = |out: &mut dyn Write, k: &str, v: String| writeln!(out, "  {k:<14} {v}");
             let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
             field(&mut out, "status", f.status.as_str().into())?;
-            field(&mut out, "queue", format!("{} ({})", f.queue, f.queue_url))?;
-            field(&mut out, "dlq", f.dlq_url.clone())?;
-            field(&mut out, "function", opt(&f.function_name))?;
-            field(&mut out, "step", opt(&f.step))?;
-            field(&mut out, "provider", opt(&f.provider))?;
-            field(&mut out, "task", opt(&f.task_id))?;
-            field(&mut out, "trace", opt(&f.trace_id))?;
-            field(&mut out, "kind", f.error_kind.clone())?;
-            field(&mut out, "attempts", f.attempts.to_string())?;
+            field(
+                &mut out,
+                "queue",
+                format!("{} ({})", f.failure.queue, f.failure.queue_url),
+            )?;
+            field(&mut out, "dlq", f.failure.dlq_url.clone())?;
+            field(&mut out, "function", opt(&f.failure.function_name))?;
+            field(&mut out, "step", opt(&f.failure.step))?;
+            field(&mut out, "provider", opt(&f.failure.provider))?;
+            field(&mut out, "task", opt(&f.failure.task_id))?;
+            field(&mut out, "trace", opt(&f.failure.trace_id))?;
+            field(&mut out, "kind", f.failure.error_kind.clone())?;
+            field(&mut out, "attempts", f.failure.attempts.to_string())?;
             field(
                 &mut out,
                 "failed_at",
                 format!(
                     "{} ({} ago)",
-                    f.failed_at.to_rfc3339(),
-                    human_age((now - f.failed_at).num_seconds())
+                    f.failure.failed_at.to_rfc3339(),
+                    human_age((now - f.failure.failed_at).num_seconds())
                 ),
             )?;
             field(&mut out, "times failed", f.times_failed.to_string())?;
@@ -294,9 +298,9 @@ pub async fn run(args: FailedArgs) -> Result<(), CliError> {
                     format!("{} by {}", at.to_rfc3339(), opt(&f.resolved_by)),
                 )?;
             }
-            field(&mut out, "expires_at", f.expires_at.to_rfc3339())?;
+            field(&mut out, "expires_at", f.failure.expires_at.to_rfc3339())?;
             writeln!(out, "error:")?;
-            for line in f.error.lines() {
+            for line in f.failure.error.lines() {
                 writeln!(out, "  {line}")?;
             }
             if !detail.chain.is_empty() {
@@ -333,7 +337,7 @@ pub async fn run(args: FailedArgs) -> Result<(), CliError> {
                 Some(envelope) => {
                     serde_json::to_string_pretty(envelope).map_err(io::Error::from)?
                 }
-                None => f.body.clone(),
+                None => f.failure.body.clone(),
             };
             for line in body.lines() {
                 writeln!(out, "  {line}")?;
@@ -429,7 +433,11 @@ async fn matching(
 ) -> Result<Vec<tem_shared::ports::FailedMessage>, CliError> {
     if !sel.ids.is_empty() && !sel.all {
         let rows = ctx.failures.get_many(&sel.ids).await?;
-        if let Some(missing) = sel.ids.iter().find(|id| !rows.iter().any(|r| &r.id == *id)) {
+        if let Some(missing) = sel
+            .ids
+            .iter()
+            .find(|id| !rows.iter().any(|r| &r.failure.id == *id))
+        {
             return Err(CliError::NoSuchFailure(missing.clone()));
         }
         return Ok(rows);

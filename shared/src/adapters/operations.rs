@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 
 use crate::ports::{
-    AbandonedImports, FailedMessage, FailureAdmin, FailureFilter, FailureStatus, PortError,
-    StepHistory, StepRun,
+    AbandonedImports, FailedMessage, FailureAdmin, FailureFilter, FailureRecord, FailureStatus,
+    PortError, StepHistory, StepRun,
 };
 
 fn db_error(operation: &'static str) -> impl FnOnce(sqlx::Error) -> PortError {
@@ -45,29 +45,31 @@ impl TryFrom<FailedRow> for FailedMessage {
 
     fn try_from(r: FailedRow) -> Result<Self, PortError> {
         Ok(FailedMessage {
+            failure: FailureRecord {
+                id: r.id,
+                queue: r.queue,
+                queue_url: r.queue_url,
+                dlq_url: r.dlq_url,
+                function_name: r.function_name,
+                step: r.step,
+                provider: r.provider,
+                task_id: r.task_id,
+                trace_id: r.trace_id,
+                body: r.body,
+                error_kind: r.error_kind,
+                error: r.error,
+                attempts: r.attempts.max(0) as u32,
+                failed_at: r.failed_at,
+                expires_at: r.expires_at,
+            },
             status: r
                 .status
                 .parse::<FailureStatus>()
                 .map_err(|e| PortError::new("read failed_message", e))?,
-            id: r.id,
-            queue: r.queue,
-            queue_url: r.queue_url,
-            dlq_url: r.dlq_url,
-            function_name: r.function_name,
-            step: r.step,
-            provider: r.provider,
-            task_id: r.task_id,
-            trace_id: r.trace_id,
-            body: r.body,
-            error_kind: r.error_kind,
-            error: r.error,
-            attempts: r.attempts.max(0) as u32,
-            failed_at: r.failed_at,
             times_failed: r.times_failed.max(0) as u32,
             resolved_at: r.resolved_at,
             resolved_by: r.resolved_by,
             retries: r.retries.max(0) as u32,
-            expires_at: r.expires_at,
         })
     }
 }
@@ -216,21 +218,21 @@ impl FailureAdmin for PgFailures {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
              ON CONFLICT (id) DO NOTHING",
         )
-        .bind(&f.id)
-        .bind(&f.queue)
-        .bind(&f.queue_url)
-        .bind(&f.dlq_url)
-        .bind(&f.function_name)
-        .bind(&f.step)
-        .bind(&f.provider)
-        .bind(&f.task_id)
-        .bind(&f.trace_id)
-        .bind(&f.body)
-        .bind(&f.error_kind)
-        .bind(&f.error)
-        .bind(i32::try_from(f.attempts).unwrap_or(i32::MAX))
-        .bind(f.failed_at)
-        .bind(f.expires_at)
+        .bind(&f.failure.id)
+        .bind(&f.failure.queue)
+        .bind(&f.failure.queue_url)
+        .bind(&f.failure.dlq_url)
+        .bind(&f.failure.function_name)
+        .bind(&f.failure.step)
+        .bind(&f.failure.provider)
+        .bind(&f.failure.task_id)
+        .bind(&f.failure.trace_id)
+        .bind(&f.failure.body)
+        .bind(&f.failure.error_kind)
+        .bind(&f.failure.error)
+        .bind(i32::try_from(f.failure.attempts).unwrap_or(i32::MAX))
+        .bind(f.failure.failed_at)
+        .bind(f.failure.expires_at)
         .execute(&self.pool)
         .await
         .map_err(db_error("insert failed_message"))?

@@ -54,7 +54,7 @@ impl Console<'_> {
             if let Some(missing) = selection
                 .ids
                 .iter()
-                .find(|id| !rows.iter().any(|r| &r.id == *id))
+                .find(|id| !rows.iter().any(|r| &r.failure.id == *id))
             {
                 return Err(ConsoleError::NoSuchFailure(missing.clone()));
             }

@@ -172,17 +172,17 @@ pub struct FailureRow {
 impl FailureRow {
     pub fn of(f: &FailedMessage, now: DateTime<Utc>) -> Self {
         Self {
-            id: f.id.clone(),
-            queue: f.queue.clone(),
-            step: f.step.clone(),
-            provider: f.provider.clone(),
-            task_id: f.task_id.clone(),
-            kind: f.error_kind.clone(),
-            attempts: f.attempts,
-            failed_at: f.failed_at,
-            age_seconds: (now - f.failed_at).num_seconds().max(0),
+            id: f.failure.id.clone(),
+            queue: f.failure.queue.clone(),
+            step: f.failure.step.clone(),
+            provider: f.failure.provider.clone(),
+            task_id: f.failure.task_id.clone(),
+            kind: f.failure.error_kind.clone(),
+            attempts: f.failure.attempts,
+            failed_at: f.failure.failed_at,
+            age_seconds: (now - f.failure.failed_at).num_seconds().max(0),
             status: f.status,
-            error: first_line(&f.error).to_string(),
+            error: first_line(&f.failure.error).to_string(),
         }
     }
 }
@@ -236,18 +236,21 @@ pub fn stats_of(rows: &[FailedMessage], now: DateTime<Utc>) -> FailureStats {
     };
     let none = || "(none)".to_string();
     for f in rows {
-        *stats.by_queue.entry(f.queue.clone()).or_default() += 1;
+        *stats.by_queue.entry(f.failure.queue.clone()).or_default() += 1;
         *stats
             .by_step
-            .entry(f.step.clone().unwrap_or_else(none))
+            .entry(f.failure.step.clone().unwrap_or_else(none))
             .or_default() += 1;
         *stats
             .by_provider
-            .entry(f.provider.clone().unwrap_or_else(none))
+            .entry(f.failure.provider.clone().unwrap_or_else(none))
             .or_default() += 1;
-        *stats.by_kind.entry(f.error_kind.clone()).or_default() += 1;
+        *stats
+            .by_kind
+            .entry(f.failure.error_kind.clone())
+            .or_default() += 1;
     }
-    stats.oldest_failed_at = rows.iter().map(|f| f.failed_at).min();
+    stats.oldest_failed_at = rows.iter().map(|f| f.failure.failed_at).min();
     stats.oldest_age_seconds = stats
         .oldest_failed_at
         .map(|t| (now - t).num_seconds().max(0));
@@ -279,7 +282,7 @@ pub struct FailureDetail {
 
 #[instrument(skip(ports))]
 pub async fn show(ports: FailedPorts<'_>, id: &str) -> Result<Option<FailureDetail>, PortError> {
-    let Some(failure) = ports
+    let Some(row) = ports
         .failures
         .get_many(&[id.to_string()])
         .await?
@@ -289,9 +292,9 @@ pub async fn show(ports: FailedPorts<'_>, id: &str) -> Result<Option<FailureDeta
         return Ok(None);
     };
     let attempts = ports.history.attempts(&[id.to_string()]).await?;
-    let (envelope, chain) = match Envelope::parse(&failure.body) {
+    let (envelope, chain) = match Envelope::parse(&row.failure.body) {
         Ok(e) => (
-            serde_json::from_str(&failure.body).ok(),
+            serde_json::from_str(&row.failure.body).ok(),
             std::iter::once(e.step.to_string())
                 .chain(e.chain.iter().map(|l| l.step.to_string()))
                 .collect(),
@@ -299,7 +302,7 @@ pub async fn show(ports: FailedPorts<'_>, id: &str) -> Result<Option<FailureDeta
         Err(_) => (None, Vec::new()),
     };
     Ok(Some(FailureDetail {
-        failure,
+        failure: row,
         envelope,
         chain,
         attempts,
@@ -391,15 +394,22 @@ pub async fn retry(
         if row.status != FailureStatus::Failed {
             report.skipped.push(Skipped {
                 reason: format!("already {}", row.status.as_str()),
-                id: row.id,
+                id: row.failure.id,
             });
             continue;
         }
         report.selected += 1;
-        by_queue.entry(row.queue_url.clone()).or_default().push(row);
+        by_queue
+            .entry(row.failure.queue_url.clone())
+            .or_default()
+            .push(row);
     }
     if options.dry_run {
-        report.retried = by_queue.values().flatten().map(|r| r.id.clone()).collect();
+        report.retried = by_queue
+            .values()
+            .flatten()
+            .map(|r| r.failure.id.clone())
+            .collect();
         return Ok(report);
     }
     let mut dlqs = BTreeMap::new();
@@ -411,14 +421,14 @@ pub async fn retry(
             }
             let messages = chunk
                 .iter()
-                .map(|r| OutgoingMessage::new(r.id.clone(), retry_body(&r.body)))
+                .map(|r| OutgoingMessage::new(r.failure.id.clone(), retry_body(&r.failure.body)))
                 .collect();
             let refused = match ports.send.send_all(&queue_url, messages).await {
                 Ok(refused) => refused,
                 Err(e) => {
                     warn!(error = %e, queue = queue_name_of(&queue_url), "retry send failed; the rows stay open");
                     report.failed.extend(chunk.iter().map(|r| Skipped {
-                        id: r.id.clone(),
+                        id: r.failure.id.clone(),
                         reason: e.to_string(),
                     }));
                     continue;
@@ -430,12 +440,12 @@ pub async fn retry(
                 .collect();
             let mut sent = Vec::new();
             for row in chunk {
-                match refused_ids.get(row.id.as_str()) {
+                match refused_ids.get(row.failure.id.as_str()) {
                     Some(reason) => report.failed.push(Skipped {
-                        id: row.id.clone(),
+                        id: row.failure.id.clone(),
                         reason: reason.to_string(),
                     }),
-                    None => sent.push(row.id.clone()),
+                    None => sent.push(row.failure.id.clone()),
                 }
             }
             sent_total += sent.len();
@@ -450,7 +460,7 @@ pub async fn retry(
                 }
             }
             report.retried.extend(marked);
-            dlqs.insert(chunk[0].dlq_url.clone(), ());
+            dlqs.insert(chunk[0].failure.dlq_url.clone(), ());
         }
     }
     for dlq_url in dlqs.keys() {
@@ -496,23 +506,23 @@ pub async fn remove(
         .into_iter()
         .map(|r| Skipped {
             reason: format!("already {}", r.status.as_str()),
-            id: r.id,
+            id: r.failure.id,
         })
         .collect();
-    let ids: Vec<String> = open.iter().map(|r| r.id.clone()).collect();
+    let ids: Vec<String> = open.iter().map(|r| r.failure.id.clone()).collect();
     let mut removed = Vec::new();
     for chunk in ids.chunks(500) {
         removed.extend(ports.failures.mark_removed(chunk, by, now).await?);
     }
     let removed_set: HashSet<&String> = removed.iter().collect();
     let mut dlqs = BTreeMap::new();
-    for row in open.iter().filter(|r| removed_set.contains(&r.id)) {
-        dlqs.insert(row.dlq_url.clone(), ());
-        if let Some(task_id) = &row.task_id {
+    for row in open.iter().filter(|r| removed_set.contains(&r.failure.id)) {
+        dlqs.insert(row.failure.dlq_url.clone(), ());
+        if let Some(task_id) = &row.failure.task_id {
             let text = format!(
                 "{} removed message {} by an operator ({by})",
                 now.format("%Y-%m-%dT%H:%M:%SZ"),
-                row.id
+                row.failure.id
             );
             match ports.tasks.note(task_id, &text, now).await {
                 Ok(()) => report.tasks_noted.push(task_id.clone()),
@@ -572,7 +582,7 @@ pub async fn sweep_dlq(
                 .get_many(&ids)
                 .await?
                 .into_iter()
-                .map(|r| (r.id.clone(), r))
+                .map(|r| (r.failure.id.clone(), r))
                 .collect();
             let mut delete = Vec::new();
             for (message, id) in batch.into_iter().zip(ids) {
@@ -622,8 +632,8 @@ fn is_resolved_copy(row: &FailedMessage, message: &ReceivedMessage) -> bool {
 /// the row.
 pub fn pair_of<'a>(settings: &'a OpsSettings, row: &FailedMessage) -> Option<&'a QueuePair> {
     settings
-        .queue_by_url(&row.queue_url)
-        .or_else(|| settings.queue_by_url(&row.dlq_url))
+        .queue_by_url(&row.failure.queue_url)
+        .or_else(|| settings.queue_by_url(&row.failure.dlq_url))
 }
 
 #[cfg(test)]

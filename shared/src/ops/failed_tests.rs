@@ -326,8 +326,8 @@ fn stats_count_per_queue_step_provider_and_kind_with_the_oldest_age() {
     let now = Utc::now();
     let mut a = row("a", Q, DLQ, "{}", now - Duration::hours(3));
     let b = row("b", Q, DLQ, "{}", now - Duration::hours(1));
-    a.provider = None;
-    a.error_kind = "redriven".into();
+    a.failure.provider = None;
+    a.failure.error_kind = "redriven".into();
     let stats = stats_of(&[a, b], now);
     assert_eq!(stats.total, 2);
     assert_eq!(stats.by_queue["tem-RoutitQueue"], 2);

@@ -8,9 +8,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 
 use crate::ports::{
-    FailedMessage, FailedSend, FailureAdmin, FailureFilter, FailureStatus, OutgoingMessage,
-    PortError, QueueDelete, QueueReceive, QueueRelease, QueueSend, ReceivedMessage, StepHistory,
-    StepRun, TaskAdmin,
+    FailedMessage, FailedSend, FailureAdmin, FailureFilter, FailureRecord, FailureStatus,
+    OutgoingMessage, PortError, QueueDelete, QueueReceive, QueueRelease, QueueSend,
+    ReceivedMessage, StepHistory, StepRun, TaskAdmin,
 };
 use crate::tasks::SyncTask;
 
@@ -55,7 +55,10 @@ impl World {
     }
 
     pub fn add_row(&self, row: FailedMessage) {
-        self.rows.lock().unwrap().insert(row.id.clone(), row);
+        self.rows
+            .lock()
+            .unwrap()
+            .insert(row.failure.id.clone(), row);
     }
 
     pub fn row(&self, id: &str) -> FailedMessage {
@@ -120,26 +123,28 @@ pub fn row(
     at: DateTime<Utc>,
 ) -> FailedMessage {
     FailedMessage {
-        id: id.to_string(),
-        queue: crate::ops::settings::queue_name_of(queue_url).to_string(),
-        queue_url: queue_url.to_string(),
-        dlq_url: dlq_url.to_string(),
-        function_name: Some("f".into()),
-        step: Some("SyncProfile".into()),
-        provider: Some("routit".into()),
-        task_id: Some("task-1".into()),
-        trace_id: Some("trace".into()),
-        body: body.to_string(),
-        error_kind: "retries_exhausted".into(),
-        error: "carrier answered 503\nmore".into(),
-        attempts: 5,
-        failed_at: at,
+        failure: FailureRecord {
+            id: id.to_string(),
+            queue: crate::ops::settings::queue_name_of(queue_url).to_string(),
+            queue_url: queue_url.to_string(),
+            dlq_url: dlq_url.to_string(),
+            function_name: Some("f".into()),
+            step: Some("SyncProfile".into()),
+            provider: Some("routit".into()),
+            task_id: Some("task-1".into()),
+            trace_id: Some("trace".into()),
+            body: body.to_string(),
+            error_kind: "retries_exhausted".into(),
+            error: "carrier answered 503\nmore".into(),
+            attempts: 5,
+            failed_at: at,
+            expires_at: at + Duration::days(30),
+        },
         times_failed: 1,
         status: FailureStatus::Failed,
         resolved_at: None,
         resolved_by: None,
         retries: 0,
-        expires_at: at + Duration::days(30),
     }
 }
 
@@ -150,13 +155,13 @@ impl FailureAdmin for World {
         let mut found: Vec<FailedMessage> = rows
             .values()
             .filter(|r| filter.statuses.is_empty() || filter.statuses.contains(&r.status))
-            .filter(|r| filter.ids.is_empty() || filter.ids.contains(&r.id))
-            .filter(|r| filter.provider.is_none() || r.provider == filter.provider)
-            .filter(|r| filter.task_id.is_none() || r.task_id == filter.task_id)
-            .filter(|r| filter.since.is_none_or(|t| r.failed_at >= t))
+            .filter(|r| filter.ids.is_empty() || filter.ids.contains(&r.failure.id))
+            .filter(|r| filter.provider.is_none() || r.failure.provider == filter.provider)
+            .filter(|r| filter.task_id.is_none() || r.failure.task_id == filter.task_id)
+            .filter(|r| filter.since.is_none_or(|t| r.failure.failed_at >= t))
             .cloned()
             .collect();
-        found.sort_by_key(|r| r.failed_at);
+        found.sort_by_key(|r| r.failure.failed_at);
         if let Some(limit) = filter.limit {
             found.truncate(limit as usize);
         }
@@ -215,10 +220,10 @@ impl FailureAdmin for World {
 
     async fn ingest(&self, failure: &FailedMessage) -> Result<bool, PortError> {
         let mut rows = self.rows.lock().unwrap();
-        if rows.contains_key(&failure.id) {
+        if rows.contains_key(&failure.failure.id) {
             return Ok(false);
         }
-        rows.insert(failure.id.clone(), failure.clone());
+        rows.insert(failure.failure.id.clone(), failure.clone());
         Ok(true)
     }
 
@@ -226,9 +231,9 @@ impl FailureAdmin for World {
         let mut rows = self.rows.lock().unwrap();
         let expired: Vec<String> = rows
             .values()
-            .filter(|r| r.expires_at < now)
+            .filter(|r| r.failure.expires_at < now)
             .take(limit as usize)
-            .map(|r| r.id.clone())
+            .map(|r| r.failure.id.clone())
             .collect();
         for id in &expired {
             rows.remove(id);

@@ -27,8 +27,8 @@ use crate::import::notification::{parse_notification, Notification};
 use crate::ops::failed::{failure_id, sweep_dlq, FailedPorts};
 use crate::ops::settings::{queue_name_of, OpsSettings, QueuePair};
 use crate::ports::{
-    AbandonedImports, FailedMessage, FailureStatus, IdempotencyStore, PortError, ReceivedMessage,
-    StepRun, TaskStore,
+    AbandonedImports, FailedMessage, FailureRecord, FailureStatus, IdempotencyStore, PortError,
+    ReceivedMessage, StepRun, TaskStore,
 };
 use crate::routing::Provider;
 use crate::sync::provider::handoff_token;
@@ -183,18 +183,18 @@ async fn watch_dlq(
         if !ports.failed.failures.ingest(&failure).await? {
             continue;
         }
-        if failure.error_kind == "redriven" {
+        if failure.failure.error_kind == "redriven" {
             report.redriven += 1;
         }
-        report.failures_recorded.push(failure.id.clone());
+        report.failures_recorded.push(failure.failure.id.clone());
         let reason = format!(
             "{}: {}",
-            failure.step.as_deref().unwrap_or("message"),
-            failure.error
+            failure.failure.step.as_deref().unwrap_or("message"),
+            failure.failure.error
         );
         // The id the runtime claimed: the envelope's, or for an S3
         // notification the envelope its import attempts ran as.
-        let claimed = match Envelope::parse(&failure.body) {
+        let claimed = match Envelope::parse(&failure.failure.body) {
             Ok(envelope) => Some(envelope.id),
             Err(_) => attempts.last().map(|a| a.message_id.clone()),
         };
@@ -206,7 +206,7 @@ async fn watch_dlq(
                 .dead_lettered(claimed, &reason, now)
                 .await?;
         }
-        if let (Some(task_id), Some(claimed)) = (&failure.task_id, &claimed) {
+        if let (Some(task_id), Some(claimed)) = (&failure.failure.task_id, &claimed) {
             ports
                 .tasks
                 .mark_failed(task_id, claimed, &reason, now)
@@ -309,31 +309,34 @@ pub fn unrecorded_failure(
                 .map(|p| p.as_str().to_string())
         });
     FailedMessage {
-        id: failure_id(message),
-        queue: queue_name_of(&pair.url).to_string(),
-        queue_url: attribute("tem-source-queue").unwrap_or_else(|| pair.url.clone()),
-        dlq_url: pair.dlq_url.clone(),
-        function_name: attribute("tem-function").or_else(|| last.map(|r| r.function_name.clone())),
-        step: attribute("tem-step")
-            .or_else(|| envelope.as_ref().map(|e| e.step.to_string()))
-            .or_else(|| last.map(|r| r.step.clone())),
-        provider,
-        task_id: envelope
-            .as_ref()
-            .and_then(|e| e.task_id.clone())
-            .or_else(|| last.and_then(|r| r.task_id.clone())),
-        trace_id: envelope.as_ref().map(|e| e.trace_id.clone()),
-        body: message.body.clone(),
-        error_kind,
-        error,
-        attempts: attempt_count,
-        failed_at,
+        failure: FailureRecord {
+            id: failure_id(message),
+            queue: queue_name_of(&pair.url).to_string(),
+            queue_url: attribute("tem-source-queue").unwrap_or_else(|| pair.url.clone()),
+            dlq_url: pair.dlq_url.clone(),
+            function_name: attribute("tem-function")
+                .or_else(|| last.map(|r| r.function_name.clone())),
+            step: attribute("tem-step")
+                .or_else(|| envelope.as_ref().map(|e| e.step.to_string()))
+                .or_else(|| last.map(|r| r.step.clone())),
+            provider,
+            task_id: envelope
+                .as_ref()
+                .and_then(|e| e.task_id.clone())
+                .or_else(|| last.and_then(|r| r.task_id.clone())),
+            trace_id: envelope.as_ref().map(|e| e.trace_id.clone()),
+            body: message.body.clone(),
+            error_kind,
+            error,
+            attempts: attempt_count,
+            failed_at,
+            expires_at: failed_at + watch.failure_retention,
+        },
         times_failed: 1,
         status: FailureStatus::Failed,
         resolved_at: None,
         resolved_by: None,
         retries: 0,
-        expires_at: failed_at + watch.failure_retention,
     }
 }
 

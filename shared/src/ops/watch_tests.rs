@@ -133,27 +133,28 @@ async fn a_message_sqs_redrove_is_recorded_its_task_failed_with_the_reason_and_i
     assert_eq!(report.failures_recorded, vec!["sync-1".to_string()]);
     assert_eq!(report.redriven, 1);
     let failure = rig.world.row("sync-1");
-    assert_eq!(failure.error_kind, "redriven");
-    assert_eq!(failure.queue_url, Q);
-    assert_eq!(failure.dlq_url, DLQ);
-    assert_eq!(failure.provider.as_deref(), Some("routit"));
-    assert_eq!(failure.attempts, 5);
+    assert_eq!(failure.failure.error_kind, "redriven");
+    assert_eq!(failure.failure.queue_url, Q);
+    assert_eq!(failure.failure.dlq_url, DLQ);
+    assert_eq!(failure.failure.provider.as_deref(), Some("routit"));
+    assert_eq!(failure.failure.attempts, 5);
     assert!(
         failure
+            .failure
             .error
             .contains("crashed, timed out or ran out of memory"),
         "{}",
-        failure.error
+        failure.failure.error
     );
     assert!(
-        failure.error.contains(&last_start.to_rfc3339()),
+        failure.failure.error.contains(&last_start.to_rfc3339()),
         "{}",
-        failure.error
+        failure.failure.error
     );
     assert!(
-        failure.error.contains("never finished"),
+        failure.failure.error.contains("never finished"),
         "{}",
-        failure.error
+        failure.failure.error
     );
     let task = rig.tasks.task("task-1");
     assert_eq!(task.status, TaskStatus::Failed);
@@ -232,9 +233,12 @@ async fn a_runtime_dead_letter_without_its_row_is_recorded_from_its_attributes()
     .await;
     assert_eq!(report.redriven, 0);
     let failure = rig.world.row("sync-2");
-    assert_eq!(failure.error_kind, "retries_exhausted");
-    assert_eq!(failure.error, "carrier answered 503");
-    assert_eq!(failure.failed_at.to_rfc3339(), "2026-12-01T10:00:00+00:00");
+    assert_eq!(failure.failure.error_kind, "retries_exhausted");
+    assert_eq!(failure.failure.error, "carrier answered 503");
+    assert_eq!(
+        failure.failure.failed_at.to_rfc3339(),
+        "2026-12-01T10:00:00+00:00"
+    );
 }
 
 #[tokio::test]
@@ -368,11 +372,11 @@ async fn an_s3_notification_sqs_redrove_fails_the_task_its_import_ran_for() {
     assert_eq!(report.failures_recorded, vec![format!("sqs:{sqs_id}")]);
     assert_eq!(report.tasks_failed, vec!["task-1".to_string()]);
     let failure = rig.world.row(&format!("sqs:{sqs_id}"));
-    assert_eq!(failure.step.as_deref(), Some("ImportCdrFile"));
+    assert_eq!(failure.failure.step.as_deref(), Some("ImportCdrFile"));
     assert!(
-        failure.error.contains(&started.to_rfc3339()),
+        failure.failure.error.contains(&started.to_rfc3339()),
         "{}",
-        failure.error
+        failure.failure.error
     );
     assert_eq!(rig.tasks.task("task-1").status, TaskStatus::Failed);
     assert_eq!(
