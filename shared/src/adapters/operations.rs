@@ -315,48 +315,48 @@ impl PgStepHistory {
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
     }
+
+    /// The attempts matching `condition` (over `$1`), in `order`.
+    async fn runs<T>(
+        &self,
+        condition: &str,
+        order: &str,
+        value: T,
+    ) -> Result<Vec<StepRun>, PortError>
+    where
+        T: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Send,
+    {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM step_run WHERE {condition} ORDER BY {order}");
+        Ok(sqlx::query_as::<_, RunRow>(&sql)
+            .bind(value)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("read step_run"))?
+            .into_iter()
+            .map(StepRun::from)
+            .collect())
+    }
 }
 
 #[async_trait]
 impl StepHistory for PgStepHistory {
     async fn attempts(&self, message_ids: &[String]) -> Result<Vec<StepRun>, PortError> {
-        Ok(sqlx::query_as::<_, RunRow>(&format!(
-            "SELECT {RUN_COLUMNS} FROM step_run WHERE message_id = ANY($1) \
-             ORDER BY message_id, started_at, id"
-        ))
-        .bind(message_ids)
-        .fetch_all(&self.pool)
+        self.runs(
+            "message_id = ANY($1)",
+            "message_id, started_at, id",
+            message_ids.to_vec(),
+        )
         .await
-        .map_err(db_error("read step_run"))?
-        .into_iter()
-        .map(StepRun::from)
-        .collect())
     }
 
     async fn of_task(&self, task_id: &str) -> Result<Vec<StepRun>, PortError> {
-        Ok(sqlx::query_as::<_, RunRow>(&format!(
-            "SELECT {RUN_COLUMNS} FROM step_run WHERE task_id = $1 ORDER BY started_at, id"
-        ))
-        .bind(task_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error("read step_run"))?
-        .into_iter()
-        .map(StepRun::from)
-        .collect())
+        self.runs("task_id = $1", "started_at, id", task_id.to_string())
+            .await
     }
 
     async fn of_handoff(&self, token: &str) -> Result<Vec<StepRun>, PortError> {
-        Ok(sqlx::query_as::<_, RunRow>(&format!(
-            "SELECT {RUN_COLUMNS} FROM step_run WHERE handoff = $1 ORDER BY started_at, id"
-        ))
-        .bind(token)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error("read step_run"))?
-        .into_iter()
-        .map(StepRun::from)
-        .collect())
+        self.runs("handoff = $1", "started_at, id", token.to_string())
+            .await
     }
 
     async fn delete_expired(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, PortError> {
