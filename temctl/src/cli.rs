@@ -97,11 +97,23 @@ mod tests {
         let Command::Failed(args) = cli.command else {
             panic!("not failed")
         };
-        let crate::failed::FailedCommand::Retry(act) = args.command else {
+        let crate::failed::FailedCommand::Retry(retry) = args.command else {
             panic!("not retry")
         };
-        assert!(act.all && act.dry_run && act.ids.is_empty());
+        let act = &retry.target;
+        assert!(act.all && retry.dry_run && act.ids.is_empty());
         assert_eq!(act.filters.provider.as_deref(), Some("routit"));
+    }
+
+    #[test]
+    fn dry_run_belongs_to_retry_and_yes_to_remove() {
+        for wrong in [
+            ["temctl", "failed", "retry", "--all", "--yes"],
+            ["temctl", "failed", "remove", "--all", "--dry-run"],
+        ] {
+            let err = Cli::try_parse_from(wrong).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{wrong:?}");
+        }
     }
 
     #[test]

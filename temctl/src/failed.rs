@@ -40,10 +40,10 @@ pub enum FailedCommand {
     Show(ShowArgs),
     /// Send failed messages back to their queues; each runs exactly once
     /// more and reopens its task.
-    Retry(ActArgs),
+    Retry(RetryArgs),
     /// Remove failed messages (asks for confirmation, or takes --yes); the
     /// removal is noted on each task.
-    Remove(ActArgs),
+    Remove(RemoveArgs),
 }
 
 #[derive(Debug, Clone, Args, Default)]
@@ -54,6 +54,7 @@ pub struct Filters {
     /// The failed step, e.g. SyncProfile, ImportCdrFile.
     #[arg(long)]
     pub step: Option<String>,
+    /// The carrier, e.g. routit, t_mobile.
     #[arg(long)]
     pub provider: Option<String>,
     /// The error kind: invalid, permanent, retries_exhausted, loop, routing, redriven.
@@ -88,12 +89,14 @@ pub struct ListArgs {
 #[derive(Debug, Args)]
 pub struct ShowArgs {
     pub id: String,
+    /// One JSON object on stdout.
     #[arg(long)]
     pub json: bool,
 }
 
+/// Which failures a retry or a removal acts on.
 #[derive(Debug, Args)]
-pub struct ActArgs {
+pub struct Target {
     /// Message ids (from `temctl failed list`).
     #[arg(value_name = "ID")]
     pub ids: Vec<String>,
@@ -102,14 +105,27 @@ pub struct ActArgs {
     pub all: bool,
     #[command(flatten)]
     pub filters: Filters,
-    /// retry: list what would be sent, send nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// remove: do not ask for confirmation.
-    #[arg(long)]
-    pub yes: bool,
+    /// One JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// List what would be sent, and send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 fn selection(
@@ -343,12 +359,13 @@ pub async fn run(args: FailedArgs) -> Result<(), CliError> {
                 writeln!(out, "  {line}")?;
             }
         }
-        FailedCommand::Retry(act) => {
+        FailedCommand::Retry(retry) => {
+            let act = &retry.target;
             let sel = selection(&act.filters, act.ids.clone(), act.all, None);
             sel.require_named("retry")?;
             let rows = matching(&ctx, &sel, now).await?;
             let options = RetryOptions {
-                dry_run: act.dry_run,
+                dry_run: retry.dry_run,
                 by: operator(),
                 stop_after: None,
             };
@@ -388,7 +405,8 @@ pub async fn run(args: FailedArgs) -> Result<(), CliError> {
                 )));
             }
         }
-        FailedCommand::Remove(act) => {
+        FailedCommand::Remove(remove) => {
+            let act = &remove.target;
             let sel = selection(&act.filters, act.ids.clone(), act.all, None);
             sel.require_named("remove")?;
             let rows = matching(&ctx, &sel, now).await?;
@@ -396,7 +414,7 @@ pub async fn run(args: FailedArgs) -> Result<(), CliError> {
                 .iter()
                 .filter(|r| r.status == tem_shared::ports::FailureStatus::Failed)
                 .count();
-            if !act.yes && open > 0 {
+            if !remove.yes && open > 0 {
                 confirm(open)?;
             }
             let report = failed::remove(ctx.ports(), rows, &operator(), now).await?;
