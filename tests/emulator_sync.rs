@@ -612,6 +612,17 @@ async fn every_file_in_events_invokes_successfully() {
             let event: Value = serde_json::from_str(&text).unwrap();
             let answer = stack.deployment.invoke(function, &event).await.unwrap();
             let name = file.display();
+            if text.contains("PUT-THE-MESSAGE-ID-HERE") {
+                // A template for an operator's id: on a stack with no
+                // failures it fails saying which id it did not find.
+                let said = format!("{:?} {}", answer.error, answer.payload);
+                assert!(
+                    answer.error.is_some() && said.contains("PUT-THE-MESSAGE-ID-HERE"),
+                    "{name}: {said}"
+                );
+                invoked += 1;
+                continue;
+            }
             assert_eq!(answer.error, None, "{name}: {}", answer.payload);
             if event.get("Records").is_some() {
                 assert_eq!(answer.payload["batchItemFailures"], json!([]), "{name}");
@@ -632,6 +643,19 @@ async fn every_file_in_events_invokes_successfully() {
                     "{name}: {}",
                     answer.payload
                 );
+            } else if dir == "ops" && event["command"] != "migrate" {
+                // The other commands answer with their own name; the lists
+                // are lists.
+                assert_eq!(
+                    answer.payload["command"], event["command"],
+                    "{name}: {}",
+                    answer.payload
+                );
+                for list in ["failed", "tasks"] {
+                    if let Some(rows) = answer.payload.get(list) {
+                        assert!(rows.is_array(), "{name}: {}", answer.payload);
+                    }
+                }
             } else if dir == "ops" {
                 // The stack's database is migrated already: nothing to apply.
                 assert_eq!(answer.payload["applied"], json!([]), "{name}");
