@@ -238,9 +238,11 @@ async fn a_carrier_failing_on_every_attempt_is_listed_and_after_the_fix_a_retry_
 #[tokio::test(flavor = "multi_thread")]
 async fn a_carrier_slower_than_the_function_timeout_is_redriven_by_sqs_and_the_watch_fails_its_task_with_the_reason(
 ) {
-    // provider-sync times out after 5 s while the carrier call may take 30.
+    // provider-sync times out after 3 s while the carrier call may take 30:
+    // five receives 18 s apart (the queue's visibility, 6x) before SQS
+    // moves the message.
     let stack = deploy_with(&[
-        ("ProviderSyncTimeoutSeconds", "5".to_string()),
+        ("ProviderSyncTimeoutSeconds", "3".to_string()),
         ("HttpTimeoutSeconds", "30".to_string()),
     ])
     .await;
