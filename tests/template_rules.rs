@@ -394,6 +394,34 @@ mod permissions {
         );
         let _ = Value::Null;
     }
+
+    #[test]
+    fn the_ops_function_reaches_the_adapters_its_stores_hold() {
+        // The ops main names no adapter: bootstrap's Ops holds them.
+        let mut list = load_list();
+        let uses = list["functions"]["OpsFunction"]["uses"]
+            .as_sequence_mut()
+            .unwrap();
+        uses.retain(|u| u.as_str() != Some("SqsQueueStats"));
+        let found = permission_violations(&load(), &list, &sources());
+        assert!(
+            found
+                .iter()
+                .any(|f| f.contains("function OpsFunction reaches adapter SqsQueueStats")),
+            "{found:?}"
+        );
+        // Without the field, the listed adapter is one nothing reaches.
+        let mut code = sources();
+        let bootstrap = code.get_mut("shared/src/bootstrap.rs").unwrap();
+        *bootstrap = bootstrap.replacen("    queue_stats: SqsQueueStats,\n", "", 1);
+        let found = permission_violations(&load(), &load_list(), &code).join("\n");
+        assert!(
+            found.contains(
+                "function OpsFunction lists adapter SqsQueueStats, which functions/ops/src/main.rs never reaches"
+            ),
+            "{found}"
+        );
+    }
 }
 
 /// The monitoring rules: every queue and every DLQ has a depth alarm, every

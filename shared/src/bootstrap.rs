@@ -1,19 +1,29 @@
 //! What every function builds once at cold start: AWS clients, the
-//! database pool and the stores over them.
+//! database pool and the stores over them; for the ops function also the
+//! operators' stores ([`Ops`]).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use sqlx::PgPool;
 
 use crate::adapters::dynamodb::{DynamoIdempotency, DynamoTasks};
 use crate::adapters::journal::{PgFailureLog, PgStepJournal};
+use crate::adapters::operations::{PgAbandonedImports, PgFailures, PgStepHistory};
 use crate::adapters::postgres;
 use crate::adapters::secrets::SecretsManager;
-use crate::adapters::sqs::SqsQueues;
+use crate::adapters::sqs::{SqsDeadLetters, SqsQueueStats, SqsQueues};
+use crate::adapters::status::PgStatus;
+use crate::adapters::task_admin::DynamoTaskAdmin;
 use crate::config::{
     parse_ca_bundle, parse_database_secret, CaBundleError, ConfigError, DatabaseConfig,
     DatabaseSecretError, DatabaseSource, Env, PlatformConfig,
 };
+use crate::ops::console::Console;
+use crate::ops::failed::FailedPorts;
+use crate::ops::settings::OpsSettings;
+use crate::ops::status::{self, StatusReport, ThresholdError, Thresholds};
+use crate::ops::watch::WatchSettings;
 use crate::ports::SecretGet;
 use crate::runtime::{ChainRuntime, RuntimePorts, StepHandler};
 
@@ -156,4 +166,91 @@ impl Platform {
             env.runtime_settings()?,
         ))
     }
+}
+
+/// What the ops function works with besides its platform: the stack's
+/// queues and tables, and the stores of failures, step history, DLQs, tasks
+/// and status, built once at cold start.
+pub struct Ops {
+    pub settings: OpsSettings,
+    pub watch: WatchSettings,
+    /// From the environment; a console `status` event may override some.
+    pub thresholds: Thresholds,
+    failures: PgFailures,
+    history: PgStepHistory,
+    imports: PgAbandonedImports,
+    dead_letters: SqsDeadLetters,
+    task_admin: DynamoTaskAdmin,
+    status: PgStatus,
+    queue_stats: SqsQueueStats,
+}
+
+impl Ops {
+    pub fn new<F: Fn(&str) -> Option<String>>(
+        platform: &Platform,
+        env: &Env<F>,
+    ) -> Result<Self, OpsStartupError> {
+        let settings = OpsSettings::from_env(env)?;
+        Ok(Self {
+            watch: WatchSettings::from_env(env)?,
+            thresholds: Thresholds::from_lookup(|name| env.optional(name))?,
+            failures: PgFailures::new(platform.pool.clone()),
+            history: PgStepHistory::new(platform.pool.clone()),
+            imports: PgAbandonedImports::new(platform.pool.clone()),
+            dead_letters: SqsDeadLetters::from_config(&platform.aws),
+            task_admin: DynamoTaskAdmin::from_config(&platform.aws, &settings.tasks_table),
+            status: PgStatus::new(platform.pool.clone()),
+            queue_stats: SqsQueueStats::new(aws_sdk_sqs::Client::new(&platform.aws)),
+            settings,
+        })
+    }
+
+    /// The failed-message, task and watch commands over these stores.
+    pub fn console<'a>(&'a self, platform: &'a Platform) -> Console<'a> {
+        Console {
+            failed: FailedPorts {
+                failures: &self.failures,
+                history: &self.history,
+                send: platform.queues.as_ref(),
+                receive: &self.dead_letters,
+                delete: &self.dead_letters,
+                release: &self.dead_letters,
+                tasks: &self.task_admin,
+            },
+            imports: &self.imports,
+            tasks: platform.tasks.as_ref(),
+            idempotency: platform.idempotency.as_ref(),
+            settings: &self.settings,
+            watch: &self.watch,
+        }
+    }
+
+    /// The monitoring points, with the thresholds named in `set` overridden.
+    pub async fn status(
+        &self,
+        set: &BTreeMap<String, String>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<StatusReport, ThresholdError> {
+        let mut thresholds = self.thresholds.clone();
+        for (name, value) in set {
+            thresholds.set(name, value)?;
+        }
+        Ok(status::status(
+            &self.status,
+            &self.queue_stats,
+            &self.task_admin,
+            &self.settings,
+            &thresholds,
+            now,
+        )
+        .await)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsStartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Thresholds(#[from] ThresholdError),
 }

@@ -193,8 +193,9 @@ impl Code {
 }
 
 /// The adapter types a function's main.rs reaches: those it names, the
-/// Platform fields it uses (and chain_runtime's), and what
-/// Platform::connect always calls (the database secret).
+/// Platform fields it uses (and chain_runtime's), the ops stores (`Ops`)
+/// when it builds them, and what Platform::connect always calls (the
+/// database secret).
 pub fn reached_by(code: &Code, sources: &BTreeMap<String, String>, main: &str) -> BTreeSet<String> {
     let main_text = &sources[main];
     let bootstrap = &sources["shared/src/bootstrap.rs"];
@@ -238,6 +239,28 @@ pub fn reached_by(code: &Code, sources: &BTreeMap<String, String>, main: &str) -
         let body = function_body("chain_runtime");
         for (field, ty) in &fields {
             if body.contains(&format!("self.{field}")) {
+                text.push_str(ty);
+                text.push('\n');
+            }
+        }
+    }
+    // The ops function's stores (bootstrap's `Ops`): every adapter they
+    // hold, and the platform's that its console lends them.
+    if main_text.contains("Ops::new(") {
+        let ops = bootstrap
+            .split("pub struct Ops {")
+            .nth(1)
+            .and_then(|s| s.split('}').next())
+            .unwrap_or_default();
+        for line in ops.lines() {
+            if let Some((_, ty)) = line.trim().trim_start_matches("pub ").split_once(':') {
+                text.push_str(ty.trim().trim_end_matches(','));
+                text.push('\n');
+            }
+        }
+        let console = function_body("console");
+        for (field, ty) in &fields {
+            if console.contains(&format!("platform.{field}")) {
                 text.push_str(ty);
                 text.push('\n');
             }
