@@ -8,6 +8,7 @@ pub mod bench;
 pub mod child;
 pub mod db;
 pub mod generate;
+pub mod journal;
 pub mod measure;
 pub mod phases;
 pub mod report;
