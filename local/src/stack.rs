@@ -93,21 +93,24 @@ impl Stack {
     /// Removes the stack `name` if it exists, and waits until it is gone, so
     /// the next deploy starts from empty tables, queues and bucket.
     pub async fn remove_existing(emulator: &Emulator, name: &str) -> Result<()> {
-        let Ok(stack) = describe(emulator, name) else {
-            return Ok(());
-        };
-        stack.delete().await?;
-        run(
-            emulator,
-            &[
-                "cloudformation",
-                "wait",
-                "stack-delete-complete",
-                "--stack-name",
-                name,
-            ],
-        )?;
-        Ok(())
+        if let Ok(stack) = describe(emulator, name) {
+            stack.delete().await?;
+            run(
+                emulator,
+                &[
+                    "cloudformation",
+                    "wait",
+                    "stack-delete-complete",
+                    "--stack-name",
+                    name,
+                ],
+            )?;
+        }
+        // The CDR bucket outlives its stack (DeletionPolicy: Retain, as in
+        // production), and its name comes from the stack's: the next
+        // deploy could not create it again.
+        let s3 = tem_shared::adapters::s3_client(&emulator.sdk_config().await);
+        remove_retained_buckets(&s3, &format!("{name}-cdr-")).await
     }
 
     /// Deletes the stack (its functions first: see [`Emulator::delete_stack`]).
@@ -120,6 +123,66 @@ impl Stack {
             .collect();
         self.emulator.delete_stack(&self.name, &functions).await
     }
+}
+
+/// Empties (every version) and deletes the buckets whose names start with
+/// `prefix`.
+async fn remove_retained_buckets(s3: &aws_sdk_s3::Client, prefix: &str) -> Result<()> {
+    use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+    fn s3_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::Error {
+        anyhow::anyhow!(aws_sdk_s3::error::DisplayErrorContext(e).to_string())
+    }
+    let buckets = s3.list_buckets().send().await.map_err(s3_error)?;
+    for bucket in buckets
+        .buckets()
+        .iter()
+        .filter_map(|b| b.name())
+        .filter(|n| n.starts_with(prefix))
+    {
+        loop {
+            let listed = s3
+                .list_object_versions()
+                .bucket(bucket)
+                .send()
+                .await
+                .map_err(s3_error)?;
+            let versions = listed
+                .versions()
+                .iter()
+                .map(|v| (v.key(), v.version_id()))
+                .chain(
+                    listed
+                        .delete_markers()
+                        .iter()
+                        .map(|m| (m.key(), m.version_id())),
+                );
+            let objects = versions
+                .filter_map(|(key, version)| {
+                    ObjectIdentifier::builder()
+                        .key(key?)
+                        .set_version_id(version.map(str::to_string))
+                        .build()
+                        .ok()
+                })
+                .collect::<Vec<_>>();
+            if objects.is_empty() {
+                break;
+            }
+            s3.delete_objects()
+                .bucket(bucket)
+                .delete(Delete::builder().set_objects(Some(objects)).build()?)
+                .send()
+                .await
+                .map_err(s3_error)?;
+        }
+        s3.delete_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .map_err(s3_error)
+            .with_context(|| format!("delete the retained bucket {bucket}"))?;
+    }
+    Ok(())
 }
 
 async fn ensure_artifact_bucket(s3: &aws_sdk_s3::Client, region: &str) -> Result<()> {
