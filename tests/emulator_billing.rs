@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use serde_json::json;
 use tem_shared::billing::cycle_of;
 use tem_shared::tasks::TaskStatus;
+use tem_tests::db::insert_business_customer;
 use tem_tests::stack::{deploy, sent_task, yesterday};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -19,24 +19,7 @@ async fn a_synced_export_is_totalled_insighted_and_invoiced_before_its_task_comp
     let stack = deploy().await;
     let pool = &stack.db.pool;
     let period = yesterday();
-    // Voice at 0.10 a minute, billed per started minute; 2.50 a month per line.
-    let plan = json!({
-        "id": "business", "name": "Business", "unit_bytes": 1_048_576,
-        "monthly_fee_micros": 2_500_000,
-        "rates": [{"id": "voice", "kind": "voice", "price_per_minute_micros": 100_000,
-                   "first_increment_s": 60, "increment_s": 60}],
-    });
-    sqlx::query("INSERT INTO rate_plan (id, name, plan) VALUES ('business', 'Business', $1)")
-        .bind(&plan)
-        .execute(pool)
-        .await
-        .unwrap();
-    let acme: i64 = sqlx::query_scalar(
-        "INSERT INTO customer (name, billing_cycle_start_day, rate_plan_id) VALUES ('Acme', 1, 'business') RETURNING id",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap();
+    let acme = insert_business_customer(pool).await;
     // The simulator's t_mobile export has 20 calls from +31612340000..19 of
     // 30+i seconds; Acme has the first five numbers and one idle line.
     for number in (0..5)

@@ -15,6 +15,7 @@ use tem_shared::adapters::dynamodb::DynamoIdempotency;
 use tem_shared::envelope::{Envelope, Step};
 use tem_shared::ports::{IdempotencyStore, TaskStore};
 use tem_shared::tasks::{NewTask, TaskStatus};
+use tem_tests::db::insert_business_customer;
 use tem_tests::stack::{deploy, deploy_with, sent_task, yesterday, TestStack};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
@@ -533,23 +534,7 @@ async fn a_bulk_retry_of_a_thousand_failures_interrupted_midway_and_run_again_ru
 async fn task_show_on_a_completed_sync_prints_every_step_in_order_with_durations() {
     let stack = deploy().await;
     let pool = &stack.db.pool;
-    let plan = json!({
-        "id": "business", "name": "Business", "unit_bytes": 1_048_576,
-        "monthly_fee_micros": 2_500_000,
-        "rates": [{"id": "voice", "kind": "voice", "price_per_minute_micros": 100_000,
-                   "first_increment_s": 60, "increment_s": 60}],
-    });
-    sqlx::query("INSERT INTO rate_plan (id, name, plan) VALUES ('business', 'Business', $1)")
-        .bind(&plan)
-        .execute(pool)
-        .await
-        .unwrap();
-    let acme: i64 = sqlx::query_scalar(
-        "INSERT INTO customer (name, billing_cycle_start_day, rate_plan_id) VALUES ('Acme', 1, 'business') RETURNING id",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap();
+    let acme = insert_business_customer(pool).await;
     sqlx::query("INSERT INTO subscription (customer_id, provider, identifier) VALUES ($1, 't_mobile', '+31612340000')")
         .bind(acme)
         .execute(pool)

@@ -82,3 +82,26 @@ pub async fn watermark(pool: &PgPool, profile_id: i64) -> Option<chrono::NaiveDa
         .await
         .expect("read watermark")
 }
+
+/// The billing tests' customer: Acme, cycle day 1, on the rate plan
+/// `business` (voice 0.10 a minute per started minute, 2.50 a month per
+/// line). Returns Acme's id.
+pub async fn insert_business_customer(pool: &PgPool) -> i64 {
+    let plan = serde_json::json!({
+        "id": "business", "name": "Business", "unit_bytes": 1_048_576,
+        "monthly_fee_micros": 2_500_000,
+        "rates": [{"id": "voice", "kind": "voice", "price_per_minute_micros": 100_000,
+                   "first_increment_s": 60, "increment_s": 60}],
+    });
+    sqlx::query("INSERT INTO rate_plan (id, name, plan) VALUES ('business', 'Business', $1)")
+        .bind(&plan)
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "INSERT INTO customer (name, billing_cycle_start_day, rate_plan_id) VALUES ('Acme', 1, 'business') RETURNING id",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
