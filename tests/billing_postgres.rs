@@ -10,12 +10,12 @@
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use tem_shared::adapters::totals::calculate_totals;
 use tem_shared::billing::customer::CustomerError;
 use tem_shared::billing::insight::{detect_insights, Insight, InsightError, InsightKind};
 use tem_shared::billing::invoice::{
     cycles_due_for_finalisation, generate_invoice, InvoiceError, InvoiceOutcome,
 };
-use tem_shared::billing::totals::calculate_totals;
 use tem_tests::db::fresh;
 
 fn date(s: &str) -> NaiveDate {
@@ -109,10 +109,11 @@ fn call<'a>(
 }
 
 async fn insert(pool: &PgPool, cdr: Cdr<'_>) {
-    sqlx::query(
+    let id: i64 = sqlx::query_scalar(
         "INSERT INTO call_detail_record (provider, external_id, subscription, customer_id, started_at, kind, direction,
             destination, roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros, import_file_id, source_line)
-         VALUES ($1, $2, $3, $4, $5::timestamptz, $6, 'outgoing', '+31201234567', $7, $8, 0, $9, $10, 1, 1)",
+         VALUES ($1, $2, $3, $4, $5::timestamptz, $6, 'outgoing', '+31201234567', $7, $8, 0, $9, $10, 1, 1)
+         RETURNING id",
     )
     .bind(cdr.provider)
     .bind(cdr.id)
@@ -124,9 +125,10 @@ async fn insert(pool: &PgPool, cdr: Cdr<'_>) {
     .bind(cdr.seconds)
     .bind(if matches!(cdr.kind, "sms" | "mms") { 1 } else { 0 })
     .bind(cdr.cost)
-    .execute(pool)
+    .fetch_one(pool)
     .await
     .unwrap();
+    tem_tests::db::mark_imported(pool, &[id]).await;
 }
 
 async fn totals(pool: &PgPool, customer: i64, cycle: &str) {

@@ -7,13 +7,14 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use tem_shared::billing::cycle_input::InputSource;
+use tem_shared::adapters::totals::{calculate_totals, calculate_totals_with};
+use tem_shared::billing::calculation::{Calculation, Recalculation};
 use tem_shared::billing::explain::{explain_cdr, CdrRef, ExplainError, TotalsState};
 use tem_shared::billing::pricings::{self, Pricings};
 use tem_shared::billing::rating::{rate_cycle, RatePlan, RatingCdr};
-use tem_shared::billing::totals::{calculate_totals, calculate_totals_timed, CycleTotals};
+use tem_shared::billing::totals::CycleTotals;
 use tem_shared::import::format::{Kind, Zone};
-use tem_tests::db::fresh;
+use tem_tests::db::{fresh, mark_imported};
 
 async fn customer(pool: &PgPool, start_day: i16, plan: Option<serde_json::Value>) -> i64 {
     if let Some(plan) = &plan {
@@ -45,10 +46,11 @@ async fn cdr(
     seconds: i32,
     cost: i64,
 ) {
-    sqlx::query(
+    let id: i64 = sqlx::query_scalar(
         "INSERT INTO call_detail_record (provider, external_id, subscription, customer_id, started_at, kind, direction,
             destination, roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros, import_file_id, source_line)
-         VALUES ('routit', $1, $2, $3, $4::timestamptz, $5, 'outgoing', '+31201234567', 'home', $6, 0, $7, $8, 1, 1)",
+         VALUES ('routit', $1, $2, $3, $4::timestamptz, $5, 'outgoing', '+31201234567', 'home', $6, 0, $7, $8, 1, 1)
+         RETURNING id",
     )
     .bind(id)
     .bind(subscription)
@@ -58,9 +60,10 @@ async fn cdr(
     .bind(seconds)
     .bind(if kind == "sms" { 1 } else { 0 })
     .bind(cost)
-    .execute(pool)
+    .fetch_one(pool)
     .await
     .unwrap();
+    mark_imported(pool, &[id]).await;
 }
 
 async fn line_sums(pool: &PgPool, customer: i64, cycle: &str) -> (i64, i64, i64) {
@@ -272,7 +275,7 @@ async fn a_date_that_is_not_a_cycle_start_is_refused() {
 async fn cdr_to(
     pool: &PgPool,
     customer: i64,
-    id: &str,
+    external_id: &str,
     subscription: &str,
     at: &str,
     kind: &str,
@@ -281,7 +284,7 @@ async fn cdr_to(
     quantity: i64,
     cost: i64,
 ) -> i64 {
-    sqlx::query_scalar(
+    let id: i64 = sqlx::query_scalar(
         "INSERT INTO call_detail_record (provider, external_id, subscription, customer_id, started_at, kind, direction,
             destination, roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros, import_file_id, source_line)
          VALUES ('routit', $1, $2, $3, $4::timestamptz, $5, 'outgoing', $6, $7,
@@ -289,7 +292,7 @@ async fn cdr_to(
                  CASE WHEN $5 IN ('sms', 'mms', 'service') THEN $8::int ELSE 0 END, $9, 1, 1)
          RETURNING id",
     )
-    .bind(id)
+    .bind(external_id)
     .bind(subscription)
     .bind(customer)
     .bind(at)
@@ -300,7 +303,9 @@ async fn cdr_to(
     .bind(cost)
     .fetch_one(pool)
     .await
-    .unwrap()
+    .unwrap();
+    mark_imported(pool, &[id]).await;
+    id
 }
 
 /// Voice 60/1 at 60,000 per minute (1,000 per second) with a 5,000 connect
@@ -487,35 +492,41 @@ async fn the_stored_per_cdr_results_add_up_to_the_totals_and_their_lines() {
         (totals.cdr_count, totals.rated_cost_micros)
     );
     // The call both voice bundles covered is recorded with its two shares.
-    let (positions, bundles, covered): (Vec<i32>, Vec<i32>, Vec<i64>) = sqlx::query_as(
-        "SELECT split_position, split_bundle, split_covered FROM cycle_rating WHERE customer_id = $1",
-    )
-    .bind(c)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!(
-        (positions, bundles, covered),
-        (vec![1, 1], vec![0, 1], vec![30, 60])
-    );
-
-    // Recalculating stores exactly the same figures.
-    let before = stored_pricing(&db.pool, c).await;
-    let again = calculate_totals(&db.pool, c, "2025-03-01".parse().unwrap())
+    let chunks = pricings::read_chunks(&db.pool, c, "2025-03-01".parse().unwrap(), None)
         .await
         .unwrap();
+    let splits: Vec<(u64, i32, i64)> = chunks
+        .iter()
+        .flat_map(|(_, first, chunk)| {
+            chunk
+                .splits
+                .iter()
+                .map(move |s| (first + u64::from(s.index), s.bundle, s.covered))
+        })
+        .collect();
+    assert_eq!(splits, vec![(1, 0, 30), (1, 1, 60)]);
+
+    // Recalculating in full stores exactly the same figures.
+    let before = stored_pricing(&db.pool, c).await;
+    let (again, _) = calculate_totals_with(
+        &db.pool,
+        c,
+        "2025-03-01".parse().unwrap(),
+        Recalculation::Full,
+    )
+    .await
+    .unwrap();
     assert_eq!(again, totals);
     assert_eq!(stored_pricing(&db.pool, c).await, before);
 }
 
 #[tokio::test]
-async fn reading_the_cycle_alone_or_with_spare_connections_stores_the_same_figures() {
+async fn a_pool_of_one_connection_calculates_the_same_figures_as_a_full_recalculation() {
     let db = fresh().await;
     let c = customer(&db.pool, 1, Some(bundled_plan())).await;
     bundled_cycle(&db.pool, c).await;
-    // A pool of one connection has none to spare: the calculation's own
-    // transaction reads the cycle. The test pool has spares, so two
-    // readers share a snapshot.
+    // A Lambda's pool may hold one connection: the calculation needs no
+    // other.
     let alone = PgPoolOptions::new()
         .max_connections(1)
         .connect(&db.url)
@@ -526,15 +537,16 @@ async fn reading_the_cycle_alone_or_with_spare_connections_stores_the_same_figur
         .await
         .unwrap();
     let stored_alone = stored_pricing(&db.pool, c).await;
-    // Without its stored input the cycle is read from the table again.
-    sqlx::query("DELETE FROM cycle_input")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let second = calculate_totals(&db.pool, c, "2025-03-01".parse().unwrap())
-        .await
-        .unwrap();
+    let (second, report) = calculate_totals_with(
+        &db.pool,
+        c,
+        "2025-03-01".parse().unwrap(),
+        Recalculation::Full,
+    )
+    .await
+    .unwrap();
 
+    assert_eq!(report.calculation, Calculation::Full);
     assert_eq!(first, second);
     assert_eq!(stored_pricing(&db.pool, c).await, stored_alone);
     assert_eq!(stored_alone.len(), 6);
@@ -706,21 +718,20 @@ async fn a_cdr_that_arrived_after_the_calculation_is_not_yet_rated_and_the_total
         e.status
     );
     assert_eq!(e.pricing, None);
-    // The CDRs that were rated now say their totals are out of date.
+    // The CDRs that were rated now say their pricing is not current: the
+    // import marked the cycle from the late call on.
     let other = explain_cdr(&db.pool, &"routit:v1".parse().unwrap())
         .await
         .unwrap();
-    assert_eq!(
-        other.totals,
-        match other.totals {
-            TotalsState::Stale { calculated_at, .. } => TotalsState::Stale {
-                calculated_at,
-                cdrs_in_cycle: 7,
-                cdrs_in_totals: 6
-            },
-            ref unexpected => panic!("{unexpected:?}"),
-        }
-    );
+    match other.totals {
+        TotalsState::NotCurrent {
+            pending_changes: 1,
+            changed_from,
+            ..
+        } => assert_eq!(changed_from.to_rfc3339(), "2025-03-05T09:00:00+00:00"),
+        ref unexpected => panic!("{unexpected:?}"),
+    }
+    assert!(other.status.starts_with("not current"), "{}", other.status);
     // After recalculating, the late call is rated first in the cycle and
     // takes 60 s (billed) of s1's line bundle.
     calculate_totals(&db.pool, c, "2025-03-01".parse().unwrap())
@@ -790,12 +801,10 @@ async fn switching_a_customer_to_the_standard_method_removes_the_stored_rating()
         .unwrap();
 
     assert_eq!(totals.method, "standard");
-    let ratings: i64 = sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM cycle_rating) + (SELECT count(*) FROM cycle_rating_chunk)",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let ratings: i64 = sqlx::query_scalar("SELECT count(*) FROM rating_chunk")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(ratings, 0);
     let e = explain_cdr(&db.pool, &CdrRef::Id(split)).await.unwrap();
     assert_eq!(e.pricing.map(|p| p.rated_cost_micros), Some(1));
@@ -822,48 +831,85 @@ async fn explain_of_a_cdr_without_a_customer_says_it_is_in_no_totals() {
     assert!(e.status.contains("belongs to no customer"), "{}", e.status);
 }
 
-async fn calculate_from(pool: &PgPool, c: i64) -> (CycleTotals, InputSource) {
-    let (totals, timings) = calculate_totals_timed(pool, c, "2025-03-01".parse().unwrap())
-        .await
-        .unwrap();
-    (totals, timings.input)
+async fn calculate_from(pool: &PgPool, c: i64) -> (CycleTotals, Calculation) {
+    let (totals, report) = calculate_totals_with(
+        pool,
+        c,
+        "2025-03-01".parse().unwrap(),
+        Recalculation::Incremental,
+    )
+    .await
+    .unwrap();
+    (totals, report.calculation)
 }
 
 async fn sql(pool: &PgPool, statement: &str) {
     sqlx::query(statement).execute(pool).await.unwrap();
 }
 
-/// The totals and pricings a calculation from the table alone gives.
-async fn from_the_table_alone(pool: &PgPool, c: i64) -> (CycleTotals, Pricings) {
-    sql(pool, "DELETE FROM cycle_input").await;
-    let (totals, source) = calculate_from(pool, c).await;
-    assert_eq!(source, InputSource::Table);
+/// The totals and pricings a full recalculation gives (which also leaves
+/// the cycle as an incremental one would: current, with its checkpoints).
+async fn in_full(pool: &PgPool, c: i64) -> (CycleTotals, Pricings) {
+    let (totals, report) =
+        calculate_totals_with(pool, c, "2025-03-01".parse().unwrap(), Recalculation::Full)
+            .await
+            .unwrap();
+    assert_eq!(report.calculation, Calculation::Full);
     (totals, stored_pricing(pool, c).await)
 }
 
+fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
+    s.parse().unwrap()
+}
+
 #[tokio::test]
-async fn a_recalculation_takes_unchanged_files_from_the_stored_input_and_reads_new_or_changed_ones()
-{
+async fn a_recalculation_restarts_at_the_checkpoint_before_the_earliest_change_and_equals_a_full_one(
+) {
     let db = fresh().await;
     let c = customer(&db.pool, 1, Some(bundled_plan())).await;
     bundled_cycle(&db.pool, c).await;
-    // The SMS and the last call came in a second import file.
-    sql(
-        &db.pool,
-        "UPDATE call_detail_record SET import_file_id = 2 WHERE external_id IN ('s1', 'v4')",
-    )
-    .await;
 
-    let (first, source) = calculate_from(&db.pool, c).await;
-    assert_eq!(source, InputSource::Table);
+    let (first, how) = calculate_from(&db.pool, c).await;
+    assert_eq!(how, Calculation::Full);
     let stored_first = stored_pricing(&db.pool, c).await;
-    let (again, source) = calculate_from(&db.pool, c).await;
-    assert_eq!(source, InputSource::Stored);
+    let (again, how) = calculate_from(&db.pool, c).await;
+    assert_eq!(how, Calculation::AlreadyCurrent);
     assert_eq!(again, first);
     assert_eq!(stored_pricing(&db.pool, c).await, stored_first);
 
+    // A file after the others (21 March): rating restarts at the last
+    // checkpoint before it, the midnight (Amsterdam) before the last call
+    // of the cycle on the 20th.
+    cdr_to(
+        &db.pool,
+        c,
+        "v8",
+        "+31622222222",
+        "2025-03-21 09:00:00+00",
+        "voice",
+        "home",
+        "+31201234567",
+        10,
+        1,
+    )
+    .await;
+    let (appended, how) = calculate_from(&db.pool, c).await;
+    assert_eq!(
+        how,
+        Calculation::FromCheckpoint {
+            from: at("2025-03-19T23:00:00Z")
+        }
+    );
+    assert_eq!(appended.cdr_count, 7);
+    let stored_appended = stored_pricing(&db.pool, c).await;
+    assert_eq!(
+        in_full(&db.pool, c).await,
+        (appended.clone(), stored_appended)
+    );
+
     // A late file with a call before all others: it consumes the line
-    // bundle first, so every later call is priced differently.
+    // bundle first, so every later call is priced differently. No
+    // checkpoint lies before it: the whole cycle is read again.
     let early = cdr_to(
         &db.pool,
         c,
@@ -877,43 +923,34 @@ async fn a_recalculation_takes_unchanged_files_from_the_stored_input_and_reads_n
         1,
     )
     .await;
-    sql(
-        &db.pool,
-        &format!("UPDATE call_detail_record SET import_file_id = 3 WHERE id = {early}"),
-    )
-    .await;
-    let (late, source) = calculate_from(&db.pool, c).await;
-    assert_eq!(source, InputSource::StoredAndFiles { files: 1, cdrs: 1 });
-    assert_eq!(late.cdr_count, 7);
-    assert_ne!(late.rated_cost_micros, first.rated_cost_micros);
+    let (late, how) = calculate_from(&db.pool, c).await;
+    assert_eq!(how, Calculation::Full);
+    assert_eq!(late.cdr_count, 8);
+    assert_ne!(late.rated_cost_micros, appended.rated_cost_micros);
     let stored_late = stored_pricing(&db.pool, c).await;
     assert_eq!(stored_late.cdr_id[0], early);
-    // Only the late file was written: a segment of its own, one CDR.
-    let segments: Vec<(i32, i64)> =
-        sqlx::query_as("SELECT segment, cdr_count FROM cycle_input ORDER BY segment")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
-    assert_eq!(segments, vec![(0, 6), (1, 1)]);
-    assert_eq!(
-        from_the_table_alone(&db.pool, c).await,
-        (late.clone(), stored_late)
-    );
+    assert_eq!(in_full(&db.pool, c).await, (late.clone(), stored_late));
 
-    // A call of file 2 corrected by hand: only file 2 is read again.
+    // A call corrected by hand in SQL: the trigger marks its cycle from the
+    // call on (20 March; the checkpoint at the midnight before it).
     sql(
         &db.pool,
         "UPDATE call_detail_record SET duration_seconds = 95 WHERE external_id = 'v4'",
     )
     .await;
-    let (corrected, source) = calculate_from(&db.pool, c).await;
-    assert_eq!(source, InputSource::StoredAndFiles { files: 1, cdrs: 2 });
+    let (corrected, how) = calculate_from(&db.pool, c).await;
+    assert_eq!(
+        how,
+        Calculation::FromCheckpoint {
+            from: at("2025-03-19T23:00:00Z")
+        }
+    );
     // 95 s instead of 30 s (billed as the 60 s first increment), nothing
     // covered: 35 more seconds at 1,000.
     assert_eq!(corrected.rated_cost_micros, late.rated_cost_micros + 35_000);
     let stored_corrected = stored_pricing(&db.pool, c).await;
     assert_eq!(
-        from_the_table_alone(&db.pool, c).await,
+        in_full(&db.pool, c).await,
         (corrected.clone(), stored_corrected)
     );
 
@@ -923,76 +960,52 @@ async fn a_recalculation_takes_unchanged_files_from_the_stored_input_and_reads_n
         "DELETE FROM call_detail_record WHERE external_id = 's1'",
     )
     .await;
-    let (deleted, source) = calculate_from(&db.pool, c).await;
-    assert_eq!(source, InputSource::StoredAndFiles { files: 1, cdrs: 1 });
-    assert_eq!(deleted.cdr_count, 6);
+    let (deleted, how) = calculate_from(&db.pool, c).await;
+    assert!(matches!(how, Calculation::FromCheckpoint { .. }), "{how:?}");
+    assert_eq!(deleted.cdr_count, 7);
     assert_eq!(deleted.unrated_count, 0);
     let stored_deleted = stored_pricing(&db.pool, c).await;
     assert_eq!(
-        from_the_table_alone(&db.pool, c).await,
+        in_full(&db.pool, c).await,
         (deleted.clone(), stored_deleted)
     );
-
-    // A file added and removed again: its own segment goes with it, and
-    // no empty one takes its place.
-    let extra = cdr_to(
-        &db.pool,
-        c,
-        "v9",
-        "+31622222222",
-        "2025-03-25 09:00:00+00",
-        "voice",
-        "home",
-        "+31201234567",
-        10,
-        1,
-    )
-    .await;
-    sql(
-        &db.pool,
-        &format!("UPDATE call_detail_record SET import_file_id = 5 WHERE id = {extra}"),
-    )
-    .await;
-    let (_, source) = calculate_from(&db.pool, c).await;
-    assert_eq!(source, InputSource::StoredAndFiles { files: 1, cdrs: 1 });
-    let segments = || async {
-        sqlx::query_scalar::<_, i64>("SELECT cdr_count FROM cycle_input ORDER BY segment")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap()
-    };
-    assert_eq!(segments().await, vec![6, 1]);
-    sql(
-        &db.pool,
-        "DELETE FROM call_detail_record WHERE import_file_id = 5",
-    )
-    .await;
-    let (without, source) = calculate_from(&db.pool, c).await;
-    assert_eq!(source, InputSource::StoredAndFiles { files: 0, cdrs: 0 });
-    assert_eq!(without, deleted);
-    assert_eq!(segments().await, vec![6]);
+    let (_, how) = calculate_from(&db.pool, c).await;
+    assert_eq!(how, Calculation::AlreadyCurrent);
 }
 
 #[tokio::test]
-async fn a_damaged_stored_input_or_one_of_other_cycle_bounds_is_ignored() {
+async fn a_damaged_checkpoint_or_another_time_zone_rates_the_cycle_in_full() {
     let db = fresh().await;
     let c = customer(&db.pool, 1, Some(bundled_plan())).await;
     bundled_cycle(&db.pool, c).await;
     let (first, _) = calculate_from(&db.pool, c).await;
 
-    sql(&db.pool, "UPDATE cycle_input SET data = '\\x0102'::bytea").await;
-    let (damaged, source) = calculate_from(&db.pool, c).await;
-    assert_eq!((damaged, source), (first.clone(), InputSource::Table));
-    let (_, source) = calculate_from(&db.pool, c).await;
-    assert_eq!(source, InputSource::Stored, "the damaged copy was replaced");
+    sql(
+        &db.pool,
+        "UPDATE rating_checkpoint SET state = '\\x0102'::bytea",
+    )
+    .await;
+    sql(
+        &db.pool,
+        "UPDATE call_detail_record SET provider_cost_micros = provider_cost_micros WHERE external_id = 'v4'",
+    )
+    .await;
+    let (damaged, how) = calculate_from(&db.pool, c).await;
+    assert_eq!((damaged, how), (first.clone(), Calculation::Full));
+    let (_, how) = calculate_from(&db.pool, c).await;
+    assert_eq!(
+        how,
+        Calculation::AlreadyCurrent,
+        "the checkpoints were written again"
+    );
 
-    // Another time zone moves the cycle's bounds: the copy no longer fits.
+    // Another time zone moves the cycle's bounds: nothing stored fits.
     sql(
         &db.pool,
         &format!("UPDATE customer SET time_zone = 'America/New_York' WHERE id = {c}"),
     )
     .await;
-    let (moved, source) = calculate_from(&db.pool, c).await;
-    assert_eq!(source, InputSource::Table);
-    assert_eq!(from_the_table_alone(&db.pool, c).await.0, moved);
+    let (moved, how) = calculate_from(&db.pool, c).await;
+    assert_eq!(how, Calculation::Full);
+    assert_eq!(in_full(&db.pool, c).await.0, moved);
 }

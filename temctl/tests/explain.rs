@@ -5,7 +5,7 @@ mod support;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use support::{stderr, stdout, temctl, TempDir};
-use tem_shared::billing::totals::calculate_totals;
+use tem_shared::adapters::totals::calculate_totals;
 use tem_tests::db::fresh;
 
 /// A customer on a plan: voice 60/1 at 60,000 per minute with a 5,000
@@ -31,7 +31,7 @@ async fn customer_on_plan(pool: &PgPool) -> i64 {
 }
 
 async fn call(pool: &PgPool, customer: i64, external_id: &str, at: &str, seconds: i32) -> i64 {
-    sqlx::query_scalar(
+    let id: i64 = sqlx::query_scalar(
         "INSERT INTO call_detail_record (provider, external_id, subscription, customer_id, started_at, kind, direction,
             destination, roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros, import_file_id, source_line)
          VALUES ('routit', $1, '+31611111111', $2, $3::timestamptz, 'voice', 'outgoing', '+31201234567', 'home',
@@ -44,7 +44,17 @@ async fn call(pool: &PgPool, customer: i64, external_id: &str, at: &str, seconds
     .bind(seconds)
     .fetch_one(pool)
     .await
-    .unwrap()
+    .unwrap();
+    // Marked as the importer marks what it loads.
+    sqlx::query(
+        "INSERT INTO cycle_change (customer_id, cycle, changed_from, source)
+         SELECT customer_id, '2025-03-01', started_at, 'import' FROM call_detail_record WHERE id = $1",
+    )
+    .bind(id)
+    .execute(pool)
+    .await
+    .unwrap();
+    id
 }
 
 /// Two calls in the cycle 2025-03-01: 70 s (covered, 30 s left), then

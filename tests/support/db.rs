@@ -105,3 +105,21 @@ pub async fn insert_business_customer(pool: &PgPool) -> i64 {
     .await
     .unwrap()
 }
+
+/// Marks the cycles of the given CDRs as changed, as the importer marks the
+/// rows it loads: tests insert CDRs with SQL, which no trigger marks (see
+/// migrations/0010_incremental_totals.sql).
+pub async fn mark_imported(pool: &PgPool, ids: &[i64]) {
+    sqlx::query(
+        "INSERT INTO cycle_change (customer_id, cycle, changed_from, source)
+         SELECT r.customer_id, billing_cycle_of(r.started_at, c.billing_cycle_start_day, c.time_zone),
+                min(r.started_at), 'import'
+         FROM call_detail_record r JOIN customer c ON c.id = r.customer_id
+         WHERE r.id = ANY($1)
+         GROUP BY 1, 2",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await
+    .expect("mark the inserted CDRs' cycles");
+}

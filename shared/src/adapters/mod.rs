@@ -11,6 +11,7 @@ pub mod secrets;
 pub mod sqs;
 pub mod status;
 pub mod task_admin;
+pub mod totals;
 
 /// The shared AWS configuration: region, credentials and `AWS_ENDPOINT_URL`
 /// (the emulator locally) from the environment.

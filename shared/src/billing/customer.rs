@@ -60,7 +60,26 @@ impl BillingCustomer {
         .fetch_optional(pool)
         .await?
         .ok_or(CustomerError::UnknownCustomer(customer_id))?;
-        let start_day = row.try_get::<i16, _>("billing_cycle_start_day")? as u32;
+        Self::from_settings(
+            customer_id,
+            cycle,
+            row.try_get::<i16, _>("billing_cycle_start_day")?,
+            row.try_get("time_zone")?,
+            row.try_get("rate_plan_id")?,
+            row.try_get("plan")?,
+        )
+    }
+
+    /// The customer's settings as stored, checked against the cycle.
+    pub fn from_settings(
+        customer_id: i64,
+        cycle: NaiveDate,
+        start_day: i16,
+        zone_name: String,
+        plan_id: Option<String>,
+        plan: Option<Value>,
+    ) -> Result<Self, CustomerError> {
+        let start_day = u32::try_from(start_day).unwrap_or(0);
         if cycle.day() != start_day {
             return Err(CustomerError::NotACycle {
                 customer: customer_id,
@@ -68,13 +87,11 @@ impl BillingCustomer {
                 day: start_day,
             });
         }
-        let zone_name: String = row.try_get("time_zone")?;
         let zone: Tz = zone_name.parse().map_err(|_| CustomerError::BadTimeZone {
             customer: customer_id,
             zone: zone_name.clone(),
         })?;
-        let plan_id: Option<String> = row.try_get("rate_plan_id")?;
-        let plan = match row.try_get::<Option<Value>, _>("plan")? {
+        let plan = match plan {
             Some(document) => {
                 let parsed = serde_json::from_value(document.clone()).map_err(|e| {
                     CustomerError::BadPlan(plan_id.clone().unwrap_or_default(), e.to_string())

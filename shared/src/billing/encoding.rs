@@ -1,5 +1,5 @@
-//! The byte encoding of what billing stores per CDR in bulk (the cycle's
-//! input, `billing::cycle_input`, and its pricings, `billing::pricings`):
+//! The byte encoding of what billing stores in bulk (per-CDR pricings,
+//! `billing::pricings`, and rating checkpoints, `billing::calculation::state`):
 //! LEB128 varints, zigzag for signed values and deltas, length-prefixed
 //! byte strings, compressed with lz4. PostgreSQL only stores the bytes, so
 //! a million CDRs are one memcpy for it instead of millions of values to
@@ -56,16 +56,6 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// A length-prefixed byte string as its place in the first reader's
-    /// buffer, so a decoder can keep that buffer instead of copying out of
-    /// it.
-    pub fn range(&mut self) -> Result<(usize, usize), String> {
-        let n = self.usize()?;
-        let start = self.base + self.at;
-        self.take(n)?;
-        Ok((start, n))
-    }
-
     pub fn varint(&mut self) -> Result<u64, String> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
@@ -91,6 +81,11 @@ impl<'a> Reader<'a> {
         usize::try_from(self.varint()?).map_err(|_| "a number is too big".into())
     }
 
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         let end = self.at.checked_add(n).ok_or("a length overflows")?;
         let slice = self.bytes.get(self.at..end).ok_or("a value is cut short")?;
@@ -101,10 +96,6 @@ impl<'a> Reader<'a> {
     pub fn bytes(&mut self) -> Result<&'a [u8], String> {
         let n = self.usize()?;
         self.take(n)
-    }
-
-    pub fn fixed<const N: usize>(&mut self) -> Result<[u8; N], String> {
-        Ok(self.take(N)?.try_into().expect("N bytes"))
     }
 
     /// `N` length-prefixed columns, each as a reader of its own.

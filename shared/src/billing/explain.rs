@@ -18,6 +18,8 @@ use chrono_tz::Tz;
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 
+use crate::billing::calculation::{segment_of, RatingState};
+use crate::billing::customer::CustomerError;
 use crate::billing::cycle_of;
 use crate::billing::pricings::{self, Pricings, PricingsError};
 use crate::billing::rating::{
@@ -87,6 +89,8 @@ pub enum ExplainError {
         cycle: NaiveDate,
         problem: String,
     },
+    #[error(transparent)]
+    Customer(#[from] CustomerError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -149,11 +153,14 @@ pub struct PricingDetail {
 pub enum TotalsState {
     /// The stored totals include this CDR and every other CDR of the cycle.
     Current { calculated_at: DateTime<Utc> },
-    /// The stored totals miss CDRs of the cycle that arrived later.
-    Stale {
+    /// CDRs of the cycle changed after the last calculation (an import, an
+    /// attach, a hand edit or a deletion marked it): its figures may change
+    /// at the next one.
+    NotCurrent {
         calculated_at: DateTime<Utc>,
-        cdrs_in_cycle: i64,
-        cdrs_in_totals: i64,
+        pending_changes: i64,
+        /// The earliest `started_at` the changes touched.
+        changed_from: DateTime<Utc>,
     },
     /// The CDR arrived after the last calculation (or there was none yet).
     NotYetRated {
@@ -176,12 +183,12 @@ impl TotalsState {
             TotalsState::Current { calculated_at } => format!(
                 "current: the totals calculated at {calculated_at} include this CDR and every other CDR of the cycle"
             ),
-            TotalsState::Stale {
+            TotalsState::NotCurrent {
                 calculated_at,
-                cdrs_in_cycle,
-                cdrs_in_totals,
+                pending_changes,
+                changed_from,
             } => format!(
-                "out of date: the totals calculated at {calculated_at} count {cdrs_in_totals} of the cycle's {cdrs_in_cycle} CDRs; totals recalculation pending"
+                "not current: {pending_changes} change(s) to the cycle's CDRs from {changed_from} on came after the calculation at {calculated_at}; totals recalculation pending"
             ),
             TotalsState::NotYetRated {
                 calculated_at: Some(at),
@@ -340,33 +347,37 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
     };
 
     let customer = sqlx::query(
-        "SELECT billing_cycle_start_day, time_zone, rate_plan_id FROM customer WHERE id = $1",
+        "SELECT c.billing_cycle_start_day, c.time_zone, c.rate_plan_id, p.plan
+         FROM customer c LEFT JOIN rate_plan p ON p.id = c.rate_plan_id WHERE c.id = $1",
     )
     .bind(customer_id)
     .fetch_one(pool)
     .await?;
     let day: i16 = customer.try_get("billing_cycle_start_day")?;
-    let zone: Tz = customer
-        .try_get::<String, _>("time_zone")?
-        .parse()
-        .unwrap_or(chrono_tz::Europe::Amsterdam);
+    let zone_name: String = customer.try_get("time_zone")?;
+    let zone: Tz = zone_name.parse().map_err(|_| CustomerError::BadTimeZone {
+        customer: customer_id,
+        zone: zone_name.clone(),
+    })?;
     let current_plan: Option<String> = customer.try_get("rate_plan_id")?;
+    let current_document: Option<serde_json::Value> = customer.try_get("plan")?;
     let cycle = cycle_of(facts.started_at, u32::try_from(day).unwrap_or(1), zone);
-    let (start, end) = cycle_bounds(cycle, zone);
 
     let stored = sqlx::query(
-        "SELECT method, rate_plan_id, cdr_count, calculated_at FROM totals WHERE customer_id = $1 AND cycle = $2",
+        "SELECT t.method, t.rate_plan_id, t.calculated_at, s.plan, s.time_zone, s.start_day
+         FROM totals t LEFT JOIN cycle_state s ON s.customer_id = t.customer_id AND s.cycle = t.cycle
+         WHERE t.customer_id = $1 AND t.cycle = $2",
     )
     .bind(customer_id)
     .bind(cycle)
     .fetch_optional(pool)
     .await?;
-    let cdrs_in_cycle: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM call_detail_record WHERE customer_id = $1 AND started_at >= $2 AND started_at < $3",
+    // The same marks the next calculation restarts from.
+    let (pending, changed_from): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+        "SELECT count(*), min(changed_from) FROM cycle_change WHERE customer_id = $1 AND cycle = $2",
     )
     .bind(customer_id)
-    .bind(start)
-    .bind(end)
+    .bind(cycle)
     .fetch_one(pool)
     .await?;
     let current_method = if current_plan.is_some() {
@@ -404,25 +415,32 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
     };
     let method: String = stored.try_get("method")?;
     let stored_plan: Option<String> = stored.try_get("rate_plan_id")?;
-    let cdrs_in_totals: i64 = stored.try_get("cdr_count")?;
     let calculated_at: DateTime<Utc> = stored.try_get("calculated_at")?;
+    let rated_document: Option<serde_json::Value> = stored.try_get("plan")?;
+    let rated_zone: Option<String> = stored.try_get("time_zone")?;
+    let rated_day: Option<i16> = stored.try_get("start_day")?;
     explanation.method = Some(method.clone());
     explanation.rate_plan_id = stored_plan.clone();
+    let settings_changed = rated_zone.as_deref() != Some(zone_name.as_str())
+        || rated_day != Some(day)
+        || (method == "rate_plan" && rated_document != current_document);
     let freshness = || {
-        if (method.as_str(), stored_plan.as_deref()) != (current_method, current_plan.as_deref()) {
+        if (method.as_str(), stored_plan.as_deref()) != (current_method, current_plan.as_deref())
+            || settings_changed
+        {
             TotalsState::PlanChanged {
                 calculated_at,
                 rated_with: describe_method(&method, stored_plan.as_deref()),
                 now: describe_method(current_method, current_plan.as_deref()),
             }
-        } else if cdrs_in_totals == cdrs_in_cycle {
-            TotalsState::Current { calculated_at }
-        } else {
-            TotalsState::Stale {
+        } else if let (true, Some(changed_from)) = (pending > 0, changed_from) {
+            TotalsState::NotCurrent {
                 calculated_at,
-                cdrs_in_cycle,
-                cdrs_in_totals,
+                pending_changes: pending,
+                changed_from,
             }
+        } else {
+            TotalsState::Current { calculated_at }
         }
     };
 
@@ -451,21 +469,33 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
         cycle,
         problem,
     };
-    let header = sqlx::query(
-        "SELECT plan, split_position, split_bundle, split_covered FROM cycle_rating WHERE customer_id = $1 AND cycle = $2",
-    )
-    .bind(customer_id)
-    .bind(cycle)
-    .fetch_optional(pool)
-    .await?;
-    let stored = pricings::read(pool, customer_id, cycle)
+    // The CDR's segment of the cycle as the calculation cut it (in the zone
+    // it rated with): its pricings, and the checkpoint at its start.
+    let rated_zone: Tz = rated_zone
+        .as_deref()
+        .and_then(|z| z.parse().ok())
+        .unwrap_or(zone);
+    let segment = segment_of(facts.started_at, cycle, rated_zone);
+    let chunks = pricings::read_chunks(pool, customer_id, cycle, Some(segment))
         .await
         .map_err(|e| match e {
             PricingsError::Database(e) => ExplainError::Database(e),
             PricingsError::Damaged { problem, .. } => bad(problem),
         })?;
+    let mut stored = Pricings::default();
+    let mut split_rows: (Vec<i32>, Vec<i32>, Vec<i64>) = Default::default();
+    let first_position = chunks.first().map(|(_, first, _)| *first).unwrap_or(0);
+    for (_, _, chunk) in &chunks {
+        let offset = stored.len() as i32;
+        for split in &chunk.splits {
+            split_rows.0.push(offset + split.index as i32);
+            split_rows.1.push(split.bundle);
+            split_rows.2.push(split.covered);
+        }
+        stored.append(&chunk.pricings);
+    }
     let found = stored.position_of(facts.id);
-    let (Some(header), Some(position)) = (header, found) else {
+    let (Some(plan_document), Some(position)) = (rated_document.clone(), found) else {
         explanation.totals = TotalsState::NotYetRated {
             calculated_at: Some(calculated_at),
         };
@@ -477,7 +507,7 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
         );
         return Ok(explanation);
     };
-    let plan: RatePlan = serde_json::from_value(header.try_get("plan")?)
+    let plan: RatePlan = serde_json::from_value(plan_document)
         .map_err(|e| bad(format!("its plan snapshot does not parse: {e}")))?;
     let rate_index = stored.rate[position];
     let bundle_index = stored.bundle[position];
@@ -503,11 +533,7 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
         && rating.kind != Kind::Service
         && !plan.bundles.is_empty()
     {
-        let splits = Splits::new(
-            header.try_get("split_position")?,
-            header.try_get("split_bundle")?,
-            header.try_get("split_covered")?,
-        );
+        let splits = Splits::new(split_rows.0, split_rows.1, split_rows.2);
         let needs_subscription = plan
             .bundles
             .iter()
@@ -515,11 +541,11 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
         let same_subscription: HashSet<i64> = if needs_subscription {
             sqlx::query_scalar(
                 "SELECT id FROM call_detail_record
-                 WHERE customer_id = $1 AND started_at >= $2 AND started_at < $3 AND subscription = $4",
+                 WHERE customer_id = $1 AND started_at >= $2 AND started_at <= $3 AND subscription = $4",
             )
             .bind(customer_id)
-            .bind(start)
-            .bind(end)
+            .bind(segment)
+            .bind(facts.started_at)
             .bind(&facts.subscription)
             .fetch_all(pool)
             .await?
@@ -528,9 +554,40 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
         } else {
             HashSet::new()
         };
-        let used = used_before(&plan, position, &stored, &splits, |id| {
+        // What the bundles had used when the segment began...
+        let (cycle_start, _) = cycle_bounds(cycle, rated_zone);
+        let mut used = vec![0u64; plan.bundles.len()];
+        if segment > cycle_start {
+            let bytes: Option<Vec<u8>> = sqlx::query_scalar(
+                "SELECT state FROM rating_checkpoint WHERE customer_id = $1 AND cycle = $2 AND at = $3",
+            )
+            .bind(customer_id)
+            .bind(cycle)
+            .bind(segment)
+            .fetch_optional(pool)
+            .await?;
+            let Some(bytes) = bytes else {
+                return Err(bad(format!("the checkpoint at {segment} is missing")));
+            };
+            let at_start = RatingState::decode(&bytes).map_err(bad)?;
+            let number = at_start.subscriptions.get(&facts.subscription);
+            for (index, bundle) in plan.bundles.iter().enumerate() {
+                let slot = match bundle.scope {
+                    Scope::Pooled => Some(0),
+                    Scope::PerSubscription => number.map(|n| n as usize),
+                };
+                used[index] = slot
+                    .and_then(|slot| at_start.spent.get(index)?.get(slot).copied())
+                    .unwrap_or(0);
+            }
+        }
+        // ...plus what the CDRs before this one in the segment used.
+        let in_segment = used_before(&plan, position, &stored, &splits, |id| {
             same_subscription.contains(&id)
         });
+        for (total, more) in used.iter_mut().zip(in_segment) {
+            *total += more;
+        }
         replay_shares(
             &plan,
             rating.kind,
@@ -576,7 +633,7 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
             .collect(),
         arithmetic: arithmetic(&plan, &rating, &pricing),
         unrated: pricing.unrated,
-        position: Some(position as u64),
+        position: Some(first_position + position as u64),
     });
     if let Some(arithmetic) = arithmetic(&plan, &rating, &pricing) {
         let tail = arithmetic.rsplit(' ').next().unwrap_or_default();

@@ -9,11 +9,12 @@ use serde::Deserialize;
 use serde_json::json;
 use sqlx::PgPool;
 
+use crate::adapters::totals::calculate_totals;
 use crate::billing::customer::{BillingCustomer, CustomerError};
 use crate::billing::history::{backup_totals, HistoryError};
 use crate::billing::insight::{detect_insights, InsightError};
 use crate::billing::invoice::{generate_invoice, InvoiceError};
-use crate::billing::totals::{calculate_totals, TotalsError};
+use crate::billing::totals::TotalsError;
 use crate::envelope::{ChainLink, Envelope, Step};
 use crate::runtime::{Delivery, StepError, StepHandler, StepOutcome};
 
@@ -180,13 +181,6 @@ impl StepHandler for Totals {
                 "the totals function does not run {other}"
             ))),
         }
-    }
-
-    /// A rate-plan calculation reads with spare connections when the pool
-    /// has them; counting them keeps a batch's records from waiting for
-    /// each other's connections.
-    fn connections_per_record(&self) -> u32 {
-        crate::billing::cycle_rows::CONNECTIONS_PER_CALCULATION
     }
 }
 

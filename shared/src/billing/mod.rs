@@ -5,9 +5,9 @@
 //! containing its start time in the customer's time zone; a cycle is named
 //! by its start date.
 
+pub mod calculation;
+pub mod changes;
 pub mod customer;
-pub mod cycle_input;
-mod cycle_rows;
 mod encoding;
 pub mod explain;
 pub mod handler;

@@ -1,21 +1,23 @@
 //! How each CDR of a rate-plan cycle was priced: in consumption order, the
 //! CDR, its rated cost, the rate and first bundle that priced it, and the
-//! billed and bundle-covered quantities. Stored in `cycle_rating_chunk`, a
-//! row per [`CHUNK`] CDRs, as one encoded column each (`billing::encoding`):
-//! written on every rate-plan calculation, read by `billing::explain`.
+//! billed and bundle-covered quantities, with the shares of the rare CDRs
+//! that several bundles covered. Stored in `rating_chunk`, a row per at most
+//! [`CHUNK`] CDRs of one segment of the cycle, as one encoded column each
+//! (`billing::encoding`): written as the calculation rates, read by
+//! `billing::explain`.
 
 use std::ops::Range;
 
-use chrono::NaiveDate;
-use sqlx::{PgConnection, PgPool, Row};
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::{PgPool, Row};
 
 use crate::billing::encoding::{put_varint, seal, unseal, zigzag, Reader};
 
-/// CDRs per `cycle_rating_chunk` row: a million CDRs are ten rows, and no
-/// row nears PostgreSQL's 1 GiB value limit however big a cycle gets.
-pub const CHUNK: usize = 100_000;
+/// CDRs per `rating_chunk` row at most: the write buffer of a calculation,
+/// and the most a CDR's explanation decodes besides its checkpoint.
+pub const CHUNK: usize = 20_000;
 
-const TAG: &[u8; 8] = b"TEMPRC01";
+const TAG: &[u8; 8] = b"TEMPRC02";
 
 /// Parallel columns: element `i` of each is the CDR at position `i` of
 /// consumption order.
@@ -65,6 +67,21 @@ impl Pricings {
 
     pub fn is_empty(&self) -> bool {
         self.cdr_id.is_empty()
+    }
+
+    pub fn push(&mut self, other: &Pricings, i: usize) {
+        self.cdr_id.push(other.cdr_id[i]);
+        self.rated_cost_micros.push(other.rated_cost_micros[i]);
+        self.rate.push(other.rate[i]);
+        self.bundle.push(other.bundle[i]);
+        self.billed_quantity.push(other.billed_quantity[i]);
+        self.covered_quantity.push(other.covered_quantity[i]);
+    }
+
+    pub fn append(&mut self, other: &Pricings) {
+        for i in 0..other.len() {
+            self.push(other, i);
+        }
     }
 
     /// The position of a CDR in consumption order.
@@ -120,6 +137,78 @@ impl Pricings {
     }
 }
 
+/// One share of a CDR that more than one bundle covered: its index in the
+/// chunk, the bundle number and what that bundle covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Split {
+    pub index: u32,
+    pub bundle: i32,
+    pub covered: i64,
+}
+
+/// The pricings of one `rating_chunk` row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PricingChunk {
+    pub pricings: Pricings,
+    pub splits: Vec<Split>,
+}
+
+impl PricingChunk {
+    pub fn len(&self) -> usize {
+        self.pricings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pricings.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        *self = PricingChunk::default();
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = self.pricings.encode(0..self.pricings.len());
+        // The splits follow the sealed pricings as a sealed block of their
+        // own, so chunks without splits pay four bytes.
+        let mut splits = Vec::new();
+        put_varint(&mut splits, self.splits.len() as u64);
+        for split in &self.splits {
+            put_varint(&mut splits, split.index.into());
+            put_varint(&mut splits, zigzag(split.bundle.into()));
+            put_varint(&mut splits, zigzag(split.covered));
+        }
+        let splits = seal(Vec::new(), &[&splits]);
+        let mut out = Vec::with_capacity(bytes.len() + splits.len() + 8);
+        put_varint(&mut out, bytes.len() as u64);
+        out.append(&mut bytes);
+        out.extend_from_slice(&splits);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let mut reader = Reader::new(bytes);
+        let pricings_bytes = reader.bytes()?;
+        let rest = &bytes[bytes.len() - reader.remaining()..];
+        let mut chunk = PricingChunk::default();
+        chunk.pricings.decode_into(pricings_bytes)?;
+        let raw = unseal(rest)?;
+        let mut head = Reader::new(&raw);
+        let [mut splits] = head.columns::<1>()?;
+        for _ in 0..splits.usize()? {
+            let index = splits.u32()?;
+            if index as usize >= chunk.pricings.len() {
+                return Err("a split names a CDR the chunk lacks".into());
+            }
+            chunk.splits.push(Split {
+                index,
+                bundle: i32::try_from(splits.signed()?).map_err(|_| "a bundle is too big")?,
+                covered: splits.signed()?,
+            });
+        }
+        Ok(chunk)
+    }
+}
+
 /// Every stored pricing of a cycle, in consumption order; empty when the
 /// cycle has no rate-plan rating.
 pub async fn read(
@@ -127,12 +216,30 @@ pub async fn read(
     customer_id: i64,
     cycle: NaiveDate,
 ) -> Result<Pricings, PricingsError> {
+    let chunks = read_chunks(pool, customer_id, cycle, None).await?;
+    let mut all = Pricings::default();
+    for (_, _, chunk) in chunks {
+        all.append(&chunk.pricings);
+    }
+    Ok(all)
+}
+
+/// The stored chunks of a cycle (or of one segment of it) in consumption
+/// order, each with its segment and its first position in the cycle.
+pub async fn read_chunks(
+    pool: &PgPool,
+    customer_id: i64,
+    cycle: NaiveDate,
+    segment: Option<DateTime<Utc>>,
+) -> Result<Vec<(DateTime<Utc>, u64, PricingChunk)>, PricingsError> {
     let rows = sqlx::query(
-        "SELECT first_position, cdr_count, pricings FROM cycle_rating_chunk
-         WHERE customer_id = $1 AND cycle = $2 ORDER BY chunk",
+        "SELECT segment, first_position, cdr_count, pricings FROM rating_chunk
+         WHERE customer_id = $1 AND cycle = $2 AND ($3::timestamptz IS NULL OR segment = $3)
+         ORDER BY segment, seq",
     )
     .bind(customer_id)
     .bind(cycle)
+    .bind(segment)
     .fetch_all(pool)
     .await?;
     let damaged = |problem: String| PricingsError::Damaged {
@@ -140,52 +247,32 @@ pub async fn read(
         cycle,
         problem,
     };
-    let mut pricings = Pricings::default();
+    let mut chunks = Vec::with_capacity(rows.len());
+    let mut expected: Option<u64> = None;
     for row in rows {
-        let first: i32 = row.try_get("first_position")?;
+        let segment: DateTime<Utc> = row.try_get("segment")?;
+        let first = u64::try_from(row.try_get::<i64, _>("first_position")?)
+            .map_err(|_| damaged("a chunk starts at a negative position".into()))?;
         let count: i32 = row.try_get("cdr_count")?;
-        if usize::try_from(first).ok() != Some(pricings.len()) {
-            return Err(damaged(format!(
-                "a chunk starts at position {first}, expected {}",
-                pricings.len()
-            )));
+        if let Some(expected) = expected {
+            if first != expected {
+                return Err(damaged(format!(
+                    "a chunk starts at position {first}, expected {expected}"
+                )));
+            }
         }
         let bytes: Vec<u8> = row.try_get("pricings")?;
-        pricings.decode_into(&bytes).map_err(&damaged)?;
-        if usize::try_from(count).ok() != Some(pricings.len() - first as usize) {
+        let chunk = PricingChunk::decode(&bytes).map_err(&damaged)?;
+        if usize::try_from(count).ok() != Some(chunk.len()) {
             return Err(damaged(format!(
                 "the chunk at {first} says {count} CDRs and holds {}",
-                pricings.len() - first as usize
+                chunk.len()
             )));
         }
+        expected = Some(first + chunk.len() as u64);
+        chunks.push((segment, first, chunk));
     }
-    Ok(pricings)
-}
-
-/// Writes a cycle's pricings (its `cycle_rating` row must exist).
-pub(crate) async fn write(
-    tx: &mut PgConnection,
-    customer_id: i64,
-    cycle: NaiveDate,
-    pricings: &Pricings,
-) -> Result<(), sqlx::Error> {
-    let n = pricings.len();
-    for (chunk, first) in (0..n).step_by(CHUNK).enumerate() {
-        let range = first..(first + CHUNK).min(n);
-        sqlx::query(
-            "INSERT INTO cycle_rating_chunk (customer_id, cycle, chunk, first_position, cdr_count, pricings)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(customer_id)
-        .bind(cycle)
-        .bind(chunk as i32)
-        .bind(first as i32)
-        .bind(range.len() as i32)
-        .bind(pricings.encode(range))
-        .execute(&mut *tx)
-        .await?;
-    }
-    Ok(())
+    Ok(chunks)
 }
 
 #[cfg(test)]

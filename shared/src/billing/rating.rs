@@ -543,6 +543,22 @@ impl<'p> Rater<'p> {
         }
     }
 
+    /// A rater that continues where an earlier one stopped: `spent` is what
+    /// [`Rater::spent`] said then (a rating checkpoint).
+    pub fn resume(plan: &'p RatePlan, mut spent: Vec<Vec<u64>>) -> Self {
+        spent.resize(plan.bundles.len(), Vec::new());
+        Self {
+            spent,
+            ..Self::new(plan)
+        }
+    }
+
+    /// Used allowance per bundle of the plan: one counter when pooled, one
+    /// per subscription number otherwise (missing numbers used nothing).
+    pub fn spent(&self) -> &[Vec<u64>] {
+        &self.spent
+    }
+
     /// Prices the next CDR in consumption order (rules 1 to 8), consuming
     /// bundle allowance. [`Rater::shares`] then tells which bundles took
     /// part.

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tracing::{info, instrument, warn};
 
+use crate::billing::changes::ChangeSource;
 use crate::import::format::{FormatError, FormatTemplate};
 use crate::import::load::{
     load_csv, CsvOpen, LoadError, LoadInput, LoadMode, LoadReport, RejectFile, Resolver,
@@ -89,6 +90,10 @@ pub enum ImportError {
     Database(#[from] sqlx::Error),
     #[error("could not store the rejected rows: {0}")]
     Rejects(String),
+    /// A customer's settings are unusable (a time zone that is not an IANA
+    /// name): rows cannot be given their cycle until it is corrected.
+    #[error(transparent)]
+    Customer(#[from] crate::billing::customer::CustomerError),
 }
 
 impl ImportError {
@@ -97,6 +102,7 @@ impl ImportError {
         match self {
             ImportError::Source { source, .. } => source.is_transient(),
             ImportError::Database(_) | ImportError::Rejects(_) => true,
+            ImportError::Customer(e) => e.is_retryable(),
             ImportError::Refused { .. } | ImportError::Format(_) => false,
         }
     }
@@ -345,6 +351,9 @@ impl Importer {
             } else {
                 "completed"
             };
+            // In the transaction that loads the rows: a calculation that
+            // sees them sees the marks too.
+            crate::billing::changes::mark(&mut tx, &report.touched, ChangeSource::Import).await?;
             let duration_ms = started.elapsed().as_millis() as u64;
             sqlx::query(
                 "UPDATE import_file SET status = $2, rows_read = $3, rows_loaded = $4, rows_duplicate = $5,
@@ -383,7 +392,7 @@ impl Importer {
                 duplicate: report.duplicate,
                 rejected: report.rejected,
                 without_customer: report.without_customer,
-                touched: report.touched.into_iter().collect(),
+                touched: report.touched.cycles(),
                 rejected_key,
                 entries,
                 duration_ms,
@@ -496,7 +505,7 @@ impl Importer {
                             total.duplicate += report.duplicate;
                             total.rejected += report.rejected;
                             total.without_customer += report.without_customer;
-                            total.touched.extend(report.touched);
+                            total.touched.extend(&report.touched);
                         }
                         Err(LoadError::File(e)) if transient_read(&e).is_none() => {
                             // Nothing of this entry stays; the other entries load.

@@ -9,7 +9,7 @@
 //! - [`LoadMode::Deduplicate`]: COPY into a temporary table, then insert
 //!   what is not there yet. Slower, and only needed when rows repeat.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::sync::Arc;
 
@@ -18,6 +18,8 @@ use chrono_tz::Tz;
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::mpsc;
 
+use crate::billing::changes::ChangedCycles;
+use crate::billing::customer::CustomerError;
 use crate::billing::cycle_of;
 use crate::import::format::FormatTemplate;
 use crate::import::parse::{CdrRow, CsvParser, FileError, Parsed, Rejected, Stopped};
@@ -50,7 +52,10 @@ struct Subscription {
 }
 
 impl Resolver {
-    pub async fn load(pool: &PgPool, provider: &str) -> Result<Self, sqlx::Error> {
+    /// A customer whose time zone is not an IANA name is an error naming
+    /// it: its rows' cycles cannot be known, and guessing a zone would bill
+    /// them in the wrong cycle.
+    pub async fn load(pool: &PgPool, provider: &str) -> Result<Self, CustomerError> {
         let mut resolver = Resolver::default();
         for row in sqlx::query("SELECT id, billing_cycle_start_day, time_zone FROM customer")
             .fetch_all(pool)
@@ -58,13 +63,11 @@ impl Resolver {
         {
             let zone: String = row.try_get("time_zone")?;
             let day: i16 = row.try_get("billing_cycle_start_day")?;
-            resolver.customers.insert(
-                row.try_get("id")?,
-                (
-                    day as u32,
-                    zone.parse().unwrap_or(chrono_tz::Europe::Amsterdam),
-                ),
-            );
+            let id: i64 = row.try_get("id")?;
+            let parsed: Tz = zone
+                .parse()
+                .map_err(|_| CustomerError::BadTimeZone { customer: id, zone })?;
+            resolver.customers.insert(id, (day as u32, parsed));
         }
         for row in sqlx::query(
             "SELECT identifier, customer_id, active_from, active_to FROM subscription WHERE provider = $1",
@@ -169,8 +172,9 @@ pub struct LoadReport {
     /// Loaded rows (not duplicates) whose subscription has no customer on
     /// the row's date. `read = loaded + duplicate + rejected`.
     pub without_customer: u64,
-    /// Every (customer, cycle start) a row belongs to.
-    pub touched: BTreeSet<(i64, NaiveDate)>,
+    /// Every (customer, cycle start) a row belongs to, with the earliest
+    /// `started_at` of its rows (what the import marks for billing).
+    pub touched: ChangedCycles,
     /// Why the parser stopped before the end (a quote that never closes):
     /// the rows before it are loaded, the record it stopped at is rejected.
     pub stopped: Option<Stopped>,
@@ -358,8 +362,8 @@ fn parse_and_encode(
             Parsed::Row(row) => {
                 let customer = resolver.resolve(&row.subscription, row.started_at);
                 match customer {
-                    Some(touched) => {
-                        report.touched.insert(touched);
+                    Some((customer, cycle)) => {
+                        report.touched.touch(customer, cycle, row.started_at);
                     }
                     None => report.without_customer += 1,
                 }

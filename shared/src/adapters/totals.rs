@@ -1,0 +1,771 @@
+//! CalculateTotals on PostgreSQL: the [`CycleStore`] of one calculation is
+//! one REPEATABLE READ transaction, so the CDRs, the marks, the checkpoints
+//! and the customer's settings all come from one snapshot, and its writes
+//! (totals, lines, pricings, checkpoints, consumed marks) commit together.
+//!
+//! Calculations of the same cycle are serialized by an advisory lock. The
+//! snapshot is taken before the lock is granted, so one that waited while
+//! another committed finds `cycle_state` changed under it (a serialization
+//! failure) and starts again on a fresh snapshot: there it usually finds the
+//! cycle current and does nothing (a burst of DispatchTotals coalesces).
+//!
+//! CDRs are read in pages of `stream::PAGE` with binary COPY (about half
+//! the time of fetching rows), in consumption order by the database (the
+//! `(customer_id, started_at)` index, then an incremental sort on provider
+//! and external id), each page after the last key of the one before.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDate, SecondsFormat, TimeZone, Utc};
+use futures::TryStreamExt;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+use crate::billing::calculation::{
+    self, CalculationReport, CdrKey, CdrPage, CycleSettings, CycleStore, LineChanges, Method,
+    PageRow, PendingChange, Previous, RatingState, Recalculation, Sums,
+};
+use crate::billing::customer::BillingCustomer;
+use crate::billing::pricings::PricingChunk;
+use crate::billing::totals::{cycle_bounds, CycleTotals, TotalsError};
+use crate::import::format::{Kind, Zone};
+
+/// Attempts of one calculation that lost its snapshot to another.
+const ATTEMPTS: u32 = 8;
+
+/// Calculates the cycle's totals, from the last checkpoint before its
+/// earliest change (or not at all when nothing changed).
+pub async fn calculate_totals(
+    pool: &PgPool,
+    customer_id: i64,
+    cycle: NaiveDate,
+) -> Result<CycleTotals, TotalsError> {
+    calculate_totals_with(pool, customer_id, cycle, Recalculation::Incremental)
+        .await
+        .map(|(totals, _)| totals)
+}
+
+/// [`calculate_totals`], saying what it did and where the time went.
+pub async fn calculate_totals_with(
+    pool: &PgPool,
+    customer_id: i64,
+    cycle: NaiveDate,
+    how: Recalculation,
+) -> Result<(CycleTotals, CalculationReport), TotalsError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = attempt_once(pool, customer_id, cycle, how).await;
+        match result {
+            Err(TotalsError::Database(e)) if attempt < ATTEMPTS && lost_snapshot(&e) => {
+                tracing::info!(customer_id, %cycle, attempt, "another calculation of the cycle committed first; starting again");
+            }
+            other => {
+                if let Ok((totals, report)) = &other {
+                    tracing::info!(
+                        customer_id,
+                        %cycle,
+                        method = totals.method,
+                        cdrs = totals.cdr_count,
+                        calculation = ?report.calculation,
+                        cdrs_read = report.cdrs_read,
+                        read_s = report.read_seconds,
+                        rate_s = report.rate_seconds,
+                        write_s = report.write_seconds,
+                        "totals calculated"
+                    );
+                }
+                return other;
+            }
+        }
+    }
+}
+
+fn lost_snapshot(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001") | Some("40P01")))
+}
+
+async fn attempt_once(
+    pool: &PgPool,
+    customer_id: i64,
+    cycle: NaiveDate,
+    how: Recalculation,
+) -> Result<(CycleTotals, CalculationReport), TotalsError> {
+    let mut tx = pool
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("totals:{customer_id}:{cycle}"))
+        .execute(&mut *tx)
+        .await?;
+    let mut store = PgCycleStore {
+        tx,
+        customer_id,
+        cycle,
+        end: None,
+    };
+    let done = calculation::calculate(&mut store, customer_id, cycle, how).await?;
+    store.tx.commit().await?;
+    Ok(done)
+}
+
+/// One calculation's transaction.
+pub struct PgCycleStore {
+    tx: Transaction<'static, Postgres>,
+    customer_id: i64,
+    cycle: NaiveDate,
+    /// The cycle's end, once the customer's zone is known.
+    end: Option<DateTime<Utc>>,
+}
+
+fn timestamp(at: DateTime<Utc>) -> String {
+    format!("'{}'", at.to_rfc3339_opts(SecondsFormat::Micros, true))
+}
+
+/// A string as an SQL literal: E'' reads backslashes the same whatever
+/// `standard_conforming_strings` says.
+fn literal(text: &str) -> String {
+    format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+#[async_trait]
+impl CycleStore for PgCycleStore {
+    async fn customer(&mut self) -> Result<BillingCustomer, TotalsError> {
+        let row = sqlx::query(
+            "SELECT c.billing_cycle_start_day, c.time_zone, c.rate_plan_id, p.plan
+             FROM customer c LEFT JOIN rate_plan p ON p.id = c.rate_plan_id WHERE c.id = $1",
+        )
+        .bind(self.customer_id)
+        .fetch_optional(&mut *self.tx)
+        .await?
+        .ok_or(crate::billing::customer::CustomerError::UnknownCustomer(
+            self.customer_id,
+        ))?;
+        let customer = BillingCustomer::from_settings(
+            self.customer_id,
+            self.cycle,
+            row.try_get("billing_cycle_start_day")?,
+            row.try_get("time_zone")?,
+            row.try_get("rate_plan_id")?,
+            row.try_get("plan")?,
+        )?;
+        self.end = Some(cycle_bounds(self.cycle, customer.zone).1);
+        Ok(customer)
+    }
+
+    async fn previous(&mut self) -> Result<Option<Previous>, TotalsError> {
+        // FOR UPDATE: a calculation that committed after this snapshot was
+        // taken makes this a serialization failure, and the caller starts
+        // again on a fresh snapshot.
+        let row = sqlx::query(
+            "SELECT method, rate_plan_id, plan, time_zone, start_day, calculations FROM cycle_state
+             WHERE customer_id = $1 AND cycle = $2 FOR UPDATE",
+        )
+        .bind(self.customer_id)
+        .bind(self.cycle)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let method: String = row.try_get("method")?;
+        Ok(Some(Previous {
+            settings: CycleSettings {
+                method: if method == "rate_plan" {
+                    Method::RatePlan
+                } else {
+                    Method::Standard
+                },
+                rate_plan_id: row.try_get("rate_plan_id")?,
+                plan: row.try_get("plan")?,
+                time_zone: row.try_get("time_zone")?,
+                start_day: u32::try_from(row.try_get::<i16, _>("start_day")?).unwrap_or(0),
+            },
+            calculations: row.try_get("calculations")?,
+        }))
+    }
+
+    async fn pending_changes(&mut self) -> Result<Vec<PendingChange>, TotalsError> {
+        let rows: Vec<(i64, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT id, changed_from FROM cycle_change WHERE customer_id = $1 AND cycle = $2",
+        )
+        .bind(self.customer_id)
+        .bind(self.cycle)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, changed_from)| PendingChange { id, changed_from })
+            .collect())
+    }
+
+    async fn stored_totals(&mut self) -> Result<Option<CycleTotals>, TotalsError> {
+        let row = sqlx::query(
+            "SELECT method, rate_plan_id, cdr_count, voice_seconds, data_bytes, messages,
+                    provider_cost_micros, rated_cost_micros, unrated_count
+             FROM totals WHERE customer_id = $1 AND cycle = $2",
+        )
+        .bind(self.customer_id)
+        .bind(self.cycle)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let method: String = row.try_get("method")?;
+        Ok(Some(CycleTotals {
+            customer_id: self.customer_id,
+            cycle: self.cycle,
+            method: if method == "rate_plan" {
+                Method::RatePlan.as_str()
+            } else {
+                Method::Standard.as_str()
+            },
+            rate_plan_id: row.try_get("rate_plan_id")?,
+            cdr_count: row.try_get("cdr_count")?,
+            voice_seconds: row.try_get("voice_seconds")?,
+            data_bytes: row.try_get("data_bytes")?,
+            messages: row.try_get("messages")?,
+            provider_cost_micros: row.try_get("provider_cost_micros")?,
+            rated_cost_micros: row.try_get("rated_cost_micros")?,
+            unrated_count: row.try_get("unrated_count")?,
+        }))
+    }
+
+    async fn checkpoint_before(
+        &mut self,
+        at: DateTime<Utc>,
+    ) -> Result<Option<(DateTime<Utc>, Vec<u8>)>, TotalsError> {
+        let end = self.end()?;
+        Ok(sqlx::query_as(
+            "SELECT at, state FROM rating_checkpoint
+             WHERE customer_id = $1 AND cycle = $2 AND at <= $3 AND at < $4
+             ORDER BY at DESC LIMIT 1",
+        )
+        .bind(self.customer_id)
+        .bind(self.cycle)
+        .bind(at)
+        .bind(end)
+        .fetch_optional(&mut *self.tx)
+        .await?)
+    }
+
+    async fn final_state(&mut self) -> Result<Option<Vec<u8>>, TotalsError> {
+        let end = self.end()?;
+        Ok(sqlx::query_scalar(
+            "SELECT state FROM rating_checkpoint WHERE customer_id = $1 AND cycle = $2 AND at = $3",
+        )
+        .bind(self.customer_id)
+        .bind(self.cycle)
+        .bind(end)
+        .fetch_optional(&mut *self.tx)
+        .await?)
+    }
+
+    async fn discard_from(&mut self, from: Option<DateTime<Utc>>) -> Result<(), TotalsError> {
+        sqlx::query(
+            "DELETE FROM rating_chunk WHERE customer_id = $1 AND cycle = $2
+             AND ($3::timestamptz IS NULL OR segment >= $3)",
+        )
+        .bind(self.customer_id)
+        .bind(self.cycle)
+        .bind(from)
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM rating_checkpoint WHERE customer_id = $1 AND cycle = $2
+             AND ($3::timestamptz IS NULL OR at > $3)",
+        )
+        .bind(self.customer_id)
+        .bind(self.cycle)
+        .bind(from)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn read_page(
+        &mut self,
+        from: DateTime<Utc>,
+        after: Option<&CdrKey>,
+        limit: usize,
+        page: &mut CdrPage,
+    ) -> Result<(), TotalsError> {
+        let end = self.end()?;
+        // COPY takes no parameters: the values are integers, timestamps we
+        // format ourselves and two strings quoted by `literal`.
+        let (lower, after) = match after {
+            None => (timestamp(from), String::new()),
+            Some(key) => {
+                let at = Utc
+                    .timestamp_micros(key.started_at)
+                    .single()
+                    .ok_or_else(|| TotalsError::Read("a CDR's start is out of range".into()))?;
+                (
+                    timestamp(at),
+                    format!(
+                        "AND (started_at, provider COLLATE \"C\", external_id COLLATE \"C\") > ({}, {}, {})",
+                        timestamp(at),
+                        literal(&key.provider),
+                        literal(&key.external_id)
+                    ),
+                )
+            }
+        };
+        let sql = format!(
+            "COPY (SELECT id, started_at, provider, external_id, subscription, kind, roaming_zone, destination,
+                          duration_seconds, volume_bytes, units, provider_cost_micros
+                   FROM call_detail_record
+                   WHERE customer_id = {} AND started_at >= {lower} AND started_at < {} {after}
+                   ORDER BY started_at, provider COLLATE \"C\", external_id COLLATE \"C\"
+                   LIMIT {limit})
+             TO STDOUT (FORMAT binary)",
+            self.customer_id,
+            timestamp(end),
+        );
+        page.clear();
+        let mut decoder = BinaryRows::default();
+        let mut stream = self.tx.copy_out_raw(&sql).await?;
+        while let Some(chunk) = stream.try_next().await? {
+            decoder.feed(chunk, page)?;
+        }
+        drop(stream);
+        decoder.finish()?;
+        Ok(())
+    }
+
+    async fn group(
+        &mut self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<(String, Kind, Zone, Sums)>, TotalsError> {
+        type GroupRow = (String, String, String, i64, i64, i64, i64, i64);
+        let rows: Vec<GroupRow> = sqlx::query_as(
+            "SELECT subscription, kind, roaming_zone, count(*), sum(duration_seconds)::bigint,
+                    sum(volume_bytes)::bigint, sum(units)::bigint, sum(provider_cost_micros)::bigint
+             FROM call_detail_record
+             WHERE customer_id = $1 AND started_at >= $2 AND started_at < $3
+             GROUP BY subscription, kind, roaming_zone",
+        )
+        .bind(self.customer_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.into_iter()
+            .map(|(subscription, kind, zone, count, seconds, bytes, units, cost)| {
+                let (Some(kind), Some(zone)) =
+                    (parse_kind(kind.as_bytes()), parse_zone(zone.as_bytes()))
+                else {
+                    return Err(TotalsError::Read(format!(
+                        "subscription {subscription} has CDRs of kind '{kind}' in zone '{zone}', which billing does not know"
+                    )));
+                };
+                let sums = Sums {
+                    cdr_count: count,
+                    voice_seconds: if kind == Kind::Voice { seconds } else { 0 },
+                    data_bytes: if kind == Kind::Data { bytes } else { 0 },
+                    messages: if matches!(kind, Kind::Sms | Kind::Mms) {
+                        units
+                    } else {
+                        0
+                    },
+                    provider_cost_micros: cost,
+                    rated_cost_micros: cost,
+                    unrated_count: 0,
+                };
+                Ok((subscription, kind, zone, sums))
+            })
+            .collect()
+    }
+
+    async fn write_chunk(
+        &mut self,
+        segment: DateTime<Utc>,
+        seq: i32,
+        first_position: u64,
+        chunk: &PricingChunk,
+    ) -> Result<(), TotalsError> {
+        sqlx::query(
+            "INSERT INTO rating_chunk (customer_id, cycle, segment, seq, first_position, cdr_count, pricings)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(self.customer_id)
+        .bind(self.cycle)
+        .bind(segment)
+        .bind(seq)
+        .bind(i64::try_from(first_position).unwrap_or(i64::MAX))
+        .bind(chunk.len() as i32)
+        .bind(chunk.encode())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn write_checkpoint(
+        &mut self,
+        at: DateTime<Utc>,
+        state: &RatingState,
+    ) -> Result<(), TotalsError> {
+        sqlx::query(
+            "INSERT INTO rating_checkpoint (customer_id, cycle, at, cdr_count, state)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (customer_id, cycle, at) DO UPDATE SET cdr_count = EXCLUDED.cdr_count, state = EXCLUDED.state",
+        )
+        .bind(self.customer_id)
+        .bind(self.cycle)
+        .bind(at)
+        .bind(i64::try_from(state.cdr_count).unwrap_or(i64::MAX))
+        .bind(state.encode())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn write_totals(
+        &mut self,
+        totals: &CycleTotals,
+        lines: &LineChanges,
+    ) -> Result<(), TotalsError> {
+        sqlx::query(
+            "INSERT INTO totals (customer_id, cycle, method, rate_plan_id, cdr_count, voice_seconds, data_bytes, messages,
+                                 provider_cost_micros, rated_cost_micros, unrated_count, calculated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now())
+             ON CONFLICT (customer_id, cycle) DO UPDATE SET
+                 method = EXCLUDED.method, rate_plan_id = EXCLUDED.rate_plan_id, cdr_count = EXCLUDED.cdr_count,
+                 voice_seconds = EXCLUDED.voice_seconds, data_bytes = EXCLUDED.data_bytes,
+                 messages = EXCLUDED.messages, provider_cost_micros = EXCLUDED.provider_cost_micros,
+                 rated_cost_micros = EXCLUDED.rated_cost_micros, unrated_count = EXCLUDED.unrated_count,
+                 calculated_at = EXCLUDED.calculated_at",
+        )
+        .bind(totals.customer_id)
+        .bind(totals.cycle)
+        .bind(totals.method)
+        .bind(&totals.rate_plan_id)
+        .bind(totals.cdr_count)
+        .bind(totals.voice_seconds)
+        .bind(totals.data_bytes)
+        .bind(totals.messages)
+        .bind(totals.provider_cost_micros)
+        .bind(totals.rated_cost_micros)
+        .bind(totals.unrated_count)
+        .execute(&mut *self.tx)
+        .await?;
+        if lines.replace_all {
+            sqlx::query("DELETE FROM totals_line WHERE customer_id = $1 AND cycle = $2")
+                .bind(self.customer_id)
+                .bind(self.cycle)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        if !lines.delete.is_empty() {
+            sqlx::query(
+                "DELETE FROM totals_line t USING UNNEST($3::text[], $4::text[], $5::text[]) AS d(s, k, z)
+                 WHERE t.customer_id = $1 AND t.cycle = $2 AND t.subscription = d.s AND t.kind = d.k
+                   AND t.roaming_zone = d.z",
+            )
+            .bind(self.customer_id)
+            .bind(self.cycle)
+            .bind(lines.delete.iter().map(|d| d.0.clone()).collect::<Vec<_>>())
+            .bind(lines.delete.iter().map(|d| d.1.as_str()).collect::<Vec<_>>())
+            .bind(lines.delete.iter().map(|d| d.2.as_str()).collect::<Vec<_>>())
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        if lines.upsert.is_empty() {
+            return Ok(());
+        }
+        let up = &lines.upsert;
+        let column = |f: fn(&Sums) -> i64| up.iter().map(|l| f(&l.sums)).collect::<Vec<i64>>();
+        sqlx::query(
+            "INSERT INTO totals_line (customer_id, cycle, subscription, kind, roaming_zone, cdr_count, voice_seconds,
+                                      data_bytes, messages, provider_cost_micros, rated_cost_micros, unrated_count)
+             SELECT $1, $2, * FROM UNNEST($3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[],
+                                          $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[])
+             ON CONFLICT (customer_id, cycle, subscription, kind, roaming_zone) DO UPDATE SET
+                 cdr_count = EXCLUDED.cdr_count, voice_seconds = EXCLUDED.voice_seconds,
+                 data_bytes = EXCLUDED.data_bytes, messages = EXCLUDED.messages,
+                 provider_cost_micros = EXCLUDED.provider_cost_micros,
+                 rated_cost_micros = EXCLUDED.rated_cost_micros, unrated_count = EXCLUDED.unrated_count",
+        )
+        .bind(self.customer_id)
+        .bind(self.cycle)
+        .bind(up.iter().map(|l| l.subscription.clone()).collect::<Vec<_>>())
+        .bind(up.iter().map(|l| l.kind.as_str()).collect::<Vec<_>>())
+        .bind(up.iter().map(|l| l.zone.as_str()).collect::<Vec<_>>())
+        .bind(column(|s| s.cdr_count))
+        .bind(column(|s| s.voice_seconds))
+        .bind(column(|s| s.data_bytes))
+        .bind(column(|s| s.messages))
+        .bind(column(|s| s.provider_cost_micros))
+        .bind(column(|s| s.rated_cost_micros))
+        .bind(column(|s| s.unrated_count))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn write_settings(
+        &mut self,
+        settings: &CycleSettings,
+        cdr_count: u64,
+        restarted_at: Option<DateTime<Utc>>,
+        cdrs_read: u64,
+    ) -> Result<(), TotalsError> {
+        sqlx::query(
+            "INSERT INTO cycle_state (customer_id, cycle, method, rate_plan_id, plan, time_zone, start_day, cdr_count,
+                                      calculations, restarted_at, cdrs_read, calculated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $10, now())
+             ON CONFLICT (customer_id, cycle) DO UPDATE SET
+                 method = EXCLUDED.method, rate_plan_id = EXCLUDED.rate_plan_id, plan = EXCLUDED.plan,
+                 time_zone = EXCLUDED.time_zone, start_day = EXCLUDED.start_day, cdr_count = EXCLUDED.cdr_count,
+                 calculations = cycle_state.calculations + 1, restarted_at = EXCLUDED.restarted_at,
+                 cdrs_read = EXCLUDED.cdrs_read, calculated_at = EXCLUDED.calculated_at",
+        )
+        .bind(self.customer_id)
+        .bind(self.cycle)
+        .bind(settings.method.as_str())
+        .bind(&settings.rate_plan_id)
+        .bind(&settings.plan)
+        .bind(&settings.time_zone)
+        .bind(i16::try_from(settings.start_day).unwrap_or(1))
+        .bind(i64::try_from(cdr_count).unwrap_or(i64::MAX))
+        .bind(restarted_at)
+        .bind(i64::try_from(cdrs_read).unwrap_or(i64::MAX))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn consume(&mut self, changes: &[PendingChange]) -> Result<(), TotalsError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("DELETE FROM cycle_change WHERE id = ANY($1)")
+            .bind(changes.iter().map(|c| c.id).collect::<Vec<_>>())
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+}
+
+impl PgCycleStore {
+    fn end(&self) -> Result<DateTime<Utc>, TotalsError> {
+        self.end
+            .ok_or_else(|| TotalsError::Read("the customer was not read before the cycle".into()))
+    }
+}
+
+pub(crate) fn parse_kind(s: &[u8]) -> Option<Kind> {
+    Some(match s {
+        b"voice" => Kind::Voice,
+        b"sms" => Kind::Sms,
+        b"mms" => Kind::Mms,
+        b"data" => Kind::Data,
+        b"service" => Kind::Service,
+        _ => return None,
+    })
+}
+
+pub(crate) fn parse_zone(s: &[u8]) -> Option<Zone> {
+    Some(match s {
+        b"home" => Zone::Home,
+        b"eu" => Zone::Eu,
+        b"world" => Zone::World,
+        _ => return None,
+    })
+}
+
+/// Columns read per CDR.
+const FIELDS: i16 = 12;
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+/// Decoder of PostgreSQL's binary COPY format for [`READ_COLUMNS`]. The
+/// server sends a row per message; a row split over messages is buffered.
+#[derive(Default)]
+struct BinaryRows {
+    pending: Vec<u8>,
+    header_seen: bool,
+    trailer_seen: bool,
+}
+
+const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+
+/// A cursor over one buffer; `None` means "the buffer ends here".
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let slice = self.bytes.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(slice)
+    }
+
+    fn i16(&mut self) -> Option<i16> {
+        self.take(2).map(|b| i16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn i32(&mut self) -> Option<i32> {
+        self.take(4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+}
+
+/// What decoding one row found.
+// A row's field offsets stay on the stack; boxing them would allocate once
+// per CDR.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    Row(RawRow),
+    Trailer,
+    /// The buffer ends inside the row: wait for more.
+    Incomplete,
+}
+
+/// One row's fields, borrowed from the buffer as byte ranges.
+struct RawRow {
+    fields: [(usize, usize); FIELDS as usize],
+}
+
+impl BinaryRows {
+    fn feed(&mut self, chunk: Bytes, out: &mut CdrPage) -> Result<(), TotalsError> {
+        if self.pending.is_empty() {
+            let used = self.decode(&chunk, out)?;
+            self.pending.extend_from_slice(&chunk[used..]);
+        } else {
+            self.pending.extend_from_slice(&chunk);
+            let pending = std::mem::take(&mut self.pending);
+            let used = self.decode(&pending, out)?;
+            self.pending = pending;
+            self.pending.drain(..used);
+        }
+        Ok(())
+    }
+
+    fn finish(&self) -> Result<(), TotalsError> {
+        if !self.trailer_seen || !self.pending.is_empty() {
+            return Err(TotalsError::Read(
+                "the COPY stream ended before its trailer".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Decodes every complete row of `bytes`; returns how many bytes it used.
+    fn decode(&mut self, bytes: &[u8], out: &mut CdrPage) -> Result<usize, TotalsError> {
+        let mut used = 0;
+        if !self.header_seen {
+            let mut cursor = Cursor { bytes, at: 0 };
+            let (Some(signature), Some(_flags), Some(extension)) =
+                (cursor.take(SIGNATURE.len()), cursor.i32(), cursor.i32())
+            else {
+                return Ok(0);
+            };
+            if signature != SIGNATURE {
+                return Err(TotalsError::Read("not a binary COPY stream".into()));
+            }
+            let Some(_) = cursor.take(usize::try_from(extension).unwrap_or(usize::MAX)) else {
+                return Ok(0);
+            };
+            self.header_seen = true;
+            used = cursor.at;
+        }
+        loop {
+            if self.trailer_seen {
+                if used < bytes.len() {
+                    return Err(TotalsError::Read("data after the COPY trailer".into()));
+                }
+                return Ok(used);
+            }
+            let mut cursor = Cursor { bytes, at: used };
+            match Self::row(&mut cursor)? {
+                Step::Incomplete => return Ok(used),
+                Step::Trailer => self.trailer_seen = true,
+                Step::Row(raw) => push_row(out, bytes, &raw)?,
+            }
+            used = cursor.at;
+        }
+    }
+
+    fn row(cursor: &mut Cursor<'_>) -> Result<Step, TotalsError> {
+        let Some(count) = cursor.i16() else {
+            return Ok(Step::Incomplete);
+        };
+        if count == -1 {
+            return Ok(Step::Trailer);
+        }
+        if count != FIELDS {
+            return Err(TotalsError::Read(format!(
+                "a row has {count} fields, expected {FIELDS}"
+            )));
+        }
+        let mut fields = [(0, 0); FIELDS as usize];
+        for field in &mut fields {
+            let Some(len) = cursor.i32() else {
+                return Ok(Step::Incomplete);
+            };
+            // Every column read is NOT NULL, so -1 (NULL) is refused too.
+            let len = usize::try_from(len)
+                .map_err(|_| TotalsError::Read("a NOT NULL column came back NULL".into()))?;
+            let start = cursor.at;
+            if cursor.take(len).is_none() {
+                return Ok(Step::Incomplete);
+            }
+            *field = (start, len);
+        }
+        Ok(Step::Row(RawRow { fields }))
+    }
+}
+
+fn int<const N: usize>(bytes: &[u8], (start, len): (usize, usize)) -> Option<[u8; N]> {
+    if len != N {
+        return None;
+    }
+    bytes.get(start..start + N)?.try_into().ok()
+}
+
+fn push_row(out: &mut CdrPage, bytes: &[u8], raw: &RawRow) -> Result<(), TotalsError> {
+    let f = &raw.fields;
+    let text = |i: usize| &bytes[f[i].0..f[i].0 + f[i].1];
+    let bad =
+        |what: &str| TotalsError::Read(format!("column {what} has an unexpected binary form"));
+    let id = i64::from_be_bytes(int::<8>(bytes, f[0]).ok_or_else(|| bad("id"))?);
+    let problem = |problem: String| TotalsError::BadCdr { id, problem };
+    let started_at = i64::from_be_bytes(int::<8>(bytes, f[1]).ok_or_else(|| bad("started_at"))?)
+        .saturating_add(PG_EPOCH_MICROS);
+    let kind = parse_kind(text(5)).ok_or_else(|| {
+        problem(format!(
+            "kind '{}' is not voice, sms, mms, data or service",
+            String::from_utf8_lossy(text(5))
+        ))
+    })?;
+    let zone = parse_zone(text(6)).ok_or_else(|| {
+        problem(format!(
+            "roaming zone '{}' is not home, eu or world",
+            String::from_utf8_lossy(text(6))
+        ))
+    })?;
+    let duration =
+        i32::from_be_bytes(int::<4>(bytes, f[8]).ok_or_else(|| bad("duration_seconds"))?);
+    let volume = i64::from_be_bytes(int::<8>(bytes, f[9]).ok_or_else(|| bad("volume_bytes"))?);
+    let units = i32::from_be_bytes(int::<4>(bytes, f[10]).ok_or_else(|| bad("units"))?);
+    let cost =
+        i64::from_be_bytes(int::<8>(bytes, f[11]).ok_or_else(|| bad("provider_cost_micros"))?);
+    let negative = |what: &str, value: i64| problem(format!("{what} is negative ({value})"));
+    let row = PageRow {
+        id,
+        started_at,
+        provider: out.span(text(2)),
+        external_id: out.span(text(3)),
+        subscription: out.span(text(4)),
+        kind,
+        zone,
+        destination: out.span(text(7)),
+        duration_seconds: u32::try_from(duration)
+            .map_err(|_| negative("duration_seconds", duration.into()))?,
+        volume_bytes: u64::try_from(volume).map_err(|_| negative("volume_bytes", volume))?,
+        units: u32::try_from(units).map_err(|_| negative("units", units.into()))?,
+        provider_cost_micros: cost,
+    };
+    out.rows.push(row);
+    Ok(())
+}

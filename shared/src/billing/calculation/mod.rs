@@ -1,0 +1,425 @@
+//! CalculateTotals: one customer's cycle priced by the standard method
+//! (provider cost) or the customer's rate plan, as a stream in consumption
+//! order, in memory that grows with the cycle's subscriptions and never with
+//! its CDRs.
+//!
+//! - A calculation reads in one snapshot ([`CycleStore`], REPEATABLE READ
+//!   in PostgreSQL) and records what it used (method, plan document, time
+//!   zone, cycle day).
+//! - Rating checkpoints are stored at every local midnight the cycle's CDRs
+//!   cross, and at the cycle's end: line sums, bundle use and CDRs so far
+//!   (`state`). The writers that change CDRs mark the cycles they changed,
+//!   with the earliest `started_at` they touched. The next calculation
+//!   restarts at the last checkpoint at or before the earliest mark: only
+//!   the CDRs from there on are read and priced again, and the totals are
+//!   the checkpoint's sums plus the tail's. Other settings rate the cycle in
+//!   full.
+//! - A calculation that finds the cycle as it left it (no marks, same
+//!   settings) does nothing: several DispatchTotals of one burst give one
+//!   calculation, plus one more if a change arrived during it.
+//! - The standard method rates every CDR at its provider cost, so its tail
+//!   is a GROUP BY per segment; nothing is stored per CDR.
+
+pub mod state;
+mod stream;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
+use chrono_tz::Tz;
+use serde::Serialize;
+
+use crate::billing::customer::BillingCustomer;
+use crate::billing::pricings::PricingChunk;
+use crate::billing::totals::{cycle_bounds, CycleTotals, TotalsError};
+use crate::import::format::{Kind, Zone};
+use crate::import::normalize::local_to_utc;
+
+pub use state::{line_changes, Line, LineChanges, RatingState, Sums};
+pub use stream::{CdrKey, CdrPage, PageRow, Span};
+
+/// How much of the cycle to price again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Recalculation {
+    /// From the last checkpoint before the earliest change (or nothing when
+    /// nothing changed).
+    #[default]
+    Incremental,
+    /// Every CDR of the cycle, whatever is stored.
+    Full,
+}
+
+/// What a calculation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Calculation {
+    /// Read and priced every CDR of the cycle.
+    Full,
+    /// Restarted at the checkpoint at `from`.
+    FromCheckpoint { from: DateTime<Utc> },
+    /// The stored totals were current: nothing was read or written.
+    AlreadyCurrent,
+}
+
+/// What a calculation did and where its time went (logged; `totals-bench`
+/// prints it).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CalculationReport {
+    pub calculation: Calculation,
+    /// CDRs read and priced (the tail after the checkpoint).
+    pub cdrs_read: u64,
+    pub read_seconds: f64,
+    pub rate_seconds: f64,
+    pub write_seconds: f64,
+}
+
+/// The billing method of a cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    Standard,
+    RatePlan,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Standard => "standard",
+            Method::RatePlan => "rate_plan",
+        }
+    }
+}
+
+/// What a cycle's rating depends on besides its CDRs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CycleSettings {
+    pub method: Method,
+    pub rate_plan_id: Option<String>,
+    pub plan: Option<serde_json::Value>,
+    pub time_zone: String,
+    pub start_day: u32,
+}
+
+impl CycleSettings {
+    pub fn of(customer: &BillingCustomer) -> Self {
+        CycleSettings {
+            method: if customer.plan.is_some() {
+                Method::RatePlan
+            } else {
+                Method::Standard
+            },
+            rate_plan_id: customer.plan_id.clone(),
+            plan: customer.plan.as_ref().map(|(document, _)| document.clone()),
+            time_zone: customer.zone.name().to_string(),
+            start_day: customer.start_day,
+        }
+    }
+}
+
+/// The last calculation of a cycle, as stored.
+#[derive(Debug, Clone)]
+pub struct Previous {
+    pub settings: CycleSettings,
+    pub calculations: i64,
+}
+
+/// A change of the cycle's CDRs not yet calculated.
+#[derive(Debug, Clone, Copy)]
+pub struct PendingChange {
+    pub id: i64,
+    pub changed_from: DateTime<Utc>,
+}
+
+/// One calculation's view of a cycle and its writes: one snapshot, locked
+/// against other calculations of the same cycle.
+#[async_trait]
+pub trait CycleStore: Send {
+    async fn customer(&mut self) -> Result<BillingCustomer, TotalsError>;
+    async fn previous(&mut self) -> Result<Option<Previous>, TotalsError>;
+    async fn pending_changes(&mut self) -> Result<Vec<PendingChange>, TotalsError>;
+    async fn stored_totals(&mut self) -> Result<Option<CycleTotals>, TotalsError>;
+    /// The latest checkpoint at or before `at` (never the cycle's end).
+    async fn checkpoint_before(
+        &mut self,
+        at: DateTime<Utc>,
+    ) -> Result<Option<(DateTime<Utc>, Vec<u8>)>, TotalsError>;
+    /// The state after every CDR (the checkpoint at the cycle's end).
+    async fn final_state(&mut self) -> Result<Option<Vec<u8>>, TotalsError>;
+    /// Deletes the pricings of segments from `from` on and every checkpoint
+    /// after it (all of them when `from` is `None`).
+    async fn discard_from(&mut self, from: Option<DateTime<Utc>>) -> Result<(), TotalsError>;
+    /// The next CDRs in consumption order with `started_at >= from` and
+    /// after `after`, at most `limit`.
+    async fn read_page(
+        &mut self,
+        from: DateTime<Utc>,
+        after: Option<&CdrKey>,
+        limit: usize,
+        page: &mut CdrPage,
+    ) -> Result<(), TotalsError>;
+    /// The standard method's sums of `[from, to)` per subscription, kind and
+    /// zone.
+    async fn group(
+        &mut self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<(String, Kind, Zone, Sums)>, TotalsError>;
+    async fn write_chunk(
+        &mut self,
+        segment: DateTime<Utc>,
+        seq: i32,
+        first_position: u64,
+        chunk: &PricingChunk,
+    ) -> Result<(), TotalsError>;
+    async fn write_checkpoint(
+        &mut self,
+        at: DateTime<Utc>,
+        state: &RatingState,
+    ) -> Result<(), TotalsError>;
+    async fn write_totals(
+        &mut self,
+        totals: &CycleTotals,
+        lines: &LineChanges,
+    ) -> Result<(), TotalsError>;
+    async fn write_settings(
+        &mut self,
+        settings: &CycleSettings,
+        cdr_count: u64,
+        restarted_at: Option<DateTime<Utc>>,
+        cdrs_read: u64,
+    ) -> Result<(), TotalsError>;
+    async fn consume(&mut self, changes: &[PendingChange]) -> Result<(), TotalsError>;
+}
+
+/// The UTC instants of the local midnights strictly inside the cycle: where
+/// segments end and checkpoints are taken.
+pub fn segment_starts(cycle: NaiveDate, zone: Tz) -> Vec<DateTime<Utc>> {
+    let (start, end) = cycle_bounds(cycle, zone);
+    let mut out = Vec::new();
+    let mut day = cycle + Duration::days(1);
+    loop {
+        let at = local_to_utc(day, NaiveTime::MIN, zone)
+            .or_else(|_| local_to_utc(day, NaiveTime::from_hms_opt(1, 0, 0).expect("valid"), zone))
+            .unwrap_or(end);
+        if at >= end {
+            break;
+        }
+        if at > start {
+            out.push(at);
+        }
+        day += Duration::days(1);
+    }
+    out
+}
+
+/// The segment a CDR that started at `at` was rated in: the last local
+/// midnight at or before it, or the cycle's start.
+pub fn segment_of(at: DateTime<Utc>, cycle: NaiveDate, zone: Tz) -> DateTime<Utc> {
+    let (start, _) = cycle_bounds(cycle, zone);
+    segment_starts(cycle, zone)
+        .into_iter()
+        .take_while(|b| *b <= at)
+        .last()
+        .unwrap_or(start)
+}
+
+/// Calculates and stores the totals of one customer's cycle in `store`'s
+/// snapshot.
+pub async fn calculate<S: CycleStore + ?Sized>(
+    store: &mut S,
+    customer_id: i64,
+    cycle: NaiveDate,
+    how: Recalculation,
+) -> Result<(CycleTotals, CalculationReport), TotalsError> {
+    let started = std::time::Instant::now();
+    let customer = store.customer().await?;
+    let settings = CycleSettings::of(&customer);
+    let previous = store.previous().await?;
+    let changes = store.pending_changes().await?;
+    let stored = store.stored_totals().await?;
+    let same = previous.as_ref().is_some_and(|p| p.settings == settings);
+    if how == Recalculation::Incremental && same && changes.is_empty() {
+        if let Some(totals) = stored {
+            return Ok((
+                totals,
+                CalculationReport {
+                    calculation: Calculation::AlreadyCurrent,
+                    cdrs_read: 0,
+                    read_seconds: started.elapsed().as_secs_f64(),
+                    rate_seconds: 0.0,
+                    write_seconds: 0.0,
+                },
+            ));
+        }
+    }
+    let (_, end) = cycle_bounds(cycle, customer.zone);
+    // A checkpoint, and the stored lines, are only good for the same
+    // settings; a restart needs both the final state (to see which lines
+    // changed) and a checkpoint at or before the earliest change.
+    let incremental = how == Recalculation::Incremental && same && stored.is_some();
+    let before = match incremental {
+        true => match store.final_state().await? {
+            Some(bytes) => trusted(customer_id, cycle, RatingState::decode(&bytes)),
+            None => None,
+        },
+        false => None,
+    };
+    let earliest = changes.iter().map(|c| c.changed_from).min();
+    let mut resume: Option<(DateTime<Utc>, RatingState)> = None;
+    if let (Some(_), Some(at)) = (&before, earliest) {
+        if let Some((from, bytes)) = store.checkpoint_before(at).await? {
+            resume = trusted(customer_id, cycle, RatingState::decode(&bytes)).map(|s| (from, s));
+        }
+    }
+    let calculation = match &resume {
+        Some((from, _)) => Calculation::FromCheckpoint { from: *from },
+        None => Calculation::Full,
+    };
+    store
+        .discard_from(resume.as_ref().map(|(at, _)| *at))
+        .await?;
+
+    let mut run = stream::Run::new(
+        customer.rate_plan(),
+        cycle,
+        customer.zone,
+        resume,
+        customer_id,
+    );
+    let read_started = std::time::Instant::now();
+    let mut write_seconds = 0.0;
+    match customer.rate_plan() {
+        Some(_) => {
+            let mut page = CdrPage::default();
+            let mut after: Option<CdrKey> = None;
+            loop {
+                store
+                    .read_page(run.from(), after.as_ref(), stream::PAGE, &mut page)
+                    .await?;
+                if page.rows.is_empty() {
+                    break;
+                }
+                let outputs = run.rate_page(&page)?;
+                let written = std::time::Instant::now();
+                write_outputs(store, outputs).await?;
+                write_seconds += written.elapsed().as_secs_f64();
+                after = page.last_key();
+                if page.rows.len() < stream::PAGE {
+                    break;
+                }
+            }
+        }
+        None => {
+            let mut bounds: Vec<DateTime<Utc>> = segment_starts(cycle, customer.zone)
+                .into_iter()
+                .filter(|b| *b > run.from())
+                .collect();
+            bounds.push(end);
+            let mut from = run.from();
+            for to in bounds {
+                let groups = store.group(from, to).await?;
+                let outputs = run.add_groups(to, groups, end)?;
+                write_outputs(store, outputs).await?;
+                from = to;
+            }
+        }
+    }
+    let outputs = run.finish(end);
+    let written = std::time::Instant::now();
+    write_outputs(store, outputs).await?;
+    let rate_and_read = read_started.elapsed().as_secs_f64() - write_seconds;
+    let state = run.state();
+    let total = state.total();
+    let totals = CycleTotals {
+        customer_id,
+        cycle,
+        method: settings.method.as_str(),
+        rate_plan_id: customer.plan_id.clone(),
+        cdr_count: total.cdr_count,
+        voice_seconds: total.voice_seconds,
+        data_bytes: total.data_bytes,
+        messages: total.messages,
+        provider_cost_micros: total.provider_cost_micros,
+        rated_cost_micros: total.rated_cost_micros,
+        unrated_count: total.unrated_count,
+    };
+    let lines = line_changes(before.as_ref(), state);
+    store.write_totals(&totals, &lines).await?;
+    let restarted_at = match calculation {
+        Calculation::FromCheckpoint { from } => Some(from),
+        _ => None,
+    };
+    store
+        .write_settings(&settings, state.cdr_count, restarted_at, run.cdrs_read())
+        .await?;
+    store.consume(&changes).await?;
+    write_seconds += written.elapsed().as_secs_f64();
+    Ok((
+        totals,
+        CalculationReport {
+            calculation,
+            cdrs_read: run.cdrs_read(),
+            read_seconds: rate_and_read - run.rate_seconds(),
+            rate_seconds: run.rate_seconds(),
+            write_seconds,
+        },
+    ))
+}
+
+/// A stored state that does not decode is only a lost speed-up: the
+/// cycle is rated in full (and its checkpoints written again).
+fn trusted(
+    customer_id: i64,
+    cycle: NaiveDate,
+    state: Result<RatingState, String>,
+) -> Option<RatingState> {
+    state
+        .map_err(|problem| {
+            tracing::warn!(customer_id, %cycle, %problem, "a stored rating checkpoint is damaged; rating the cycle in full");
+        })
+        .ok()
+}
+
+async fn write_outputs<S: CycleStore + ?Sized>(
+    store: &mut S,
+    outputs: Vec<stream::Output>,
+) -> Result<(), TotalsError> {
+    for output in outputs {
+        match output {
+            stream::Output::Chunk {
+                segment,
+                seq,
+                first_position,
+                chunk,
+            } => {
+                store
+                    .write_chunk(segment, seq, first_position, &chunk)
+                    .await?
+            }
+            stream::Output::Checkpoint { at, state } => store.write_checkpoint(at, &state).await?,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_start_at_every_local_midnight_inside_the_cycle() {
+        let ams = chrono_tz::Europe::Amsterdam;
+        let cycle: NaiveDate = "2025-03-01".parse().unwrap();
+        let starts = segment_starts(cycle, ams);
+        assert_eq!(starts.len(), 30, "31 days, 30 midnights inside");
+        assert_eq!(starts[0].to_rfc3339(), "2025-03-01T23:00:00+00:00");
+        // Summer time from 30 March: midnight is 22:00 UTC.
+        assert_eq!(starts[29].to_rfc3339(), "2025-03-30T22:00:00+00:00");
+        let at: DateTime<Utc> = "2025-03-02T10:00:00Z".parse().unwrap();
+        assert_eq!(segment_of(at, cycle, ams), starts[0]);
+        let first: DateTime<Utc> = "2025-03-01T10:00:00Z".parse().unwrap();
+        assert_eq!(
+            segment_of(first, cycle, ams).to_rfc3339(),
+            "2025-02-28T23:00:00+00:00"
+        );
+    }
+}
