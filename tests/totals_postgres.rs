@@ -1009,3 +1009,158 @@ async fn a_damaged_checkpoint_or_another_time_zone_rates_the_cycle_in_full() {
     assert_eq!(how, Calculation::Full);
     assert_eq!(in_full(&db.pool, c).await.0, moved);
 }
+
+async fn calculations(pool: &PgPool, c: i64) -> i64 {
+    sqlx::query_scalar("SELECT calculations FROM cycle_state WHERE customer_id = $1")
+        .bind(c)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn seven_calculations_of_one_cycle_at_once_calculate_at_most_twice_and_agree() {
+    let db = fresh().await;
+    let c = customer(&db.pool, 1, Some(bundled_plan())).await;
+    bundled_cycle(&db.pool, c).await;
+    let (first, _) = calculate_from(&db.pool, c).await;
+    assert_eq!(calculations(&db.pool, c).await, 1);
+    // A burst: one import, then seven DispatchTotals' calculations at once
+    // (each on its own connection), and the same seven again.
+    cdr_to(
+        &db.pool,
+        c,
+        "v8",
+        "+31622222222",
+        "2025-03-21 09:00:00+00",
+        "voice",
+        "home",
+        "+31201234567",
+        10,
+        1,
+    )
+    .await;
+    let burst = |pool: PgPool| async move {
+        let runs: Vec<_> = (0..7)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    calculate_totals_with(
+                        &pool,
+                        c,
+                        "2025-03-01".parse().unwrap(),
+                        Recalculation::Incremental,
+                    )
+                    .await
+                    .unwrap()
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for run in runs {
+            out.push(run.await.unwrap());
+        }
+        out
+    };
+    let mut results = burst(db.pool.clone()).await;
+    results.extend(burst(db.pool.clone()).await);
+
+    let worked = results
+        .iter()
+        .filter(|(_, report)| report.calculation != Calculation::AlreadyCurrent)
+        .count();
+    assert_eq!(worked, 1, "one calculation, the others found it current");
+    assert_eq!(calculations(&db.pool, c).await, 2);
+    assert!(results.iter().all(|(t, _)| *t == results[0].0));
+    assert_eq!(results[0].0.cdr_count, first.cdr_count + 1);
+    assert_eq!(in_full(&db.pool, c).await.0, results[0].0);
+}
+
+#[tokio::test]
+async fn a_hand_edit_a_deleted_cdr_and_a_late_file_are_not_current_until_the_next_calculation() {
+    let db = fresh().await;
+    let c = customer(&db.pool, 1, Some(bundled_plan())).await;
+    bundled_cycle(&db.pool, c).await;
+    let cycle: chrono::NaiveDate = "2025-03-01".parse().unwrap();
+    calculate_totals(&db.pool, c, cycle).await.unwrap();
+    let state = |key: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            explain_cdr(&pool, &key.parse().unwrap())
+                .await
+                .unwrap()
+                .totals
+        }
+    };
+    assert!(matches!(
+        state("routit:v4").await,
+        TotalsState::Current { .. }
+    ));
+
+    // A hand edit of one CDR's cost in SQL (the SMS, which no rate prices:
+    // it keeps its provider cost).
+    sql(
+        &db.pool,
+        "UPDATE call_detail_record SET provider_cost_micros = 123456 WHERE external_id = 's1'",
+    )
+    .await;
+    assert!(matches!(
+        state("routit:v1").await,
+        TotalsState::NotCurrent { .. }
+    ));
+    let edited = calculate_totals(&db.pool, c, cycle).await.unwrap();
+    let explained = explain_cdr(&db.pool, &"routit:s1".parse().unwrap())
+        .await
+        .unwrap();
+    assert!(matches!(explained.totals, TotalsState::Current { .. }));
+    assert_eq!(explained.pricing.unwrap().rated_cost_micros, 123_456);
+
+    // A deleted CDR.
+    sql(
+        &db.pool,
+        "DELETE FROM call_detail_record WHERE external_id = 'v4'",
+    )
+    .await;
+    assert!(matches!(
+        state("routit:v1").await,
+        TotalsState::NotCurrent { .. }
+    ));
+    let deleted = calculate_totals(&db.pool, c, cycle).await.unwrap();
+    assert_eq!(deleted.cdr_count, edited.cdr_count - 1);
+    assert!(matches!(
+        state("routit:v1").await,
+        TotalsState::Current { .. }
+    ));
+
+    // A late file before all others.
+    let early = cdr_to(
+        &db.pool,
+        c,
+        "v0",
+        "+31611111111",
+        "2025-03-01 09:00:00+00",
+        "voice",
+        "home",
+        "+31201234567",
+        50,
+        1,
+    )
+    .await;
+    assert!(matches!(
+        state("routit:v1").await,
+        TotalsState::NotCurrent { .. }
+    ));
+    assert!(matches!(
+        explain_cdr(&db.pool, &CdrRef::Id(early))
+            .await
+            .unwrap()
+            .totals,
+        TotalsState::NotYetRated { .. }
+    ));
+    let late = calculate_totals(&db.pool, c, cycle).await.unwrap();
+    assert_eq!(late.cdr_count, deleted.cdr_count + 1);
+    let first = explain_cdr(&db.pool, &CdrRef::Id(early)).await.unwrap();
+    assert!(matches!(first.totals, TotalsState::Current { .. }));
+    assert_eq!(first.pricing.unwrap().position, Some(0));
+    assert_eq!(in_full(&db.pool, c).await.0, late);
+}
