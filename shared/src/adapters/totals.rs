@@ -153,9 +153,20 @@ impl CycleStore for PgCycleStore {
     }
 
     async fn previous(&mut self) -> Result<Option<Previous>, TotalsError> {
-        // FOR UPDATE: a calculation that committed after this snapshot was
-        // taken makes this a serialization failure, and the caller starts
-        // again on a fresh snapshot.
+        // A calculation that committed after this snapshot was taken makes
+        // one of these two statements a serialization failure, and the
+        // caller starts again on a fresh snapshot: the FOR UPDATE when the
+        // cycle had a state, the INSERT when both were the cycle's first
+        // (a placeholder, `calculations` 0, that this calculation
+        // overwrites or rolls back).
+        sqlx::query(
+            "INSERT INTO cycle_state (customer_id, cycle, method, time_zone, start_day, cdr_count, calculations, cdrs_read)
+             VALUES ($1, $2, 'standard', '', 0, 0, 0, 0) ON CONFLICT DO NOTHING",
+        )
+        .bind(self.customer_id)
+        .bind(self.cycle)
+        .execute(&mut *self.tx)
+        .await?;
         let row = sqlx::query(
             "SELECT method, rate_plan_id, plan, time_zone, start_day, calculations FROM cycle_state
              WHERE customer_id = $1 AND cycle = $2 FOR UPDATE",
@@ -164,7 +175,10 @@ impl CycleStore for PgCycleStore {
         .bind(self.cycle)
         .fetch_optional(&mut *self.tx)
         .await?;
-        let Some(row) = row else { return Ok(None) };
+        let Some(row) = row.filter(|row| row.try_get::<i64, _>("calculations").unwrap_or(0) > 0)
+        else {
+            return Ok(None);
+        };
         let method: String = row.try_get("method")?;
         Ok(Some(Previous {
             settings: CycleSettings {
