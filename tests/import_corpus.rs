@@ -171,7 +171,7 @@ async fn encrypted_and_path_traversal_entries_are_refused_while_the_good_entry_l
         ("good.csv", rows("G", 5).as_bytes()),
     ]);
     let summary = f.import("inbox/mixed.zip", archive).await.unwrap();
-    assert_eq!(summary.status, "completed_with_errors");
+    assert_eq!(summary.status.as_str(), "completed_with_errors");
     assert_eq!((summary.loaded, f.count().await), (5, 5));
     let outcome = |name: &str| {
         summary
@@ -409,7 +409,7 @@ async fn a_zip_after_a_self_extractor_stub_loads_exactly_its_rows() {
             .import(&format!("inbox/routit/1/d/sfx-{n}.zip"), bytes)
             .await
             .unwrap_or_else(|e| panic!("prefix {prefix_len}: {e}"));
-        assert_eq!(summary.status, "completed", "{summary:?}");
+        assert_eq!(summary.status.as_str(), "completed", "{summary:?}");
         assert_eq!(summary.read, 225, "{summary:?}");
         let expected_new = if n == 0 { 225 } else { 0 };
         assert_eq!(summary.loaded, expected_new, "{summary:?}");
@@ -438,7 +438,7 @@ async fn an_unterminated_quote_in_one_entry_stops_that_entry_while_the_next_entr
         .import("inbox/routit/1/d/open-quote.zip", archive)
         .await
         .unwrap();
-    assert_eq!(summary.status, "completed_with_errors", "{summary:?}");
+    assert_eq!(summary.status.as_str(), "completed_with_errors", "{summary:?}");
     assert_eq!((summary.loaded, summary.rejected), (23, 1), "{summary:?}");
     let a = &summary.entries[0];
     assert_eq!(a.entry, "a.csv");

@@ -365,7 +365,7 @@ async fn the_same_file_twice_loads_once() {
         )
         .await;
     assert_eq!(first.loaded, 4);
-    assert_eq!(second.status, "already_imported");
+    assert_eq!(second.status.as_str(), "already_imported");
     assert_eq!(second.loaded, 0);
     assert_eq!(f.count().await, 4);
 }
@@ -424,7 +424,7 @@ async fn two_concurrent_imports_of_the_same_file_load_it_once() {
         }
     });
     let (a, b) = (a.await.unwrap(), b.await.unwrap());
-    let mut statuses = vec![a.status.clone(), b.status.clone()];
+    let mut statuses = vec![a.status.as_str(), b.status.as_str()];
     statuses.sort();
     assert_eq!(statuses, ["already_imported", "completed"]);
     assert_eq!(a.loaded + b.loaded, 4);
@@ -587,7 +587,7 @@ async fn an_unterminated_quote_rejects_its_row_with_its_line_and_stops_the_file_
             text.into_bytes(),
         )
         .await;
-    assert_eq!(summary.status, "completed_with_errors", "{summary:?}");
+    assert_eq!(summary.status.as_str(), "completed_with_errors", "{summary:?}");
     assert_eq!(
         (summary.read, summary.loaded, summary.rejected),
         (6, 5, 1),

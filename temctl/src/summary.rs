@@ -2,7 +2,7 @@
 
 use std::io::{self, Write};
 
-use tem_shared::import::importer::{ImportRequest, ImportSummary};
+use tem_shared::import::importer::{ImportRequest, ImportStatus, ImportSummary};
 
 /// Exactly one JSON object (the importer's summary) and a newline.
 pub fn write_json(out: &mut impl Write, summary: &ImportSummary) -> io::Result<()> {
@@ -16,14 +16,14 @@ pub fn write_human(
     request: &ImportRequest,
     s: &ImportSummary,
 ) -> io::Result<()> {
-    let status = match s.status.as_str() {
-        "already_imported" => {
+    let status = match s.status {
+        ImportStatus::AlreadyImported => {
             "already imported (the same content was imported before; nothing loaded)"
         }
-        "completed_with_errors" => {
+        ImportStatus::CompletedWithErrors => {
             "completed with errors (an entry was refused or stopped early, see below)"
         }
-        other => other,
+        ImportStatus::Completed => "completed",
     };
     writeln!(out, "import of {} ({})", request.key, request.provider)?;
     let line =

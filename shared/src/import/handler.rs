@@ -141,7 +141,7 @@ impl StepHandler for CdrImport {
             }
         })?;
         // An import of content seen before loaded nothing new: no counts.
-        if summary.status != "already_imported" {
+        if summary.status != crate::import::importer::ImportStatus::AlreadyImported {
             crate::metrics::emit_counts(
                 &[("Provider", provider.as_str())],
                 &[

@@ -37,6 +37,27 @@ use crate::routing::Provider;
 const READ_CHUNK: u64 = 256 << 10;
 const PUMP_CAPACITY: usize = 4;
 
+/// How an import ended (`import_file.status` for the first two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportStatus {
+    Completed,
+    /// Some rows or entries were rejected; the rest loaded.
+    CompletedWithErrors,
+    /// The same content was imported before: nothing loaded.
+    AlreadyImported,
+}
+
+impl ImportStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImportStatus::Completed => "completed",
+            ImportStatus::CompletedWithErrors => "completed_with_errors",
+            ImportStatus::AlreadyImported => "already_imported",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ImportRequest {
     pub bucket: String,
@@ -64,7 +85,7 @@ pub struct ImportSummary {
     /// `completed`, `completed_with_errors` (an entry was refused, failed,
     /// or stopped early at a quote that never closes; see `entries`) or
     /// `already_imported` (the same content was imported before).
-    pub status: String,
+    pub status: ImportStatus,
     pub sha256: String,
     pub read: u64,
     pub loaded: u64,
@@ -286,7 +307,7 @@ impl Importer {
                 tx.commit().await?;
                 return Ok(ImportSummary {
                     import_file_id,
-                    status: "already_imported".into(),
+                    status: ImportStatus::AlreadyImported,
                     sha256: sha256.to_string(),
                     read: 0,
                     loaded: 0,
@@ -347,9 +368,9 @@ impl Importer {
                     || e.outcome.starts_with("stopped")
             });
             let status = if failed_entries {
-                "completed_with_errors"
+                ImportStatus::CompletedWithErrors
             } else {
-                "completed"
+                ImportStatus::Completed
             };
             // In the transaction that loads the rows: a calculation that
             // sees them sees the marks too.
@@ -362,7 +383,7 @@ impl Importer {
                  WHERE id = $1",
             )
             .bind(import_file_id)
-            .bind(status)
+            .bind(status.as_str())
             .bind(report.read as i64)
             .bind(report.loaded as i64)
             .bind(report.duplicate as i64)
@@ -385,7 +406,7 @@ impl Importer {
             );
             return Ok(ImportSummary {
                 import_file_id,
-                status: status.into(),
+                status,
                 sha256: sha256.to_string(),
                 read: report.read,
                 loaded: report.loaded,
