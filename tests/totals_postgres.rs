@@ -1089,6 +1089,86 @@ async fn seven_calculations_of_one_cycle_at_once_calculate_at_most_twice_and_agr
 }
 
 #[tokio::test]
+async fn seven_first_calculations_of_a_cycle_at_once_calculate_once_and_none_fails() {
+    // The first run of a cycle has no cycle_state row yet for the waiting
+    // calculations to find changed: they must still start again on a fresh
+    // snapshot (and find the cycle current) rather than fail on the first
+    // one's rows. Once with the import's marks, once without any (a cycle
+    // whose CDRs were never marked, calculated from the console).
+    for marked in [true, false] {
+        let db = fresh().await;
+        let c = customer(&db.pool, 1, Some(bundled_plan())).await;
+        bundled_cycle(&db.pool, c).await;
+        // A call on the cycle's first day: its segment's pricings are the
+        // first rows a calculation writes.
+        cdr(
+            &db.pool,
+            c,
+            "first-day",
+            "+31633333333",
+            "2025-03-01 10:00:00+00",
+            "voice",
+            30,
+            1,
+        )
+        .await;
+        if !marked {
+            sql(&db.pool, "DELETE FROM cycle_change").await;
+        }
+        // All seven take their snapshots while the cycle's lock is held
+        // here, and run when it is released.
+        let mut holder = db.pool.begin().await.unwrap();
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("totals:{c}:2025-03-01"))
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        let runs: Vec<_> = (0..7)
+            .map(|_| {
+                let pool = db.pool.clone();
+                tokio::spawn(async move {
+                    calculate_totals_with(
+                        &pool,
+                        c,
+                        "2025-03-01".parse().unwrap(),
+                        Recalculation::Incremental,
+                    )
+                    .await
+                })
+            })
+            .collect();
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            if waiting == 7 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        holder.rollback().await.unwrap();
+        let mut results = Vec::new();
+        for run in runs {
+            match run.await.unwrap() {
+                Ok(done) => results.push(done),
+                Err(e) => panic!("a calculation of the burst failed (marked: {marked}): {e}"),
+            }
+        }
+        let worked = results
+            .iter()
+            .filter(|(_, report)| report.calculation != Calculation::AlreadyCurrent)
+            .count();
+        assert_eq!(worked, 1, "one calculation, the others found it current");
+        assert_eq!(calculations(&db.pool, c).await, 1);
+        assert!(results.iter().all(|(t, _)| *t == results[0].0));
+        assert_eq!(in_full(&db.pool, c).await.0, results[0].0);
+    }
+}
+
+#[tokio::test]
 async fn a_hand_edit_a_deleted_cdr_and_a_late_file_are_not_current_until_the_next_calculation() {
     let db = fresh().await;
     let c = customer(&db.pool, 1, Some(bundled_plan())).await;

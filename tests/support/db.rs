@@ -123,3 +123,17 @@ pub async fn mark_imported(pool: &PgPool, ids: &[i64]) {
     .await
     .expect("mark the inserted CDRs' cycles");
 }
+
+/// Another customer on a plan that is already there (e.g. a second one on
+/// `business` after [`insert_business_customer`]): cycle day 1, Amsterdam.
+/// Returns its id.
+pub async fn insert_customer_on_plan(pool: &PgPool, name: &str, plan_id: &str) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO customer (name, billing_cycle_start_day, rate_plan_id) VALUES ($1, 1, $2) RETURNING id",
+    )
+    .bind(name)
+    .bind(plan_id)
+    .fetch_one(pool)
+    .await
+    .expect("insert the customer (its plan must exist)")
+}

@@ -165,6 +165,67 @@ impl TestStack {
         crate::db::watermark(&self.db.pool, profile_id).await
     }
 
+    /// Sends bodies to a queue (output key such as `TotalsQueueUrl`) in
+    /// SendMessageBatch calls of ten, all calls at once, as the runtime
+    /// sends a chain's fan-out.
+    pub async fn send_batches(&self, queue: &str, bodies: &[String]) {
+        let url = self.deployment.output(queue).to_string();
+        let mut sends = tokio::task::JoinSet::new();
+        for chunk in bodies.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, body)| {
+                    aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(body)
+                        .build()
+                        .expect("a batch entry has an id and a body")
+                })
+                .collect();
+            let send = self
+                .deployment
+                .clients
+                .sqs
+                .send_message_batch()
+                .queue_url(&url)
+                .set_entries(Some(entries));
+            sends.spawn(send.send());
+        }
+        while let Some(sent) = sends.join_next().await {
+            let sent = sent.expect("the send task runs").expect("SendMessageBatch");
+            assert!(
+                sent.failed().is_empty(),
+                "some sends failed: {:?}",
+                sent.failed()
+            );
+        }
+    }
+
+    /// Messages on a queue (output key) that are visible, in flight or
+    /// delayed: 0 once everything sent to it was acknowledged.
+    pub async fn queue_depth(&self, queue: &str) -> u64 {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let attributes = self
+            .deployment
+            .clients
+            .sqs
+            .get_queue_attributes()
+            .queue_url(self.deployment.output(queue))
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(A::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .expect("GetQueueAttributes")
+            .attributes
+            .unwrap_or_default();
+        attributes
+            .values()
+            .map(|v| v.parse::<u64>().unwrap_or(0))
+            .sum()
+    }
+
     /// Removes the stack (and stops its function processes).
     pub async fn finish(self) -> Result<()> {
         self.deployment.stack.delete().await

@@ -7,7 +7,10 @@
 //! snapshot is taken before the lock is granted, so one that waited while
 //! another committed finds `cycle_state` changed under it (a serialization
 //! failure) and starts again on a fresh snapshot: there it usually finds the
-//! cycle current and does nothing (a burst of DispatchTotals coalesces).
+//! cycle current and does nothing (a burst of DispatchTotals coalesces). A
+//! cycle's first calculation has no `cycle_state` row yet: a waiting one
+//! then finds the marks it saw consumed, or, without marks, the rows it
+//! upserts already written, both serialization failures too.
 //!
 //! CDRs are read in pages of `stream::PAGE` with binary COPY (about half
 //! the time of fetching rows), in consumption order by the database (the
@@ -197,8 +200,11 @@ impl CycleStore for PgCycleStore {
     }
 
     async fn pending_changes(&mut self) -> Result<Vec<PendingChange>, TotalsError> {
+        // FOR UPDATE: marks another calculation consumed after this snapshot
+        // was taken make this a serialization failure, before any rating,
+        // also for a cycle's first calculation (no cycle_state row yet).
         let rows: Vec<(i64, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT id, changed_from FROM cycle_change WHERE customer_id = $1 AND cycle = $2",
+            "SELECT id, changed_from FROM cycle_change WHERE customer_id = $1 AND cycle = $2 FOR UPDATE",
         )
         .bind(self.customer_id)
         .bind(self.cycle)
@@ -395,9 +401,17 @@ impl CycleStore for PgCycleStore {
         first_position: u64,
         chunk: &PricingChunk,
     ) -> Result<(), TotalsError> {
+        // An upsert, like every write here: a row another calculation
+        // committed after this snapshot is then a serialization failure
+        // (start again), where a plain INSERT would fail on the key. The
+        // first calculation of a cycle has no cycle_state row to lock, so
+        // this is where a waiting one can find it lost.
         sqlx::query(
             "INSERT INTO rating_chunk (customer_id, cycle, segment, seq, first_position, cdr_count, pricings)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (customer_id, cycle, segment, seq) DO UPDATE SET
+                 first_position = EXCLUDED.first_position, cdr_count = EXCLUDED.cdr_count,
+                 pricings = EXCLUDED.pricings",
         )
         .bind(self.customer_id)
         .bind(self.cycle)
