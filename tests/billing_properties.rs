@@ -7,7 +7,8 @@
 //! per-subscription bundles) or none, a first file of CDRs over a few
 //! subscriptions (with equal `started_at`s, and CDRs on local midnights and
 //! just outside the cycle), and a random sequence of changes: a file at the
-//! end of the cycle, in the middle ("late file") or before all others; a hand
+//! end of the cycle, in the middle ("late file") or before all others; a
+//! file of CDRs without a customer, then attached; a hand
 //! edit in SQL of a CDR's cost, duration or `started_at`; a deleted CDR; a
 //! plan edit, a move to another plan, to no plan or back; a change of the
 //! customer's time zone; or nothing at all. Every change is followed by a
@@ -46,6 +47,7 @@ use tem_shared::billing::rating::{
     rate_cycle, standard, summarise, Bundle, Rate, RatePlan, RatedCdr, RatingCdr, Scope, Totals,
 };
 use tem_shared::billing::totals::{calculate_totals, CycleTotals};
+use tem_shared::import::attach::attach_unassigned;
 use tem_shared::import::format::{Kind, Zone};
 use tem_tests::db::fresh;
 
@@ -77,7 +79,8 @@ const DESTINATIONS: [&str; 5] = [
     "1233",
     "+4915112345678",
 ];
-const SUBSCRIPTIONS: [&str; 4] = ["+31610000001", "+31610000002", "+31610000003", "LINE-0004"];
+/// Subscriptions per customer.
+const SUBSCRIPTIONS: usize = 4;
 const PROVIDERS: [&str; 2] = ["kpn", "routit"];
 
 // ---- the two calculations and the mark: the only lines that change when
@@ -139,7 +142,8 @@ enum When {
 struct CdrSpec {
     at: When,
     provider: &'static str,
-    subscription: &'static str,
+    /// Which of the customer's subscriptions ([`subscription`]).
+    subscription: usize,
     kind: Kind,
     zone: Zone,
     destination: &'static str,
@@ -163,6 +167,12 @@ enum Placement {
 #[derive(Debug, Clone)]
 enum Change {
     Import {
+        placement: Placement,
+        cdrs: Vec<CdrSpec>,
+    },
+    /// A file whose subscriptions were not known when it was loaded (no
+    /// customer), then attached (`attach_unassigned`).
+    Attach {
         placement: Placement,
         cdrs: Vec<CdrSpec>,
     },
@@ -295,7 +305,7 @@ fn any_cdr(at: impl Strategy<Value = When>) -> impl Strategy<Value = CdrSpec> {
     (
         at,
         prop::sample::select(PROVIDERS.to_vec()),
-        prop::sample::select(SUBSCRIPTIONS.to_vec()),
+        0..SUBSCRIPTIONS,
         prop::sample::select(KINDS.to_vec()),
         prop::sample::select(CDR_ZONES.to_vec()),
         prop::sample::select(DESTINATIONS.to_vec()),
@@ -326,11 +336,17 @@ fn any_cdr(at: impl Strategy<Value = When>) -> impl Strategy<Value = CdrSpec> {
         )
 }
 
+fn any_placement() -> impl Strategy<Value = Placement> {
+    prop::sample::select(vec![Placement::End, Placement::Middle, Placement::Before])
+}
+
 fn any_change() -> impl Strategy<Value = Change> {
-    let file = prop::collection::vec(any_cdr(any_when_in_window()), 1..12);
+    let file = || prop::collection::vec(any_cdr(any_when_in_window()), 1..12);
     prop_oneof![
-        3 => (prop::sample::select(vec![Placement::End, Placement::Middle, Placement::Before]), file)
+        3 => (any_placement(), file())
             .prop_map(|(placement, cdrs)| Change::Import { placement, cdrs }),
+        1 => (any_placement(), file())
+            .prop_map(|(placement, cdrs)| Change::Attach { placement, cdrs }),
         2 => (any::<Index>(), 0..1_000_000i64).prop_map(|(cdr, cost)| Change::EditCost { cdr, cost }),
         1 => (any::<Index>(), 0..400i32).prop_map(|(cdr, seconds)| Change::EditDuration { cdr, seconds }),
         2 => (
@@ -364,6 +380,19 @@ fn any_case() -> impl Strategy<Value = Case> {
 }
 
 // ---- the database side ----
+
+/// Subscription `k` of a customer: numbers differ between customers, so
+/// that attaching finds each CDR's one customer.
+fn subscription(customer: i64, k: usize) -> String {
+    format!("+3162{customer:06}{k}")
+}
+
+/// The `k` of [`subscription`], to compare the twins' lines.
+fn subscription_index(identifier: &str) -> usize {
+    identifier[identifier.len() - 1..]
+        .parse()
+        .expect("a subscription of this test")
+}
 
 /// The two customers of a case: same CDRs, same changes.
 struct Twins {
@@ -457,6 +486,17 @@ async fn start_case(pool: &PgPool, plan: &Option<RatePlan>) -> State {
         .fetch_one(pool)
         .await
         .expect("insert a customer");
+        for k in 0..SUBSCRIPTIONS {
+            for provider in PROVIDERS {
+                sqlx::query("INSERT INTO subscription (customer_id, provider, identifier) VALUES ($1, $2, $3)")
+                    .bind(id)
+                    .bind(provider)
+                    .bind(subscription(id, k))
+                    .execute(pool)
+                    .await
+                    .expect("insert a subscription");
+            }
+        }
         ids.push(id);
     }
     let (year, month, day) = CYCLE;
@@ -520,9 +560,23 @@ async fn cdrs_of(
         .collect()
 }
 
+/// Whose CDRs a file holds, as the importer found them.
+#[derive(Clone, Copy, PartialEq)]
+enum Owner {
+    Customer,
+    /// Subscriptions not known yet: no customer until attached.
+    Unknown,
+}
+
 /// Loads a file of CDRs into both twins, and marks each one's cycle from
 /// the file's earliest CDR in it, as the importer does.
-async fn insert_file(pool: &PgPool, state: &mut State, placement: Placement, file: &[CdrSpec]) {
+async fn insert_file(
+    pool: &PgPool,
+    state: &mut State,
+    placement: Placement,
+    file: &[CdrSpec],
+    owner: Owner,
+) {
     let (start, end) = state.bounds();
     let last = end - Duration::seconds(1);
     let loaded = cdrs_of(pool, state.twins.incremental, Some((start, end))).await;
@@ -559,8 +613,8 @@ async fn insert_file(pool: &PgPool, state: &mut State, placement: Placement, fil
             .bind(cdr.provider)
             // The same order of external ids in both twins.
             .bind(format!("c{customer}-{:06}", first_number + line))
-            .bind(cdr.subscription)
-            .bind(customer)
+            .bind(subscription(customer, cdr.subscription))
+            .bind((owner == Owner::Customer).then_some(customer))
             .bind(at)
             .bind(cdr.kind.as_str())
             .bind(cdr.destination)
@@ -575,27 +629,25 @@ async fn insert_file(pool: &PgPool, state: &mut State, placement: Placement, fil
             .await
             .expect("insert a CDR");
         }
-        if let Some(from) = times.iter().filter(|t| **t >= start && **t < end).min() {
+        let earliest = times.iter().filter(|t| **t >= start && **t < end).min();
+        if let (Some(from), Owner::Customer) = (earliest, owner) {
             mark(&mut tx, customer, state.cycle, *from).await;
         }
         tx.commit().await.expect("commit the file");
     }
 }
 
-/// Runs `sql` (with `$1` the CDR's id and `$2` the value) on the same CDR of
-/// both twins: the `pick`th loaded, if any.
-async fn edit<T>(pool: &PgPool, state: &State, pick: Index, sql: &str, value: T)
-where
-    T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Clone + Send,
-{
+type Edit = sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Runs the statement `sql_for` makes for a CDR id on the same CDR of both
+/// twins: the `pick`th loaded, if any.
+async fn edit(pool: &PgPool, state: &State, pick: Index, sql_for: impl Fn(i64) -> Edit) {
     for customer in state.twins.both() {
         let all = cdrs_of(pool, customer, None).await;
         if all.is_empty() {
             return;
         }
-        sqlx::query(sql)
-            .bind(all[pick.index(all.len())].id)
-            .bind(value.clone())
+        sql_for(all[pick.index(all.len())].id)
             .execute(pool)
             .await
             .expect("edit the CDR by hand");
@@ -604,25 +656,48 @@ where
 
 async fn apply(pool: &PgPool, state: &mut State, change: &Change) {
     match change {
-        Change::Import { placement, cdrs } => insert_file(pool, state, *placement, cdrs).await,
+        Change::Import { placement, cdrs } => {
+            insert_file(pool, state, *placement, cdrs, Owner::Customer).await
+        }
+        Change::Attach { placement, cdrs } => {
+            insert_file(pool, state, *placement, cdrs, Owner::Unknown).await;
+            let attached = attach_unassigned(pool).await.expect("attach the CDRs");
+            // Every CDR of the file, in both twins, found its customer.
+            assert_eq!(attached.cdrs, 2 * cdrs.len() as u64);
+        }
         Change::EditCost { cdr, cost } => {
-            let sql = "UPDATE call_detail_record SET provider_cost_micros = $2 WHERE id = $1";
-            edit(pool, state, *cdr, sql, *cost).await;
+            let cost = *cost;
+            edit(pool, state, *cdr, |id| {
+                sqlx::query("UPDATE call_detail_record SET provider_cost_micros = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(cost)
+            })
+            .await;
         }
         Change::EditDuration { cdr, seconds } => {
-            let sql = "UPDATE call_detail_record SET duration_seconds = $2 WHERE id = $1";
-            edit(pool, state, *cdr, sql, *seconds).await;
+            let seconds = *seconds;
+            edit(pool, state, *cdr, |id| {
+                sqlx::query("UPDATE call_detail_record SET duration_seconds = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(seconds)
+            })
+            .await;
         }
         Change::EditStart { cdr, at } => {
             let (start, end) = state.bounds();
             let at = state.instant(*at, start, end - Duration::seconds(1));
-            let sql = "UPDATE call_detail_record SET started_at = $2 WHERE id = $1";
-            edit(pool, state, *cdr, sql, at).await;
+            edit(pool, state, *cdr, |id| {
+                sqlx::query("UPDATE call_detail_record SET started_at = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(at)
+            })
+            .await;
         }
         Change::Delete { cdr } => {
-            // DELETE needs no value: $2 is `true`.
-            let sql = "DELETE FROM call_detail_record WHERE id = $1 AND $2";
-            edit(pool, state, *cdr, sql, true).await;
+            edit(pool, state, *cdr, |id| {
+                sqlx::query("DELETE FROM call_detail_record WHERE id = $1").bind(id)
+            })
+            .await;
         }
         Change::Plan { plan: None, .. } => {
             state.plan = None;
@@ -720,8 +795,8 @@ fn figures_of(row: &sqlx::postgres::PgRow) -> Figures {
 /// The stored totals: method, plan and figures.
 type StoredTotals = (String, Option<String>, Figures);
 
-/// A line's subscription, kind and zone.
-type LineKey = (String, String, String);
+/// A line's subscription ([`subscription_index`]), kind and zone.
+type LineKey = (usize, String, String);
 
 /// Lines by subscription, kind and zone.
 type Lines = BTreeMap<LineKey, Figures>;
@@ -743,7 +818,7 @@ async fn stored(pool: &PgPool, customer: i64, cycle: NaiveDate) -> (StoredTotals
         .iter()
         .map(|row| {
             let key = (
-                row.get("subscription"),
+                subscription_index(row.get("subscription")),
                 row.get("kind"),
                 row.get("roaming_zone"),
             );
@@ -820,7 +895,7 @@ async fn check_against_the_oracle(
         .map(|c| (c, rated.iter().find(|r| r.cdr_id == c.id)))
     {
         let key = (
-            cdr.subscription.clone(),
+            subscription_index(&cdr.subscription),
             cdr.kind.as_str().to_string(),
             cdr.zone.as_str().to_string(),
         );
@@ -891,7 +966,14 @@ async fn calculate_and_compare(
 
 async fn run_case(pool: &PgPool, case: Case) -> Result<(), TestCaseError> {
     let mut state = start_case(pool, &case.plan).await;
-    insert_file(pool, &mut state, Placement::Middle, &case.first_file).await;
+    insert_file(
+        pool,
+        &mut state,
+        Placement::Middle,
+        &case.first_file,
+        Owner::Customer,
+    )
+    .await;
     calculate_and_compare(pool, &state, "the first file").await?;
     for (n, change) in case.changes.iter().enumerate() {
         apply(pool, &mut state, change).await;
