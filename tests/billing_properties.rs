@@ -8,11 +8,11 @@
 //! subscriptions (with equal `started_at`s, and CDRs on local midnights and
 //! just outside the cycle), and a random sequence of changes: a file at the
 //! end of the cycle, in the middle ("late file") or before all others; a
-//! file of CDRs without a customer, then attached; a hand
-//! edit in SQL of a CDR's cost, duration or `started_at`; a deleted CDR; a
-//! plan edit, a move to another plan, to no plan or back; a change of the
-//! customer's time zone; or nothing at all. Every change is followed by a
-//! calculation, and then everything is compared.
+//! file of CDRs without a customer, then attached; a hand edit in SQL of a
+//! CDR's cost, duration or `started_at` (also across the cycle's bounds); a
+//! deleted CDR; a plan edit, a move to another plan, to no plan or back; a
+//! change of the customer's time zone; or nothing at all. Every change is
+//! followed by a calculation, and then everything is compared.
 //!
 //! Each case has two customers that receive the same changes: one is only
 //! ever calculated incrementally, so its stored state is the chain of
@@ -83,8 +83,8 @@ const DESTINATIONS: [&str; 5] = [
 const SUBSCRIPTIONS: usize = 4;
 const PROVIDERS: [&str; 2] = ["kpn", "routit"];
 
-// ---- the two calculations and the mark: the only lines that change when
-// the lead's calculation (issue 11, branch i11-core) lands ----
+// ---- the two calculations and the mark: with the imports above, the only
+// lines that change when the new calculation (issue 11, i11-core) lands ----
 
 /// The normal calculation, which may reuse what the last one stored.
 async fn incremental(pool: &PgPool, customer: i64, cycle: NaiveDate) -> CycleTotals {
@@ -94,8 +94,8 @@ async fn incremental(pool: &PgPool, customer: i64, cycle: NaiveDate) -> CycleTot
 }
 
 /// A calculation from the CDR table alone.
-// After i11-core: `calculate_totals_with(pool, customer, cycle,
-// Recalculation::Full).await.expect(..).0`, and no DELETE.
+// After i11-core: the body is `calculate_totals_with(pool, customer, cycle,
+// Recalculation::Full).await.expect(..).0` (no DELETE: the table is gone).
 async fn full(pool: &PgPool, customer: i64, cycle: NaiveDate) -> CycleTotals {
     sqlx::query("DELETE FROM cycle_input WHERE customer_id = $1 AND cycle = $2")
         .bind(customer)
@@ -110,8 +110,8 @@ async fn full(pool: &PgPool, customer: i64, cycle: NaiveDate) -> CycleTotals {
 
 /// Marks the cycle changed from `changed_from`, as the importer does in the
 /// transaction that loads a file.
-// After i11-core: `tem_shared::adapters::cycle_changes::mark(&mut **tx,
-// &[CycleChange { customer_id: customer, cycle, changed_from, source: .. }])`.
+// After i11-core: the body is `changes::mark(tx, &changed, ChangeSource::Import)`
+// with `changed` a `ChangedCycles` touched at (customer, cycle, changed_from).
 async fn mark(
     _tx: &mut sqlx::PgConnection,
     _customer: i64,
@@ -419,14 +419,20 @@ struct State {
     cdrs_made: usize,
 }
 
+fn local_midnight(day: NaiveDate, zone: Tz) -> DateTime<Utc> {
+    zone.from_local_datetime(&day.and_hms_opt(0, 0, 0).expect("midnight exists"))
+        .earliest()
+        .expect("these zones have every midnight")
+        .with_timezone(&Utc)
+}
+
+/// The cycle's `[start, end)`, worked out here and not by the code under
+/// test.
 fn cycle_bounds(cycle: NaiveDate, zone: Tz) -> (DateTime<Utc>, DateTime<Utc>) {
-    let midnight = |day: NaiveDate| {
-        zone.from_local_datetime(&day.and_hms_opt(0, 0, 0).expect("midnight exists"))
-            .earliest()
-            .expect("these zones have every midnight")
-            .with_timezone(&Utc)
-    };
-    (midnight(cycle), midnight(cycle + chrono::Months::new(1)))
+    (
+        local_midnight(cycle, zone),
+        local_midnight(cycle + chrono::Months::new(1), zone),
+    )
 }
 
 impl State {
@@ -441,9 +447,8 @@ impl State {
         match when {
             When::Grid(k) => low + Duration::seconds((high - low).num_seconds() * k / GRID),
             When::Midnight(day) => {
-                let midnight =
-                    cycle_bounds(self.cycle + chrono::Days::new(day.into()), self.zone).0;
-                midnight.clamp(low, high)
+                let day = self.cycle + chrono::Days::new(day.into());
+                local_midnight(day, self.zone).clamp(low, high)
             }
             When::BeforeCycle => start - Duration::seconds(1),
             When::AtEnd => end,
