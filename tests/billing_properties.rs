@@ -52,7 +52,7 @@ use tem_shared::import::format::{Kind, Zone};
 use tem_tests::db::fresh;
 
 /// Cases CI runs (`PROPTEST_CASES` overrides).
-const CASES: u32 = 32;
+const CASES: u32 = 24;
 
 /// The seed CI runs with (`PROPTEST_RNG_SEED` overrides).
 const SEED: u64 = 11;
