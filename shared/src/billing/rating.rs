@@ -914,9 +914,8 @@ fn rate_text(rate: &Rate) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::rngs::StdRng;
-    use rand::seq::SliceRandom;
-    use rand::{Rng, SeedableRng};
+    use proptest::prelude::*;
+    use proptest::test_runner::RngSeed;
 
     const MIB: u64 = 1_048_576;
 
@@ -1558,7 +1557,11 @@ mod tests {
         assert_eq!(serde_json::from_str::<RatingCdr>(&json).unwrap(), c);
     }
 
-    // ---- property tests (seeded, no extra crates) ----
+    // ---- property tests (proptest: shrinking, a fixed seed in CI) ----
+    //
+    // `PROPTEST_CASES=5000 cargo test -p tem-shared --lib billing::rating`
+    // runs more cases; `PROPTEST_RNG_SEED=<n>` other ones. A failure prints
+    // the smallest plan and CDRs it shrank to.
 
     const KINDS: [Kind; 5] = [Kind::Voice, Kind::Sms, Kind::Mms, Kind::Data, Kind::Service];
     const ZONES: [Zone; 3] = [Zone::Home, Zone::Eu, Zone::World];
@@ -1571,117 +1574,187 @@ mod tests {
         "+4915112345678",
     ];
 
-    fn random_plan(rng: &mut StdRng) -> RatePlan {
-        let mut rates = Vec::new();
-        for i in 0..rng.gen_range(0..12) {
-            let kind = *KINDS.choose(rng).unwrap();
-            let zone = if rng.gen_bool(0.5) {
-                None
+    /// The same cases on every run (CI), unless the environment asks for
+    /// more (`PROPTEST_CASES`) or others (`PROPTEST_RNG_SEED`).
+    fn proptest_config(cases: u32) -> ProptestConfig {
+        let from_env = ProptestConfig::default();
+        ProptestConfig {
+            cases: if std::env::var_os("PROPTEST_CASES").is_some() {
+                from_env.cases
             } else {
-                ZONES.choose(rng).copied()
-            };
-            rates.push(Rate {
-                connect_fee_micros: rng.gen_range(0..20_000),
-                price_per_minute_micros: rng.gen_range(0..500_000),
-                first_increment_s: *[0, 1, 30, 60].choose(rng).unwrap(),
-                increment_s: *[1, 30, 60].choose(rng).unwrap(),
-                increment_bytes: *[1, 1024, 10_240].choose(rng).unwrap(),
-                price_per_unit_micros: rng.gen_range(0..5_000_000),
-                price_per_message_micros: rng.gen_range(0..300_000),
-                ..rate(&format!("r{i}"), kind, zone, PREFIXES.choose(rng).unwrap())
-            });
+                cases
+            },
+            rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
+                from_env.rng_seed
+            } else {
+                RngSeed::Fixed(4)
+            },
+            ..from_env
         }
-        let mut bundles = Vec::new();
-        for i in 0..rng.gen_range(0..4) {
-            let kind = *KINDS.choose(rng).unwrap();
-            let zones: Vec<Zone> = ZONES
-                .iter()
-                .copied()
-                .filter(|_| rng.gen_bool(0.3))
-                .collect();
-            let scope = if rng.gen_bool(0.5) {
-                Scope::Pooled
-            } else {
-                Scope::PerSubscription
-            };
+    }
+
+    fn any_kind() -> impl Strategy<Value = Kind> {
+        prop::sample::select(KINDS.to_vec())
+    }
+
+    fn any_zone() -> impl Strategy<Value = Zone> {
+        prop::sample::select(ZONES.to_vec())
+    }
+
+    /// A rate of any kind, zone (or any zone) and prefix; its id is set by
+    /// [`any_plan`] from its position.
+    fn any_rate() -> impl Strategy<Value = Rate> {
+        (
+            any_kind(),
+            prop::option::of(any_zone()),
+            prop::sample::select(PREFIXES.to_vec()),
+            0..20_000i64,
+            0..500_000i64,
+            prop::sample::select(vec![0u32, 1, 30, 60]),
+            prop::sample::select(vec![1u32, 30, 60]),
+            prop::sample::select(vec![1u64, 1024, 10_240]),
+            0..5_000_000i64,
+            0..300_000i64,
+        )
+            .prop_map(
+                |(kind, zone, prefix, connect, ppm, first, inc, inc_bytes, ppu, ppmsg)| Rate {
+                    connect_fee_micros: connect,
+                    price_per_minute_micros: ppm,
+                    first_increment_s: first,
+                    increment_s: inc,
+                    increment_bytes: inc_bytes,
+                    price_per_unit_micros: ppu,
+                    price_per_message_micros: ppmsg,
+                    ..rate("", kind, zone, prefix)
+                },
+            )
+    }
+
+    /// A pooled or per-subscription bundle of one kind, for some zones
+    /// (none listed: all), with an allowance in that kind's unit.
+    fn any_bundle() -> impl Strategy<Value = Bundle> {
+        any_kind().prop_flat_map(|kind| {
             let allowance = match kind {
-                Kind::Data => rng.gen_range(0..5 * MIB),
-                Kind::Voice => rng.gen_range(0..3_600),
-                _ => rng.gen_range(0..20),
+                Kind::Data => 0..5 * MIB,
+                Kind::Voice => 0..3_600,
+                _ => 0..20,
             };
-            bundles.push(bundle(&format!("b{i}"), &[kind], &zones, allowance, scope));
-        }
-        RatePlan {
-            unit_bytes: MIB,
-            ..plan(rates, bundles)
-        }
+            (
+                prop::sample::subsequence(ZONES.to_vec(), 0..=ZONES.len()),
+                allowance,
+                prop::sample::select(vec![Scope::Pooled, Scope::PerSubscription]),
+            )
+                .prop_map(move |(zones, allowance, scope)| {
+                    bundle("", &[kind], &zones, allowance, scope)
+                })
+        })
     }
 
-    fn random_cdrs(rng: &mut StdRng) -> Vec<RatingCdr> {
-        let n = rng.gen_range(0..40);
-        (0..n)
-            .map(|id| {
-                let kind = *KINDS.choose(rng).unwrap();
-                // Few distinct instants and providers, so ties happen.
-                let minute = rng.gen_range(0..10);
-                RatingCdr {
-                    provider: ["kpn", "vodafone"].choose(rng).unwrap().to_string(),
-                    external_id: format!("e{}", rng.gen_range(0..5)),
-                    destination: DESTINATIONS.choose(rng).unwrap().to_string(),
-                    duration_seconds: if kind == Kind::Voice {
-                        rng.gen_range(0..400)
-                    } else {
-                        0
-                    },
-                    volume_bytes: if kind == Kind::Data {
-                        rng.gen_range(0..3 * MIB)
-                    } else {
-                        0
-                    },
-                    units: if matches!(kind, Kind::Sms | Kind::Mms | Kind::Service) {
-                        rng.gen_range(0..4)
-                    } else {
-                        0
-                    },
-                    provider_cost_micros: rng.gen_range(0..1_000_000),
-                    ..cdr(
-                        id,
-                        ["s1", "s2", "s3"].choose(rng).unwrap(),
-                        &format!("2025-01-20T10:{minute:02}:00Z"),
-                        kind,
-                        *ZONES.choose(rng).unwrap(),
-                    )
+    fn any_plan() -> impl Strategy<Value = RatePlan> {
+        (
+            prop::collection::vec(any_rate(), 0..12),
+            prop::collection::vec(any_bundle(), 0..4),
+        )
+            .prop_map(|(mut rates, mut bundles)| {
+                for (i, rate) in rates.iter_mut().enumerate() {
+                    rate.id = format!("r{i}");
                 }
+                for (i, bundle) in bundles.iter_mut().enumerate() {
+                    bundle.id = format!("b{i}");
+                }
+                plan(rates, bundles)
             })
-            .collect()
     }
 
-    #[test]
-    fn property_totals_equal_the_sum_of_the_per_cdr_values() {
-        let mut rng = StdRng::seed_from_u64(4);
-        for _ in 0..300 {
-            let p = random_plan(&mut rng);
-            let cdrs = random_cdrs(&mut rng);
+    /// CDRs of one cycle, each of any kind with the usage that kind has.
+    /// Few distinct instants, providers and external ids, so that ties in
+    /// consumption order happen often.
+    fn any_cdrs() -> impl Strategy<Value = Vec<RatingCdr>> {
+        let one = (
+            any_kind(),
+            any_zone(),
+            prop::sample::select(vec!["s1", "s2", "s3"]),
+            0..10u32,
+            prop::sample::select(vec!["kpn", "vodafone"]),
+            0..5u32,
+            prop::sample::select(DESTINATIONS.to_vec()),
+            0..400u32,
+            0..3 * MIB,
+            0..4u32,
+            0..1_000_000i64,
+        );
+        prop::collection::vec(one, 0..40).prop_map(|cdrs| {
+            cdrs.into_iter()
+                .enumerate()
+                .map(
+                    |(
+                        id,
+                        (
+                            kind,
+                            zone,
+                            subscription,
+                            minute,
+                            provider,
+                            external,
+                            destination,
+                            seconds,
+                            bytes,
+                            units,
+                            cost,
+                        ),
+                    )| RatingCdr {
+                        provider: provider.to_string(),
+                        external_id: format!("e{external}"),
+                        destination: destination.to_string(),
+                        duration_seconds: if kind == Kind::Voice { seconds } else { 0 },
+                        volume_bytes: if kind == Kind::Data { bytes } else { 0 },
+                        units: if matches!(kind, Kind::Sms | Kind::Mms | Kind::Service) {
+                            units
+                        } else {
+                            0
+                        },
+                        provider_cost_micros: cost,
+                        ..cdr(
+                            id as i64,
+                            subscription,
+                            &format!("2025-01-20T10:{minute:02}:00Z"),
+                            kind,
+                            zone,
+                        )
+                    },
+                )
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(proptest_config(300))]
+
+        #[test]
+        fn property_totals_equal_the_sum_of_the_per_cdr_values(
+            p in any_plan(),
+            cdrs in any_cdrs(),
+        ) {
             for rated in [rate_cycle(&p, &cdrs), standard(&cdrs)] {
                 let totals = summarise(&cdrs, &rated);
-                assert_eq!(rated.len(), cdrs.len());
-                assert_eq!(
+                prop_assert_eq!(rated.len(), cdrs.len());
+                prop_assert_eq!(
                     totals.rated_cost_micros,
                     rated.iter().map(|r| r.rated_cost_micros).sum::<i64>()
                 );
-                assert_eq!(
+                prop_assert_eq!(
                     totals.provider_cost_micros,
                     cdrs.iter().map(|c| c.provider_cost_micros).sum::<i64>()
                 );
-                assert_eq!(totals.cdr_count, cdrs.len() as u64);
-                assert_eq!(
+                prop_assert_eq!(totals.cdr_count, cdrs.len() as u64);
+                prop_assert_eq!(
                     totals.unrated_count,
                     rated.iter().filter(|r| r.unrated).count() as u64
                 );
                 for r in &rated {
-                    assert!(r.covered_quantity <= r.billed_quantity);
-                    assert!(r.rated_cost_micros >= 0, "{}", r.explanation);
-                    assert!(!r.explanation.is_empty());
+                    prop_assert!(r.covered_quantity <= r.billed_quantity);
+                    prop_assert!(r.rated_cost_micros >= 0, "{}", r.explanation);
+                    prop_assert!(!r.explanation.is_empty());
                 }
             }
             // Per kind, bundles never cover more than their allowances:
@@ -1706,41 +1779,28 @@ mod tests {
                     .filter(|r| cdrs.iter().any(|c| c.id == r.cdr_id && c.kind == kind))
                     .map(|r| r.covered_quantity)
                     .sum();
-                assert!(covered <= allowances);
+                prop_assert!(covered <= allowances, "{kind:?}: {covered} > {allowances}");
             }
         }
-    }
 
-    #[test]
-    fn property_rating_is_independent_of_the_import_order() {
-        let mut rng = StdRng::seed_from_u64(40);
-        for _ in 0..300 {
-            let p = random_plan(&mut rng);
-            let mut cdrs = random_cdrs(&mut rng);
-            let expected = rate_cycle(&p, &cdrs);
-            cdrs.shuffle(&mut rng);
-            assert_eq!(rate_cycle(&p, &cdrs), expected);
-            assert_eq!(
-                standard(&cdrs),
-                standard(&{
-                    let mut again = cdrs.clone();
-                    again.reverse();
-                    again
-                })
-            );
+        #[test]
+        fn property_rating_is_independent_of_the_import_order(
+            (p, cdrs, shuffled) in (any_plan(), any_cdrs()).prop_flat_map(|(p, cdrs)| {
+                (Just(p), Just(cdrs.clone()), Just(cdrs).prop_shuffle())
+            }),
+        ) {
+            prop_assert_eq!(rate_cycle(&p, &shuffled), rate_cycle(&p, &cdrs));
+            let mut reversed = shuffled.clone();
+            reversed.reverse();
+            prop_assert_eq!(standard(&shuffled), standard(&reversed));
         }
-    }
 
-    #[test]
-    fn property_rating_twice_changes_nothing() {
-        let mut rng = StdRng::seed_from_u64(400);
-        for _ in 0..300 {
-            let p = random_plan(&mut rng);
-            let cdrs = random_cdrs(&mut rng);
+        #[test]
+        fn property_rating_twice_changes_nothing(p in any_plan(), cdrs in any_cdrs()) {
             let first = rate_cycle(&p, &cdrs);
             let second = rate_cycle(&p, &cdrs);
-            assert_eq!(first, second);
-            assert_eq!(summarise(&cdrs, &first), summarise(&cdrs, &second));
+            prop_assert_eq!(&first, &second);
+            prop_assert_eq!(summarise(&cdrs, &first), summarise(&cdrs, &second));
         }
     }
 }

@@ -1115,6 +1115,9 @@ pub fn stored_overlap_problems(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::RngSeed;
 
     fn no_env(_: &str) -> Option<String> {
         None
@@ -1621,70 +1624,112 @@ subscriptions:
         assert_eq!(against, quadratic::stored_overlap_problems(&file, &stored));
     }
 
-    #[test]
-    fn the_fast_overlap_checks_give_exactly_the_nested_loops_problems_in_their_order() {
-        // Seeded xorshift: a few numbers with many periods each, so that
-        // overlaps, adjacent periods, equal starts, open ends and reversed
-        // periods (a problem of their own) all occur, in random file order.
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+    /// The same cases on every run (CI), unless the environment asks for
+    /// more (`PROPTEST_CASES`) or others (`PROPTEST_RNG_SEED`).
+    fn proptest_config(cases: u32) -> ProptestConfig {
+        let from_env = ProptestConfig::default();
+        ProptestConfig {
+            cases: if std::env::var_os("PROPTEST_CASES").is_some() {
+                from_env.cases
+            } else {
+                cases
+            },
+            rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
+                from_env.rng_seed
+            } else {
+                RngSeed::Fixed(0x9e37_79b9_7f4a_7c15)
+            },
+            ..from_env
+        }
+    }
+
+    /// A period of up to 40 days after 2025-01-01: open-ended, reversed (a
+    /// problem of its own) or closed.
+    fn any_period() -> impl Strategy<Value = (NaiveDate, Option<NaiveDate>)> {
         let base = day("2025-01-01");
-        let mut checked = (0, 0);
-        for round in 0..300 {
-            let numbers = 1 + next(4);
-            let period = |next: &mut dyn FnMut(u64) -> u64| {
-                let from = base + chrono::Duration::days(next(40) as i64);
-                let to = match next(5) {
-                    0 => None,
-                    1 => Some(from - chrono::Duration::days(1 + next(3) as i64)),
-                    _ => Some(from + chrono::Duration::days(next(12) as i64)),
-                };
-                (from, to)
-            };
-            let file: Vec<Subscription> = (0..next(25) as usize)
-                .map(|at| {
-                    let (from, to) = period(&mut next);
-                    Subscription {
-                        at: at * 2,
-                        identifier: format!("N{}", next(numbers)),
-                        customer: "c".into(),
-                        provider: if next(6) == 0 {
-                            Provider::KpnEen
-                        } else {
-                            Provider::Routit
-                        },
-                        active_from: from,
-                        active_to: to,
-                    }
+        (0..40i64).prop_flat_map(move |offset| {
+            let from = base + chrono::Duration::days(offset);
+            prop_oneof![
+                1 => Just(None),
+                1 => (1..=3i64).prop_map(move |back| Some(from - chrono::Duration::days(back))),
+                3 => (0..12i64).prop_map(move |length| Some(from + chrono::Duration::days(length))),
+            ]
+            .prop_map(move |to| (from, to))
+        })
+    }
+
+    /// A file's subscriptions and the stored periods: a few numbers with
+    /// many periods each, so that overlaps, adjacent periods, equal starts,
+    /// open ends and reversed periods all occur, in random file order.
+    fn any_periods() -> impl Strategy<Value = (Vec<Subscription>, Vec<StoredPeriod>)> {
+        (1..=4u32).prop_flat_map(|numbers| {
+            let entry = || (any_period(), 0..numbers, prop::bool::weighted(1.0 / 6.0));
+            (
+                prop::collection::vec(entry(), 0..25),
+                prop::collection::vec(entry(), 0..25),
+            )
+                .prop_map(|(file, stored)| {
+                    let file = file
+                        .into_iter()
+                        .enumerate()
+                        .map(|(at, ((from, to), number, kpn))| Subscription {
+                            at: at * 2,
+                            identifier: format!("N{number}"),
+                            customer: "c".into(),
+                            provider: if kpn {
+                                Provider::KpnEen
+                            } else {
+                                Provider::Routit
+                            },
+                            active_from: from,
+                            active_to: to,
+                        })
+                        .collect();
+                    let stored = stored
+                        .into_iter()
+                        .enumerate()
+                        .map(|(k, ((from, to), number, kpn))| StoredPeriod {
+                            provider: if kpn { "kpn_een" } else { "routit" }.into(),
+                            identifier: format!("N{number}"),
+                            active_from: from,
+                            active_to: to,
+                            customer: format!("k{k}"),
+                        })
+                        .collect();
+                    (file, stored)
                 })
-                .collect();
-            let stored: Vec<StoredPeriod> = (0..next(25))
-                .map(|k| {
-                    let (from, to) = period(&mut next);
-                    StoredPeriod {
-                        provider: if next(6) == 0 { "kpn_een" } else { "routit" }.into(),
-                        identifier: format!("N{}", next(numbers)),
-                        active_from: from,
-                        active_to: to,
-                        customer: format!("k{k}"),
-                    }
-                })
-                .collect();
-            let within = overlap_problems(&file);
-            assert_eq!(within, quadratic::overlap_problems(&file), "round {round}");
-            let against = stored_overlap_problems(&file, &stored);
-            assert_eq!(
-                against,
-                quadratic::stored_overlap_problems(&file, &stored),
-                "round {round}"
+        })
+    }
+
+    proptest! {
+        #![proptest_config(proptest_config(300))]
+
+        #[test]
+        fn the_fast_overlap_checks_give_exactly_the_nested_loops_problems_in_their_order(
+            (file, stored) in any_periods(),
+        ) {
+            prop_assert_eq!(overlap_problems(&file), quadratic::overlap_problems(&file));
+            prop_assert_eq!(
+                stored_overlap_problems(&file, &stored),
+                quadratic::stored_overlap_problems(&file, &stored)
             );
-            checked.0 += within.len();
-            checked.1 += against.len();
+        }
+    }
+
+    #[test]
+    fn the_overlap_cases_hold_many_problems_within_the_file_and_against_the_database() {
+        // Without this the property above could pass on cases that have no
+        // problem at all.
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let strategy = any_periods();
+        let mut checked = (0, 0);
+        for _ in 0..300 {
+            let (file, stored) = strategy
+                .new_tree(&mut runner)
+                .expect("the strategy rejects nothing")
+                .current();
+            checked.0 += overlap_problems(&file).len();
+            checked.1 += stored_overlap_problems(&file, &stored).len();
         }
         assert!(checked.0 > 300 && checked.1 > 300, "{checked:?}");
     }
