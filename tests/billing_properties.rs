@@ -42,11 +42,14 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{RngSeed, TestCaseError, TestRunner};
 use sqlx::{PgPool, Row};
+use tem_shared::adapters::totals::{calculate_totals, calculate_totals_with};
+use tem_shared::billing::calculation::Recalculation;
+use tem_shared::billing::changes::{self, ChangeSource, ChangedCycles};
 use tem_shared::billing::pricings;
 use tem_shared::billing::rating::{
     rate_cycle, standard, summarise, Bundle, Rate, RatePlan, RatedCdr, RatingCdr, Scope, Totals,
 };
-use tem_shared::billing::totals::{calculate_totals, CycleTotals};
+use tem_shared::billing::totals::CycleTotals;
 use tem_shared::import::attach::attach_unassigned;
 use tem_shared::import::format::{Kind, Zone};
 use tem_tests::db::fresh;
@@ -83,8 +86,7 @@ const DESTINATIONS: [&str; 5] = [
 const SUBSCRIPTIONS: usize = 4;
 const PROVIDERS: [&str; 2] = ["kpn", "routit"];
 
-// ---- the two calculations and the mark: with the imports above, the only
-// lines that change when the new calculation (issue 11, i11-core) lands ----
+// ---- the two calculations and the mark ----
 
 /// The normal calculation, which may reuse what the last one stored.
 async fn incremental(pool: &PgPool, customer: i64, cycle: NaiveDate) -> CycleTotals {
@@ -94,31 +96,26 @@ async fn incremental(pool: &PgPool, customer: i64, cycle: NaiveDate) -> CycleTot
 }
 
 /// A calculation from the CDR table alone.
-// After i11-core: the body is `calculate_totals_with(pool, customer, cycle,
-// Recalculation::Full).await.expect(..).0` (no DELETE: the table is gone).
 async fn full(pool: &PgPool, customer: i64, cycle: NaiveDate) -> CycleTotals {
-    sqlx::query("DELETE FROM cycle_input WHERE customer_id = $1 AND cycle = $2")
-        .bind(customer)
-        .bind(cycle)
-        .execute(pool)
-        .await
-        .expect("drop the stored input");
-    calculate_totals(pool, customer, cycle)
+    calculate_totals_with(pool, customer, cycle, Recalculation::Full)
         .await
         .expect("the full calculation succeeds")
+        .0
 }
 
 /// Marks the cycle changed from `changed_from`, as the importer does in the
 /// transaction that loads a file.
-// After i11-core: the body is `changes::mark(tx, &changed, ChangeSource::Import)`
-// with `changed` a `ChangedCycles` touched at (customer, cycle, changed_from).
 async fn mark(
-    _tx: &mut sqlx::PgConnection,
-    _customer: i64,
-    _cycle: NaiveDate,
-    _changed_from: DateTime<Utc>,
+    tx: &mut sqlx::PgConnection,
+    customer: i64,
+    cycle: NaiveDate,
+    changed_from: DateTime<Utc>,
 ) {
-    // Today's calculation finds changes by fingerprint; nothing to mark.
+    let mut changed = ChangedCycles::default();
+    changed.touch(customer, cycle, changed_from);
+    changes::mark(tx, &changed, ChangeSource::Import)
+        .await
+        .expect("mark the cycle");
 }
 
 // ---- what a case is ----
