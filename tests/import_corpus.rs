@@ -438,7 +438,11 @@ async fn an_unterminated_quote_in_one_entry_stops_that_entry_while_the_next_entr
         .import("inbox/routit/1/d/open-quote.zip", archive)
         .await
         .unwrap();
-    assert_eq!(summary.status.as_str(), "completed_with_errors", "{summary:?}");
+    assert_eq!(
+        summary.status.as_str(),
+        "completed_with_errors",
+        "{summary:?}"
+    );
     assert_eq!((summary.loaded, summary.rejected), (23, 1), "{summary:?}");
     let a = &summary.entries[0];
     assert_eq!(a.entry, "a.csv");

@@ -587,7 +587,11 @@ async fn an_unterminated_quote_rejects_its_row_with_its_line_and_stops_the_file_
             text.into_bytes(),
         )
         .await;
-    assert_eq!(summary.status.as_str(), "completed_with_errors", "{summary:?}");
+    assert_eq!(
+        summary.status.as_str(),
+        "completed_with_errors",
+        "{summary:?}"
+    );
     assert_eq!(
         (summary.read, summary.loaded, summary.rejected),
         (6, 5, 1),

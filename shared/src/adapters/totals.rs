@@ -353,11 +353,22 @@ impl CycleStore for PgCycleStore {
         &mut self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-    ) -> Result<Vec<(String, Kind, Zone, Sums)>, TotalsError> {
-        type GroupRow = (String, String, String, i64, i64, i64, i64, i64);
+    ) -> Result<(Vec<(String, Kind, Zone, Sums)>, Option<DateTime<Utc>>), TotalsError> {
+        type GroupRow = (
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+            DateTime<Utc>,
+        );
         let rows: Vec<GroupRow> = sqlx::query_as(
             "SELECT subscription, kind, roaming_zone, count(*), sum(duration_seconds)::bigint,
-                    sum(volume_bytes)::bigint, sum(units)::bigint, sum(provider_cost_micros)::bigint
+                    sum(volume_bytes)::bigint, sum(units)::bigint, sum(provider_cost_micros)::bigint,
+                    max(started_at)
              FROM call_detail_record
              WHERE customer_id = $1 AND started_at >= $2 AND started_at < $3
              GROUP BY subscription, kind, roaming_zone",
@@ -367,8 +378,10 @@ impl CycleStore for PgCycleStore {
         .bind(to)
         .fetch_all(&mut *self.tx)
         .await?;
-        rows.into_iter()
-            .map(|(subscription, kind, zone, count, seconds, bytes, units, cost)| {
+        let last = rows.iter().map(|row| row.8).max();
+        let groups = rows
+            .into_iter()
+            .map(|(subscription, kind, zone, count, seconds, bytes, units, cost, _)| {
                 let (Some(kind), Some(zone)) =
                     (parse_kind(kind.as_bytes()), parse_zone(zone.as_bytes()))
                 else {
@@ -391,7 +404,8 @@ impl CycleStore for PgCycleStore {
                 };
                 Ok((subscription, kind, zone, sums))
             })
-            .collect()
+            .collect::<Result<Vec<_>, TotalsError>>()?;
+        Ok((groups, last))
     }
 
     async fn write_chunk(

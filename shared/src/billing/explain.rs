@@ -18,7 +18,7 @@ use chrono_tz::Tz;
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 
-use crate::billing::calculation::{segment_of, RatingState};
+use crate::billing::calculation::RatingState;
 use crate::billing::customer::CustomerError;
 use crate::billing::cycle_of;
 use crate::billing::pricings::{self, Pricings, PricingsError};
@@ -469,13 +469,22 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
         cycle,
         problem,
     };
-    // The CDR's segment of the cycle as the calculation cut it (in the zone
-    // it rated with): its pricings, and the checkpoint at its start.
+    // The CDR's segment of the cycle as the calculation cut it: its
+    // pricings follow the checkpoint at its start (or the cycle's start).
     let rated_zone: Tz = rated_zone
         .as_deref()
         .and_then(|z| z.parse().ok())
         .unwrap_or(zone);
-    let segment = segment_of(facts.started_at, cycle, rated_zone);
+    let (cycle_start, _) = cycle_bounds(cycle, rated_zone);
+    let segment: DateTime<Utc> = sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
+        "SELECT max(segment) FROM rating_chunk WHERE customer_id = $1 AND cycle = $2 AND segment <= $3",
+    )
+    .bind(customer_id)
+    .bind(cycle)
+    .bind(facts.started_at)
+    .fetch_one(pool)
+    .await?
+    .unwrap_or(cycle_start);
     let chunks = pricings::read_chunks(pool, customer_id, cycle, Some(segment))
         .await
         .map_err(|e| match e {
@@ -555,7 +564,6 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
             HashSet::new()
         };
         // What the bundles had used when the segment began...
-        let (cycle_start, _) = cycle_bounds(cycle, rated_zone);
         let mut used = vec![0u64; plan.bundles.len()];
         if segment > cycle_start {
             let bytes: Option<Vec<u8>> = sqlx::query_scalar(

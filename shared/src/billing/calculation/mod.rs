@@ -6,19 +6,22 @@
 //! - A calculation reads in one snapshot ([`CycleStore`], REPEATABLE READ
 //!   in PostgreSQL) and records what it used (method, plan document, time
 //!   zone, cycle day).
-//! - Rating checkpoints are stored at every local midnight the cycle's CDRs
-//!   cross, and at the cycle's end: line sums, bundle use and CDRs so far
-//!   (`state`). The writers that change CDRs mark the cycles they changed,
-//!   with the earliest `started_at` they touched. The next calculation
-//!   restarts at the last checkpoint at or before the earliest mark: only
-//!   the CDRs from there on are read and priced again, and the totals are
-//!   the checkpoint's sums plus the tail's. Other settings rate the cycle in
-//!   full.
+//! - Rating checkpoints (line sums, bundle use and CDRs so far, `state`)
+//!   are stored at local midnights the CDRs cross (once the day's segment
+//!   holds at least as many CDRs as a checkpoint holds lines, so that a
+//!   checkpoint never costs more than the reading it saves), right after
+//!   the cycle's last CDR, and at the cycle's end. The writers that change
+//!   CDRs mark the cycles they changed, with the earliest `started_at` they
+//!   touched. The next calculation restarts at the last checkpoint at or
+//!   before the earliest mark: only the CDRs from there on are read and
+//!   priced again, and the totals are the checkpoint's sums plus the
+//!   tail's. The daily import adds CDRs after the last one, so its cost is
+//!   that of its own CDRs. Other settings rate the cycle in full.
 //! - A calculation that finds the cycle as it left it (no marks, same
 //!   settings) does nothing: several DispatchTotals of one burst give one
 //!   calculation, plus one more if a change arrived during it.
 //! - The standard method rates every CDR at its provider cost, so its tail
-//!   is a GROUP BY per segment; nothing is stored per CDR.
+//!   is one GROUP BY; nothing is stored per CDR.
 
 pub mod state;
 mod stream;
@@ -157,12 +160,12 @@ pub trait CycleStore: Send {
         page: &mut CdrPage,
     ) -> Result<(), TotalsError>;
     /// The standard method's sums of `[from, to)` per subscription, kind and
-    /// zone.
+    /// zone, and the latest `started_at` among them.
     async fn group(
         &mut self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-    ) -> Result<Vec<(String, Kind, Zone, Sums)>, TotalsError>;
+    ) -> Result<(Vec<(String, Kind, Zone, Sums)>, Option<DateTime<Utc>>), TotalsError>;
     async fn write_chunk(
         &mut self,
         segment: DateTime<Utc>,
@@ -191,7 +194,7 @@ pub trait CycleStore: Send {
 }
 
 /// The UTC instants of the local midnights strictly inside the cycle: where
-/// segments end and checkpoints are taken.
+/// a segment may end and a checkpoint be taken.
 pub fn segment_starts(cycle: NaiveDate, zone: Tz) -> Vec<DateTime<Utc>> {
     let (start, end) = cycle_bounds(cycle, zone);
     let mut out = Vec::new();
@@ -209,17 +212,6 @@ pub fn segment_starts(cycle: NaiveDate, zone: Tz) -> Vec<DateTime<Utc>> {
         day += Duration::days(1);
     }
     out
-}
-
-/// The segment a CDR that started at `at` was rated in: the last local
-/// midnight at or before it, or the cycle's start.
-pub fn segment_of(at: DateTime<Utc>, cycle: NaiveDate, zone: Tz) -> DateTime<Utc> {
-    let (start, _) = cycle_bounds(cycle, zone);
-    segment_starts(cycle, zone)
-        .into_iter()
-        .take_while(|b| *b <= at)
-        .last()
-        .unwrap_or(start)
 }
 
 /// Calculates and stores the totals of one customer's cycle in `store`'s
@@ -309,18 +301,8 @@ pub async fn calculate<S: CycleStore + ?Sized>(
             }
         }
         None => {
-            let mut bounds: Vec<DateTime<Utc>> = segment_starts(cycle, customer.zone)
-                .into_iter()
-                .filter(|b| *b > run.from())
-                .collect();
-            bounds.push(end);
-            let mut from = run.from();
-            for to in bounds {
-                let groups = store.group(from, to).await?;
-                let outputs = run.add_groups(to, groups, end)?;
-                write_outputs(store, outputs).await?;
-                from = to;
-            }
+            let (groups, last) = store.group(run.from(), end).await?;
+            run.add_groups(groups, last)?;
         }
     }
     let outputs = run.finish(end);
@@ -414,12 +396,5 @@ mod tests {
         assert_eq!(starts[0].to_rfc3339(), "2025-03-01T23:00:00+00:00");
         // Summer time from 30 March: midnight is 22:00 UTC.
         assert_eq!(starts[29].to_rfc3339(), "2025-03-30T22:00:00+00:00");
-        let at: DateTime<Utc> = "2025-03-02T10:00:00Z".parse().unwrap();
-        assert_eq!(segment_of(at, cycle, ams), starts[0]);
-        let first: DateTime<Utc> = "2025-03-01T10:00:00Z".parse().unwrap();
-        assert_eq!(
-            segment_of(first, cycle, ams).to_rfc3339(),
-            "2025-02-28T23:00:00+00:00"
-        );
     }
 }

@@ -132,6 +132,15 @@ pub struct Run<'p> {
     chunk_first: u64,
     cdrs_read: u64,
     rate_seconds: f64,
+    /// CDRs in the segment being rated, and lines that count a CDR: a
+    /// midnight becomes a checkpoint only once the segment holds at least as
+    /// many CDRs as a checkpoint holds lines, so that a checkpoint never
+    /// costs more to write than the reading it saves.
+    segment_cdrs: u64,
+    used_lines: u64,
+    /// The latest `started_at` rated (microseconds), for the checkpoint
+    /// after the last CDR.
+    last_started_at: Option<i64>,
 }
 
 impl<'p> Run<'p> {
@@ -163,7 +172,16 @@ impl<'p> Run<'p> {
             chunk: PricingChunk::default(),
             cdrs_read: 0,
             rate_seconds: 0.0,
+            segment_cdrs: 0,
+            used_lines: 0,
+            last_started_at: None,
         }
+        .counting_lines()
+    }
+
+    fn counting_lines(mut self) -> Self {
+        self.used_lines = self.state.lines.iter().filter(|l| l.cdr_count != 0).count() as u64;
+        self
     }
 
     /// Where reading starts.
@@ -219,6 +237,10 @@ impl<'p> Run<'p> {
         while self.next < self.boundaries.len() && self.boundaries[self.next] <= started_at {
             self.next += 1;
         }
+        if self.segment_cdrs < self.used_lines.max(1) {
+            return;
+        }
+        self.segment_cdrs = 0;
         self.flush_chunk(outputs);
         self.segment = instant(self.boundaries[self.next - 1]);
         self.seq = 0;
@@ -315,6 +337,9 @@ impl<'p> Run<'p> {
                 }
             }
             let line = self.state.line(number, row.kind, row.zone);
+            if line.cdr_count == 0 {
+                self.used_lines += 1;
+            }
             line.cdr_count += 1;
             match row.kind {
                 Kind::Voice => line.voice_seconds += i64::from(row.duration_seconds),
@@ -327,6 +352,8 @@ impl<'p> Run<'p> {
             line.unrated_count += i64::from(pricing.unrated);
             self.state.cdr_count += 1;
             self.cdrs_read += 1;
+            self.segment_cdrs += 1;
+            self.last_started_at = Some(row.started_at);
             if self.chunk.len() >= CHUNK {
                 self.flush_chunk(&mut outputs);
             }
@@ -336,15 +363,13 @@ impl<'p> Run<'p> {
         Ok(outputs)
     }
 
-    /// Adds the standard method's sums of the segment ending at `to`, and
-    /// takes the checkpoint there (none at the cycle's end: `finish` does).
+    /// Adds the standard method's sums of the CDRs from the restart on
+    /// (`last` is the latest `started_at` among them).
     pub fn add_groups(
         &mut self,
-        to: DateTime<Utc>,
         groups: Vec<(String, Kind, Zone, Sums)>,
-        end: DateTime<Utc>,
-    ) -> Result<Vec<Output>, TotalsError> {
-        let had_rows = !groups.is_empty();
+        last: Option<DateTime<Utc>>,
+    ) -> Result<(), TotalsError> {
         for (subscription, kind, zone, sums) in groups {
             let number = self
                 .state
@@ -356,21 +381,28 @@ impl<'p> Run<'p> {
             self.state.cdr_count += count;
             self.cdrs_read += count;
         }
-        if had_rows && to < end {
-            return Ok(vec![Output::Checkpoint {
-                at: to,
-                state: self.snapshot(),
-            }]);
-        }
-        Ok(Vec::new())
+        self.last_started_at = last.map(micros);
+        Ok(())
     }
 
-    /// Writes what is left and the final state (the checkpoint at `end`).
+    /// Writes what is left and the final state: as the checkpoint at
+    /// `end`, and as the checkpoint right after the last CDR, where the next
+    /// calculation restarts when the next import only adds later CDRs (the
+    /// daily case).
     pub fn finish(&mut self, end: DateTime<Utc>) -> Vec<Output> {
         let mut outputs = Vec::new();
         self.flush_chunk(&mut outputs);
         let state = self.snapshot();
         self.state = state.clone();
+        if let Some(last) = self.last_started_at {
+            let after = instant(last.saturating_add(1));
+            if after > self.segment && after < end {
+                outputs.push(Output::Checkpoint {
+                    at: after,
+                    state: state.clone(),
+                });
+            }
+        }
         outputs.push(Output::Checkpoint { at: end, state });
         outputs
     }
