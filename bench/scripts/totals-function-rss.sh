@@ -86,6 +86,8 @@ cleanup() {
     if [[ -n "$function_name" ]]; then
       aws lambda delete-function --function-name "$function_name" >/dev/null 2>&1 || true
     fi
+    # The stack's CDR bucket is retained (DeletionPolicy: Retain, as in
+    # production); MiniStack forgets it when it stops.
     aws cloudformation delete-stack --stack-name "$stack" >/dev/null 2>&1 || true
     aws secretsmanager delete-secret --secret-id "$stack/database" --force-delete-without-recovery >/dev/null 2>&1 || true
     psql "${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}" -X -q \
@@ -103,13 +105,16 @@ aws secretsmanager create-secret --name "$stack/database" --secret-string "$url"
 aws s3api head-bucket --bucket tem-artifacts >/dev/null 2>&1 \
   || aws s3api create-bucket --bucket tem-artifacts \
        --create-bucket-configuration "LocationConstraint=$AWS_DEFAULT_REGION" >/dev/null
+# (package reports its uploads' progress on stderr: kept for a failure.)
 aws cloudformation package --template-file infra/template.yaml --s3-bucket tem-artifacts \
-  --s3-prefix "$stack" --output-template-file "$work/packaged.yaml" >/dev/null
+  --s3-prefix "$stack" --output-template-file "$work/packaged.yaml" >/dev/null 2>"$work/package.err" \
+  || { cat "$work/package.err" >&2; exit 1; }
 aws cloudformation deploy --template-file "$work/packaged.yaml" --stack-name "$stack" \
   --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --no-fail-on-empty-changeset \
   --s3-bucket tem-artifacts --s3-prefix "$stack" \
   --parameter-overrides "SecretsPrefix=$stack" ScheduleEnabled=false DatabaseSslMode=disable \
-    Architecture=x86_64 DatabaseMaxConnections=50 >/dev/null
+    Architecture=x86_64 DatabaseMaxConnections=50 >/dev/null 2>"$work/deploy.err" \
+  || { cat "$work/deploy.err" >&2; exit 1; }
 function_name="$(aws cloudformation describe-stacks --stack-name "$stack" \
   --query "Stacks[0].Outputs[?OutputKey=='TotalsFunctionName'].OutputValue" --output text)"
 memory_mb="$(aws lambda get-function-configuration --function-name "$function_name" \
