@@ -82,7 +82,7 @@ pub async fn import_only(zip: &Path, database: &str, rejects_dir: &Path) -> Resu
 }
 
 /// `VmHWM` and `VmRSS` of this process, in KiB.
-fn memory_kb() -> Result<(u64, u64)> {
+pub fn memory_kb() -> Result<(u64, u64)> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let field = |name: &str| -> Result<u64> {
         let line = status

@@ -1,8 +1,14 @@
 //! The totals benchmark's data: one customer with `rows` CDRs in the cycle
-//! starting 2025-03-01 (Europe/Amsterdam), interleaved in time with another
-//! customer's CDRs, after the same customer's CDRs of the previous cycle, so
-//! the cycle has to be found among other rows. Loaded with COPY, in time
-//! order like carrier exports. Deterministic for a seed.
+//! starting 2025-03-01 (Europe/Amsterdam) over its `subscriptions`,
+//! interleaved in time with another customer's CDRs, after the same
+//! customer's CDRs of the previous cycle, so the cycle has to be found
+//! among other rows. Loaded with COPY, in time order like carrier exports,
+//! one import file per day. Deterministic for a seed.
+//!
+//! The cycle's last local day is left empty: the benchmark's "import at the
+//! cycle's end" fills it, as the daily import of the last day would.
+
+use std::io::Write;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
@@ -15,10 +21,18 @@ use crate::generate::Rng;
 
 /// The benchmarked cycle (start day 1, Europe/Amsterdam).
 pub const CYCLE: &str = "2025-03-01";
-/// 2025-03-01 00:00 CET and 2025-04-01 00:00 CEST in UTC.
+/// 2025-03-01 00:00 CET, 2025-03-31 00:00 CEST (the last local day's
+/// start) and 2025-04-01 00:00 CEST, in UTC.
 const CYCLE_START: (i32, u32, u32, u32) = (2025, 2, 28, 23);
+const LAST_DAY_START: (i32, u32, u32, u32) = (2025, 3, 30, 22);
 const CYCLE_END: (i32, u32, u32, u32) = (2025, 3, 31, 22);
+/// 2025-03-16 00:00 CET: the day of the late file, mid-cycle.
+const LATE_DAY_START: (i32, u32, u32, u32) = (2025, 3, 15, 23);
 const FLUSH_BYTES: usize = 1 << 20;
+/// The plan's bundles are sized for this many CDRs per subscription and
+/// per cycle (scaled to the dataset), so they run out during the cycle.
+const BUNDLE_CDRS_PER_SUBSCRIPTION: f64 = 20_000.0;
+const BUNDLE_CDRS_PER_POOL: f64 = 1_000_000.0;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Dataset {
@@ -29,12 +43,31 @@ pub struct Dataset {
     pub rows: u64,
     /// The other customer's CDRs in the same weeks.
     pub other_customer_rows: u64,
+    /// The other customer's subscriptions.
+    pub other_subscriptions: u32,
+    /// The other customer is on a plan of its own, sized like the
+    /// customer's, as the reference of memory use at its size.
+    pub other_on_plan: bool,
     /// The customer's CDRs of the previous cycle.
     pub previous_cycle_rows: u64,
     pub subscriptions: u32,
     pub rate_plan_id: String,
+    pub other_rate_plan_id: String,
+    /// When the generation and load took, seconds (VACUUM included).
+    pub load_seconds: f64,
     #[serde(skip)]
     pub plan: Value,
+}
+
+/// What the benchmark asks of the data.
+pub struct Spec {
+    pub rows: u64,
+    pub other_rows: u64,
+    pub subscriptions: u32,
+    /// CDRs of the other customer instead of half of `other_rows`, on a
+    /// plan of its own (the memory reference); 0: none.
+    pub reference_rows: u64,
+    pub seed: u64,
 }
 
 fn utc((y, m, d, h): (i32, u32, u32, u32)) -> DateTime<Utc> {
@@ -43,19 +76,43 @@ fn utc((y, m, d, h): (i32, u32, u32, u32)) -> DateTime<Utc> {
         .expect("a valid UTC time")
 }
 
-/// The rate plan the rate-plan runs use: per-prefix voice rates with three
-/// increment schemes, zone rates, SMS/MMS, data per MiB, a service rate, and
-/// per-subscription and pooled bundles for voice, SMS and data, which run
-/// out during the cycle so that both covered and charged CDRs occur.
-pub fn rate_plan() -> Value {
+/// The cycle's bounds in UTC.
+pub fn cycle_span() -> (DateTime<Utc>, DateTime<Utc>) {
+    (utc(CYCLE_START), utc(CYCLE_END))
+}
+
+/// The cycle's last local day, which the dataset leaves to the import at
+/// the cycle's end.
+pub fn last_day() -> (DateTime<Utc>, DateTime<Utc>) {
+    (utc(LAST_DAY_START), utc(CYCLE_END))
+}
+
+/// The local day 2025-03-16, of the late file mid-cycle.
+pub fn late_day() -> (DateTime<Utc>, DateTime<Utc>) {
+    let start = utc(LATE_DAY_START);
+    (start, start + Duration::days(1))
+}
+
+/// The rate plan: per-prefix voice rates with three increment schemes,
+/// zone rates, SMS/MMS, data per MiB, a service rate, and per-subscription
+/// and pooled bundles for voice, SMS and data. Their allowances scale with
+/// the CDRs per subscription (per-subscription bundles) and per cycle
+/// (pooled ones), so that at any size they run out during the cycle and
+/// both covered and charged CDRs occur. `variant` 1 charges 5% more for
+/// home calls: the benchmark's plan change.
+pub fn rate_plan(id: &str, rows: u64, subscriptions: u32, variant: u32) -> Value {
+    let per_line = rows as f64 / f64::from(subscriptions.max(1)) / BUNDLE_CDRS_PER_SUBSCRIPTION;
+    let pooled = rows as f64 / BUNDLE_CDRS_PER_POOL;
+    let scale = |allowance: f64, factor: f64| ((allowance * factor).round() as u64).max(1);
     json!({
-        "id": "bench-business",
+        "id": id,
         "name": "Benchmark business plan",
         "unit_bytes": 1_048_576,
         "monthly_fee_micros": 5_000_000,
         "rates": [
             {"id": "voice-home", "kind": "voice", "zone": "home", "prefix": "",
-             "connect_fee_micros": 0, "price_per_minute_micros": 120_000, "first_increment_s": 60, "increment_s": 1},
+             "connect_fee_micros": 0, "price_per_minute_micros": if variant == 1 { 126_000 } else { 120_000 },
+             "first_increment_s": 60, "increment_s": 1},
             {"id": "voice-nl-mobile", "kind": "voice", "zone": "home", "prefix": "316",
              "connect_fee_micros": 1_500, "price_per_minute_micros": 150_000, "first_increment_s": 30, "increment_s": 30},
             {"id": "voice-nl-fixed", "kind": "voice", "prefix": "3120",
@@ -74,32 +131,55 @@ pub fn rate_plan() -> Value {
             {"id": "service", "kind": "service", "prefix": ""}
         ],
         "bundles": [
-            {"id": "minutes-per-line", "kinds": ["voice"], "zones": ["home"], "allowance": 600_000, "scope": "per_subscription"},
-            {"id": "minutes-pool", "kinds": ["voice"], "zones": ["home", "eu"], "allowance": 20_000_000, "scope": "pooled"},
-            {"id": "sms-pool", "kinds": ["sms", "mms"], "allowance": 100_000, "scope": "pooled"},
-            {"id": "data-per-line", "kinds": ["data"], "zones": ["home"], "allowance": 32_212_254_720_u64, "scope": "per_subscription"},
-            {"id": "data-eu-pool", "kinds": ["data"], "zones": ["eu"], "allowance": 10_737_418_240_u64, "scope": "pooled"}
+            {"id": "minutes-per-line", "kinds": ["voice"], "zones": ["home"],
+             "allowance": scale(600_000.0, per_line), "scope": "per_subscription"},
+            {"id": "minutes-pool", "kinds": ["voice"], "zones": ["home", "eu"],
+             "allowance": scale(20_000_000.0, pooled), "scope": "pooled"},
+            {"id": "sms-pool", "kinds": ["sms", "mms"], "allowance": scale(100_000.0, pooled), "scope": "pooled"},
+            {"id": "data-per-line", "kinds": ["data"], "zones": ["home"],
+             "allowance": scale(32_212_254_720.0, per_line), "scope": "per_subscription"},
+            {"id": "data-eu-pool", "kinds": ["data"], "zones": ["eu"],
+             "allowance": scale(10_737_418_240.0, pooled), "scope": "pooled"}
         ]
     })
 }
 
-/// Creates the customers, the plan and the CDRs; returns what was made.
-pub async fn create(
-    db: &BenchDb,
-    rows: u64,
-    other_rows: u64,
-    subscriptions: u32,
-    seed: u64,
-) -> Result<Dataset> {
-    let plan = rate_plan();
-    let plan_id = plan["id"].as_str().unwrap_or_default().to_string();
-    sqlx::query("INSERT INTO rate_plan (id, name, plan) VALUES ($1, $2, $3)")
-        .bind(&plan_id)
-        .bind(plan["name"].as_str().unwrap_or_default())
-        .bind(&plan)
-        .execute(&db.pool)
-        .await
-        .context("insert the rate plan")?;
+/// Stores `plan` as the rate plan `id` (its document replaced when it
+/// exists: a plan change).
+pub async fn store_plan(db: &BenchDb, plan: &Value) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO rate_plan (id, name, plan) VALUES ($1, $2, $3)
+         ON CONFLICT (id) DO UPDATE SET plan = EXCLUDED.plan, updated_at = now()",
+    )
+    .bind(plan["id"].as_str().unwrap_or_default())
+    .bind(plan["name"].as_str().unwrap_or_default())
+    .bind(plan)
+    .execute(&db.pool)
+    .await
+    .context("store the rate plan")?;
+    Ok(())
+}
+
+/// Creates the customers, the plans and the CDRs; returns what was made.
+pub async fn create(db: &BenchDb, spec: &Spec) -> Result<Dataset> {
+    let started = std::time::Instant::now();
+    let subscriptions = spec.subscriptions.max(1);
+    let plan = rate_plan("bench-business", spec.rows, subscriptions, 0);
+    store_plan(db, &plan).await?;
+    let other_on_plan = spec.reference_rows > 0;
+    let other_customer_rows = if other_on_plan {
+        spec.reference_rows
+    } else {
+        spec.other_rows / 2
+    };
+    let other_subscriptions = if other_on_plan { subscriptions } else { 200 };
+    let other_plan = rate_plan(
+        "bench-reference",
+        other_customer_rows,
+        other_subscriptions,
+        0,
+    );
+    store_plan(db, &other_plan).await?;
     let customer_id: i64 = sqlx::query_scalar(
         "INSERT INTO customer (name, billing_cycle_start_day, time_zone) VALUES ('Benchmark BV', 1, 'Europe/Amsterdam') RETURNING id",
     )
@@ -107,31 +187,36 @@ pub async fn create(
     .await
     .context("insert the customer")?;
     let other_customer_id: i64 = sqlx::query_scalar(
-        "INSERT INTO customer (name, billing_cycle_start_day, time_zone) VALUES ('Other BV', 1, 'Europe/Amsterdam') RETURNING id",
+        "INSERT INTO customer (name, billing_cycle_start_day, time_zone, rate_plan_id) VALUES ('Other BV', 1, 'Europe/Amsterdam', $1) RETURNING id",
     )
+    .bind(other_on_plan.then_some("bench-reference"))
     .fetch_one(&db.pool)
     .await
     .context("insert the other customer")?;
-    let subscriptions = subscriptions.max(1);
+    // Autovacuum would start on the freshly loaded table during the first
+    // measurements; the load ends with a VACUUM of its own instead.
+    sqlx::query("ALTER TABLE call_detail_record SET (autovacuum_enabled = false)")
+        .execute(&db.pool)
+        .await
+        .context("turn autovacuum off")?;
 
-    let other_customer_rows = other_rows / 2;
-    let previous_cycle_rows = other_rows - other_customer_rows;
-    let mut generator = CdrGenerator {
-        rng: Rng::new(seed),
-        seq: 0,
-        customer_id,
-        other_customer_id,
-        subscriptions,
-        file: None,
-    };
+    let previous_cycle_rows = spec.other_rows - spec.other_rows / 2;
+    let mut generator = CdrGenerator::new(
+        Rng::new(spec.seed),
+        0,
+        (customer_id, subscriptions),
+        (other_customer_id, other_subscriptions),
+        None,
+    );
     let mut copy = copy_cdrs(db).await?;
     let mut buf = Vec::with_capacity(FLUSH_BYTES + 1024);
 
-    // The previous cycle (February), then March with the other customer's
-    // CDRs interleaved evenly.
+    // The previous cycle (February), then March up to its last day with
+    // the other customer's CDRs interleaved evenly (over the whole month:
+    // only the benchmarked customer's last day waits for its import).
     let previous_start = utc((2025, 1, 31, 23));
-    let start = utc(CYCLE_START);
-    let end = utc(CYCLE_END);
+    let (start, end) = cycle_span();
+    let (last_day_start, _) = last_day();
     for i in 0..previous_cycle_rows {
         let at = spread(
             previous_start,
@@ -143,15 +228,42 @@ pub async fn create(
         generator.row(&mut buf, at, false);
         flush(&mut copy, &mut buf, false).await?;
     }
-    let timeline = rows + other_customer_rows;
-    let mut acc = 0u64;
-    for j in 0..timeline {
-        let at = spread(start, end, j, timeline, &mut generator.rng);
-        acc += other_customer_rows;
-        let other = acc >= timeline;
-        if other {
-            acc -= timeline;
+    // The other customer's CDRs over the whole cycle, ours up to its last
+    // day: merged in time order.
+    let (mut ours, mut theirs) = (0u64, 0u64);
+    let (mut next_ours, mut next_theirs) = (None, None);
+    while ours < spec.rows || theirs < other_customer_rows {
+        if next_ours.is_none() && ours < spec.rows {
+            next_ours = Some(spread(
+                start,
+                last_day_start,
+                ours,
+                spec.rows,
+                &mut generator.rng,
+            ));
         }
+        if next_theirs.is_none() && theirs < other_customer_rows {
+            next_theirs = Some(spread(
+                start,
+                end,
+                theirs,
+                other_customer_rows,
+                &mut generator.rng,
+            ));
+        }
+        let other = match (next_ours, next_theirs) {
+            (Some(a), Some(b)) => b < a,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        let at = if other {
+            theirs += 1;
+            next_theirs.take()
+        } else {
+            ours += 1;
+            next_ours.take()
+        }
+        .context("a next CDR")?;
         generator.row(&mut buf, at, other);
         flush(&mut copy, &mut buf, false).await?;
     }
@@ -165,7 +277,36 @@ pub async fn create(
         .execute(&db.pool)
         .await
         .context("vacuum")?;
-    let in_cycle: i64 = sqlx::query_scalar(
+    let in_cycle = count_in(db, customer_id, (start, end)).await?;
+    anyhow::ensure!(
+        in_cycle as u64 == spec.rows,
+        "generated {} CDRs for the cycle but {in_cycle} are in it",
+        spec.rows
+    );
+    Ok(Dataset {
+        customer_id,
+        other_customer_id,
+        cycle: CYCLE.parse().context("cycle date")?,
+        rows: spec.rows,
+        other_customer_rows,
+        other_subscriptions,
+        other_on_plan,
+        previous_cycle_rows,
+        subscriptions,
+        rate_plan_id: plan["id"].as_str().unwrap_or_default().to_string(),
+        other_rate_plan_id: "bench-reference".into(),
+        load_seconds: started.elapsed().as_secs_f64(),
+        plan,
+    })
+}
+
+/// The customer's CDRs in `[start, end)`.
+pub async fn count_in(
+    db: &BenchDb,
+    customer_id: i64,
+    (start, end): (DateTime<Utc>, DateTime<Utc>),
+) -> Result<i64> {
+    sqlx::query_scalar(
         "SELECT count(*) FROM call_detail_record WHERE customer_id = $1 AND started_at >= $2 AND started_at < $3",
     )
     .bind(customer_id)
@@ -173,47 +314,42 @@ pub async fn create(
     .bind(end)
     .fetch_one(&db.pool)
     .await
-    .context("count the cycle")?;
-    anyhow::ensure!(
-        in_cycle as u64 == rows,
-        "generated {rows} CDRs for the cycle but {in_cycle} are in it"
-    );
-    Ok(Dataset {
-        customer_id,
-        other_customer_id,
-        cycle: CYCLE.parse().context("cycle date")?,
-        rows,
-        other_customer_rows,
-        previous_cycle_rows,
-        subscriptions,
-        rate_plan_id: plan_id,
-        plan,
-    })
+    .context("count the CDRs")
+}
+
+/// CDRs one import file added.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Added {
+    pub file: i64,
+    pub rows: u64,
+    /// The earliest `started_at` of the file: where its change begins.
+    pub first_started_at: DateTime<Utc>,
 }
 
 /// Adds one more import file of `rows` CDRs of the customer, spread over
-/// 2025-03-16 (a late daily export), as import file `file`; their
-/// external ids cannot collide with the dataset's.
+/// `[from, to)`, as import file `file`; their external ids cannot collide
+/// with the dataset's or another file's.
 pub async fn add_file(
     db: &BenchDb,
     dataset: &Dataset,
     rows: u64,
     file: i64,
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
     seed: u64,
-) -> Result<()> {
-    let mut generator = CdrGenerator {
-        rng: Rng::new(seed ^ file as u64),
-        seq: 5_000_000_000 + file as u64 * 10_000_000,
-        customer_id: dataset.customer_id,
-        other_customer_id: dataset.other_customer_id,
-        subscriptions: dataset.subscriptions,
-        file: Some(file),
-    };
+) -> Result<Added> {
+    let mut generator = CdrGenerator::new(
+        Rng::new(seed ^ file as u64),
+        5_000_000_000 + file as u64 * 100_000_000,
+        (dataset.customer_id, dataset.subscriptions),
+        (dataset.other_customer_id, dataset.other_subscriptions),
+        Some(file),
+    );
     let mut copy = copy_cdrs(db).await?;
     let mut buf = Vec::with_capacity(FLUSH_BYTES + 1024);
-    let day = utc((2025, 3, 15, 23));
+    let mut first = None;
     for i in 0..rows {
-        let at = spread(day, day + Duration::days(1), i, rows, &mut generator.rng);
+        let at = spread(from, to, i, rows, &mut generator.rng);
+        first = Some(first.map_or(at, |f: DateTime<Utc>| f.min(at)));
         generator.row(&mut buf, at, false);
         flush(&mut copy, &mut buf, false).await?;
     }
@@ -221,7 +357,11 @@ pub async fn add_file(
     copy.finish()
         .await
         .context("finish the COPY of the added file")?;
-    Ok(())
+    Ok(Added {
+        file,
+        rows,
+        first_started_at: first.context("an added file has at least one CDR")?,
+    })
 }
 
 /// Removes an added import file's CDRs again.
@@ -249,22 +389,18 @@ fn spread(
     start + Duration::seconds(offset.min(span - 1) as i64)
 }
 
+type Copy = sqlx::postgres::PgCopyIn<sqlx::pool::PoolConnection<sqlx::Postgres>>;
+
 /// A COPY of generated lines into `call_detail_record`, in the importer's
 /// column order.
-async fn copy_cdrs(
-    db: &BenchDb,
-) -> Result<sqlx::postgres::PgCopyIn<sqlx::pool::PoolConnection<sqlx::Postgres>>> {
+async fn copy_cdrs(db: &BenchDb) -> Result<Copy> {
     db.pool
         .copy_in_raw(&format!("COPY call_detail_record ({COLUMNS}) FROM STDIN"))
         .await
         .context("start a COPY of CDRs")
 }
 
-async fn flush(
-    copy: &mut sqlx::postgres::PgCopyIn<sqlx::pool::PoolConnection<sqlx::Postgres>>,
-    buf: &mut Vec<u8>,
-    last: bool,
-) -> Result<()> {
+async fn flush(copy: &mut Copy, buf: &mut Vec<u8>, last: bool) -> Result<()> {
     if buf.len() >= FLUSH_BYTES || (last && !buf.is_empty()) {
         copy.send(buf.as_slice())
             .await
@@ -277,32 +413,52 @@ async fn flush(
 struct CdrGenerator {
     rng: Rng,
     seq: u64,
-    customer_id: i64,
-    other_customer_id: i64,
-    subscriptions: u32,
+    /// The customer and its subscriptions.
+    ours: (i64, u32),
+    other: (i64, u32),
     /// The import file of every row; `None`: one file per day, as a daily
     /// carrier export.
     file: Option<i64>,
+    /// The last second formatted, and its text: CDRs come in time order,
+    /// several per second at 10M a month.
+    last_second: Option<(i64, String)>,
 }
 
 impl CdrGenerator {
+    fn new(rng: Rng, seq: u64, ours: (i64, u32), other: (i64, u32), file: Option<i64>) -> Self {
+        Self {
+            rng,
+            seq,
+            ours,
+            other,
+            file,
+            last_second: None,
+        }
+    }
+
     /// Appends one COPY text line.
     fn row(&mut self, out: &mut Vec<u8>, at: DateTime<Utc>, other: bool) {
-        use std::io::Write;
         self.seq += 1;
+        let seconds_since_epoch = at.timestamp();
+        if self
+            .last_second
+            .as_ref()
+            .is_none_or(|(s, _)| *s != seconds_since_epoch)
+        {
+            self.last_second = Some((
+                seconds_since_epoch,
+                at.format("%Y-%m-%d %H:%M:%S+00").to_string(),
+            ));
+        }
+        let started_at = self.last_second.as_ref().map_or("", |(_, t)| t.as_str());
         let rng = &mut self.rng;
         let provider = if rng.percent(90) { "routit" } else { "kpn" };
-        let (customer, subscription) = if other {
-            (
-                self.other_customer_id,
-                format!("+3165{:07}", rng.below(200)),
-            )
+        let ((customer, subscriptions), prefix) = if other {
+            (self.other, 5)
         } else {
-            (
-                self.customer_id,
-                format!("+3161{:07}", rng.below(u64::from(self.subscriptions))),
-            )
+            (self.ours, 1)
         };
+        let subscription = rng.below(u64::from(subscriptions));
         let kind = match rng.below(100) {
             0..=44 => "voice",
             45..=64 => "sms",
@@ -316,17 +472,8 @@ impl CdrGenerator {
             _ => "world",
         };
         let n = rng.below(100_000_000);
-        let destination = match kind {
-            "data" => String::new(),
-            "service" => ["1244", "Spotify", "0900-8844"][rng.below(3) as usize].to_string(),
-            _ => match rng.below(6) {
-                0 | 1 => format!("+316{n:08}"),
-                2 => format!("+3120{:07}", n % 10_000_000),
-                3 => format!("+324{n:08}"),
-                4 => format!("+1212{:07}", n % 10_000_000),
-                _ => format!("+4915{n:08}"),
-            },
-        };
+        let destination_choice = rng.below(6);
+        let service = rng.below(3) as usize;
         let (seconds, bytes, units, cost) = match kind {
             "voice" => {
                 let s = match rng.below(100) {
@@ -348,14 +495,79 @@ impl CdrGenerator {
             "service" => (0, 0, 1, 500_000 + rng.below(9) * 250_000),
             _ => (0, 0, 1, 75_000),
         };
-        let file = self.file.unwrap_or(at.timestamp() / 86_400);
-        let _ = writeln!(
+        let file = self.file.unwrap_or(seconds_since_epoch / 86_400);
+        let _ = write!(
             out,
-            "{provider}\t{}{:010}\t{subscription}\t{customer}\t{}\t{kind}\toutgoing\t{destination}\t{zone}\t{seconds}\t{bytes}\t{units}\t{cost}\t{file}\t{}",
+            "{provider}\t{}{:010}\t+316{prefix}{subscription:07}\t{customer}\t{started_at}\t{kind}\toutgoing\t",
             if provider == "kpn" { "K" } else { "RT" },
             self.seq,
-            at.format("%Y-%m-%d %H:%M:%S+00"),
+        );
+        let _ = match kind {
+            "data" => Ok(()),
+            "service" => out.write_all(["1244", "Spotify", "0900-8844"][service].as_bytes()),
+            _ => match destination_choice {
+                0 | 1 => write!(out, "+316{n:08}"),
+                2 => write!(out, "+3120{:07}", n % 10_000_000),
+                3 => write!(out, "+324{n:08}"),
+                4 => write!(out, "+1212{:07}", n % 10_000_000),
+                _ => write!(out, "+4915{n:08}"),
+            },
+        };
+        let _ = writeln!(
+            out,
+            "\t{zone}\t{seconds}\t{bytes}\t{units}\t{cost}\t{file}\t{}",
             self.seq % 2_000_000_000,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowance(plan: &Value, bundle: &str) -> u64 {
+        plan["bundles"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b["id"] == bundle)
+            .and_then(|b| b["allowance"].as_u64())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn bundles_scale_with_the_cdrs_per_subscription_and_per_cycle() {
+        // The sizes the plan was tuned at: 1M CDRs over 50 subscriptions.
+        let tuned = rate_plan("p", 1_000_000, 50, 0);
+        assert_eq!(allowance(&tuned, "minutes-per-line"), 600_000);
+        assert_eq!(allowance(&tuned, "minutes-pool"), 20_000_000);
+        // 100 times the subscriptions: a hundredth per line, the pool alike.
+        let wide = rate_plan("p", 1_000_000, 5_000, 0);
+        assert_eq!(allowance(&wide, "minutes-per-line"), 6_000);
+        assert_eq!(allowance(&wide, "minutes-pool"), 20_000_000);
+        // Ten times the CDRs: ten times both.
+        let big = rate_plan("p", 10_000_000, 5_000, 0);
+        assert_eq!(allowance(&big, "minutes-per-line"), 60_000);
+        assert_eq!(allowance(&big, "data-eu-pool"), 107_374_182_400);
+    }
+
+    #[test]
+    fn the_changed_plan_differs_only_in_the_price_of_home_calls() {
+        let before = rate_plan("p", 1_000_000, 5_000, 0);
+        let after = rate_plan("p", 1_000_000, 5_000, 1);
+        assert_ne!(before, after);
+        let mut restored = after.clone();
+        restored["rates"][0]["price_per_minute_micros"] = json!(120_000);
+        assert_eq!(before, restored);
+    }
+
+    #[test]
+    fn the_dataset_leaves_the_last_day_to_the_import_at_the_cycle_s_end() {
+        let (start, end) = cycle_span();
+        let (last_start, last_end) = last_day();
+        assert_eq!(last_end, end);
+        assert_eq!(last_end - last_start, Duration::days(1));
+        let (late_start, late_end) = late_day();
+        assert!(start < late_start && late_end < last_start);
     }
 }

@@ -1,31 +1,40 @@
 //! `totals-bench`: CalculateTotals on one customer's cycle of `--rows` CDRs
 //! against a bare `SELECT ... GROUP BY` summing the same columns, in one run
-//! on one PostgreSQL server. See bench/README.md.
+//! on one PostgreSQL server, in the cases issue 11 sets goals for: a full
+//! calculation, after an import at the cycle's end, after a late file in
+//! its middle, after a plan change, and the standard method's. Every case
+//! runs in a child process of its own, which reports its peak memory. See
+//! bench/README.md.
 
+pub mod child;
 pub mod data;
+pub mod engine;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
-use tem_shared::billing::cycle_input::InputSource;
-use tem_shared::billing::totals::{
-    calculate_totals_timed, cycle_bounds, CycleTotals, TotalsTimings, READ_COLUMNS,
-};
+use tem_shared::billing::totals::cycle_bounds;
 
 use crate::db::BenchDb;
 use crate::report::Goal;
+use child::{ChildReport, Totals};
+use engine::{How, Kind, Phases};
 
 pub struct Options {
     pub rows: u64,
     pub other_rows: u64,
-    pub added_file_rows: u64,
     pub subscriptions: u32,
+    pub reference_rows: u64,
+    pub added_rows: u64,
     pub runs: u32,
     pub seed: u64,
     pub database_url: String,
+    pub verify: bool,
     pub keep: bool,
     pub json_out: Option<PathBuf>,
 }
@@ -38,69 +47,116 @@ pub const BARE_GROUP_BY: &str =
      FROM call_detail_record WHERE customer_id = $1 AND started_at >= $2 AND started_at < $3 \
      GROUP BY subscription, kind, roaming_zone";
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Timing {
-    pub method: String,
-    /// Every run, in seconds, in the order they ran.
-    pub runs: Vec<f64>,
-    pub best: f64,
-    pub median: f64,
+/// Peak memory goal of a full calculation (issue 11), MiB.
+const RSS_GOAL_MIB: f64 = 256.0;
+/// How far the late file's time may exceed proportional (1.0) and still
+/// count as proportional: the calculation's fixed costs (finding the
+/// checkpoint, rewriting the state) are not proportional to anything.
+const PROPORTIONAL_TOLERANCE: f64 = 1.25;
+
+/// The benchmark's cases, in the order a round runs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Case {
+    Bare,
+    StandardFull,
+    StandardAfterImport,
+    PlanFull,
+    PlanUnchanged,
+    PlanAfterImport,
+    PlanLateFile,
+    PlanChanged,
+    ReferenceFull,
 }
 
-impl Timing {
-    fn new(method: &str, runs: Vec<f64>) -> Self {
-        let mut sorted = runs.clone();
-        sorted.sort_by(f64::total_cmp);
-        let median = if sorted.is_empty() {
-            0.0
-        } else if sorted.len() % 2 == 1 {
-            sorted[sorted.len() / 2]
-        } else {
-            (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
-        };
-        Self {
-            method: method.into(),
-            best: sorted.first().copied().unwrap_or(0.0),
-            median,
-            runs,
+impl Case {
+    fn label(self, options: &Options, dataset: &data::Dataset) -> String {
+        let added = options.added_rows;
+        match self {
+            Case::Bare => "bare SELECT ... GROUP BY".into(),
+            Case::StandardFull => "standard, full calculation".into(),
+            Case::StandardAfterImport => {
+                format!("standard, after an import of {added} CDRs at the cycle's end")
+            }
+            Case::PlanFull => "rate plan with bundles, full calculation".into(),
+            Case::PlanUnchanged => "rate plan, nothing changed".into(),
+            Case::PlanAfterImport => {
+                format!("rate plan, after an import of {added} CDRs at the cycle's end")
+            }
+            Case::PlanLateFile => {
+                format!("rate plan, after a late file of {added} CDRs on 2025-03-16")
+            }
+            Case::PlanChanged => "rate plan, after a plan change".into(),
+            Case::ReferenceFull => format!(
+                "rate plan, full calculation of {} CDRs (memory reference)",
+                dataset.other_customer_rows
+            ),
         }
     }
 }
 
+/// One timed run of a case.
 #[derive(Debug, Clone, Serialize)]
-pub struct Checks {
-    pub bare_groups: usize,
-    pub standard_lines: i64,
-    pub standard_equals_bare_sums: bool,
-    pub rate_plan_cdr_count: i64,
-    pub stored_pricings: i64,
-    pub stored_rated_sum_equals_totals: bool,
-    pub lines_add_up_to_totals: bool,
-    pub rate_plan_unrated: i64,
-    pub covered_cdrs: i64,
-    pub split_shares: i64,
+pub struct Sample {
+    pub seconds: f64,
+    /// The child process's wall time (start-up and connect included).
+    pub process_seconds: f64,
+    pub vm_hwm_kb: u64,
+    pub phases: Option<Phases>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    pub case: Case,
+    pub label: String,
+    pub runs: Vec<Sample>,
+    pub best: f64,
+    pub median: f64,
+    /// Best against the bare query's best.
+    pub x_bare: f64,
+    /// Median against the bare query's median.
+    pub x_bare_median: f64,
+    /// The highest `VmHWM` of the case's runs, MiB.
+    pub peak_rss_mib: f64,
+    /// Phases of the fastest run.
+    pub best_phases: Option<Phases>,
+}
+
+/// The late file's share of the cycle, and its time against proportional.
+#[derive(Debug, Clone, Serialize)]
+pub struct LateFile {
+    pub rows: u64,
+    pub first_started_at: DateTime<Utc>,
+    /// CDRs of the cycle with `started_at` at or after the file's first.
+    pub cdrs_from_first: i64,
+    pub cdrs_in_cycle: i64,
+    /// cdrs_from_first / cdrs_in_cycle.
+    pub share: f64,
+    /// Best time / share: what a full calculation would take at that rate.
+    pub seconds_per_share: f64,
+    /// (best time / share) / best full calculation: 1.0 is proportional.
+    pub proportionality: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub case: Case,
+    pub round: u32,
+    pub what: String,
+    pub ok: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub dataset: data::Dataset,
     pub environment: Vec<(String, String)>,
-    pub timings: Vec<Timing>,
-    /// CDRs of the import file added before each "after an import" run.
-    pub added_file_rows: u64,
-    /// Phases of the best run of each rate-plan case.
-    pub rate_plan_phases: TotalsTimings,
-    pub after_import_phases: TotalsTimings,
-    pub nothing_stored_phases: TotalsTimings,
-    pub standard_totals: CycleTotals,
-    pub rate_plan_totals: CycleTotals,
-    pub ratio_standard_best: f64,
-    pub ratio_standard_median: f64,
-    pub ratio_rate_plan_best: f64,
-    pub ratio_rate_plan_median: f64,
-    pub ratio_after_import_best: f64,
-    pub ratio_nothing_stored_best: f64,
-    pub checks: Checks,
+    pub added_rows: u64,
+    pub runs: u32,
+    pub cases: Vec<CaseResult>,
+    pub late_file: Option<LateFile>,
+    /// Rate plan full / bare, standard full / bare, ... (best of runs).
+    pub ratios: BTreeMap<String, f64>,
+    pub checks: Vec<Check>,
     pub goals: Vec<Goal>,
     pub all_goals_met: bool,
     pub notes: Vec<String>,
@@ -110,9 +166,23 @@ fn progress(step: &str) {
     eprintln!("[totals-bench] {step}");
 }
 
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn mib(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
 pub async fn run(options: Options) -> Result<()> {
-    if options.rows == 0 || options.runs == 0 {
-        bail!("--rows and --runs must be positive");
+    if options.rows == 0 || options.runs == 0 || options.added_rows == 0 {
+        bail!("--rows, --runs and --added-rows must be positive");
     }
     let db = BenchDb::create(&options.database_url).await?;
     progress(&format!("database {} created and migrated", db.name));
@@ -143,82 +213,413 @@ async fn set_plan(db: &BenchDb, customer_id: i64, plan: Option<&str>) -> Result<
     Ok(())
 }
 
-/// Runs the bare GROUP BY; returns its time and the number of groups.
-async fn bare(
+/// Starts the children: this program's hidden `calculate` and `bare`.
+struct Children {
+    exe: PathBuf,
+    url: String,
+    cycle: NaiveDate,
+}
+
+impl Children {
+    fn run(&self, args: &[String]) -> Result<(ChildReport, f64)> {
+        let started = Instant::now();
+        let mut command = Command::new(&self.exe);
+        command.args(args).stdin(Stdio::null());
+        // sqlx warns of every statement over a second, which the
+        // calculations of big cycles have by design.
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "warn,sqlx::query=error");
+        }
+        let output = command
+            .stderr(Stdio::inherit())
+            .output()
+            .with_context(|| format!("run {} {}", self.exe.display(), args.join(" ")))?;
+        let wall = started.elapsed().as_secs_f64();
+        if !output.status.success() {
+            bail!(
+                "the child `{}` failed ({}); its error is above",
+                args.join(" "),
+                output.status
+            );
+        }
+        let report: ChildReport = serde_json::from_slice(&output.stdout).with_context(|| {
+            format!(
+                "parse the child's report {:?}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })?;
+        Ok((report, wall))
+    }
+
+    fn calculate(&self, customer_id: i64, how: How) -> Result<(ChildReport, f64)> {
+        let how = match how {
+            How::Full => "full",
+            How::Incremental => "incremental",
+        };
+        self.run(&[
+            "calculate".into(),
+            "--database".into(),
+            self.url.clone(),
+            "--customer".into(),
+            customer_id.to_string(),
+            "--cycle".into(),
+            self.cycle.to_string(),
+            "--how".into(),
+            how.into(),
+        ])
+    }
+
+    fn bare(
+        &self,
+        customer_id: i64,
+        (start, end): (DateTime<Utc>, DateTime<Utc>),
+    ) -> Result<(ChildReport, f64)> {
+        self.run(&[
+            "bare".into(),
+            "--database".into(),
+            self.url.clone(),
+            "--customer".into(),
+            customer_id.to_string(),
+            "--start".into(),
+            start.to_rfc3339(),
+            "--end".into(),
+            end.to_rfc3339(),
+        ])
+    }
+}
+
+fn totals_of(report: &ChildReport) -> Result<&Totals> {
+    report
+        .totals
+        .as_ref()
+        .context("the calculation child reported no totals")
+}
+
+/// The sums the totals must equal, straight from the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TableSums {
+    count: i64,
+    provider: i64,
+    seconds: i64,
+    bytes: i64,
+    messages: i64,
+    id_sum: i64,
+}
+
+async fn table_sums(
     db: &BenchDb,
     customer_id: i64,
     (start, end): (DateTime<Utc>, DateTime<Utc>),
-) -> Result<(f64, usize)> {
-    let started = Instant::now();
-    let rows = sqlx::query(BARE_GROUP_BY)
+) -> Result<TableSums> {
+    let (count, provider, seconds, bytes, messages, id_sum): (i64, i64, i64, i64, i64, i64) =
+        sqlx::query_as(
+            "SELECT count(*), coalesce(sum(provider_cost_micros), 0)::bigint,
+                    coalesce(sum(duration_seconds) FILTER (WHERE kind = 'voice'), 0)::bigint,
+                    coalesce(sum(volume_bytes) FILTER (WHERE kind = 'data'), 0)::bigint,
+                    coalesce(sum(units) FILTER (WHERE kind IN ('sms', 'mms')), 0)::bigint,
+                    coalesce(sum(id), 0)::bigint
+             FROM call_detail_record WHERE customer_id = $1 AND started_at >= $2 AND started_at < $3",
+        )
         .bind(customer_id)
         .bind(start)
         .bind(end)
-        .fetch_all(&db.pool)
+        .fetch_one(&db.pool)
         .await
-        .context("the bare GROUP BY")?;
-    Ok((started.elapsed().as_secs_f64(), rows.len()))
+        .context("the check sums")?;
+    Ok(TableSums {
+        count,
+        provider,
+        seconds,
+        bytes,
+        messages,
+        id_sum,
+    })
 }
 
-/// The floor of any rating outside the database: one COPY of the columns
-/// the rate-plan method reads, received and thrown away.
-async fn copy_floor(
-    db: &BenchDb,
+/// What a case's calculation is checked against.
+struct Expect {
     customer_id: i64,
-    (start, end): (DateTime<Utc>, DateTime<Utc>),
-) -> Result<f64> {
-    use futures::TryStreamExt;
-    let mut connection = db.pool.acquire().await.context("a connection")?;
-    let sql = format!(
-        "COPY (SELECT {READ_COLUMNS} FROM call_detail_record
-               WHERE customer_id = {customer_id} AND started_at >= '{}' AND started_at < '{}')
-         TO STDOUT (FORMAT binary)",
-        start.to_rfc3339(),
-        end.to_rfc3339()
-    );
-    let started = Instant::now();
-    let mut stream = connection
-        .copy_out_raw(&sql)
-        .await
-        .context("start the COPY")?;
-    let mut bytes = 0usize;
-    while let Some(chunk) = stream.try_next().await.context("the COPY")? {
-        bytes += chunk.len();
-    }
-    let took = started.elapsed().as_secs_f64();
-    ensure!(bytes > 0, "the COPY returned nothing");
-    Ok(took)
+    rows: u64,
+    /// Check everything (sums from the table, the stored pricings); else
+    /// only the number of CDRs.
+    thorough: bool,
 }
 
-async fn calculate(
-    db: &BenchDb,
-    dataset: &data::Dataset,
-) -> Result<(f64, CycleTotals, TotalsTimings)> {
-    let started = Instant::now();
-    let (totals, timings) = calculate_totals_timed(&db.pool, dataset.customer_id, dataset.cycle)
-        .await
-        .context("calculate_totals")?;
-    Ok((started.elapsed().as_secs_f64(), totals, timings))
+struct Bench<'a> {
+    db: &'a BenchDb,
+    options: &'a Options,
+    dataset: &'a data::Dataset,
+    bounds: (DateTime<Utc>, DateTime<Utc>),
+    children: Children,
+    samples: BTreeMap<Case, Vec<Sample>>,
+    checks: Vec<Check>,
+    notes: Vec<String>,
 }
 
-/// One calculation's phases, for the progress lines.
-fn phases_text(p: &TotalsTimings) -> String {
-    format!(
-        "read {:.3}, rate {:.3}, store input {:.3}, write {:.3}",
-        p.read_seconds, p.rate_seconds, p.store_input_seconds, p.write_seconds
-    )
-}
-
-async fn note_checkpoint(db: &BenchDb, notes: &mut Vec<String>) {
-    if let Some(note) = db.checkpoint().await {
-        if !notes.contains(&note) {
-            notes.push(note);
+impl Bench<'_> {
+    async fn checkpoint(&mut self) {
+        if let Some(note) = self.db.checkpoint().await {
+            if !self.notes.contains(&note) {
+                self.notes.push(note);
+            }
         }
+    }
+
+    fn note(&mut self, note: String) {
+        if !self.notes.contains(&note) {
+            self.notes.push(note);
+        }
+    }
+
+    fn check(&mut self, case: Case, round: u32, what: String, ok: bool) -> Result<()> {
+        self.checks.push(Check {
+            case,
+            round,
+            what: what.clone(),
+            ok,
+        });
+        ensure!(ok, "check failed in round {round}, {case:?}: {what}");
+        Ok(())
+    }
+
+    fn record(&mut self, case: Case, report: &ChildReport, wall: f64) {
+        self.samples.entry(case).or_default().push(Sample {
+            seconds: report.seconds,
+            process_seconds: wall,
+            vm_hwm_kb: report.vm_hwm_kb,
+            phases: report.phases,
+        });
+    }
+
+    /// A timed case: CHECKPOINT, the calculation in a child, recorded.
+    async fn timed(&mut self, case: Case, customer_id: i64, how: How) -> Result<ChildReport> {
+        self.checkpoint().await;
+        let (report, wall) = self.children.calculate(customer_id, how)?;
+        self.record(case, &report, wall);
+        Ok(report)
+    }
+
+    /// An untimed calculation (preparing the next case), in a child too:
+    /// this process stays small whatever the calculation needs.
+    fn untimed(&self, customer_id: i64, how: How) -> Result<ChildReport> {
+        Ok(self.children.calculate(customer_id, how)?.0)
+    }
+
+    /// The totals against the table, the lines against the totals, and for
+    /// the rate plan the stored pricings against both.
+    async fn check_totals(
+        &mut self,
+        case: Case,
+        round: u32,
+        report: &ChildReport,
+        expect: &Expect,
+    ) -> Result<()> {
+        let totals = totals_of(report)?.clone();
+        self.check(
+            case,
+            round,
+            format!(
+                "the totals count {} CDRs, of {}",
+                totals.cdr_count, expect.rows
+            ),
+            totals.cdr_count as u64 == expect.rows,
+        )?;
+        if !expect.thorough {
+            return Ok(());
+        }
+        let sums = table_sums(self.db, expect.customer_id, self.bounds).await?;
+        let standard = totals.method == "standard";
+        if standard {
+            self.check(
+                case,
+                round,
+                "standard totals = the bare sums (count, provider and rated cost, voice seconds, data bytes, messages)".into(),
+                (
+                    totals.cdr_count,
+                    totals.provider_cost_micros,
+                    totals.rated_cost_micros,
+                    totals.voice_seconds,
+                    totals.data_bytes,
+                    totals.messages,
+                ) == (sums.count, sums.provider, sums.provider, sums.seconds, sums.bytes, sums.messages),
+            )?;
+        } else {
+            self.check(
+                case,
+                round,
+                "rate-plan totals: count, provider cost, voice seconds, data bytes and messages = the table's".into(),
+                (
+                    totals.cdr_count,
+                    totals.provider_cost_micros,
+                    totals.voice_seconds,
+                    totals.data_bytes,
+                    totals.messages,
+                ) == (sums.count, sums.provider, sums.seconds, sums.bytes, sums.messages),
+            )?;
+        }
+        let (line_count, line_provider, line_rated, line_unrated): (i64, i64, i64, i64) =
+            sqlx::query_as(
+                "SELECT coalesce(sum(cdr_count), 0)::bigint, coalesce(sum(provider_cost_micros), 0)::bigint,
+                        coalesce(sum(rated_cost_micros), 0)::bigint, coalesce(sum(unrated_count), 0)::bigint
+                 FROM totals_line WHERE customer_id = $1 AND cycle = $2",
+            )
+            .bind(expect.customer_id)
+            .bind(self.dataset.cycle)
+            .fetch_one(&self.db.pool)
+            .await
+            .context("the lines")?;
+        self.check(
+            case,
+            round,
+            "the lines add up to the totals".into(),
+            (line_count, line_provider, line_rated, line_unrated)
+                == (
+                    totals.cdr_count,
+                    totals.provider_cost_micros,
+                    totals.rated_cost_micros,
+                    totals.unrated_count,
+                ),
+        )?;
+        if !standard {
+            let pricings = tem_shared::billing::pricings::read(
+                &self.db.pool,
+                expect.customer_id,
+                self.dataset.cycle,
+            )
+            .await
+            .context("the stored pricings")?;
+            let rated: i64 = pricings.rated_cost_micros.iter().sum();
+            let ids: i64 = pricings.cdr_id.iter().sum();
+            self.check(
+                case,
+                round,
+                format!(
+                    "one stored pricing per CDR ({}), of the cycle's CDRs (sum of ids), their rated costs adding up to the totals",
+                    pricings.len()
+                ),
+                pricings.len() as i64 == totals.cdr_count
+                    && ids == sums.id_sum
+                    && rated == totals.rated_cost_micros,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// After an incremental case: a full calculation of the same CDRs
+    /// gives the same totals and, for the rate plan, the same pricings.
+    async fn verify_against_full(
+        &mut self,
+        case: Case,
+        round: u32,
+        incremental: &ChildReport,
+    ) -> Result<()> {
+        let totals = totals_of(incremental)?.clone();
+        let plan = totals.method != "standard";
+        let before = if plan {
+            Some(
+                tem_shared::billing::pricings::read(
+                    &self.db.pool,
+                    self.dataset.customer_id,
+                    self.dataset.cycle,
+                )
+                .await
+                .context("the stored pricings")?,
+            )
+        } else {
+            None
+        };
+        let full = self.untimed(self.dataset.customer_id, How::Full)?;
+        let full_totals = totals_of(&full)?.clone();
+        self.check(
+            case,
+            round,
+            "the totals equal a full recalculation's".into(),
+            totals == full_totals,
+        )?;
+        if let Some(before) = before {
+            let after = tem_shared::billing::pricings::read(
+                &self.db.pool,
+                self.dataset.customer_id,
+                self.dataset.cycle,
+            )
+            .await
+            .context("the stored pricings")?;
+            self.check(
+                case,
+                round,
+                format!(
+                    "every one of the {} pricings equals a full recalculation's",
+                    after.len()
+                ),
+                before == after,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Notes a calculation that did not do what the case expects of the
+    /// new calculation (slower, not wrong: the checks say that).
+    fn expect_kind(
+        &mut self,
+        case: Case,
+        phases: Option<Phases>,
+        changed_from: Option<DateTime<Utc>>,
+    ) {
+        let Some(phases) = phases else { return };
+        let expected = match (case, phases.kind) {
+            (_, Kind::StoredCopy { .. }) => case != Case::PlanFull && case != Case::ReferenceFull,
+            (Case::StandardFull | Case::PlanFull | Case::PlanChanged | Case::ReferenceFull, k) => {
+                k == Kind::Full
+            }
+            (Case::PlanUnchanged, k) => k == Kind::AlreadyCurrent,
+            (_, Kind::FromCheckpoint { from }) => changed_from.is_none_or(|c| from <= c),
+            _ => false,
+        };
+        if !expected {
+            self.note(format!(
+                "{case:?}: the calculation was {:?}, not what the case expects",
+                phases.kind
+            ));
+        }
+    }
+
+    /// Adds a file of the customer's CDRs over `span`, marked as the
+    /// importer marks it.
+    async fn add(
+        &mut self,
+        file: i64,
+        span: (DateTime<Utc>, DateTime<Utc>),
+    ) -> Result<data::Added> {
+        let added = data::add_file(
+            self.db,
+            self.dataset,
+            self.options.added_rows,
+            file,
+            span,
+            self.options.seed,
+        )
+        .await?;
+        engine::mark_added(
+            &self.db.pool,
+            self.dataset.customer_id,
+            self.dataset.cycle,
+            added.first_started_at,
+        )
+        .await
+        .context("mark the added CDRs")?;
+        Ok(added)
+    }
+
+    /// Removes an added file and brings the stored calculation back to the
+    /// dataset (untimed).
+    async fn remove(&mut self, file: i64) -> Result<()> {
+        data::remove_file(self.db, file).await?;
+        self.untimed(self.dataset.customer_id, How::Incremental)?;
+        Ok(())
     }
 }
 
 async fn measure(db: &BenchDb, options: &Options) -> Result<Summary> {
-    let mut notes = Vec::new();
     let mut environment = crate::report::environment(db).await?;
     for setting in ["max_parallel_workers_per_gather", "work_mem", "jit"] {
         let value: String = sqlx::query_scalar(&format!("SHOW {setting}"))
@@ -228,221 +629,374 @@ async fn measure(db: &BenchDb, options: &Options) -> Result<Summary> {
         environment.push((format!("postgres {setting}"), value));
     }
 
-    let started = Instant::now();
     let dataset = data::create(
         db,
-        options.rows,
-        options.other_rows,
-        options.subscriptions,
-        options.seed,
+        &data::Spec {
+            rows: options.rows,
+            other_rows: options.other_rows,
+            subscriptions: options.subscriptions,
+            reference_rows: options.reference_rows,
+            seed: options.seed,
+        },
     )
     .await?;
     progress(&format!(
-        "generated {} CDRs of customer {} in cycle {} ({} subscriptions), {} of another customer in the same weeks, {} of the previous cycle, in {:.1} s",
+        "generated {} CDRs of customer {} in cycle {} ({} subscriptions), {} of another customer in the same weeks{}, {} of the previous cycle, in {:.1} s",
         dataset.rows,
         dataset.customer_id,
         dataset.cycle,
         dataset.subscriptions,
         dataset.other_customer_rows,
+        if dataset.other_on_plan { " (on a plan: the memory reference)" } else { "" },
         dataset.previous_cycle_rows,
-        started.elapsed().as_secs_f64()
+        dataset.load_seconds,
     ));
     let bounds = cycle_bounds(dataset.cycle, chrono_tz::Europe::Amsterdam);
-    let plan = Some(dataset.rate_plan_id.as_str());
+    ensure!(
+        bounds == data::cycle_span(),
+        "the cycle's bounds {bounds:?} are not the generated {:?}",
+        data::cycle_span()
+    );
+    let plan_id = dataset.rate_plan_id.clone();
+    let customer = dataset.customer_id;
+    let mut bench = Bench {
+        db,
+        options,
+        dataset: &dataset,
+        bounds,
+        children: Children {
+            exe: std::env::current_exe().context("find this program")?,
+            url: db.url.clone(),
+            cycle: dataset.cycle,
+        },
+        samples: BTreeMap::new(),
+        checks: Vec::new(),
+        notes: Vec::new(),
+    };
 
     // One untimed round first: caches warm, and the first calculation's
-    // table creation effects (new TOAST pages) are not in the numbers.
-    note_checkpoint(db, &mut notes).await;
-    progress("warm-up round");
-    bare(db, dataset.customer_id, bounds).await?;
-    set_plan(db, dataset.customer_id, None).await?;
-    calculate(db, &dataset).await?;
-    set_plan(db, dataset.customer_id, plan).await?;
-    calculate(db, &dataset).await?;
+    // effects of a new table (TOAST pages) are not in the numbers.
+    progress("warm-up");
+    bench.children.bare(customer, bounds)?;
+    set_plan(db, customer, None).await?;
+    bench.untimed(customer, How::Full)?;
+    set_plan(db, customer, Some(&plan_id)).await?;
+    bench.untimed(customer, How::Full)?;
+    if dataset.other_on_plan {
+        bench.untimed(dataset.other_customer_id, How::Full)?;
+    }
 
-    // Rounds of all cases side by side, so a disturbance on the machine
-    // hits all alike.
-    let (mut bare_runs, mut standard_runs, mut rated_runs, mut floor_runs) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut after_import_runs, mut nothing_stored_runs) = (Vec::new(), Vec::new());
-    let mut groups = 0;
-    let mut standard_totals = None;
-    let mut rate_plan_totals = None;
-    let mut best_phases: [Option<(f64, TotalsTimings)>; 3] = [None; 3];
-    let mut keep_best = |case: usize, took: f64, phases: TotalsTimings| {
-        if best_phases[case].is_none_or(|(best, _)| took < best) {
-            best_phases[case] = Some((took, phases));
-        }
-    };
+    let mut plan_variant = 0;
+    let mut late_file = None;
+    let rows = dataset.rows;
+    let added_rows = options.added_rows;
     for round in 1..=options.runs {
-        note_checkpoint(db, &mut notes).await;
-        let (took, n) = bare(db, dataset.customer_id, bounds).await?;
-        bare_runs.push(took);
-        groups = n;
+        let thorough = round == 1;
+        let verify = options.verify && round == 1;
+        let expect = |rows| Expect {
+            customer_id: customer,
+            rows,
+            thorough,
+        };
+        // Files added in this round: ids no daily file has.
+        let file = |n: i64| 900_000 + i64::from(round) * 10 + n;
 
-        set_plan(db, dataset.customer_id, None).await?;
-        note_checkpoint(db, &mut notes).await;
-        let (took_standard, totals, _) = calculate(db, &dataset).await?;
-        standard_runs.push(took_standard);
-        standard_totals = Some(totals);
+        bench.checkpoint().await;
+        let (report, wall) = bench.children.bare(customer, bounds)?;
+        bench.record(Case::Bare, &report, wall);
+        let bare_seconds = report.seconds;
 
-        // Nothing changed since the last calculation: the whole cycle from
-        // its stored input, checked against the table.
-        set_plan(db, dataset.customer_id, plan).await?;
-        note_checkpoint(db, &mut notes).await;
-        let (took_rated, totals, phases) = calculate(db, &dataset).await?;
-        ensure!(
-            phases.input == InputSource::Stored,
-            "expected the stored input, got {:?}",
-            phases.input
+        // The standard method.
+        set_plan(db, customer, None).await?;
+        let r = bench.timed(Case::StandardFull, customer, How::Full).await?;
+        bench
+            .check_totals(Case::StandardFull, round, &r, &expect(rows))
+            .await?;
+        bench.expect_kind(Case::StandardFull, r.phases, None);
+        let added = bench.add(file(1), data::last_day()).await?;
+        let r = bench
+            .timed(Case::StandardAfterImport, customer, How::Incremental)
+            .await?;
+        bench
+            .check_totals(
+                Case::StandardAfterImport,
+                round,
+                &r,
+                &expect(rows + added_rows),
+            )
+            .await?;
+        bench.expect_kind(
+            Case::StandardAfterImport,
+            r.phases,
+            Some(added.first_started_at),
         );
-        rated_runs.push(took_rated);
-        rate_plan_totals = Some(totals);
-        keep_best(0, took_rated, phases);
+        if verify {
+            bench
+                .verify_against_full(Case::StandardAfterImport, round, &r)
+                .await?;
+        }
+        bench.remove(added.file).await?;
 
-        // What follows an import: one more daily file, read from the table
-        // on top of the stored input, and the input stored again. The file
-        // is removed again after, untimed.
-        let file = 900_000 + i64::from(round);
-        data::add_file(db, &dataset, options.added_file_rows, file, options.seed).await?;
-        note_checkpoint(db, &mut notes).await;
-        let (took_after, after, after_phases) = calculate(db, &dataset).await?;
-        ensure!(
-            matches!(
-                after_phases.input,
-                InputSource::StoredAndFiles { files: 1, .. }
-            ) && after.cdr_count as u64 == dataset.rows + options.added_file_rows,
-            "the calculation after an import read {:?} and counted {}",
-            after_phases.input,
-            after.cdr_count
+        // The rate plan.
+        set_plan(db, customer, Some(&plan_id)).await?;
+        let r = bench.timed(Case::PlanFull, customer, How::Full).await?;
+        bench
+            .check_totals(Case::PlanFull, round, &r, &expect(rows))
+            .await?;
+        bench.expect_kind(Case::PlanFull, r.phases, None);
+
+        let r = bench
+            .timed(Case::PlanUnchanged, customer, How::Incremental)
+            .await?;
+        bench
+            .check_totals(Case::PlanUnchanged, round, &r, &expect(rows))
+            .await?;
+        bench.expect_kind(Case::PlanUnchanged, r.phases, None);
+
+        let added = bench.add(file(2), data::last_day()).await?;
+        let r = bench
+            .timed(Case::PlanAfterImport, customer, How::Incremental)
+            .await?;
+        bench
+            .check_totals(Case::PlanAfterImport, round, &r, &expect(rows + added_rows))
+            .await?;
+        bench.expect_kind(
+            Case::PlanAfterImport,
+            r.phases,
+            Some(added.first_started_at),
         );
-        after_import_runs.push(took_after);
-        keep_best(1, took_after, after_phases);
-        data::remove_file(db, file).await?;
-        calculate(db, &dataset).await?;
+        if verify {
+            bench
+                .verify_against_full(Case::PlanAfterImport, round, &r)
+                .await?;
+        }
+        bench.remove(added.file).await?;
 
-        // The first calculation of a cycle, or one whose stored input is
-        // lost: everything from the table, and stored.
-        sqlx::query("DELETE FROM cycle_input")
-            .execute(&db.pool)
-            .await
-            .context("remove the stored input")?;
-        note_checkpoint(db, &mut notes).await;
-        let (took_cold, _, cold_phases) = calculate(db, &dataset).await?;
-        ensure!(
-            cold_phases.input == InputSource::Table,
-            "expected a full read, got {:?}",
-            cold_phases.input
-        );
-        nothing_stored_runs.push(took_cold);
-        keep_best(2, took_cold, cold_phases);
+        let late = bench.add(file(3), data::late_day()).await?;
+        if late_file.is_none() {
+            let from_first =
+                data::count_in(db, customer, (late.first_started_at, bounds.1)).await?;
+            late_file = Some((late, from_first, (rows + added_rows) as i64));
+        }
+        let r = bench
+            .timed(Case::PlanLateFile, customer, How::Incremental)
+            .await?;
+        bench
+            .check_totals(Case::PlanLateFile, round, &r, &expect(rows + added_rows))
+            .await?;
+        bench.expect_kind(Case::PlanLateFile, r.phases, Some(late.first_started_at));
+        if verify {
+            bench
+                .verify_against_full(Case::PlanLateFile, round, &r)
+                .await?;
+        }
+        bench.remove(late.file).await?;
 
-        note_checkpoint(db, &mut notes).await;
-        let took_floor = copy_floor(db, dataset.customer_id, bounds).await?;
-        floor_runs.push(took_floor);
+        // A plan change: the same plan, a price changed in its document.
+        plan_variant = 1 - plan_variant;
+        data::store_plan(
+            db,
+            &data::rate_plan(&plan_id, rows, dataset.subscriptions, plan_variant),
+        )
+        .await?;
+        let r = bench
+            .timed(Case::PlanChanged, customer, How::Incremental)
+            .await?;
+        bench
+            .check_totals(Case::PlanChanged, round, &r, &expect(rows))
+            .await?;
+        bench.expect_kind(Case::PlanChanged, r.phases, None);
+
+        if dataset.other_on_plan {
+            let r = bench
+                .timed(Case::ReferenceFull, dataset.other_customer_id, How::Full)
+                .await?;
+            bench
+                .check_totals(
+                    Case::ReferenceFull,
+                    round,
+                    &r,
+                    &Expect {
+                        customer_id: dataset.other_customer_id,
+                        rows: dataset.other_customer_rows,
+                        thorough: false,
+                    },
+                )
+                .await?;
+            bench.expect_kind(Case::ReferenceFull, r.phases, None);
+        }
+        let last = |case| {
+            bench
+                .samples
+                .get(&case)
+                .and_then(|s: &Vec<Sample>| s.last())
+                .map_or(0.0, |s| s.seconds)
+        };
         progress(&format!(
-            "round {round}/{}: bare {took:.3} s, standard {took_standard:.3} s, rate plan {took_rated:.3} s ({}), \
-             after an import {took_after:.3} s ({}), nothing stored {took_cold:.3} s ({}), COPY alone {took_floor:.3} s",
+            "round {round}/{}: bare {bare_seconds:.3} s; standard {:.3}, +1% {:.3}; rate plan {:.3}, unchanged {:.3}, +1% {:.3}, late file {:.3}, plan changed {:.3} s",
             options.runs,
-            phases_text(&phases),
-            phases_text(&after_phases),
-            phases_text(&cold_phases),
+            last(Case::StandardFull),
+            last(Case::StandardAfterImport),
+            last(Case::PlanFull),
+            last(Case::PlanUnchanged),
+            last(Case::PlanAfterImport),
+            last(Case::PlanLateFile),
+            last(Case::PlanChanged),
         ));
     }
     environment.push((
         "load average (end)".to_string(),
         crate::report::load_average(),
     ));
-    let standard_totals = standard_totals.context("no standard run")?;
-    let rate_plan_totals = rate_plan_totals.context("no rate-plan run")?;
-    let checks = check(
-        db,
-        &dataset,
-        bounds,
-        groups,
-        &standard_totals,
-        &rate_plan_totals,
-    )
-    .await?;
-    ensure!(
-        checks.standard_equals_bare_sums
-            && checks.stored_rated_sum_equals_totals
-            && checks.lines_add_up_to_totals
-            && checks.rate_plan_cdr_count as u64 == dataset.rows
-            && checks.stored_pricings as u64 == dataset.rows,
-        "the results do not check out: {checks:?}"
-    );
 
-    let bare = Timing::new("bare SELECT ... GROUP BY", bare_runs);
-    let standard = Timing::new("calculate_totals, standard", standard_runs);
-    let rated = Timing::new(
-        "calculate_totals, rate plan with bundles, nothing changed",
-        rated_runs,
-    );
-    let after_import = Timing::new(
-        &format!(
-            "  ... after an import file of {} more CDRs",
-            options.added_file_rows
-        ),
-        after_import_runs,
-    );
-    let nothing_stored = Timing::new(
-        "  ... with nothing stored (a cycle's first read)",
-        nothing_stored_runs,
-    );
-    let floor = Timing::new(
-        "(floor) COPY out of the columns rating reads, 1 connection, discarded",
-        floor_runs,
-    );
-    let ratio_standard_best = standard.best / bare.best;
-    let ratio_rate_plan_best = rated.best / bare.best;
-    let ratio_standard_median = standard.median / bare.median;
-    let ratio_rate_plan_median = rated.median / bare.median;
-    let ratio_after_import_best = after_import.best / bare.best;
-    let ratio_nothing_stored_best = nothing_stored.best / bare.best;
-    let goals = vec![
+    let Bench {
+        samples,
+        checks,
+        mut notes,
+        ..
+    } = bench;
+    let bare_runs: Vec<f64> = samples
+        .get(&Case::Bare)
+        .map(|s| s.iter().map(|s| s.seconds).collect())
+        .unwrap_or_default();
+    let bare_best = bare_runs.iter().copied().fold(f64::INFINITY, f64::min);
+    let bare_median = median(&bare_runs);
+    let cases: Vec<CaseResult> = samples
+        .into_iter()
+        .map(|(case, runs)| {
+            let seconds: Vec<f64> = runs.iter().map(|s| s.seconds).collect();
+            let fastest = runs
+                .iter()
+                .min_by(|a, b| a.seconds.total_cmp(&b.seconds))
+                .cloned();
+            let best = fastest.as_ref().map_or(0.0, |s| s.seconds);
+            let median = median(&seconds);
+            CaseResult {
+                case,
+                label: case.label(options, &dataset),
+                best,
+                median,
+                x_bare: best / bare_best,
+                x_bare_median: median / bare_median,
+                peak_rss_mib: mib(runs.iter().map(|s| s.vm_hwm_kb).max().unwrap_or(0)),
+                best_phases: fastest.and_then(|s| s.phases),
+                runs,
+            }
+        })
+        .collect();
+    let result = |case| cases.iter().find(|c| c.case == case);
+    let x_bare = |case| result(case).map_or(f64::NAN, |c| c.x_bare);
+    let plan_full = result(Case::PlanFull).context("no full calculation")?;
+    let late_file = late_file.and_then(|(added, from_first, in_cycle)| {
+        let late = result(Case::PlanLateFile)?;
+        let share = from_first as f64 / in_cycle as f64;
+        Some(LateFile {
+            rows: added.rows,
+            first_started_at: added.first_started_at,
+            cdrs_from_first: from_first,
+            cdrs_in_cycle: in_cycle,
+            share,
+            seconds_per_share: late.best / share,
+            proportionality: late.best / share / plan_full.best,
+        })
+    });
+
+    let mut ratios = BTreeMap::new();
+    for c in &cases {
+        ratios.insert(format!("{:?}", c.case), c.x_bare);
+    }
+    let size = |rows: u64| {
+        if rows.is_multiple_of(1_000_000) {
+            format!("{}M", rows / 1_000_000)
+        } else {
+            format!("{rows} CDRs")
+        }
+    };
+    let mut goals = vec![
         Goal::at_most(
-            "standard / bare GROUP BY (best of runs)",
-            ratio_standard_best,
-            1.5,
+            &format!("rate plan, full calculation / bare ({})", size(rows)),
+            x_bare(Case::PlanFull),
+            2.0,
             "x",
             false,
         ),
         Goal::at_most(
-            "rate plan with bundles / bare GROUP BY (best of runs)",
-            ratio_rate_plan_best,
-            3.0,
-            "x",
-            false,
-        ),
-        Goal::at_most(
-            "rate plan after an import / bare GROUP BY (best of runs)",
-            ratio_after_import_best,
-            3.0,
+            &format!(
+                "rate plan after a 1% import at the end / bare ({})",
+                size(rows)
+            ),
+            x_bare(Case::PlanAfterImport),
+            0.2,
             "x",
             false,
         ),
     ];
-    let all_goals_met = goals.iter().all(|g| g.met);
-    if options.rows != 1_000_000 {
-        notes.push("the goals are defined for 1,000,000 CDRs; this run used another size".into());
+    if let Some(late) = &late_file {
+        goals.push(Goal::at_most(
+            &format!(
+                "late file: time / ({:.3} of the CDRs x full calculation), 1 = proportional",
+                late.share
+            ),
+            late.proportionality,
+            PROPORTIONAL_TOLERANCE,
+            "x",
+            false,
+        ));
     }
+    goals.push(Goal::at_most(
+        &format!("standard after a 1% import / bare ({})", size(rows)),
+        x_bare(Case::StandardAfterImport),
+        0.2,
+        "x",
+        false,
+    ));
+    goals.push(Goal::at_most(
+        &format!(
+            "standard, full calculation / bare ({}; issue 4)",
+            size(rows)
+        ),
+        x_bare(Case::StandardFull),
+        1.5,
+        "x",
+        false,
+    ));
+    goals.push(Goal::at_most(
+        &format!("peak RSS of the full calculation ({}), MiB", size(rows)),
+        plan_full.peak_rss_mib,
+        RSS_GOAL_MIB,
+        "MiB",
+        false,
+    ));
+    if let Some(reference) = result(Case::ReferenceFull) {
+        goals.push(Goal::at_most(
+            &format!(
+                "peak RSS {} / {} (full calculation)",
+                size(rows),
+                size(dataset.other_customer_rows)
+            ),
+            plan_full.peak_rss_mib / reference.peak_rss_mib,
+            1.2,
+            "x",
+            false,
+        ));
+    }
+    if rows != 1_000_000 && rows != 10_000_000 {
+        notes.push("the goals are defined for 1M (times) and 10M (memory) CDRs; this run used another size".into());
+    }
+    if options.subscriptions != 5_000 {
+        notes.push(
+            "the goals are defined for 5,000 subscriptions; this run used another number".into(),
+        );
+    }
+    let all_goals_met = goals.iter().all(|g| g.met);
     Ok(Summary {
-        added_file_rows: options.added_file_rows,
-        rate_plan_phases: best_phases[0].map(|(_, p)| p).unwrap_or_default(),
-        after_import_phases: best_phases[1].map(|(_, p)| p).unwrap_or_default(),
-        nothing_stored_phases: best_phases[2].map(|(_, p)| p).unwrap_or_default(),
         dataset,
         environment,
-        timings: vec![bare, standard, rated, after_import, nothing_stored, floor],
-        standard_totals,
-        rate_plan_totals,
-        ratio_standard_best,
-        ratio_standard_median,
-        ratio_rate_plan_best,
-        ratio_rate_plan_median,
-        ratio_after_import_best,
-        ratio_nothing_stored_best,
+        added_rows,
+        runs: options.runs,
+        cases,
+        late_file,
+        ratios,
         checks,
         goals,
         all_goals_met,
@@ -450,155 +1004,158 @@ async fn measure(db: &BenchDb, options: &Options) -> Result<Summary> {
     })
 }
 
-/// The calculations against the bare sums and their own stored parts.
-async fn check(
-    db: &BenchDb,
-    dataset: &data::Dataset,
-    (start, end): (DateTime<Utc>, DateTime<Utc>),
-    bare_groups: usize,
-    standard: &CycleTotals,
-    rated: &CycleTotals,
-) -> Result<Checks> {
-    let (count, provider, seconds, bytes, messages): (i64, i64, i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*), sum(provider_cost_micros)::bigint,
-                coalesce(sum(duration_seconds) FILTER (WHERE kind = 'voice'), 0)::bigint,
-                coalesce(sum(volume_bytes) FILTER (WHERE kind = 'data'), 0)::bigint,
-                coalesce(sum(units) FILTER (WHERE kind IN ('sms', 'mms')), 0)::bigint
-         FROM call_detail_record WHERE customer_id = $1 AND started_at >= $2 AND started_at < $3",
-    )
-    .bind(dataset.customer_id)
-    .bind(start)
-    .bind(end)
-    .fetch_one(&db.pool)
-    .await
-    .context("the check sums")?;
-    let standard_equals_bare_sums = (
-        standard.cdr_count,
-        standard.provider_cost_micros,
-        standard.rated_cost_micros,
-        standard.voice_seconds,
-        standard.data_bytes,
-        standard.messages,
-    ) == (count, provider, provider, seconds, bytes, messages)
-        && (rated.cdr_count, rated.provider_cost_micros) == (count, provider);
-    // The last calculation was the rate plan's: its stored parts.
-    let pricings =
-        tem_shared::billing::pricings::read(&db.pool, dataset.customer_id, dataset.cycle)
-            .await
-            .context("the stored pricings")?;
-    let stored = pricings.len() as i64;
-    let stored_rated: i64 = pricings.rated_cost_micros.iter().sum();
-    let covered = pricings.covered_quantity.iter().filter(|c| **c > 0).count() as i64;
-    let split_shares: i64 = sqlx::query_scalar(
-        "SELECT coalesce(cardinality(split_position), 0)::bigint FROM cycle_rating WHERE customer_id = $1 AND cycle = $2",
-    )
-    .bind(dataset.customer_id)
-    .bind(dataset.cycle)
-    .fetch_one(&db.pool)
-    .await
-    .context("the split shares")?;
-    let (lines, line_count, line_rated, line_unrated): (i64, i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*), sum(cdr_count)::bigint, sum(rated_cost_micros)::bigint, sum(unrated_count)::bigint
-         FROM totals_line WHERE customer_id = $1 AND cycle = $2",
-    )
-    .bind(dataset.customer_id)
-    .bind(dataset.cycle)
-    .fetch_one(&db.pool)
-    .await
-    .context("the lines")?;
-    Ok(Checks {
-        bare_groups,
-        standard_lines: lines,
-        standard_equals_bare_sums,
-        rate_plan_cdr_count: rated.cdr_count,
-        stored_pricings: stored,
-        stored_rated_sum_equals_totals: stored_rated == rated.rated_cost_micros,
-        lines_add_up_to_totals: (line_count, line_rated, line_unrated)
-            == (
-                rated.cdr_count,
-                rated.rated_cost_micros,
-                rated.unrated_count,
-            ),
-        rate_plan_unrated: rated.unrated_count,
-        covered_cdrs: covered,
-        split_shares,
-    })
+fn kind_text(phases: &Option<Phases>) -> String {
+    match phases.map(|p| p.kind) {
+        None => String::new(),
+        Some(Kind::Full) => "full".into(),
+        Some(Kind::FromCheckpoint { from }) => format!("from {}", from.format("%m-%d %H:%M")),
+        Some(Kind::AlreadyCurrent) => "already current".into(),
+        Some(Kind::StoredCopy { files }) => format!("stored copy + {files} files"),
+    }
 }
 
 pub fn print(summary: &Summary) {
     let d = &summary.dataset;
     println!();
     println!(
-        "== totals benchmark: {} CDRs of one customer in cycle {} ==",
-        d.rows, d.cycle
+        "== totals benchmark: {} CDRs of one customer in cycle {}, {} subscriptions ==",
+        d.rows, d.cycle, d.subscriptions
     );
     println!(
-        "  also in the table: {} CDRs of another customer in the same weeks, {} of the previous cycle; {} subscriptions; plan {}",
-        d.other_customer_rows, d.previous_cycle_rows, d.subscriptions, d.rate_plan_id
+        "  also in the table: {} CDRs of another customer in the same weeks{}, {} of the previous cycle; plan {}; loaded in {:.1} s",
+        d.other_customer_rows,
+        if d.other_on_plan { " (on a plan: the memory reference)" } else { "" },
+        d.previous_cycle_rows,
+        d.rate_plan_id,
+        d.load_seconds
     );
     for (key, value) in &summary.environment {
         println!("  {key:<34} {value}");
     }
     println!();
     println!(
-        "{:<70} {:>7} {:>8} {:>7}  runs",
-        "method", "best s", "median s", "x bare"
+        "{:<66} {:>7} {:>8} {:>7} {:>8}  {:<22} {:>10}",
+        "case", "best s", "median s", "x bare", "RSS MiB", "calculation", "CDRs read"
     );
-    println!("{}", "-".repeat(120));
-    let bare = &summary.timings[0];
-    for t in &summary.timings {
+    println!("{}", "-".repeat(136));
+    for c in &summary.cases {
         println!(
-            "{:<70} {:>7.3} {:>8.3} {:>6.2}x  {}",
-            t.method,
-            t.best,
-            t.median,
-            t.best / bare.best,
-            t.runs
+            "{:<66} {:>7.3} {:>8.3} {:>6.2}x {:>8.1}  {:<22} {:>10}",
+            c.label,
+            c.best,
+            c.median,
+            c.x_bare,
+            c.peak_rss_mib,
+            kind_text(&c.best_phases),
+            c.best_phases
+                .and_then(|p| p.cdrs_read)
+                .map_or(String::new(), |n| n.to_string()),
+        );
+    }
+    println!();
+    println!("every run (s): ");
+    for c in &summary.cases {
+        println!(
+            "  {:<64} {}",
+            c.label,
+            c.runs
                 .iter()
-                .map(|r| format!("{r:.3}"))
+                .map(|r| format!("{:.3}", r.seconds))
                 .collect::<Vec<_>>()
                 .join(" ")
         );
     }
-    let p = &summary.rate_plan_phases;
-    println!(
-        "  rate plan, fastest run: read (COPY) {:.3} s, sort + rate {:.3} s, write + commit {:.3} s",
-        p.read_seconds, p.rate_seconds, p.write_seconds
-    );
-    println!(
-        "  ratios of medians: standard {:.2}x, rate plan {:.2}x",
-        summary.ratio_standard_median, summary.ratio_rate_plan_median
-    );
+    println!("phases of the fastest runs (read / rate / write s):");
+    for c in &summary.cases {
+        if let Some(p) = c.best_phases {
+            println!(
+                "  {:<64} {:.3} / {:.3} / {:.3}",
+                c.label, p.read_seconds, p.rate_seconds, p.write_seconds
+            );
+        }
+    }
+    if let Some(late) = &summary.late_file {
+        println!(
+            "late file: {} CDRs from {}; {} of the {} CDRs of the cycle are at or after it ({:.3}); best time / share = {:.3} s, {:.2}x the full calculation",
+            late.rows,
+            late.first_started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            late.cdrs_from_first,
+            late.cdrs_in_cycle,
+            late.share,
+            late.seconds_per_share,
+            late.proportionality
+        );
+    }
     println!();
-    let c = &summary.checks;
-    println!("checks:");
-    println!(
-        "  standard totals = the bare sums: {}; {} groups, {} lines",
-        crate::report::yes(c.standard_equals_bare_sums),
-        c.bare_groups,
-        c.standard_lines
-    );
-    println!(
-        "  rate plan: {} CDRs, {} stored pricings, stored rated costs add up to the totals: {}, lines add up: {}",
-        c.rate_plan_cdr_count,
-        c.stored_pricings,
-        crate::report::yes(c.stored_rated_sum_equals_totals),
-        crate::report::yes(c.lines_add_up_to_totals)
-    );
-    println!(
-        "  rate plan: {} CDRs (partly) covered by bundles, {} shares of CDRs several bundles covered, {} unrated",
-        c.covered_cdrs, c.split_shares, c.rate_plan_unrated
-    );
-    let (s, r) = (&summary.standard_totals, &summary.rate_plan_totals);
-    println!(
-        "  provider cost {} micro-euros; rated: standard {}, rate plan {}",
-        s.provider_cost_micros, s.rated_cost_micros, r.rated_cost_micros
-    );
+    let mut by_case: BTreeMap<Case, (usize, usize)> = BTreeMap::new();
+    for c in &summary.checks {
+        let entry = by_case.entry(c.case).or_default();
+        entry.0 += 1;
+        entry.1 += usize::from(c.ok);
+    }
+    println!("checks (all of them in round 1, the CDR count in every round):");
+    for c in summary.checks.iter().filter(|c| c.round == 1) {
+        println!("  {:?}: {}: {}", c.case, c.what, crate::report::yes(c.ok));
+    }
+    for (case, (n, ok)) in by_case {
+        println!("  {case:?}: {ok} of {n} checks passed over all rounds");
+    }
     println!();
-    crate::report::print_goals(&summary.goals, 52, 2);
+    crate::report::print_goals(&summary.goals, 76, 2);
     for note in &summary.notes {
         println!("note: {note}");
     }
     println!();
     crate::report::print_json_summary(summary);
+}
+
+/// What `totals-bench seed` made: a database with the benchmark's dataset,
+/// the customer on its plan, nothing calculated yet.
+#[derive(Debug, Clone, Serialize)]
+pub struct Seeded {
+    pub database: String,
+    pub url: String,
+    pub customer_id: i64,
+    pub cycle: NaiveDate,
+    pub rows: u64,
+    pub subscriptions: u32,
+    pub rate_plan_id: String,
+    pub load_seconds: f64,
+}
+
+/// Creates a fresh database with the dataset of `--rows` CDRs, the
+/// customer on the rate plan, and keeps it (for
+/// bench/scripts/totals-function-rss.sh, which calculates it with the
+/// deployed function).
+pub async fn seed(database_url: &str, spec: &data::Spec) -> Result<Seeded> {
+    let db = BenchDb::create(database_url).await?;
+    progress(&format!("database {} created and migrated", db.name));
+    let dataset = data::create(&db, spec).await?;
+    set_plan(&db, dataset.customer_id, Some(&dataset.rate_plan_id)).await?;
+    progress(&format!(
+        "{} CDRs of customer {} in cycle {} loaded in {:.1} s; the database is kept",
+        dataset.rows, dataset.customer_id, dataset.cycle, dataset.load_seconds
+    ));
+    Ok(Seeded {
+        database: db.name.clone(),
+        url: db.url.clone(),
+        customer_id: dataset.customer_id,
+        cycle: dataset.cycle,
+        rows: dataset.rows,
+        subscriptions: dataset.subscriptions,
+        rate_plan_id: dataset.rate_plan_id,
+        load_seconds: dataset.load_seconds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn the_median_of_an_odd_and_an_even_number_of_runs() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
 }

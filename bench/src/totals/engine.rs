@@ -1,0 +1,158 @@
+//! The one place `totals-bench` calls the totals calculation, so that the
+//! benchmark's cases, checks and report do not depend on which version of
+//! the billing core they measure.
+//!
+//! This is written against the calculation before issue 11 (a stored copy
+//! of each cycle's input, checked against the table on every calculation,
+//! every CDR rated every time). Issue 11 replaces it with
+//! `tem_shared::adapters::totals::calculate_totals_with(pool, customer,
+//! cycle, Recalculation::Full | Recalculation::Incremental)`, which restarts
+//! at a checkpoint after the changes the writers marked
+//! (`tem_shared::adapters::cycle_changes::mark`). Switching over is this
+//! file alone: [`before`], [`calculate`] and [`mark_added`].
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use tem_shared::billing::cycle_input::InputSource;
+use tem_shared::billing::totals::{calculate_totals_timed, CycleTotals, TotalsError};
+
+/// How a case asks for its calculation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum How {
+    /// Every CDR of the cycle read and rated, as after a plan change.
+    Full,
+    /// What an import's DispatchTotals asks for: only what changed since
+    /// the last calculation, if the calculation can tell.
+    Incremental,
+}
+
+/// What the calculation did, in the benchmark's own terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// Every CDR of the cycle from the table.
+    Full,
+    /// From a checkpoint at `from` on (issue 11).
+    FromCheckpoint { from: DateTime<Utc> },
+    /// Nothing to do: the stored totals were current (issue 11).
+    AlreadyCurrent,
+    /// Before issue 11: every CDR rated again, the ones of unchanged import
+    /// files from the stored copy; `files` import files read again from the
+    /// table.
+    StoredCopy { files: usize },
+}
+
+/// Where one calculation's time went, as the calculation reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Phases {
+    pub kind: Kind,
+    /// CDRs read from the table; `None` when the calculation does not say.
+    pub cdrs_read: Option<u64>,
+    pub read_seconds: f64,
+    pub rate_seconds: f64,
+    pub write_seconds: f64,
+}
+
+/// Untimed preparation of a calculation: the old calculation reads the
+/// stored copy whenever there is one, so a full read needs it gone.
+///
+/// After issue 11: nothing (`Recalculation::Full` says it), so this
+/// function goes.
+pub async fn before(
+    pool: &PgPool,
+    customer_id: i64,
+    cycle: NaiveDate,
+    how: How,
+) -> Result<(), sqlx::Error> {
+    if how == How::Full {
+        sqlx::query("DELETE FROM cycle_input WHERE customer_id = $1 AND cycle = $2")
+            .bind(customer_id)
+            .bind(cycle)
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
+}
+
+/// One calculation of the cycle.
+///
+/// After issue 11 the body is
+/// ```ignore
+/// let recalculation = match how {
+///     How::Full => Recalculation::Full,
+///     How::Incremental => Recalculation::Incremental,
+/// };
+/// let (totals, report) =
+///     calculate_totals_with(pool, customer_id, cycle, recalculation).await?;
+/// let kind = match report.calculation {
+///     Calculation::Full => Kind::Full,
+///     Calculation::FromCheckpoint { from } => Kind::FromCheckpoint { from },
+///     Calculation::AlreadyCurrent => Kind::AlreadyCurrent,
+/// };
+/// Ok((totals, Phases { kind, cdrs_read: Some(report.cdrs_read),
+///     read_seconds: report.read_seconds, rate_seconds: report.rate_seconds,
+///     write_seconds: report.write_seconds }))
+/// ```
+pub async fn calculate(
+    pool: &PgPool,
+    customer_id: i64,
+    cycle: NaiveDate,
+    how: How,
+) -> Result<(CycleTotals, Phases), TotalsError> {
+    // The old calculation has no choice: `before` removed the copy for a
+    // full one.
+    let _ = how;
+    let (totals, timings) = calculate_totals_timed(pool, customer_id, cycle).await?;
+    let (kind, cdrs_read) = match (totals.method, timings.input) {
+        ("standard", _) | (_, InputSource::Table) => (
+            Kind::Full,
+            Some(u64::try_from(totals.cdr_count).unwrap_or(0)),
+        ),
+        (_, InputSource::Stored) => (Kind::StoredCopy { files: 0 }, Some(0)),
+        (_, InputSource::StoredAndFiles { files, cdrs }) => {
+            (Kind::StoredCopy { files }, Some(cdrs as u64))
+        }
+    };
+    let phases = Phases {
+        kind,
+        cdrs_read,
+        // The copy's writing is the old calculation's way of writing; it
+        // counts as writing here.
+        read_seconds: timings.read_seconds,
+        rate_seconds: timings.rate_seconds,
+        write_seconds: timings.write_seconds + timings.store_input_seconds,
+    };
+    Ok((totals, phases))
+}
+
+/// Marks the cycle's CDRs from `changed_from` on as changed, as the
+/// importer does for the files it loads: the benchmark adds CDRs by COPY,
+/// which marks nothing by itself. (Removing them again needs no mark: the
+/// DELETE trigger of issue 11 marks deletions.)
+///
+/// Written as the row the importer writes (`cycle_change`, migration 0010),
+/// and only when that table exists: before issue 11 a calculation finds
+/// changed files by itself. After it this may call
+/// `tem_shared::billing::changes::mark` (or wherever the importer's marking
+/// lands) instead.
+pub async fn mark_added(
+    pool: &PgPool,
+    customer_id: i64,
+    cycle: NaiveDate,
+    changed_from: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let marks: bool = sqlx::query_scalar("SELECT to_regclass('cycle_change') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if marks {
+        sqlx::query(
+            "INSERT INTO cycle_change (customer_id, cycle, changed_from, source) VALUES ($1, $2, $3, 'import')",
+        )
+        .bind(customer_id)
+        .bind(cycle)
+        .bind(changed_from)
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
+}
