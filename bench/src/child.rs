@@ -68,7 +68,7 @@ pub async fn import_only(zip: &Path, database: &str, rejects_dir: &Path) -> Resu
     pool.close().await;
     let (vm_hwm_kb, vm_rss_kb) = memory_kb().context("read /proc/self/status")?;
     Ok(ChildReport {
-        status: summary.status,
+        status: summary.status.as_str().to_string(),
         read: summary.read,
         loaded: summary.loaded,
         duplicate: summary.duplicate,

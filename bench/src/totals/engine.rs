@@ -2,20 +2,17 @@
 //! benchmark's cases, checks and report do not depend on which version of
 //! the billing core they measure.
 //!
-//! This is written against the calculation before issue 11 (a stored copy
-//! of each cycle's input, checked against the table on every calculation,
-//! every CDR rated every time). Issue 11 replaces it with
-//! `tem_shared::adapters::totals::calculate_totals_with(pool, customer,
-//! cycle, Recalculation::Full | Recalculation::Incremental)`, which restarts
-//! at a checkpoint after the changes the writers marked
-//! (`tem_shared::adapters::cycle_changes::mark`). Switching over is this
-//! file alone: [`before`], [`calculate`] and [`mark_added`].
+//! Since issue 11 that is `tem_shared::adapters::totals::calculate_totals_with(
+//! pool, customer, cycle, Recalculation::Full | Recalculation::Incremental)`,
+//! which restarts at a checkpoint before the changes the writers marked
+//! (`tem_shared::billing::changes::mark`).
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use tem_shared::billing::cycle_input::InputSource;
-use tem_shared::billing::totals::{calculate_totals_timed, CycleTotals, TotalsError};
+use tem_shared::adapters::totals::calculate_totals_with;
+use tem_shared::billing::calculation::{Calculation, Recalculation};
+use tem_shared::billing::totals::{CycleTotals, TotalsError};
 
 /// How a case asks for its calculation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -53,76 +50,44 @@ pub struct Phases {
     pub write_seconds: f64,
 }
 
-/// Untimed preparation of a calculation: the old calculation reads the
-/// stored copy whenever there is one, so a full read needs it gone.
-///
-/// After issue 11: nothing (`Recalculation::Full` says it), so this
-/// function goes.
+/// Untimed preparation of a calculation: nothing since issue 11
+/// (`Recalculation::Full` says it); kept so the cases read the same.
 pub async fn before(
-    pool: &PgPool,
-    customer_id: i64,
-    cycle: NaiveDate,
-    how: How,
+    _pool: &PgPool,
+    _customer_id: i64,
+    _cycle: NaiveDate,
+    _how: How,
 ) -> Result<(), sqlx::Error> {
-    if how == How::Full {
-        sqlx::query("DELETE FROM cycle_input WHERE customer_id = $1 AND cycle = $2")
-            .bind(customer_id)
-            .bind(cycle)
-            .execute(pool)
-            .await?;
-    }
     Ok(())
 }
 
 /// One calculation of the cycle.
-///
-/// After issue 11 the body is
-/// ```ignore
-/// let recalculation = match how {
-///     How::Full => Recalculation::Full,
-///     How::Incremental => Recalculation::Incremental,
-/// };
-/// let (totals, report) =
-///     calculate_totals_with(pool, customer_id, cycle, recalculation).await?;
-/// let kind = match report.calculation {
-///     Calculation::Full => Kind::Full,
-///     Calculation::FromCheckpoint { from } => Kind::FromCheckpoint { from },
-///     Calculation::AlreadyCurrent => Kind::AlreadyCurrent,
-/// };
-/// Ok((totals, Phases { kind, cdrs_read: Some(report.cdrs_read),
-///     read_seconds: report.read_seconds, rate_seconds: report.rate_seconds,
-///     write_seconds: report.write_seconds }))
-/// ```
 pub async fn calculate(
     pool: &PgPool,
     customer_id: i64,
     cycle: NaiveDate,
     how: How,
 ) -> Result<(CycleTotals, Phases), TotalsError> {
-    // The old calculation has no choice: `before` removed the copy for a
-    // full one.
-    let _ = how;
-    let (totals, timings) = calculate_totals_timed(pool, customer_id, cycle).await?;
-    let (kind, cdrs_read) = match (totals.method, timings.input) {
-        ("standard", _) | (_, InputSource::Table) => (
-            Kind::Full,
-            Some(u64::try_from(totals.cdr_count).unwrap_or(0)),
-        ),
-        (_, InputSource::Stored) => (Kind::StoredCopy { files: 0 }, Some(0)),
-        (_, InputSource::StoredAndFiles { files, cdrs }) => {
-            (Kind::StoredCopy { files }, Some(cdrs as u64))
-        }
+    let recalculation = match how {
+        How::Full => Recalculation::Full,
+        How::Incremental => Recalculation::Incremental,
     };
-    let phases = Phases {
-        kind,
-        cdrs_read,
-        // The copy's writing is the old calculation's way of writing; it
-        // counts as writing here.
-        read_seconds: timings.read_seconds,
-        rate_seconds: timings.rate_seconds,
-        write_seconds: timings.write_seconds + timings.store_input_seconds,
+    let (totals, report) = calculate_totals_with(pool, customer_id, cycle, recalculation).await?;
+    let kind = match report.calculation {
+        Calculation::Full => Kind::Full,
+        Calculation::FromCheckpoint { from } => Kind::FromCheckpoint { from },
+        Calculation::AlreadyCurrent => Kind::AlreadyCurrent,
     };
-    Ok((totals, phases))
+    Ok((
+        totals,
+        Phases {
+            kind,
+            cdrs_read: Some(report.cdrs_read),
+            read_seconds: report.read_seconds,
+            rate_seconds: report.rate_seconds,
+            write_seconds: report.write_seconds,
+        },
+    ))
 }
 
 /// Marks the cycle's CDRs from `changed_from` on as changed, as the
