@@ -12,6 +12,7 @@ pub mod adapters;
 pub mod billing;
 pub mod bootstrap;
 pub mod catalog;
+pub mod command;
 pub mod config;
 pub mod envelope;
 pub mod import;

@@ -43,8 +43,18 @@ impl StepHandler for Scripted {
         if answers.len() > 1 {
             answers.pop_front().unwrap()
         } else {
-            answers.front().cloned().unwrap()
+            answers.front().map(replay).unwrap()
         }
+    }
+}
+
+/// The same answer again (a step error holds its source, so it is not Clone).
+fn replay(answer: &Result<StepOutcome, StepError>) -> Result<StepOutcome, StepError> {
+    match answer {
+        Ok(outcome) => Ok(outcome.clone()),
+        Err(StepError::Retryable(r)) => Err(StepError::Retryable(r.as_str().into())),
+        Err(StepError::Permanent(r)) => Err(StepError::Permanent(r.as_str().into())),
+        Err(StepError::NotAttempted(r)) => Err(StepError::NotAttempted(r.as_str().into())),
     }
 }
 
@@ -162,7 +172,10 @@ fn deadline() -> chrono::DateTime<Utc> {
 }
 
 fn poll_link() -> ChainLink {
-    ChainLink::new(Step::RoutitPollExport, json!({"provider": "routit"}))
+    ChainLink {
+        step: Step::RoutitPollExport,
+        payload: json!({"provider": "routit"}),
+    }
 }
 
 #[tokio::test]
@@ -195,7 +208,6 @@ async fn the_task_completes_when_its_last_step_finishes() {
 #[tokio::test]
 async fn a_step_that_hands_off_sends_nothing_and_keeps_its_branch_open() {
     let h = harness(vec![Ok(StepOutcome::HandOff {
-        output: json!({"key": "inbox/x.zip"}),
         via: "s3://cdr/inbox/x.zip".into(),
     })]);
     with_task(&h).await;
@@ -534,9 +546,10 @@ async fn the_totals_handler_counts_its_spare_readers() {
 
 fn pool_wait() -> StepError {
     // What the handlers make of sqlx's PoolTimedOut.
-    StepError::Retryable(format!(
-        "database error: {POOL_TIMED_OUT}; the import was rolled back and can be retried"
-    ))
+    StepError::Retryable(
+        format!("database error: {POOL_TIMED_OUT}; the import was rolled back and can be retried")
+            .into(),
+    )
 }
 
 #[tokio::test]
@@ -824,7 +837,6 @@ async fn a_task_never_goes_below_zero() {
 async fn a_failed_branch_then_retried_completes_the_task() {
     let h = harness(vec![
         Ok(StepOutcome::Fork {
-            output: json!({}),
             branches: vec![poll_link(), poll_link()],
         }),
         permanent("export broken"),
@@ -1012,10 +1024,7 @@ async fn completed_through_a_hand_off(h: &Harness) -> crate::tasks::SyncTask {
 }
 
 fn hand_off() -> Result<StepOutcome, StepError> {
-    Ok(StepOutcome::HandOff {
-        output: json!({}),
-        via: TOKEN.into(),
-    })
+    Ok(StepOutcome::HandOff { via: TOKEN.into() })
 }
 
 #[tokio::test]
