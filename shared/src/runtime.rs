@@ -381,6 +381,34 @@ pub struct MessageReport {
     pub error_kind: Option<String>,
 }
 
+/// Why a message was dead-lettered (`tem-error-kind`, the failure record's
+/// `error_kind`, the step metrics' dimension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The body is not a valid envelope.
+    Invalid,
+    /// The step failed in a way no retry can fix.
+    Permanent,
+    /// The step kept failing until its last attempt.
+    RetriesExhausted,
+    /// The chain was too deep or the step re-enqueued itself too often.
+    Loop,
+    /// The next step could not be routed to a queue.
+    Routing,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Invalid => "invalid",
+            FailureKind::Permanent => "permanent",
+            FailureKind::RetriesExhausted => "retries_exhausted",
+            FailureKind::Loop => "loop",
+            FailureKind::Routing => "routing",
+        }
+    }
+}
+
 /// The stores and queues the runtime works with.
 #[derive(Clone)]
 pub struct RuntimePorts {
@@ -468,7 +496,13 @@ impl ChainRuntime {
                 let reason = format!("invalid message, not retried: {e}");
                 let task_id = salvage_task_id(&incoming.body);
                 let mut report = self
-                    .dead_letter(&incoming, None, task_id.as_deref(), "invalid", &reason)
+                    .dead_letter(
+                        &incoming,
+                        None,
+                        task_id.as_deref(),
+                        FailureKind::Invalid,
+                        &reason,
+                    )
                     .await;
                 report.task_id = task_id;
                 report.attempt = incoming.receive_count;
@@ -712,8 +746,14 @@ impl ChainRuntime {
                 let reason = reason.to_string();
                 if attempt >= self.settings.max_attempts {
                     let reason = format!("gave up after {attempt} attempts; last error: {reason}");
-                    self.finish_failed(incoming, envelope, "retries_exhausted", &reason, notes)
-                        .await
+                    self.finish_failed(
+                        incoming,
+                        envelope,
+                        FailureKind::RetriesExhausted,
+                        &reason,
+                        notes,
+                    )
+                    .await
                 } else {
                     warn!(%reason, "step failed; will retry");
                     self.release(envelope, notes).await;
@@ -723,7 +763,7 @@ impl ChainRuntime {
             Err(StepError::Permanent(reason)) => {
                 let reason = reason.to_string();
                 error!(%reason, "step failed permanently");
-                self.finish_failed(incoming, envelope, "permanent", &reason, notes)
+                self.finish_failed(incoming, envelope, FailureKind::Permanent, &reason, notes)
                     .await
             }
         }
@@ -787,7 +827,7 @@ impl ChainRuntime {
                         envelope.step, again.requeues, self.settings.max_requeues
                     );
                     return self
-                        .finish_failed(incoming, envelope, "loop", &reason, notes)
+                        .finish_failed(incoming, envelope, FailureKind::Loop, &reason, notes)
                         .await;
                 }
                 // SQS caps message delays at 15 minutes.
@@ -803,7 +843,7 @@ impl ChainRuntime {
                 too_deep.depth, self.settings.max_chain_depth
             );
             return self
-                .finish_failed(incoming, envelope, "loop", &reason, notes)
+                .finish_failed(incoming, envelope, FailureKind::Loop, &reason, notes)
                 .await;
         }
 
@@ -814,7 +854,7 @@ impl ChainRuntime {
                 Err(e) => {
                     let reason = format!("cannot route the next step {}: {e}", child.step);
                     return self
-                        .finish_failed(incoming, envelope, "routing", &reason, notes)
+                        .finish_failed(incoming, envelope, FailureKind::Routing, &reason, notes)
                         .await;
                 }
             };
@@ -904,7 +944,7 @@ impl ChainRuntime {
             incoming,
             Some(envelope),
             envelope.task_id.as_deref(),
-            "loop",
+            FailureKind::Loop,
             reason,
         )
         .await
@@ -914,7 +954,7 @@ impl ChainRuntime {
         &self,
         incoming: &IncomingMessage,
         envelope: &Envelope,
-        kind: &str,
+        kind: FailureKind,
         reason: &str,
         notes: &AttemptNotes,
     ) -> MessageReport {
@@ -956,7 +996,7 @@ impl ChainRuntime {
         incoming: &IncomingMessage,
         envelope: Option<&Envelope>,
         task_id: Option<&str>,
-        kind: &str,
+        kind: FailureKind,
         reason: &str,
     ) -> MessageReport {
         let step = envelope.map(|e| e.step.to_string());
@@ -977,7 +1017,7 @@ impl ChainRuntime {
                 }
             }
             return MessageReport {
-                error_kind: Some(kind.to_string()),
+                error_kind: Some(kind.as_str().to_string()),
                 ..report(
                     incoming,
                     step,
@@ -994,7 +1034,7 @@ impl ChainRuntime {
         let mut message = OutgoingMessage::new(incoming.message_id.clone(), incoming.body.clone());
         message.attributes = vec![
             ("tem-error".into(), truncate(reason, 4000)),
-            ("tem-error-kind".into(), kind.into()),
+            ("tem-error-kind".into(), kind.as_str().into()),
             ("tem-attempts".into(), attempts.to_string()),
             ("tem-failed-at".into(), failed_at.to_rfc3339()),
             (
@@ -1029,7 +1069,7 @@ impl ChainRuntime {
                 return report(incoming, step, Disposition::Retry, e.to_string(), vec![]);
             }
         }
-        error!(%reason, kind, "moved to the dead-letter queue");
+        error!(%reason, kind = kind.as_str(), "moved to the dead-letter queue");
         if let Some(task_id) = task_id {
             if let Err(e) = self
                 .tasks
@@ -1053,7 +1093,7 @@ impl ChainRuntime {
             task_id: task_id.map(str::to_string),
             trace_id: envelope.map(|e| e.trace_id.clone()),
             body: incoming.body.clone(),
-            error_kind: kind.to_string(),
+            error_kind: kind.as_str().to_string(),
             error: reason.to_string(),
             attempts,
             failed_at,
@@ -1061,7 +1101,7 @@ impl ChainRuntime {
         })
         .await;
         MessageReport {
-            error_kind: Some(kind.to_string()),
+            error_kind: Some(kind.as_str().to_string()),
             ..report(
                 incoming,
                 step,

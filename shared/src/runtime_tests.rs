@@ -1177,3 +1177,93 @@ async fn the_step_span_carries_the_trace_id_with_the_task_message_step_provider_
     assert_eq!(get("provider"), "routit");
     assert_eq!(get("attempt"), "2");
 }
+
+#[tokio::test]
+async fn a_payload_that_does_not_parse_is_dead_lettered_at_once_naming_the_step_and_what_it_expects(
+) {
+    // The handler reads the payload before it touches the database.
+    let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+    let queues = Arc::new(FakeQueues::default());
+    let runtime = ChainRuntime::new(
+        Arc::new(crate::billing::handler::Totals::new(
+            pool,
+            chrono::Duration::days(5),
+        )),
+        Router::new(BTreeMap::new()),
+        ports(
+            &queues,
+            Arc::new(FakeIdempotency::default()),
+            Arc::new(FakeTasks::default()),
+        ),
+        RuntimeSettings {
+            source_queue_url: Some("q/totals".into()),
+            dlq_url: Some("q/totals-dlq".into()),
+            max_attempts: 3,
+            ..RuntimeSettings::default()
+        },
+    );
+    let m = Envelope::root(
+        "t-bad",
+        Step::BackupTotals,
+        json!({"customer_id": 1, "cycle": "first of January"}),
+        vec![],
+        None,
+        Utc::now(),
+    );
+    let report = runtime.process(incoming(&m, 1), deadline()).await;
+    assert_eq!(report.disposition, Disposition::DeadLettered);
+    assert_eq!(report.error_kind.as_deref(), Some("permanent"));
+    let dead = queues.on("q/totals-dlq");
+    let error = &dead[0]
+        .attributes
+        .iter()
+        .find(|(k, _)| k == "tem-error")
+        .unwrap()
+        .1;
+    assert!(
+        error.starts_with("BackupTotals payload is invalid: cycle:"),
+        "{error}"
+    );
+    assert!(error.contains(r#"expects {"customer_id": 1"#), "{error}");
+}
+
+#[tokio::test]
+async fn a_pool_wait_is_recognised_by_its_source_error_whatever_the_text_says() {
+    // Two answers, so the first is handed out as it is (a replayed one
+    // would lose its source).
+    let h = harness(vec![
+        Err(StepError::Retryable(Reason::with_source(
+            "could not load the customer",
+            sqlx::Error::PoolTimedOut,
+        ))),
+        Ok(StepOutcome::finished()),
+    ]);
+    with_task(&h).await;
+    let report = h
+        .runtime
+        .process(incoming(&message(vec![]), 3), deadline())
+        .await;
+    assert_eq!(
+        report.disposition,
+        Disposition::Postponed,
+        "{}",
+        report.detail
+    );
+    assert!(h.queues.on(DLQ).is_empty());
+}
+
+#[test]
+fn a_step_error_keeps_its_source_and_its_retryability() {
+    let error = StepError::retryable(sqlx::Error::PoolTimedOut);
+    assert!(error.is_retryable());
+    assert_eq!(error.reason(), POOL_TIMED_OUT);
+    let source = std::error::Error::source(&error).expect("the sqlx error is kept");
+    assert!(matches!(
+        source.downcast_ref::<sqlx::Error>(),
+        Some(sqlx::Error::PoolTimedOut)
+    ));
+    let permanent =
+        StepError::permanent(crate::routing::RoutingError::UnknownProvider("ben".into()));
+    assert!(!permanent.is_retryable());
+    assert!(permanent.to_string().contains("known providers"));
+}
