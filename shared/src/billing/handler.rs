@@ -17,7 +17,7 @@ use crate::billing::totals::{calculate_totals, TotalsError};
 use crate::command::{Command, CyclePayload};
 use crate::envelope::{derived_id, ChainLink, Envelope};
 use crate::lambda::ConsoleCommand;
-use crate::runtime::{Delivery, Reason, StepError, StepHandler, StepOutcome};
+use crate::runtime::{Delivery, StepError, StepHandler, StepOutcome};
 
 pub struct Totals {
     pool: PgPool,
@@ -37,7 +37,7 @@ fn customer_error(e: CustomerError) -> StepError {
 
 /// A database error is worth another attempt; its text is the reason.
 fn database_error(e: sqlx::Error) -> StepError {
-    StepError::Retryable(Reason::with_source(e.to_string(), e))
+    StepError::retryable(e)
 }
 
 fn insight_error(e: InsightError) -> StepError {
