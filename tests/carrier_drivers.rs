@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use serde_json::json;
+use tem_shared::command::{Command, RoutitExport, SyncPeriod};
 use tem_shared::envelope::Step;
 use tem_shared::routing::Provider;
 use tem_shared::runtime::StepError;
@@ -14,6 +15,20 @@ const TOKEN: &str = "driver-test-token";
 
 fn day() -> NaiveDate {
     "2025-03-30".parse().unwrap()
+}
+
+/// One step of a Routit export of `day()`, with the export id handed on so far.
+fn routit(step: Step, export_id: Option<&str>) -> Command {
+    let export = RoutitExport {
+        sync: SyncPeriod {
+            provider: Provider::Routit,
+            profile_id: 1,
+            period: day(),
+        },
+        reference: "task-9".into(),
+        export_id: export_id.map(str::to_string),
+    };
+    Command::routit(step, export).expect("a Routit step")
 }
 
 fn access(sim: &provider_sim::SimHandle, provider: &str, token: &str) -> Access {
@@ -143,42 +158,34 @@ async fn routit_requests_are_idempotent_by_reference_and_polls_report_readiness(
     control(&sim, "routit", json!({"not_ready_polls": 1})).await;
     let driver = driver_for(Provider::Routit, HttpClient::new(Duration::from_secs(5)));
     let access = access(&sim, "routit", TOKEN);
-    let payload = json!({"period": day(), "reference": "task-9"});
-    let first = driver
-        .step(Step::RoutitRequestExport, &access, &payload)
-        .await
-        .unwrap();
-    let again = driver
-        .step(Step::RoutitRequestExport, &access, &payload)
-        .await
-        .unwrap();
+    let request = routit(Step::RoutitRequestExport, None);
+    let first = driver.step(&request, &access).await.unwrap();
+    let again = driver.step(&request, &access).await.unwrap();
     assert_eq!(first, again, "a retried request returns the same export");
     let Progress::Output(output) = first else {
         panic!("request hands on the export id")
     };
+    let poll = routit(Step::RoutitPollExport, Some(&output.export_id));
 
     assert_eq!(
-        driver
-            .step(Step::RoutitPollExport, &access, &output)
-            .await
-            .unwrap(),
+        driver.step(&poll, &access).await.unwrap(),
         Progress::NotReady
     );
     assert_eq!(
-        driver
-            .step(Step::RoutitPollExport, &access, &output)
-            .await
-            .unwrap(),
+        driver.step(&poll, &access).await.unwrap(),
         Progress::Output(output.clone())
     );
     let Progress::Fetched(export) = driver
-        .step(Step::RoutitDownloadExport, &access, &output)
+        .step(
+            &routit(Step::RoutitDownloadExport, Some(&output.export_id)),
+            &access,
+        )
         .await
         .unwrap()
     else {
         panic!("download fetches the export");
     };
-    assert_eq!(export.export_id, output["export_id"].as_str().unwrap());
+    assert_eq!(export.export_id, output.export_id);
     assert_eq!(
         export.bytes,
         provider_sim::export_zip("routit", day(), 20).unwrap()
@@ -191,9 +198,8 @@ async fn a_routit_step_without_its_export_id_is_a_permanent_error() {
     let driver = driver_for(Provider::Routit, HttpClient::new(Duration::from_secs(5)));
     let err = driver
         .step(
-            Step::RoutitPollExport,
+            &routit(Step::RoutitPollExport, None),
             &access(&sim, "routit", TOKEN),
-            &json!({}),
         )
         .await
         .unwrap_err();

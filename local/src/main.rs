@@ -12,6 +12,7 @@ use tem_local::deployment::{wait_for, Deployment};
 use tem_local::emulator::Emulator;
 use tem_shared::adapters::operations::PgStepHistory;
 use tem_shared::billing::euros;
+use tem_shared::command::{Cause, Command, CyclePayload};
 use tem_shared::ops::timeline;
 use tem_shared::ports::TaskStore;
 use tem_shared::tasks::{SyncTask, TaskStatus};
@@ -81,7 +82,7 @@ async fn main() -> Result<()> {
     println!("==> one master-sync cycle (the schedule's event)");
     let event = json!({
         "version": "0", "id": uuid::Uuid::new_v4().to_string(), "detail-type": "Scheduled Event",
-        "source": "aws.events", "time": chrono::Utc::now(), "detail": {}
+        "source": "aws.events", "time": chrono::Utc::now(), "resources": [], "detail": {}
     });
     let answer = deployment.invoke("SyncManagerFunctionName", &event).await?;
     if let Some(error) = answer.error {
@@ -294,7 +295,9 @@ async fn backfill_totals(deployment: &Deployment) -> Result<()> {
     .await?;
     let mut cycles = std::collections::BTreeSet::new();
     for (customer, at, day, zone) in rows {
-        let zone = zone.parse().unwrap_or(chrono_tz::Europe::Amsterdam);
+        let zone: chrono_tz::Tz = zone.parse().map_err(|_| {
+            anyhow::anyhow!("customer {customer} has time zone {zone:?}, which is not an IANA zone name; correct it in the catalog file and apply it")
+        })?;
         cycles.insert((
             customer,
             tem_shared::billing::cycle_of(at, day as u32, zone),
@@ -313,7 +316,8 @@ async fn backfill_totals(deployment: &Deployment) -> Result<()> {
             let answer = deployment
                 .invoke(
                     "TotalsFunctionName",
-                    &json!({"customer_id": customer, "cycle": cycle, "cause": "backfill"}),
+                    &Command::DispatchTotals(CyclePayload::new(customer, cycle, Cause::Backfill))
+                        .payload(),
                 )
                 .await?;
             if let Some(error) = answer.error {

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::command::Command;
+
 /// The only envelope version this build understands.
 pub const ENVELOPE_VERSION: u32 = 1;
 
@@ -92,18 +94,14 @@ impl FromStr for Step {
     }
 }
 
-/// One step still to run after the current one.
+/// One step still to run after the current one. Senders make links from
+/// a [`Command`] (`ChainLink::from(command)`); the payload stays JSON here
+/// because the runtime merges a step's output into it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChainLink {
     pub step: Step,
     #[serde(default = "empty_object")]
     pub payload: Value,
-}
-
-impl ChainLink {
-    pub fn new(step: Step, payload: Value) -> Self {
-        Self { step, payload }
-    }
 }
 
 fn empty_object() -> Value {
@@ -156,7 +154,21 @@ pub enum EnvelopeError {
 }
 
 impl Envelope {
-    /// A new chain root, e.g. the `SyncProfile` that sync-manager sends.
+    /// A new chain that starts with `command`, e.g. the `SyncProfile` that
+    /// sync-manager sends. Senders start chains this way.
+    pub fn start(
+        id: impl Into<String>,
+        command: Command,
+        chain: Vec<ChainLink>,
+        task_id: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self::root(id, command.step(), command.payload(), chain, task_id, now)
+    }
+
+    /// A chain root with a payload as it is: for tests and tools that must
+    /// send what no [`Command`] makes (a payload that does not parse, a
+    /// benchmark's extra fields). Senders use [`Self::start`].
     pub fn root(
         id: impl Into<String>,
         step: Step,
@@ -343,14 +355,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn link(step: Step, payload: Value) -> ChainLink {
+        ChainLink { step, payload }
+    }
+
     fn sample() -> Envelope {
         Envelope::root(
             "root-1",
             Step::SyncProfile,
             json!({"profile_id": 7, "provider": "routit"}),
             vec![
-                ChainLink::new(Step::RoutitPollExport, json!({"profile_id": 7})),
-                ChainLink::new(Step::RoutitDownloadExport, json!({})),
+                link(Step::RoutitPollExport, json!({"profile_id": 7})),
+                link(Step::RoutitDownloadExport, json!({})),
             ],
             Some("task-1".into()),
             DateTime::parse_from_rfc3339("2025-01-02T03:04:05Z")
@@ -460,7 +476,7 @@ mod tests {
         let next = parent
             .continuation(
                 &json!({}),
-                vec![ChainLink::new(Step::RoutitRequestExport, json!({"a": 1}))],
+                vec![link(Step::RoutitRequestExport, json!({"a": 1}))],
             )
             .unwrap();
         assert_eq!(next.step, Step::RoutitRequestExport);
@@ -475,16 +491,16 @@ mod tests {
     fn a_fork_makes_one_message_per_branch_each_with_the_rest_of_the_chain() {
         let parent = sample();
         let branches = parent.fork(vec![
-            ChainLink::new(Step::DispatchTotals, json!({"customer_id": 1})),
-            ChainLink::new(Step::DispatchTotals, json!({"customer_id": 2})),
+            link(Step::DispatchTotals, json!({"customer_id": 1})),
+            link(Step::DispatchTotals, json!({"customer_id": 2})),
         ]);
         assert_eq!(branches.len(), 2);
         assert_ne!(branches[0].id, branches[1].id);
         assert_eq!(
             branches,
             parent.fork(vec![
-                ChainLink::new(Step::DispatchTotals, json!({"customer_id": 1})),
-                ChainLink::new(Step::DispatchTotals, json!({"customer_id": 2})),
+                link(Step::DispatchTotals, json!({"customer_id": 1})),
+                link(Step::DispatchTotals, json!({"customer_id": 2})),
             ])
         );
         for branch in &branches {

@@ -1,17 +1,20 @@
 //! tem's shared library: everything the functions have in common.
 //!
 //! - [`envelope`], [`routing`], [`runtime`], [`retry`]: the chain runtime
-//!   every queue-driven function runs messages through.
+//!   every queue-driven function runs messages through; [`command`]: the
+//!   typed payload of each of its steps, shared by senders and handlers.
 //! - [`tasks`], [`sync`]: the master-sync domain.
 //! - [`ports`]: the narrow traits domain code uses to reach the outside;
 //!   [`adapters`]: their AWS and PostgreSQL implementations.
-//! - [`config`], [`telemetry`], [`lambda`]: what each function's `main` wires up.
+//! - [`config`], [`telemetry`], [`lambda`]: what each function's `main` wires
+//!   up; [`lambda`] also has the typed inputs a queue-driven function takes.
 //! - [`ops`]: the ops function's console commands (migrations).
 
 pub mod adapters;
 pub mod billing;
 pub mod bootstrap;
 pub mod catalog;
+pub mod command;
 pub mod config;
 pub mod envelope;
 pub mod import;

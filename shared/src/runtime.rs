@@ -54,15 +54,12 @@ pub enum StepOutcome {
     Requeue { delay: Duration, payload: Value },
     /// Done; continue with one message per branch, each followed by the
     /// rest of the chain. No branches ends this chain here.
-    Fork {
-        output: Value,
-        branches: Vec<ChainLink>,
-    },
+    Fork { branches: Vec<ChainLink> },
     /// Done here, but the branch goes on outside the queues (an export put
     /// into the CDR bucket continues as the import its S3 notification
     /// starts, which adopts the task). The task keeps this branch open as
     /// the hand-off `via`, the token `s3://{bucket}/{key}`.
-    HandOff { output: Value, via: String },
+    HandOff { via: String },
 }
 
 impl StepOutcome {
@@ -72,38 +69,150 @@ impl StepOutcome {
             next: Vec::new(),
         }
     }
+
+    /// Done, handing nothing on; the chain continues as it was fixed.
+    pub fn finished() -> Self {
+        Self::done(Value::Null)
+    }
 }
 
-#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+/// An error a step's work may carry as the cause of its failure.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a step failed, and whether another attempt may succeed. The text
+/// is what the DLQ's `tem-error`, the journal and the task show; the error
+/// it came from stays attached as its [`std::error::Error::source`], so the
+/// runtime can tell a pool wait from its type and logs keep the chain.
+#[derive(Debug, thiserror::Error)]
 pub enum StepError {
     /// Worth another attempt (network, throttling, carrier not reachable).
-    #[error("{0}")]
-    Retryable(String),
+    #[error(transparent)]
+    Retryable(Reason),
     /// No retry can fix it (bad input, misconfiguration).
-    #[error("{0}")]
-    Permanent(String),
+    #[error(transparent)]
+    Permanent(Reason),
     /// The step could not start its work: it waited for a database
     /// connection until the pool's acquire timeout. Nothing was done, so no
     /// attempt is spent: the runtime sends the message again as a new SQS
     /// message (whose receive count starts over) carrying the attempts
     /// already spent in `Envelope::attempt`, and acknowledges this one.
     /// It is never dead-lettered for its attempts.
-    #[error("{0}")]
-    NotAttempted(String),
+    #[error(transparent)]
+    NotAttempted(Reason),
+}
+
+/// The text of a step's failure and the error it came from.
+#[derive(Debug)]
+pub struct Reason {
+    text: String,
+    source: Option<BoxError>,
+}
+
+impl Reason {
+    /// The error's own text as the reason, the error as its source.
+    pub fn from_error(error: impl Into<BoxError>) -> Self {
+        let source = error.into();
+        Self {
+            text: source.to_string(),
+            source: Some(source),
+        }
+    }
+
+    /// `text` as the reason (which usually already says what the error
+    /// says), with the error kept as its source.
+    pub fn with_source(text: impl Into<String>, error: impl Into<BoxError>) -> Self {
+        Self {
+            text: text.into(),
+            source: Some(error.into()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for Reason {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Reasons read as text (`reason.contains("401")`).
+impl std::ops::Deref for Reason {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl From<String> for Reason {
+    fn from(text: String) -> Self {
+        Self { text, source: None }
+    }
+}
+
+impl From<&str> for Reason {
+    fn from(text: &str) -> Self {
+        Self::from(text.to_string())
+    }
 }
 
 /// The text of a database pool's acquire timeout (sqlx's
-/// `Error::PoolTimedOut`; a test in `adapters::postgres` pins it). Handlers
-/// turn database errors into text, so the runtime recognises a pool wait in
-/// a retryable error by it.
+/// `Error::PoolTimedOut`; a test in `adapters::postgres` pins it). A
+/// retryable error whose source is that error, or whose text contains it
+/// (a handler that formatted the database error into its reason), is a
+/// pool wait.
 pub const POOL_TIMED_OUT: &str = "pool timed out while waiting for an open connection";
 
 impl StepError {
+    /// Worth another attempt, because of `error`.
+    pub fn retryable(error: impl Into<BoxError>) -> Self {
+        StepError::Retryable(Reason::from_error(error))
+    }
+
+    /// No retry can fix it, because of `error`.
+    pub fn permanent(error: impl Into<BoxError>) -> Self {
+        StepError::Permanent(Reason::from_error(error))
+    }
+
+    /// Retryable or permanent as `retryable` says, because of `error`.
+    pub fn classify(retryable: bool, error: impl Into<BoxError>) -> Self {
+        if retryable {
+            Self::retryable(error)
+        } else {
+            Self::permanent(error)
+        }
+    }
+
+    /// Whether another attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, StepError::Permanent(_))
+    }
+
+    /// The text the DLQ, the journal and the task show.
+    pub fn reason(&self) -> &str {
+        match self {
+            StepError::Retryable(r) | StepError::Permanent(r) | StepError::NotAttempted(r) => {
+                r.as_str()
+            }
+        }
+    }
+
     /// A retryable error that is really a pool wait becomes
     /// [`StepError::NotAttempted`].
     fn classified(self) -> Self {
         match self {
-            StepError::Retryable(reason) if reason.contains(POOL_TIMED_OUT) => {
+            StepError::Retryable(reason) if is_pool_wait(&reason) => {
                 StepError::NotAttempted(reason)
             }
             other => other,
@@ -111,9 +220,33 @@ impl StepError {
     }
 }
 
+/// Whether the failure comes from waiting for a pooled database connection.
+fn is_pool_wait(reason: &Reason) -> bool {
+    if reason.contains(POOL_TIMED_OUT) {
+        return true;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(reason);
+    while let Some(error) = cause {
+        if matches!(
+            error.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::PoolTimedOut)
+        ) {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
 impl From<PortError> for StepError {
     fn from(e: PortError) -> Self {
-        StepError::Retryable(e.to_string())
+        StepError::retryable(e)
+    }
+}
+
+impl From<crate::command::CommandError> for StepError {
+    fn from(e: crate::command::CommandError) -> Self {
+        StepError::permanent(e)
     }
 }
 
@@ -248,6 +381,34 @@ pub struct MessageReport {
     pub error_kind: Option<String>,
 }
 
+/// Why a message was dead-lettered (`tem-error-kind`, the failure record's
+/// `error_kind`, the step metrics' dimension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The body is not a valid envelope.
+    Invalid,
+    /// The step failed in a way no retry can fix.
+    Permanent,
+    /// The step kept failing until its last attempt.
+    RetriesExhausted,
+    /// The chain was too deep or the step re-enqueued itself too often.
+    Loop,
+    /// The next step could not be routed to a queue.
+    Routing,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Invalid => "invalid",
+            FailureKind::Permanent => "permanent",
+            FailureKind::RetriesExhausted => "retries_exhausted",
+            FailureKind::Loop => "loop",
+            FailureKind::Routing => "routing",
+        }
+    }
+}
+
 /// The stores and queues the runtime works with.
 #[derive(Clone)]
 pub struct RuntimePorts {
@@ -335,7 +496,13 @@ impl ChainRuntime {
                 let reason = format!("invalid message, not retried: {e}");
                 let task_id = salvage_task_id(&incoming.body);
                 let mut report = self
-                    .dead_letter(&incoming, None, task_id.as_deref(), "invalid", &reason)
+                    .dead_letter(
+                        &incoming,
+                        None,
+                        task_id.as_deref(),
+                        FailureKind::Invalid,
+                        &reason,
+                    )
                     .await;
                 report.task_id = task_id;
                 report.attempt = incoming.receive_count;
@@ -569,16 +736,24 @@ impl ChainRuntime {
             Err(StepError::NotAttempted(reason))
                 if now - envelope.created_at < self.settings.max_postpone_age =>
             {
+                let reason = reason.to_string();
                 warn!(%reason, "no database connection in time; not attempted, postponed");
                 self.release(envelope, notes).await;
                 self.postpone(incoming, envelope, attempt.saturating_sub(1), reason)
                     .await
             }
             Err(StepError::Retryable(reason) | StepError::NotAttempted(reason)) => {
+                let reason = reason.to_string();
                 if attempt >= self.settings.max_attempts {
                     let reason = format!("gave up after {attempt} attempts; last error: {reason}");
-                    self.finish_failed(incoming, envelope, "retries_exhausted", &reason, notes)
-                        .await
+                    self.finish_failed(
+                        incoming,
+                        envelope,
+                        FailureKind::RetriesExhausted,
+                        &reason,
+                        notes,
+                    )
+                    .await
                 } else {
                     warn!(%reason, "step failed; will retry");
                     self.release(envelope, notes).await;
@@ -586,8 +761,9 @@ impl ChainRuntime {
                 }
             }
             Err(StepError::Permanent(reason)) => {
+                let reason = reason.to_string();
                 error!(%reason, "step failed permanently");
-                self.finish_failed(incoming, envelope, "permanent", &reason, notes)
+                self.finish_failed(incoming, envelope, FailureKind::Permanent, &reason, notes)
                     .await
             }
         }
@@ -631,7 +807,7 @@ impl ChainRuntime {
         let step = envelope.step.to_string();
         let mut handed_off = None;
         let (children, delay) = match outcome {
-            StepOutcome::HandOff { output: _, via } => {
+            StepOutcome::HandOff { via } => {
                 handed_off = Some(via);
                 (Vec::new(), 0)
             }
@@ -642,10 +818,7 @@ impl ChainRuntime {
                     .collect::<Vec<_>>(),
                 0,
             ),
-            StepOutcome::Fork {
-                output: _,
-                branches,
-            } => (envelope.fork(branches), 0),
+            StepOutcome::Fork { branches } => (envelope.fork(branches), 0),
             StepOutcome::Requeue { delay, payload } => {
                 let again = envelope.requeued(payload);
                 if again.requeues > self.settings.max_requeues {
@@ -654,7 +827,7 @@ impl ChainRuntime {
                         envelope.step, again.requeues, self.settings.max_requeues
                     );
                     return self
-                        .finish_failed(incoming, envelope, "loop", &reason, notes)
+                        .finish_failed(incoming, envelope, FailureKind::Loop, &reason, notes)
                         .await;
                 }
                 // SQS caps message delays at 15 minutes.
@@ -670,7 +843,7 @@ impl ChainRuntime {
                 too_deep.depth, self.settings.max_chain_depth
             );
             return self
-                .finish_failed(incoming, envelope, "loop", &reason, notes)
+                .finish_failed(incoming, envelope, FailureKind::Loop, &reason, notes)
                 .await;
         }
 
@@ -681,7 +854,7 @@ impl ChainRuntime {
                 Err(e) => {
                     let reason = format!("cannot route the next step {}: {e}", child.step);
                     return self
-                        .finish_failed(incoming, envelope, "routing", &reason, notes)
+                        .finish_failed(incoming, envelope, FailureKind::Routing, &reason, notes)
                         .await;
                 }
             };
@@ -771,7 +944,7 @@ impl ChainRuntime {
             incoming,
             Some(envelope),
             envelope.task_id.as_deref(),
-            "loop",
+            FailureKind::Loop,
             reason,
         )
         .await
@@ -781,7 +954,7 @@ impl ChainRuntime {
         &self,
         incoming: &IncomingMessage,
         envelope: &Envelope,
-        kind: &str,
+        kind: FailureKind,
         reason: &str,
         notes: &AttemptNotes,
     ) -> MessageReport {
@@ -823,7 +996,7 @@ impl ChainRuntime {
         incoming: &IncomingMessage,
         envelope: Option<&Envelope>,
         task_id: Option<&str>,
-        kind: &str,
+        kind: FailureKind,
         reason: &str,
     ) -> MessageReport {
         let step = envelope.map(|e| e.step.to_string());
@@ -844,7 +1017,7 @@ impl ChainRuntime {
                 }
             }
             return MessageReport {
-                error_kind: Some(kind.to_string()),
+                error_kind: Some(kind.as_str().to_string()),
                 ..report(
                     incoming,
                     step,
@@ -861,7 +1034,7 @@ impl ChainRuntime {
         let mut message = OutgoingMessage::new(incoming.message_id.clone(), incoming.body.clone());
         message.attributes = vec![
             ("tem-error".into(), truncate(reason, 4000)),
-            ("tem-error-kind".into(), kind.into()),
+            ("tem-error-kind".into(), kind.as_str().into()),
             ("tem-attempts".into(), attempts.to_string()),
             ("tem-failed-at".into(), failed_at.to_rfc3339()),
             (
@@ -896,7 +1069,7 @@ impl ChainRuntime {
                 return report(incoming, step, Disposition::Retry, e.to_string(), vec![]);
             }
         }
-        error!(%reason, kind, "moved to the dead-letter queue");
+        error!(%reason, kind = kind.as_str(), "moved to the dead-letter queue");
         if let Some(task_id) = task_id {
             if let Err(e) = self
                 .tasks
@@ -920,7 +1093,7 @@ impl ChainRuntime {
             task_id: task_id.map(str::to_string),
             trace_id: envelope.map(|e| e.trace_id.clone()),
             body: incoming.body.clone(),
-            error_kind: kind.to_string(),
+            error_kind: kind.as_str().to_string(),
             error: reason.to_string(),
             attempts,
             failed_at,
@@ -928,7 +1101,7 @@ impl ChainRuntime {
         })
         .await;
         MessageReport {
-            error_kind: Some(kind.to_string()),
+            error_kind: Some(kind.as_str().to_string()),
             ..report(
                 incoming,
                 step,

@@ -43,8 +43,18 @@ impl StepHandler for Scripted {
         if answers.len() > 1 {
             answers.pop_front().unwrap()
         } else {
-            answers.front().cloned().unwrap()
+            answers.front().map(replay).unwrap()
         }
+    }
+}
+
+/// The same answer again (a step error holds its source, so it is not Clone).
+fn replay(answer: &Result<StepOutcome, StepError>) -> Result<StepOutcome, StepError> {
+    match answer {
+        Ok(outcome) => Ok(outcome.clone()),
+        Err(StepError::Retryable(r)) => Err(StepError::Retryable(r.as_str().into())),
+        Err(StepError::Permanent(r)) => Err(StepError::Permanent(r.as_str().into())),
+        Err(StepError::NotAttempted(r)) => Err(StepError::NotAttempted(r.as_str().into())),
     }
 }
 
@@ -162,7 +172,10 @@ fn deadline() -> chrono::DateTime<Utc> {
 }
 
 fn poll_link() -> ChainLink {
-    ChainLink::new(Step::RoutitPollExport, json!({"provider": "routit"}))
+    ChainLink {
+        step: Step::RoutitPollExport,
+        payload: json!({"provider": "routit"}),
+    }
 }
 
 #[tokio::test]
@@ -195,7 +208,6 @@ async fn the_task_completes_when_its_last_step_finishes() {
 #[tokio::test]
 async fn a_step_that_hands_off_sends_nothing_and_keeps_its_branch_open() {
     let h = harness(vec![Ok(StepOutcome::HandOff {
-        output: json!({"key": "inbox/x.zip"}),
         via: "s3://cdr/inbox/x.zip".into(),
     })]);
     with_task(&h).await;
@@ -534,9 +546,10 @@ async fn the_totals_handler_counts_its_spare_readers() {
 
 fn pool_wait() -> StepError {
     // What the handlers make of sqlx's PoolTimedOut.
-    StepError::Retryable(format!(
-        "database error: {POOL_TIMED_OUT}; the import was rolled back and can be retried"
-    ))
+    StepError::Retryable(
+        format!("database error: {POOL_TIMED_OUT}; the import was rolled back and can be retried")
+            .into(),
+    )
 }
 
 #[tokio::test]
@@ -824,7 +837,6 @@ async fn a_task_never_goes_below_zero() {
 async fn a_failed_branch_then_retried_completes_the_task() {
     let h = harness(vec![
         Ok(StepOutcome::Fork {
-            output: json!({}),
             branches: vec![poll_link(), poll_link()],
         }),
         permanent("export broken"),
@@ -1012,10 +1024,7 @@ async fn completed_through_a_hand_off(h: &Harness) -> crate::tasks::SyncTask {
 }
 
 fn hand_off() -> Result<StepOutcome, StepError> {
-    Ok(StepOutcome::HandOff {
-        output: json!({}),
-        via: TOKEN.into(),
-    })
+    Ok(StepOutcome::HandOff { via: TOKEN.into() })
 }
 
 #[tokio::test]
@@ -1167,4 +1176,94 @@ async fn the_step_span_carries_the_trace_id_with_the_task_message_step_provider_
     assert_eq!(get("step"), "SyncProfile");
     assert_eq!(get("provider"), "routit");
     assert_eq!(get("attempt"), "2");
+}
+
+#[tokio::test]
+async fn a_payload_that_does_not_parse_is_dead_lettered_at_once_naming_the_step_and_what_it_expects(
+) {
+    // The handler reads the payload before it touches the database.
+    let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+    let queues = Arc::new(FakeQueues::default());
+    let runtime = ChainRuntime::new(
+        Arc::new(crate::billing::handler::Totals::new(
+            pool,
+            chrono::Duration::days(5),
+        )),
+        Router::new(BTreeMap::new()),
+        ports(
+            &queues,
+            Arc::new(FakeIdempotency::default()),
+            Arc::new(FakeTasks::default()),
+        ),
+        RuntimeSettings {
+            source_queue_url: Some("q/totals".into()),
+            dlq_url: Some("q/totals-dlq".into()),
+            max_attempts: 3,
+            ..RuntimeSettings::default()
+        },
+    );
+    let m = Envelope::root(
+        "t-bad",
+        Step::BackupTotals,
+        json!({"customer_id": 1, "cycle": "first of January"}),
+        vec![],
+        None,
+        Utc::now(),
+    );
+    let report = runtime.process(incoming(&m, 1), deadline()).await;
+    assert_eq!(report.disposition, Disposition::DeadLettered);
+    assert_eq!(report.error_kind.as_deref(), Some("permanent"));
+    let dead = queues.on("q/totals-dlq");
+    let error = &dead[0]
+        .attributes
+        .iter()
+        .find(|(k, _)| k == "tem-error")
+        .unwrap()
+        .1;
+    assert!(
+        error.starts_with("BackupTotals payload is invalid: cycle:"),
+        "{error}"
+    );
+    assert!(error.contains(r#"expects {"customer_id": 1"#), "{error}");
+}
+
+#[tokio::test]
+async fn a_pool_wait_is_recognised_by_its_source_error_whatever_the_text_says() {
+    // Two answers, so the first is handed out as it is (a replayed one
+    // would lose its source).
+    let h = harness(vec![
+        Err(StepError::Retryable(Reason::with_source(
+            "could not load the customer",
+            sqlx::Error::PoolTimedOut,
+        ))),
+        Ok(StepOutcome::finished()),
+    ]);
+    with_task(&h).await;
+    let report = h
+        .runtime
+        .process(incoming(&message(vec![]), 3), deadline())
+        .await;
+    assert_eq!(
+        report.disposition,
+        Disposition::Postponed,
+        "{}",
+        report.detail
+    );
+    assert!(h.queues.on(DLQ).is_empty());
+}
+
+#[test]
+fn a_step_error_keeps_its_source_and_its_retryability() {
+    let error = StepError::retryable(sqlx::Error::PoolTimedOut);
+    assert!(error.is_retryable());
+    assert_eq!(error.reason(), POOL_TIMED_OUT);
+    let source = std::error::Error::source(&error).expect("the sqlx error is kept");
+    assert!(matches!(
+        source.downcast_ref::<sqlx::Error>(),
+        Some(sqlx::Error::PoolTimedOut)
+    ));
+    let permanent =
+        StepError::permanent(crate::routing::RoutingError::UnknownProvider("ben".into()));
+    assert!(!permanent.is_retryable());
+    assert!(permanent.to_string().contains("known providers"));
 }

@@ -1,15 +1,14 @@
 //! cdr-import: S3 notifications from the import queue (or the console's
-//! `{"bucket", "key"}`) in, CDRs loaded, `DispatchTotals` out.
+//! `{"bucket", "key"}`, or an envelope) in, CDRs loaded, `DispatchTotals` out.
 
 use std::sync::Arc;
 
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use serde_json::Value;
 use tem_shared::adapters::s3::{S3Notifications, S3Rejects, S3Sources};
 use tem_shared::adapters::s3_client;
 use tem_shared::bootstrap::Platform;
 use tem_shared::config::Env;
-use tem_shared::import::handler::CdrImport;
+use tem_shared::import::handler::{CdrImport, ImportInput};
 use tem_shared::import::importer::Importer;
 use tem_shared::import::zip::ZipLimits;
 use tem_shared::lambda::{deadline, handle_event};
@@ -45,14 +44,12 @@ async fn main() -> Result<(), Error> {
     )?;
     let runtime = &runtime;
     let notifications = &S3Notifications::new(s3_for_notifications);
-    run(service_fn(move |event: LambdaEvent<Value>| async move {
-        handle_event(
-            runtime,
-            notifications,
-            event.payload,
-            deadline(&event.context),
-        )
-        .await
-    }))
+    run(service_fn(
+        move |event: LambdaEvent<ImportInput>| async move {
+            let deadline = deadline(&event.context);
+            let request_id = &event.context.request_id;
+            handle_event(runtime, notifications, event.payload, request_id, deadline).await
+        },
+    ))
     .await
 }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use serde_json::Value;
 use tem_shared::adapters::postgres::PgProfiles;
 use tem_shared::adapters::{s3::S3Objects, s3_client};
 use tem_shared::bootstrap::Platform;
@@ -13,7 +12,7 @@ use tem_shared::config::Env;
 use tem_shared::lambda::{deadline, handle_event, EnvelopesOnly};
 use tem_shared::routing::Provider;
 use tem_shared::sync::drivers::HttpClient;
-use tem_shared::sync::provider::ProviderSync;
+use tem_shared::sync::provider::{ProviderSync, ProviderSyncInput};
 use tem_shared::telemetry;
 
 #[tokio::main]
@@ -33,14 +32,12 @@ async fn main() -> Result<(), Error> {
     );
     let runtime = platform.chain_runtime(&env, Arc::new(handler))?;
     let runtime = &runtime;
-    run(service_fn(move |event: LambdaEvent<Value>| async move {
-        handle_event(
-            runtime,
-            &EnvelopesOnly,
-            event.payload,
-            deadline(&event.context),
-        )
-        .await
-    }))
+    run(service_fn(
+        move |event: LambdaEvent<ProviderSyncInput>| async move {
+            let deadline = deadline(&event.context);
+            let request_id = &event.context.request_id;
+            handle_event(runtime, &EnvelopesOnly, event.payload, request_id, deadline).await
+        },
+    ))
     .await
 }

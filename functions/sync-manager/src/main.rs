@@ -9,7 +9,7 @@ use tem_shared::adapters::postgres::{PgProfiles, PgRunLog};
 use tem_shared::bootstrap::Platform;
 use tem_shared::config::Env;
 use tem_shared::sync::manager::SyncManager;
-use tem_shared::sync::trigger::Trigger;
+use tem_shared::sync::trigger::{SyncManagerInput, Trigger};
 use tem_shared::telemetry;
 
 #[tokio::main]
@@ -27,17 +27,19 @@ async fn main() -> Result<(), Error> {
         stale_after,
     );
     let manager = &manager;
-    run(service_fn(move |event: LambdaEvent<Value>| async move {
-        let trigger = Trigger::from_event(&event.payload, || event.context.request_id.clone())?;
-        let summary = manager
-            .run(
-                &trigger.selection,
-                &trigger.run_key,
-                trigger.kind,
-                chrono::Utc::now(),
-            )
-            .await?;
-        Ok::<Value, Error>(serde_json::to_value(summary)?)
-    }))
+    run(service_fn(
+        move |event: LambdaEvent<SyncManagerInput>| async move {
+            let trigger = Trigger::from_input(event.payload, || event.context.request_id.clone())?;
+            let summary = manager
+                .run(
+                    &trigger.selection,
+                    &trigger.run_key,
+                    trigger.kind,
+                    chrono::Utc::now(),
+                )
+                .await?;
+            Ok::<Value, Error>(serde_json::to_value(summary)?)
+        },
+    ))
     .await
 }

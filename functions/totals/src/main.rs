@@ -7,12 +7,11 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use serde_json::Value;
-use tem_shared::billing::handler::Totals;
+use tem_shared::billing::handler::{Totals, TotalsInput};
 use tem_shared::billing::sweep::sweep_due_invoices;
 use tem_shared::bootstrap::Platform;
 use tem_shared::config::Env;
-use tem_shared::lambda::{deadline, handle_event, EnvelopesOnly};
+use tem_shared::lambda::{deadline, handle_event, schedule_run_key, EnvelopesOnly, ScheduledInput};
 use tem_shared::telemetry;
 
 #[tokio::main]
@@ -25,32 +24,30 @@ async fn main() -> Result<(), Error> {
     let runtime =
         platform.chain_runtime(&env, Arc::new(Totals::new(platform.pool.clone(), grace)))?;
     let (runtime, platform, totals_queue) = (&runtime, &platform, totals_queue.as_str());
-    run(service_fn(move |event: LambdaEvent<Value>| async move {
-        // EventBridge's scheduled event: the invoice sweep.
-        if let Some(id) = event
-            .payload
-            .get("detail-type")
-            .and(event.payload.get("id"))
-        {
-            let run_key = format!("schedule:{}", id.as_str().unwrap_or_default());
-            let report = sweep_due_invoices(
-                &platform.pool,
-                platform.queues.as_ref(),
-                totals_queue,
-                &run_key,
-                Utc::now(),
-                grace,
-            )
-            .await?;
-            return Ok(serde_json::to_value(report)?);
-        }
-        handle_event(
-            runtime,
-            &EnvelopesOnly,
-            event.payload,
-            deadline(&event.context),
-        )
-        .await
-    }))
+    run(service_fn(
+        move |event: LambdaEvent<TotalsInput>| async move {
+            match event.payload {
+                ScheduledInput::Schedule(schedule) => {
+                    let run_key = schedule_run_key(&schedule);
+                    let queues = platform.queues.as_ref();
+                    let report = sweep_due_invoices(
+                        &platform.pool,
+                        queues,
+                        totals_queue,
+                        &run_key,
+                        Utc::now(),
+                        grace,
+                    )
+                    .await?;
+                    Ok(serde_json::to_value(report)?)
+                }
+                ScheduledInput::Queue(input) => {
+                    let deadline = deadline(&event.context);
+                    let request_id = &event.context.request_id;
+                    handle_event(runtime, &EnvelopesOnly, input, request_id, deadline).await
+                }
+            }
+        },
+    ))
     .await
 }

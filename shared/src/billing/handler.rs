@@ -1,12 +1,12 @@
-//! The totals function's step handler: `DispatchTotals` decides the method
-//! and chains `CalculateTotals`, `BackupTotals`, `BillingInsight` and
-//! `GenerateInvoice`, in that order (each needs the one before it: the
-//! history and the insights read the totals, the invoice bills them).
+//! The totals function's step handler and input: `DispatchTotals` checks
+//! the customer's cycle and chains `CalculateTotals`, `BackupTotals`,
+//! `BillingInsight` and `GenerateInvoice`, in that order (each needs the one
+//! before it: the history and the insights read the totals, the invoice
+//! bills them).
 
 use async_trait::async_trait;
-use chrono::NaiveDate;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::json;
 use sqlx::PgPool;
 
 use crate::adapters::totals::calculate_totals;
@@ -15,20 +15,10 @@ use crate::billing::history::{backup_totals, HistoryError};
 use crate::billing::insight::{detect_insights, InsightError};
 use crate::billing::invoice::{generate_invoice, InvoiceError};
 use crate::billing::totals::TotalsError;
-use crate::envelope::{ChainLink, Envelope, Step};
+use crate::command::{Command, CyclePayload};
+use crate::envelope::{derived_id, ChainLink, Envelope};
+use crate::lambda::ConsoleCommand;
 use crate::runtime::{Delivery, StepError, StepHandler, StepOutcome};
-
-#[derive(Debug, Deserialize)]
-struct CyclePayload {
-    customer_id: i64,
-    cycle: NaiveDate,
-    #[serde(default = "default_cause")]
-    cause: String,
-}
-
-fn default_cause() -> String {
-    "console".into()
-}
 
 pub struct Totals {
     pool: PgPool,
@@ -43,34 +33,35 @@ impl Totals {
 }
 
 fn customer_error(e: CustomerError) -> StepError {
-    if e.is_retryable() {
-        StepError::Retryable(e.to_string())
-    } else {
-        StepError::Permanent(e.to_string())
-    }
+    StepError::classify(e.is_retryable(), e)
+}
+
+/// A database error is worth another attempt; its text is the reason.
+fn database_error(e: sqlx::Error) -> StepError {
+    StepError::retryable(e)
 }
 
 fn insight_error(e: InsightError) -> StepError {
     match e {
-        InsightError::Database(db) => StepError::Retryable(db.to_string()),
+        InsightError::Database(db) => database_error(db),
         InsightError::Customer(e) => customer_error(e),
-        other => StepError::Permanent(other.to_string()),
+        other => StepError::permanent(other),
     }
 }
 
 fn invoice_error(e: InvoiceError) -> StepError {
     match e {
-        InvoiceError::Database(db) => StepError::Retryable(db.to_string()),
+        InvoiceError::Database(db) => database_error(db),
         InvoiceError::Customer(e) => customer_error(e),
-        other => StepError::Permanent(other.to_string()),
+        other => StepError::permanent(other),
     }
 }
 
 fn totals_error(e: TotalsError) -> StepError {
     match e {
-        TotalsError::Database(_) | TotalsError::Read(_) => StepError::Retryable(e.to_string()),
+        TotalsError::Database(_) | TotalsError::Read(_) => StepError::retryable(e),
         TotalsError::Customer(e) => customer_error(e),
-        other => StepError::Permanent(other.to_string()),
+        other => StepError::permanent(other),
     }
 }
 
@@ -82,46 +73,22 @@ impl StepHandler for Totals {
         message: &Envelope,
         _delivery: Delivery,
     ) -> Result<StepOutcome, StepError> {
-        let payload: CyclePayload =
-            serde_json::from_value(message.payload.clone()).map_err(|e| {
-                StepError::Permanent(format!(
-                    "{} needs {{\"customer_id\": 1, \"cycle\": \"YYYY-MM-DD\"}}: {e}",
-                    message.step
-                ))
-            })?;
-        match message.step {
-            Step::DispatchTotals => {
-                let customer =
-                    BillingCustomer::load(&self.pool, payload.customer_id, payload.cycle)
-                        .await
-                        .map_err(customer_error)?;
-                let method = if customer.plan.is_some() {
-                    "rate_plan"
-                } else {
-                    "standard"
-                };
-                let next = json!({
-                    "customer_id": payload.customer_id,
-                    "cycle": payload.cycle,
-                    "cause": payload.cause,
-                    "method": method,
-                });
+        match message.command()? {
+            Command::DispatchTotals(cycle) => {
+                // Fails here, before anything is calculated, for a customer
+                // that does not exist, a day that is no cycle start, or a
+                // missing or bad time zone or plan.
+                BillingCustomer::load(&self.pool, cycle.customer_id, cycle.cycle)
+                    .await
+                    .map_err(customer_error)?;
                 Ok(StepOutcome::Continue {
-                    output: json!({}),
-                    next: [
-                        Step::CalculateTotals,
-                        Step::BackupTotals,
-                        Step::BillingInsight,
-                        Step::GenerateInvoice,
-                    ]
-                    .into_iter()
-                    .map(|step| ChainLink::new(step, next.clone()))
-                    .collect(),
+                    output: serde_json::Value::Null,
+                    next: calculation_chain(cycle),
                 })
             }
-            Step::CalculateTotals => {
+            Command::CalculateTotals(cycle) => {
                 let started = std::time::Instant::now();
-                let totals = calculate_totals(&self.pool, payload.customer_id, payload.cycle)
+                let totals = calculate_totals(&self.pool, cycle.customer_id, cycle.cycle)
                     .await
                     .map_err(totals_error)?;
                 // The runbook's "totals taking over 5 minutes" alarm reads this.
@@ -134,73 +101,167 @@ impl StepHandler for Totals {
                     )],
                 );
                 tracing::info!(
+                    method = totals.method,
                     rated = totals.rated_cost_micros,
                     cdrs = totals.cdr_count,
                     "totals calculated"
                 );
-                Ok(StepOutcome::done(
-                    json!({ "rated_cost_micros": totals.rated_cost_micros }),
-                ))
+                Ok(StepOutcome::finished())
             }
-            Step::BackupTotals => {
+            Command::BackupTotals(cycle) => {
                 let backup = backup_totals(
                     &self.pool,
-                    payload.customer_id,
-                    payload.cycle,
-                    &payload.cause,
+                    cycle.customer_id,
+                    cycle.cycle,
+                    cycle.cause.as_str(),
                 )
                 .await
                 .map_err(|e| match e {
                     HistoryError::Customer(e) => customer_error(e),
-                    HistoryError::Database(e) => StepError::Retryable(e.to_string()),
+                    HistoryError::Database(e) => database_error(e),
                 })?;
-                Ok(StepOutcome::done(json!({ "backup": backup })))
+                tracing::info!(?backup, "totals backed up");
+                Ok(StepOutcome::finished())
             }
-            Step::BillingInsight => {
-                let insights = detect_insights(&self.pool, payload.customer_id, payload.cycle)
+            Command::BillingInsight(cycle) => {
+                let insights = detect_insights(&self.pool, cycle.customer_id, cycle.cycle)
                     .await
                     .map_err(insight_error)?;
                 let kinds: Vec<&str> = insights.iter().map(|i| i.kind.as_str()).collect();
                 tracing::info!(count = insights.len(), ?kinds, "insights recorded");
-                Ok(StepOutcome::done(json!({ "insights": kinds })))
+                Ok(StepOutcome::finished())
             }
-            Step::GenerateInvoice => {
+            Command::GenerateInvoice(cycle) => {
                 let outcome = generate_invoice(
                     &self.pool,
-                    payload.customer_id,
-                    payload.cycle,
+                    cycle.customer_id,
+                    cycle.cycle,
                     chrono::Utc::now(),
                     self.grace,
                 )
                 .await
                 .map_err(invoice_error)?;
                 tracing::info!(?outcome, "invoice");
-                Ok(StepOutcome::done(json!({ "invoice": outcome })))
+                Ok(StepOutcome::finished())
             }
-            other => Err(StepError::Permanent(format!(
-                "the totals function does not run {other}"
-            ))),
+            other => Err(StepError::Permanent(
+                format!("the totals function does not run {}", other.step()).into(),
+            )),
         }
     }
 }
 
-/// The console's `{"customer_id": 1, "cycle": "2025-01-01"}` as a
-/// `DispatchTotals` envelope.
-pub fn console_envelope(
-    event: &serde_json::Value,
-    request_id: &str,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Option<String> {
-    if event.get("version").is_some()
-        || event.get("customer_id").is_none()
-        || event.get("cycle").is_none()
-    {
-        return None;
+/// What a `DispatchTotals` runs, in order: each step needs the one before
+/// it (the history and the insights read the totals, the invoice bills
+/// them).
+pub fn calculation_chain(cycle: CyclePayload) -> Vec<ChainLink> {
+    [
+        Command::CalculateTotals(cycle),
+        Command::BackupTotals(cycle),
+        Command::BillingInsight(cycle),
+        Command::GenerateInvoice(cycle),
+    ]
+    .into_iter()
+    .map(ChainLink::from)
+    .collect()
+}
+
+/// The console's `{"customer_id": 1, "cycle": "2025-01-01", "cause"?: ...}`:
+/// a `DispatchTotals` of that cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct CycleCommand(pub CyclePayload);
+
+impl ConsoleCommand for CycleCommand {
+    const EXPECTED: &'static str = r#"{"customer_id": 1, "cycle": "2025-01-01"} (a DispatchTotals payload) or a whole envelope"#;
+
+    fn envelope(&self, request_id: &str, now: DateTime<Utc>) -> Envelope {
+        let id = derived_id(&["console-totals", request_id]);
+        Envelope::start(id, Command::DispatchTotals(self.0), vec![], None, now)
     }
-    let mut payload = event.clone();
-    if payload.get("cause").is_none() {
-        payload["cause"] = json!("console");
+}
+
+/// What the totals function is invoked with: its queue's batches, its
+/// schedule (the invoice sweep), a console cycle or envelope.
+pub type TotalsInput = crate::lambda::ScheduledInput<CycleCommand>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Cause;
+    use crate::envelope::Step;
+    use crate::lambda::{QueueInput, ScheduledInput};
+
+    const CONSOLE_CYCLE: &str = include_str!("../../../events/totals/console-cycle.json");
+    const CONSOLE_DISPATCH: &str = include_str!("../../../events/totals/console-dispatch.json");
+    const SCHEDULE: &str = include_str!("../../../events/totals/schedule-invoice-sweep.json");
+
+    fn cycle() -> CyclePayload {
+        CyclePayload::new(1, "2025-01-01".parse().unwrap(), Cause::Console)
     }
-    let id = crate::envelope::derived_id(&["console-totals", request_id]);
-    Some(Envelope::root(id, Step::DispatchTotals, payload, vec![], None, now).to_body())
+
+    #[test]
+    fn the_totals_input_parses_its_schedule_its_console_cycle_and_a_console_envelope() {
+        let schedule: TotalsInput = serde_json::from_str(SCHEDULE).unwrap();
+        let ScheduledInput::Schedule(event) = schedule else {
+            panic!("the sweep's schedule event is a schedule: {schedule:?}");
+        };
+        assert_eq!(
+            crate::lambda::schedule_run_key(&event),
+            "schedule:7b1c0e52-3f8e-4d0a-9a4e-1f6c2d9b8e11"
+        );
+        assert_eq!(
+            serde_json::from_str::<TotalsInput>(CONSOLE_CYCLE).unwrap(),
+            ScheduledInput::Queue(QueueInput::Command(CycleCommand(cycle())))
+        );
+        let ScheduledInput::Queue(QueueInput::Envelope(envelope)) =
+            serde_json::from_str::<TotalsInput>(CONSOLE_DISPATCH).unwrap()
+        else {
+            panic!("a whole envelope is taken as one");
+        };
+        let envelope = Envelope::parse(&envelope.to_string()).unwrap();
+        assert_eq!(
+            envelope.command().unwrap(),
+            Command::DispatchTotals(cycle())
+        );
+    }
+
+    #[test]
+    fn a_console_cycle_becomes_a_dispatch_whose_id_derives_from_the_request() {
+        let now = Utc::now();
+        let first = CycleCommand(cycle()).envelope("req-1", now);
+        assert_eq!(first.command().unwrap(), Command::DispatchTotals(cycle()));
+        assert_eq!(first.id, CycleCommand(cycle()).envelope("req-1", now).id);
+        assert_ne!(first.id, CycleCommand(cycle()).envelope("req-2", now).id);
+    }
+
+    #[test]
+    fn a_console_event_that_is_no_input_says_what_to_send() {
+        let err = serde_json::from_str::<TotalsInput>(r#"{"customer_id": 1}"#).unwrap_err();
+        assert!(err.to_string().contains("cycle"), "{err}");
+        assert!(
+            err.to_string().contains(r#"send {"customer_id": 1"#),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_dispatch_chains_the_four_steps_of_its_cycle_with_its_cause() {
+        let cycle = CyclePayload::new(4, "2025-02-01".parse().unwrap(), Cause::Import);
+        let chain = calculation_chain(cycle);
+        let steps: Vec<Step> = chain.iter().map(|l| l.step).collect();
+        assert_eq!(
+            steps,
+            [
+                Step::CalculateTotals,
+                Step::BackupTotals,
+                Step::BillingInsight,
+                Step::GenerateInvoice
+            ]
+        );
+        for link in &chain {
+            assert_eq!(link.payload["cause"], "import");
+            assert!(link.payload.get("method").is_none(), "{}", link.payload);
+        }
+    }
 }

@@ -53,8 +53,37 @@ pub enum InvoiceError {
         cycle: NaiveDate,
         reason: String,
     },
+    #[error("an invoice has status {0:?}, which this build does not know (draft or final); deploy the build that wrote it")]
+    UnknownStatus(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+}
+
+/// An invoice's `status` column (the database allows only these two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvoiceStatus {
+    /// Rewritten by every GenerateInvoice until the cycle's grace period ends.
+    Draft,
+    /// Never changed again; later changes become corrections.
+    Final,
+}
+
+impl InvoiceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvoiceStatus::Draft => "draft",
+            InvoiceStatus::Final => "final",
+        }
+    }
+
+    fn from_column(status: &str) -> Result<Self, InvoiceError> {
+        match status {
+            "draft" => Ok(InvoiceStatus::Draft),
+            "final" => Ok(InvoiceStatus::Final),
+            other => Err(InvoiceError::UnknownStatus(other.to_string())),
+        }
+    }
 }
 
 /// What one run did, for the step's log and output.
@@ -441,9 +470,13 @@ pub async fn generate_invoice(
     .bind(cycle)
     .fetch_optional(&mut *tx)
     .await?;
+    let main = match main {
+        Some((invoice_id, status)) => Some((invoice_id, InvoiceStatus::from_column(&status)?)),
+        None => None,
+    };
 
     let outcome = match main {
-        Some((invoice_id, status)) if status == "final" => {
+        Some((invoice_id, InvoiceStatus::Final)) => {
             bill_late_changes(
                 &mut tx,
                 customer_id,

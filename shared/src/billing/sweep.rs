@@ -5,11 +5,11 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
-use serde_json::json;
 use sqlx::PgPool;
 
 use crate::billing::invoice::{cycles_due_for_finalisation, InvoiceError};
-use crate::envelope::{derived_id, Envelope, Step};
+use crate::command::{Cause, Command, CyclePayload};
+use crate::envelope::{derived_id, Envelope};
 use crate::ports::{OutgoingMessage, PortError, QueueSend};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,10 +43,13 @@ pub fn finalisation_messages(
                 &customer_id.to_string(),
                 &cycle.to_string(),
             ]);
-            Envelope::root(
+            Envelope::start(
                 id,
-                Step::GenerateInvoice,
-                json!({ "customer_id": customer_id, "cycle": cycle, "cause": "cycle_closed" }),
+                Command::GenerateInvoice(CyclePayload::new(
+                    *customer_id,
+                    *cycle,
+                    Cause::CycleClosed,
+                )),
                 vec![],
                 None,
                 now,
@@ -93,6 +96,7 @@ pub async fn sweep_due_invoices(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::Step;
     use chrono::NaiveDate;
 
     #[test]
@@ -112,5 +116,6 @@ mod tests {
         assert_eq!(first[1].step, Step::GenerateInvoice);
         assert_eq!(first[1].payload["customer_id"], 2);
         assert_eq!(first[1].payload["cycle"], "2025-01-15");
+        assert_eq!(first[1].payload["cause"], "cycle_closed");
     }
 }

@@ -9,11 +9,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::changes::{Action, Change, ObjectKind};
 use crate::billing::cycle_of;
 use crate::billing::totals::cycle_bounds;
+use crate::command::{AttachUnassignedCdrs, Cause, Command, CyclePayload};
 use crate::envelope::{derived_id, Envelope, Step};
 use crate::ports::{OutgoingMessage, QueueSend};
 use crate::routing::Router;
@@ -186,13 +187,21 @@ impl FollowUp {
         }
     }
 
-    pub fn payload(&self) -> Value {
+    /// The command this follow-up sends.
+    pub fn command(&self) -> Command {
         match self {
             FollowUp::Rerate {
                 customer_id, cycle, ..
-            } => json!({ "customer_id": customer_id, "cycle": cycle, "cause": "rerating" }),
-            FollowUp::AttachUnassigned { .. } => json!({}),
+            } => Command::DispatchTotals(CyclePayload::new(*customer_id, *cycle, Cause::Rerating)),
+            FollowUp::AttachUnassigned { .. } => {
+                Command::AttachUnassignedCdrs(AttachUnassignedCdrs {})
+            }
         }
+    }
+
+    /// Its command's payload, as it goes on the wire.
+    pub fn payload(&self) -> Value {
+        self.command().payload()
     }
 
     /// Derived from the apply's revision and the content, so sending the
@@ -218,14 +227,7 @@ impl FollowUp {
     }
 
     pub fn envelope(&self, revision: i64, now: DateTime<Utc>) -> Envelope {
-        Envelope::root(
-            self.message_id(revision),
-            self.step(),
-            self.payload(),
-            vec![],
-            None,
-            now,
-        )
+        Envelope::start(self.message_id(revision), self.command(), vec![], None, now)
     }
 
     /// The console event that does the same: the totals function takes a
@@ -240,7 +242,7 @@ impl FollowUp {
                 let envelope = self.envelope(revision.unwrap_or(0), now);
                 ConsoleCommand {
                     function: "cdr-import",
-                    event: serde_json::to_value(&envelope).unwrap_or_else(|_| json!({})),
+                    event: serde_json::to_value(&envelope).unwrap_or_default(),
                 }
             }
         }
@@ -375,6 +377,7 @@ mod tests {
     use super::*;
     use crate::catalog::changes::FieldChange;
     use crate::fakes::FakeQueues;
+    use serde_json::json;
 
     fn date(s: &str) -> NaiveDate {
         s.parse().unwrap()

@@ -31,6 +31,10 @@ pub enum CatalogError {
         doing: &'static str,
         source: sqlx::Error,
     },
+    /// A customer row whose pricing cannot be read, met while finding the
+    /// cycles to re-rate: never priced with a guessed zone or day.
+    #[error("customer {customer} is stored with {problem}; give it a valid one in the catalog file and apply again")]
+    StoredCustomer { customer: String, problem: String },
 }
 
 fn list(problems: &[Problem]) -> String {
@@ -485,12 +489,25 @@ async fn follow_ups(
                 .and_then(|c| triggers.customers.get(c).cloned())
                 .or_else(|| plan.map(|p| format!("rate plan {p} changed")))
                 .unwrap_or_default();
+            let customer = code.unwrap_or_else(|| format!("#{id}"));
+            let time_zone = zone
+                .parse::<Tz>()
+                .map_err(|_| CatalogError::StoredCustomer {
+                    customer: customer.clone(),
+                    problem: format!("time zone {zone:?}, which is not an IANA zone name"),
+                })?;
+            let billing_cycle_start_day = u32::try_from(day)
+                .ok()
+                .filter(|d| (1..=28).contains(d))
+                .ok_or_else(|| CatalogError::StoredCustomer {
+                    customer: customer.clone(),
+                    problem: format!("billing cycle start day {day}, which is not 1 to 28"),
+                })?;
             candidates.push(RerateCandidate {
                 customer_id: id,
-                customer: code.unwrap_or_else(|| format!("#{id}")),
-                billing_cycle_start_day: u32::try_from(day).unwrap_or(1),
-                // The same fallback CalculateTotals uses for a zone it cannot read.
-                time_zone: zone.parse::<Tz>().unwrap_or(chrono_tz::Europe::Amsterdam),
+                customer,
+                billing_cycle_start_day,
+                time_zone,
                 cycles_with_totals: row
                     .try_get::<Vec<NaiveDate>, _>("cycles")
                     .map_err(db(doing))?,

@@ -6,31 +6,22 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::json;
 use tracing::instrument;
 
-use crate::envelope::{ChainLink, Envelope, Step};
+use crate::command::{Cause, Command, CyclePayload, ImportCdrFile};
+use crate::envelope::{derived_id, ChainLink, Envelope};
 use crate::import::importer::{ImportRequest, Importer};
 use crate::import::source::RangeRead;
+use crate::lambda::{ConsoleCommand, QueueInput};
 use crate::metrics::Unit;
 use crate::routing::Provider;
-use crate::runtime::{Delivery, StepError, StepHandler, StepOutcome};
+use crate::runtime::{Delivery, Reason, StepError, StepHandler, StepOutcome};
 
 /// Opens an object for ranged reads (S3 in production).
 pub trait ObjectSource: Send + Sync {
     fn open(&self, bucket: &str, key: &str) -> Arc<dyn RangeRead>;
-}
-
-#[derive(Debug, Deserialize)]
-struct ImportPayload {
-    bucket: String,
-    key: String,
-    /// Given from the console; otherwise read from the key.
-    provider: Option<String>,
-    profile_id: Option<i64>,
-    /// Set by the notification adapter when a message cannot be processed.
-    error: Option<String>,
 }
 
 /// Provider and profile from `inbox/{provider}/{profile_id}/{period}/{file}`.
@@ -61,85 +52,33 @@ impl CdrImport {
             pool,
         }
     }
-}
 
-/// One `DispatchTotals` per (customer, cycle).
-fn dispatch_totals(
-    touched: &[(i64, chrono::NaiveDate)],
-    cause: &str,
-    extra: serde_json::Value,
-) -> Vec<ChainLink> {
-    touched
-        .iter()
-        .map(|(customer_id, cycle)| {
-            let mut payload = json!({ "customer_id": customer_id, "cycle": cycle, "cause": cause });
-            if let (Some(payload), Some(extra)) = (payload.as_object_mut(), extra.as_object()) {
-                payload.extend(extra.clone());
-            }
-            ChainLink::new(Step::DispatchTotals, payload)
-        })
-        .collect()
-}
-
-#[async_trait]
-impl StepHandler for CdrImport {
-    #[instrument(skip_all, fields(key))]
-    async fn handle(
+    async fn import(
         &self,
-        message: &Envelope,
+        file: ImportCdrFile,
         delivery: Delivery,
     ) -> Result<StepOutcome, StepError> {
-        match message.step {
-            Step::ImportCdrFile => {}
-            Step::AttachUnassignedCdrs => {
-                let attached = crate::import::attach::attach_unassigned(&self.pool)
-                    .await
-                    .map_err(|e| StepError::Retryable(format!("attaching CDRs failed: {e}")))?;
-                tracing::info!(
-                    cdrs = attached.cdrs,
-                    cycles = attached.touched.len(),
-                    "CDRs attached"
-                );
-                return Ok(StepOutcome::Fork {
-                    branches: dispatch_totals(&attached.touched, "late_subscription", json!({})),
-                    output: serde_json::to_value(&attached).unwrap_or_default(),
-                });
-            }
-            other => {
-                return Err(StepError::Permanent(format!(
-                    "cdr-import does not run {other}"
-                )))
-            }
+        if let Some(error) = file.error {
+            return Err(StepError::Permanent(error.into()));
         }
-        let payload: ImportPayload = serde_json::from_value(message.payload.clone())
-            .map_err(|e| StepError::Permanent(format!("ImportCdrFile payload is invalid: {e}")))?;
-        if let Some(error) = payload.error {
-            return Err(StepError::Permanent(error));
-        }
-        tracing::Span::current().record("key", payload.key.as_str());
-        let (provider, profile_id) = match &payload.provider {
-            Some(name) => (
-                name.parse::<Provider>()
-                    .map_err(|e| StepError::Permanent(e.to_string()))?,
-                payload.profile_id,
-            ),
-            None => parse_inbox_key(&payload.key).map_err(StepError::Permanent)?,
+        tracing::Span::current().record("key", file.key.as_str());
+        let (provider, profile_id) = match file.provider {
+            Some(provider) => (provider, file.profile_id),
+            None => parse_inbox_key(&file.key).map_err(|e| StepError::Permanent(e.into()))?,
         };
         let request = ImportRequest {
-            bucket: payload.bucket.clone(),
-            key: payload.key.clone(),
+            bucket: file.bucket.clone(),
+            key: file.key.clone(),
             provider,
-            profile_id: profile_id.or(payload.profile_id),
+            profile_id: profile_id.or(file.profile_id),
             deadline: Some(delivery.deadline),
         };
-        let source = self.sources.open(&payload.bucket, &payload.key);
-        let summary = self.importer.import(source, &request).await.map_err(|e| {
-            if e.is_retryable() {
-                StepError::Retryable(e.to_string())
-            } else {
-                StepError::Permanent(e.to_string())
-            }
-        })?;
+        let source = self.sources.open(&file.bucket, &file.key);
+        let summary = self
+            .importer
+            .import(source, &request)
+            .await
+            .map_err(|e| StepError::classify(e.is_retryable(), e))?;
         // An import of content seen before loaded nothing new: no counts.
         if summary.status != crate::import::importer::ImportStatus::AlreadyImported {
             crate::metrics::emit_counts(
@@ -156,17 +95,87 @@ impl StepHandler for CdrImport {
                 ],
             );
         }
-        let branches = dispatch_totals(
-            &summary.touched,
-            "import",
-            json!({ "import_file_id": summary.import_file_id }),
+        tracing::info!(
+            import_file_id = summary.import_file_id,
+            status = summary.status.as_str(),
+            cycles = summary.touched.len(),
+            "imported"
         );
         Ok(StepOutcome::Fork {
-            output: serde_json::to_value(&summary).unwrap_or_default(),
-            branches,
+            branches: dispatch_totals(&summary.touched, Cause::Import),
         })
     }
 }
+
+/// One `DispatchTotals` per (customer, cycle).
+fn dispatch_totals(touched: &[(i64, chrono::NaiveDate)], cause: Cause) -> Vec<ChainLink> {
+    touched
+        .iter()
+        .map(|&(customer_id, cycle)| {
+            Command::DispatchTotals(CyclePayload::new(customer_id, cycle, cause)).into()
+        })
+        .collect()
+}
+
+#[async_trait]
+impl StepHandler for CdrImport {
+    #[instrument(skip_all, fields(key))]
+    async fn handle(
+        &self,
+        message: &Envelope,
+        delivery: Delivery,
+    ) -> Result<StepOutcome, StepError> {
+        match message.command()? {
+            Command::ImportCdrFile(file) => self.import(file, delivery).await,
+            Command::AttachUnassignedCdrs(_) => {
+                let attached = crate::import::attach::attach_unassigned(&self.pool)
+                    .await
+                    .map_err(|e| {
+                        StepError::Retryable(Reason::with_source(
+                            format!("attaching CDRs failed: {e}"),
+                            e,
+                        ))
+                    })?;
+                tracing::info!(
+                    cdrs = attached.cdrs,
+                    cycles = attached.touched.len(),
+                    "CDRs attached"
+                );
+                Ok(StepOutcome::Fork {
+                    branches: dispatch_totals(&attached.touched, Cause::LateSubscription),
+                })
+            }
+            other => Err(StepError::Permanent(
+                format!("cdr-import does not run {}", other.step()).into(),
+            )),
+        }
+    }
+}
+
+/// The console's `{"bucket": ..., "key": ..., "provider"?: ..., "profile_id"?: ...}`:
+/// an `ImportCdrFile` of that object.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct ImportCommand(pub ImportCdrFile);
+
+impl ConsoleCommand for ImportCommand {
+    const EXPECTED: &'static str = r#"{"bucket": "...", "key": "inbox/{provider}/{profile_id}/..."} (events/cdr-import/console-import.json) or a whole envelope"#;
+
+    fn envelope(&self, request_id: &str, now: DateTime<Utc>) -> Envelope {
+        let id = derived_id(&["console-import", request_id]);
+        Envelope::start(
+            id,
+            Command::ImportCdrFile(self.0.clone()),
+            vec![],
+            None,
+            now,
+        )
+    }
+}
+
+/// What cdr-import is invoked with: its queue's batches (S3 notifications
+/// and envelopes), a console import or envelope (attach).
+pub type ImportInput = QueueInput<ImportCommand>;
 
 #[cfg(test)]
 mod tests {
@@ -188,5 +197,85 @@ mod tests {
         assert!(parse_inbox_key("other/routit/1/x.zip")
             .unwrap_err()
             .contains("inbox/"));
+    }
+
+    const SQS_NOTIFICATION: &str =
+        include_str!("../../../events/cdr-import/sqs-s3-notification.json");
+    const CONSOLE_IMPORT: &str = include_str!("../../../events/cdr-import/console-import.json");
+    const CONSOLE_ATTACH: &str = include_str!("../../../events/cdr-import/console-attach.json");
+
+    #[test]
+    fn the_import_input_parses_its_sqs_event_its_console_import_and_a_console_envelope() {
+        let QueueInput::Batch(batch) =
+            serde_json::from_str::<ImportInput>(SQS_NOTIFICATION).unwrap()
+        else {
+            panic!("an SQS event is a batch");
+        };
+        assert_eq!(batch.records.len(), 1);
+        let input: ImportInput = serde_json::from_str(CONSOLE_IMPORT).unwrap();
+        assert_eq!(
+            input,
+            QueueInput::Command(ImportCommand(ImportCdrFile::object(
+                "tem-cdr-000000000000-eu-west-1",
+                "inbox/routit/1/2025-01-14/rt 20250114.zip"
+            )))
+        );
+        let QueueInput::Envelope(envelope) =
+            serde_json::from_str::<ImportInput>(CONSOLE_ATTACH).unwrap()
+        else {
+            panic!("a whole envelope is taken as one");
+        };
+        let envelope = Envelope::parse(&envelope.to_string()).unwrap();
+        assert!(matches!(
+            envelope.command().unwrap(),
+            Command::AttachUnassignedCdrs(_)
+        ));
+    }
+
+    #[test]
+    fn a_console_import_becomes_an_import_envelope_that_names_its_object() {
+        let QueueInput::Command(command) = serde_json::from_str::<ImportInput>(
+            r#"{"bucket": "b", "key": "k", "provider": "t_mobile"}"#,
+        )
+        .unwrap() else {
+            panic!("a console import");
+        };
+        let envelope = command.envelope("req-1", Utc::now());
+        let Command::ImportCdrFile(file) = envelope.command().unwrap() else {
+            panic!("an import");
+        };
+        assert_eq!((file.bucket.as_str(), file.key.as_str()), ("b", "k"));
+        assert_eq!(file.provider, Some(Provider::TMobile));
+    }
+
+    #[test]
+    fn a_console_import_without_a_key_says_what_to_send() {
+        let err = serde_json::from_str::<ImportInput>(r#"{"bucket": "b"}"#).unwrap_err();
+        assert!(err.to_string().contains("key"), "{err}");
+        assert!(err.to_string().contains("console-import.json"), "{err}");
+    }
+
+    #[test]
+    fn an_import_forks_one_dispatch_per_cycle_it_touched_with_its_cause() {
+        let day = |s: &str| s.parse::<chrono::NaiveDate>().unwrap();
+        let links = dispatch_totals(
+            &[(1, day("2025-01-01")), (2, day("2025-01-15"))],
+            Cause::Import,
+        );
+        assert_eq!(
+            links,
+            vec![
+                ChainLink::from(Command::DispatchTotals(CyclePayload::new(
+                    1,
+                    day("2025-01-01"),
+                    Cause::Import
+                ))),
+                ChainLink::from(Command::DispatchTotals(CyclePayload::new(
+                    2,
+                    day("2025-01-15"),
+                    Cause::Import
+                ))),
+            ]
+        );
     }
 }

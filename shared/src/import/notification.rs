@@ -1,26 +1,16 @@
-//! What arrives on the import queue: S3 `ObjectCreated` notifications (not
-//! envelopes), S3's one-off test event, or, from the console,
-//! `{"bucket": ..., "key": ...}`. Each becomes an `ImportCdrFile` envelope so
-//! the chain runtime handles it like any other step.
+//! What arrives on the import queue besides envelopes: S3 `ObjectCreated`
+//! notifications and S3's one-off test event. A notification becomes an
+//! `ImportCdrFile` envelope so the chain runtime handles it like any other
+//! step. (The console's `{"bucket": ..., "key": ...}` is the function's
+//! console command, [`crate::import::handler::ImportCommand`].)
 
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::envelope::{derived_id, Envelope, Step};
+use crate::command::{Command, ImportCdrFile};
+use crate::envelope::{derived_id, Envelope};
+pub use crate::lambda::Adapted;
 use crate::sync::provider::handoff_token;
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Adapted {
-    /// An envelope to process instead of the body.
-    Envelope(String),
-    /// Nothing to do (S3's test event), with the reason.
-    Ignore(String),
-    /// Not a notification: process the body as it is.
-    Unchanged,
-    /// Cannot tell yet (the object could not be looked at): leave the
-    /// message on the queue for another delivery.
-    Retry(String),
-}
 
 /// What an SQS body on the import queue is.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,20 +58,13 @@ impl ObjectCreated {
             parts.push(task_id);
         }
         let id = derived_id(&parts);
-        let mut payload = json!({
-            "bucket": self.bucket, "key": self.key, "etag": self.etag, "size": self.size,
+        let command = Command::ImportCdrFile(ImportCdrFile {
+            etag: Some(self.etag.clone()),
+            size: Some(self.size),
+            error: self.error.clone(),
+            ..ImportCdrFile::object(&self.bucket, &self.key)
         });
-        if let Some(error) = &self.error {
-            payload["error"] = json!(error);
-        }
-        let mut envelope = Envelope::root(
-            id,
-            Step::ImportCdrFile,
-            payload,
-            vec![],
-            task_id.map(str::to_string),
-            now,
-        );
+        let mut envelope = Envelope::start(id, command, vec![], task_id.map(str::to_string), now);
         if task_id.is_some() {
             envelope.handoff = Some(handoff_token(&self.bucket, &self.key));
         }
@@ -138,16 +121,6 @@ pub fn adapt_body(body: &str, now: DateTime<Utc>) -> Adapted {
     }
 }
 
-/// The console's `{"bucket": ..., "key": ..., "provider"?: ...}` as an envelope.
-pub fn console_envelope(event: &Value, request_id: &str, now: DateTime<Utc>) -> Option<String> {
-    if event.get("version").is_some() || event.get("bucket").is_none() || event.get("key").is_none()
-    {
-        return None;
-    }
-    let id = derived_id(&["console-import", request_id]);
-    Some(Envelope::root(id, Step::ImportCdrFile, event.clone(), vec![], None, now).to_body())
-}
-
 /// S3 notification keys are URL-encoded with `+` for spaces.
 fn url_decode(raw: &str) -> String {
     let bytes = raw.as_bytes();
@@ -177,6 +150,7 @@ fn url_decode(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::Step;
 
     const NOTIFICATION: &str = include_str!("../../../events/cdr-import/sqs-s3-notification.json");
 
@@ -196,6 +170,14 @@ mod tests {
             envelope.payload["key"],
             "inbox/routit/1/2025-01-14/rt 20250114.zip"
         );
+        let Command::ImportCdrFile(file) = envelope.command().unwrap() else {
+            panic!("an import command");
+        };
+        assert_eq!(
+            file.etag.as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        assert_eq!(file.size, Some(1024));
         let Adapted::Envelope(again) = adapt_body(&s3_body(), Utc::now()) else {
             panic!()
         };
@@ -251,18 +233,5 @@ mod tests {
         assert_eq!(url_decode("a+b%2Fc%3D.zip"), "a b/c=.zip");
         assert_eq!(url_decode("100%"), "100%");
         assert_eq!(url_decode("%zz"), "%zz");
-    }
-
-    #[test]
-    fn the_console_command_becomes_an_envelope() {
-        let body =
-            console_envelope(&json!({"bucket": "b", "key": "k"}), "req-1", Utc::now()).unwrap();
-        assert_eq!(Envelope::parse(&body).unwrap().payload["key"], "k");
-        assert!(console_envelope(
-            &json!({"version": 1, "bucket": "b", "key": "k"}),
-            "r",
-            Utc::now()
-        )
-        .is_none());
     }
 }

@@ -11,10 +11,10 @@ fn envelope_body(id: &str, attempt: u32) -> String {
         id,
         Step::SyncProfile,
         json!({"provider": "routit"}),
-        vec![crate::envelope::ChainLink::new(
-            Step::ImportCdrFile,
-            json!({}),
-        )],
+        vec![crate::envelope::ChainLink {
+            step: Step::ImportCdrFile,
+            payload: json!({}),
+        }],
         Some("task-1".into()),
         Utc::now(),
     );

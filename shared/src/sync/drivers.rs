@@ -9,12 +9,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::NaiveDate;
 use reqwest::StatusCode;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::command::{Command, ExportHandover, RoutitExport};
 use crate::envelope::Step;
 use crate::routing::Provider;
-use crate::runtime::StepError;
+use crate::runtime::{Reason, StepError};
 
 /// Credentials as stored in Secrets Manager: `{"token": "..."}` or
 /// `{"username": "...", "password": "..."}`.
@@ -34,9 +35,12 @@ impl std::fmt::Debug for Credentials {
 impl Credentials {
     pub fn parse(secret_id: &str, value: &str) -> Result<Self, StepError> {
         serde_json::from_str(value).map_err(|_| {
-            StepError::Permanent(format!(
-                "secret {secret_id} must be JSON with \"token\" or \"username\" and \"password\""
-            ))
+            StepError::Permanent(
+                format!(
+                    "secret {secret_id} must be JSON with \"token\" or \"username\" and \"password\""
+                )
+                .into(),
+            )
         })
     }
 }
@@ -66,8 +70,8 @@ pub enum Start {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Progress {
-    /// Hand these fields to the next step.
-    Output(Value),
+    /// Hand the export id to the next step.
+    Output(ExportHandover),
     NotReady,
     Fetched(Export),
 }
@@ -84,18 +88,17 @@ pub trait ProviderDriver: Send + Sync {
         reference: &str,
     ) -> Result<Start, StepError>;
 
-    /// Runs one of the steps that `start` named. `payload` carries what the
-    /// previous step handed on.
-    async fn step(
-        &self,
-        step: Step,
-        _access: &Access,
-        _payload: &Value,
-    ) -> Result<Progress, StepError> {
-        Err(StepError::Permanent(format!(
-            "step {step} is not part of the {} driver",
-            self.provider()
-        )))
+    /// Runs one of the steps that `start` named. Its command carries what
+    /// the previous step handed on.
+    async fn step(&self, command: &Command, _access: &Access) -> Result<Progress, StepError> {
+        Err(StepError::Permanent(
+            format!(
+                "step {} is not part of the {} driver",
+                command.step(),
+                self.provider()
+            )
+            .into(),
+        ))
     }
 }
 
@@ -147,10 +150,12 @@ impl HttpClient {
         what: &str,
         builder: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, StepError> {
-        let response = builder
-            .send()
-            .await
-            .map_err(|e| StepError::Retryable(format!("{what}: carrier unreachable: {e}")))?;
+        let response = builder.send().await.map_err(|e| {
+            StepError::Retryable(Reason::with_source(
+                format!("{what}: carrier unreachable: {e}"),
+                e,
+            ))
+        })?;
         classify(what, response).await
     }
 
@@ -165,19 +170,22 @@ impl HttpClient {
             .get("x-export-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| StepError::Retryable(format!("{what}: download interrupted: {e}")))?;
+        let bytes = response.bytes().await.map_err(|e| {
+            StepError::Retryable(Reason::with_source(
+                format!("{what}: download interrupted: {e}"),
+                e,
+            ))
+        })?;
         Ok((export_id, bytes.to_vec()))
     }
 
     async fn json(&self, what: &str, builder: reqwest::RequestBuilder) -> Result<Value, StepError> {
-        self.send(what, builder)
-            .await?
-            .json()
-            .await
-            .map_err(|e| StepError::Retryable(format!("{what}: unreadable answer: {e}")))
+        self.send(what, builder).await?.json().await.map_err(|e| {
+            StepError::Retryable(Reason::with_source(
+                format!("{what}: unreadable answer: {e}"),
+                e,
+            ))
+        })
     }
 }
 
@@ -196,14 +204,14 @@ async fn classify(what: &str, response: reqwest::Response) -> Result<reqwest::Re
         .collect();
     let message = format!("{what}: carrier answered {status}: {body}");
     match status {
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(StepError::Permanent(format!(
-            "{message}; check the credentials in the profile's secret"
-        ))),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(StepError::Permanent(
+            format!("{message}; check the credentials in the profile's secret").into(),
+        )),
         StatusCode::NOT_FOUND | StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT => {
-            Err(StepError::Retryable(message))
+            Err(StepError::Retryable(message.into()))
         }
-        s if s.is_server_error() => Err(StepError::Retryable(message)),
-        _ => Err(StepError::Permanent(message)),
+        s if s.is_server_error() => Err(StepError::Retryable(message.into())),
+        _ => Err(StepError::Permanent(message.into())),
     }
 }
 
@@ -277,32 +285,25 @@ impl ProviderDriver for RoutitDriver {
         ]))
     }
 
-    async fn step(
-        &self,
-        step: Step,
-        access: &Access,
-        payload: &Value,
-    ) -> Result<Progress, StepError> {
-        match step {
-            Step::RoutitRequestExport => {
+    async fn step(&self, command: &Command, access: &Access) -> Result<Progress, StepError> {
+        match command {
+            Command::RoutitRequestExport(export) => {
                 // The reference makes the request idempotent at Routit: a retried
                 // request returns the export already being prepared.
-                let body = serde_json::json!({
-                    "period": payload.get("period"),
-                    "reference": payload.get("reference"),
-                });
+                let body = ExportRequest {
+                    period: export.sync.period,
+                    reference: &export.reference,
+                };
                 let request = self
                     .http
                     .request(reqwest::Method::POST, access, "/exports")
                     .json(&body);
                 let answer = self.http.json("routit export request", request).await?;
                 let export_id = string_field(&answer, "export_id", "routit export request")?;
-                Ok(Progress::Output(
-                    serde_json::json!({ "export_id": export_id }),
-                ))
+                Ok(Progress::Output(ExportHandover { export_id }))
             }
-            Step::RoutitPollExport => {
-                let export_id = string_field(payload, "export_id", "RoutitPollExport payload")?;
+            Command::RoutitPollExport(export) => {
+                let export_id = export_id_of(export, Step::RoutitPollExport)?;
                 let request = self.http.request(
                     reqwest::Method::GET,
                     access,
@@ -310,24 +311,25 @@ impl ProviderDriver for RoutitDriver {
                 );
                 let answer = self.http.json("routit export status", request).await?;
                 match answer.get("status").and_then(Value::as_str) {
-                    Some("ready") => Ok(Progress::Output(
-                        serde_json::json!({ "export_id": export_id }),
-                    )),
+                    Some("ready") => Ok(Progress::Output(ExportHandover { export_id })),
                     Some("pending") | Some("processing") => Ok(Progress::NotReady),
-                    Some("failed") => Err(StepError::Permanent(format!(
-                        "routit export {export_id} failed at the carrier: {}",
-                        answer
-                            .get("error")
-                            .and_then(Value::as_str)
-                            .unwrap_or("no reason given")
-                    ))),
-                    other => Err(StepError::Retryable(format!(
-                        "routit export status: unexpected status {other:?}"
-                    ))),
+                    Some("failed") => Err(StepError::Permanent(
+                        format!(
+                            "routit export {export_id} failed at the carrier: {}",
+                            answer
+                                .get("error")
+                                .and_then(Value::as_str)
+                                .unwrap_or("no reason given")
+                        )
+                        .into(),
+                    )),
+                    other => Err(StepError::Retryable(
+                        format!("routit export status: unexpected status {other:?}").into(),
+                    )),
                 }
             }
-            Step::RoutitDownloadExport => {
-                let export_id = string_field(payload, "export_id", "RoutitDownloadExport payload")?;
+            Command::RoutitDownloadExport(export) => {
+                let export_id = export_id_of(export, Step::RoutitDownloadExport)?;
                 let request = self.http.request(
                     reqwest::Method::GET,
                     access,
@@ -339,11 +341,27 @@ impl ProviderDriver for RoutitDriver {
                     bytes,
                 }))
             }
-            other => Err(StepError::Permanent(format!(
-                "step {other} is not part of the routit driver"
-            ))),
+            other => Err(StepError::Permanent(
+                format!("step {} is not part of the routit driver", other.step()).into(),
+            )),
         }
     }
+}
+
+/// What Routit's `POST /exports` takes.
+#[derive(Debug, Serialize)]
+struct ExportRequest<'a> {
+    period: NaiveDate,
+    reference: &'a str,
+}
+
+/// The export id the request step handed on.
+fn export_id_of(export: &RoutitExport, step: Step) -> Result<String, StepError> {
+    export
+        .export_id
+        .clone()
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| StepError::Permanent(format!("{step} payload has no \"export_id\"").into()))
 }
 
 fn string_field(value: &Value, field: &str, what: &str) -> Result<String, StepError> {
@@ -352,7 +370,7 @@ fn string_field(value: &Value, field: &str, what: &str) -> Result<String, StepEr
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .map(str::to_string)
-        .ok_or_else(|| StepError::Permanent(format!("{what} has no \"{field}\"")))
+        .ok_or_else(|| StepError::Permanent(format!("{what} has no \"{field}\"").into()))
 }
 
 #[cfg(test)]

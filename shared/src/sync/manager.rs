@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
-use serde_json::json;
 use tracing::{error, info, instrument, warn};
 
 use crate::envelope::{derived_id, Envelope, Step};
@@ -274,14 +273,9 @@ impl SyncManager {
             }
             Err(e) => return Err(Refusal::Fail(format!("could not create the task: {e}"))),
         }
-        let envelope = Envelope::root(
+        let envelope = Envelope::start(
             derived_id(&[&task_id, Step::SyncProfile.as_str()]),
-            Step::SyncProfile,
-            json!({
-                "provider": provider.as_str(),
-                "profile_id": profile.id,
-                "period": period,
-            }),
+            crate::sync::provider::sync_profile(provider, profile.id, period),
             vec![],
             Some(task_id.clone()),
             now,

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
-use serde::Deserialize;
-use serde_json::json;
 use tracing::{info, instrument};
 
-use crate::envelope::{ChainLink, Envelope, Step};
+use crate::command::{Command, RoutitExport, SyncPeriod};
+use crate::envelope::{ChainLink, Envelope};
+use crate::lambda::{NoCommand, QueueInput};
 use crate::ports::{ObjectPut, ProfileStore, SecretGet};
 use crate::routing::Provider;
 use crate::runtime::{Delivery, StepError, StepHandler, StepOutcome};
@@ -32,13 +32,9 @@ pub fn handoff_token(bucket: &str, key: &str) -> String {
     format!("s3://{bucket}/{key}")
 }
 
-/// The payload every step of a provider sync carries.
-#[derive(Debug, Clone, Deserialize)]
-struct SyncPayload {
-    provider: String,
-    profile_id: i64,
-    period: NaiveDate,
-}
+/// What provider-sync is invoked with: its queue's batches, or an envelope
+/// from the console (events/provider-sync/console-envelope.json).
+pub type ProviderSyncInput = QueueInput<NoCommand>;
 
 pub struct ProviderSync {
     provider: Provider,
@@ -116,15 +112,17 @@ impl ProviderSync {
         match self.profiles.advance_watermark(profile.id, period).await? {
             WatermarkAdvance::Advanced | WatermarkAdvance::AlreadyThere => {}
             WatermarkAdvance::WouldSkip { watermark } => {
-                return Err(StepError::Permanent(format!(
-                    "profile {} is at {watermark:?}; storing {period} would skip periods",
-                    profile.id
-                )))
+                return Err(StepError::Permanent(
+                    format!(
+                        "profile {} is at {watermark:?}; storing {period} would skip periods",
+                        profile.id
+                    )
+                    .into(),
+                ))
             }
         }
         info!(%key, size, "export stored; watermark advanced");
         Ok(StepOutcome::HandOff {
-            output: json!({ "bucket": self.bucket, "key": key, "bytes": size }),
             via: handoff_token(&self.bucket, &key),
         })
     }
@@ -138,68 +136,82 @@ impl StepHandler for ProviderSync {
         message: &Envelope,
         _delivery: Delivery,
     ) -> Result<StepOutcome, StepError> {
-        let payload: SyncPayload =
-            serde_json::from_value(message.payload.clone()).map_err(|e| {
-                StepError::Permanent(format!("{} payload is invalid: {e}", message.step))
-            })?;
+        let command = message.command()?;
+        let sync = match &command {
+            Command::SyncProfile(sync) => sync.clone(),
+            Command::RoutitRequestExport(export)
+            | Command::RoutitPollExport(export)
+            | Command::RoutitDownloadExport(export) => export.sync.clone(),
+            other => {
+                return Err(StepError::Permanent(
+                    format!("provider-sync does not run {}", other.step()).into(),
+                ))
+            }
+        };
         tracing::Span::current()
-            .record("profile_id", payload.profile_id)
-            .record("period", payload.period.to_string());
-        if payload.provider != self.provider.as_str() {
-            return Err(StepError::Permanent(format!(
-                "message for provider {} reached the {} function; check the queue routing",
-                payload.provider, self.provider
-            )));
+            .record("profile_id", sync.profile_id)
+            .record("period", sync.period.to_string());
+        if sync.provider != self.provider {
+            return Err(StepError::Permanent(
+                format!(
+                    "message for provider {} reached the {} function; check the queue routing",
+                    sync.provider, self.provider
+                )
+                .into(),
+            ));
         }
         let profile = self
             .profiles
-            .profile(payload.profile_id)
+            .profile(sync.profile_id)
             .await?
             .ok_or_else(|| {
-                StepError::Permanent(format!(
-                    "sync profile {} does not exist",
-                    payload.profile_id
-                ))
+                StepError::Permanent(
+                    format!("sync profile {} does not exist", sync.profile_id).into(),
+                )
             })?;
-        if profile.has_fetched(payload.period) {
+        if profile.has_fetched(sync.period) {
             info!("period already fetched; nothing to do");
-            return Ok(StepOutcome::done(json!({ "already_fetched": true })));
+            return Ok(StepOutcome::finished());
         }
         let access = self.access(&profile).await?;
 
-        if message.step == Step::SyncProfile {
+        if let Command::SyncProfile(_) = command {
             let reference = message
                 .task_id
                 .clone()
                 .unwrap_or_else(|| message.id.clone());
-            return match self
-                .driver
-                .start(&access, payload.period, &reference)
-                .await?
-            {
-                Start::Fetched(export) => {
-                    self.store(message, &profile, payload.period, export).await
-                }
+            return match self.driver.start(&access, sync.period, &reference).await? {
+                Start::Fetched(export) => self.store(message, &profile, sync.period, export).await,
                 Start::Steps(steps) => {
-                    let mut base = message.payload.clone();
-                    base["reference"] = json!(reference);
+                    let export = RoutitExport {
+                        sync,
+                        reference,
+                        export_id: None,
+                    };
+                    let next = steps
+                        .into_iter()
+                        .map(|step| {
+                            Command::routit(step, export.clone())
+                                .map(ChainLink::from)
+                                .ok_or_else(|| {
+                                    StepError::Permanent(
+                                        format!("the driver named {step}, which is not a step of an export").into(),
+                                    )
+                                })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
                     Ok(StepOutcome::Continue {
-                        output: json!({}),
-                        next: steps
-                            .into_iter()
-                            .map(|s| ChainLink::new(s, base.clone()))
-                            .collect(),
+                        output: serde_json::Value::Null,
+                        next,
                     })
                 }
             };
         }
 
-        match self
-            .driver
-            .step(message.step, &access, &message.payload)
-            .await?
-        {
-            Progress::Output(output) => Ok(StepOutcome::done(output)),
+        match self.driver.step(&command, &access).await? {
+            Progress::Output(handover) => Ok(StepOutcome::done(
+                serde_json::to_value(handover).map_err(StepError::permanent)?,
+            )),
             Progress::NotReady => {
                 info!(
                     delay_s = self.poll_delay.as_secs(),
@@ -207,12 +219,54 @@ impl StepHandler for ProviderSync {
                 );
                 Ok(StepOutcome::Requeue {
                     delay: self.poll_delay,
-                    payload: message.payload.clone(),
+                    payload: command.payload(),
                 })
             }
-            Progress::Fetched(export) => {
-                self.store(message, &profile, payload.period, export).await
-            }
+            Progress::Fetched(export) => self.store(message, &profile, sync.period, export).await,
         }
+    }
+}
+
+/// The `SyncProfile` that starts the sync of one period.
+pub fn sync_profile(provider: Provider, profile_id: i64, period: NaiveDate) -> Command {
+    Command::SyncProfile(SyncPeriod {
+        provider,
+        profile_id,
+        period,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SQS_EVENT: &str = include_str!("../../../events/provider-sync/sqs-sync-profile.json");
+    const CONSOLE_ENVELOPE: &str =
+        include_str!("../../../events/provider-sync/console-envelope.json");
+
+    #[test]
+    fn the_provider_sync_input_parses_its_sqs_event_and_a_console_envelope() {
+        let QueueInput::Batch(batch) =
+            serde_json::from_str::<ProviderSyncInput>(SQS_EVENT).unwrap()
+        else {
+            panic!("an SQS event is a batch");
+        };
+        let body = batch.records[0].body.clone().unwrap();
+        assert_eq!(
+            Envelope::parse(&body).unwrap().command().unwrap(),
+            sync_profile(Provider::Routit, 1, "2025-01-14".parse().unwrap())
+        );
+        let QueueInput::Envelope(envelope) =
+            serde_json::from_str::<ProviderSyncInput>(CONSOLE_ENVELOPE).unwrap()
+        else {
+            panic!("a whole envelope is taken as one");
+        };
+        assert_eq!(envelope["step"], "SyncProfile");
+    }
+
+    #[test]
+    fn provider_sync_has_no_console_command_and_says_to_send_an_envelope() {
+        let err = serde_json::from_str::<ProviderSyncInput>(r#"{"profile_id": 1}"#).unwrap_err();
+        assert!(err.to_string().contains("console-envelope.json"), "{err}");
     }
 }
