@@ -9,13 +9,14 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sqlx::PgPool;
 
-use crate::adapters::totals::calculate_totals;
+use crate::adapters::totals::calculate_totals_with;
+use crate::billing::calculation::Recalculation;
 use crate::billing::customer::{BillingCustomer, CustomerError};
 use crate::billing::history::{backup_totals, HistoryError};
 use crate::billing::insight::{detect_insights, InsightError};
 use crate::billing::invoice::{generate_invoice, InvoiceError};
 use crate::billing::totals::TotalsError;
-use crate::command::{Command, CyclePayload};
+use crate::command::{Cause, Command, CyclePayload};
 use crate::envelope::{derived_id, ChainLink, Envelope};
 use crate::lambda::ConsoleCommand;
 use crate::runtime::{Delivery, StepError, StepHandler, StepOutcome};
@@ -88,9 +89,18 @@ impl StepHandler for Totals {
             }
             Command::CalculateTotals(cycle) => {
                 let started = std::time::Instant::now();
-                let totals = calculate_totals(&self.pool, cycle.customer_id, cycle.cycle)
-                    .await
-                    .map_err(totals_error)?;
+                // A re-rating (a catalog change, or an operator's console
+                // command with that cause) rates every CDR of the cycle:
+                // also what no writer marked, such as a CDR inserted by hand.
+                let how = match cycle.cause {
+                    Cause::Rerating => Recalculation::Full,
+                    _ => Recalculation::Incremental,
+                };
+                let (totals, report) =
+                    calculate_totals_with(&self.pool, cycle.customer_id, cycle.cycle, how)
+                        .await
+                        .map_err(totals_error)?;
+                tracing::info!(calculation = ?report.calculation, cdrs_read = report.cdrs_read, "calculation");
                 // The runbook's "totals taking over 5 minutes" alarm reads this.
                 crate::metrics::emit_counts(
                     &[],
