@@ -44,14 +44,14 @@ use proptest::test_runner::{RngSeed, TestCaseError, TestRunner};
 use sqlx::{PgPool, Row};
 use tem_shared::adapters::totals::{calculate_totals, calculate_totals_with};
 use tem_shared::billing::calculation::Recalculation;
-use tem_shared::billing::changes::{self, ChangeSource, ChangedCycles};
 use tem_shared::billing::pricings;
 use tem_shared::billing::rating::{
     rate_cycle, standard, summarise, Bundle, Rate, RatePlan, RatedCdr, RatingCdr, Scope, Totals,
 };
 use tem_shared::billing::totals::CycleTotals;
+use tem_shared::cdr::changes::{self, ChangeSource, ChangedCycles};
+use tem_shared::cdr::{Kind, Zone};
 use tem_shared::import::attach::attach_unassigned;
-use tem_shared::import::format::{Kind, Zone};
 use tem_tests::db::fresh;
 
 /// Cases CI runs (`PROPTEST_CASES` overrides).

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use tem_shared::billing::cycle_of;
+use tem_shared::cdr::cycle_of;
 use tem_shared::tasks::TaskStatus;
 use tem_tests::db::insert_business_customer;
 use tem_tests::stack::{deploy, sent_task, yesterday};

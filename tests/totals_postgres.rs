@@ -13,7 +13,7 @@ use tem_shared::billing::explain::{explain_cdr, CdrRef, ExplainError, TotalsStat
 use tem_shared::billing::pricings::{self, Pricings};
 use tem_shared::billing::rating::{rate_cycle, RatePlan, RatingCdr};
 use tem_shared::billing::totals::CycleTotals;
-use tem_shared::import::format::{Kind, Zone};
+use tem_shared::cdr::{Kind, Zone};
 use tem_tests::db::{fresh, mark_imported};
 
 async fn customer(pool: &PgPool, start_day: i16, plan: Option<serde_json::Value>) -> i64 {

@@ -298,10 +298,7 @@ async fn backfill_totals(deployment: &Deployment) -> Result<()> {
         let zone: chrono_tz::Tz = zone.parse().map_err(|_| {
             anyhow::anyhow!("customer {customer} has time zone {zone:?}, which is not an IANA zone name; correct it in the catalog file and apply it")
         })?;
-        cycles.insert((
-            customer,
-            tem_shared::billing::cycle_of(at, day as u32, zone),
-        ));
+        cycles.insert((customer, tem_shared::cdr::cycle_of(at, day as u32, zone)));
     }
     for (customer, cycle) in cycles {
         let exists: bool = sqlx::query_scalar(

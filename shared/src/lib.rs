@@ -8,12 +8,15 @@
 //!   [`adapters`]: their AWS and PostgreSQL implementations.
 //! - [`config`], [`telemetry`], [`lambda`]: what each function's `main` wires
 //!   up; [`lambda`] also has the typed inputs a queue-driven function takes.
+//! - [`cdr`]: the CDR vocabulary (kinds, zones, customer cycles, change
+//!   marks) that import, billing and the catalog share.
 //! - [`ops`]: the ops function's console commands (migrations).
 
 pub mod adapters;
 pub mod billing;
 pub mod bootstrap;
 pub mod catalog;
+pub mod cdr;
 pub mod command;
 pub mod config;
 pub mod envelope;

@@ -7,7 +7,7 @@ use clap::Args;
 use tem_shared::billing::euros;
 use tem_shared::billing::explain::{explain_cdr, CdrExplanation, CdrRef, PricingDetail};
 use tem_shared::billing::rating::Rate;
-use tem_shared::import::format::Kind;
+use tem_shared::cdr::Kind;
 
 use crate::db;
 use crate::error::CliError;

@@ -10,8 +10,9 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
-use tem_shared::billing::totals::cycle_bounds;
-use tem_shared::billing::{cycle_of, euros};
+use tem_shared::billing::euros;
+use tem_shared::cdr::cycle_bounds;
+use tem_shared::cdr::cycle_of;
 
 use crate::db;
 use crate::error::CliError;

@@ -389,7 +389,7 @@ async fn a_changed_rate_plan_lists_the_open_cycles_to_rerate_but_not_a_cycle_lon
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    let current = tem_shared::billing::cycle_of(Utc::now(), 1, chrono_tz::Europe::Amsterdam);
+    let current = tem_shared::cdr::cycle_of(Utc::now(), 1, chrono_tz::Europe::Amsterdam);
     let previous = current - Months::new(1);
     let long_past: NaiveDate = "2020-01-01".parse().unwrap();
     for cycle in [long_past, previous] {
@@ -501,7 +501,7 @@ async fn moving_a_customer_to_another_plan_rerates_its_open_cycles() {
 
     assert!(output.status.success(), "stderr: {}", stderr(&output));
     let result = json(&output);
-    let current = tem_shared::billing::cycle_of(Utc::now(), 1, chrono_tz::Europe::Amsterdam);
+    let current = tem_shared::cdr::cycle_of(Utc::now(), 1, chrono_tz::Europe::Amsterdam);
     let follow_up = &result["follow_up"][0];
     assert_eq!(follow_up["step"], "DispatchTotals");
     assert_eq!(follow_up["customer"], "acme");

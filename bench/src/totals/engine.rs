@@ -5,7 +5,7 @@
 //! Since issue 11 that is `tem_shared::adapters::totals::calculate_totals_with(
 //! pool, customer, cycle, Recalculation::Full | Recalculation::Incremental)`,
 //! which restarts at a checkpoint before the changes the writers marked
-//! (`tem_shared::billing::changes::mark`).
+//! (`tem_shared::cdr::changes::mark`).
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -98,7 +98,7 @@ pub async fn calculate(
 /// Written as the row the importer writes (`cycle_change`, migration 0010),
 /// and only when that table exists: before issue 11 a calculation finds
 /// changed files by itself. After it this may call
-/// `tem_shared::billing::changes::mark` (or wherever the importer's marking
+/// `tem_shared::cdr::changes::mark` (or wherever the importer's marking
 /// lands) instead.
 pub async fn mark_added(
     pool: &PgPool,

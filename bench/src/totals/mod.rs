@@ -18,7 +18,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
-use tem_shared::billing::totals::cycle_bounds;
+use tem_shared::cdr::cycle_bounds;
 
 use crate::db::BenchDb;
 use crate::report::Goal;

@@ -29,8 +29,9 @@ use crate::billing::calculation::{
 };
 use crate::billing::customer::BillingCustomer;
 use crate::billing::pricings::PricingChunk;
-use crate::billing::totals::{cycle_bounds, CycleTotals, TotalsError};
-use crate::import::format::{Kind, Zone};
+use crate::billing::totals::{CycleTotals, TotalsError};
+use crate::cdr::cycle_bounds;
+use crate::cdr::{Kind, Zone};
 
 /// Attempts of one calculation that lost its snapshot to another.
 const ATTEMPTS: u32 = 8;

@@ -20,14 +20,14 @@ use sqlx::{PgPool, Row};
 
 use crate::billing::calculation::RatingState;
 use crate::billing::customer::CustomerError;
-use crate::billing::cycle_of;
 use crate::billing::pricings::{self, Pricings, PricingsError};
 use crate::billing::rating::{
     arithmetic, describe, describe_standard, replay_shares, scope_text, unit_of, Pricing, Rate,
     RatePlan, RatingCdr, Scope,
 };
-use crate::billing::totals::cycle_bounds;
-use crate::import::format::{Kind, Zone};
+use crate::cdr::cycle_bounds;
+use crate::cdr::cycle_of;
+use crate::cdr::{Kind, Zone};
 
 /// A CDR as an operator names it: `PROVIDER:EXTERNAL_ID` (its key, found
 /// through the primary key) or its numeric `id` (no index: a scan of the

@@ -4,7 +4,7 @@
 use chrono::{NaiveDate, Utc};
 
 use crate::billing::customer::{BillingCustomer, CustomerError};
-use crate::billing::totals::cycle_bounds;
+use crate::cdr::cycle_bounds;
 use serde_json::Value;
 use sqlx::PgPool;
 

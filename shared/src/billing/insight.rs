@@ -31,7 +31,7 @@ use sqlx::{PgPool, Row};
 
 use crate::billing::customer::{BillingCustomer, CustomerError};
 use crate::billing::rating::round_half_up;
-use crate::billing::totals::cycle_bounds;
+use crate::cdr::cycle_bounds;
 
 /// A month-on-month change of more than a quarter is beyond normal usage
 /// swings of a business fleet and worth a look before the invoice goes out.

@@ -35,7 +35,7 @@ use serde::Serialize;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use crate::billing::rating::{monthly_fees, RatePlan};
-use crate::billing::totals::cycle_bounds;
+use crate::cdr::cycle_bounds;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InvoiceError {

@@ -72,7 +72,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::import::format::{Kind, Zone};
+use crate::cdr::{Kind, Zone};
 
 /// A customer's rate plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1471,7 +1471,7 @@ mod tests {
 
     #[test]
     fn on_a_dst_day_bundles_follow_the_instant_and_the_cycle_follows_local_midnight() {
-        use crate::billing::cycle_of;
+        use crate::cdr::cycle_of;
         let ams = chrono_tz::Europe::Amsterdam;
         // Start day 26; on 2025-10-26 Amsterdam goes from CEST (+02:00) to
         // CET (+01:00) at 03:00 CEST = 01:00 UTC.

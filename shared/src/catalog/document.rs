@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use super::interpolate::interpolate;
 use super::{Problem, Section};
 use crate::billing::rating::{Bundle, Rate, RatePlan};
-use crate::import::format::Kind;
+use crate::cdr::Kind;
 use crate::import::normalize::subscription_id;
 use crate::routing::Provider;
 

@@ -12,8 +12,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::changes::{Action, Change, ObjectKind};
-use crate::billing::cycle_of;
-use crate::billing::totals::cycle_bounds;
+use crate::cdr::cycle_bounds;
+use crate::cdr::cycle_of;
 use crate::command::{AttachUnassignedCdrs, Cause, Command, CyclePayload};
 use crate::envelope::{derived_id, Envelope, Step};
 use crate::ports::{OutgoingMessage, QueueSend};

@@ -7,9 +7,17 @@ use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 use sqlx::{PgPool, Row};
 
-use crate::billing::changes::{self, ChangeSource, ChangedCycles};
-use crate::billing::customer::CustomerError;
-use crate::billing::cycle_of;
+use crate::cdr::changes::{self, ChangeSource, ChangedCycles};
+use crate::cdr::{cycle_of, BadTimeZone};
+
+/// Why attaching failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(transparent)]
+    TimeZone(#[from] BadTimeZone),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Attached {
@@ -19,7 +27,7 @@ pub struct Attached {
 
 /// Attaches every customer-less CDR whose subscription is now known and
 /// active on the CDR's local date. Idempotent: a second run finds nothing.
-pub async fn attach_unassigned(pool: &PgPool) -> Result<Attached, CustomerError> {
+pub async fn attach_unassigned(pool: &PgPool) -> Result<Attached, AttachError> {
     let mut tx = pool.begin().await?;
     // Before the UPDATE: this transaction marks its cycles itself, so the
     // hand-edit trigger leaves it alone.
@@ -44,9 +52,7 @@ pub async fn attach_unassigned(pool: &PgPool) -> Result<Attached, CustomerError>
         let at: DateTime<Utc> = row.try_get("started_at")?;
         let day: i16 = row.try_get("billing_cycle_start_day")?;
         let zone: String = row.try_get("time_zone")?;
-        let zone: Tz = zone
-            .parse()
-            .map_err(|_| CustomerError::BadTimeZone { customer, zone })?;
+        let zone: Tz = BadTimeZone::parse(customer, &zone)?;
         touched.touch(customer, cycle_of(at, day as u32, zone), at);
     }
     changes::mark(&mut tx, &touched, ChangeSource::Attach).await?;

@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::cdr::{Direction, Kind, Zone};
 use crate::routing::Provider;
 
 /// The canonical field a provider column maps to.
@@ -40,62 +41,6 @@ pub enum Field {
     Volume,
     Units,
     Cost,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    Voice,
-    Sms,
-    Mms,
-    Data,
-    Service,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Voice => "voice",
-            Kind::Sms => "sms",
-            Kind::Mms => "mms",
-            Kind::Data => "data",
-            Kind::Service => "service",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    Outgoing,
-    Incoming,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Outgoing => "outgoing",
-            Direction::Incoming => "incoming",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Zone {
-    Home,
-    Eu,
-    World,
-}
-
-impl Zone {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Zone::Home => "home",
-            Zone::Eu => "eu",
-            Zone::World => "world",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

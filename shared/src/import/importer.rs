@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tracing::{info, instrument, warn};
 
-use crate::billing::changes::ChangeSource;
+use crate::cdr::changes::ChangeSource;
 use crate::import::format::{FormatError, FormatTemplate};
 use crate::import::load::{
     load_csv, CsvOpen, LoadError, LoadInput, LoadMode, LoadReport, RejectFile, Resolver,
@@ -111,10 +111,19 @@ pub enum ImportError {
     Database(#[from] sqlx::Error),
     #[error("could not store the rejected rows: {0}")]
     Rejects(String),
-    /// A customer's settings are unusable (a time zone that is not an IANA
-    /// name): rows cannot be given their cycle until it is corrected.
+    /// A customer's time zone is not an IANA name: rows cannot be given
+    /// their cycle until it is corrected.
     #[error(transparent)]
-    Customer(#[from] crate::billing::customer::CustomerError),
+    TimeZone(#[from] crate::cdr::BadTimeZone),
+}
+
+impl From<crate::import::load::ResolverError> for ImportError {
+    fn from(e: crate::import::load::ResolverError) -> Self {
+        match e {
+            crate::import::load::ResolverError::TimeZone(e) => ImportError::TimeZone(e),
+            crate::import::load::ResolverError::Database(e) => ImportError::Database(e),
+        }
+    }
 }
 
 impl ImportError {
@@ -123,7 +132,7 @@ impl ImportError {
         match self {
             ImportError::Source { source, .. } => source.is_transient(),
             ImportError::Database(_) | ImportError::Rejects(_) => true,
-            ImportError::Customer(e) => e.is_retryable(),
+            ImportError::TimeZone(_) => false,
             ImportError::Refused { .. } | ImportError::Format(_) => false,
         }
     }
@@ -374,7 +383,7 @@ impl Importer {
             };
             // In the transaction that loads the rows: a calculation that
             // sees them sees the marks too.
-            crate::billing::changes::mark(&mut tx, &report.touched, ChangeSource::Import).await?;
+            crate::cdr::changes::mark(&mut tx, &report.touched, ChangeSource::Import).await?;
             let duration_ms = started.elapsed().as_millis() as u64;
             sqlx::query(
                 "UPDATE import_file SET status = $2, rows_read = $3, rows_loaded = $4, rows_duplicate = $5,

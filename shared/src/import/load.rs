@@ -18,9 +18,8 @@ use chrono_tz::Tz;
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::mpsc;
 
-use crate::billing::changes::ChangedCycles;
-use crate::billing::customer::CustomerError;
-use crate::billing::cycle_of;
+use crate::cdr::changes::ChangedCycles;
+use crate::cdr::{cycle_of, BadTimeZone};
 use crate::import::format::FormatTemplate;
 use crate::import::parse::{CdrRow, CsvParser, FileError, Parsed, Rejected, Stopped};
 
@@ -38,6 +37,15 @@ pub enum LoadMode {
 /// Subscriptions and customers, to attach each CDR to its customer and
 /// billing cycle. Loaded once per import; its size depends on the number of
 /// subscriptions, not on the file.
+/// Why the customers and subscriptions could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolverError {
+    #[error(transparent)]
+    TimeZone(#[from] BadTimeZone),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
 #[derive(Debug, Default)]
 pub struct Resolver {
     subscriptions: HashMap<String, Vec<Subscription>>,
@@ -55,7 +63,7 @@ impl Resolver {
     /// A customer whose time zone is not an IANA name is an error naming
     /// it: its rows' cycles cannot be known, and guessing a zone would bill
     /// them in the wrong cycle.
-    pub async fn load(pool: &PgPool, provider: &str) -> Result<Self, CustomerError> {
+    pub async fn load(pool: &PgPool, provider: &str) -> Result<Self, ResolverError> {
         let mut resolver = Resolver::default();
         for row in sqlx::query("SELECT id, billing_cycle_start_day, time_zone FROM customer")
             .fetch_all(pool)
@@ -64,9 +72,7 @@ impl Resolver {
             let zone: String = row.try_get("time_zone")?;
             let day: i16 = row.try_get("billing_cycle_start_day")?;
             let id: i64 = row.try_get("id")?;
-            let parsed: Tz = zone
-                .parse()
-                .map_err(|_| CustomerError::BadTimeZone { customer: id, zone })?;
+            let parsed: Tz = BadTimeZone::parse(id, &zone)?;
             resolver.customers.insert(id, (day as u32, parsed));
         }
         for row in sqlx::query(

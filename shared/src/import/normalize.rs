@@ -1,8 +1,5 @@
 //! Field normalisation: phone numbers to E.164, decimals to exact integer
-//! units, durations, and local times to UTC.
-
-use chrono::{DateTime, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
-use chrono_tz::Tz;
+//! units and durations (local times to UTC are `cdr::local_to_utc`).
 
 /// A Dutch subscription number in national (`0612345678`) or international
 /// (`+31612345678`, `0031612345678`) form, as E.164 (`+31612345678`).
@@ -164,20 +161,6 @@ pub fn whole_seconds(raw: &str) -> Result<u32, String> {
         .map_err(|_| format!("duration {raw:?} is not a whole number of seconds"))
 }
 
-/// A local date and time in `zone` to UTC. A time that does not exist (the
-/// hour skipped when DST starts) is refused; a time that exists twice (the
-/// hour repeated when DST ends) is taken as the first, summer-time one.
-pub fn local_to_utc(date: NaiveDate, time: NaiveTime, zone: Tz) -> Result<DateTime<Utc>, String> {
-    let local = NaiveDateTime::new(date, time);
-    match zone.from_local_datetime(&local) {
-        LocalResult::Single(t) => Ok(t.with_timezone(&Utc)),
-        LocalResult::Ambiguous(first, _) => Ok(first.with_timezone(&Utc)),
-        LocalResult::None => Err(format!(
-            "{local} does not exist in {zone} (skipped when daylight saving time starts)"
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,41 +251,5 @@ mod tests {
         assert_eq!(whole_seconds("42").unwrap(), 42);
         assert!(whole_seconds("-1").is_err());
         assert!(whole_seconds("1.5").is_err());
-    }
-
-    #[test]
-    fn amsterdam_times_convert_to_utc_across_dst() {
-        let zone = chrono_tz::Europe::Amsterdam;
-        let at = |d: &str, t: &str| local_to_utc(d.parse().unwrap(), t.parse().unwrap(), zone);
-        // Winter time is UTC+1, summer time UTC+2.
-        assert_eq!(
-            at("2025-01-15", "12:00:00").unwrap().to_rfc3339(),
-            "2025-01-15T11:00:00+00:00"
-        );
-        assert_eq!(
-            at("2025-07-15", "12:00:00").unwrap().to_rfc3339(),
-            "2025-07-15T10:00:00+00:00"
-        );
-        // 30 March 2025: 02:00 jumps to 03:00.
-        assert_eq!(
-            at("2025-03-30", "01:59:59").unwrap().to_rfc3339(),
-            "2025-03-30T00:59:59+00:00"
-        );
-        assert!(at("2025-03-30", "02:30:00")
-            .unwrap_err()
-            .contains("does not exist"));
-        assert_eq!(
-            at("2025-03-30", "03:00:00").unwrap().to_rfc3339(),
-            "2025-03-30T01:00:00+00:00"
-        );
-        // 26 October 2025: 03:00 goes back to 02:00; 02:30 happens twice.
-        assert_eq!(
-            at("2025-10-26", "02:30:00").unwrap().to_rfc3339(),
-            "2025-10-26T00:30:00+00:00"
-        );
-        assert_eq!(
-            at("2025-10-26", "03:00:00").unwrap().to_rfc3339(),
-            "2025-10-26T02:00:00+00:00"
-        );
     }
 }

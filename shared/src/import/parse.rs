@@ -9,9 +9,8 @@ use std::io::Read;
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use sha2::{Digest, Sha256};
 
-use crate::import::format::{
-    Direction, DurationFormat, Encoding, Field, FormatTemplate, Kind, Zone,
-};
+use crate::cdr::{Direction, Kind, Zone};
+use crate::import::format::{DurationFormat, Encoding, Field, FormatTemplate};
 use crate::import::normalize;
 
 /// A line longer than this refuses the file: a record is held in memory
@@ -385,7 +384,7 @@ impl<R: Read> CsvParser<R> {
             .map_err(|_| format!("date {date_raw:?} does not match {date_format}"))?;
         let time = NaiveTime::parse_from_str(&time_raw, time_format)
             .map_err(|_| format!("time {time_raw:?} does not match {time_format}"))?;
-        normalize::local_to_utc(date, time, t.time_zone)
+        crate::cdr::local_to_utc(date, time, t.time_zone)
     }
 }
 

@@ -33,9 +33,10 @@ use serde::Serialize;
 
 use crate::billing::customer::BillingCustomer;
 use crate::billing::pricings::PricingChunk;
-use crate::billing::totals::{cycle_bounds, CycleTotals, TotalsError};
-use crate::import::format::{Kind, Zone};
-use crate::import::normalize::local_to_utc;
+use crate::billing::totals::{CycleTotals, TotalsError};
+use crate::cdr::cycle_bounds;
+use crate::cdr::local_to_utc;
+use crate::cdr::{Kind, Zone};
 
 pub use state::{line_changes, Line, LineChanges, RatingState, Sums};
 pub use stream::{CdrKey, CdrPage, PageRow, Span};

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use crate::billing::encoding::{put_bytes, put_varint, seal, unseal, zigzag, Reader};
-use crate::import::format::{Kind, Zone};
+use crate::cdr::{Kind, Zone};
 
 pub(crate) const KINDS: [Kind; 5] = [Kind::Voice, Kind::Sms, Kind::Mms, Kind::Data, Kind::Service];
 pub(crate) const ZONES: [Zone; 3] = [Zone::Home, Zone::Eu, Zone::World];

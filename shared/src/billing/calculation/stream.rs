@@ -11,8 +11,9 @@ use crate::billing::calculation::segment_starts;
 use crate::billing::calculation::state::{RatingState, Sums};
 use crate::billing::pricings::{PricingChunk, Split, CHUNK};
 use crate::billing::rating::{Prepared, RatePlan, Rater, Usage};
-use crate::billing::totals::{cycle_bounds, TotalsError};
-use crate::import::format::{Kind, Zone};
+use crate::billing::totals::TotalsError;
+use crate::cdr::cycle_bounds;
+use crate::cdr::{Kind, Zone};
 
 /// CDRs per page read.
 pub const PAGE: usize = 20_000;
