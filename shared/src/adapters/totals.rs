@@ -8,9 +8,10 @@
 //! another committed finds `cycle_state` changed under it (a serialization
 //! failure) and starts again on a fresh snapshot: there it usually finds the
 //! cycle current and does nothing (a burst of DispatchTotals coalesces). A
-//! cycle's first calculation has no `cycle_state` row yet: a waiting one
-//! then finds the marks it saw consumed, or, without marks, the rows it
-//! upserts already written, both serialization failures too.
+//! cycle's first calculation inserts a placeholder `cycle_state` row, so a
+//! waiting first one fails on that insert the same way; locking the marks
+//! it read and upserting the pricings fail it the same way too, should it
+//! get that far.
 //!
 //! CDRs are read in pages of `stream::PAGE` with binary COPY (about half
 //! the time of fetching rows), in consumption order by the database (the
@@ -186,17 +187,12 @@ impl CycleStore for PgCycleStore {
         let method: String = row.try_get("method")?;
         Ok(Some(Previous {
             settings: CycleSettings {
-                method: if method == "rate_plan" {
-                    Method::RatePlan
-                } else {
-                    Method::Standard
-                },
+                method: Method::from_stored(&method),
                 rate_plan_id: row.try_get("rate_plan_id")?,
                 plan: row.try_get("plan")?,
                 time_zone: row.try_get("time_zone")?,
                 start_day: u32::try_from(row.try_get::<i16, _>("start_day")?).unwrap_or(0),
             },
-            calculations: row.try_get("calculations")?,
         }))
     }
 
@@ -232,11 +228,7 @@ impl CycleStore for PgCycleStore {
         Ok(Some(CycleTotals {
             customer_id: self.customer_id,
             cycle: self.cycle,
-            method: if method == "rate_plan" {
-                Method::RatePlan.as_str()
-            } else {
-                Method::Standard.as_str()
-            },
+            method: Method::from_stored(&method).as_str(),
             rate_plan_id: row.try_get("rate_plan_id")?,
             cdr_count: row.try_get("cdr_count")?,
             voice_seconds: row.try_get("voice_seconds")?,

@@ -85,6 +85,16 @@ pub enum Method {
 }
 
 impl Method {
+    /// The method as `totals.method` and `cycle_state.method` store it
+    /// (a CHECK constraint allows only these two).
+    pub fn from_stored(text: &str) -> Self {
+        if text == "rate_plan" {
+            Method::RatePlan
+        } else {
+            Method::Standard
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Method::Standard => "standard",
@@ -123,7 +133,6 @@ impl CycleSettings {
 #[derive(Debug, Clone)]
 pub struct Previous {
     pub settings: CycleSettings,
-    pub calculations: i64,
 }
 
 /// A change of the cycle's CDRs not yet calculated.
