@@ -1256,3 +1256,68 @@ async fn a_hand_edit_a_deleted_cdr_and_a_late_file_are_not_current_until_the_nex
     assert_eq!(first.pricing.unwrap().position, Some(0));
     assert_eq!(in_full(&db.pool, c).await.0, late);
 }
+
+/// A CDR inserted by hand: INSERT has no trigger, so no writer marks it.
+async fn unmarked_cdr(pool: &PgPool, c: i64, id: &str, at: &str, cost: i64) {
+    sqlx::query(
+        "INSERT INTO call_detail_record (provider, external_id, subscription, customer_id, started_at, kind, direction,
+            destination, roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros, import_file_id, source_line)
+         VALUES ('routit', $1, '+31611111111', $2, $3::timestamptz, 'voice', 'outgoing', '+31201234567', 'home', 60, 0, 0, $4, 1, 1)",
+    )
+    .bind(id)
+    .bind(c)
+    .bind(at)
+    .bind(cost)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_calculate_totals_caused_by_a_rerating_rates_the_whole_cycle_and_an_import_only_what_changed(
+) {
+    use tem_shared::billing::handler::Totals;
+    use tem_shared::command::{Cause, Command, CyclePayload};
+    use tem_shared::envelope::Envelope;
+    use tem_shared::runtime::{Delivery, StepHandler};
+
+    let db = fresh().await;
+    let c = customer(&db.pool, 1, Some(bundled_plan())).await;
+    bundled_cycle(&db.pool, c).await;
+    let cycle = "2025-03-01".parse().unwrap();
+    let handler = Totals::new(db.pool.clone(), chrono::Duration::days(3));
+    let run = |cause: Cause| {
+        let handler = &handler;
+        async move {
+            let now = chrono::Utc::now();
+            let message = Envelope::start(
+                format!("calc-{}", cause.as_str()),
+                Command::CalculateTotals(CyclePayload::new(c, cycle, cause)),
+                vec![],
+                None,
+                now,
+            );
+            let delivery = Delivery {
+                receive_count: 1,
+                deadline: now + chrono::Duration::minutes(5),
+            };
+            handler.handle(&message, delivery).await.unwrap();
+        }
+    };
+    run(Cause::Import).await;
+    let before = line_sums(&db.pool, c, "2025-03-01").await;
+
+    unmarked_cdr(&db.pool, c, "by-hand", "2025-03-20 10:00:00+00", 123_456).await;
+    run(Cause::Import).await;
+    assert_eq!(
+        line_sums(&db.pool, c, "2025-03-01").await,
+        before,
+        "an incremental calculation reads only what a writer marked"
+    );
+
+    run(Cause::Rerating).await;
+    let after = line_sums(&db.pool, c, "2025-03-01").await;
+    assert_eq!(after.0, before.0 + 1, "the re-rating counted the CDR");
+    assert_eq!(after.1, before.1 + 123_456);
+    assert_eq!(in_full(&db.pool, c).await.0.cdr_count, after.0);
+}
