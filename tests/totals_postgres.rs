@@ -521,12 +521,28 @@ async fn the_stored_per_cdr_results_add_up_to_the_totals_and_their_lines() {
 }
 
 #[tokio::test]
-async fn a_pool_of_one_connection_calculates_the_same_figures_as_a_full_recalculation() {
+async fn a_pool_of_one_connection_calculates_a_cycle_of_several_pages_as_a_pool_that_reads_ahead() {
     let db = fresh().await;
     let c = customer(&db.pool, 1, Some(bundled_plan())).await;
     bundled_cycle(&db.pool, c).await;
+    // Two and a half pages of CDRs of 50 numbers, two to a second (so a
+    // page may end between CDRs of the same start), after the six above.
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO call_detail_record (provider, external_id, subscription, customer_id, started_at, kind, direction,
+            destination, roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros, import_file_id, source_line)
+         SELECT 'routit', 'g' || i, '+3161' || lpad((i % 50)::text, 7, '0'), $1,
+                '2025-03-21 00:00:00+00'::timestamptz + (i / 2) * interval '30 seconds',
+                'voice', 'outgoing', '+31201234567', 'home', i % 400, 0, 0, i % 1000, 1, i
+         FROM generate_series(1, 50000) i
+         RETURNING id",
+    )
+    .bind(c)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    mark_imported(&db.pool, &ids).await;
     // A Lambda's pool may hold one connection: the calculation needs no
-    // other.
+    // other, and reads every page on its own transaction.
     let alone = PgPoolOptions::new()
         .max_connections(1)
         .connect(&db.url)
@@ -547,9 +563,11 @@ async fn a_pool_of_one_connection_calculates_the_same_figures_as_a_full_recalcul
     .unwrap();
 
     assert_eq!(report.calculation, Calculation::Full);
+    assert_eq!(report.cdrs_read, 50_006);
     assert_eq!(first, second);
+    assert_eq!(first.cdr_count, 50_006);
     assert_eq!(stored_pricing(&db.pool, c).await, stored_alone);
-    assert_eq!(stored_alone.len(), 6);
+    assert_eq!(stored_alone.len(), 50_006);
 }
 
 #[tokio::test]

@@ -16,13 +16,18 @@
 //! CDRs are read in pages of `stream::PAGE` with binary COPY (about half
 //! the time of fetching rows), in consumption order by the database (the
 //! `(customer_id, started_at)` index, then an incremental sort on provider
-//! and external id), each page after the last key of the one before.
+//! and external id), each page after the last key of the one before. A
+//! second connection in the same snapshot (`pg_export_snapshot`) reads the
+//! next page while the calculation rates and writes the last one; with no
+//! connection to spare the calculation reads on its own transaction.
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, SecondsFormat, TimeZone, Utc};
 use futures::TryStreamExt;
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::billing::calculation::{
     self, CalculationReport, CdrKey, CdrPage, CycleSettings, CycleStore, LineChanges, Method,
@@ -36,6 +41,10 @@ use crate::cdr::{Kind, Zone};
 
 /// Attempts of one calculation that lost its snapshot to another.
 const ATTEMPTS: u32 = 8;
+
+/// How long a calculation waits for a second connection to read ahead on
+/// before it reads on its own.
+const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Calculates the cycle's totals, from the last checkpoint before its
 /// earliest change (or not at all when nothing changed).
@@ -104,6 +113,8 @@ async fn attempt_once(
         .await?;
     let mut store = PgCycleStore {
         tx,
+        pool: pool.clone(),
+        reader: None,
         customer_id,
         cycle,
         end: None,
@@ -116,6 +127,9 @@ async fn attempt_once(
 /// One calculation's transaction.
 pub struct PgCycleStore {
     tx: Transaction<'static, Postgres>,
+    /// Where the reader of the pages ahead gets its connection.
+    pool: PgPool,
+    reader: Option<Reader>,
     customer_id: i64,
     cycle: NaiveDate,
     /// The cycle's end, once the customer's zone is known.
@@ -300,46 +314,26 @@ impl CycleStore for PgCycleStore {
         page: &mut CdrPage,
     ) -> Result<(), TotalsError> {
         let end = self.end()?;
-        // COPY takes no parameters: the values are integers, timestamps we
-        // format ourselves and two strings quoted by `literal`.
-        let (lower, after) = match after {
-            None => (timestamp(from), String::new()),
-            Some(key) => {
-                let at = Utc
-                    .timestamp_micros(key.started_at)
-                    .single()
-                    .ok_or_else(|| TotalsError::Read("a CDR's start is out of range".into()))?;
-                (
-                    timestamp(at),
-                    format!(
-                        "AND (started_at, provider COLLATE \"C\", external_id COLLATE \"C\") > ({}, {}, {})",
-                        timestamp(at),
-                        literal(&key.provider),
-                        literal(&key.external_id)
-                    ),
-                )
-            }
-        };
-        let sql = format!(
-            "COPY (SELECT id, started_at, provider, external_id, subscription, kind, roaming_zone, destination,
-                          duration_seconds, volume_bytes, units, provider_cost_micros
-                   FROM call_detail_record
-                   WHERE customer_id = {} AND started_at >= {lower} AND started_at < {} {after}
-                   ORDER BY started_at, provider COLLATE \"C\", external_id COLLATE \"C\"
-                   LIMIT {limit})
-             TO STDOUT (FORMAT binary)",
-            self.customer_id,
-            timestamp(end),
-        );
-        page.clear();
-        let mut decoder = BinaryRows::default();
-        let mut stream = self.tx.copy_out_raw(&sql).await?;
-        while let Some(chunk) = stream.try_next().await? {
-            decoder.feed(chunk, page)?;
+        if after.is_none() {
+            self.reader =
+                Reader::start(&self.pool, &mut self.tx, self.customer_id, from, end, limit).await;
         }
-        drop(stream);
-        decoder.finish()?;
-        Ok(())
+        if let Some(reader) = &mut self.reader {
+            if let Some(result) = reader.next(from, after, limit, page).await {
+                return result;
+            }
+            self.reader = None;
+        }
+        copy_page(
+            &mut self.tx,
+            self.customer_id,
+            from,
+            end,
+            after,
+            limit,
+            page,
+        )
+        .await
     }
 
     async fn group(
@@ -576,6 +570,170 @@ impl CycleStore for PgCycleStore {
             .execute(&mut *self.tx)
             .await?;
         Ok(())
+    }
+}
+
+async fn copy_page(
+    conn: &mut PgConnection,
+    customer_id: i64,
+    from: DateTime<Utc>,
+    end: DateTime<Utc>,
+    after: Option<&CdrKey>,
+    limit: usize,
+    page: &mut CdrPage,
+) -> Result<(), TotalsError> {
+    // COPY takes no parameters: the values are integers, timestamps we
+    // format ourselves and two strings quoted by `literal`.
+    let (lower, after) = match after {
+        None => (timestamp(from), String::new()),
+        Some(key) => {
+            let at = Utc
+                .timestamp_micros(key.started_at)
+                .single()
+                .ok_or_else(|| TotalsError::Read("a CDR's start is out of range".into()))?;
+            (
+                timestamp(at),
+                format!(
+                    "AND (started_at, provider COLLATE \"C\", external_id COLLATE \"C\") > ({}, {}, {})",
+                    timestamp(at),
+                    literal(&key.provider),
+                    literal(&key.external_id)
+                ),
+            )
+        }
+    };
+    let sql = format!(
+        "COPY (SELECT id, started_at, provider, external_id, subscription, kind, roaming_zone, destination,
+                      duration_seconds, volume_bytes, units, provider_cost_micros
+               FROM call_detail_record
+               WHERE customer_id = {} AND started_at >= {lower} AND started_at < {} {after}
+               ORDER BY started_at, provider COLLATE \"C\", external_id COLLATE \"C\"
+               LIMIT {limit})
+         TO STDOUT (FORMAT binary)",
+        customer_id,
+        timestamp(end),
+    );
+    page.clear();
+    let mut decoder = BinaryRows::default();
+    let mut stream = conn.copy_out_raw(&sql).await?;
+    while let Some(chunk) = stream.try_next().await? {
+        decoder.feed(chunk, page)?;
+    }
+    drop(stream);
+    decoder.finish()?;
+    Ok(())
+}
+
+/// The next pages of a calculation, read ahead on a second connection in
+/// the calculation's own snapshot (exported by its transaction), so that
+/// PostgreSQL reads and sorts the next page while this process rates and
+/// writes the last one. At most three pages exist at once: one being read,
+/// one waiting, one being rated.
+struct Reader {
+    from: DateTime<Utc>,
+    limit: usize,
+    /// The last key of the page handed out: where the next one must follow.
+    after: Option<CdrKey>,
+    pages: mpsc::Receiver<Result<CdrPage, TotalsError>>,
+    spare: mpsc::Sender<CdrPage>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Reader {
+    /// `None` when reading ahead is not possible without waiting: the pool
+    /// has no connection to spare (a pool of one still calculates, on the
+    /// transaction alone), or the snapshot cannot be shared.
+    async fn start(
+        pool: &PgPool,
+        tx: &mut Transaction<'static, Postgres>,
+        customer_id: i64,
+        from: DateTime<Utc>,
+        end: DateTime<Utc>,
+        limit: usize,
+    ) -> Option<Reader> {
+        if pool.num_idle() == 0 && pool.size() >= pool.options().get_max_connections() {
+            return None;
+        }
+        let shared = async {
+            let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+                .fetch_one(&mut **tx)
+                .await?;
+            let mut reader = tokio::time::timeout(
+                READER_WAIT,
+                pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+            )
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+            sqlx::query(&format!("SET TRANSACTION SNAPSHOT {}", literal(&snapshot)))
+                .execute(&mut *reader)
+                .await?;
+            Ok::<_, sqlx::Error>(reader)
+        };
+        let mut reader = match shared.await {
+            Ok(reader) => reader,
+            Err(e) => {
+                tracing::info!(customer_id, error = %e, "reading the cycle on the calculation's own connection");
+                return None;
+            }
+        };
+        let (pages, received) = mpsc::channel(1);
+        let (spare, mut spares) = mpsc::channel::<CdrPage>(2);
+        let task = tokio::spawn(async move {
+            let mut after: Option<CdrKey> = None;
+            loop {
+                let mut page = spares.try_recv().unwrap_or_default();
+                let result = copy_page(
+                    &mut reader,
+                    customer_id,
+                    from,
+                    end,
+                    after.as_ref(),
+                    limit,
+                    &mut page,
+                )
+                .await;
+                let more = result.is_ok() && page.rows.len() == limit;
+                after = page.last_key();
+                if pages.send(result.map(|()| page)).await.is_err() || !more {
+                    break;
+                }
+            }
+        });
+        Some(Reader {
+            from,
+            limit,
+            after: None,
+            pages: received,
+            spare,
+            task,
+        })
+    }
+
+    /// The page after `after`, or `None` when that is not the page this
+    /// reader has next (the caller then reads it itself).
+    async fn next(
+        &mut self,
+        from: DateTime<Utc>,
+        after: Option<&CdrKey>,
+        limit: usize,
+        page: &mut CdrPage,
+    ) -> Option<Result<(), TotalsError>> {
+        if from != self.from || limit != self.limit || after != self.after.as_ref() {
+            return None;
+        }
+        let next = self.pages.recv().await?;
+        Some(next.map(|next| {
+            let used = std::mem::replace(page, next);
+            self.after = page.last_key();
+            // A full channel only means the reader has its spares.
+            let _ = self.spare.try_send(used);
+        }))
     }
 }
 
