@@ -273,13 +273,12 @@ impl CycleStore for PgCycleStore {
     }
 
     async fn final_state(&mut self) -> Result<Option<Vec<u8>>, TotalsError> {
-        let end = self.end()?;
         Ok(sqlx::query_scalar(
-            "SELECT state FROM rating_checkpoint WHERE customer_id = $1 AND cycle = $2 AND at = $3",
+            "SELECT state FROM rating_checkpoint WHERE customer_id = $1 AND cycle = $2
+             ORDER BY at DESC LIMIT 1",
         )
         .bind(self.customer_id)
         .bind(self.cycle)
-        .bind(end)
         .fetch_optional(&mut *self.tx)
         .await?)
     }

@@ -9,8 +9,8 @@
 //! - Rating checkpoints (line sums, bundle use and CDRs so far, `state`)
 //!   are stored at local midnights the CDRs cross (once the day's segment
 //!   holds at least as many CDRs as a checkpoint holds lines, so that a
-//!   checkpoint never costs more than the reading it saves), right after
-//!   the cycle's last CDR, and at the cycle's end. The writers that change
+//!   checkpoint never costs more than the reading it saves), and once after
+//!   the cycle's last CDR (or at the cycle's end when it has none). The writers that change
 //!   CDRs mark the cycles they changed, with the earliest `started_at` they
 //!   touched. The next calculation restarts at the last checkpoint at or
 //!   before the earliest mark: only the CDRs from there on are read and
@@ -155,7 +155,7 @@ pub trait CycleStore: Send {
         &mut self,
         at: DateTime<Utc>,
     ) -> Result<Option<(DateTime<Utc>, Vec<u8>)>, TotalsError>;
-    /// The state after every CDR (the checkpoint at the cycle's end).
+    /// The state after every CDR (the cycle's latest checkpoint).
     async fn final_state(&mut self) -> Result<Option<Vec<u8>>, TotalsError>;
     /// Deletes the pricings of segments from `from` on and every checkpoint
     /// after it (all of them when `from` is `None`).

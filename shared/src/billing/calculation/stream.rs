@@ -386,25 +386,22 @@ impl<'p> Run<'p> {
         Ok(())
     }
 
-    /// Writes what is left and the final state: as the checkpoint at
-    /// `end`, and as the checkpoint right after the last CDR, where the next
-    /// calculation restarts when the next import only adds later CDRs (the
-    /// daily case).
+    /// Writes what is left and the final state, once: as the checkpoint
+    /// right after the last CDR, where the next calculation restarts when
+    /// the next import only adds later CDRs (the daily case), or at `end`
+    /// when there is no such place. It is the cycle's latest checkpoint
+    /// either way.
     pub fn finish(&mut self, end: DateTime<Utc>) -> Vec<Output> {
         let mut outputs = Vec::new();
         self.flush_chunk(&mut outputs);
         let state = self.snapshot();
         self.state = state.clone();
-        if let Some(last) = self.last_started_at {
-            let after = instant(last.saturating_add(1));
-            if after > self.segment && after < end {
-                outputs.push(Output::Checkpoint {
-                    at: after,
-                    state: state.clone(),
-                });
-            }
-        }
-        outputs.push(Output::Checkpoint { at: end, state });
+        let at = self
+            .last_started_at
+            .map(|last| instant(last.saturating_add(1)))
+            .filter(|after| *after > self.segment && *after < end)
+            .unwrap_or(end);
+        outputs.push(Output::Checkpoint { at, state });
         outputs
     }
 }
