@@ -1287,7 +1287,10 @@ async fn a_calculate_totals_caused_by_a_rerating_rates_the_whole_cycle_and_an_im
     let c = customer(&db.pool, 1, Some(bundled_plan())).await;
     bundled_cycle(&db.pool, c).await;
     let cycle = "2025-03-01".parse().unwrap();
-    let handler = Totals::new(db.pool.clone(), chrono::Duration::days(3));
+    let handler = Totals::new(
+        tem_shared::adapters::billing::stores(db.pool.clone()),
+        chrono::Duration::days(3),
+    );
     let run = |cause: Cause| {
         let handler = &handler;
         async move {
