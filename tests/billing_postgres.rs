@@ -10,12 +10,12 @@
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use tem_shared::adapters::billing::insight::detect_insights;
+use tem_shared::adapters::billing::invoice::{cycles_due_for_finalisation, generate_invoice};
 use tem_shared::adapters::totals::calculate_totals;
 use tem_shared::billing::customer::CustomerError;
-use tem_shared::billing::insight::{detect_insights, Insight, InsightError, InsightKind};
-use tem_shared::billing::invoice::{
-    cycles_due_for_finalisation, generate_invoice, InvoiceError, InvoiceOutcome,
-};
+use tem_shared::billing::insight::{Insight, InsightError, InsightKind};
+use tem_shared::billing::invoice::{InvoiceError, InvoiceOutcome};
 use tem_tests::db::fresh;
 
 fn date(s: &str) -> NaiveDate {

@@ -42,9 +42,9 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{RngSeed, TestCaseError, TestRunner};
 use sqlx::{PgPool, Row};
+use tem_shared::adapters::billing::pricings;
 use tem_shared::adapters::totals::{calculate_totals, calculate_totals_with};
 use tem_shared::billing::calculation::Recalculation;
-use tem_shared::billing::pricings;
 use tem_shared::billing::rating::{
     rate_cycle, standard, summarise, Bundle, Rate, RatePlan, RatedCdr, RatingCdr, Scope, Totals,
 };

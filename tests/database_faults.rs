@@ -16,9 +16,9 @@ use async_trait::async_trait;
 use chrono::Utc;
 use serde_json::json;
 use sqlx::{Connection, PgConnection, PgPool, Row};
+use tem_shared::adapters::billing::{pricings, stores};
 use tem_shared::adapters::totals::calculate_totals;
 use tem_shared::billing::handler::Totals;
-use tem_shared::billing::pricings;
 use tem_shared::billing::totals::CycleTotals;
 use tem_shared::bootstrap::connect_database;
 use tem_shared::config::{DatabaseConfig, DatabaseSource, Endpoint, SslMode};
@@ -368,7 +368,7 @@ async fn a_totals_calculation_cut_by_a_restart_is_retried_and_ends_as_an_undistu
 
     // Through the totals function's step handler: its error mapping is
     // what the runtime retries.
-    let handler = Totals::new(setup.disturbed.clone(), chrono::Duration::days(5));
+    let handler = Totals::new(stores(setup.disturbed.clone()), chrono::Duration::days(5));
     let envelope = Envelope::root(
         "calc-1",
         Step::CalculateTotals,

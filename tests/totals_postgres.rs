@@ -7,10 +7,12 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+use tem_shared::adapters::billing::explain::explain_cdr;
+use tem_shared::adapters::billing::pricings;
 use tem_shared::adapters::totals::{calculate_totals, calculate_totals_with};
 use tem_shared::billing::calculation::{Calculation, Recalculation};
-use tem_shared::billing::explain::{explain_cdr, CdrRef, ExplainError, TotalsState};
-use tem_shared::billing::pricings::{self, Pricings};
+use tem_shared::billing::explain::{CdrRef, ExplainError, TotalsState};
+use tem_shared::billing::pricings::Pricings;
 use tem_shared::billing::rating::{rate_cycle, RatePlan, RatingCdr};
 use tem_shared::billing::totals::CycleTotals;
 use tem_shared::cdr::{Kind, Zone};
@@ -1303,7 +1305,10 @@ async fn a_calculate_totals_caused_by_a_rerating_rates_the_whole_cycle_and_an_im
     let c = customer(&db.pool, 1, Some(bundled_plan())).await;
     bundled_cycle(&db.pool, c).await;
     let cycle = "2025-03-01".parse().unwrap();
-    let handler = Totals::new(db.pool.clone(), chrono::Duration::days(3));
+    let handler = Totals::new(
+        tem_shared::adapters::billing::stores(db.pool.clone()),
+        chrono::Duration::days(3),
+    );
     let run = |cause: Cause| {
         let handler = &handler;
         async move {

@@ -28,6 +28,29 @@ impl PortError {
     }
 }
 
+/// A failure of a store a domain reads or writes through a narrow trait
+/// (PostgreSQL for billing), with the error it came from kept as its
+/// source: the runtime finds a pool timeout in a step's error by walking
+/// the sources, and its text is the source's, so a step's reason reads as
+/// the database said it.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct StoreError {
+    /// Whether another attempt may succeed, as the adapter judged it.
+    pub retryable: bool,
+    pub source: crate::runtime::BoxError,
+}
+
+impl StoreError {
+    /// A failure worth another attempt.
+    pub fn retryable(source: impl Into<crate::runtime::BoxError>) -> Self {
+        Self {
+            retryable: true,
+            source: source.into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutgoingMessage {
     /// The envelope id; also the batch entry id, so failures can be matched.

@@ -542,7 +542,10 @@ async fn a_totals_calculation_holds_one_connection() {
     // It reads and writes in one transaction; a batch of them may run as
     // many at once as the pool has connections.
     let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
-    let totals = crate::billing::handler::Totals::new(pool, chrono::Duration::days(5));
+    let totals = crate::billing::handler::Totals::new(
+        crate::adapters::billing::stores(pool),
+        chrono::Duration::days(5),
+    );
     assert_eq!(totals.connections_per_record(), 1);
 }
 
@@ -670,7 +673,7 @@ async fn a_real_pool_timeout_in_the_totals_handler_is_postponed_on_the_last_atte
     let queues = Arc::new(FakeQueues::default());
     let runtime = ChainRuntime::new(
         Arc::new(crate::billing::handler::Totals::new(
-            pool,
+            crate::adapters::billing::stores(pool),
             chrono::Duration::days(5),
         )),
         Router::new(BTreeMap::new()),
@@ -1188,7 +1191,7 @@ async fn a_payload_that_does_not_parse_is_dead_lettered_at_once_naming_the_step_
     let queues = Arc::new(FakeQueues::default());
     let runtime = ChainRuntime::new(
         Arc::new(crate::billing::handler::Totals::new(
-            pool,
+            crate::adapters::billing::stores(pool),
             chrono::Duration::days(5),
         )),
         Router::new(BTreeMap::new()),

@@ -4,8 +4,9 @@
 use std::io::{self, Write};
 
 use clap::Args;
+use tem_shared::adapters::billing::explain::explain_cdr;
 use tem_shared::billing::euros;
-use tem_shared::billing::explain::{explain_cdr, CdrExplanation, CdrRef, PricingDetail};
+use tem_shared::billing::explain::{CdrExplanation, CdrRef, PricingDetail};
 use tem_shared::billing::rating::Rate;
 use tem_shared::cdr::Kind;
 

@@ -481,7 +481,7 @@ impl Bench<'_> {
                 ),
         )?;
         if !standard {
-            let pricings = tem_shared::billing::pricings::read(
+            let pricings = tem_shared::adapters::billing::pricings::read(
                 &self.db.pool,
                 expect.customer_id,
                 self.dataset.cycle,
@@ -517,7 +517,7 @@ impl Bench<'_> {
         let plan = totals.method != "standard";
         let before = if plan {
             Some(
-                tem_shared::billing::pricings::read(
+                tem_shared::adapters::billing::pricings::read(
                     &self.db.pool,
                     self.dataset.customer_id,
                     self.dataset.cycle,
@@ -537,7 +537,7 @@ impl Bench<'_> {
             totals == full_totals,
         )?;
         if let Some(before) = before {
-            let after = tem_shared::billing::pricings::read(
+            let after = tem_shared::adapters::billing::pricings::read(
                 &self.db.pool,
                 self.dataset.customer_id,
                 self.dataset.cycle,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use tem_shared::adapters::billing::stores;
 use tem_shared::billing::handler::{Totals, TotalsInput};
 use tem_shared::billing::sweep::sweep_due_invoices;
 use tem_shared::bootstrap::Platform;
@@ -21,9 +22,11 @@ async fn main() -> Result<(), Error> {
     let platform = Platform::connect(&env).await?;
     let grace = Duration::days(env.parsed("INVOICE_GRACE_DAYS", 5i64)?);
     let totals_queue = env.required("QUEUE_URL_TOTALS")?;
-    let runtime =
-        platform.chain_runtime(&env, Arc::new(Totals::new(platform.pool.clone(), grace)))?;
+    let stores = stores(platform.pool.clone());
+    let invoices = stores.invoices.clone();
+    let runtime = platform.chain_runtime(&env, Arc::new(Totals::new(stores, grace)))?;
     let (runtime, platform, totals_queue) = (&runtime, &platform, totals_queue.as_str());
+    let invoices = invoices.as_ref();
     run(service_fn(
         move |event: LambdaEvent<TotalsInput>| async move {
             match event.payload {
@@ -31,7 +34,7 @@ async fn main() -> Result<(), Error> {
                     let run_key = schedule_run_key(&schedule);
                     let queues = platform.queues.as_ref();
                     let report = sweep_due_invoices(
-                        &platform.pool,
+                        invoices,
                         queues,
                         totals_queue,
                         &run_key,

@@ -18,6 +18,16 @@ use crate::sync::profile::{ProfileSelection, SyncProfile, WatermarkAdvance};
 /// The embedded migrations (`migrations/` at the repository root).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
+/// Every database failure is worth another attempt: the totals steps have
+/// always retried them (serialization failures, deadlocks, a lost
+/// connection, a pool timeout), and a constraint that refuses a write
+/// fails the same way each time until the retries run out.
+impl From<sqlx::Error> for crate::ports::StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        crate::ports::StoreError::retryable(e)
+    }
+}
+
 /// Why the pool's connect options cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectOptionsError {

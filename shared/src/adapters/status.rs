@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use sqlx::PgPool;
 
-use crate::billing::invoice::cycles_due_for_finalisation;
+use crate::adapters::billing::invoice::cycles_due_for_finalisation;
 use crate::ops::status::{Durations, ImportCounts, ProviderLast, StatusStore, StepRate};
 use crate::ports::PortError;
 

@@ -38,6 +38,7 @@ use crate::billing::pricings::PricingChunk;
 use crate::billing::totals::{CycleTotals, TotalsError};
 use crate::cdr::cycle_bounds;
 use crate::cdr::{Kind, Zone};
+use crate::ports::StoreError;
 
 /// Attempts of one calculation that lost its snapshot to another.
 const ATTEMPTS: u32 = 8;
@@ -70,7 +71,7 @@ pub async fn calculate_totals_with(
         attempt += 1;
         let result = attempt_once(pool, customer_id, cycle, how).await;
         match result {
-            Err(TotalsError::Database(e)) if attempt < ATTEMPTS && lost_snapshot(&e) => {
+            Err(TotalsError::Store(e)) if attempt < ATTEMPTS && lost_snapshot(&e) => {
                 tracing::info!(customer_id, %cycle, attempt, "another calculation of the cycle committed first; starting again");
             }
             other => {
@@ -94,8 +95,8 @@ pub async fn calculate_totals_with(
     }
 }
 
-fn lost_snapshot(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001") | Some("40P01")))
+fn lost_snapshot(e: &StoreError) -> bool {
+    matches!(e.source.downcast_ref::<sqlx::Error>(), Some(sqlx::Error::Database(db)) if matches!(db.code().as_deref(), Some("40001") | Some("40P01")))
 }
 
 async fn attempt_once(

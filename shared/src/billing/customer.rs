@@ -3,12 +3,13 @@
 //! starts, a time zone that is not an IANA name or a plan that does not
 //! parse is an error, never a silent default.
 
+use async_trait::async_trait;
 use chrono::{Datelike, NaiveDate};
 use chrono_tz::Tz;
 use serde_json::Value;
-use sqlx::{PgPool, Row};
 
 use crate::billing::rating::RatePlan;
+use crate::ports::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CustomerError {
@@ -25,14 +26,26 @@ pub enum CustomerError {
     #[error("rate plan {0} is not valid: {1}; fix it with temctl apply")]
     BadPlan(String, String),
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Store(#[from] StoreError),
 }
 
 impl CustomerError {
-    /// Only a database failure can go away on a retry.
+    /// Only a store failure can go away on a retry.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, CustomerError::Database(_))
+        matches!(self, CustomerError::Store(e) if e.retryable)
     }
+}
+
+/// Where billing reads a customer's settings (`adapters::billing::customer`
+/// on PostgreSQL).
+#[async_trait]
+pub trait CustomerSettings: Send + Sync {
+    /// The customer's settings, checked against the cycle being billed.
+    async fn load(
+        &self,
+        customer_id: i64,
+        cycle: NaiveDate,
+    ) -> Result<BillingCustomer, CustomerError>;
 }
 
 #[derive(Debug, Clone)]
@@ -46,30 +59,6 @@ pub struct BillingCustomer {
 }
 
 impl BillingCustomer {
-    /// The customer's settings, checked against the cycle being billed.
-    pub async fn load(
-        pool: &PgPool,
-        customer_id: i64,
-        cycle: NaiveDate,
-    ) -> Result<Self, CustomerError> {
-        let row = sqlx::query(
-            "SELECT c.billing_cycle_start_day, c.time_zone, c.rate_plan_id, p.plan
-             FROM customer c LEFT JOIN rate_plan p ON p.id = c.rate_plan_id WHERE c.id = $1",
-        )
-        .bind(customer_id)
-        .fetch_optional(pool)
-        .await?
-        .ok_or(CustomerError::UnknownCustomer(customer_id))?;
-        Self::from_settings(
-            customer_id,
-            cycle,
-            row.try_get::<i16, _>("billing_cycle_start_day")?,
-            row.try_get("time_zone")?,
-            row.try_get("rate_plan_id")?,
-            row.try_get("plan")?,
-        )
-    }
-
     /// The customer's settings as stored, checked against the cycle.
     pub fn from_settings(
         customer_id: i64,

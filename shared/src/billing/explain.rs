@@ -13,14 +13,14 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
+use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
-use sqlx::{PgPool, Row};
 
 use crate::billing::calculation::RatingState;
 use crate::billing::customer::CustomerError;
-use crate::billing::pricings::{self, Pricings, PricingsError};
+use crate::billing::pricings::{self, Pricings, PricingsError, PricingsStore};
 use crate::billing::rating::{
     arithmetic, describe, describe_standard, replay_shares, scope_text, unit_of, Pricing, Rate,
     RatePlan, RatingCdr, Scope,
@@ -28,6 +28,7 @@ use crate::billing::rating::{
 use crate::cdr::cycle_bounds;
 use crate::cdr::cycle_of;
 use crate::cdr::{Kind, Zone};
+use crate::ports::StoreError;
 
 /// A CDR as an operator names it: `PROVIDER:EXTERNAL_ID` (its key, found
 /// through the primary key) or its numeric `id` (no index: a scan of the
@@ -92,7 +93,7 @@ pub enum ExplainError {
     #[error(transparent)]
     Customer(#[from] CustomerError),
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Store(#[from] StoreError),
 }
 
 /// The CDR as recorded.
@@ -231,8 +232,74 @@ pub struct CdrExplanation {
     pub warnings: Vec<String>,
 }
 
-const CDR_COLUMNS: &str = "id, provider, external_id, subscription, customer_id, started_at, kind, direction, \
-                           destination, roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros";
+/// A customer's settings as stored, unchecked: an explanation reports a
+/// customer whose settings changed or broke rather than failing on them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCustomer {
+    pub start_day: i16,
+    pub time_zone: String,
+    pub rate_plan_id: Option<String>,
+    pub plan: Option<serde_json::Value>,
+}
+
+/// What the last calculation of a cycle stored about how it rated: the
+/// totals' method and plan, and the settings it rated with (`None` where
+/// the cycle has no `cycle_state`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRating {
+    pub method: String,
+    pub rate_plan_id: Option<String>,
+    pub calculated_at: DateTime<Utc>,
+    pub plan: Option<serde_json::Value>,
+    pub time_zone: Option<String>,
+    pub start_day: Option<i16>,
+}
+
+/// What an explanation reads (`adapters::billing::explain` on PostgreSQL),
+/// besides the pricings. Each read stands alone: an explanation takes no
+/// snapshot and no lock.
+#[async_trait]
+pub trait ExplainStore: Send + Sync {
+    /// The CDR as recorded, and its customer if it has one.
+    async fn cdr(&self, cdr: &CdrRef) -> Result<Option<(CdrFacts, Option<i64>)>, StoreError>;
+    async fn customer(&self, customer_id: i64) -> Result<StoredCustomer, StoreError>;
+    /// `None` when the cycle has no totals.
+    async fn rating(
+        &self,
+        customer_id: i64,
+        cycle: NaiveDate,
+    ) -> Result<Option<StoredRating>, StoreError>;
+    /// How many change marks the cycle has, and the earliest `started_at`
+    /// they touched.
+    async fn pending_changes(
+        &self,
+        customer_id: i64,
+        cycle: NaiveDate,
+    ) -> Result<(i64, Option<DateTime<Utc>>), StoreError>;
+    /// The latest start of a segment with stored pricings at or before `at`.
+    async fn segment_at(
+        &self,
+        customer_id: i64,
+        cycle: NaiveDate,
+        at: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError>;
+    /// The ids of the customer's CDRs of `subscription` started within
+    /// `[from, to]`.
+    async fn subscription_cdrs(
+        &self,
+        customer_id: i64,
+        subscription: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<HashSet<i64>, StoreError>;
+    /// The rating checkpoint at `at`, encoded.
+    async fn checkpoint(
+        &self,
+        customer_id: i64,
+        cycle: NaiveDate,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+}
 
 fn kind_of(s: &str) -> Kind {
     match s {
@@ -283,46 +350,15 @@ fn recorded_quantity(cdr: &RatingCdr) -> u64 {
 
 /// Explains how `cdr` was priced by the last totals calculation of its
 /// cycle.
-pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, ExplainError> {
-    let row = match cdr {
-        CdrRef::Id(id) => {
-            sqlx::query(&format!(
-                "SELECT {CDR_COLUMNS} FROM call_detail_record WHERE id = $1"
-            ))
-            .bind(id)
-            .fetch_optional(pool)
-            .await?
-        }
-        CdrRef::Key {
-            provider,
-            external_id,
-        } => {
-            sqlx::query(&format!(
-            "SELECT {CDR_COLUMNS} FROM call_detail_record WHERE provider = $1 AND external_id = $2"
-        ))
-            .bind(provider)
-            .bind(external_id)
-            .fetch_optional(pool)
-            .await?
-        }
-    }
-    .ok_or_else(|| ExplainError::UnknownCdr(cdr.to_string()))?;
-    let facts = CdrFacts {
-        id: row.try_get("id")?,
-        provider: row.try_get("provider")?,
-        external_id: row.try_get("external_id")?,
-        subscription: row.try_get("subscription")?,
-        started_at: row.try_get("started_at")?,
-        kind: row.try_get("kind")?,
-        direction: row.try_get("direction")?,
-        destination: row.try_get("destination")?,
-        roaming_zone: row.try_get("roaming_zone")?,
-        duration_seconds: i64::from(row.try_get::<i32, _>("duration_seconds")?),
-        volume_bytes: row.try_get("volume_bytes")?,
-        units: i64::from(row.try_get::<i32, _>("units")?),
-        provider_cost_micros: row.try_get("provider_cost_micros")?,
-    };
-    let customer_id: Option<i64> = row.try_get("customer_id")?;
+pub async fn explain_cdr(
+    store: &dyn ExplainStore,
+    stored_pricings: &dyn PricingsStore,
+    cdr: &CdrRef,
+) -> Result<CdrExplanation, ExplainError> {
+    let (facts, customer_id) = store
+        .cdr(cdr)
+        .await?
+        .ok_or_else(|| ExplainError::UnknownCdr(cdr.to_string()))?;
     let rating = rating_cdr(&facts);
     let Some(customer_id) = customer_id else {
         let totals = TotalsState::NoCustomer;
@@ -346,40 +382,20 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
         });
     };
 
-    let customer = sqlx::query(
-        "SELECT c.billing_cycle_start_day, c.time_zone, c.rate_plan_id, p.plan
-         FROM customer c LEFT JOIN rate_plan p ON p.id = c.rate_plan_id WHERE c.id = $1",
-    )
-    .bind(customer_id)
-    .fetch_one(pool)
-    .await?;
-    let day: i16 = customer.try_get("billing_cycle_start_day")?;
-    let zone_name: String = customer.try_get("time_zone")?;
+    let customer = store.customer(customer_id).await?;
+    let day = customer.start_day;
+    let zone_name = customer.time_zone;
     let zone: Tz = zone_name.parse().map_err(|_| CustomerError::BadTimeZone {
         customer: customer_id,
         zone: zone_name.clone(),
     })?;
-    let current_plan: Option<String> = customer.try_get("rate_plan_id")?;
-    let current_document: Option<serde_json::Value> = customer.try_get("plan")?;
+    let current_plan = customer.rate_plan_id;
+    let current_document = customer.plan;
     let cycle = cycle_of(facts.started_at, u32::try_from(day).unwrap_or(1), zone);
 
-    let stored = sqlx::query(
-        "SELECT t.method, t.rate_plan_id, t.calculated_at, s.plan, s.time_zone, s.start_day
-         FROM totals t LEFT JOIN cycle_state s ON s.customer_id = t.customer_id AND s.cycle = t.cycle
-         WHERE t.customer_id = $1 AND t.cycle = $2",
-    )
-    .bind(customer_id)
-    .bind(cycle)
-    .fetch_optional(pool)
-    .await?;
+    let stored = store.rating(customer_id, cycle).await?;
     // The same marks the next calculation restarts from.
-    let (pending, changed_from): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
-        "SELECT count(*), min(changed_from) FROM cycle_change WHERE customer_id = $1 AND cycle = $2",
-    )
-    .bind(customer_id)
-    .bind(cycle)
-    .fetch_one(pool)
-    .await?;
+    let (pending, changed_from) = store.pending_changes(customer_id, cycle).await?;
     let current_method = if current_plan.is_some() {
         "rate_plan"
     } else {
@@ -413,12 +429,14 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
         explanation.status = explanation.totals.message();
         return Ok(explanation);
     };
-    let method: String = stored.try_get("method")?;
-    let stored_plan: Option<String> = stored.try_get("rate_plan_id")?;
-    let calculated_at: DateTime<Utc> = stored.try_get("calculated_at")?;
-    let rated_document: Option<serde_json::Value> = stored.try_get("plan")?;
-    let rated_zone: Option<String> = stored.try_get("time_zone")?;
-    let rated_day: Option<i16> = stored.try_get("start_day")?;
+    let StoredRating {
+        method,
+        rate_plan_id: stored_plan,
+        calculated_at,
+        plan: rated_document,
+        time_zone: rated_zone,
+        start_day: rated_day,
+    } = stored;
     explanation.method = Some(method.clone());
     explanation.rate_plan_id = stored_plan.clone();
     let settings_changed = rated_zone.as_deref() != Some(zone_name.as_str())
@@ -476,19 +494,14 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
         .and_then(|z| z.parse().ok())
         .unwrap_or(zone);
     let (cycle_start, _) = cycle_bounds(cycle, rated_zone);
-    let segment: DateTime<Utc> = sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
-        "SELECT max(segment) FROM rating_chunk WHERE customer_id = $1 AND cycle = $2 AND segment <= $3",
-    )
-    .bind(customer_id)
-    .bind(cycle)
-    .bind(facts.started_at)
-    .fetch_one(pool)
-    .await?
-    .unwrap_or(cycle_start);
-    let chunks = pricings::read_chunks(pool, customer_id, cycle, Some(segment))
+    let segment = store
+        .segment_at(customer_id, cycle, facts.started_at)
+        .await?
+        .unwrap_or(cycle_start);
+    let chunks = pricings::read_chunks(stored_pricings, customer_id, cycle, Some(segment))
         .await
         .map_err(|e| match e {
-            PricingsError::Database(e) => ExplainError::Database(e),
+            PricingsError::Store(e) => ExplainError::Store(e),
             PricingsError::Damaged { problem, .. } => bad(problem),
         })?;
     let mut stored = Pricings::default();
@@ -548,32 +561,16 @@ pub async fn explain_cdr(pool: &PgPool, cdr: &CdrRef) -> Result<CdrExplanation, 
             .iter()
             .any(|b| b.scope == Scope::PerSubscription);
         let same_subscription: HashSet<i64> = if needs_subscription {
-            sqlx::query_scalar(
-                "SELECT id FROM call_detail_record
-                 WHERE customer_id = $1 AND started_at >= $2 AND started_at <= $3 AND subscription = $4",
-            )
-            .bind(customer_id)
-            .bind(segment)
-            .bind(facts.started_at)
-            .bind(&facts.subscription)
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .collect()
+            store
+                .subscription_cdrs(customer_id, &facts.subscription, segment, facts.started_at)
+                .await?
         } else {
             HashSet::new()
         };
         // What the bundles had used when the segment began...
         let mut used = vec![0u64; plan.bundles.len()];
         if segment > cycle_start {
-            let bytes: Option<Vec<u8>> = sqlx::query_scalar(
-                "SELECT state FROM rating_checkpoint WHERE customer_id = $1 AND cycle = $2 AND at = $3",
-            )
-            .bind(customer_id)
-            .bind(cycle)
-            .bind(segment)
-            .fetch_optional(pool)
-            .await?;
+            let bytes = store.checkpoint(customer_id, cycle, segment).await?;
             let Some(bytes) = bytes else {
                 return Err(bad(format!("the checkpoint at {segment} is missing")));
             };

@@ -4,32 +4,56 @@
 //! before it: the history and the insights read the totals, the invoice
 //! bills them).
 
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use sqlx::PgPool;
+use std::sync::Arc;
 
-use crate::adapters::totals::calculate_totals_with;
-use crate::billing::calculation::Recalculation;
-use crate::billing::customer::{BillingCustomer, CustomerError};
-use crate::billing::history::{backup_totals, HistoryError};
-use crate::billing::insight::{detect_insights, InsightError};
-use crate::billing::invoice::{generate_invoice, InvoiceError};
-use crate::billing::totals::TotalsError;
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Deserialize;
+
+use crate::billing::calculation::{CalculationReport, Recalculation};
+use crate::billing::customer::{CustomerError, CustomerSettings};
+use crate::billing::history::{backup_totals, HistoryError, HistoryStore};
+use crate::billing::insight::{detect_insights, InsightError, InsightStore};
+use crate::billing::invoice::{generate_invoice, InvoiceError, InvoiceStore};
+use crate::billing::totals::{CycleTotals, TotalsError};
 use crate::command::{Cause, Command, CyclePayload};
 use crate::envelope::{derived_id, ChainLink, Envelope};
 use crate::lambda::ConsoleCommand;
+use crate::ports::StoreError;
 use crate::runtime::{Delivery, StepError, StepHandler, StepOutcome};
 
+/// CalculateTotals as one operation: the calculation's snapshot, lock and
+/// retries belong to its store (`adapters::totals` on PostgreSQL).
+#[async_trait]
+pub trait CycleCalculator: Send + Sync {
+    async fn calculate(
+        &self,
+        customer_id: i64,
+        cycle: NaiveDate,
+        how: Recalculation,
+    ) -> Result<(CycleTotals, CalculationReport), TotalsError>;
+}
+
+/// The stores the totals steps read and write
+/// (`adapters::billing::stores` builds PostgreSQL's).
+#[derive(Clone)]
+pub struct TotalsStores {
+    pub customers: Arc<dyn CustomerSettings>,
+    pub calculator: Arc<dyn CycleCalculator>,
+    pub history: Arc<dyn HistoryStore>,
+    pub insights: Arc<dyn InsightStore>,
+    pub invoices: Arc<dyn InvoiceStore>,
+}
+
 pub struct Totals {
-    pool: PgPool,
+    stores: TotalsStores,
     /// How long after a cycle ends its invoice stays a draft.
     grace: chrono::Duration,
 }
 
 impl Totals {
-    pub fn new(pool: PgPool, grace: chrono::Duration) -> Self {
-        Self { pool, grace }
+    pub fn new(stores: TotalsStores, grace: chrono::Duration) -> Self {
+        Self { stores, grace }
     }
 }
 
@@ -37,14 +61,15 @@ fn customer_error(e: CustomerError) -> StepError {
     StepError::classify(e.is_retryable(), e)
 }
 
-/// A database error is worth another attempt; its text is the reason.
-fn database_error(e: sqlx::Error) -> StepError {
-    StepError::retryable(e)
+/// A store failure is retried as its adapter judged; its source's text is
+/// the reason.
+fn store_error(e: StoreError) -> StepError {
+    StepError::classify(e.retryable, e.source)
 }
 
 fn insight_error(e: InsightError) -> StepError {
     match e {
-        InsightError::Database(db) => database_error(db),
+        InsightError::Store(e) => store_error(e),
         InsightError::Customer(e) => customer_error(e),
         other => StepError::permanent(other),
     }
@@ -52,7 +77,7 @@ fn insight_error(e: InsightError) -> StepError {
 
 fn invoice_error(e: InvoiceError) -> StepError {
     match e {
-        InvoiceError::Database(db) => database_error(db),
+        InvoiceError::Store(e) => store_error(e),
         InvoiceError::Customer(e) => customer_error(e),
         other => StepError::permanent(other),
     }
@@ -60,7 +85,10 @@ fn invoice_error(e: InvoiceError) -> StepError {
 
 fn totals_error(e: TotalsError) -> StepError {
     match e {
-        TotalsError::Database(_) | TotalsError::Read(_) => StepError::retryable(e),
+        TotalsError::Store(StoreError {
+            retryable: true, ..
+        })
+        | TotalsError::Read(_) => StepError::retryable(e),
         TotalsError::Customer(e) => customer_error(e),
         other => StepError::permanent(other),
     }
@@ -79,7 +107,9 @@ impl StepHandler for Totals {
                 // Fails here, before anything is calculated, for a customer
                 // that does not exist, a day that is no cycle start, or a
                 // missing or bad time zone or plan.
-                BillingCustomer::load(&self.pool, cycle.customer_id, cycle.cycle)
+                self.stores
+                    .customers
+                    .load(cycle.customer_id, cycle.cycle)
                     .await
                     .map_err(customer_error)?;
                 Ok(StepOutcome::Continue {
@@ -96,10 +126,12 @@ impl StepHandler for Totals {
                     Cause::Rerating => Recalculation::Full,
                     _ => Recalculation::Incremental,
                 };
-                let (totals, report) =
-                    calculate_totals_with(&self.pool, cycle.customer_id, cycle.cycle, how)
-                        .await
-                        .map_err(totals_error)?;
+                let (totals, report) = self
+                    .stores
+                    .calculator
+                    .calculate(cycle.customer_id, cycle.cycle, how)
+                    .await
+                    .map_err(totals_error)?;
                 tracing::info!(calculation = ?report.calculation, cdrs_read = report.cdrs_read, "calculation");
                 // The runbook's "totals taking over 5 minutes" alarm reads this.
                 crate::metrics::emit_counts(
@@ -120,7 +152,8 @@ impl StepHandler for Totals {
             }
             Command::BackupTotals(cycle) => {
                 let backup = backup_totals(
-                    &self.pool,
+                    self.stores.history.as_ref(),
+                    self.stores.customers.as_ref(),
                     cycle.customer_id,
                     cycle.cycle,
                     cycle.cause.as_str(),
@@ -128,22 +161,28 @@ impl StepHandler for Totals {
                 .await
                 .map_err(|e| match e {
                     HistoryError::Customer(e) => customer_error(e),
-                    HistoryError::Database(e) => database_error(e),
+                    HistoryError::Store(e) => store_error(e),
                 })?;
                 tracing::info!(?backup, "totals backed up");
                 Ok(StepOutcome::finished())
             }
             Command::BillingInsight(cycle) => {
-                let insights = detect_insights(&self.pool, cycle.customer_id, cycle.cycle)
-                    .await
-                    .map_err(insight_error)?;
+                let insights = detect_insights(
+                    self.stores.insights.as_ref(),
+                    self.stores.customers.as_ref(),
+                    cycle.customer_id,
+                    cycle.cycle,
+                )
+                .await
+                .map_err(insight_error)?;
                 let kinds: Vec<&str> = insights.iter().map(|i| i.kind.as_str()).collect();
                 tracing::info!(count = insights.len(), ?kinds, "insights recorded");
                 Ok(StepOutcome::finished())
             }
             Command::GenerateInvoice(cycle) => {
                 let outcome = generate_invoice(
-                    &self.pool,
+                    self.stores.invoices.as_ref(),
+                    self.stores.customers.as_ref(),
                     cycle.customer_id,
                     cycle.cycle,
                     chrono::Utc::now(),
@@ -253,6 +292,24 @@ mod tests {
             err.to_string().contains(r#"send {"customer_id": 1"#),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_store_failure_is_retried_as_its_adapter_judged_and_keeps_its_source() {
+        let failure = |retryable| StoreError {
+            retryable,
+            source: "connection reset by peer".into(),
+        };
+        let step = invoice_error(InvoiceError::Store(failure(true)));
+        assert!(step.is_retryable());
+        assert_eq!(step.reason(), "connection reset by peer");
+        assert!(std::error::Error::source(&step).is_some());
+        assert!(!insight_error(InsightError::Store(failure(false))).is_retryable());
+        let step = totals_error(TotalsError::Store(failure(true)));
+        assert!(step.is_retryable());
+        assert_eq!(step.reason(), "database error: connection reset by peer");
+        assert!(!totals_error(TotalsError::Store(failure(false))).is_retryable());
+        assert!(customer_error(CustomerError::Store(failure(true))).is_retryable());
     }
 
     #[test]

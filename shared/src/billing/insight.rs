@@ -3,8 +3,9 @@
 //! a customer, and stored in `billing_insight`.
 //!
 //! [`evaluate`] holds the rules and touches no database; [`detect_insights`]
-//! gathers its input and replaces the cycle's stored insights with its
-//! result in one transaction, so running it again gives the same rows.
+//! gathers its input through an [`InsightStore`] and replaces the cycle's
+//! stored insights with its result in one transaction, so running it again
+//! gives the same rows.
 //!
 //! # Rules
 //!
@@ -24,14 +25,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use async_trait::async_trait;
 use chrono::{DateTime, Months, NaiveDate, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
-use sqlx::{PgPool, Row};
 
-use crate::billing::customer::{BillingCustomer, CustomerError};
+use crate::billing::customer::{CustomerError, CustomerSettings};
 use crate::billing::rating::round_half_up;
 use crate::cdr::cycle_bounds;
+use crate::ports::StoreError;
 
 /// A month-on-month change of more than a quarter is beyond normal usage
 /// swings of a business fleet and worth a look before the invoice goes out.
@@ -50,7 +52,7 @@ pub enum InsightError {
     )]
     NoTotals { customer: i64, cycle: NaiveDate },
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Store(#[from] StoreError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -100,6 +102,57 @@ pub struct ActiveSubscription {
     pub provider: String,
     pub active_from: NaiveDate,
     pub active_to: Option<NaiveDate>,
+}
+
+/// A cycle's totals as far as the rules need them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CycleFigures {
+    pub rated_cost_micros: i64,
+    pub unrated_count: i64,
+    /// Ordered by subscription, kind and zone.
+    pub lines: Vec<LineFigures>,
+}
+
+/// What insights are computed from and where they are kept
+/// (`adapters::billing::insight` on PostgreSQL).
+#[async_trait]
+pub trait InsightStore: Send + Sync {
+    /// The cycle's totals and their lines, of the same version even while
+    /// CalculateTotals replaces them; `None` when the cycle has no totals.
+    async fn totals(
+        &self,
+        customer_id: i64,
+        cycle: NaiveDate,
+    ) -> Result<Option<CycleFigures>, StoreError>;
+    /// The rated cost of a cycle's totals, when it has totals.
+    async fn rated_cost(
+        &self,
+        customer_id: i64,
+        cycle: NaiveDate,
+    ) -> Result<Option<i64>, StoreError>;
+    /// The customer's subscriptions active on at least one day of
+    /// `[from, before)`, ordered by identifier, start and provider.
+    async fn active_subscriptions(
+        &self,
+        customer_id: i64,
+        from: NaiveDate,
+        before: NaiveDate,
+    ) -> Result<Vec<ActiveSubscription>, StoreError>;
+    /// CDRs without a customer started within `[from, to)`, per provider.
+    async fn unassigned_by_provider(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<BTreeMap<String, i64>, StoreError>;
+    /// Replaces the cycle's stored insights with `insights` in one
+    /// transaction, after any other replacement of the same cycle. An
+    /// insight found again with the same detail keeps its `detected_at`.
+    async fn replace_insights(
+        &self,
+        customer_id: i64,
+        cycle: NaiveDate,
+        insights: &[Insight],
+    ) -> Result<(), StoreError>;
 }
 
 /// Everything the rules look at for one (customer, cycle).
@@ -236,97 +289,36 @@ pub fn evaluate(o: &Observations) -> Vec<Insight> {
 }
 
 async fn observe(
-    pool: &PgPool,
+    store: &dyn InsightStore,
+    customers: &dyn CustomerSettings,
     customer_id: i64,
     cycle: NaiveDate,
 ) -> Result<Observations, InsightError> {
-    let zone = BillingCustomer::load(pool, customer_id, cycle).await?.zone;
+    let zone = customers.load(customer_id, cycle).await?.zone;
     let bounds = cycle_bounds(cycle, zone);
     // Start days are 1..=28, so the same day exists one month earlier.
     let previous_cycle = cycle - Months::new(1);
     let next_cycle = cycle + Months::new(1);
 
-    // One statement, so the totals and their lines are of the same version
-    // even while CalculateTotals replaces them.
-    let rows = sqlx::query(
-        "SELECT t.rated_cost_micros AS total_rated, t.unrated_count AS total_unrated,
-                l.subscription, l.kind, l.roaming_zone, l.rated_cost_micros, l.unrated_count
-         FROM totals t
-         LEFT JOIN totals_line l ON l.customer_id = t.customer_id AND l.cycle = t.cycle
-         WHERE t.customer_id = $1 AND t.cycle = $2
-         ORDER BY l.subscription, l.kind, l.roaming_zone",
-    )
-    .bind(customer_id)
-    .bind(cycle)
-    .fetch_all(pool)
-    .await?;
-    let first = rows.first().ok_or(InsightError::NoTotals {
-        customer: customer_id,
-        cycle,
-    })?;
-    let rated_cost_micros: i64 = first.try_get("total_rated")?;
-    let unrated_count: i64 = first.try_get("total_unrated")?;
-    let mut lines = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let Some(subscription) = r.try_get::<Option<String>, _>("subscription")? else {
-            continue;
-        };
-        lines.push(LineFigures {
-            subscription,
-            kind: r.try_get("kind")?,
-            zone: r.try_get("roaming_zone")?,
-            rated_cost_micros: r.try_get("rated_cost_micros")?,
-            unrated_count: r.try_get("unrated_count")?,
-        });
-    }
-
-    let previous: Option<i64> = sqlx::query_scalar(
-        "SELECT rated_cost_micros FROM totals WHERE customer_id = $1 AND cycle = $2",
-    )
-    .bind(customer_id)
-    .bind(previous_cycle)
-    .fetch_optional(pool)
-    .await?;
-
-    let active_subscriptions = sqlx::query(
-        "SELECT identifier, provider, active_from, active_to FROM subscription
-         WHERE customer_id = $1 AND active_from < $3 AND (active_to IS NULL OR active_to >= $2)
-         ORDER BY identifier, active_from, provider",
-    )
-    .bind(customer_id)
-    .bind(cycle)
-    .bind(next_cycle)
-    .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(ActiveSubscription {
-            identifier: r.try_get("identifier")?,
-            provider: r.try_get("provider")?,
-            active_from: r.try_get("active_from")?,
-            active_to: r.try_get("active_to")?,
-        })
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
-
-    let unassigned_by_provider = sqlx::query_as::<_, (String, i64)>(
-        "SELECT provider, count(*) FROM call_detail_record
-         WHERE customer_id IS NULL AND started_at >= $1 AND started_at < $2
-         GROUP BY provider",
-    )
-    .bind(bounds.0)
-    .bind(bounds.1)
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .collect();
+    let totals = store
+        .totals(customer_id, cycle)
+        .await?
+        .ok_or(InsightError::NoTotals {
+            customer: customer_id,
+            cycle,
+        })?;
+    let previous = store.rated_cost(customer_id, previous_cycle).await?;
+    let active_subscriptions = store
+        .active_subscriptions(customer_id, cycle, next_cycle)
+        .await?;
+    let unassigned_by_provider = store.unassigned_by_provider(bounds.0, bounds.1).await?;
 
     Ok(Observations {
         cycle,
         bounds,
-        rated_cost_micros,
-        unrated_count,
-        lines,
+        rated_cost_micros: totals.rated_cost_micros,
+        unrated_count: totals.unrated_count,
+        lines: totals.lines,
         previous: previous.map(|p| (previous_cycle, p)),
         active_subscriptions,
         unassigned_by_provider,
@@ -337,52 +329,16 @@ async fn observe(
 /// the ones stored before. An insight found again with the same detail
 /// keeps its `detected_at`, so repeating the step changes no row.
 pub async fn detect_insights(
-    pool: &PgPool,
+    store: &dyn InsightStore,
+    customers: &dyn CustomerSettings,
     customer_id: i64,
     cycle: NaiveDate,
 ) -> Result<Vec<Insight>, InsightError> {
-    let observations = observe(pool, customer_id, cycle).await?;
+    let observations = observe(store, customers, customer_id, cycle).await?;
     let insights = evaluate(&observations);
-
-    let kinds: Vec<&str> = insights.iter().map(|i| i.kind.as_str()).collect();
-    let subjects: Vec<&str> = insights.iter().map(|i| i.subject.as_str()).collect();
-    let details: Vec<&Value> = insights.iter().map(|i| &i.detail).collect();
-
-    let mut tx = pool.begin().await?;
-    // Two runs for the same cycle (two imports in a row) write one after the
-    // other instead of interleaving their deletes and inserts.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("insight:{customer_id}:{cycle}"))
-        .execute(&mut *tx)
+    store
+        .replace_insights(customer_id, cycle, &insights)
         .await?;
-    sqlx::query(
-        "DELETE FROM billing_insight b
-         WHERE b.customer_id = $1 AND b.cycle = $2
-           AND NOT EXISTS (SELECT 1 FROM UNNEST($3::text[], $4::text[]) AS n(kind, subject)
-                           WHERE n.kind = b.kind AND n.subject = b.subject)",
-    )
-    .bind(customer_id)
-    .bind(cycle)
-    .bind(&kinds)
-    .bind(&subjects)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO billing_insight (customer_id, cycle, kind, subject, detail)
-         SELECT $1, $2, k, s, d FROM UNNEST($3::text[], $4::text[], $5::jsonb[]) AS n(k, s, d)
-         ON CONFLICT (customer_id, cycle, kind, subject) DO UPDATE
-         SET detail = EXCLUDED.detail,
-             detected_at = CASE WHEN billing_insight.detail = EXCLUDED.detail
-                                THEN billing_insight.detected_at ELSE EXCLUDED.detected_at END",
-    )
-    .bind(customer_id)
-    .bind(cycle)
-    .bind(&kinds)
-    .bind(&subjects)
-    .bind(&details)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
     Ok(insights)
 }
 

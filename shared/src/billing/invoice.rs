@@ -27,15 +27,15 @@
 
 use std::collections::BTreeMap;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-
-use crate::billing::customer::{BillingCustomer, CustomerError};
 use chrono_tz::Tz;
 use serde::Serialize;
-use sqlx::{PgPool, Postgres, Row, Transaction};
 
+use crate::billing::customer::{CustomerError, CustomerSettings};
 use crate::billing::rating::{monthly_fees, RatePlan};
 use crate::cdr::cycle_bounds;
+use crate::ports::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InvoiceError {
@@ -56,7 +56,7 @@ pub enum InvoiceError {
     #[error("an invoice has status {0:?}, which this build does not know (draft or final); deploy the build that wrote it")]
     UnknownStatus(String),
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Store(#[from] StoreError),
 }
 
 /// An invoice's `status` column (the database allows only these two).
@@ -129,7 +129,8 @@ pub struct InvoiceLine {
     pub amount_micros: i64,
 }
 
-type LineKey = (String, String, String);
+/// (subscription, kind, zone): a line's identity within a cycle.
+pub type LineKey = (String, String, String);
 
 impl InvoiceLine {
     fn key(&self) -> LineKey {
@@ -161,6 +162,86 @@ pub struct Billable {
     pub rated_cost_micros: i64,
     pub fees_micros: i64,
     pub total_micros: i64,
+}
+
+/// A cycle's totals as an invoice bills them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CycleUsage {
+    pub rated_cost_micros: i64,
+    /// The totals version an invoice records (`totals_calculated_at`).
+    pub calculated_at: DateTime<Utc>,
+    pub lines: Vec<UsageLine>,
+}
+
+/// The figures an invoice row records besides its lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvoiceFigures {
+    pub rated_cost_micros: i64,
+    pub fees_micros: i64,
+    pub total_micros: i64,
+    pub totals_calculated_at: DateTime<Utc>,
+}
+
+/// Where invoices are kept (`adapters::billing::invoice` on PostgreSQL).
+#[async_trait]
+pub trait InvoiceStore: Send + Sync {
+    /// Starts one GenerateInvoice run of a cycle. Runs of the same cycle
+    /// wait for each other from here to the commit: two at once (a late
+    /// import and the sweep) would otherwise both finalise, or both bill
+    /// the same correction.
+    async fn begin(
+        &self,
+        customer_id: i64,
+        cycle: NaiveDate,
+    ) -> Result<Box<dyn CycleInvoices>, StoreError>;
+    /// The draft main invoices of cycles whose next cycle starts on or
+    /// before `latest_next_start`, with their customer's time zone as
+    /// stored, ordered by customer and cycle.
+    async fn drafts_starting_next_by(
+        &self,
+        latest_next_start: NaiveDate,
+    ) -> Result<Vec<(i64, NaiveDate, String)>, StoreError>;
+}
+
+/// One GenerateInvoice run of one cycle: what it writes commits together,
+/// or not at all when it is dropped.
+#[async_trait]
+pub trait CycleInvoices: Send {
+    /// The cycle's totals and their lines, of the same version; `None`
+    /// when the cycle has no totals.
+    async fn usage(&mut self) -> Result<Option<CycleUsage>, StoreError>;
+    /// Per subscription identifier, how many of the customer's
+    /// subscriptions were active at the cycle start.
+    async fn fee_counts(&mut self) -> Result<BTreeMap<String, i64>, StoreError>;
+    /// The cycle's invoice (sequence 0): its id and status as stored.
+    async fn main_invoice(&mut self) -> Result<Option<(i64, String)>, StoreError>;
+    /// What the final invoices (the invoice and its corrections) billed,
+    /// summed per line.
+    async fn billed_lines(&mut self) -> Result<BTreeMap<LineKey, i64>, StoreError>;
+    /// How many corrections were billed, and the final invoices' total.
+    async fn billed_totals(&mut self) -> Result<(i32, i64), StoreError>;
+    /// Creates the cycle's invoice as a draft, without lines; its id.
+    async fn create_draft(&mut self, figures: &InvoiceFigures) -> Result<i64, StoreError>;
+    /// Sets a draft's figures and removes its lines.
+    async fn rewrite_draft(
+        &mut self,
+        invoice_id: i64,
+        figures: &InvoiceFigures,
+    ) -> Result<(), StoreError>;
+    /// Creates correction `sequence` as a draft, without lines; its id.
+    async fn create_correction(
+        &mut self,
+        sequence: i32,
+        figures: &InvoiceFigures,
+    ) -> Result<i64, StoreError>;
+    /// Adds `lines` to an invoice, numbered from 1 in their order.
+    async fn insert_lines(
+        &mut self,
+        invoice_id: i64,
+        lines: &[InvoiceLine],
+    ) -> Result<(), StoreError>;
+    async fn finalise(&mut self, invoice_id: i64, now: DateTime<Utc>) -> Result<(), StoreError>;
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 }
 
 fn plural(n: i64, one: &str, many: &str) -> String {
@@ -319,58 +400,17 @@ pub fn correction_lines(billed: &BTreeMap<LineKey, i64>, now: &Billable) -> Vec<
 
 /// The cycle's current worth and the totals version it was taken from.
 async fn current_billable(
-    tx: &mut Transaction<'_, Postgres>,
+    run: &mut dyn CycleInvoices,
     customer_id: i64,
     cycle: NaiveDate,
     plan: Option<&RatePlan>,
 ) -> Result<(Billable, DateTime<Utc>), InvoiceError> {
-    // One statement, so the totals and their lines are of the same version.
-    let rows = sqlx::query(
-        "SELECT t.rated_cost_micros AS total_rated, t.calculated_at,
-                l.subscription, l.kind, l.roaming_zone, l.cdr_count, l.voice_seconds, l.data_bytes,
-                l.messages, l.rated_cost_micros
-         FROM totals t
-         LEFT JOIN totals_line l ON l.customer_id = t.customer_id AND l.cycle = t.cycle
-         WHERE t.customer_id = $1 AND t.cycle = $2",
-    )
-    .bind(customer_id)
-    .bind(cycle)
-    .fetch_all(&mut **tx)
-    .await?;
-    let first = rows.first().ok_or(InvoiceError::NoTotals {
+    let usage = run.usage().await?.ok_or(InvoiceError::NoTotals {
         customer: customer_id,
         cycle,
     })?;
-    let totals_rated: i64 = first.try_get("total_rated")?;
-    let calculated_at: DateTime<Utc> = first.try_get("calculated_at")?;
-    let mut usage = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let Some(subscription) = r.try_get::<Option<String>, _>("subscription")? else {
-            continue;
-        };
-        usage.push(UsageLine {
-            subscription,
-            kind: r.try_get("kind")?,
-            zone: r.try_get("roaming_zone")?,
-            cdr_count: r.try_get("cdr_count")?,
-            voice_seconds: r.try_get("voice_seconds")?,
-            data_bytes: r.try_get("data_bytes")?,
-            messages: r.try_get("messages")?,
-            rated_cost_micros: r.try_get("rated_cost_micros")?,
-        });
-    }
-    let fee_counts: BTreeMap<String, i64> = if plan.is_some() {
-        sqlx::query_as::<_, (String, i64)>(
-            "SELECT identifier, count(*) FROM subscription
-             WHERE customer_id = $1 AND active_from <= $2 AND (active_to IS NULL OR active_to >= $2)
-             GROUP BY identifier",
-        )
-        .bind(customer_id)
-        .bind(cycle)
-        .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .collect()
+    let fee_counts = if plan.is_some() {
+        run.fee_counts().await?
     } else {
         BTreeMap::new()
     };
@@ -379,15 +419,15 @@ async fn current_billable(
         cycle,
         reason,
     };
-    let billable = billable(&usage, plan, &fee_counts)
+    let billable = billable(&usage.lines, plan, &fee_counts)
         .ok_or_else(|| inconsistent("its amounts overflow 64 bits".into()))?;
-    if billable.rated_cost_micros != totals_rated {
+    if billable.rated_cost_micros != usage.rated_cost_micros {
         return Err(inconsistent(format!(
             "the totals lines sum to {} but the totals say {}",
-            billable.rated_cost_micros, totals_rated
+            billable.rated_cost_micros, usage.rated_cost_micros
         )));
     }
-    Ok((billable, calculated_at))
+    Ok((billable, usage.calculated_at))
 }
 
 /// Checks total = sum of lines = rated cost + fees before anything is written.
@@ -410,31 +450,6 @@ fn check(
     Ok(())
 }
 
-async fn insert_lines(
-    tx: &mut Transaction<'_, Postgres>,
-    invoice_id: i64,
-    lines: &[InvoiceLine],
-) -> Result<(), InvoiceError> {
-    let numbers: Vec<i32> = (1..).take(lines.len()).collect();
-    sqlx::query(
-        "INSERT INTO invoice_line (invoice_id, line_no, description, subscription, kind, zone, quantity, amount_micros)
-         SELECT $1, n, d, s, k, z, q, a
-         FROM UNNEST($2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[])
-              AS t(n, d, s, k, z, q, a)",
-    )
-    .bind(invoice_id)
-    .bind(&numbers)
-    .bind(lines.iter().map(|l| l.description.as_str()).collect::<Vec<_>>())
-    .bind(lines.iter().map(|l| l.subscription.as_str()).collect::<Vec<_>>())
-    .bind(lines.iter().map(|l| l.kind.as_str()).collect::<Vec<_>>())
-    .bind(lines.iter().map(|l| l.zone.as_str()).collect::<Vec<_>>())
-    .bind(lines.iter().map(|l| l.quantity.as_str()).collect::<Vec<_>>())
-    .bind(lines.iter().map(|l| l.amount_micros).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 /// When a cycle closes: its end in the customer's time zone plus `grace`.
 fn closing_time(cycle: NaiveDate, zone: Tz, grace: Duration) -> Option<DateTime<Utc>> {
     cycle_bounds(cycle, zone).1.checked_add_signed(grace)
@@ -443,34 +458,22 @@ fn closing_time(cycle: NaiveDate, zone: Tz, grace: Duration) -> Option<DateTime<
 /// Writes the cycle's draft, finalises it, or bills late changes as a
 /// correction, depending on `now` and what exists (see the module docs).
 pub async fn generate_invoice(
-    pool: &PgPool,
+    invoices: &dyn InvoiceStore,
+    customers: &dyn CustomerSettings,
     customer_id: i64,
     cycle: NaiveDate,
     now: DateTime<Utc>,
     grace: Duration,
 ) -> Result<InvoiceOutcome, InvoiceError> {
-    let customer = BillingCustomer::load(pool, customer_id, cycle).await?;
+    let customer = customers.load(customer_id, cycle).await?;
     let closes_at =
         closing_time(cycle, customer.zone, grace).ok_or(InvoiceError::BadGrace(grace, cycle))?;
     let open = now < closes_at;
 
-    let mut tx = pool.begin().await?;
-    // Two runs for the same cycle at once (a late import and the sweep)
-    // would otherwise both finalise, or both bill the same correction.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("invoice:{customer_id}:{cycle}"))
-        .execute(&mut *tx)
-        .await?;
+    let mut run = invoices.begin(customer_id, cycle).await?;
     let (now_worth, calculated_at) =
-        current_billable(&mut tx, customer_id, cycle, customer.rate_plan()).await?;
-    let main: Option<(i64, String)> = sqlx::query_as(
-        "SELECT id, status FROM invoice WHERE customer_id = $1 AND cycle = $2 AND sequence = 0",
-    )
-    .bind(customer_id)
-    .bind(cycle)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let main = match main {
+        current_billable(run.as_mut(), customer_id, cycle, customer.rate_plan()).await?;
+    let main = match run.main_invoice().await? {
         Some((invoice_id, status)) => Some((invoice_id, InvoiceStatus::from_column(&status)?)),
         None => None,
     };
@@ -478,7 +481,7 @@ pub async fn generate_invoice(
     let outcome = match main {
         Some((invoice_id, InvoiceStatus::Final)) => {
             bill_late_changes(
-                &mut tx,
+                run.as_mut(),
                 customer_id,
                 cycle,
                 invoice_id,
@@ -496,43 +499,20 @@ pub async fn generate_invoice(
                 total_micros: total,
             } = &now_worth;
             check(customer_id, cycle, lines, *rated, *fees, *total)?;
+            let figures = InvoiceFigures {
+                rated_cost_micros: *rated,
+                fees_micros: *fees,
+                total_micros: *total,
+                totals_calculated_at: calculated_at,
+            };
             let invoice_id = match existing {
                 Some((invoice_id, _)) => {
-                    sqlx::query(
-                        "UPDATE invoice SET rated_cost_micros = $2, fees_micros = $3, total_micros = $4,
-                                            totals_calculated_at = $5, updated_at = now()
-                         WHERE id = $1",
-                    )
-                    .bind(invoice_id)
-                    .bind(rated)
-                    .bind(fees)
-                    .bind(total)
-                    .bind(calculated_at)
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query("DELETE FROM invoice_line WHERE invoice_id = $1")
-                        .bind(invoice_id)
-                        .execute(&mut *tx)
-                        .await?;
+                    run.rewrite_draft(invoice_id, &figures).await?;
                     invoice_id
                 }
-                None => {
-                    sqlx::query_scalar(
-                        "INSERT INTO invoice (customer_id, cycle, kind, status, sequence, rated_cost_micros,
-                                              fees_micros, total_micros, totals_calculated_at)
-                         VALUES ($1, $2, 'invoice', 'draft', 0, $3, $4, $5, $6) RETURNING id",
-                    )
-                    .bind(customer_id)
-                    .bind(cycle)
-                    .bind(rated)
-                    .bind(fees)
-                    .bind(total)
-                    .bind(calculated_at)
-                    .fetch_one(&mut *tx)
-                    .await?
-                }
+                None => run.create_draft(&figures).await?,
             };
-            insert_lines(&mut tx, invoice_id, lines).await?;
+            run.insert_lines(invoice_id, lines).await?;
             if open {
                 InvoiceOutcome::DraftWritten {
                     invoice_id,
@@ -543,7 +523,7 @@ pub async fn generate_invoice(
                     closes_at,
                 }
             } else {
-                finalise(&mut tx, invoice_id, now).await?;
+                run.finalise(invoice_id, now).await?;
                 InvoiceOutcome::Finalised {
                     invoice_id,
                     from_draft: existing.is_some(),
@@ -552,27 +532,12 @@ pub async fn generate_invoice(
             }
         }
     };
-    tx.commit().await?;
+    run.commit().await?;
     Ok(outcome)
 }
 
-async fn finalise(
-    tx: &mut Transaction<'_, Postgres>,
-    invoice_id: i64,
-    now: DateTime<Utc>,
-) -> Result<(), InvoiceError> {
-    sqlx::query(
-        "UPDATE invoice SET status = 'final', finalised_at = $2, updated_at = now() WHERE id = $1",
-    )
-    .bind(invoice_id)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 async fn bill_late_changes(
-    tx: &mut Transaction<'_, Postgres>,
+    run: &mut dyn CycleInvoices,
     customer_id: i64,
     cycle: NaiveDate,
     invoice_id: i64,
@@ -580,27 +545,8 @@ async fn bill_late_changes(
     calculated_at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<InvoiceOutcome, InvoiceError> {
-    let billed: BTreeMap<LineKey, i64> = sqlx::query_as::<_, (String, String, String, i64)>(
-        "SELECT l.subscription, l.kind, l.zone, sum(l.amount_micros)::bigint
-         FROM invoice_line l JOIN invoice i ON i.id = l.invoice_id
-         WHERE i.customer_id = $1 AND i.cycle = $2 AND i.status = 'final'
-         GROUP BY l.subscription, l.kind, l.zone",
-    )
-    .bind(customer_id)
-    .bind(cycle)
-    .fetch_all(&mut **tx)
-    .await?
-    .into_iter()
-    .map(|(s, k, z, amount)| ((s, k, z), amount))
-    .collect();
-    let (corrections, billed_total): (i32, i64) = sqlx::query_as(
-        "SELECT (count(*) FILTER (WHERE kind = 'correction'))::int, coalesce(sum(total_micros), 0)::bigint
-         FROM invoice WHERE customer_id = $1 AND cycle = $2 AND status = 'final'",
-    )
-    .bind(customer_id)
-    .bind(cycle)
-    .fetch_one(&mut **tx)
-    .await?;
+    let billed = run.billed_lines().await?;
+    let (corrections, billed_total) = run.billed_totals().await?;
 
     let lines = correction_lines(&billed, now_worth);
     if lines.is_empty() {
@@ -645,22 +591,19 @@ async fn bill_late_changes(
     let sequence = corrections + 1;
     // Written as a draft and finalised after its lines, because the
     // database refuses lines for an invoice that is already final.
-    let correction_id: i64 = sqlx::query_scalar(
-        "INSERT INTO invoice (customer_id, cycle, kind, status, sequence, rated_cost_micros,
-                              fees_micros, total_micros, totals_calculated_at)
-         VALUES ($1, $2, 'correction', 'draft', $3, $4, $5, $6, $7) RETURNING id",
-    )
-    .bind(customer_id)
-    .bind(cycle)
-    .bind(sequence)
-    .bind(rated)
-    .bind(fees)
-    .bind(total)
-    .bind(calculated_at)
-    .fetch_one(&mut **tx)
-    .await?;
-    insert_lines(tx, correction_id, &lines).await?;
-    finalise(tx, correction_id, now).await?;
+    let correction_id = run
+        .create_correction(
+            sequence,
+            &InvoiceFigures {
+                rated_cost_micros: rated,
+                fees_micros: fees,
+                total_micros: total,
+                totals_calculated_at: calculated_at,
+            },
+        )
+        .await?;
+    run.insert_lines(correction_id, &lines).await?;
+    run.finalise(correction_id, now).await?;
     Ok(InvoiceOutcome::CorrectionCreated {
         invoice_id,
         correction_id,
@@ -675,7 +618,7 @@ async fn bill_late_changes(
 /// whose time zone does not parse is left out with a warning; its own
 /// GenerateInvoice fails with the reason.
 pub async fn cycles_due_for_finalisation(
-    pool: &PgPool,
+    invoices: &dyn InvoiceStore,
     now: DateTime<Utc>,
     grace: Duration,
 ) -> Result<Vec<(i64, NaiveDate)>, InvoiceError> {
@@ -686,15 +629,7 @@ pub async fn cycles_due_for_finalisation(
         .checked_sub_signed(grace)
         .and_then(|t| t.date_naive().succ_opt())
         .unwrap_or(NaiveDate::MAX);
-    let rows: Vec<(i64, NaiveDate, String)> = sqlx::query_as(
-        "SELECT i.customer_id, i.cycle, c.time_zone
-         FROM invoice i JOIN customer c ON c.id = i.customer_id
-         WHERE i.status = 'draft' AND i.sequence = 0 AND (i.cycle + interval '1 month')::date <= $1
-         ORDER BY i.customer_id, i.cycle",
-    )
-    .bind(latest_next_start)
-    .fetch_all(pool)
-    .await?;
+    let rows = invoices.drafts_starting_next_by(latest_next_start).await?;
     let mut due = Vec::new();
     for (customer_id, cycle, zone_name) in rows {
         let Ok(zone) = zone_name.parse::<Tz>() else {

@@ -8,10 +8,11 @@
 
 use std::ops::Range;
 
+use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::{PgPool, Row};
 
 use crate::billing::encoding::{put_varint, seal, unseal, zigzag, Reader};
+use crate::ports::StoreError;
 
 /// CDRs per `rating_chunk` row at most: the write buffer of a calculation,
 /// and the most a CDR's explanation decodes besides its checkpoint.
@@ -46,7 +47,30 @@ pub enum PricingsError {
         problem: String,
     },
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Store(#[from] StoreError),
+}
+
+/// A `rating_chunk` row as stored, not yet checked or decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredChunk {
+    pub segment: DateTime<Utc>,
+    pub first_position: i64,
+    pub cdr_count: i32,
+    pub pricings: Vec<u8>,
+}
+
+/// Where the pricings are read (`adapters::billing::pricings` on
+/// PostgreSQL; the calculation writes them through its `CycleStore`).
+#[async_trait]
+pub trait PricingsStore: Send + Sync {
+    /// The stored chunks of a cycle, or of its segment starting at
+    /// `segment`, ordered by segment and sequence.
+    async fn chunks(
+        &self,
+        customer_id: i64,
+        cycle: NaiveDate,
+        segment: Option<DateTime<Utc>>,
+    ) -> Result<Vec<StoredChunk>, StoreError>;
 }
 
 impl Pricings {
@@ -212,11 +236,11 @@ impl PricingChunk {
 /// Every stored pricing of a cycle, in consumption order; empty when the
 /// cycle has no rate-plan rating.
 pub async fn read(
-    pool: &PgPool,
+    store: &dyn PricingsStore,
     customer_id: i64,
     cycle: NaiveDate,
 ) -> Result<Pricings, PricingsError> {
-    let chunks = read_chunks(pool, customer_id, cycle, None).await?;
+    let chunks = read_chunks(store, customer_id, cycle, None).await?;
     let mut all = Pricings::default();
     for (_, _, chunk) in chunks {
         all.append(&chunk.pricings);
@@ -227,21 +251,12 @@ pub async fn read(
 /// The stored chunks of a cycle (or of one segment of it) in consumption
 /// order, each with its segment and its first position in the cycle.
 pub async fn read_chunks(
-    pool: &PgPool,
+    store: &dyn PricingsStore,
     customer_id: i64,
     cycle: NaiveDate,
     segment: Option<DateTime<Utc>>,
 ) -> Result<Vec<(DateTime<Utc>, u64, PricingChunk)>, PricingsError> {
-    let rows = sqlx::query(
-        "SELECT segment, first_position, cdr_count, pricings FROM rating_chunk
-         WHERE customer_id = $1 AND cycle = $2 AND ($3::timestamptz IS NULL OR segment = $3)
-         ORDER BY segment, seq",
-    )
-    .bind(customer_id)
-    .bind(cycle)
-    .bind(segment)
-    .fetch_all(pool)
-    .await?;
+    let rows = store.chunks(customer_id, cycle, segment).await?;
     let damaged = |problem: String| PricingsError::Damaged {
         customer_id,
         cycle,
@@ -250,10 +265,9 @@ pub async fn read_chunks(
     let mut chunks = Vec::with_capacity(rows.len());
     let mut expected: Option<u64> = None;
     for row in rows {
-        let segment: DateTime<Utc> = row.try_get("segment")?;
-        let first = u64::try_from(row.try_get::<i64, _>("first_position")?)
+        let first = u64::try_from(row.first_position)
             .map_err(|_| damaged("a chunk starts at a negative position".into()))?;
-        let count: i32 = row.try_get("cdr_count")?;
+        let count = row.cdr_count;
         if let Some(expected) = expected {
             if first != expected {
                 return Err(damaged(format!(
@@ -261,8 +275,7 @@ pub async fn read_chunks(
                 )));
             }
         }
-        let bytes: Vec<u8> = row.try_get("pricings")?;
-        let chunk = PricingChunk::decode(&bytes).map_err(&damaged)?;
+        let chunk = PricingChunk::decode(&row.pricings).map_err(&damaged)?;
         if usize::try_from(count).ok() != Some(chunk.len()) {
             return Err(damaged(format!(
                 "the chunk at {first} says {count} CDRs and holds {}",
@@ -270,7 +283,7 @@ pub async fn read_chunks(
             )));
         }
         expected = Some(first + chunk.len() as u64);
-        chunks.push((segment, first, chunk));
+        chunks.push((row.segment, first, chunk));
     }
     Ok(chunks)
 }

@@ -5,9 +5,8 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
 
-use crate::billing::invoice::{cycles_due_for_finalisation, InvoiceError};
+use crate::billing::invoice::{cycles_due_for_finalisation, InvoiceError, InvoiceStore};
 use crate::command::{Cause, Command, CyclePayload};
 use crate::envelope::{derived_id, Envelope};
 use crate::ports::{OutgoingMessage, PortError, QueueSend};
@@ -59,16 +58,16 @@ pub fn finalisation_messages(
 }
 
 /// Sends `GenerateInvoice` for every cycle due for finalisation.
-#[tracing::instrument(skip(pool, queues))]
+#[tracing::instrument(skip(invoices, queues))]
 pub async fn sweep_due_invoices(
-    pool: &PgPool,
+    invoices: &dyn InvoiceStore,
     queues: &dyn QueueSend,
     totals_queue: &str,
     run_key: &str,
     now: DateTime<Utc>,
     grace: Duration,
 ) -> Result<SweepReport, SweepError> {
-    let due = cycles_due_for_finalisation(pool, now, grace).await?;
+    let due = cycles_due_for_finalisation(invoices, now, grace).await?;
     let messages = finalisation_messages(&due, run_key, now);
     let sent: Vec<String> = due
         .iter()

@@ -5,6 +5,7 @@ use chrono::NaiveDate;
 use serde::Serialize;
 
 use crate::billing::customer::CustomerError;
+use crate::ports::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TotalsError {
@@ -16,7 +17,7 @@ pub enum TotalsError {
     Read(String),
 
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Store(#[from] StoreError),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -1,0 +1,76 @@
+//! The billing domain's stores on PostgreSQL: each module implements the
+//! narrow traits of the `billing` module of its name and holds all of that
+//! module's SQL, so rating, the totals arithmetic, insights and invoices
+//! see no sqlx type. The convenience entry points (`explain_cdr(pool, ..)`,
+//! `generate_invoice(pool, ..)`, ...) wire those stores to a pool for
+//! `temctl`, the bench and the tests.
+
+pub mod customer;
+pub mod explain;
+pub mod history;
+pub mod insight;
+pub mod invoice;
+pub mod pricings;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use sqlx::PgPool;
+
+use crate::adapters::totals::calculate_totals_with;
+use crate::billing::calculation::{CalculationReport, Recalculation};
+use crate::billing::customer::CustomerError;
+use crate::billing::handler::{CycleCalculator, TotalsStores};
+use crate::billing::totals::{CycleTotals, TotalsError};
+use crate::ports::StoreError;
+
+/// The totals function's stores, all on one pool.
+pub fn stores(pool: PgPool) -> TotalsStores {
+    TotalsStores {
+        customers: Arc::new(customer::PgCustomerSettings::new(pool.clone())),
+        calculator: Arc::new(PgCalculator::new(pool.clone())),
+        history: Arc::new(history::PgHistory::new(pool.clone())),
+        insights: Arc::new(insight::PgInsights::new(pool.clone())),
+        invoices: Arc::new(invoice::PgInvoices::new(pool)),
+    }
+}
+
+/// CalculateTotals in a REPEATABLE READ transaction of the pool
+/// (`adapters::totals`).
+#[derive(Clone)]
+pub struct PgCalculator {
+    pool: PgPool,
+}
+
+impl PgCalculator {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[async_trait]
+impl CycleCalculator for PgCalculator {
+    async fn calculate(
+        &self,
+        customer_id: i64,
+        cycle: NaiveDate,
+        how: Recalculation,
+    ) -> Result<(CycleTotals, CalculationReport), TotalsError> {
+        calculate_totals_with(&self.pool, customer_id, cycle, how).await
+    }
+}
+
+// The billing errors keep a database failure as a `StoreError`; these let
+// the adapters' statements use `?` as before.
+impl From<sqlx::Error> for CustomerError {
+    fn from(e: sqlx::Error) -> Self {
+        CustomerError::Store(StoreError::from(e))
+    }
+}
+
+impl From<sqlx::Error> for TotalsError {
+    fn from(e: sqlx::Error) -> Self {
+        TotalsError::Store(StoreError::from(e))
+    }
+}
