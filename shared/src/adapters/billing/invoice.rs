@@ -69,6 +69,33 @@ struct PgCycleInvoices {
     cycle: NaiveDate,
 }
 
+impl PgCycleInvoices {
+    /// A new draft of `kind` (the cycle's invoice, or a correction) with
+    /// its figures.
+    async fn insert_draft(
+        &mut self,
+        kind: &str,
+        sequence: i32,
+        figures: &InvoiceFigures,
+    ) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO invoice (customer_id, cycle, kind, status, sequence, rated_cost_micros,
+                                  fees_micros, total_micros, totals_calculated_at)
+             VALUES ($1, $2, $3, 'draft', $4, $5, $6, $7, $8) RETURNING id",
+        )
+        .bind(self.customer_id)
+        .bind(self.cycle)
+        .bind(kind)
+        .bind(sequence)
+        .bind(figures.rated_cost_micros)
+        .bind(figures.fees_micros)
+        .bind(figures.total_micros)
+        .bind(figures.totals_calculated_at)
+        .fetch_one(&mut *self.tx)
+        .await?)
+    }
+}
+
 #[async_trait]
 impl CycleInvoices for PgCycleInvoices {
     async fn usage(&mut self) -> Result<Option<CycleUsage>, StoreError> {
@@ -166,19 +193,7 @@ impl CycleInvoices for PgCycleInvoices {
     }
 
     async fn create_draft(&mut self, figures: &InvoiceFigures) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "INSERT INTO invoice (customer_id, cycle, kind, status, sequence, rated_cost_micros,
-                                  fees_micros, total_micros, totals_calculated_at)
-             VALUES ($1, $2, 'invoice', 'draft', 0, $3, $4, $5, $6) RETURNING id",
-        )
-        .bind(self.customer_id)
-        .bind(self.cycle)
-        .bind(figures.rated_cost_micros)
-        .bind(figures.fees_micros)
-        .bind(figures.total_micros)
-        .bind(figures.totals_calculated_at)
-        .fetch_one(&mut *self.tx)
-        .await?)
+        self.insert_draft("invoice", 0, figures).await
     }
 
     async fn rewrite_draft(
@@ -210,20 +225,7 @@ impl CycleInvoices for PgCycleInvoices {
         sequence: i32,
         figures: &InvoiceFigures,
     ) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "INSERT INTO invoice (customer_id, cycle, kind, status, sequence, rated_cost_micros,
-                                  fees_micros, total_micros, totals_calculated_at)
-             VALUES ($1, $2, 'correction', 'draft', $3, $4, $5, $6, $7) RETURNING id",
-        )
-        .bind(self.customer_id)
-        .bind(self.cycle)
-        .bind(sequence)
-        .bind(figures.rated_cost_micros)
-        .bind(figures.fees_micros)
-        .bind(figures.total_micros)
-        .bind(figures.totals_calculated_at)
-        .fetch_one(&mut *self.tx)
-        .await?)
+        self.insert_draft("correction", sequence, figures).await
     }
 
     async fn insert_lines(
