@@ -1344,3 +1344,157 @@ async fn a_calculate_totals_caused_by_a_rerating_rates_the_whole_cycle_and_an_im
     assert_eq!(after.1, before.1 + 123_456);
     assert_eq!(in_full(&db.pool, c).await.0.cdr_count, after.0);
 }
+
+// --- connections: a step holds at most one (issue 17) ---
+
+/// The totals handler on a pool of `connections`, as the totals function
+/// builds it, with a short acquire timeout so a step that waits for a
+/// connection its own caller holds fails in seconds instead of hanging.
+async fn totals_on_pool(url: &str, connections: u32) -> tem_shared::billing::handler::Totals {
+    let pool = PgPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(std::time::Duration::from_secs(3))
+        .connect(url)
+        .await
+        .unwrap();
+    tem_shared::billing::handler::Totals::new(
+        tem_shared::adapters::billing::stores(pool),
+        chrono::Duration::days(3),
+    )
+}
+
+/// Runs one step of `customer`'s March 2025 cycle, caused by an import.
+async fn run_step(
+    handler: &tem_shared::billing::handler::Totals,
+    step: fn(tem_shared::command::CyclePayload) -> tem_shared::command::Command,
+    customer: i64,
+    run: &str,
+) -> Result<(), String> {
+    use tem_shared::command::{Cause, CyclePayload};
+    use tem_shared::envelope::Envelope;
+    use tem_shared::runtime::{Delivery, StepHandler};
+    let now = chrono::Utc::now();
+    let command = step(CyclePayload::new(
+        customer,
+        "2025-03-01".parse().unwrap(),
+        Cause::Import,
+    ));
+    let name = command.step().to_string();
+    let message = Envelope::start(
+        format!("{run}-{name}-{customer}"),
+        command,
+        vec![],
+        None,
+        now,
+    );
+    let delivery = Delivery {
+        receive_count: 1,
+        deadline: now + chrono::Duration::minutes(5),
+    };
+    handler
+        .handle(&message, delivery)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("{name} of customer {customer}: {e}"))
+}
+
+#[tokio::test]
+async fn every_step_of_the_totals_chain_finishes_on_a_pool_of_one_connection() {
+    use tem_shared::command::Command;
+    let db = fresh().await;
+    let c = customer(&db.pool, 1, Some(bundled_plan())).await;
+    bundled_cycle(&db.pool, c).await;
+    let handler = totals_on_pool(&db.url, 1).await;
+    let chain: [fn(_) -> Command; 5] = [
+        Command::DispatchTotals,
+        Command::CalculateTotals,
+        Command::BackupTotals,
+        Command::BillingInsight,
+        Command::GenerateInvoice,
+    ];
+    // The second run is a late import of an ended cycle: the backup then
+    // also reads the customer, which is where a second connection was taken.
+    for run in ["first", "late"] {
+        if run == "late" {
+            cdr(
+                &db.pool,
+                c,
+                "late-1",
+                "+31611111111",
+                "2025-03-30 12:00:00+00",
+                "voice",
+                30,
+                1,
+            )
+            .await;
+        }
+        for step in chain {
+            run_step(&handler, step, c, run).await.unwrap();
+        }
+    }
+    let versions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM totals_history WHERE customer_id = $1 AND cause = 'late_cdrs'",
+    )
+    .bind(c)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(versions, 1, "the late import's backup says late_cdrs");
+}
+
+#[tokio::test]
+async fn the_local_runs_three_cycles_back_up_at_once_on_the_totals_pool_without_waiting_for_a_connection(
+) {
+    use futures::StreamExt;
+    use tem_shared::command::Command;
+    // scripts/local-run.sh: three customers whose cycles a late import
+    // changed; the totals function on its smallest pool (2, tier 30) runs
+    // as many records at once as it has connections.
+    let db = fresh().await;
+    let mut customers = vec![];
+    for i in 0..3 {
+        let mut plan = bundled_plan();
+        plan["id"] = json!(format!("bundled-{i}"));
+        let c = customer(&db.pool, 1, Some(plan)).await;
+        cdr(
+            &db.pool,
+            c,
+            &format!("a-{c}"),
+            "+31611111111",
+            "2025-03-10 09:00:00+00",
+            "voice",
+            70,
+            1,
+        )
+        .await;
+        customers.push(c);
+    }
+    let handler = totals_on_pool(&db.url, 2).await;
+    for run in ["first", "late"] {
+        for &c in &customers {
+            if run == "late" {
+                cdr(
+                    &db.pool,
+                    c,
+                    &format!("b-{c}"),
+                    "+31611111111",
+                    "2025-03-30 09:00:00+00",
+                    "voice",
+                    70,
+                    1,
+                )
+                .await;
+            }
+            run_step(&handler, Command::CalculateTotals, c, run)
+                .await
+                .unwrap();
+        }
+        let backups: Vec<Result<(), String>> = futures::stream::iter(customers.iter())
+            .map(|&c| run_step(&handler, Command::BackupTotals, c, run))
+            .buffered(2)
+            .collect()
+            .await;
+        let failed: Vec<&String> = backups.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert!(failed.is_empty(), "{run}: {failed:?}");
+    }
+}

@@ -16,17 +16,21 @@
 //! CDRs are read in pages of `stream::PAGE` with binary COPY (about half
 //! the time of fetching rows), in consumption order by the database (the
 //! `(customer_id, started_at)` index, then an incremental sort on provider
-//! and external id), each page after the last key of the one before. A
-//! second connection in the same snapshot (`pg_export_snapshot`) reads the
-//! next page while the calculation rates and writes the last one; with no
-//! connection to spare the calculation reads on its own transaction.
+//! and external id), each page after the last key of the one before. While
+//! the calculation rates and writes one page, the next is read ahead on a
+//! second connection in the same snapshot (`pg_export_snapshot`). That
+//! connection is borrowed for one page at a time, and only when the pool
+//! has one to spare: the chain runtime runs as many records at once as the
+//! pool has connections, counting one per record, so a read-ahead that held
+//! its connection for the whole calculation made a sibling record wait for
+//! it (issue 17). A cycle of one page, and a calculation that finds no
+//! connection free, read on the calculation's own transaction.
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, SecondsFormat, TimeZone, Utc};
 use futures::TryStreamExt;
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::billing::calculation::{
@@ -43,9 +47,10 @@ use crate::ports::StoreError;
 /// Attempts of one calculation that lost its snapshot to another.
 const ATTEMPTS: u32 = 8;
 
-/// How long a calculation waits for a second connection to read ahead on
-/// before it reads on its own.
-const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a read-ahead waits for the connection the pool had to spare
+/// when it looked (opening one takes milliseconds); past that, the
+/// calculation reads the page on its own transaction.
+const READER_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Calculates the cycle's totals, from the last checkpoint before its
 /// earliest change (or not at all when nothing changed).
@@ -115,7 +120,9 @@ async fn attempt_once(
     let mut store = PgCycleStore {
         tx,
         pool: pool.clone(),
-        reader: None,
+        snapshot: None,
+        ahead: None,
+        spare: None,
         customer_id,
         cycle,
         end: None,
@@ -128,9 +135,14 @@ async fn attempt_once(
 /// One calculation's transaction.
 pub struct PgCycleStore {
     tx: Transaction<'static, Postgres>,
-    /// Where the reader of the pages ahead gets its connection.
+    /// Where the read-ahead borrows its connection, a page at a time.
     pool: PgPool,
-    reader: Option<Reader>,
+    /// The transaction's snapshot, exported for the read-ahead once needed.
+    snapshot: Option<String>,
+    /// The next page, being read ahead.
+    ahead: Option<ReadAhead>,
+    /// A page already rated, for the next read-ahead to fill.
+    spare: Option<CdrPage>,
     customer_id: i64,
     cycle: NaiveDate,
     /// The cycle's end, once the customer's zone is known.
@@ -314,26 +326,30 @@ impl CycleStore for PgCycleStore {
         page: &mut CdrPage,
     ) -> Result<(), TotalsError> {
         let end = self.end()?;
-        if after.is_none() {
-            self.reader =
-                Reader::start(&self.pool, &mut self.tx, self.customer_id, from, end, limit).await;
-        }
-        if let Some(reader) = &mut self.reader {
-            if let Some(result) = reader.next(from, after, limit, page).await {
-                return result;
+        let ahead = match self.ahead.take() {
+            Some(ahead) if ahead.is_for(from, after, limit) => ahead.page().await,
+            // Not the page asked for (dropping it stops its read).
+            _ => None,
+        };
+        match ahead {
+            Some(next) => self.spare = Some(std::mem::replace(page, next)),
+            None => {
+                copy_page(
+                    &mut self.tx,
+                    self.customer_id,
+                    from,
+                    end,
+                    after,
+                    limit,
+                    page,
+                )
+                .await?
             }
-            self.reader = None;
         }
-        copy_page(
-            &mut self.tx,
-            self.customer_id,
-            from,
-            end,
-            after,
-            limit,
-            page,
-        )
-        .await
+        if page.rows.len() == limit {
+            self.ahead = self.read_ahead(from, end, page.last_key(), limit).await?;
+        }
+        Ok(())
     }
 
     async fn group(
@@ -624,46 +640,76 @@ async fn copy_page(
     Ok(())
 }
 
-/// The next pages of a calculation, read ahead on a second connection in
-/// the calculation's own snapshot (exported by its transaction), so that
-/// PostgreSQL reads and sorts the next page while this process rates and
-/// writes the last one. At most three pages exist at once: one being read,
-/// one waiting, one being rated.
-struct Reader {
+/// The next page of a calculation, being read on a connection borrowed
+/// from the pool for this page only, in the calculation's snapshot.
+struct ReadAhead {
     from: DateTime<Utc>,
-    limit: usize,
-    /// The last key of the page handed out: where the next one must follow.
     after: Option<CdrKey>,
-    pages: mpsc::Receiver<Result<CdrPage, TotalsError>>,
-    spare: mpsc::Sender<CdrPage>,
-    task: JoinHandle<()>,
+    limit: usize,
+    task: JoinHandle<Result<CdrPage, TotalsError>>,
 }
 
-impl Drop for Reader {
+impl Drop for ReadAhead {
     fn drop(&mut self) {
+        // Its connection goes back to the pool, its transaction rolled back.
         self.task.abort();
     }
 }
 
-impl Reader {
-    /// `None` when reading ahead is not possible without waiting: the pool
-    /// has no connection to spare (a pool of one still calculates, on the
-    /// transaction alone), or the snapshot cannot be shared.
-    async fn start(
-        pool: &PgPool,
-        tx: &mut Transaction<'static, Postgres>,
-        customer_id: i64,
+impl ReadAhead {
+    fn is_for(&self, from: DateTime<Utc>, after: Option<&CdrKey>, limit: usize) -> bool {
+        self.from == from && self.limit == limit && self.after.as_ref() == after
+    }
+
+    /// The page, or `None` when it could not be read ahead (no connection
+    /// came in time, or the read failed): the caller then reads it itself,
+    /// and a real failure shows there.
+    async fn page(mut self) -> Option<CdrPage> {
+        match (&mut self.task).await {
+            Ok(Ok(page)) => Some(page),
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "the page read ahead is read again on the calculation's own connection");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+/// Whether the pool has a connection idle or room to open one, so a
+/// read-ahead takes nothing a waiting record needs.
+fn spare_connection(pool: &PgPool) -> bool {
+    pool.num_idle() > 0 || pool.size() < pool.options().get_max_connections()
+}
+
+impl PgCycleStore {
+    /// Starts reading the page after `after` on a borrowed connection;
+    /// `None` when the pool has no connection to spare.
+    async fn read_ahead(
+        &mut self,
         from: DateTime<Utc>,
         end: DateTime<Utc>,
+        after: Option<CdrKey>,
         limit: usize,
-    ) -> Option<Reader> {
-        if pool.num_idle() == 0 && pool.size() >= pool.options().get_max_connections() {
-            return None;
+    ) -> Result<Option<ReadAhead>, TotalsError> {
+        if !spare_connection(&self.pool) {
+            return Ok(None);
         }
-        let shared = async {
-            let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
-                .fetch_one(&mut **tx)
-                .await?;
+        let snapshot = match &self.snapshot {
+            Some(snapshot) => snapshot.clone(),
+            None => {
+                let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+                    .fetch_one(&mut *self.tx)
+                    .await?;
+                self.snapshot = Some(snapshot.clone());
+                snapshot
+            }
+        };
+        let pool = self.pool.clone();
+        let customer_id = self.customer_id;
+        let key = after.clone();
+        let mut page = self.spare.take().unwrap_or_default();
+        let task = tokio::spawn(async move {
             let mut reader = tokio::time::timeout(
                 READER_WAIT,
                 pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
@@ -673,71 +719,28 @@ impl Reader {
             sqlx::query(&format!("SET TRANSACTION SNAPSHOT {}", literal(&snapshot)))
                 .execute(&mut *reader)
                 .await?;
-            Ok::<_, sqlx::Error>(reader)
-        };
-        let mut reader = match shared.await {
-            Ok(reader) => reader,
-            Err(e) => {
-                tracing::info!(customer_id, error = %e, "reading the cycle on the calculation's own connection");
-                return None;
-            }
-        };
-        let (pages, received) = mpsc::channel(1);
-        let (spare, mut spares) = mpsc::channel::<CdrPage>(2);
-        let task = tokio::spawn(async move {
-            let mut after: Option<CdrKey> = None;
-            loop {
-                let mut page = spares.try_recv().unwrap_or_default();
-                let result = copy_page(
-                    &mut reader,
-                    customer_id,
-                    from,
-                    end,
-                    after.as_ref(),
-                    limit,
-                    &mut page,
-                )
-                .await;
-                let more = result.is_ok() && page.rows.len() == limit;
-                after = page.last_key();
-                if pages.send(result.map(|()| page)).await.is_err() || !more {
-                    break;
-                }
-            }
+            copy_page(
+                &mut reader,
+                customer_id,
+                from,
+                end,
+                key.as_ref(),
+                limit,
+                &mut page,
+            )
+            .await?;
+            // Back to the pool now, not at the end of the calculation.
+            reader.commit().await?;
+            Ok(page)
         });
-        Some(Reader {
+        Ok(Some(ReadAhead {
             from,
+            after,
             limit,
-            after: None,
-            pages: received,
-            spare,
             task,
-        })
-    }
-
-    /// The page after `after`, or `None` when that is not the page this
-    /// reader has next (the caller then reads it itself).
-    async fn next(
-        &mut self,
-        from: DateTime<Utc>,
-        after: Option<&CdrKey>,
-        limit: usize,
-        page: &mut CdrPage,
-    ) -> Option<Result<(), TotalsError>> {
-        if from != self.from || limit != self.limit || after != self.after.as_ref() {
-            return None;
-        }
-        let next = self.pages.recv().await?;
-        Some(next.map(|next| {
-            let used = std::mem::replace(page, next);
-            self.after = page.last_key();
-            // A full channel only means the reader has its spares.
-            let _ = self.spare.try_send(used);
         }))
     }
-}
 
-impl PgCycleStore {
     fn end(&self) -> Result<DateTime<Utc>, TotalsError> {
         self.end
             .ok_or_else(|| TotalsError::Read("the customer was not read before the cycle".into()))

@@ -69,6 +69,11 @@ async fn cycle_has_ended(
 
 /// Appends the cycle's current totals as a new version when they differ
 /// from the latest one. Safe to repeat: an unchanged cycle adds nothing.
+///
+/// The customer is read before the backup's transaction begins: a step
+/// never asks for a second connection while it holds one. Two backups that
+/// did so on a pool of two each held one connection and waited for the
+/// other's until the pool's acquire timeout (issue 17).
 pub async fn backup_totals(
     history: &dyn HistoryStore,
     customers: &dyn CustomerSettings,
@@ -76,6 +81,12 @@ pub async fn backup_totals(
     cycle: NaiveDate,
     cause: &str,
 ) -> Result<Backup, HistoryError> {
+    // Only an import's backup can be late CDRs; the others need no customer.
+    let ended = if cause == "import" {
+        cycle_has_ended(customers, customer_id, cycle).await?
+    } else {
+        false
+    };
     let mut backup = history.begin(customer_id, cycle).await?;
     let Some(current) = backup.current_figures().await? else {
         return Ok(Backup::NoTotals);
@@ -90,10 +101,7 @@ pub async fn backup_totals(
     // An import that changes a cycle that had ended already brought CDRs
     // that arrived late: say so, because that is what a billing engineer
     // looks for when the figures of a past cycle moved.
-    let cause = if cause == "import"
-        && version > 1
-        && cycle_has_ended(customers, customer_id, cycle).await?
-    {
+    let cause = if ended && version > 1 {
         "late_cdrs"
     } else {
         cause
