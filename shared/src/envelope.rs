@@ -132,11 +132,20 @@ pub struct Envelope {
     /// How often this step has re-enqueued itself (Routit polling).
     #[serde(default)]
     pub requeues: u32,
+    /// How often this step was put back unattempted because no database
+    /// connection came in time: each postponement waits twice as long as
+    /// the one before, so a database outage is not hammered.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub postponements: u32,
     /// The hand-off token (`s3://bucket/key`) this root message continues:
     /// set on the import of an export a sync task stored, so the import
     /// counts on that task only while the task has this hand-off open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handoff: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -190,6 +199,7 @@ impl Envelope {
             created_at: now,
             depth: 0,
             requeues: 0,
+            postponements: 0,
             handoff: None,
         }
     }
@@ -295,6 +305,7 @@ impl Envelope {
             trace_id: self.trace_id.clone(),
             depth: self.depth + 1,
             requeues: 0,
+            postponements: 0,
             handoff: None,
         }
     }
@@ -306,6 +317,7 @@ impl Envelope {
             payload,
             attempt: 0,
             requeues: self.requeues + 1,
+            postponements: 0,
             ..self.clone()
         }
     }

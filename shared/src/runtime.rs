@@ -292,6 +292,11 @@ pub struct RuntimeSettings {
     /// inherit) a message may still be postponed for a pool wait; after that a pool wait counts as an attempt, so a long
     /// database outage ends in the DLQ (visible) instead of cycling forever.
     pub max_postpone_age: chrono::Duration,
+    /// The delay before a postponed message runs again, by how often it
+    /// was postponed: short, because a healthy pool frees a connection in
+    /// milliseconds, and doubling, because a pool that stays empty means
+    /// the database is in trouble.
+    pub postpone_backoff: Backoff,
     /// `AWS_LAMBDA_FUNCTION_NAME`, recorded with every attempt and failure.
     pub function_name: String,
     /// How long an attempt's journal record is kept (`STEP_RECORD_TTL_DAYS`).
@@ -314,12 +319,19 @@ impl Default for RuntimeSettings {
             },
             pool_connections: 2,
             max_postpone_age: chrono::Duration::hours(1),
+            postpone_backoff: DEFAULT_POSTPONE_BACKOFF,
             function_name: "local".into(),
             step_record_ttl: chrono::Duration::days(14),
             failure_retention: chrono::Duration::days(DEFAULT_FAILURE_RETENTION_DAYS),
         }
     }
 }
+
+/// A first postponement waits about a second, the sixth a minute at most.
+pub const DEFAULT_POSTPONE_BACKOFF: Backoff = Backoff {
+    base: Duration::from_secs(1),
+    cap: Duration::from_secs(60),
+};
 
 /// How long a failure stays retryable by default (`FAILED_MESSAGE_RETENTION_DAYS`).
 pub const DEFAULT_FAILURE_RETENTION_DAYS: i64 = 30;
@@ -1144,8 +1156,8 @@ impl ChainRuntime {
         let step = Some(envelope.step.to_string());
         let seconds = self
             .settings
-            .backoff
-            .visibility_seconds(spent.max(1), &mut rand::thread_rng());
+            .postpone_backoff
+            .visibility_seconds(envelope.postponements + 1, &mut rand::thread_rng());
         let Some(queue) = &self.settings.source_queue_url else {
             return self
                 .retry_later(incoming, step, seconds, format!("not attempted: {reason}"))
@@ -1153,6 +1165,7 @@ impl ChainRuntime {
         };
         let mut again = envelope.clone();
         again.attempt = spent;
+        again.postponements = envelope.postponements.saturating_add(1);
         let mut message = OutgoingMessage::new(envelope.id.clone(), again.to_body());
         // SQS caps message delays at 15 minutes.
         message.delay_seconds = seconds.clamp(1, 900) as u32;

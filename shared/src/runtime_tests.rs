@@ -622,6 +622,29 @@ async fn the_copy_of_a_postponed_message_keeps_counting_real_attempts() {
 }
 
 #[tokio::test]
+async fn a_postponed_message_runs_again_after_about_a_second_and_each_further_postponement_waits_twice_as_long(
+) {
+    let h = harness(vec![Err(pool_wait()), Err(pool_wait()), Err(pool_wait())]);
+    with_task(&h).await;
+    let mut m = message(vec![]);
+    let mut ceilings = vec![];
+    for round in 1..=3u32 {
+        h.runtime.process(incoming(&m, 1), deadline()).await;
+        let sent = h.queues.on(ROUTIT_Q);
+        let copy = sent.last().unwrap();
+        ceilings.push(copy.delay_seconds);
+        m = Envelope::parse(&copy.body).unwrap();
+        assert_eq!(m.postponements, round);
+        assert_eq!(m.attempt, 0, "waiting is no attempt");
+    }
+    // Equal jitter: between half and all of 1, 2 and 4 seconds, in whole
+    // seconds (SQS delays), not the retry back-off's 4 s and more.
+    assert!(ceilings[0] == 1, "{ceilings:?}");
+    assert!((1..=2).contains(&ceilings[1]), "{ceilings:?}");
+    assert!((2..=4).contains(&ceilings[2]), "{ceilings:?}");
+}
+
+#[tokio::test]
 async fn a_postponed_copy_that_succeeds_completes_its_task() {
     let h = harness(vec![Err(pool_wait()), Ok(StepOutcome::done(json!({})))]);
     with_task(&h).await;
