@@ -573,6 +573,68 @@ async fn a_pool_of_one_connection_calculates_a_cycle_of_several_pages_as_a_pool_
 }
 
 #[tokio::test]
+async fn an_instant_with_more_cdrs_than_a_page_is_read_whole_and_every_cdr_is_rated_in_consumption_order(
+) {
+    let db = fresh().await;
+    let c = customer(&db.pool, 1, Some(bundled_plan())).await;
+    bundled_cycle(&db.pool, c).await;
+    // 15,000 CDRs, five to a second, then 25,000 of one number at one
+    // instant, inserted in the reverse of their consumption order (external
+    // ids count down, two providers), so the bundles' shares depend on it.
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO call_detail_record (provider, external_id, subscription, customer_id, started_at, kind, direction,
+            destination, roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros, import_file_id, source_line)
+         SELECT CASE WHEN i % 3 = 0 THEN 'kpn' ELSE 'routit' END, 'e' || lpad((40000 - i)::text, 6, '0'),
+                '+3161' || lpad(CASE WHEN i > 15000 THEN 99 ELSE i % 40 END::text, 7, '0'), $1,
+                CASE WHEN i > 15000 THEN '2025-03-25 12:00:00+00'::timestamptz
+                     ELSE '2025-03-21 00:00:00+00'::timestamptz + (i / 5) * interval '1 second' END,
+                'voice', 'outgoing', '+31201234567', 'home', 1 + i % 97, 0, 0, i % 1000, 1, i
+         FROM generate_series(1, 40000) i
+         RETURNING id",
+    )
+    .bind(c)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    mark_imported(&db.pool, &ids).await;
+
+    let (totals, report) = calculate_totals_with(
+        &db.pool,
+        c,
+        "2025-03-01".parse().unwrap(),
+        Recalculation::Full,
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(report.cdrs_read, 40_006);
+    assert_eq!(totals.cdr_count, 40_006);
+    let plan: RatePlan = serde_json::from_value(bundled_plan()).unwrap();
+    let expected: BTreeMap<i64, i64> = rate_cycle(&plan, &rating_cdrs(&db.pool).await)
+        .into_iter()
+        .map(|r| (r.cdr_id, r.rated_cost_micros))
+        .collect();
+    let stored = stored_pricing(&db.pool, c).await;
+    let got: BTreeMap<i64, i64> = stored
+        .cdr_id
+        .iter()
+        .copied()
+        .zip(stored.rated_cost_micros.iter().copied())
+        .collect();
+    assert_eq!(got.len(), 40_006, "one pricing per CDR, none twice");
+    let wrong: Vec<_> = expected
+        .iter()
+        .filter(|(id, cost)| got.get(id) != Some(cost))
+        .take(5)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "priced otherwise than in consumption order: {wrong:?}"
+    );
+    assert_eq!(totals.rated_cost_micros, expected.values().sum::<i64>());
+}
+
+#[tokio::test]
 async fn explain_of_a_bundle_covered_cdr_names_each_bundle_and_its_share() {
     let db = fresh().await;
     let c = customer(&db.pool, 1, Some(bundled_plan())).await;
@@ -614,33 +676,7 @@ async fn explain_of_a_bundle_covered_cdr_names_each_bundle_and_its_share() {
     assert!(e.warnings.is_empty(), "{:?}", e.warnings);
     // The sentence is the one the rating core writes for the same CDRs.
     let plan: RatePlan = serde_json::from_value(bundled_plan()).unwrap();
-    let cdrs: Vec<RatingCdr> = sqlx::query_as::<_, (i64, String, String, String, chrono::DateTime<chrono::Utc>, String, String, String, i32, i64, i32, i64)>(
-        "SELECT id, provider, external_id, subscription, started_at, kind, roaming_zone, destination,
-                duration_seconds, volume_bytes, units, provider_cost_micros FROM call_detail_record",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap()
-    .into_iter()
-    .map(|r| RatingCdr {
-        id: r.0,
-        provider: r.1,
-        external_id: r.2,
-        subscription: r.3,
-        started_at: r.4,
-        kind: match r.5.as_str() {
-            "voice" => Kind::Voice,
-            "data" => Kind::Data,
-            _ => Kind::Sms,
-        },
-        zone: if r.6 == "eu" { Zone::Eu } else { Zone::Home },
-        destination: r.7,
-        duration_seconds: r.8 as u32,
-        volume_bytes: r.9 as u64,
-        units: r.10 as u32,
-        provider_cost_micros: r.11,
-    })
-    .collect();
+    let cdrs = rating_cdrs(&db.pool).await;
     let expected = rate_cycle(&plan, &cdrs)
         .into_iter()
         .find(|r| r.cdr_id == split)
@@ -1497,4 +1533,35 @@ async fn the_local_runs_three_cycles_back_up_at_once_on_the_totals_pool_without_
         let failed: Vec<&String> = backups.iter().filter_map(|r| r.as_ref().err()).collect();
         assert!(failed.is_empty(), "{run}: {failed:?}");
     }
+}
+
+/// Every CDR of the database, as the pure rating core takes them.
+async fn rating_cdrs(pool: &PgPool) -> Vec<RatingCdr> {
+    sqlx::query_as::<_, (i64, String, String, String, chrono::DateTime<chrono::Utc>, String, String, String, i32, i64, i32, i64)>(
+        "SELECT id, provider, external_id, subscription, started_at, kind, roaming_zone, destination,
+                duration_seconds, volume_bytes, units, provider_cost_micros FROM call_detail_record",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| RatingCdr {
+        id: r.0,
+        provider: r.1,
+        external_id: r.2,
+        subscription: r.3,
+        started_at: r.4,
+        kind: match r.5.as_str() {
+            "voice" => Kind::Voice,
+            "data" => Kind::Data,
+            _ => Kind::Sms,
+        },
+        zone: if r.6 == "eu" { Zone::Eu } else { Zone::Home },
+        destination: r.7,
+        duration_seconds: r.8 as u32,
+        volume_bytes: r.9 as u64,
+        units: r.10 as u32,
+        provider_cost_micros: r.11,
+    })
+    .collect()
 }

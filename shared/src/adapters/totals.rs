@@ -13,10 +13,11 @@
 //! it read and upserting the pricings fail it the same way too, should it
 //! get that far.
 //!
-//! CDRs are read in pages of `stream::PAGE` with binary COPY (about half
-//! the time of fetching rows), in consumption order by the database (the
-//! `(customer_id, started_at)` index, then an incremental sort on provider
-//! and external id), each page after the last key of the one before. While
+//! CDRs are read in pages of about `stream::PAGE` with binary COPY (about
+//! half the time of fetching rows), in `started_at` order from the
+//! `(customer_id, started_at)` index; the CDRs of one instant are put in
+//! consumption order (provider, external id) here, and a page always holds
+//! whole instants, so the next one begins after its last `started_at`. While
 //! the calculation rates and writes one page, the next is read ahead on a
 //! second connection in the same snapshot (`pg_export_snapshot`). That
 //! connection is borrowed for one page at a time, and only when the pool
@@ -346,7 +347,7 @@ impl CycleStore for PgCycleStore {
                 .await?
             }
         }
-        if page.rows.len() == limit {
+        if page.more {
             self.ahead = self.read_ahead(from, end, page.last_key(), limit).await?;
         }
         Ok(())
@@ -589,6 +590,12 @@ impl CycleStore for PgCycleStore {
     }
 }
 
+/// A page of whole instants. The rows come in `started_at` order straight
+/// from the `(customer_id, started_at)` index, with no sort on the server
+/// (a third of the read at 10M CDRs); ties are put in consumption order
+/// here. A page that stops at its limit gives its last instant back to the
+/// next page, which begins after the last instant this one kept, so no
+/// instant is ever split and the key of a page is its last `started_at`.
 async fn copy_page(
     conn: &mut PgConnection,
     customer_id: i64,
@@ -598,38 +605,64 @@ async fn copy_page(
     limit: usize,
     page: &mut CdrPage,
 ) -> Result<(), TotalsError> {
-    // COPY takes no parameters: the values are integers, timestamps we
-    // format ourselves and two strings quoted by `literal`.
-    let (lower, after) = match after {
-        None => (timestamp(from), String::new()),
-        Some(key) => {
-            let at = Utc
-                .timestamp_micros(key.started_at)
-                .single()
-                .ok_or_else(|| TotalsError::Read("a CDR's start is out of range".into()))?;
-            (
-                timestamp(at),
-                format!(
-                    "AND (started_at, provider COLLATE \"C\", external_id COLLATE \"C\") > ({}, {}, {})",
-                    timestamp(at),
-                    literal(&key.provider),
-                    literal(&key.external_id)
-                ),
-            )
-        }
+    // COPY takes no parameters: the values are integers and timestamps we
+    // format ourselves.
+    let lower = match after {
+        None => format!("started_at >= {}", timestamp(from)),
+        Some(key) => format!("started_at > {}", timestamp(instant_of(key.started_at)?)),
     };
+    page.clear();
+    copy_rows(
+        conn,
+        &format!(
+            "customer_id = {customer_id} AND {lower} AND started_at < {}
+             ORDER BY started_at LIMIT {limit}",
+            timestamp(end)
+        ),
+        page,
+    )
+    .await?;
+    if page.rows.len() >= limit {
+        page.more = true;
+        if !page.drop_last_instant() {
+            // One instant holds `limit` CDRs or more: the page is all of it.
+            let at = instant_of(page.rows[0].started_at)?;
+            page.clear();
+            page.more = true;
+            copy_rows(
+                conn,
+                &format!(
+                    "customer_id = {customer_id} AND started_at = {}",
+                    timestamp(at)
+                ),
+                page,
+            )
+            .await?;
+        }
+    }
+    page.order_ties();
+    Ok(())
+}
+
+fn instant_of(micros: i64) -> Result<DateTime<Utc>, TotalsError> {
+    Utc.timestamp_micros(micros)
+        .single()
+        .ok_or_else(|| TotalsError::Read("a CDR's start is out of range".into()))
+}
+
+/// Appends the CDRs `condition` selects (a `WHERE` clause and its order),
+/// read with binary COPY.
+async fn copy_rows(
+    conn: &mut PgConnection,
+    condition: &str,
+    page: &mut CdrPage,
+) -> Result<(), TotalsError> {
     let sql = format!(
         "COPY (SELECT id, started_at, provider, external_id, subscription, kind, roaming_zone, destination,
                       duration_seconds, volume_bytes, units, provider_cost_micros
-               FROM call_detail_record
-               WHERE customer_id = {} AND started_at >= {lower} AND started_at < {} {after}
-               ORDER BY started_at, provider COLLATE \"C\", external_id COLLATE \"C\"
-               LIMIT {limit})
-         TO STDOUT (FORMAT binary)",
-        customer_id,
-        timestamp(end),
+               FROM call_detail_record WHERE {condition})
+         TO STDOUT (FORMAT binary)"
     );
-    page.clear();
     let mut decoder = BinaryRows::default();
     let mut stream = conn.copy_out_raw(&sql).await?;
     while let Some(chunk) = stream.try_next().await? {

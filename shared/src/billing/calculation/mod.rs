@@ -161,7 +161,8 @@ pub trait CycleStore: Send {
     /// after it (all of them when `from` is `None`).
     async fn discard_from(&mut self, from: Option<DateTime<Utc>>) -> Result<(), TotalsError>;
     /// The next CDRs in consumption order with `started_at >= from` and
-    /// after `after`, at most `limit`.
+    /// after `after`: about `limit` of them, and every CDR of an instant in
+    /// the same page; `page.more` says whether more follow.
     async fn read_page(
         &mut self,
         from: DateTime<Utc>,
@@ -305,7 +306,7 @@ pub async fn calculate<S: CycleStore + ?Sized>(
                 write_outputs(store, outputs).await?;
                 write_seconds += written.elapsed().as_secs_f64();
                 after = page.last_key();
-                if page.rows.len() < stream::PAGE {
+                if !page.more {
                     break;
                 }
             }

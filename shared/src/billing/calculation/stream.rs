@@ -48,12 +48,44 @@ pub struct PageRow {
 pub struct CdrPage {
     pub rows: Vec<PageRow>,
     pub text: Vec<u8>,
+    /// Whether CDRs follow this page (its reader stopped at its limit).
+    pub more: bool,
 }
 
 impl CdrPage {
     pub fn clear(&mut self) {
         self.rows.clear();
         self.text.clear();
+        self.more = false;
+    }
+
+    /// Puts rows that arrived in `started_at` order into consumption order:
+    /// CDRs of the same instant by provider, then external id, compared as
+    /// bytes (PostgreSQL's `COLLATE "C"`).
+    pub fn order_ties(&mut self) {
+        let text = &self.text;
+        let bytes = |span: Span| &text[span.start as usize..(span.start + span.len) as usize];
+        self.rows.sort_by(|a, b| {
+            a.started_at
+                .cmp(&b.started_at)
+                .then_with(|| bytes(a.provider).cmp(bytes(b.provider)))
+                .then_with(|| bytes(a.external_id).cmp(bytes(b.external_id)))
+        });
+    }
+
+    /// Drops the CDRs of the page's last instant, so that the next page
+    /// begins with them; `false` (nothing dropped) when the page holds a
+    /// single instant.
+    pub fn drop_last_instant(&mut self) -> bool {
+        let Some(last) = self.rows.last().map(|r| r.started_at) else {
+            return false;
+        };
+        let keep = self.rows.partition_point(|r| r.started_at < last);
+        if keep == 0 {
+            return false;
+        }
+        self.rows.truncate(keep);
+        true
     }
 
     pub fn span(&mut self, bytes: &[u8]) -> Span {
