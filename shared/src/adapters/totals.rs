@@ -45,6 +45,9 @@ use crate::cdr::cycle_bounds;
 use crate::cdr::{Kind, Zone};
 use crate::ports::StoreError;
 
+/// Lines written by one statement.
+const LINES_PER_STATEMENT: usize = 10_000;
+
 /// Attempts of one calculation that lost its snapshot to another.
 const ATTEMPTS: u32 = 8;
 
@@ -513,36 +516,37 @@ impl CycleStore for PgCycleStore {
             .execute(&mut *self.tx)
             .await?;
         }
-        if lines.upsert.is_empty() {
-            return Ok(());
+        // In slices: the bound arrays of every line of a large cycle at once
+        // were the calculation's peak of memory.
+        for up in lines.upsert.chunks(LINES_PER_STATEMENT) {
+            let column =
+                |f: fn(&Sums) -> i64| up.iter().map(|l| f(&l.sums)).collect::<Vec<i64>>();
+            sqlx::query(
+                "INSERT INTO totals_line (customer_id, cycle, subscription, kind, roaming_zone, cdr_count, voice_seconds,
+                                          data_bytes, messages, provider_cost_micros, rated_cost_micros, unrated_count)
+                 SELECT $1, $2, * FROM UNNEST($3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[],
+                                              $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[])
+                 ON CONFLICT (customer_id, cycle, subscription, kind, roaming_zone) DO UPDATE SET
+                     cdr_count = EXCLUDED.cdr_count, voice_seconds = EXCLUDED.voice_seconds,
+                     data_bytes = EXCLUDED.data_bytes, messages = EXCLUDED.messages,
+                     provider_cost_micros = EXCLUDED.provider_cost_micros,
+                     rated_cost_micros = EXCLUDED.rated_cost_micros, unrated_count = EXCLUDED.unrated_count",
+            )
+            .bind(self.customer_id)
+            .bind(self.cycle)
+            .bind(up.iter().map(|l| l.subscription.as_str()).collect::<Vec<_>>())
+            .bind(up.iter().map(|l| l.kind.as_str()).collect::<Vec<_>>())
+            .bind(up.iter().map(|l| l.zone.as_str()).collect::<Vec<_>>())
+            .bind(column(|s| s.cdr_count))
+            .bind(column(|s| s.voice_seconds))
+            .bind(column(|s| s.data_bytes))
+            .bind(column(|s| s.messages))
+            .bind(column(|s| s.provider_cost_micros))
+            .bind(column(|s| s.rated_cost_micros))
+            .bind(column(|s| s.unrated_count))
+            .execute(&mut *self.tx)
+            .await?;
         }
-        let up = &lines.upsert;
-        let column = |f: fn(&Sums) -> i64| up.iter().map(|l| f(&l.sums)).collect::<Vec<i64>>();
-        sqlx::query(
-            "INSERT INTO totals_line (customer_id, cycle, subscription, kind, roaming_zone, cdr_count, voice_seconds,
-                                      data_bytes, messages, provider_cost_micros, rated_cost_micros, unrated_count)
-             SELECT $1, $2, * FROM UNNEST($3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[],
-                                          $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[])
-             ON CONFLICT (customer_id, cycle, subscription, kind, roaming_zone) DO UPDATE SET
-                 cdr_count = EXCLUDED.cdr_count, voice_seconds = EXCLUDED.voice_seconds,
-                 data_bytes = EXCLUDED.data_bytes, messages = EXCLUDED.messages,
-                 provider_cost_micros = EXCLUDED.provider_cost_micros,
-                 rated_cost_micros = EXCLUDED.rated_cost_micros, unrated_count = EXCLUDED.unrated_count",
-        )
-        .bind(self.customer_id)
-        .bind(self.cycle)
-        .bind(up.iter().map(|l| l.subscription.clone()).collect::<Vec<_>>())
-        .bind(up.iter().map(|l| l.kind.as_str()).collect::<Vec<_>>())
-        .bind(up.iter().map(|l| l.zone.as_str()).collect::<Vec<_>>())
-        .bind(column(|s| s.cdr_count))
-        .bind(column(|s| s.voice_seconds))
-        .bind(column(|s| s.data_bytes))
-        .bind(column(|s| s.messages))
-        .bind(column(|s| s.provider_cost_micros))
-        .bind(column(|s| s.rated_cost_micros))
-        .bind(column(|s| s.unrated_count))
-        .execute(&mut *self.tx)
-        .await?;
         Ok(())
     }
 
