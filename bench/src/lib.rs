@@ -1,12 +1,14 @@
 //! Benchmark commands (not tests), sharing the database set-up, the data
 //! generator's random numbers and the goal reporting: `import-bench`
 //! (src/main.rs), `totals-bench` (src/totals_main.rs), `apply-bench`
-//! (src/apply_main.rs) and `startup-bench` (src/startup_main.rs). See README.md.
+//! (src/apply_main.rs), `startup-bench` (src/startup_main.rs), `journal-bench`
+//! (src/journal_main.rs) and `fanout-bench` (src/fanout_main.rs). See README.md.
 
 pub mod apply;
 pub mod bench;
 pub mod child;
 pub mod db;
+pub mod fanout;
 pub mod generate;
 pub mod journal;
 pub mod measure;

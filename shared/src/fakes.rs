@@ -5,14 +5,19 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::ports::*;
+use crate::sync::manager::RunSummary;
+use crate::sync::profile::{ProfileSelection, SyncProfile, WatermarkAdvance};
 use crate::tasks::{NewTask, SyncTask, TaskProgress, TaskStatus};
 
 #[derive(Default)]
 pub struct FakeQueues {
     pub sent: Mutex<BTreeMap<String, Vec<OutgoingMessage>>>,
+    /// Every batch call SQS would get, in order: (queue URL, messages in
+    /// it), split as the SQS adapter splits (`ports::send_batches`).
+    pub batches: Mutex<Vec<(String, usize)>>,
     pub visibility: Mutex<Vec<(String, i32)>>,
     /// Queue URLs whose sends fail.
     pub broken: Mutex<HashSet<String>>,
@@ -39,6 +44,10 @@ impl QueueSend for FakeQueues {
         if self.broken.lock().unwrap().contains(queue_url) {
             return Err(PortError::new("fake send", "queue unavailable"));
         }
+        self.batches
+            .lock()
+            .unwrap()
+            .extend(send_batches(&messages).map(|batch| (queue_url.to_string(), batch.len())));
         self.sent
             .lock()
             .unwrap()
@@ -345,6 +354,86 @@ impl TaskStore for FakeTasks {
             .unwrap()
             .get(task_id)
             .is_some_and(|t| t.handoffs.contains(token) || t.done_ids.contains(message_id)))
+    }
+}
+
+/// One profile at a time, the trait's defaults.
+impl TaskFanOut for FakeTasks {}
+
+/// Sync profiles in memory; selects as `adapters::postgres::PgProfiles` does.
+#[derive(Default)]
+pub struct FakeProfiles {
+    pub profiles: Mutex<Vec<SyncProfile>>,
+}
+
+#[async_trait]
+impl ProfileStore for FakeProfiles {
+    async fn profiles(&self, selection: &ProfileSelection) -> Result<Vec<SyncProfile>, PortError> {
+        let mut found: Vec<SyncProfile> = self
+            .profiles
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| match selection {
+                ProfileSelection::All => p.active,
+                ProfileSelection::Ids(ids) => ids.contains(&p.id),
+                ProfileSelection::Providers(providers) => {
+                    p.active && providers.contains(&p.provider)
+                }
+            })
+            .cloned()
+            .collect();
+        found.sort_by_key(|p| p.id);
+        Ok(found)
+    }
+
+    async fn profile(&self, profile_id: i64) -> Result<Option<SyncProfile>, PortError> {
+        Ok(self
+            .profiles
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|p| p.id == profile_id)
+            .cloned())
+    }
+
+    async fn advance_watermark(
+        &self,
+        profile_id: i64,
+        period: NaiveDate,
+    ) -> Result<WatermarkAdvance, PortError> {
+        let mut profiles = self.profiles.lock().unwrap();
+        let Some(p) = profiles.iter_mut().find(|p| p.id == profile_id) else {
+            return Ok(WatermarkAdvance::WouldSkip { watermark: None });
+        };
+        if p.has_fetched(period) {
+            return Ok(WatermarkAdvance::AlreadyThere);
+        }
+        let next = match p.watermark {
+            Some(w) => w.succ_opt(),
+            None => Some(p.first_period),
+        };
+        if next != Some(period) {
+            return Ok(WatermarkAdvance::WouldSkip {
+                watermark: p.watermark,
+            });
+        }
+        p.watermark = Some(period);
+        Ok(WatermarkAdvance::Advanced)
+    }
+}
+
+/// The runs recorded, in order.
+#[derive(Default)]
+pub struct FakeRunLog {
+    pub runs: Mutex<Vec<RunSummary>>,
+}
+
+#[async_trait]
+impl RunLog for FakeRunLog {
+    async fn record_run(&self, run: &RunSummary) -> Result<(), PortError> {
+        self.runs.lock().unwrap().push(run.clone());
+        Ok(())
     }
 }
 

@@ -78,10 +78,21 @@ pub struct FailedSend {
     pub reason: String,
 }
 
+/// SQS takes at most ten messages per `SendMessageBatch`.
+pub const SEND_BATCH_SIZE: usize = 10;
+
+/// How [`QueueSend::send_all`] splits its messages into calls: in order,
+/// ten per call, so every call but the last is full.
+pub fn send_batches(messages: &[OutgoingMessage]) -> std::slice::Chunks<'_, OutgoingMessage> {
+    messages.chunks(SEND_BATCH_SIZE)
+}
+
 #[async_trait]
 pub trait QueueSend: Send + Sync {
-    /// Sends all messages (ten per call), retrying entries the queue refused;
-    /// returns those that still failed.
+    /// Sends all messages (ten per call: every call but the last is full),
+    /// retrying entries the queue refused; returns those that still failed.
+    /// An error means a call failed, and the messages after it may not have
+    /// been sent.
     async fn send_all(
         &self,
         queue_url: &str,
@@ -207,6 +218,40 @@ pub trait TaskStore: Send + Sync {
         token: &str,
         message_id: &str,
     ) -> Result<bool, PortError>;
+}
+
+/// What a fan-out over many profiles (sync-manager) needs of the task
+/// store: the reads and creations of [`TaskStore`], many profiles per
+/// call. The defaults go one profile at a time; a store that can do better
+/// (DynamoDB's batch reads and transactions) says so, with the same
+/// results.
+#[async_trait]
+pub trait TaskFanOut: TaskStore {
+    /// [`TaskStore::current_for_profile`] of each profile, in the order
+    /// given; a failure fails only the profiles it concerns.
+    async fn current_for_profiles(
+        &self,
+        profile_ids: &[i64],
+    ) -> Vec<Result<Option<SyncTask>, PortError>> {
+        let mut found = Vec::with_capacity(profile_ids.len());
+        for id in profile_ids {
+            found.push(self.current_for_profile(*id).await);
+        }
+        found
+    }
+
+    /// [`TaskStore::create`] of each task with the profile's task id read
+    /// before, in the order given: each answers as its own `create` would.
+    async fn create_all(
+        &self,
+        tasks: &[(NewTask, Option<String>)],
+    ) -> Vec<Result<TaskCreation, PortError>> {
+        let mut created = Vec::with_capacity(tasks.len());
+        for (task, previous) in tasks {
+            created.push(self.create(task, previous.as_deref()).await);
+        }
+        created
+    }
 }
 
 /// What a finished branch does to the task's open hand-offs.

@@ -14,11 +14,16 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, KeysAndAttributes, Put, ReturnValue, TransactWriteItem,
+};
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
+use futures::{stream, StreamExt};
 
-use crate::ports::{Claim, HandoffChange, IdempotencyStore, PortError, TaskCreation, TaskStore};
+use crate::ports::{
+    Claim, HandoffChange, IdempotencyStore, PortError, TaskCreation, TaskFanOut, TaskStore,
+};
 use crate::tasks::{NewTask, SyncTask, TaskProgress, TaskStatus};
 
 pub(crate) type Item = HashMap<String, AttributeValue>;
@@ -247,6 +252,23 @@ impl IdempotencyStore for DynamoIdempotency {
     }
 }
 
+/// An item with the condition of its put.
+struct ConditionalPut {
+    item: Item,
+    condition: String,
+    values: Item,
+}
+
+/// Profiles per `TransactWriteItems` of [`TaskFanOut::create_all`]: two
+/// puts each, and a transaction holds at most 100 actions.
+const PROFILES_PER_TRANSACTION: usize = 50;
+/// Keys per `BatchGetItem`, DynamoDB's limit.
+const KEYS_PER_BATCH_GET: usize = 100;
+/// Calls of one batch read or creation in flight at once.
+const CALLS_AT_ONCE: usize = 8;
+/// Rounds of asking again for the keys a `BatchGetItem` left unprocessed.
+const BATCH_GET_ROUNDS: u32 = 5;
+
 #[derive(Debug, Clone)]
 pub struct DynamoTasks {
     pub(crate) client: Client,
@@ -302,6 +324,50 @@ impl DynamoTasks {
         })
     }
 
+    /// The put that makes `task` its profile's current task: allowed when
+    /// the profile has none, has this one already (a redelivered run), or
+    /// still has the one read before (`previous_task_id`).
+    fn pointer_put(task: &NewTask, previous_task_id: Option<&str>) -> ConditionalPut {
+        let mut condition = "attribute_not_exists(pk) OR current_task_id = :new".to_string();
+        let mut values = HashMap::from([(":new".to_string(), s(&task.task_id))]);
+        if let Some(previous) = previous_task_id {
+            condition.push_str(" OR current_task_id = :previous");
+            values.insert(":previous".to_string(), s(previous));
+        }
+        ConditionalPut {
+            item: HashMap::from([
+                ("pk".to_string(), Self::profile_key(task.profile_id)),
+                ("current_task_id".to_string(), s(&task.task_id)),
+                ("updated_at".to_string(), s(task.created_at.to_rfc3339())),
+            ]),
+            condition,
+            values,
+        }
+    }
+
+    /// The put of the task item itself, unless it exists.
+    fn task_put(&self, task: &NewTask) -> ConditionalPut {
+        let item = [
+            ("pk", Self::task_key(&task.task_id)),
+            ("task_id", s(&task.task_id)),
+            ("profile_id", n(task.profile_id)),
+            ("provider", s(&task.provider)),
+            ("period", s(task.period.to_string())),
+            ("status", s(TaskStatus::Pending.as_str())),
+            ("created_at", s(task.created_at.to_rfc3339())),
+            ("outstanding", n(1)),
+            ("created_ms", n(task.created_at.timestamp_millis())),
+            ("day", s(task.created_at.format("%Y-%m-%d").to_string())),
+            (OPEN, s(OPEN)),
+            ("ttl", n((task.created_at + self.ttl).timestamp())),
+        ];
+        ConditionalPut {
+            item: item.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            condition: "attribute_not_exists(pk)".to_string(),
+            values: HashMap::new(),
+        }
+    }
+
     async fn progress(&self, task_id: &str) -> Result<Option<TaskProgress>, PortError> {
         Ok(self.get(task_id).await?.map(|task| TaskProgress {
             outstanding: task.outstanding,
@@ -317,20 +383,17 @@ impl TaskStore for DynamoTasks {
         task: &NewTask,
         previous_task_id: Option<&str>,
     ) -> Result<TaskCreation, PortError> {
-        let mut condition = "attribute_not_exists(pk) OR current_task_id = :new".to_string();
-        let mut pointer = self
+        let pointer = Self::pointer_put(task, previous_task_id);
+        let put = self
             .client
             .put_item()
             .table_name(&self.table)
-            .item("pk", Self::profile_key(task.profile_id))
-            .item("current_task_id", s(&task.task_id))
-            .item("updated_at", s(task.created_at.to_rfc3339()))
-            .expression_attribute_values(":new", s(&task.task_id));
-        if let Some(previous) = previous_task_id {
-            condition.push_str(" OR current_task_id = :previous");
-            pointer = pointer.expression_attribute_values(":previous", s(previous));
-        }
-        match pointer.condition_expression(condition).send().await {
+            .set_item(Some(pointer.item))
+            .condition_expression(pointer.condition)
+            .set_expression_attribute_values(Some(pointer.values))
+            .send()
+            .await;
+        match put {
             Ok(_) => {}
             Err(e) if is_condition_failure(&e) => {
                 let current = self
@@ -344,23 +407,13 @@ impl TaskStore for DynamoTasks {
             }
             Err(e) => return Err(port_error("dynamodb PutItem profile pointer")(e)),
         }
+        let task_put = self.task_put(task);
         let put = self
             .client
             .put_item()
             .table_name(&self.table)
-            .item("pk", Self::task_key(&task.task_id))
-            .item("task_id", s(&task.task_id))
-            .item("profile_id", n(task.profile_id))
-            .item("provider", s(&task.provider))
-            .item("period", s(task.period.to_string()))
-            .item("status", s(TaskStatus::Pending.as_str()))
-            .item("created_at", s(task.created_at.to_rfc3339()))
-            .item("outstanding", n(1))
-            .item("created_ms", n(task.created_at.timestamp_millis()))
-            .item("day", s(task.created_at.format("%Y-%m-%d").to_string()))
-            .item(OPEN, s(OPEN))
-            .item("ttl", n((task.created_at + self.ttl).timestamp()))
-            .condition_expression("attribute_not_exists(pk)")
+            .set_item(Some(task_put.item))
+            .condition_expression(task_put.condition)
             .send()
             .await;
         match put {
@@ -619,5 +672,204 @@ impl TaskStore for DynamoTasks {
                 get_ss(&item, "handoffs").iter().any(|t| t == token)
                     || get_ss(&item, "done_ids").iter().any(|id| id == message_id)
             }))
+    }
+}
+
+/// The fan-out's reads and creations, many profiles per call: pointers and
+/// tasks read with `BatchGetItem` (consistent reads, 100 keys a call), and
+/// the pointer and task puts of 50 profiles in one `TransactWriteItems`,
+/// with the conditions `create` uses. A transaction is all or nothing: when
+/// one condition fails (a redelivered run, a concurrent one), none of its
+/// puts happened, and its profiles are created one by one with `create`,
+/// which answers for each. Only sync-manager does this (and is granted
+/// BatchGetItem); the other functions use [`TaskStore`] alone.
+#[async_trait]
+impl TaskFanOut for DynamoTasks {
+    async fn current_for_profiles(
+        &self,
+        profile_ids: &[i64],
+    ) -> Vec<Result<Option<SyncTask>, PortError>> {
+        /// The items of `keys` (at most 100 `pk`s) that exist, by `pk`.
+        async fn batch_get(
+            client: &Client,
+            table: &str,
+            keys: Vec<String>,
+        ) -> Result<HashMap<String, Item>, PortError> {
+            let mut found = HashMap::new();
+            let mut pending: Vec<Item> = keys
+                .into_iter()
+                .map(|pk| HashMap::from([("pk".to_string(), s(pk))]))
+                .collect();
+            for round in 1..=BATCH_GET_ROUNDS {
+                let keys = KeysAndAttributes::builder()
+                    .set_keys(Some(pending))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| PortError::new("dynamodb BatchGetItem keys", e))?;
+                let output = client
+                    .batch_get_item()
+                    .request_items(table, keys)
+                    .send()
+                    .await
+                    .map_err(port_error("dynamodb BatchGetItem tasks"))?;
+                for item in output
+                    .responses
+                    .and_then(|mut r| r.remove(table))
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(pk) = get_s(&item, "pk") {
+                        found.insert(pk.to_string(), item);
+                    }
+                }
+                pending = output
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(table))
+                    .map(|k| k.keys)
+                    .unwrap_or_default();
+                if pending.is_empty() {
+                    return Ok(found);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50 * u64::from(round))).await;
+            }
+            Err(PortError::new(
+                "dynamodb BatchGetItem tasks",
+                format!(
+                    "{} keys still unprocessed after {BATCH_GET_ROUNDS} rounds",
+                    pending.len()
+                ),
+            ))
+        }
+        /// Each chunk of keys read at once; every key with its chunk's result.
+        async fn read_all(
+            client: &Client,
+            table: &str,
+            keys: Vec<String>,
+        ) -> HashMap<String, Result<Option<Item>, PortError>> {
+            let chunks: Vec<Vec<String>> = keys
+                .chunks(KEYS_PER_BATCH_GET)
+                .map(<[String]>::to_vec)
+                .collect();
+            let read: Vec<(Vec<String>, Result<HashMap<String, Item>, PortError>)> =
+                stream::iter(chunks)
+                    .map(|chunk| async move {
+                        let result = batch_get(client, table, chunk.clone()).await;
+                        (chunk, result)
+                    })
+                    .buffer_unordered(CALLS_AT_ONCE)
+                    .collect()
+                    .await;
+            let mut by_key = HashMap::new();
+            for (chunk, result) in read {
+                for key in chunk {
+                    let answer = match &result {
+                        Ok(items) => Ok(items.get(&key).cloned()),
+                        Err(e) => Err(e.clone()),
+                    };
+                    by_key.insert(key, answer);
+                }
+            }
+            by_key
+        }
+
+        let mut unique: Vec<i64> = profile_ids.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        let pointer_keys: Vec<String> = unique.iter().map(|id| format!("profile#{id}")).collect();
+        let pointers = read_all(&self.client, &self.table, pointer_keys).await;
+        let current_of = |id: i64| -> Result<Option<String>, PortError> {
+            match pointers.get(&format!("profile#{id}")) {
+                Some(Ok(item)) => Ok(item
+                    .as_ref()
+                    .and_then(|i| get_s(i, "current_task_id"))
+                    .map(str::to_string)),
+                Some(Err(e)) => Err(e.clone()),
+                None => Ok(None),
+            }
+        };
+        let mut task_keys: Vec<String> = unique
+            .iter()
+            .filter_map(|id| current_of(*id).ok().flatten())
+            .map(|task_id| format!("task#{task_id}"))
+            .collect();
+        task_keys.sort_unstable();
+        task_keys.dedup();
+        let tasks = read_all(&self.client, &self.table, task_keys).await;
+        profile_ids
+            .iter()
+            .map(|id| {
+                let Some(task_id) = current_of(*id)? else {
+                    return Ok(None);
+                };
+                match tasks.get(&format!("task#{task_id}")) {
+                    Some(Ok(item)) => Ok(item.as_ref().and_then(Self::parse_task)),
+                    Some(Err(e)) => Err(e.clone()),
+                    None => Ok(None),
+                }
+            })
+            .collect()
+    }
+
+    async fn create_all(
+        &self,
+        tasks: &[(NewTask, Option<String>)],
+    ) -> Vec<Result<TaskCreation, PortError>> {
+        let put = |put: ConditionalPut| -> Result<TransactWriteItem, PortError> {
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(put.item))
+                .condition_expression(put.condition)
+                .set_expression_attribute_values((!put.values.is_empty()).then_some(put.values))
+                .build()
+                .map_err(|e| PortError::new("dynamodb transaction put", e))?;
+            Ok(TransactWriteItem::builder().put(put).build())
+        };
+        let transaction = |chunk: &[(NewTask, Option<String>)]| {
+            let mut items = Vec::with_capacity(chunk.len() * 2);
+            for (task, previous) in chunk {
+                items.push(put(Self::pointer_put(task, previous.as_deref()))?);
+                items.push(put(self.task_put(task))?);
+            }
+            Ok::<_, PortError>(items)
+        };
+        let chunks: Vec<Vec<(NewTask, Option<String>)>> = tasks
+            .chunks(PROFILES_PER_TRANSACTION)
+            .map(<[_]>::to_vec)
+            .collect();
+        let created: Vec<Vec<Result<TaskCreation, PortError>>> = stream::iter(chunks)
+            .map(|chunk| async move {
+                // A profile twice in one transaction would be refused whole.
+                let mut profiles: Vec<i64> = chunk.iter().map(|(t, _)| t.profile_id).collect();
+                profiles.sort_unstable();
+                profiles.dedup();
+                if profiles.len() == chunk.len() {
+                    if let Ok(items) = transaction(&chunk) {
+                        let sent = self
+                            .client
+                            .transact_write_items()
+                            .set_transact_items(Some(items))
+                            .send()
+                            .await;
+                        match sent {
+                            Ok(_) => {
+                                return chunk.iter().map(|_| Ok(TaskCreation::Created)).collect()
+                            }
+                            Err(e) => tracing::debug!(
+                                error = %DisplayErrorContext(e),
+                                "task transaction not written; creating its tasks one by one"
+                            ),
+                        }
+                    }
+                }
+                let mut one_by_one = Vec::with_capacity(chunk.len());
+                for (task, previous) in &chunk {
+                    one_by_one.push(self.create(task, previous.as_deref()).await);
+                }
+                one_by_one
+            })
+            .buffered(CALLS_AT_ONCE)
+            .collect()
+            .await;
+        created.into_iter().flatten().collect()
     }
 }

@@ -12,6 +12,7 @@ use aws_sdk_sqs::types::{
     SendMessageBatchRequestEntry,
 };
 use aws_sdk_sqs::Client;
+use futures::{stream, StreamExt, TryStreamExt};
 
 use chrono::DateTime;
 
@@ -21,10 +22,13 @@ use crate::ports::{
     QueueVisibility, ReceivedMessage,
 };
 
-/// SQS accepts at most ten entries per `SendMessageBatch`.
-const BATCH_SIZE: usize = 10;
+/// SQS accepts at most ten entries per batch call.
+const BATCH_SIZE: usize = crate::ports::SEND_BATCH_SIZE;
 /// Rounds of re-sending the entries SQS refused for reasons on its side.
 const SEND_ROUNDS: u32 = 3;
+/// SendMessageBatch calls in flight at once for one `send_all`: a fan-out
+/// of thousands of messages to one queue is hundreds of calls.
+const BATCHES_AT_ONCE: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct SqsQueues {
@@ -34,6 +38,35 @@ pub struct SqsQueues {
 impl SqsQueues {
     pub fn new(client: Client) -> Self {
         Self { client }
+    }
+
+    /// Sends one batch, and again the entries SQS refused for reasons on
+    /// its side; returns the entries given up.
+    async fn send_chunk(
+        &self,
+        queue_url: &str,
+        batch: Vec<OutgoingMessage>,
+    ) -> Result<Vec<FailedSend>, PortError> {
+        let mut given_up = Vec::new();
+        let mut pending = batch;
+        for round in 1..=SEND_ROUNDS {
+            let failures = self.send_batch(queue_url, &pending).await?;
+            let mut retry = Vec::new();
+            for (index, failure, sender_fault) in failures {
+                // A sender fault (bad entry) fails the same way every time.
+                if sender_fault || round == SEND_ROUNDS {
+                    given_up.push(failure);
+                } else {
+                    retry.push(pending[index].clone());
+                }
+            }
+            pending = retry;
+            if pending.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100 * u64::from(round))).await;
+        }
+        Ok(given_up)
     }
 
     async fn send_batch(
@@ -98,32 +131,19 @@ impl QueueSend for SqsQueues {
         queue_url: &str,
         messages: Vec<OutgoingMessage>,
     ) -> Result<Vec<FailedSend>, PortError> {
-        let mut given_up = Vec::new();
-        for chunk in messages.chunks(BATCH_SIZE) {
-            let mut pending: Vec<OutgoingMessage> = chunk.to_vec();
-            for round in 1..=SEND_ROUNDS {
-                let failures = self.send_batch(queue_url, &pending).await?;
-                if failures.is_empty() {
-                    pending.clear();
-                    break;
-                }
-                let mut retry = Vec::new();
-                for (index, failure, sender_fault) in failures {
-                    // A sender fault (bad entry) fails the same way every time.
-                    if sender_fault || round == SEND_ROUNDS {
-                        given_up.push(failure);
-                    } else {
-                        retry.push(pending[index].clone());
-                    }
-                }
-                pending = retry;
-                if pending.is_empty() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(round))).await;
-            }
-        }
-        Ok(given_up)
+        // Full batches of ten (the last may be short), several in flight at
+        // once; a call that fails ends the send, as it did one at a time.
+        let batches: Vec<Vec<OutgoingMessage>> = crate::ports::send_batches(&messages)
+            .map(<[OutgoingMessage]>::to_vec)
+            .collect();
+        stream::iter(batches)
+            .map(|batch| self.send_chunk(queue_url, batch))
+            .buffer_unordered(BATCHES_AT_ONCE)
+            .try_fold(Vec::new(), |mut given_up, failed| async move {
+                given_up.extend(failed);
+                Ok(given_up)
+            })
+            .await
     }
 }
 

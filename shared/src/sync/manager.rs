@@ -5,21 +5,22 @@
 //! provider's own queue. One provider's failure never stops the others, and
 //! every run is recorded so a missed run can be detected.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use futures::future;
 use serde::Serialize;
 use tracing::{error, info, instrument, warn};
 
 use crate::envelope::{derived_id, Envelope, Step};
 use crate::metrics::Unit;
 use crate::ports::{
-    OutgoingMessage, PortError, ProfileStore, QueueSend, RunLog, TaskCreation, TaskStore,
+    OutgoingMessage, PortError, ProfileStore, QueueSend, RunLog, TaskCreation, TaskFanOut,
 };
 use crate::routing::{Provider, Router};
 use crate::sync::profile::{ProfileSelection, SyncProfile};
-use crate::tasks::NewTask;
+use crate::tasks::{NewTask, SyncTask};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SentTask {
@@ -58,7 +59,7 @@ pub enum SyncError {
 
 pub struct SyncManager {
     profiles: Arc<dyn ProfileStore>,
-    tasks: Arc<dyn TaskStore>,
+    tasks: Arc<dyn TaskFanOut>,
     queues: Arc<dyn QueueSend>,
     runs: Arc<dyn RunLog>,
     router: Router,
@@ -86,7 +87,7 @@ enum Decision {
 impl SyncManager {
     pub fn new(
         profiles: Arc<dyn ProfileStore>,
-        tasks: Arc<dyn TaskStore>,
+        tasks: Arc<dyn TaskFanOut>,
         queues: Arc<dyn QueueSend>,
         runs: Arc<dyn RunLog>,
         router: Router,
@@ -139,13 +140,34 @@ impl SyncManager {
             }
         }
 
+        // The profiles' current tasks in one go, then every task to create
+        // in one go (the store batches both); each profile keeps its own
+        // answer, in profile order.
+        let ids: Vec<i64> = profiles.iter().map(|p| p.id).collect();
+        let current = self.tasks.current_for_profiles(&ids).await;
+        let plans: Vec<Result<Planned, Refusal>> = profiles
+            .iter()
+            .zip(current)
+            .map(|(profile, current)| self.plan(profile, current, run_key, now))
+            .collect();
+        let creations: Vec<(NewTask, Option<String>)> = plans
+            .iter()
+            .flatten()
+            .map(|p| (p.task.clone(), p.previous_task_id.clone()))
+            .collect();
+        let mut created = self.tasks.create_all(&creations).await.into_iter();
         let mut outgoing: BTreeMap<String, Vec<(SentTask, OutgoingMessage)>> = BTreeMap::new();
-        for profile in &profiles {
-            match self.prepare(profile, run_key, now).await {
-                Ok(Some((queue, sent, message))) => {
+        for (profile, plan) in profiles.iter().zip(plans) {
+            let prepared = plan.and_then(|planned| {
+                let creation = created.next().unwrap_or_else(|| {
+                    Err(PortError::new("task store", "gave no answer for this task"))
+                });
+                prepare(planned, creation, now)
+            });
+            match prepared {
+                Ok((queue, sent, message)) => {
                     outgoing.entry(queue).or_default().push((sent, message))
                 }
-                Ok(None) => {}
                 Err(Refusal::Skip(reason)) => {
                     info!(profile_id = profile.id, provider = %profile.provider, %reason, "profile skipped");
                     summary
@@ -161,7 +183,9 @@ impl SyncManager {
             }
         }
 
-        for (queue, batch) in outgoing {
+        // Every provider's messages in one list, so the adapter fills every
+        // batch but the last; the providers' queues all at once.
+        let sends = outgoing.into_iter().map(|(queue, batch)| async move {
             let (tasks, messages): (Vec<SentTask>, Vec<OutgoingMessage>) =
                 batch.into_iter().unzip();
             let failed = match self.queues.send_all(&queue, messages).await {
@@ -174,8 +198,13 @@ impl SyncManager {
                     })
                     .collect(),
             };
+            (tasks, failed)
+        });
+        for (tasks, failed) in future::join_all(sends).await {
+            let failed: HashMap<&str, &crate::ports::FailedSend> =
+                failed.iter().map(|f| (f.id.as_str(), f)).collect();
             for task in tasks {
-                match failed.iter().find(|f| f.id == task.message_id) {
+                match failed.get(task.message_id.as_str()) {
                     None => summary.sent.push(task),
                     Some(failure) => {
                         let reason = format!("could not send SyncProfile: {}", failure.reason);
@@ -229,19 +258,17 @@ impl SyncManager {
         Ok(summary)
     }
 
-    /// Decides for one profile and, if it is to be synced, creates its task.
-    async fn prepare(
+    /// Decides for one profile, given its current task as read: the task
+    /// to create and where its message goes, or why none.
+    fn plan(
         &self,
         profile: &SyncProfile,
+        current: Result<Option<SyncTask>, PortError>,
         run_key: &str,
         now: DateTime<Utc>,
-    ) -> Result<Option<(String, SentTask, OutgoingMessage)>, Refusal> {
+    ) -> Result<Planned, Refusal> {
         let task_id = derived_id(&["task", run_key, &profile.id.to_string()]);
-        let current = self
-            .tasks
-            .current_for_profile(profile.id)
-            .await
-            .map_err(|e| Refusal::Fail(format!("task store unavailable: {e}")))?;
+        let current = current.map_err(|e| Refusal::Fail(format!("task store unavailable: {e}")))?;
         let (provider, period) =
             match decide(profile, current.as_ref(), &task_id, now, self.stale_after) {
                 Decision::Send { provider, period } => (provider, period),
@@ -253,43 +280,67 @@ impl SyncManager {
             .provider_queue(provider)
             .map_err(|e| Refusal::Fail(e.to_string()))?
             .to_string();
-        let task = NewTask {
-            task_id: task_id.clone(),
-            profile_id: profile.id,
-            provider: provider.to_string(),
-            period,
-            created_at: now,
-        };
-        match self
-            .tasks
-            .create(&task, current.as_ref().map(|t| t.task_id.as_str()))
-            .await
-        {
-            Ok(TaskCreation::Created) | Ok(TaskCreation::AlreadyExists) => {}
-            Ok(TaskCreation::Superseded { current_task_id }) => {
-                return Err(Refusal::Skip(format!(
-                    "task {current_task_id} was started for this profile concurrently"
-                )))
-            }
-            Err(e) => return Err(Refusal::Fail(format!("could not create the task: {e}"))),
-        }
-        let envelope = Envelope::start(
-            derived_id(&[&task_id, Step::SyncProfile.as_str()]),
-            crate::sync::provider::sync_profile(provider, profile.id, period),
-            vec![],
-            Some(task_id.clone()),
-            now,
-        );
-        let sent = SentTask {
-            profile_id: profile.id,
-            provider: provider.to_string(),
-            period,
-            task_id,
-            message_id: envelope.id.clone(),
-        };
-        let message = OutgoingMessage::new(envelope.id.clone(), envelope.to_body());
-        Ok(Some((queue, sent, message)))
+        Ok(Planned {
+            queue,
+            provider,
+            task: NewTask {
+                task_id,
+                profile_id: profile.id,
+                provider: provider.to_string(),
+                period,
+                created_at: now,
+            },
+            previous_task_id: current.map(|t| t.task_id),
+        })
     }
+}
+
+/// A task to create for a profile, and where its message goes.
+struct Planned {
+    queue: String,
+    provider: Provider,
+    task: NewTask,
+    /// The profile's current task when it was read.
+    previous_task_id: Option<String>,
+}
+
+/// The profile's message, once its task exists.
+fn prepare(
+    planned: Planned,
+    creation: Result<TaskCreation, PortError>,
+    now: DateTime<Utc>,
+) -> Result<(String, SentTask, OutgoingMessage), Refusal> {
+    match creation {
+        Ok(TaskCreation::Created) | Ok(TaskCreation::AlreadyExists) => {}
+        Ok(TaskCreation::Superseded { current_task_id }) => {
+            return Err(Refusal::Skip(format!(
+                "task {current_task_id} was started for this profile concurrently"
+            )))
+        }
+        Err(e) => return Err(Refusal::Fail(format!("could not create the task: {e}"))),
+    }
+    let Planned {
+        queue,
+        provider,
+        task,
+        ..
+    } = planned;
+    let envelope = Envelope::start(
+        derived_id(&[&task.task_id, Step::SyncProfile.as_str()]),
+        crate::sync::provider::sync_profile(provider, task.profile_id, task.period),
+        vec![],
+        Some(task.task_id.clone()),
+        now,
+    );
+    let sent = SentTask {
+        profile_id: task.profile_id,
+        provider: task.provider,
+        period: task.period,
+        task_id: task.task_id,
+        message_id: envelope.id.clone(),
+    };
+    let message = OutgoingMessage::new(envelope.id.clone(), envelope.to_body());
+    Ok((queue, sent, message))
 }
 
 /// The pure decision for one profile, given its current task.
@@ -345,7 +396,9 @@ fn note(profile_id: i64, provider: &str, reason: String) -> ProfileNote {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tasks::{SyncTask, TaskStatus};
+    use crate::fakes::{FakeProfiles, FakeQueues, FakeRunLog, FakeTasks};
+    use crate::tasks::TaskStatus;
+    use std::sync::Mutex;
 
     fn now() -> DateTime<Utc> {
         "2025-03-10T12:00:00Z".parse().unwrap()
@@ -463,6 +516,111 @@ mod tests {
                 period: "2025-03-05".parse().unwrap()
             }
         );
+    }
+
+    fn due_profile(id: i64, provider: &str) -> SyncProfile {
+        SyncProfile {
+            id,
+            provider: provider.into(),
+            ..profile(provider, true, None)
+        }
+    }
+
+    /// A manager over fakes, with a queue `q-<provider>` per provider.
+    fn manager(
+        profiles: Vec<SyncProfile>,
+        queues: Arc<FakeQueues>,
+        tasks: Arc<FakeTasks>,
+    ) -> SyncManager {
+        let router = Router::new(
+            Provider::ALL
+                .into_iter()
+                .map(|p| (p, format!("q-{}", p.as_str())))
+                .collect(),
+        );
+        SyncManager::new(
+            Arc::new(FakeProfiles {
+                profiles: Mutex::new(profiles),
+            }),
+            tasks,
+            queues,
+            Arc::new(FakeRunLog::default()),
+            router,
+            hour(),
+        )
+    }
+
+    #[tokio::test]
+    async fn each_providers_messages_go_out_in_full_batches_of_ten() {
+        let profiles: Vec<SyncProfile> = (1..=25)
+            .map(|id| due_profile(id, "routit"))
+            .chain((26..=28).map(|id| due_profile(id, "kpn_een")))
+            .collect();
+        let queues = Arc::new(FakeQueues::default());
+        let tasks = Arc::new(FakeTasks::default());
+        let summary = manager(profiles, queues.clone(), tasks.clone())
+            .run(&ProfileSelection::All, "tick", "schedule", now())
+            .await
+            .unwrap();
+
+        let mut batches = queues.batches.lock().unwrap().clone();
+        batches.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        assert_eq!(
+            batches,
+            vec![
+                ("q-kpn_een".to_string(), 3),
+                ("q-routit".to_string(), 10),
+                ("q-routit".to_string(), 10),
+                ("q-routit".to_string(), 5),
+            ]
+        );
+        assert_eq!(summary.sent.len(), 28);
+        assert!(summary.skipped.is_empty() && summary.failures.is_empty());
+        assert_eq!(tasks.tasks.lock().unwrap().len(), 28);
+        // The summary lists the profiles in order whatever order the
+        // concurrent task writes finished in.
+        let routit: Vec<i64> = summary
+            .sent
+            .iter()
+            .filter(|t| t.provider == "routit")
+            .map(|t| t.profile_id)
+            .collect();
+        assert_eq!(routit, (1..=25).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_provider_whose_queue_fails_does_not_stop_the_others() {
+        let profiles = vec![
+            due_profile(1, "routit"),
+            due_profile(2, "t_mobile"),
+            due_profile(3, "routit"),
+        ];
+        let queues = Arc::new(FakeQueues::default());
+        queues.broken.lock().unwrap().insert("q-routit".into());
+        let tasks = Arc::new(FakeTasks::default());
+        let summary = manager(profiles, queues.clone(), tasks.clone())
+            .run(&ProfileSelection::All, "tick", "schedule", now())
+            .await
+            .unwrap();
+
+        assert_eq!(
+            summary
+                .sent
+                .iter()
+                .map(|t| t.profile_id)
+                .collect::<Vec<_>>(),
+            vec![2]
+        );
+        assert_eq!(queues.on("q-t_mobile").len(), 1);
+        let failed: Vec<i64> = summary.failures.iter().map(|f| f.profile_id).collect();
+        assert_eq!(failed, vec![1, 3]);
+        for task in summary
+            .failures
+            .iter()
+            .map(|f| derived_id(&["task", "tick", &f.profile_id.to_string()]))
+        {
+            assert_eq!(tasks.task(&task).status, TaskStatus::Failed);
+        }
     }
 
     #[test]
