@@ -1,7 +1,8 @@
 //! Benchmark commands (not tests), sharing the database set-up, the data
 //! generator's random numbers and the goal reporting: `import-bench`
 //! (src/main.rs), `totals-bench` (src/totals_main.rs), `apply-bench`
-//! (src/apply_main.rs) and `startup-bench` (src/startup_main.rs). See README.md.
+//! (src/apply_main.rs), `startup-bench` (src/startup_main.rs), `journal-bench`
+//! (src/journal_main.rs) and `tick-bench` (src/tick_main.rs). See README.md.
 
 pub mod apply;
 pub mod bench;
@@ -13,4 +14,5 @@ pub mod measure;
 pub mod phases;
 pub mod report;
 pub mod startup;
+pub mod tick;
 pub mod totals;
