@@ -5,6 +5,9 @@
 #   scripts/build.sh                    debug build for the local emulator (fast, native)
 #   scripts/build.sh --release          `cargo lambda build --release` for AWS, arm64 (Graviton)
 #   scripts/build.sh --release --arch x86_64
+#   scripts/build.sh --release --native release build for the local emulator (benchmarks):
+#                                       plain `cargo build --release` for this machine,
+#                                       sharing target/release with the benchmarks
 #   scripts/build.sh [...] ops totals   only these functions (default: all)
 #
 # Each function is zipped once (bootstrap.zip): CloudFormation packaging
@@ -18,16 +21,18 @@ cd "$REPO"
 ALL_FUNCTIONS=(sync-manager provider-sync cdr-import totals ops)
 
 release=false
+native=false
 arch=arm64
 functions=()
 while (($#)); do
   case "$1" in
     --release) release=true ;;
+    --native) native=true ;;
     --arch)
       arch="${2:?--arch needs arm64 or x86_64}"
       shift ;;
     --arch=*) arch="${1#--arch=}" ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     -*) echo "build.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) functions+=("$1") ;;
   esac
@@ -38,7 +43,11 @@ for f in "${functions[@]}"; do
   [[ " ${ALL_FUNCTIONS[*]} " == *" $f "* ]] || { echo "build.sh: unknown function $f (known: ${ALL_FUNCTIONS[*]})" >&2; exit 2; }
 done
 
-if $release; then
+if $native && ! $release; then
+  echo "build.sh: --native goes with --release (the debug build is native already)" >&2; exit 2
+fi
+
+if $release && ! $native; then
   case "$arch" in
     arm64) arch_flag=--arm64 ;;
     x86_64) arch_flag=--x86-64 ;;
@@ -56,20 +65,28 @@ if $release; then
 fi
 
 # The emulator runs functions as local processes, so a native debug build
-# works there and shares its artifacts with `cargo test`.
-cargo build --quiet $(printf -- '-p %s ' "${functions[@]}")
-native="debug $(uname -m)"
+# works there and shares its artifacts with `cargo test`; a native release
+# build (--release --native) shares target/release with the benchmarks.
+if $native; then
+  profile=release
+  cargo build --quiet --release $(printf -- '-p %s ' "${functions[@]}")
+else
+  profile=debug
+  cargo build --quiet $(printf -- '-p %s ' "${functions[@]}")
+fi
+native="$profile $(uname -m)"
 for f in "${functions[@]}"; do
   out="target/lambda/$f"
   mkdir -p "$out"
   # Reuse the zip only if it is newer than the binary and built-as was
   # written after it (a zip from a bare `cargo lambda build` is not ours).
-  if [[ "$out/bootstrap.zip" -nt "target/debug/$f" && "$(cat "$out/built-as" 2>/dev/null)" == "$native" \
+  if [[ "$out/bootstrap.zip" -nt "target/$profile/$f" && "$(cat "$out/built-as" 2>/dev/null)" == "$native" \
         && ! "$out/bootstrap.zip" -nt "$out/built-as" ]]; then
     continue
   fi
-  # Stripped, the debug binary zips to a quarter of its size.
-  cp "target/debug/$f" "$out/bootstrap"
+  # Stripped, the debug binary zips to a quarter of its size (the release
+  # profile strips already; strip again is harmless).
+  cp "target/$profile/$f" "$out/bootstrap"
   strip "$out/bootstrap"
   python3 - "$out/bootstrap" "$out/bootstrap.zip.tmp" <<'PY'
 import sys, zipfile

@@ -23,7 +23,9 @@
 //! 3. What functions run: MiniStack execs a native debug build; containers
 //!    need binaries for Lambda's Amazon Linux 2023 (its glibc is older than
 //!    this machine's), so other emulators get the release build
-//!    ([`Emulator::build_args`]; `EMULATOR_BUILD=debug|release` overrides).
+//!    ([`Emulator::build_args`]; `EMULATOR_BUILD=debug|release` overrides;
+//!    `EMULATOR_BUILD=native-release` gives MiniStack the native release
+//!    build, `scripts/build.sh --release --native`, for benchmarks).
 //! 4. Stack delete: MiniStack leaves a deleted function's warm process, and
 //!    its database connections, alive until it is reaped (up to 330 s), which
 //!    blocks `DROP DATABASE`. [`Emulator::delete_stack`] deletes each
@@ -157,6 +159,7 @@ impl Emulator {
     /// The arguments of `scripts/build.sh` for zips this emulator can run.
     pub fn build_args(&self) -> Vec<String> {
         let release = match std::env::var("EMULATOR_BUILD").as_deref() {
+            Ok("native-release") => return vec!["--release".into(), "--native".into()],
             Ok("release") => true,
             Ok("debug") => false,
             _ => self.kind == EmulatorKind::External,

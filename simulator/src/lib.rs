@@ -46,6 +46,25 @@ pub struct Behaviour {
     pub not_ready_polls: u32,
     /// CDR rows per export.
     pub rows: usize,
+    /// Subscriber numbers the rows cycle through: row `i` belongs to
+    /// subscriber `i % subscribers` ([`subscriber_number`]); at most
+    /// [`MAX_SUBSCRIBERS`].
+    pub subscribers: usize,
+}
+
+/// The most subscribers an export can name: the other carriers' numbers
+/// have four digits after their prefix.
+pub const MAX_SUBSCRIBERS: usize = 10_000;
+
+/// The E.164 number of subscriber `index` (below [`MAX_SUBSCRIBERS`]) in a
+/// provider's exports: `+3161230xxxx` for Routit (written `06123xxxxx` in
+/// its CSV), `+3161234xxxx` for the others.
+pub fn subscriber_number(provider: &str, index: usize) -> String {
+    if provider == "routit" {
+        format!("+316123{index:05}")
+    } else {
+        format!("+3161234{index:04}")
+    }
 }
 
 impl Default for Behaviour {
@@ -55,6 +74,7 @@ impl Default for Behaviour {
             delay_ms: 0,
             not_ready_polls: 0,
             rows: 20,
+            subscribers: 50,
         }
     }
 }
@@ -219,7 +239,7 @@ async fn direct_export(
         return (StatusCode::BAD_REQUEST, "period must be YYYY-MM-DD").into_response();
     };
     let export_id = format!("{provider}-{period}");
-    zip_response(&provider, period, behaviour.rows, &export_id)
+    zip_response(&provider, period, &behaviour, &export_id)
 }
 
 #[derive(Deserialize)]
@@ -302,15 +322,30 @@ async fn routit_file(
     let export = sim.0.exports.lock().unwrap().get(&id).cloned();
     match export {
         Some(export) if export.polls_left == 0 => {
-            zip_response("routit", export.period, behaviour.rows, &id)
+            zip_response("routit", export.period, &behaviour, &id)
         }
         Some(_) => (StatusCode::CONFLICT, "export not ready").into_response(),
         None => (StatusCode::NOT_FOUND, "no such export").into_response(),
     }
 }
 
-fn zip_response(provider: &str, period: NaiveDate, rows: usize, export_id: &str) -> Response {
-    match export_zip(provider, period, rows) {
+fn zip_response(
+    provider: &str,
+    period: NaiveDate,
+    behaviour: &Behaviour,
+    export_id: &str,
+) -> Response {
+    if behaviour.subscribers == 0 || behaviour.subscribers > MAX_SUBSCRIBERS {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "subscribers must be 1 to {MAX_SUBSCRIBERS}, not {}",
+                behaviour.subscribers
+            ),
+        )
+            .into_response();
+    }
+    match export_zip_of(provider, period, behaviour.rows, behaviour.subscribers) {
         Ok(bytes) => Response::builder()
             .header(header::CONTENT_TYPE, "application/zip")
             .header("x-export-id", export_id)
@@ -323,6 +358,16 @@ fn zip_response(provider: &str, period: NaiveDate, rows: usize, export_id: &str)
 /// A deterministic export: the same provider and period always give the
 /// same bytes, as a real carrier's re-download would.
 pub fn export_zip(provider: &str, period: NaiveDate, rows: usize) -> std::io::Result<Vec<u8>> {
+    export_zip_of(provider, period, rows, Behaviour::default().subscribers)
+}
+
+/// [`export_zip`] whose rows cycle through `subscribers` numbers.
+pub fn export_zip_of(
+    provider: &str,
+    period: NaiveDate,
+    rows: usize,
+    subscribers: usize,
+) -> std::io::Result<Vec<u8>> {
     let mut cursor = std::io::Cursor::new(Vec::new());
     {
         let mut zip = zip::ZipWriter::new(&mut cursor);
@@ -330,13 +375,14 @@ pub fn export_zip(provider: &str, period: NaiveDate, rows: usize) -> std::io::Re
             .compression_method(zip::CompressionMethod::Deflated)
             .last_modified_time(zip::DateTime::default());
         zip.start_file(format!("{provider}_{period}.csv"), options)?;
-        zip.write_all(csv(provider, period, rows).as_bytes())?;
+        zip.write_all(csv(provider, period, rows, subscribers).as_bytes())?;
         zip.finish()?;
     }
     Ok(cursor.into_inner())
 }
 
-fn csv(provider: &str, period: NaiveDate, rows: usize) -> String {
+fn csv(provider: &str, period: NaiveDate, rows: usize, subscribers: usize) -> String {
+    let subscribers = subscribers.max(1);
     let mut out = String::new();
     let day = period.format("%d-%m-%Y");
     let compact = period.format("%Y%m%d");
@@ -348,7 +394,7 @@ fn csv(provider: &str, period: NaiveDate, rows: usize) -> String {
             let (h, m, s) = ((i / 60) % 24, i % 60, (i * 7) % 60);
             out.push_str(&format!(
                 "{day};{h:02}:{m:02}:{s:02};06123{:05};0201234567;Spraak;Uitgaand;00:01:{:02};;0,{:04};NL;RT{compact}{i:06}\r\n",
-                i % 50,
+                i % subscribers,
                 i % 60,
                 125 + i
             ));
@@ -357,8 +403,8 @@ fn csv(provider: &str, period: NaiveDate, rows: usize) -> String {
         out.push_str("record_id,msisdn,start_time,event_type,direction,called_number,duration_seconds,data_bytes,units,charge_cents,roaming_zone\n");
         for i in 0..rows {
             out.push_str(&format!(
-                "{provider}-{compact}-{i:06},+3161234{:04},{period}T{:02}:{:02}:00+01:00,VOICE,MO,+31201234567,{},0,1,{}.{:02},HOME\n",
-                i % 50,
+                "{provider}-{compact}-{i:06},{},{period}T{:02}:{:02}:00+01:00,VOICE,MO,+31201234567,{},0,1,{}.{:02},HOME\n",
+                subscriber_number(provider, i % subscribers),
                 (i / 60) % 24,
                 i % 60,
                 30 + i,
@@ -404,6 +450,37 @@ mod tests {
         assert_eq!(text.lines().count(), 6);
         assert!(text.starts_with("Datum;Tijd;Abonnee"));
         assert!(text.contains("30-03-2025"));
+    }
+
+    fn csv_of(zip: Vec<u8>) -> String {
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut archive.by_index(0).unwrap(), &mut text).unwrap();
+        text
+    }
+
+    #[test]
+    fn rows_cycle_through_fifty_subscribers_unless_told_otherwise() {
+        let day: NaiveDate = "2025-03-30".parse().unwrap();
+        assert_eq!(Behaviour::default().subscribers, 50);
+        assert_eq!(
+            export_zip("t_mobile", day, 120).unwrap(),
+            export_zip_of("t_mobile", day, 120, 50).unwrap()
+        );
+        let text = csv_of(export_zip_of("t_mobile", day, 3_000, 1_400).unwrap());
+        let numbers: std::collections::BTreeSet<&str> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(1).unwrap())
+            .collect();
+        assert_eq!(numbers.len(), 1_400);
+        assert!(numbers.contains(subscriber_number("t_mobile", 1_399).as_str()));
+        assert_eq!(subscriber_number("t_mobile", 1_399), "+31612341399");
+
+        let routit = csv_of(export_zip_of("routit", day, 3_000, 1_400).unwrap());
+        let line = routit.lines().nth(1_400).unwrap();
+        assert!(line.contains(";0612301399;"), "{line}");
+        assert_eq!(subscriber_number("routit", 1_399), "+31612301399");
     }
 
     #[test]
