@@ -351,6 +351,57 @@ async fn a_t_mobile_file_loads_quoted_fields_and_rejects_bad_rows_with_their_lin
     }
 }
 
+/// A value that parses but that its column cannot hold (units over
+/// `integer`, bytes over `bigint`, a NUL in text) is rejected with its line
+/// like any bad row, instead of failing the whole file's COPY.
+#[tokio::test]
+async fn values_beyond_the_columns_are_rejected_with_their_lines_while_the_others_load() {
+    let f = fixture().await;
+    let text = format!(
+        "{TMOBILE_HEADER}\n\
+         TM-1,+31612345678,2025-01-20T10:00:00+01:00,VOICE,MO,,90,0,1,1.25,HOME\n\
+         TM-2,+31612345678,2025-01-20T10:05:00+01:00,SMS,MO,,0,0,3000000000,0.5,HOME\n\
+         TM-3,+31612345678,2025-01-20T10:06:00+01:00,DATA,MO,,0,9999999999999999999,0,0.5,HOME\n\
+         TM-4,+31612345678,2025-01-20T10:07:00+01:00,VOICE,MO,+3120\0,10,0,1,1,HOME\n\
+         TM-5,+31612345678,2025-01-20T10:08:00+01:00,VOICE,MO,,3,0,1,1,HOME\n"
+    );
+    let summary = f
+        .import(
+            Provider::TMobile,
+            "inbox/t_mobile/1/2025-01-20/limits.csv",
+            text.into_bytes(),
+        )
+        .await;
+    assert_eq!(
+        (summary.read, summary.loaded, summary.rejected),
+        (5, 2, 3),
+        "{summary:?}"
+    );
+    assert_eq!(
+        cdr(&f.pool, "TM-5").await[12],
+        "6",
+        "TM-5 keeps its source line"
+    );
+    let rejected = std::fs::read_to_string(
+        f.rejects
+            .0
+            .join("rejected/inbox/t_mobile/1/2025-01-20/limits.csv.csv"),
+    )
+    .unwrap();
+    for (line, reason) in [
+        (3, "units 3000000000 is over the limit of 2147483647"),
+        (4, "volume 9999999999999999999 bytes is over the limit"),
+        (5, "destination contains a NUL character"),
+    ] {
+        assert!(
+            rejected.lines().any(|l| l.starts_with(&format!(",{line},"))
+                && l.contains(reason)
+                && l.contains(&format!("TM-{}", line - 1))),
+            "line {line} ({reason}) with its record in\n{rejected}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_same_file_twice_loads_once() {
     let f = fixture().await;
@@ -757,4 +808,214 @@ async fn running_imports_past_their_deadline_are_marked_abandoned() {
             .unwrap(),
         0
     );
+}
+
+/// Every column's binary COPY encoding read back by PostgreSQL itself:
+/// NULL and extreme numbers, times before 2000 and at both ends of what
+/// PostgreSQL holds, non-ASCII text and the characters text COPY escapes.
+#[tokio::test]
+async fn binary_copy_rows_read_back_exactly_as_encoded() {
+    use chrono::{DateTime, TimeZone, Utc};
+    use tem_shared::cdr::{Direction, Kind, Zone};
+    use tem_shared::import::load::{encode, COLUMNS, COPY_HEADER, COPY_TRAILER};
+    use tem_shared::import::parse::CdrRow;
+
+    let db = fresh().await;
+    let at = |y, mo, d, h, mi, s| Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap();
+    let base = CdrRow {
+        external_id: String::new(),
+        subscription: "+31612345678".into(),
+        started_at: at(2025, 3, 30, 1, 59, 59),
+        kind: Kind::Voice,
+        direction: Direction::Outgoing,
+        destination: "+31201234567".into(),
+        roaming_zone: Zone::Home,
+        duration_seconds: 61,
+        volume_bytes: 0,
+        units: 0,
+        cost_micros: 12_500,
+        line: 0,
+    };
+    let rows: Vec<(CdrRow, Option<i64>, i64)> = vec![
+        (base.clone(), Some(1), 1),
+        (
+            CdrRow {
+                external_id: "Ünïcødé €uro 日本 🙂".into(),
+                subscription: "línea-Ω".into(),
+                destination: "Zürich ☎".into(),
+                kind: Kind::Data,
+                direction: Direction::Incoming,
+                roaming_zone: Zone::World,
+                ..base.clone()
+            },
+            None,
+            2,
+        ),
+        (
+            CdrRow {
+                external_id: "tab\there\nnewline\rcr\\backslash \\N".into(),
+                destination: String::new(),
+                kind: Kind::Sms,
+                roaming_zone: Zone::Eu,
+                ..base.clone()
+            },
+            Some(0),
+            3,
+        ),
+        (
+            CdrRow {
+                external_id: "extremes high".into(),
+                kind: Kind::Service,
+                duration_seconds: i32::MAX as u32,
+                volume_bytes: i64::MAX as u64,
+                units: i32::MAX as u32,
+                cost_micros: i64::MAX,
+                line: i32::MAX as u64,
+                started_at: at(262_142, 12, 31, 23, 59, 59),
+                ..base.clone()
+            },
+            Some(i64::MAX),
+            i64::MAX,
+        ),
+        (
+            CdrRow {
+                external_id: "extremes low".into(),
+                kind: Kind::Mms,
+                duration_seconds: 0,
+                cost_micros: i64::MIN,
+                started_at: at(-4713, 11, 24, 0, 0, 0),
+                ..base.clone()
+            },
+            Some(i64::MIN),
+            i64::MIN,
+        ),
+        (
+            CdrRow {
+                external_id: "just before 2000".into(),
+                started_at: at(1999, 12, 31, 23, 59, 59) + chrono::Duration::microseconds(999_999),
+                cost_micros: -1,
+                ..base.clone()
+            },
+            Some(-1),
+            0,
+        ),
+        (
+            CdrRow {
+                external_id: "unix epoch".into(),
+                started_at: at(1970, 1, 1, 0, 0, 0),
+                ..base.clone()
+            },
+            None,
+            -1,
+        ),
+    ];
+    let mut stream = COPY_HEADER.to_vec();
+    for (line, (row, customer, file)) in rows.iter().enumerate() {
+        let mut row = row.clone();
+        row.line = if row.line == 0 {
+            line as u64 + 1
+        } else {
+            row.line
+        };
+        encode(&mut stream, "routit", &row, *customer, *file).unwrap();
+    }
+    stream.extend_from_slice(&COPY_TRAILER);
+
+    let mut connection = db.pool.acquire().await.unwrap();
+    let mut copy = connection
+        .copy_in_raw(&format!(
+            "COPY call_detail_record ({COLUMNS}) FROM STDIN (FORMAT binary)"
+        ))
+        .await
+        .unwrap();
+    copy.send(stream).await.unwrap();
+    assert_eq!(copy.finish().await.unwrap(), rows.len() as u64);
+
+    for (line, (expected, customer, file)) in rows.iter().enumerate() {
+        let stored = sqlx::query(
+            "SELECT provider, subscription, customer_id, started_at, kind, direction, destination, roaming_zone,
+                    duration_seconds, volume_bytes, units, provider_cost_micros, import_file_id, source_line,
+                    to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US BC') AS shown
+             FROM call_detail_record WHERE external_id = $1",
+        )
+        .bind(&expected.external_id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("row {:?} is stored: {e}", expected.external_id));
+        let what = &expected.external_id;
+        let whole_seconds = DateTime::from_timestamp(expected.started_at.timestamp(), 0).unwrap();
+        let line = if expected.line == 0 {
+            line as i32 + 1
+        } else {
+            expected.line as i32
+        };
+        assert_eq!(stored.get::<String, _>("provider"), "routit", "{what}");
+        assert_eq!(
+            stored.get::<String, _>("subscription"),
+            expected.subscription,
+            "{what}"
+        );
+        assert_eq!(
+            stored.get::<Option<i64>, _>("customer_id"),
+            *customer,
+            "{what}"
+        );
+        assert_eq!(
+            stored.get::<DateTime<Utc>, _>("started_at"),
+            whole_seconds,
+            "{what}"
+        );
+        assert_eq!(
+            stored.get::<String, _>("kind"),
+            expected.kind.as_str(),
+            "{what}"
+        );
+        assert_eq!(
+            stored.get::<String, _>("direction"),
+            expected.direction.as_str(),
+            "{what}"
+        );
+        assert_eq!(
+            stored.get::<String, _>("destination"),
+            expected.destination,
+            "{what}"
+        );
+        assert_eq!(
+            stored.get::<String, _>("roaming_zone"),
+            expected.roaming_zone.as_str(),
+            "{what}"
+        );
+        assert_eq!(
+            stored.get::<i32, _>("duration_seconds") as u32,
+            expected.duration_seconds,
+            "{what}"
+        );
+        assert_eq!(
+            stored.get::<i64, _>("volume_bytes") as u64,
+            expected.volume_bytes,
+            "{what}"
+        );
+        assert_eq!(
+            stored.get::<i32, _>("units") as u32,
+            expected.units,
+            "{what}"
+        );
+        assert_eq!(
+            stored.get::<i64, _>("provider_cost_micros"),
+            expected.cost_micros,
+            "{what}"
+        );
+        assert_eq!(stored.get::<i64, _>("import_file_id"), *file, "{what}");
+        assert_eq!(stored.get::<i32, _>("source_line"), line, "{what}");
+        // PostgreSQL's own rendering, independent of the client's decoding.
+        let shown = stored.get::<String, _>("shown");
+        let expected_shown = match expected.external_id.as_str() {
+            "extremes high" => "262142-12-31 23:59:59.000000 AD",
+            "extremes low" => "4714-11-24 00:00:00.000000 BC",
+            "just before 2000" => "1999-12-31 23:59:59.000000 AD",
+            "unix epoch" => "1970-01-01 00:00:00.000000 AD",
+            _ => "2025-03-30 01:59:59.000000 AD",
+        };
+        assert_eq!(shown, expected_shown, "{what}");
+    }
 }

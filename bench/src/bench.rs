@@ -12,6 +12,10 @@ use crate::measure;
 use crate::phases;
 use crate::report::{Counts, Goal, Load, Memory, Summary};
 
+/// Issue 17: at least 1.2x the speed of `psql \\copy` of the same rows (issue
+/// 3 asked for 0.8x).
+pub const COPY_SPEED_GOAL: f64 = 1.2;
+
 pub struct Options {
     pub rows: u64,
     pub small_rows: u64,
@@ -21,6 +25,9 @@ pub struct Options {
     /// Time the import's stages alone (always done when the \copy goal is
     /// missed).
     pub phases: bool,
+    /// Skip the legacy method (one INSERT per row; about 5 minutes per
+    /// million rows on 2 cores).
+    pub no_legacy: bool,
     /// Keep the database and the files.
     pub keep: bool,
     pub json_out: Option<PathBuf>,
@@ -159,16 +166,22 @@ async fn measure_all(db: &BenchDb, dir: &Path, options: &Options) -> Result<Summ
     progress(&format!("  {:.3} s", copy_time.as_secs_f64()));
 
     // 4. The legacy method.
-    note_checkpoint(db, &mut notes).await;
-    progress(&format!(
-        "legacy: one INSERT per row, COMMIT every {} rows",
-        measure::LEGACY_COMMIT_EVERY
-    ));
-    let mut connection = db.connect().await?;
-    let (legacy_rows, legacy_time) =
-        measure::legacy_inserts(&mut connection, LEGACY_BASELINE, &copy_file).await?;
-    drop(connection);
-    progress(&format!("  {:.3} s", legacy_time.as_secs_f64()));
+    let legacy = if options.no_legacy {
+        progress("legacy: skipped (--no-legacy)");
+        None
+    } else {
+        note_checkpoint(db, &mut notes).await;
+        progress(&format!(
+            "legacy: one INSERT per row, COMMIT every {} rows",
+            measure::LEGACY_COMMIT_EVERY
+        ));
+        let mut connection = db.connect().await?;
+        let (legacy_rows, legacy_time) =
+            measure::legacy_inserts(&mut connection, LEGACY_BASELINE, &copy_file).await?;
+        drop(connection);
+        progress(&format!("  {:.3} s", legacy_time.as_secs_f64()));
+        Some((legacy_rows, legacy_time))
+    };
     environment.push((
         "load average (end)".to_string(),
         crate::report::load_average(),
@@ -180,7 +193,10 @@ async fn measure_all(db: &BenchDb, dir: &Path, options: &Options) -> Result<Summ
         ours: db.count(OURS).await?,
         ours_with_customer: db.count_with_customer(OURS).await?,
         psql_copy: db.count(COPY_BASELINE).await?,
-        legacy: db.count(LEGACY_BASELINE).await?,
+        legacy: match legacy {
+            Some(_) => Some(db.count(LEGACY_BASELINE).await?),
+            None => None,
+        },
         read: ours.read,
         loaded: ours.loaded,
         duplicate: ours.duplicate,
@@ -190,7 +206,8 @@ async fn measure_all(db: &BenchDb, dir: &Path, options: &Options) -> Result<Summ
         ours_is_rows_minus_rejected: false,
     };
     let counts = Counts {
-        tables_equal: counts.ours == counts.psql_copy && counts.ours == counts.legacy,
+        tables_equal: counts.ours == counts.psql_copy
+            && counts.legacy.is_none_or(|legacy| counts.ours == legacy),
         ours_is_rows_minus_rejected: counts.ours as u64 + counts.rejected == options.rows
             && counts.ours as u64 == counts.loaded,
         ..counts
@@ -201,18 +218,18 @@ async fn measure_all(db: &BenchDb, dir: &Path, options: &Options) -> Result<Summ
             counts.rejected
         ));
     }
-    if legacy_rows as i64 != counts.legacy {
-        notes.push(format!(
-            "the legacy loader sent {legacy_rows} rows but its table holds {}",
-            counts.legacy
-        ));
+    if let (Some((legacy_rows, _)), Some(stored)) = (legacy, counts.legacy) {
+        if legacy_rows as i64 != stored {
+            notes.push(format!(
+                "the legacy loader sent {legacy_rows} rows but its table holds {stored}"
+            ));
+        }
     }
 
     let ours_s = ours_wall.as_secs_f64();
     let copy_s = copy_time.as_secs_f64();
-    let legacy_s = legacy_time.as_secs_f64();
     let ours_vs_copy_speed = copy_s / ours_s;
-    let ours_vs_legacy_speed = legacy_s / ours_s;
+    let ours_vs_legacy_speed = legacy.map(|(_, time)| time.as_secs_f64() / ours_s);
     let memory = Memory {
         rows: options.rows,
         peak_rss_kib: ours.vm_hwm_kb,
@@ -220,19 +237,21 @@ async fn measure_all(db: &BenchDb, dir: &Path, options: &Options) -> Result<Summ
         small_peak_rss_kib: small.vm_hwm_kb,
         ratio: ours.vm_hwm_kb as f64 / small.vm_hwm_kb as f64,
     };
-    let goals = vec![
-        Goal::at_least(
-            "speed vs psql \\copy (copy_time/our_time)",
-            ours_vs_copy_speed,
-            0.8,
-            "x",
-        ),
-        Goal::at_least(
+    let mut goals = vec![Goal::at_least(
+        "speed vs psql \\copy (copy_time/our_time)",
+        ours_vs_copy_speed,
+        COPY_SPEED_GOAL,
+        "x",
+    )];
+    if let Some(speed) = ours_vs_legacy_speed {
+        goals.push(Goal::at_least(
             "speed vs legacy (legacy_time/our_time)",
-            ours_vs_legacy_speed,
+            speed,
             8.0,
             "x",
-        ),
+        ));
+    }
+    goals.extend([
         Goal::at_most(
             &format!(
                 "peak RSS {} rows / peak RSS {} rows",
@@ -250,11 +269,12 @@ async fn measure_all(db: &BenchDb, dir: &Path, options: &Options) -> Result<Summ
             " MiB",
             true,
         ),
-    ];
+    ]);
     let all_goals_met = goals.iter().all(|g| g.met);
-    if options.rows != 1_000_000 {
+    if options.rows != 1_000_000 && options.rows != 10_000_000 {
         notes.push(
-            "the goals are defined for 1,000,000 rows; this run used another size".to_string(),
+            "the goals are defined for 1,000,000 and 10,000,000 rows; this run used another size"
+                .to_string(),
         );
     }
 
@@ -273,7 +293,7 @@ async fn measure_all(db: &BenchDb, dir: &Path, options: &Options) -> Result<Summ
             ("csv (inside the zip)".to_string(), generated.csv_bytes),
             ("copy text file".to_string(), copy_bytes),
         ]),
-        loads: vec![
+        loads: [
             Load::new(
                 "ours (ZIP -> call_detail_record, child process)",
                 ours_s,
@@ -284,12 +304,16 @@ async fn measure_all(db: &BenchDb, dir: &Path, options: &Options) -> Result<Summ
                 copy_s,
                 counts.psql_copy as u64,
             ),
+        ]
+        .into_iter()
+        .chain(legacy.map(|(rows, time)| {
             Load::new(
                 "legacy (INSERT per row, COMMIT per 1,000)",
-                legacy_s,
-                legacy_rows,
-            ),
-        ],
+                time.as_secs_f64(),
+                rows,
+            )
+        }))
+        .collect(),
         ours_import_call_seconds: ours.import_ms / 1000.0,
         ours_vs_copy_speed,
         ours_vs_legacy_speed,

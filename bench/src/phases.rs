@@ -3,9 +3,9 @@
 //! The importer hashes the object, then inflates, parses, resolves and
 //! encodes on a blocking thread while the async side sends the encoded
 //! chunks to COPY. These stages are rebuilt here from the importer's public
-//! parts (the encoder is private, so `encode` below mirrors `load.rs`).
+//! parts and `load::encode`.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tem_shared::import::format::FormatTemplate;
-use tem_shared::import::load::Resolver;
+use tem_shared::import::load::{Resolver, COPY_HEADER, COPY_TRAILER};
 use tem_shared::import::parse::{CsvParser, Parsed};
 use tem_shared::import::source::{chunks, FileSource, RangeRead};
 use tem_shared::import::zip::{ZipArchive, ZipLimits};
@@ -47,6 +47,8 @@ enum Depth {
 }
 
 pub async fn run(zip: &Path, pool: &PgPool, copy_file: Option<&Path>) -> Result<Vec<Phase>> {
+    // The rows as the importer encodes them, for a COPY of them alone.
+    let binary_file = copy_file.map(|f| f.with_extension("binary"));
     let mut phases = Vec::new();
     let source: Arc<dyn RangeRead> =
         Arc::new(FileSource::open(zip).with_context(|| format!("open {}", zip.display()))?);
@@ -80,17 +82,29 @@ pub async fn run(zip: &Path, pool: &PgPool, copy_file: Option<&Path>) -> Result<
         ),
     ] {
         let started = Instant::now();
-        let note = read_through(source.clone(), resolver.clone(), depth).await?;
+        let keep = binary_file
+            .clone()
+            .filter(|_| depth == Depth::ParseResolveEncode);
+        let note = read_through(source.clone(), resolver.clone(), depth, keep).await?;
         phases.push(phase(name, started.elapsed(), note));
     }
 
-    // 4. COPY of the ready COPY text through sqlx, as the importer sends it.
+    // 4. COPY of ready rows through sqlx: the server's part alone, text
+    //    (what \copy sends) and binary (what the importer sends).
     if let Some(file) = copy_file {
-        let started = Instant::now();
-        let rows = sqlx_copy(pool, file).await?;
+        let (rows, took) = sqlx_copy(pool, file, "").await?;
         phases.push(phase(
-            "COPY of the canonical file via sqlx (256 KiB messages)",
-            started.elapsed(),
+            "COPY of the canonical text file via sqlx (256 KiB messages)",
+            took,
+            format!("{rows} rows into a fresh table like ours"),
+        ));
+    }
+    if let Some(file) = &binary_file {
+        let (rows, took) = sqlx_copy(pool, file, " (FORMAT binary)").await?;
+        let _ = std::fs::remove_file(file);
+        phases.push(phase(
+            "COPY of our encoded binary rows via sqlx (256 KiB messages)",
+            took,
             format!("{rows} rows into a fresh table like ours"),
         ));
     }
@@ -101,6 +115,7 @@ async fn read_through(
     source: Arc<dyn RangeRead>,
     resolver: Arc<Resolver>,
     depth: Depth,
+    keep: Option<std::path::PathBuf>,
 ) -> Result<String> {
     let limits = ZipLimits::default();
     let archive = ZipArchive::open(source, limits)
@@ -130,6 +145,14 @@ async fn read_through(
         let mut parser = CsvParser::new(reader, &template).context("header")?;
         let (mut rows, mut rejected, mut encoded) = (0u64, 0u64, 0u64);
         let mut chunk = Vec::with_capacity(256 * 1024 + 4096);
+        let mut kept = match &keep {
+            Some(path) => Some(std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("create {}", path.display()))?,
+            )),
+            None => None,
+        };
+        chunk.extend_from_slice(&COPY_HEADER);
         while let Some(next) = parser.next_row() {
             match next.context("parse")? {
                 Parsed::Row(row) => {
@@ -141,10 +164,14 @@ async fn read_through(
                             "routit",
                             &row,
                             customer.map(|c| c.0),
-                            "1",
-                        );
+                            1,
+                        )
+                        .map_err(|reason| anyhow::anyhow!("line {}: {reason}", row.line))?;
                         if chunk.len() >= 256 * 1024 {
                             encoded += chunk.len() as u64;
+                            if let Some(kept) = &mut kept {
+                                kept.write_all(&chunk).context("write the encoded rows")?;
+                            }
                             chunk = Vec::with_capacity(256 * 1024 + 4096);
                         }
                     }
@@ -152,9 +179,14 @@ async fn read_through(
                 Parsed::Rejected(_) => rejected += 1,
             }
         }
+        chunk.extend_from_slice(&COPY_TRAILER);
         encoded += chunk.len() as u64;
+        if let Some(mut kept) = kept {
+            kept.write_all(&chunk).context("write the encoded rows")?;
+            kept.flush().context("write the encoded rows")?;
+        }
         Ok(if depth == Depth::ParseResolveEncode {
-            format!("{rows} rows, {rejected} rejected, {encoded} bytes of COPY text")
+            format!("{rows} rows, {rejected} rejected, {encoded} bytes of binary COPY")
         } else {
             format!("{rows} rows, {rejected} rejected")
         })
@@ -163,7 +195,10 @@ async fn read_through(
     .context("join the reader")?
 }
 
-async fn sqlx_copy(pool: &PgPool, file: &Path) -> Result<u64> {
+/// The rows of `file` COPYed into a fresh table like ours; returns the rows
+/// and the time of the COPY alone (not the table's creation or the
+/// CHECKPOINT before it).
+async fn sqlx_copy(pool: &PgPool, file: &Path, options: &str) -> Result<(u64, Duration)> {
     let mut connection = pool.acquire().await.context("connection")?;
     sqlx::query("DROP TABLE IF EXISTS cdr_copy_sqlx")
         .execute(&mut *connection)
@@ -172,10 +207,15 @@ async fn sqlx_copy(pool: &PgPool, file: &Path) -> Result<u64> {
         .execute(&mut *connection)
         .await
         .context("create cdr_copy_sqlx")?;
+    // As before every measured load (skipped without the right to).
+    let _ = sqlx::query("CHECKPOINT").execute(&mut *connection).await;
     let mut input =
         std::fs::File::open(file).with_context(|| format!("open {}", file.display()))?;
+    let started = Instant::now();
     let mut copy = connection
-        .copy_in_raw(&format!("COPY cdr_copy_sqlx ({COLUMNS}) FROM STDIN"))
+        .copy_in_raw(&format!(
+            "COPY cdr_copy_sqlx ({COLUMNS}) FROM STDIN{options}"
+        ))
         .await
         .context("start COPY")?;
     loop {
@@ -188,11 +228,12 @@ async fn sqlx_copy(pool: &PgPool, file: &Path) -> Result<u64> {
         copy.send(buf).await.context("send COPY data")?;
     }
     let rows = copy.finish().await.context("finish COPY")?;
+    let took = started.elapsed();
     sqlx::query("DROP TABLE cdr_copy_sqlx")
         .execute(&mut *connection)
         .await?;
     if rows == 0 {
         bail!("the sqlx COPY loaded nothing");
     }
-    Ok(rows)
+    Ok((rows, took))
 }

@@ -45,7 +45,8 @@ pub struct Counts {
     pub ours: i64,
     pub ours_with_customer: i64,
     pub psql_copy: i64,
-    pub legacy: i64,
+    /// `None` with `--no-legacy`.
+    pub legacy: Option<i64>,
     pub read: u64,
     pub loaded: u64,
     pub duplicate: u64,
@@ -107,8 +108,8 @@ pub struct Summary {
     pub ours_import_call_seconds: f64,
     /// copy_time / our_time: our speed relative to `psql \copy`.
     pub ours_vs_copy_speed: f64,
-    /// legacy_time / our_time.
-    pub ours_vs_legacy_speed: f64,
+    /// legacy_time / our_time; `None` with `--no-legacy`.
+    pub ours_vs_legacy_speed: Option<f64>,
     pub memory: Memory,
     pub counts: Counts,
     pub goals: Vec<Goal>,
@@ -154,10 +155,9 @@ pub fn print(summary: &Summary) {
         "ours vs psql \\copy speed (copy_time / our_time): {:.3}x",
         summary.ours_vs_copy_speed
     );
-    println!(
-        "ours vs legacy speed (legacy_time / our_time):   {:.2}x",
-        summary.ours_vs_legacy_speed
-    );
+    if let Some(speed) = summary.ours_vs_legacy_speed {
+        println!("ours vs legacy speed (legacy_time / our_time):   {speed:.2}x");
+    }
     let m = &summary.memory;
     println!(
         "peak RSS of the import: {:.1} MiB for {} rows, {:.1} MiB for {} rows, ratio {:.3}",
@@ -180,9 +180,12 @@ pub fn print(summary: &Summary) {
         c.ours, c.ours_with_customer
     );
     println!("  cdr_copy_baseline         {}", c.psql_copy);
-    println!("  cdr_legacy_baseline       {}", c.legacy);
+    match c.legacy {
+        Some(legacy) => println!("  cdr_legacy_baseline       {legacy}"),
+        None => println!("  cdr_legacy_baseline       (not loaded: --no-legacy)"),
+    }
     println!(
-        "  three tables equal: {}; ours = generated - rejected: {}",
+        "  tables equal: {}; ours = generated - rejected: {}",
         yes(c.tables_equal),
         yes(c.ours_is_rows_minus_rejected)
     );

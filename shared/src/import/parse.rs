@@ -238,6 +238,12 @@ impl<R: Read> CsvParser<R> {
         raw
     }
 
+    /// The record last returned, as read (fields joined by the delimiter):
+    /// for a row the loader rejects after parsing.
+    pub fn raw_record(&self) -> String {
+        self.raw()
+    }
+
     fn raw(&self) -> String {
         let parts: Vec<String> = self
             .record
