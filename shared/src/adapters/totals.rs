@@ -519,8 +519,7 @@ impl CycleStore for PgCycleStore {
         // In slices: the bound arrays of every line of a large cycle at once
         // were the calculation's peak of memory.
         for up in lines.upsert.chunks(LINES_PER_STATEMENT) {
-            let column =
-                |f: fn(&Sums) -> i64| up.iter().map(|l| f(&l.sums)).collect::<Vec<i64>>();
+            let column = |f: fn(&Sums) -> i64| up.iter().map(|l| f(&l.sums)).collect::<Vec<i64>>();
             sqlx::query(
                 "INSERT INTO totals_line (customer_id, cycle, subscription, kind, roaming_zone, cdr_count, voice_seconds,
                                           data_bytes, messages, provider_cost_micros, rated_cost_micros, unrated_count)
