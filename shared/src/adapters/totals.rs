@@ -743,7 +743,6 @@ impl PgCycleStore {
         };
         let pool = self.pool.clone();
         let customer_id = self.customer_id;
-        let key = after.clone();
         let mut page = self.spare.take().unwrap_or_default();
         let task = tokio::spawn(async move {
             let mut reader = tokio::time::timeout(
@@ -760,7 +759,7 @@ impl PgCycleStore {
                 customer_id,
                 from,
                 end,
-                key.as_ref(),
+                after.as_ref(),
                 limit,
                 &mut page,
             )

@@ -101,23 +101,22 @@ impl CdrPage {
         &self.text[span.start as usize..(span.start + span.len) as usize]
     }
 
-    /// Where the next page starts.
+    /// Where the next page starts: after this page's last instant (a page
+    /// holds whole instants).
     pub fn last_key(&self) -> Option<CdrKey> {
         let row = self.rows.last()?;
         Some(CdrKey {
             started_at: row.started_at,
-            provider: String::from_utf8_lossy(self.text(row.provider)).into_owned(),
-            external_id: String::from_utf8_lossy(self.text(row.external_id)).into_owned(),
         })
     }
 }
 
-/// A CDR's place in consumption order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The end of a page in consumption order: its last instant, all of whose
+/// CDRs the page held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CdrKey {
+    /// Microseconds since the Unix epoch.
     pub started_at: i64,
-    pub provider: String,
-    pub external_id: String,
 }
 
 /// What a calculation writes as it goes.
