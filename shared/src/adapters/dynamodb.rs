@@ -287,11 +287,19 @@ impl DynamoTasks {
     }
 
     pub(crate) fn task_key(task_id: &str) -> AttributeValue {
-        s(format!("task#{task_id}"))
+        s(Self::task_pk(task_id))
     }
 
     fn profile_key(profile_id: i64) -> AttributeValue {
-        s(format!("profile#{profile_id}"))
+        s(Self::profile_pk(profile_id))
+    }
+
+    fn task_pk(task_id: &str) -> String {
+        format!("task#{task_id}")
+    }
+
+    fn profile_pk(profile_id: i64) -> String {
+        format!("profile#{profile_id}")
     }
 
     async fn get_item(&self, key: AttributeValue) -> Result<Option<Item>, PortError> {
@@ -775,10 +783,10 @@ impl TaskFanOut for DynamoTasks {
         let mut unique: Vec<i64> = profile_ids.to_vec();
         unique.sort_unstable();
         unique.dedup();
-        let pointer_keys: Vec<String> = unique.iter().map(|id| format!("profile#{id}")).collect();
+        let pointer_keys: Vec<String> = unique.iter().map(|id| Self::profile_pk(*id)).collect();
         let pointers = read_all(&self.client, &self.table, pointer_keys).await;
         let current_of = |id: i64| -> Result<Option<String>, PortError> {
-            match pointers.get(&format!("profile#{id}")) {
+            match pointers.get(&Self::profile_pk(id)) {
                 Some(Ok(item)) => Ok(item
                     .as_ref()
                     .and_then(|i| get_s(i, "current_task_id"))
@@ -790,7 +798,7 @@ impl TaskFanOut for DynamoTasks {
         let mut task_keys: Vec<String> = unique
             .iter()
             .filter_map(|id| current_of(*id).ok().flatten())
-            .map(|task_id| format!("task#{task_id}"))
+            .map(|task_id| Self::task_pk(&task_id))
             .collect();
         task_keys.sort_unstable();
         task_keys.dedup();
@@ -801,7 +809,7 @@ impl TaskFanOut for DynamoTasks {
                 let Some(task_id) = current_of(*id)? else {
                     return Ok(None);
                 };
-                match tasks.get(&format!("task#{task_id}")) {
+                match tasks.get(&Self::task_pk(&task_id)) {
                     Some(Ok(item)) => Ok(item.as_ref().and_then(Self::parse_task)),
                     Some(Err(e)) => Err(e.clone()),
                     None => Ok(None),
