@@ -17,6 +17,7 @@ use tem_shared::billing::calculation::{Calculation, Recalculation};
 use tem_shared::import::load::COLUMNS;
 
 use crate::generate::Rng;
+use crate::totals::data::Usage;
 
 pub const PROVIDERS: [&str; 7] = provider_sim::PROVIDERS;
 pub const ZONE: Tz = chrono_tz::Europe::Amsterdam;
@@ -420,65 +421,16 @@ impl Rows {
         let started_at = self.last_second.as_ref().map_or("", |(_, t)| t.as_str());
         let rng = &mut self.rng;
         let (provider, number) = &self.lines[rng.below(self.lines.len() as u64) as usize];
-        let kind = match rng.below(100) {
-            0..=44 => "voice",
-            45..=64 => "sms",
-            65..=66 => "mms",
-            67..=96 => "data",
-            _ => "service",
-        };
-        let zone = match rng.below(100) {
-            0..=84 => "home",
-            85..=96 => "eu",
-            _ => "world",
-        };
-        let n = rng.below(100_000_000);
-        let destination_choice = rng.below(6);
-        let service = rng.below(3) as usize;
-        let (seconds, bytes, units, cost) = match kind {
-            "voice" => {
-                let s = match rng.below(100) {
-                    0..=4 => 0,
-                    5..=44 => 1 + rng.below(60),
-                    45..=94 => 1 + rng.below(900),
-                    _ => 900 + rng.below(3600),
-                };
-                (s, 0, 0, s * 250)
-            }
-            "data" => {
-                let b = match rng.below(100) {
-                    0..=59 => rng.below(2_000_000),
-                    60..=94 => rng.below(50_000_000),
-                    _ => rng.below(500_000_000),
-                };
-                (0, b, 0, b / 100_000)
-            }
-            "service" => (0, 0, 1, 500_000 + rng.below(9) * 250_000),
-            _ => (0, 0, 1, 75_000),
-        };
+        let usage = Usage::draw(rng);
         // One "import file" per day, as daily carrier exports.
         let file = second / 86_400;
         let _ = write!(
             out,
-            "{provider}\tTICK{:013}\t{number}\t{}\t{started_at}\t{kind}\toutgoing\t",
-            self.seq, self.customer_id
+            "{provider}\tTICK{:013}\t{number}\t{}\t{started_at}\t{}\toutgoing\t",
+            self.seq, self.customer_id, usage.kind
         );
-        let _ = match kind {
-            "data" => Ok(()),
-            "service" => out.write_all(["1244", "Spotify", "0900-8844"][service].as_bytes()),
-            _ => match destination_choice {
-                0 | 1 => write!(out, "+316{n:08}"),
-                2 => write!(out, "+3120{:07}", n % 10_000_000),
-                3 => write!(out, "+324{n:08}"),
-                4 => write!(out, "+1212{:07}", n % 10_000_000),
-                _ => write!(out, "+4915{n:08}"),
-            },
-        };
-        let _ = writeln!(
-            out,
-            "\t{zone}\t{seconds}\t{bytes}\t{units}\t{cost}\t{file}\t{}",
-            self.seq % 2_000_000_000
-        );
+        usage.write(out);
+        let _ = writeln!(out, "\t{file}\t{}", self.seq % 2_000_000_000);
     }
 }
 
