@@ -1406,6 +1406,17 @@ async fn run_step(
     customer: i64,
     run: &str,
 ) -> Result<(), String> {
+    step_outcome(handler, step, customer, run).await.map(|_| ())
+}
+
+/// [`run_step`], with what the step answered; the message id is
+/// `{run}-{step}-{customer}`, so the same `run` is the same message again.
+async fn step_outcome(
+    handler: &tem_shared::billing::handler::Totals,
+    step: fn(tem_shared::command::CyclePayload) -> tem_shared::command::Command,
+    customer: i64,
+    run: &str,
+) -> Result<tem_shared::runtime::StepOutcome, String> {
     use tem_shared::command::{Cause, CyclePayload};
     use tem_shared::envelope::Envelope;
     use tem_shared::runtime::{Delivery, StepHandler};
@@ -1430,8 +1441,95 @@ async fn run_step(
     handler
         .handle(&message, delivery)
         .await
-        .map(|_| ())
         .map_err(|e| format!("{name} of customer {customer}: {e}"))
+}
+
+// --- a chain owes the backup and insights only of the totals it made ---
+
+#[tokio::test]
+async fn a_chain_whose_calculation_finds_another_chains_totals_current_goes_straight_to_its_invoice(
+) {
+    use tem_shared::command::Command;
+    use tem_shared::envelope::Step;
+    use tem_shared::runtime::StepOutcome;
+    let db = fresh().await;
+    let c = customer(&db.pool, 1, Some(bundled_plan())).await;
+    bundled_cycle(&db.pool, c).await;
+    let handler = totals_on_pool(&db.url, 2).await;
+    // Two carriers' imports of one sync: the first chain's calculation
+    // rates the cycle, the second finds it current.
+    let first = step_outcome(&handler, Command::CalculateTotals, c, "kpn")
+        .await
+        .unwrap();
+    assert!(
+        matches!(first, StepOutcome::Continue { ref next, .. } if next.is_empty()),
+        "the calculating chain continues as it was fixed: {first:?}"
+    );
+    let second = step_outcome(&handler, Command::CalculateTotals, c, "routit")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            second,
+            StepOutcome::SkipTo {
+                until: Step::GenerateInvoice
+            }
+        ),
+        "the chain that found the first one's totals owes only its invoice: {second:?}"
+    );
+    let made_by: Option<String> =
+        sqlx::query_scalar("SELECT calculated_by FROM cycle_state WHERE customer_id = $1")
+            .bind(c)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        made_by.as_deref(),
+        Some(format!("kpn-CalculateTotals-{c}").as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_calculation_retried_after_its_commit_still_owes_its_backup_and_insights() {
+    use tem_shared::command::Command;
+    use tem_shared::runtime::StepOutcome;
+    let db = fresh().await;
+    let c = customer(&db.pool, 1, Some(bundled_plan())).await;
+    bundled_cycle(&db.pool, c).await;
+    let handler = totals_on_pool(&db.url, 2).await;
+    step_outcome(&handler, Command::CalculateTotals, c, "kpn")
+        .await
+        .unwrap();
+    // The same message again (its acknowledgement was lost after the
+    // commit): the cycle is current, made by this very message.
+    let again = step_outcome(&handler, Command::CalculateTotals, c, "kpn")
+        .await
+        .unwrap();
+    assert!(
+        matches!(again, StepOutcome::Continue { ref next, .. } if next.is_empty()),
+        "a retry of the calculating message keeps the whole chain: {again:?}"
+    );
+}
+
+#[tokio::test]
+async fn totals_made_outside_the_chains_leave_the_next_chain_its_backup() {
+    use tem_shared::command::Command;
+    use tem_shared::runtime::StepOutcome;
+    let db = fresh().await;
+    let c = customer(&db.pool, 1, Some(bundled_plan())).await;
+    bundled_cycle(&db.pool, c).await;
+    // temctl or a benchmark rates the cycle in-process and backs up nothing.
+    calculate_totals(&db.pool, c, "2025-03-01".parse().unwrap())
+        .await
+        .unwrap();
+    let handler = totals_on_pool(&db.url, 2).await;
+    let outcome = step_outcome(&handler, Command::CalculateTotals, c, "kpn")
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, StepOutcome::Continue { ref next, .. } if next.is_empty()),
+        "totals of an unknown maker are backed up by the chain that finds them: {outcome:?}"
+    );
 }
 
 #[tokio::test]

@@ -272,6 +272,20 @@ impl Envelope {
         Some(self.child("0", head.step, Value::Object(payload), remaining))
     }
 
+    /// The continuation of this chain from its first `until` link, leaving
+    /// out the links before it (the whole chain when it has none). Its id is
+    /// the one [`Self::continuation`] would give: a step runs once per
+    /// message id, so an attempt that skipped and an earlier attempt that
+    /// did not can never both go on, nor both count on the task.
+    pub fn skipping_to(&self, until: Step) -> Option<Envelope> {
+        let Some(at) = self.chain.iter().position(|link| link.step == until) else {
+            return self.continuation(&Value::Null, Vec::new());
+        };
+        let mut remaining = self.chain[at..].to_vec();
+        let head = remaining.remove(0);
+        Some(self.child("0", head.step, head.payload, remaining))
+    }
+
     /// One message per branch, each followed by the rest of this chain
     /// (fan-out, e.g. `DispatchTotals` per customer and cycle an import
     /// touched). Ids derive from this message's id and the branch position.
@@ -521,6 +535,33 @@ mod tests {
             assert_eq!(branch.task_id, parent.task_id);
         }
         assert_eq!(branches[1].payload["customer_id"], 2);
+    }
+
+    #[test]
+    fn skipping_to_a_step_leaves_out_the_links_before_it_and_keeps_the_continuations_id() {
+        let mut parent = sample();
+        parent
+            .chain
+            .push(link(Step::GenerateInvoice, json!({"customer_id": 1})));
+        let next = parent.skipping_to(Step::RoutitDownloadExport).unwrap();
+        assert_eq!(next.step, Step::RoutitDownloadExport);
+        assert_eq!(
+            next.chain,
+            vec![link(Step::GenerateInvoice, json!({"customer_id": 1}))]
+        );
+        assert_eq!(
+            next.id,
+            parent.continuation(&json!({}), vec![]).unwrap().id,
+            "an attempt that skips and one that did not send one id"
+        );
+        assert_eq!((next.depth, next.task_id.as_deref()), (1, Some("task-1")));
+        let last = parent.skipping_to(Step::GenerateInvoice).unwrap();
+        assert!(last.chain.is_empty());
+        // A chain without the step is continued as it was fixed.
+        assert_eq!(
+            parent.skipping_to(Step::SyncProfile),
+            parent.continuation(&Value::Null, vec![])
+        );
     }
 
     #[test]

@@ -35,7 +35,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tracing::{error, info, warn, Instrument};
 
-use crate::envelope::{salvage_task_id, ChainLink, Envelope};
+use crate::envelope::{salvage_task_id, ChainLink, Envelope, Step};
 use crate::ops::settings::queue_name_of;
 use crate::ports::{
     Claim, FailureLog, FailureRecord, HandoffChange, IdempotencyStore, OutgoingMessage, PortError,
@@ -55,6 +55,10 @@ pub enum StepOutcome {
     /// Done; continue with one message per branch, each followed by the
     /// rest of the chain. No branches ends this chain here.
     Fork { branches: Vec<ChainLink> },
+    /// Done; the chain's links before its first `until` are work another
+    /// message already owes, so the chain continues at `until` (as it was
+    /// fixed, when it has no such link).
+    SkipTo { until: Step },
     /// Done here, but the branch goes on outside the queues (an export put
     /// into the CDR bucket continues as the import its S3 notification
     /// starts, which adopts the task). The task keeps this branch open as
@@ -831,6 +835,7 @@ impl ChainRuntime {
                 0,
             ),
             StepOutcome::Fork { branches } => (envelope.fork(branches), 0),
+            StepOutcome::SkipTo { until } => (envelope.skipping_to(until).into_iter().collect(), 0),
             StepOutcome::Requeue { delay, payload } => {
                 let again = envelope.requeued(payload);
                 if again.requeues > self.settings.max_requeues {

@@ -195,6 +195,28 @@ async fn success_sends_the_head_of_the_chain_and_keeps_the_task_open() {
 }
 
 #[tokio::test]
+async fn a_step_that_skips_to_a_later_step_sends_that_step_with_the_rest_of_the_chain() {
+    let h = harness(vec![Ok(StepOutcome::SkipTo {
+        until: Step::RoutitDownloadExport,
+    })]);
+    with_task(&h).await;
+    let download = ChainLink {
+        step: Step::RoutitDownloadExport,
+        payload: json!({"provider": "routit"}),
+    };
+    let m = message(vec![poll_link(), download.clone(), poll_link()]);
+    let report = h.runtime.process(incoming(&m, 1), deadline()).await;
+    assert_eq!(report.disposition, Disposition::Completed);
+    let sent = h.queues.on(ROUTIT_Q);
+    assert_eq!(sent.len(), 1, "one next message, the skipped step's");
+    let child = Envelope::parse(&sent[0].body).unwrap();
+    assert_eq!(child.step, Step::RoutitDownloadExport);
+    assert_eq!(child.chain, vec![poll_link()]);
+    let task = h.tasks.task("task-1");
+    assert_eq!((task.outstanding, task.status), (1, TaskStatus::Running));
+}
+
+#[tokio::test]
 async fn the_task_completes_when_its_last_step_finishes() {
     let h = harness(vec![Ok(StepOutcome::done(json!({})))]);
     with_task(&h).await;

@@ -75,10 +75,23 @@ pub async fn calculate_totals_with(
     cycle: NaiveDate,
     how: Recalculation,
 ) -> Result<(CycleTotals, CalculationReport), TotalsError> {
+    calculate_totals_by(pool, customer_id, cycle, how, None).await
+}
+
+/// [`calculate_totals_with`] as the run `by` (a CalculateTotals message
+/// id), recorded with the totals it makes so that its chain can tell its
+/// own calculation, retried, from another chain's.
+pub async fn calculate_totals_by(
+    pool: &PgPool,
+    customer_id: i64,
+    cycle: NaiveDate,
+    how: Recalculation,
+    by: Option<&str>,
+) -> Result<(CycleTotals, CalculationReport), TotalsError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let result = attempt_once(pool, customer_id, cycle, how).await;
+        let result = attempt_once(pool, customer_id, cycle, how, by).await;
         match result {
             Err(TotalsError::Store(e)) if attempt < ATTEMPTS && lost_snapshot(&e) => {
                 tracing::info!(customer_id, %cycle, attempt, "another calculation of the cycle committed first; starting again");
@@ -113,6 +126,7 @@ async fn attempt_once(
     customer_id: i64,
     cycle: NaiveDate,
     how: Recalculation,
+    by: Option<&str>,
 ) -> Result<(CycleTotals, CalculationReport), TotalsError> {
     let mut tx = pool
         .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
@@ -131,7 +145,7 @@ async fn attempt_once(
         cycle,
         end: None,
     };
-    let done = calculation::calculate(&mut store, customer_id, cycle, how).await?;
+    let done = calculation::calculate(&mut store, customer_id, cycle, how, by).await?;
     store.tx.commit().await?;
     Ok(done)
 }
@@ -204,7 +218,7 @@ impl CycleStore for PgCycleStore {
         .execute(&mut *self.tx)
         .await?;
         let row = sqlx::query(
-            "SELECT method, rate_plan_id, plan, time_zone, start_day, calculations FROM cycle_state
+            "SELECT method, rate_plan_id, plan, time_zone, start_day, calculations, calculated_by FROM cycle_state
              WHERE customer_id = $1 AND cycle = $2 FOR UPDATE",
         )
         .bind(self.customer_id)
@@ -224,6 +238,7 @@ impl CycleStore for PgCycleStore {
                 time_zone: row.try_get("time_zone")?,
                 start_day: u32::try_from(row.try_get::<i16, _>("start_day")?).unwrap_or(0),
             },
+            calculated_by: row.try_get("calculated_by")?,
         }))
     }
 
@@ -555,16 +570,18 @@ impl CycleStore for PgCycleStore {
         cdr_count: u64,
         restarted_at: Option<DateTime<Utc>>,
         cdrs_read: u64,
+        by: Option<&str>,
     ) -> Result<(), TotalsError> {
         sqlx::query(
             "INSERT INTO cycle_state (customer_id, cycle, method, rate_plan_id, plan, time_zone, start_day, cdr_count,
-                                      calculations, restarted_at, cdrs_read, calculated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $10, now())
+                                      calculations, restarted_at, cdrs_read, calculated_at, calculated_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $10, now(), $11)
              ON CONFLICT (customer_id, cycle) DO UPDATE SET
                  method = EXCLUDED.method, rate_plan_id = EXCLUDED.rate_plan_id, plan = EXCLUDED.plan,
                  time_zone = EXCLUDED.time_zone, start_day = EXCLUDED.start_day, cdr_count = EXCLUDED.cdr_count,
                  calculations = cycle_state.calculations + 1, restarted_at = EXCLUDED.restarted_at,
-                 cdrs_read = EXCLUDED.cdrs_read, calculated_at = EXCLUDED.calculated_at",
+                 cdrs_read = EXCLUDED.cdrs_read, calculated_at = EXCLUDED.calculated_at,
+                 calculated_by = EXCLUDED.calculated_by",
         )
         .bind(self.customer_id)
         .bind(self.cycle)
@@ -576,6 +593,7 @@ impl CycleStore for PgCycleStore {
         .bind(i64::try_from(cdr_count).unwrap_or(i64::MAX))
         .bind(restarted_at)
         .bind(i64::try_from(cdrs_read).unwrap_or(i64::MAX))
+        .bind(by)
         .execute(&mut *self.tx)
         .await?;
         Ok(())

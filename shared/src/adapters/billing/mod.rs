@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use chrono::NaiveDate;
 use sqlx::PgPool;
 
-use crate::adapters::totals::calculate_totals_with;
+use crate::adapters::totals::calculate_totals_by;
 use crate::billing::calculation::{CalculationReport, Recalculation};
 use crate::billing::customer::CustomerError;
 use crate::billing::handler::{CycleCalculator, TotalsStores};
@@ -56,8 +56,9 @@ impl CycleCalculator for PgCalculator {
         customer_id: i64,
         cycle: NaiveDate,
         how: Recalculation,
+        by: Option<&str>,
     ) -> Result<(CycleTotals, CalculationReport), TotalsError> {
-        calculate_totals_with(&self.pool, customer_id, cycle, how).await
+        calculate_totals_by(&self.pool, customer_id, cycle, how, by).await
     }
 }
 
