@@ -36,8 +36,13 @@
 //!     first_period: 2025-01-01
 //! ```
 //!
+//! The invoice parties, `sellers` and `billing_details`, are described in
+//! [`parties`].
+//!
 //! Natural keys: rate plans by `id`, customers by `code`, subscriptions by
-//! (`provider`, `identifier`, `active_from`), sync profiles by `name`. An
+//! (`provider`, `identifier`, `active_from`), sync profiles by `name`,
+//! sellers by (`code`, `valid_from`), billing details by (`customer`,
+//! `valid_from`). An
 //! object in the file is created or updated to match it exactly (a field
 //! left out takes its default, e.g. no `rate_plan` removes the customer's
 //! plan); objects in the database but not in the file are left alone.
@@ -65,6 +70,7 @@ pub mod changes;
 pub mod document;
 pub mod follow_up;
 pub mod interpolate;
+pub mod parties;
 pub mod store;
 
 use std::fmt;
@@ -77,19 +83,24 @@ pub use follow_up::{Delivery, DeliveryOutcome, FollowUp};
 pub use store::{apply, Applied, ApplyOptions, CatalogError};
 
 /// The sections of a file, in the order they are applied (plans before the
-/// customers that use them, customers before their subscriptions).
+/// customers that use them, sellers and customers before the billing
+/// details that name them, customers before their subscriptions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Section {
     RatePlans,
+    Sellers,
     Customers,
+    BillingDetails,
     Subscriptions,
     SyncProfiles,
 }
 
 impl Section {
-    pub const ALL: [Section; 4] = [
+    pub const ALL: [Section; 6] = [
         Section::RatePlans,
+        Section::Sellers,
         Section::Customers,
+        Section::BillingDetails,
         Section::Subscriptions,
         Section::SyncProfiles,
     ];
@@ -97,7 +108,9 @@ impl Section {
     pub fn as_str(self) -> &'static str {
         match self {
             Section::RatePlans => "rate_plans",
+            Section::Sellers => "sellers",
             Section::Customers => "customers",
+            Section::BillingDetails => "billing_details",
             Section::Subscriptions => "subscriptions",
             Section::SyncProfiles => "sync_profiles",
         }
