@@ -9,6 +9,15 @@
 //! - **Closed**: the first run makes that invoice final (creating it from
 //!   the current totals if there was no draft). A final invoice never
 //!   changes again; the database refuses it too.
+//! - **Blocked**: a closed cycle whose customer lacks billing data (no
+//!   billing details valid on the issue date, a required field missing, no
+//!   seller details, no VAT category or rate) stays a draft with its
+//!   `blocked_reason`, and the run succeeds with [`InvoiceOutcome::Blocked`]
+//!   naming what is missing. Nothing is lost and nothing is retried in a
+//!   loop: the step finishes, `temctl status` reports the blocked drafts,
+//!   and the hourly finalisation sweep sends GenerateInvoice for every
+//!   closed draft again, so the invoice becomes final on the first sweep
+//!   after the data has been applied.
 //! - **Late changes**: when the cycle's totals or fees no longer match what
 //!   the final invoice and its earlier corrections billed together, a
 //!   correction invoice (sequence 1, 2, ...) is created, final at once,
@@ -24,16 +33,32 @@
 //! Every invoice satisfies total = sum of its lines = rated cost + fees;
 //! this is checked here before anything is written and again by the
 //! database at commit.
+//!
+//! # Finalisation
+//!
+//! When an invoice (or a correction, final at once) becomes final it is
+//! issued: its issue date is the finalisation's date in the customer's
+//! time zone; the seller's and customer's details valid on that date
+//! ([`crate::billing::parties`]) and each line's VAT category and the rate
+//! valid on that date ([`crate::billing::vat`]) are recorded with it, with
+//! its document amounts in cents ([`crate::billing::document::amounts`]);
+//! and it takes the next number of its seller's gapless series
+//! ([`crate::billing::numbering`]) as the last write before the commit. A
+//! draft never has a number.
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
 use crate::billing::customer::{CustomerError, CustomerSettings};
+use crate::billing::document::amounts::{document_amounts, DocumentAmounts, Taxed};
+use crate::billing::numbering::NumberFormat;
+use crate::billing::parties::{BuyerDetails, SellerDetails, StoredBuyer};
 use crate::billing::rating::{monthly_fees, RatePlan};
+use crate::billing::vat::{category_for, LineVat, RateBp, VatCategory};
 use crate::cdr::cycle_bounds;
 use crate::ports::StoreError;
 
@@ -105,6 +130,8 @@ pub enum InvoiceOutcome {
         /// False when no draft existed and the final was made at once.
         from_draft: bool,
         total_micros: i64,
+        /// Its number in the seller's series.
+        number: String,
     },
     /// Late changes after finalisation, billed as a correction invoice.
     CorrectionCreated {
@@ -112,6 +139,19 @@ pub enum InvoiceOutcome {
         correction_id: i64,
         sequence: i32,
         total_micros: i64,
+        number: String,
+    },
+    /// The cycle has closed but the invoice cannot be issued: the customer
+    /// or seller lacks billing data. The invoice stays a draft with the
+    /// reason recorded (for a correction nothing is written: the next run
+    /// computes it again); the finalisation sweep tries again every hour.
+    Blocked {
+        /// The cycle's invoice (sequence 0).
+        invoice_id: i64,
+        /// True when the blocked document is a correction of a final invoice.
+        correction: bool,
+        /// Each problem, naming its field and what to apply.
+        missing: Vec<String>,
     },
     /// The final invoice and its corrections already bill the current totals.
     Unchanged { invoice_id: i64, corrections: i32 },
@@ -240,8 +280,194 @@ pub trait CycleInvoices: Send {
         invoice_id: i64,
         lines: &[InvoiceLine],
     ) -> Result<(), StoreError>;
-    async fn finalise(&mut self, invoice_id: i64, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// The customer's billing details valid on `on` (the latest
+    /// `valid_from` on or before it), as stored.
+    async fn buyer_details(&mut self, on: NaiveDate) -> Result<Option<StoredBuyer>, StoreError>;
+    /// The details of seller `seller` valid on `on`.
+    async fn seller_details(
+        &mut self,
+        seller: &str,
+        on: NaiveDate,
+    ) -> Result<Option<SellerDetails>, StoreError>;
+    /// The VAT rate `code` (`standard`, `reverse_charge`, ...) of
+    /// `country` valid on `on`: its category as stored and its rate.
+    async fn vat_rate(
+        &mut self,
+        country: &str,
+        code: &str,
+        on: NaiveDate,
+    ) -> Result<Option<(String, RateBp)>, StoreError>;
+    /// Records why a closed cycle's draft cannot become final.
+    async fn block(
+        &mut self,
+        invoice_id: i64,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Takes the next number of `seller`'s series for `year` (0 for a
+    /// series without years). It is consumed only if this run commits.
+    async fn take_number(&mut self, seller: &str, year: i32) -> Result<i64, StoreError>;
+    /// Makes a draft final with everything it was issued with: its lines'
+    /// VAT (in line order), parties, number and amounts.
+    async fn finalise(&mut self, invoice_id: i64, issue: &Issue) -> Result<(), StoreError>;
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// What a final invoice is issued with (see "Finalisation" in the module
+/// docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub finalised_at: DateTime<Utc>,
+    pub issue_date: NaiveDate,
+    pub due_date: NaiveDate,
+    pub seller: SellerDetails,
+    pub buyer: BuyerDetails,
+    pub number: String,
+    /// The counter value the number was rendered from.
+    pub number_seq: i64,
+    /// Each line's VAT, in the order of the invoice's lines.
+    pub line_vat: Vec<LineVat>,
+    pub amounts: DocumentAmounts,
+}
+
+/// An issue ready but for its number.
+struct Prepared {
+    issue_date: NaiveDate,
+    due_date: NaiveDate,
+    seller: SellerDetails,
+    buyer: BuyerDetails,
+    format: NumberFormat,
+    line_vat: Vec<LineVat>,
+    amounts: DocumentAmounts,
+}
+
+/// Everything an invoice of `lines` issued at `now` needs but its number,
+/// or the problems that keep it from being issued (each naming what to
+/// apply). Reads in the run's transaction; writes nothing.
+async fn prepare_issue(
+    run: &mut dyn CycleInvoices,
+    customer_id: i64,
+    cycle: NaiveDate,
+    zone: Tz,
+    now: DateTime<Utc>,
+    lines: &[InvoiceLine],
+) -> Result<Result<Prepared, Vec<String>>, InvoiceError> {
+    let issue_date = now.with_timezone(&zone).date_naive();
+    let Some(stored) = run.buyer_details(issue_date).await? else {
+        return Ok(Err(vec![format!(
+            "customer {customer_id} has no billing details valid on {issue_date}: apply a billing_details entry with {}",
+            crate::billing::parties::REQUIRED_BUYER_FIELDS.join(", ")
+        )]));
+    };
+    let buyer = match stored.complete() {
+        Ok(buyer) => buyer,
+        Err(problems) => {
+            return Ok(Err(problems
+                .into_iter()
+                .map(|p| {
+                    format!(
+                        "billing details of customer {customer_id} valid from {}: {p}",
+                        stored.valid_from.map(|d| d.to_string()).unwrap_or_default()
+                    )
+                })
+                .collect()))
+        }
+    };
+    let Some(seller) = run.seller_details(&buyer.seller, issue_date).await? else {
+        return Ok(Err(vec![format!(
+            "seller {:?} has no details valid on {issue_date}: apply a sellers entry for it",
+            buyer.seller
+        )]));
+    };
+    let format = match NumberFormat::parse(&seller.invoice_number_format) {
+        Ok(format) => format,
+        Err(e) => {
+            return Ok(Err(vec![format!(
+                "seller {:?}: invoice_number_format {e}",
+                seller.code
+            )]))
+        }
+    };
+    let category = match category_for(&seller, &buyer) {
+        Ok(category) => category,
+        Err(e) => return Ok(Err(vec![format!("customer {customer_id}: {e}")])),
+    };
+    let country = &seller.address.country;
+    let rate = match run.vat_rate(country, category.rate_code(), issue_date).await? {
+        Some((stored, rate)) if stored.parse::<VatCategory>() == Ok(category) => rate,
+        Some((stored, _)) => {
+            return Ok(Err(vec![format!(
+                "the {} VAT rate of {country} valid on {issue_date} is stored with category {stored}, not {category}; correct the vat_rate row",
+                category.rate_code()
+            )]))
+        }
+        None => {
+            return Ok(Err(vec![format!(
+                "no {} VAT rate of {country} is valid on {issue_date}; add a vat_rate row for it",
+                category.rate_code()
+            )]))
+        }
+    };
+    let vat = LineVat { category, rate };
+    let taxed: Vec<Taxed> = lines
+        .iter()
+        .map(|l| Taxed {
+            amount_micros: l.amount_micros,
+            vat,
+        })
+        .collect();
+    let amounts =
+        document_amounts(&taxed, &[], &[], 0).map_err(|e| InvoiceError::Inconsistent {
+            customer: customer_id,
+            cycle,
+            reason: e.to_string(),
+        })?;
+    let terms = buyer
+        .payment_terms_days
+        .unwrap_or(seller.payment_terms_days);
+    let due_date = issue_date
+        .checked_add_days(chrono::Days::new(u64::from(terms)))
+        .unwrap_or(NaiveDate::MAX);
+    Ok(Ok(Prepared {
+        issue_date,
+        due_date,
+        seller,
+        buyer,
+        format,
+        line_vat: vec![vat; lines.len()],
+        amounts,
+    }))
+}
+
+/// Takes the number and finalises: the last writes of the run, so the
+/// seller's counter row is locked for as short a time as possible.
+async fn issue(
+    run: &mut dyn CycleInvoices,
+    invoice_id: i64,
+    prepared: Prepared,
+    now: DateTime<Utc>,
+) -> Result<String, InvoiceError> {
+    let year = prepared.issue_date.year();
+    let seq = run
+        .take_number(&prepared.seller.code, prepared.format.counter_year(year))
+        .await?;
+    let number = prepared.format.render(year, seq);
+    run.finalise(
+        invoice_id,
+        &Issue {
+            finalised_at: now,
+            issue_date: prepared.issue_date,
+            due_date: prepared.due_date,
+            seller: prepared.seller,
+            buyer: prepared.buyer,
+            number: number.clone(),
+            number_seq: seq,
+            line_vat: prepared.line_vat,
+            amounts: prepared.amounts,
+        },
+    )
+    .await?;
+    Ok(number)
 }
 
 fn plural(n: i64, one: &str, many: &str) -> String {
@@ -484,6 +710,7 @@ pub async fn generate_invoice(
                 run.as_mut(),
                 customer_id,
                 cycle,
+                customer.zone,
                 invoice_id,
                 &now_worth,
                 calculated_at,
@@ -523,11 +750,24 @@ pub async fn generate_invoice(
                     closes_at,
                 }
             } else {
-                run.finalise(invoice_id, now).await?;
-                InvoiceOutcome::Finalised {
-                    invoice_id,
-                    from_draft: existing.is_some(),
-                    total_micros: *total,
+                match prepare_issue(run.as_mut(), customer_id, cycle, customer.zone, now, lines)
+                    .await?
+                {
+                    Ok(prepared) => InvoiceOutcome::Finalised {
+                        invoice_id,
+                        from_draft: existing.is_some(),
+                        total_micros: *total,
+                        number: issue(run.as_mut(), invoice_id, prepared, now).await?,
+                    },
+                    Err(missing) => {
+                        run.block(invoice_id, &missing.join("; "), now).await?;
+                        tracing::warn!(customer_id, %cycle, ?missing, "invoice kept as a draft: billing data missing");
+                        InvoiceOutcome::Blocked {
+                            invoice_id,
+                            correction: false,
+                            missing,
+                        }
+                    }
                 }
             }
         }
@@ -536,10 +776,12 @@ pub async fn generate_invoice(
     Ok(outcome)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn bill_late_changes(
     run: &mut dyn CycleInvoices,
     customer_id: i64,
     cycle: NaiveDate,
+    zone: Tz,
     invoice_id: i64,
     now_worth: &Billable,
     calculated_at: DateTime<Utc>,
@@ -589,6 +831,19 @@ async fn bill_late_changes(
         });
     }
     let sequence = corrections + 1;
+    // A correction is final at once, so it is issued now or not written:
+    // its lines are computed again by the next run.
+    let prepared = match prepare_issue(run, customer_id, cycle, zone, now, &lines).await? {
+        Ok(prepared) => prepared,
+        Err(missing) => {
+            tracing::warn!(customer_id, %cycle, ?missing, "correction not issued: billing data missing");
+            return Ok(InvoiceOutcome::Blocked {
+                invoice_id,
+                correction: true,
+                missing,
+            });
+        }
+    };
     // Written as a draft and finalised after its lines, because the
     // database refuses lines for an invoice that is already final.
     let correction_id = run
@@ -603,12 +858,13 @@ async fn bill_late_changes(
         )
         .await?;
     run.insert_lines(correction_id, &lines).await?;
-    run.finalise(correction_id, now).await?;
+    let number = issue(run, correction_id, prepared, now).await?;
     Ok(InvoiceOutcome::CorrectionCreated {
         invoice_id,
         correction_id,
         sequence,
         total_micros: total,
+        number,
     })
 }
 
