@@ -47,8 +47,9 @@ sellers:
     invoice_number_format: "{year}-{seq:06}"
 "#;
 
-/// A Dutch customer `code` with billing details from 2020, and a
-/// Belgian business `brussels` (reverse charge).
+/// The seller, and per code a customer with billing details from 2020:
+/// Dutch, except `brussels`, a Belgian business (reverse charge), and
+/// `newyork`, configured as outside the scope of VAT.
 fn parties_file(codes: &[&str]) -> String {
     let mut text = SELLER.to_string();
     text.push_str("customers:\n");
@@ -59,21 +60,26 @@ fn parties_file(codes: &[&str]) -> String {
     }
     text.push_str("billing_details:\n");
     for code in codes {
-        let (country, vat, peppol) = if *code == "brussels" {
-            (
+        let (country, vat, peppol) = match *code {
+            "brussels" => (
                 "BE",
-                "BE0123456789",
+                "\n    vat_number: BE0123456789",
                 r#"{scheme: "0208", id: "0123456789"}"#,
-            )
-        } else {
-            (
+            ),
+            // Outside the EU: its services are configured as outside scope.
+            "newyork" => (
+                "US",
+                "\n    vat_category: O",
+                r#"{scheme: "0060", id: "123456789"}"#,
+            ),
+            _ => (
                 "NL",
-                "NL987654321B01",
+                "\n    vat_number: NL987654321B01",
                 r#"{scheme: "0106", id: "87654321"}"#,
-            )
+            ),
         };
         text.push_str(&format!(
-            "  - customer: {code}\n    valid_from: 2020-01-01\n    seller: tem\n    legal_name: {code} B.V.\n    address: {{street: Havenweg 2, city: Rotterdam, postcode: 3011 AA, country: {country}}}\n    vat_number: {vat}\n    peppol: {peppol}\n    invoice_email: ap@{code}.example\n"
+            "  - customer: {code}\n    valid_from: 2020-01-01\n    seller: tem\n    legal_name: {code} B.V.\n    address: {{street: Havenweg 2, city: Rotterdam, postcode: 3011 AA, country: {country}}}{vat}\n    peppol: {peppol}\n    invoice_email: ap@{code}.example\n"
         ));
     }
     text
@@ -268,9 +274,21 @@ async fn an_invoice_is_issued_with_the_details_valid_on_its_issue_date_and_21_pe
 }
 
 #[tokio::test]
-async fn an_eu_business_abroad_is_reverse_charged_with_the_legal_note() {
+async fn an_eu_business_abroad_is_reverse_charged_with_the_legal_note_and_a_configured_category_wins(
+) {
     let db = fresh().await;
-    apply(&db.pool, &parties_file(&["brussels"])).await.unwrap();
+    apply(&db.pool, &parties_file(&["brussels", "newyork"]))
+        .await
+        .unwrap();
+    let newyork =
+        with_march_usage(&db.pool, customer_id(&db.pool, "newyork").await, 10_000_000).await;
+    generate(&db.pool, newyork, "2025-04-06T10:00:00Z").await;
+    let stored = issued(&db.pool, newyork).await;
+    assert_eq!(stored["lines"], json!([["O", 0, 1000]]));
+    assert_eq!(
+        stored["breakdown"][0]["exemption"]["code"].as_str(),
+        Some("VATEX-EU-O")
+    );
     let brussels = with_march_usage(
         &db.pool,
         customer_id(&db.pool, "brussels").await,
@@ -555,4 +573,65 @@ async fn a_customer_missing_billing_data_keeps_a_draft_naming_the_fields_until_t
         .await
         .unwrap()
         .is_empty());
+}
+
+#[tokio::test]
+async fn a_correction_that_cannot_be_issued_writes_nothing_and_is_issued_once_the_data_is_back() {
+    let db = fresh().await;
+    apply(&db.pool, &parties_file(&["acme"])).await.unwrap();
+    let acme = with_march_usage(&db.pool, customer_id(&db.pool, "acme").await, 1_000_000).await;
+    assert_eq!(
+        number_of(&generate(&db.pool, acme, "2025-04-06T10:00:00Z").await),
+        "2025-000001"
+    );
+    // A late call, and meanwhile the billing details were removed by hand.
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO call_detail_record (provider, external_id, subscription, customer_id, started_at, kind, direction,
+            destination, roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros, import_file_id, source_line)
+         SELECT 'routit', 'late', identifier, customer_id, '2025-03-30 10:00:00+00', 'voice', 'outgoing', '+31201234567',
+                'home', 60, 0, 0, 500000, 1, 2
+         FROM subscription WHERE customer_id = $1
+         RETURNING id",
+    )
+    .bind(acme)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    tem_tests::db::mark_imported(&db.pool, &[id]).await;
+    calculate_totals(&db.pool, acme, date(MARCH)).await.unwrap();
+    sqlx::query("DELETE FROM customer_billing_details WHERE customer_id = $1")
+        .bind(acme)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let outcome = generate(&db.pool, acme, "2025-04-10T10:00:00Z").await;
+    assert!(
+        matches!(
+            outcome,
+            InvoiceOutcome::Blocked {
+                correction: true,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    let invoices: i64 = sqlx::query_scalar("SELECT count(*) FROM invoice WHERE customer_id = $1")
+        .bind(acme)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(invoices, 1, "no correction row without its parties");
+
+    apply(&db.pool, &parties_file(&["acme"])).await.unwrap();
+    let outcome = generate(&db.pool, acme, "2025-04-10T11:00:00Z").await;
+    let InvoiceOutcome::CorrectionCreated {
+        total_micros,
+        number,
+        ..
+    } = outcome
+    else {
+        panic!("expected the correction, got {outcome:?}");
+    };
+    assert_eq!((total_micros, number.as_str()), (500_000, "2025-000002"));
 }
