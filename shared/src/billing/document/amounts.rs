@@ -219,6 +219,7 @@ mod tests {
     use super::*;
     use crate::billing::vat::{RateBp, VatCategory};
     use proptest::prelude::*;
+    use proptest::test_runner::RngSeed;
 
     fn standard(rate: u32) -> LineVat {
         LineVat {
@@ -351,8 +352,39 @@ mod tests {
         off < 10_000 || off == 10_000 && stated.abs() > exact.abs()
     }
 
+    /// The same 512 cases on every run (CI), unless the environment asks
+    /// for more (`PROPTEST_CASES`) or others (`PROPTEST_RNG_SEED`), as the
+    /// catalog's property tests do.
+    fn proptest_config() -> ProptestConfig {
+        let from_env = ProptestConfig::default();
+        ProptestConfig {
+            cases: if std::env::var_os("PROPTEST_CASES").is_some() {
+                from_env.cases
+            } else {
+                512
+            },
+            rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
+                from_env.rng_seed
+            } else {
+                RngSeed::Fixed(0x5eed_1816_c0de_0017)
+            },
+            ..from_env
+        }
+    }
+
+    #[test]
+    fn the_br_co_17_oracle_refuses_a_cent_off_and_a_tie_rounded_towards_zero() {
+        assert!(br_co_17(77, 2100, 16));
+        assert!(!br_co_17(77, 2100, 17));
+        assert!(!br_co_17(77, 2100, 15));
+        // 0.50 at 1% is exactly half a cent: away from zero, either sign.
+        assert!(br_co_17(50, 100, 1) && !br_co_17(50, 100, 0));
+        assert!(br_co_17(-50, 100, -1) && !br_co_17(-50, 100, 0));
+        assert_eq!(vat_cents(-50, standard(100)), Ok(-1));
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(proptest_config())]
 
         #[test]
         fn random_invoices_satisfy_br_co_10_to_17_exactly(
