@@ -37,7 +37,7 @@
 //! # Finalisation
 //!
 //! When an invoice (or a correction, final at once) becomes final it is
-//! issued: its issue date is the finalisation's date in the customer's
+//! issued ([`crate::billing::issue`]): its issue date is the finalisation's date in the customer's
 //! time zone; the seller's and customer's details valid on that date
 //! ([`crate::billing::parties`]) and each line's VAT category and the rate
 //! valid on that date ([`crate::billing::vat`]) are recorded with it, with
@@ -49,16 +49,15 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
 use crate::billing::customer::{CustomerError, CustomerSettings};
-use crate::billing::document::amounts::{document_amounts, DocumentAmounts, Taxed};
-use crate::billing::numbering::NumberFormat;
-use crate::billing::parties::{BuyerDetails, SellerDetails, StoredBuyer};
+use crate::billing::issue::{issue, prepare_issue};
+use crate::billing::parties::{SellerDetails, StoredBuyer};
 use crate::billing::rating::{monthly_fees, RatePlan};
-use crate::billing::vat::{category_for, LineVat, RateBp, VatCategory};
+use crate::billing::vat::RateBp;
 use crate::cdr::cycle_bounds;
 use crate::ports::StoreError;
 
@@ -313,162 +312,7 @@ pub trait CycleInvoices: Send {
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 }
 
-/// What a final invoice is issued with (see "Finalisation" in the module
-/// docs).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Issue {
-    pub finalised_at: DateTime<Utc>,
-    pub issue_date: NaiveDate,
-    pub due_date: NaiveDate,
-    pub seller: SellerDetails,
-    pub buyer: BuyerDetails,
-    pub number: String,
-    /// The counter value the number was rendered from.
-    pub number_seq: i64,
-    /// Each line's VAT, in the order of the invoice's lines.
-    pub line_vat: Vec<LineVat>,
-    pub amounts: DocumentAmounts,
-}
-
-/// An issue ready but for its number.
-struct Prepared {
-    issue_date: NaiveDate,
-    due_date: NaiveDate,
-    seller: SellerDetails,
-    buyer: BuyerDetails,
-    format: NumberFormat,
-    line_vat: Vec<LineVat>,
-    amounts: DocumentAmounts,
-}
-
-/// Everything an invoice of `lines` issued at `now` needs but its number,
-/// or the problems that keep it from being issued (each naming what to
-/// apply). Reads in the run's transaction; writes nothing.
-async fn prepare_issue(
-    run: &mut dyn CycleInvoices,
-    customer_id: i64,
-    cycle: NaiveDate,
-    zone: Tz,
-    now: DateTime<Utc>,
-    lines: &[InvoiceLine],
-) -> Result<Result<Prepared, Vec<String>>, InvoiceError> {
-    let issue_date = now.with_timezone(&zone).date_naive();
-    let Some(stored) = run.buyer_details(issue_date).await? else {
-        return Ok(Err(vec![format!(
-            "customer {customer_id} has no billing details valid on {issue_date}: apply a billing_details entry with {}",
-            crate::billing::parties::REQUIRED_BUYER_FIELDS.join(", ")
-        )]));
-    };
-    let buyer = match stored.complete() {
-        Ok(buyer) => buyer,
-        Err(problems) => {
-            return Ok(Err(problems
-                .into_iter()
-                .map(|p| {
-                    format!(
-                        "billing details of customer {customer_id} valid from {}: {p}",
-                        stored.valid_from.map(|d| d.to_string()).unwrap_or_default()
-                    )
-                })
-                .collect()))
-        }
-    };
-    let Some(seller) = run.seller_details(&buyer.seller, issue_date).await? else {
-        return Ok(Err(vec![format!(
-            "seller {:?} has no details valid on {issue_date}: apply a sellers entry for it",
-            buyer.seller
-        )]));
-    };
-    let format = match NumberFormat::parse(&seller.invoice_number_format) {
-        Ok(format) => format,
-        Err(e) => {
-            return Ok(Err(vec![format!(
-                "seller {:?}: invoice_number_format {e}",
-                seller.code
-            )]))
-        }
-    };
-    let category = match category_for(&seller, &buyer) {
-        Ok(category) => category,
-        Err(e) => return Ok(Err(vec![format!("customer {customer_id}: {e}")])),
-    };
-    let country = &seller.address.country;
-    let rate = match run.vat_rate(country, category.rate_code(), issue_date).await? {
-        Some((stored, rate)) if stored.parse::<VatCategory>() == Ok(category) => rate,
-        Some((stored, _)) => {
-            return Ok(Err(vec![format!(
-                "the {} VAT rate of {country} valid on {issue_date} is stored with category {stored}, not {category}; correct the vat_rate row",
-                category.rate_code()
-            )]))
-        }
-        None => {
-            return Ok(Err(vec![format!(
-                "no {} VAT rate of {country} is valid on {issue_date}; add a vat_rate row for it",
-                category.rate_code()
-            )]))
-        }
-    };
-    let vat = LineVat { category, rate };
-    let taxed: Vec<Taxed> = lines
-        .iter()
-        .map(|l| Taxed {
-            amount_micros: l.amount_micros,
-            vat,
-        })
-        .collect();
-    let amounts =
-        document_amounts(&taxed, &[], &[], 0).map_err(|e| InvoiceError::Inconsistent {
-            customer: customer_id,
-            cycle,
-            reason: e.to_string(),
-        })?;
-    let terms = buyer
-        .payment_terms_days
-        .unwrap_or(seller.payment_terms_days);
-    let due_date = issue_date
-        .checked_add_days(chrono::Days::new(u64::from(terms)))
-        .unwrap_or(NaiveDate::MAX);
-    Ok(Ok(Prepared {
-        issue_date,
-        due_date,
-        seller,
-        buyer,
-        format,
-        line_vat: vec![vat; lines.len()],
-        amounts,
-    }))
-}
-
-/// Takes the number and finalises: the last writes of the run, so the
-/// seller's counter row is locked for as short a time as possible.
-async fn issue(
-    run: &mut dyn CycleInvoices,
-    invoice_id: i64,
-    prepared: Prepared,
-    now: DateTime<Utc>,
-) -> Result<String, InvoiceError> {
-    let year = prepared.issue_date.year();
-    let seq = run
-        .take_number(&prepared.seller.code, prepared.format.counter_year(year))
-        .await?;
-    let number = prepared.format.render(year, seq);
-    run.finalise(
-        invoice_id,
-        &Issue {
-            finalised_at: now,
-            issue_date: prepared.issue_date,
-            due_date: prepared.due_date,
-            seller: prepared.seller,
-            buyer: prepared.buyer,
-            number: number.clone(),
-            number_seq: seq,
-            line_vat: prepared.line_vat,
-            amounts: prepared.amounts,
-        },
-    )
-    .await?;
-    Ok(number)
-}
+pub use crate::billing::issue::Issue;
 
 fn plural(n: i64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
