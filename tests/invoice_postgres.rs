@@ -14,7 +14,7 @@ use tem_shared::adapters::billing::invoice::{cycles_due_for_finalisation, genera
 use tem_shared::adapters::status::PgStatus;
 use tem_shared::adapters::totals::calculate_totals;
 use tem_shared::billing::invoice::InvoiceOutcome;
-use tem_shared::catalog::{self, ApplyOptions, CatalogError};
+use tem_shared::catalog::{self, ApplyOptions, CatalogError, FollowUp};
 use tem_shared::ops::status::StatusStore;
 use tem_tests::db::fresh;
 
@@ -556,7 +556,17 @@ async fn a_customer_missing_billing_data_keeps_a_draft_naming_the_fields_until_t
 
     // Once the details are applied (over the hand-written version), the
     // next run issues it: nothing was lost.
-    apply(&db.pool, &parties_file(&["acme"])).await.unwrap();
+    let applied = apply(&db.pool, &parties_file(&["acme"])).await.unwrap();
+    // The apply asks for the blocked invoice at once (its GenerateInvoice
+    // goes to the totals queue), without waiting for the hourly sweep.
+    assert_eq!(
+        applied.follow_ups,
+        vec![FollowUp::IssueBlocked {
+            customer_id: acme,
+            customer: "acme".into(),
+            cycle: date(MARCH),
+        }]
+    );
     let outcome = generate(&db.pool, acme, "2025-04-06T12:00:00Z").await;
     assert_eq!(
         outcome,

@@ -15,9 +15,10 @@
 //!   `blocked_reason`, and the run succeeds with [`InvoiceOutcome::Blocked`]
 //!   naming what is missing. Nothing is lost and nothing is retried in a
 //!   loop: the step finishes, `temctl status` reports the blocked drafts,
-//!   and the hourly finalisation sweep sends GenerateInvoice for every
-//!   closed draft again, so the invoice becomes final on the first sweep
-//!   after the data has been applied.
+//!   and the invoice becomes final once the data is there: `temctl apply`
+//!   of sellers or billing details sends GenerateInvoice for the blocked
+//!   drafts it may unblock, and the hourly finalisation sweep sends it for
+//!   every closed draft anyway.
 //! - **Late changes**: when the cycle's totals or fees no longer match what
 //!   the final invoice and its earlier corrections billed together, a
 //!   correction invoice (sequence 1, 2, ...) is created, final at once,

@@ -740,6 +740,30 @@ async fn follow_ups(
         }
         follow_ups.extend(rerating(&candidates, options.now, options.grace));
     }
+    if triggers.sellers || !triggers.billing_details.is_empty() {
+        // The drafts a missing piece of billing data kept from being
+        // issued: of the customers whose details changed, or of anyone
+        // when a seller's did.
+        let doing = "reading the blocked invoices";
+        let codes: Vec<String> = triggers.billing_details.iter().cloned().collect();
+        let rows: Vec<(i64, Option<String>, NaiveDate)> = sqlx::query_as(
+            "SELECT i.customer_id, c.code, i.cycle FROM invoice i JOIN customer c ON c.id = i.customer_id
+             WHERE i.status = 'draft' AND i.blocked_reason IS NOT NULL AND ($1 OR c.code = ANY($2))
+             ORDER BY i.customer_id, i.cycle",
+        )
+        .bind(triggers.sellers)
+        .bind(&codes)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db(doing))?;
+        follow_ups.extend(rows.into_iter().map(|(customer_id, code, cycle)| {
+            FollowUp::IssueBlocked {
+                customer_id,
+                customer: code.unwrap_or_else(|| format!("#{customer_id}")),
+                cycle,
+            }
+        }));
+    }
     if triggers.subscriptions > 0 {
         follow_ups.push(FollowUp::AttachUnassigned {
             subscriptions: triggers.subscriptions,
