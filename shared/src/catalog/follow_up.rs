@@ -681,7 +681,7 @@ mod tests {
         let queues = FakeQueues::default();
         let now = at("2025-04-06T10:00:00Z");
         let deliveries = deliver(
-            &[issue.clone()],
+            std::slice::from_ref(&issue),
             Some(4),
             now,
             &router(Some("q/totals"), Some("q/import")),
