@@ -220,6 +220,12 @@ async fn apply_stores_party_versions_names_every_missing_field_and_a_second_appl
     let Err(CatalogError::Invalid(problems)) = apply(&db.pool, &broken).await else {
         panic!("a broken file must be refused");
     };
+    // Each problem also carries the line its entry starts on.
+    let entry_line = broken
+        .lines()
+        .position(|l| l == "  - customer: acme")
+        .map(|i| i + 1);
+    assert_eq!(problems.get(1).and_then(|p| p.line), entry_line);
     let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
     assert_eq!(problems.len(), 2, "{problems:#?}");
     assert!(problems[0].starts_with("sellers[0].iban:"), "{problems:?}");

@@ -103,6 +103,8 @@ pub struct Parsed {
     billing_customer_references: Vec<(usize, String)>,
     /// `billing_details[i].seller` values.
     seller_references: Vec<(usize, String)>,
+    /// The line each entry starts on, by section and index.
+    entry_lines: BTreeMap<(Section, usize), usize>,
 }
 
 impl Parsed {
@@ -127,6 +129,15 @@ impl Parsed {
             .map(|(_, id)| id.clone())
             .filter(|id| !self.declared_plans.contains(id))
             .collect()
+    }
+
+    /// Gives each problem of an entry the line that entry starts on.
+    pub fn locate(&self, problems: &mut [Problem]) {
+        for problem in problems {
+            if let Some(entry) = problem.entry() {
+                problem.line = self.entry_lines.get(&entry).copied();
+            }
+        }
     }
 
     /// Seller codes the file refers to but does not declare.
@@ -201,6 +212,8 @@ pub fn parse(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Parsed {
         }
     };
     parsed.sha256 = hex::encode(Sha256::digest(text.as_bytes()));
+    // Placeholders never span lines, so these are the lines of the file.
+    parsed.entry_lines = entry_lines(&text);
     let mut root: Yaml = match serde_yaml::from_str(&text) {
         Ok(root) => root,
         Err(e) => {
@@ -274,7 +287,45 @@ pub fn parse(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Parsed {
         .extend(overlap_problems(&parsed.document.subscriptions));
     parsed.problems.extend(duplicate_keys(&parsed.document));
     Problem::sort(&mut parsed.problems);
+    let mut problems = std::mem::take(&mut parsed.problems);
+    parsed.locate(&mut problems);
+    parsed.problems = problems;
     parsed
+}
+
+/// The line (from 1) on which each entry of a block list starts: the
+/// lines starting with `- ` at the indentation of a section's first entry,
+/// counted from its top-level key. Entries written as a flow list
+/// (`[...]`) get no line; their problems keep their path alone.
+fn entry_lines(text: &str) -> BTreeMap<(Section, usize), usize> {
+    let mut lines = BTreeMap::new();
+    let mut section: Option<Section> = None;
+    let mut entry_indent: Option<usize> = None;
+    let mut index = 0;
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - trimmed.len();
+        let is_entry = trimmed == "-" || trimmed.starts_with("- ");
+        if indent == 0 && !is_entry {
+            let key = trimmed.split(':').next().unwrap_or_default().trim();
+            section = Section::ALL.into_iter().find(|s| s.as_str() == key);
+            entry_indent = None;
+            index = 0;
+            continue;
+        }
+        let Some(current) = section else {
+            continue;
+        };
+        if !is_entry || *entry_indent.get_or_insert(indent) != indent {
+            continue;
+        }
+        lines.insert((current, index), n + 1);
+        index += 1;
+    }
+    lines
 }
 
 fn section_names() -> String {

@@ -55,8 +55,9 @@
 //! `base_url: "${SIM_BASE_URL}/routit"`.
 //!
 //! Everything is validated before anything is written, and every problem is
-//! reported with its field path (`customers[2].billing_cycle_start_day: 31
-//! is not between 1 and 28`).
+//! reported with its field path and the line its entry starts on
+//! (`customers[2].billing_cycle_start_day: 31 is not between 1 and 28 (line
+//! 17)`; entries written as a flow list `[...]` get the path alone).
 //!
 //! # Follow-up work
 //!
@@ -127,6 +128,11 @@ pub struct Problem {
     /// they are applied) and entry, whichever check found them.
     #[serde(skip)]
     order: (Option<Section>, usize, usize),
+    /// The line of the file where the entry starts, when the file writes
+    /// its entries as a block list (`- ` per entry); set by
+    /// [`document::Parsed::locate`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
 }
 
 impl Problem {
@@ -137,6 +143,7 @@ impl Problem {
             path: format!("{}[{index}]{field}", section.as_str()),
             message: message.into(),
             order: (Some(section), index, 0),
+            line: None,
         }
     }
 
@@ -146,6 +153,7 @@ impl Problem {
             path: path.into(),
             message: message.into(),
             order: (None, 0, line),
+            line: None,
         }
     }
 
@@ -153,6 +161,19 @@ impl Problem {
     /// problems of one entry keep the order they were found in.
     pub fn sort(problems: &mut [Problem]) {
         problems.sort_by_key(|p| p.order);
+    }
+
+    /// The section and entry index of an entry's problem.
+    fn entry(&self) -> Option<(Section, usize)> {
+        self.order.0.map(|section| (section, self.order.1))
+    }
+
+    /// `path: message (line N)`, as the apply lists its problems.
+    pub fn with_line(&self) -> String {
+        match self.line {
+            Some(line) => format!("{self} (line {line})"),
+            None => self.to_string(),
+        }
     }
 }
 

@@ -517,6 +517,44 @@ sellers:
                 "billing_details[0].invoice_email: is required and missing",
             ]
         );
+        // Each problem also knows the line its entry starts on.
+        let parsed = parse(text, |_| None);
+        let lines: Vec<(String, Option<usize>)> = parsed
+            .problems
+            .iter()
+            .map(|p| (p.path.clone(), p.line))
+            .filter(|(path, _)| path.ends_with(".kvk") || path.ends_with(".invoice_email"))
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                ("sellers[0].kvk".to_string(), Some(9)),
+                ("billing_details[0].invoice_email".to_string(), Some(3)),
+            ]
+        );
+        assert_eq!(
+            parsed.problems[1].with_line(),
+            "sellers[0].kvk: is required and missing (line 9)"
+        );
+    }
+
+    #[test]
+    fn entries_of_a_flow_list_are_named_by_path_alone() {
+        let parsed = parse(
+            "customers: [{code: a, name: A, billing_cycle_start_day: 31}]\nbilling_details:\n- customer: a\n",
+            |_| None,
+        );
+        let lines: Vec<(String, Option<usize>)> = parsed
+            .problems
+            .iter()
+            .map(|p| (p.path.clone(), p.line))
+            .collect();
+        assert_eq!(
+            lines[0],
+            ("customers[0].billing_cycle_start_day".into(), None)
+        );
+        // An entry at the key's own indentation is still an entry.
+        assert_eq!(lines[1], ("billing_details[0].valid_from".into(), Some(3)));
     }
 
     #[test]

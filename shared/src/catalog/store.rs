@@ -42,7 +42,7 @@ pub enum CatalogError {
 fn list(problems: &[Problem]) -> String {
     problems
         .iter()
-        .map(|p| format!("  {p}"))
+        .map(|p| format!("  {}", p.with_line()))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -118,6 +118,7 @@ pub async fn apply(
     ));
     if !problems.is_empty() {
         Problem::sort(&mut problems);
+        parsed.locate(&mut problems);
         return Err(CatalogError::Invalid(problems));
     }
 
