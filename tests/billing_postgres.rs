@@ -42,7 +42,7 @@ async fn customer(pool: &PgPool, start_day: i16, zone: &str, plan: Option<Value>
         .await
         .unwrap();
     }
-    sqlx::query_scalar(
+    let id = sqlx::query_scalar(
         "INSERT INTO customer (name, billing_cycle_start_day, time_zone, rate_plan_id)
          VALUES ('c', $1, $2, $3) RETURNING id",
     )
@@ -51,7 +51,11 @@ async fn customer(pool: &PgPool, start_day: i16, zone: &str, plan: Option<Value>
     .bind(plan.as_ref().map(|p| p["id"].as_str().unwrap().to_string()))
     .fetch_one(pool)
     .await
-    .unwrap()
+    .unwrap();
+    // A closed cycle's invoice is issued only to a customer with billing
+    // details (tests/invoice_postgres.rs covers one without).
+    tem_tests::db::insert_billing_details(pool, id).await;
+    id
 }
 
 async fn subscription(
@@ -768,7 +772,8 @@ async fn after_cycle_end_plus_grace_the_invoice_is_final_and_late_changes_become
         InvoiceOutcome::Finalised {
             invoice_id,
             from_draft: true,
-            total_micros: 10_121_000
+            total_micros: 10_121_000,
+            number: "2025-000001".into(),
         }
     );
     let (_, status, ..) = head(&db.pool, invoice_id).await;
@@ -812,11 +817,14 @@ async fn after_cycle_end_plus_grace_the_invoice_is_final_and_late_changes_become
         correction_id,
         sequence,
         total_micros,
+        number,
     } = outcome
     else {
         panic!("expected a correction, got {outcome:?}");
     };
     assert_eq!((of, sequence, total_micros), (invoice_id, 1, 60_000));
+    // A correction is final at once: it takes the next number.
+    assert_eq!(number, "2025-000002");
     assert_eq!(
         head(&db.pool, correction_id).await,
         ("correction".into(), "final".into(), 1, 60_000, 0, 60_000)
@@ -903,6 +911,7 @@ async fn a_closed_cycle_without_a_draft_is_finalised_at_once() {
         invoice_id,
         from_draft: false,
         total_micros: 10_121_000,
+        ..
     } = outcome
     else {
         panic!("expected a final invoice made at once, got {outcome:?}");

@@ -204,5 +204,13 @@ mod tests {
         assert_eq!(rated, ["acme"]);
         let plan = &doc.rate_plans[0].plan;
         assert!(plan.monthly_fee_micros > 0 && !plan.bundles.is_empty());
+        // Every demo customer can be invoiced: a closed cycle becomes final.
+        let invoiced: Vec<&str> = doc
+            .billing_details
+            .iter()
+            .map(|b| b.customer.as_str())
+            .collect();
+        assert_eq!(invoiced, ["acme", "bakker", "stadsbeheer"]);
+        assert_eq!(doc.sellers.len(), 1);
     }
 }

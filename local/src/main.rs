@@ -257,11 +257,14 @@ async fn print_insights_and_invoices(deployment: &Deployment) -> Result<()> {
         fees: i64,
         total: i64,
         lines: i64,
+        number: Option<String>,
+        blocked_reason: Option<String>,
     }
     let invoices: Vec<Invoice> = sqlx::query_as(
         "SELECT c.name, i.cycle::text AS cycle, i.kind, i.status, i.rated_cost_micros AS rated,
                 i.fees_micros AS fees, i.total_micros AS total,
-                (SELECT count(*) FROM invoice_line l WHERE l.invoice_id = i.id) AS lines
+                (SELECT count(*) FROM invoice_line l WHERE l.invoice_id = i.id) AS lines,
+                i.number, i.blocked_reason
          FROM invoice i JOIN customer c ON c.id = i.customer_id ORDER BY 1, 2, i.sequence",
     )
     .fetch_all(&deployment.pool)
@@ -279,6 +282,14 @@ async fn print_insights_and_invoices(deployment: &Deployment) -> Result<()> {
             euros(i.total),
             i.lines
         );
+        // Final invoices carry their number; a closed cycle's draft that
+        // could not be issued says what billing data it lacks.
+        if let Some(number) = i.number {
+            println!("        number {number}");
+        }
+        if let Some(reason) = i.blocked_reason {
+            println!("        blocked: {reason}");
+        }
     }
     Ok(())
 }

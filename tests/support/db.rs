@@ -137,3 +137,36 @@ pub async fn insert_customer_on_plan(pool: &PgPool, name: &str, plan_id: &str) -
     .await
     .expect("insert the customer (its plan must exist)")
 }
+
+/// The tests' seller `tem`: Dutch, 30 days, numbers `{year}-{seq:06}`,
+/// valid since 2020. Inserting it again changes nothing.
+pub async fn insert_seller(pool: &PgPool) {
+    sqlx::query(
+        "INSERT INTO seller_details (seller_code, valid_from, legal_name, street, city, postcode, country,
+             kvk, vat_number, iban, bic, payment_terms_days, peppol_scheme, peppol_id, invoice_number_format)
+         VALUES ('tem', '2020-01-01', 'TEM Services B.V.', 'Kade 1', 'Utrecht', '3511 AA', 'NL',
+                 '12345678', 'NL123456789B01', 'NL91ABNA0417164300', 'ABNANL2A', 30, '0106', '12345678',
+                 '{year}-{seq:06}')
+         ON CONFLICT DO NOTHING",
+    )
+    .execute(pool)
+    .await
+    .expect("insert the tests' seller");
+}
+
+/// Complete billing details for `customer` valid since 2020, invoiced by
+/// the seller `tem` (inserted if missing): a Dutch business, so its lines
+/// bill the standard rate.
+pub async fn insert_billing_details(pool: &PgPool, customer: i64) {
+    insert_seller(pool).await;
+    sqlx::query(
+        "INSERT INTO customer_billing_details (customer_id, valid_from, seller_code, legal_name, street, city,
+             postcode, country, vat_number, peppol_scheme, peppol_id, invoice_email)
+         VALUES ($1, '2020-01-01', 'tem', 'Customer ' || $1, 'Havenweg 2', 'Rotterdam', '3011 AA', 'NL',
+                 'NL987654321B01', '0106', '87654321', 'ap@customer.example')",
+    )
+    .bind(customer)
+    .execute(pool)
+    .await
+    .expect("insert billing details");
+}

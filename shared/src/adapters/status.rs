@@ -1,5 +1,5 @@
 //! The PostgreSQL side of `status` (ops::status::StatusStore): sync runs,
-//! step runs, imports, CDRs, draft invoices and open failures.
+//! step runs, imports, CDRs, draft and blocked invoices and open failures.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +8,9 @@ use chrono::{DateTime, Duration, Utc};
 use sqlx::PgPool;
 
 use crate::adapters::billing::invoice::cycles_due_for_finalisation;
-use crate::ops::status::{Durations, ImportCounts, ProviderLast, StatusStore, StepRate};
+use crate::ops::status::{
+    BlockedInvoice, Durations, ImportCounts, ProviderLast, StatusStore, StepRate,
+};
 use crate::ports::PortError;
 
 pub struct PgStatus {
@@ -166,6 +168,26 @@ impl StatusStore for PgStatus {
             .await
             .map_err(|e| PortError::new("postgres read draft invoices", e))?;
         Ok(due.len() as u64)
+    }
+
+    async fn blocked_invoices(&self) -> Result<Vec<BlockedInvoice>, PortError> {
+        let rows: Vec<(i64, chrono::NaiveDate, String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT customer_id, cycle, blocked_reason, blocked_at FROM invoice
+             WHERE blocked_reason IS NOT NULL AND status = 'draft'
+             ORDER BY blocked_at, customer_id, cycle",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error("postgres read blocked invoices"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(customer_id, cycle, reason, since)| BlockedInvoice {
+                customer_id,
+                cycle,
+                reason,
+                since,
+            })
+            .collect())
     }
 
     async fn oldest_failures(&self) -> Result<BTreeMap<String, DateTime<Utc>>, PortError> {

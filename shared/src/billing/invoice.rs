@@ -9,6 +9,16 @@
 //! - **Closed**: the first run makes that invoice final (creating it from
 //!   the current totals if there was no draft). A final invoice never
 //!   changes again; the database refuses it too.
+//! - **Blocked**: a closed cycle whose customer lacks billing data (no
+//!   billing details valid on the issue date, a required field missing, no
+//!   seller details, no VAT category or rate) stays a draft with its
+//!   `blocked_reason`, and the run succeeds with [`InvoiceOutcome::Blocked`]
+//!   naming what is missing. Nothing is lost and nothing is retried in a
+//!   loop: the step finishes, `temctl status` reports the blocked drafts,
+//!   and the invoice becomes final once the data is there: `temctl apply`
+//!   of sellers or billing details sends GenerateInvoice for the blocked
+//!   drafts it may unblock, and the hourly finalisation sweep sends it for
+//!   every closed draft anyway.
 //! - **Late changes**: when the cycle's totals or fees no longer match what
 //!   the final invoice and its earlier corrections billed together, a
 //!   correction invoice (sequence 1, 2, ...) is created, final at once,
@@ -24,6 +34,18 @@
 //! Every invoice satisfies total = sum of its lines = rated cost + fees;
 //! this is checked here before anything is written and again by the
 //! database at commit.
+//!
+//! # Finalisation
+//!
+//! When an invoice (or a correction, final at once) becomes final it is
+//! issued ([`crate::billing::issue`]): its issue date is the finalisation's date in the customer's
+//! time zone; the seller's and customer's details valid on that date
+//! ([`crate::billing::parties`]) and each line's VAT category and the rate
+//! valid on that date ([`crate::billing::vat`]) are recorded with it, with
+//! its document amounts in cents ([`crate::billing::document::amounts`]);
+//! and it takes the next number of its seller's gapless series
+//! ([`crate::billing::numbering`]) as the last write before the commit. A
+//! draft never has a number.
 
 use std::collections::BTreeMap;
 
@@ -33,7 +55,10 @@ use chrono_tz::Tz;
 use serde::Serialize;
 
 use crate::billing::customer::{CustomerError, CustomerSettings};
+use crate::billing::issue::{issue, prepare_issue};
+use crate::billing::parties::{SellerDetails, StoredBuyer};
 use crate::billing::rating::{monthly_fees, RatePlan};
+use crate::billing::vat::RateBp;
 use crate::cdr::cycle_bounds;
 use crate::ports::StoreError;
 
@@ -105,6 +130,8 @@ pub enum InvoiceOutcome {
         /// False when no draft existed and the final was made at once.
         from_draft: bool,
         total_micros: i64,
+        /// Its number in the seller's series.
+        number: String,
     },
     /// Late changes after finalisation, billed as a correction invoice.
     CorrectionCreated {
@@ -112,6 +139,19 @@ pub enum InvoiceOutcome {
         correction_id: i64,
         sequence: i32,
         total_micros: i64,
+        number: String,
+    },
+    /// The cycle has closed but the invoice cannot be issued: the customer
+    /// or seller lacks billing data. The invoice stays a draft with the
+    /// reason recorded (for a correction nothing is written: the next run
+    /// computes it again); the finalisation sweep tries again every hour.
+    Blocked {
+        /// The cycle's invoice (sequence 0).
+        invoice_id: i64,
+        /// True when the blocked document is a correction of a final invoice.
+        correction: bool,
+        /// Each problem, naming its field and what to apply.
+        missing: Vec<String>,
     },
     /// The final invoice and its corrections already bill the current totals.
     Unchanged { invoice_id: i64, corrections: i32 },
@@ -240,9 +280,40 @@ pub trait CycleInvoices: Send {
         invoice_id: i64,
         lines: &[InvoiceLine],
     ) -> Result<(), StoreError>;
-    async fn finalise(&mut self, invoice_id: i64, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// The customer's billing details valid on `on` (the latest
+    /// `valid_from` on or before it), as stored.
+    async fn buyer_details(&mut self, on: NaiveDate) -> Result<Option<StoredBuyer>, StoreError>;
+    /// The details of seller `seller` valid on `on`.
+    async fn seller_details(
+        &mut self,
+        seller: &str,
+        on: NaiveDate,
+    ) -> Result<Option<SellerDetails>, StoreError>;
+    /// The VAT rate `code` (`standard`, `reverse_charge`, ...) of
+    /// `country` valid on `on`: its category as stored and its rate.
+    async fn vat_rate(
+        &mut self,
+        country: &str,
+        code: &str,
+        on: NaiveDate,
+    ) -> Result<Option<(String, RateBp)>, StoreError>;
+    /// Records why a closed cycle's draft cannot become final.
+    async fn block(
+        &mut self,
+        invoice_id: i64,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Takes the next number of `seller`'s series for `year` (0 for a
+    /// series without years). It is consumed only if this run commits.
+    async fn take_number(&mut self, seller: &str, year: i32) -> Result<i64, StoreError>;
+    /// Makes a draft final with everything it was issued with: its lines'
+    /// VAT (in line order), parties, number and amounts.
+    async fn finalise(&mut self, invoice_id: i64, issue: &Issue) -> Result<(), StoreError>;
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 }
+
+pub use crate::billing::issue::Issue;
 
 fn plural(n: i64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
@@ -484,6 +555,7 @@ pub async fn generate_invoice(
                 run.as_mut(),
                 customer_id,
                 cycle,
+                customer.zone,
                 invoice_id,
                 &now_worth,
                 calculated_at,
@@ -523,11 +595,24 @@ pub async fn generate_invoice(
                     closes_at,
                 }
             } else {
-                run.finalise(invoice_id, now).await?;
-                InvoiceOutcome::Finalised {
-                    invoice_id,
-                    from_draft: existing.is_some(),
-                    total_micros: *total,
+                match prepare_issue(run.as_mut(), customer_id, cycle, customer.zone, now, lines)
+                    .await?
+                {
+                    Ok(prepared) => InvoiceOutcome::Finalised {
+                        invoice_id,
+                        from_draft: existing.is_some(),
+                        total_micros: *total,
+                        number: issue(run.as_mut(), invoice_id, prepared, now).await?,
+                    },
+                    Err(missing) => {
+                        run.block(invoice_id, &missing.join("; "), now).await?;
+                        tracing::warn!(customer_id, %cycle, ?missing, "invoice kept as a draft: billing data missing");
+                        InvoiceOutcome::Blocked {
+                            invoice_id,
+                            correction: false,
+                            missing,
+                        }
+                    }
                 }
             }
         }
@@ -536,10 +621,12 @@ pub async fn generate_invoice(
     Ok(outcome)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn bill_late_changes(
     run: &mut dyn CycleInvoices,
     customer_id: i64,
     cycle: NaiveDate,
+    zone: Tz,
     invoice_id: i64,
     now_worth: &Billable,
     calculated_at: DateTime<Utc>,
@@ -589,6 +676,19 @@ async fn bill_late_changes(
         });
     }
     let sequence = corrections + 1;
+    // A correction is final at once, so it is issued now or not written:
+    // its lines are computed again by the next run.
+    let prepared = match prepare_issue(run, customer_id, cycle, zone, now, &lines).await? {
+        Ok(prepared) => prepared,
+        Err(missing) => {
+            tracing::warn!(customer_id, %cycle, ?missing, "correction not issued: billing data missing");
+            return Ok(InvoiceOutcome::Blocked {
+                invoice_id,
+                correction: true,
+                missing,
+            });
+        }
+    };
     // Written as a draft and finalised after its lines, because the
     // database refuses lines for an invoice that is already final.
     let correction_id = run
@@ -603,12 +703,13 @@ async fn bill_late_changes(
         )
         .await?;
     run.insert_lines(correction_id, &lines).await?;
-    run.finalise(correction_id, now).await?;
+    let number = issue(run, correction_id, prepared, now).await?;
     Ok(InvoiceOutcome::CorrectionCreated {
         invoice_id,
         correction_id,
         sequence,
         total_micros: total,
+        number,
     })
 }
 

@@ -1,19 +1,25 @@
 //! Billing: pricing each customer's cycle (`calculation`, `rating`), its
-//! totals and their history, insights and invoices, and how one CDR was
-//! priced (`explain`). Cycles themselves are CDR vocabulary (`crate::cdr`).
+//! totals and their history, insights and invoices (with their parties,
+//! VAT, numbers and document amounts), and how one CDR was priced
+//! (`explain`). Cycles themselves are CDR vocabulary (`crate::cdr`).
 
 pub mod calculation;
 pub mod customer;
+pub mod document;
 mod encoding;
 pub mod explain;
 pub mod handler;
 pub mod history;
 pub mod insight;
 pub mod invoice;
+pub mod issue;
+pub mod numbering;
+pub mod parties;
 pub mod pricings;
 pub mod rating;
 pub mod sweep;
 pub mod totals;
+pub mod vat;
 
 /// Micro-units as euros with all six decimals, exactly (no float).
 pub fn euros(micros: i64) -> String {

@@ -10,13 +10,16 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::document::{subscription_label, Document};
+use super::parties::{billing_fields, seller_fields, version_label};
 use crate::billing::rating::RatePlan;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ObjectKind {
     RatePlan,
+    Seller,
     Customer,
+    BillingDetails,
     Subscription,
     SyncProfile,
 }
@@ -25,7 +28,9 @@ impl ObjectKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ObjectKind::RatePlan => "rate_plan",
+            ObjectKind::Seller => "seller",
             ObjectKind::Customer => "customer",
+            ObjectKind::BillingDetails => "billing_details",
             ObjectKind::Subscription => "subscription",
             ObjectKind::SyncProfile => "sync_profile",
         }
@@ -174,6 +179,33 @@ pub struct Stored {
     pub subscriptions: Vec<StoredSubscription>,
     /// By name.
     pub sync_profiles: BTreeMap<String, StoredProfile>,
+    /// Seller versions by (code, valid_from), as [`seller_fields`] lists them.
+    pub sellers: BTreeMap<(String, NaiveDate), Vec<(&'static str, String)>>,
+    /// Every seller code stored, for references.
+    pub seller_codes: std::collections::BTreeSet<String>,
+    /// Billing details versions by (customer code, valid_from), as
+    /// [`billing_fields`] lists them.
+    pub billing_details: BTreeMap<(String, NaiveDate), Vec<(&'static str, String)>>,
+}
+
+/// The fields that differ between a stored version and the file's, in the
+/// file's field order.
+fn version_fields(
+    old: &[(&'static str, String)],
+    new: &[(&'static str, String)],
+) -> Vec<FieldChange> {
+    new.iter()
+        .map(|(field, to)| {
+            let from = old
+                .iter()
+                .find(|(f, _)| f == field)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("none");
+            (field, from, to)
+        })
+        .filter(|(_, from, to)| from != to)
+        .map(|(field, from, to)| FieldChange::new(*field, from, to))
+        .collect()
 }
 
 impl Stored {
@@ -219,6 +251,19 @@ pub fn diff(document: &Document, stored: &Stored) -> Vec<Change> {
             .map(|old| plan_fields(old, plan));
         changes.push(change(ObjectKind::RatePlan, plan.id.clone(), fields));
     }
+    for entry in &document.sellers {
+        let d = &entry.details;
+        let key = (d.code.clone(), d.valid_from);
+        let fields = stored
+            .sellers
+            .get(&key)
+            .map(|old| version_fields(old, &seller_fields(d)));
+        changes.push(change(
+            ObjectKind::Seller,
+            version_label(&d.code, d.valid_from),
+            fields,
+        ));
+    }
     for customer in &document.customers {
         let fields = stored.customers.get(&customer.code).map(|old| {
             let mut fields = Vec::new();
@@ -249,6 +294,18 @@ pub fn diff(document: &Document, stored: &Stored) -> Vec<Change> {
             fields
         });
         changes.push(change(ObjectKind::Customer, customer.code.clone(), fields));
+    }
+    for entry in &document.billing_details {
+        let from = entry.details.valid_from.unwrap_or_default();
+        let fields = stored
+            .billing_details
+            .get(&(entry.customer.clone(), from))
+            .map(|old| version_fields(old, &billing_fields(&entry.details)));
+        changes.push(change(
+            ObjectKind::BillingDetails,
+            version_label(&entry.customer, from),
+            fields,
+        ));
     }
     // By natural key, once: looking each entry up in the list would make
     // the diff of n subscriptions O(n²). The first of equal keys wins, as

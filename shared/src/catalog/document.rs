@@ -15,6 +15,7 @@ use serde_yaml::Value as Yaml;
 use sha2::{Digest, Sha256};
 
 use super::interpolate::interpolate;
+use super::parties::{self, BillingDetailsEntry, SellerEntry};
 use super::{Problem, Section};
 use crate::billing::rating::{Bundle, Rate, RatePlan};
 use crate::cdr::Kind;
@@ -74,7 +75,9 @@ pub struct SyncProfile {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Document {
     pub rate_plans: Vec<RatePlanEntry>,
+    pub sellers: Vec<SellerEntry>,
     pub customers: Vec<Customer>,
+    pub billing_details: Vec<BillingDetailsEntry>,
     pub subscriptions: Vec<Subscription>,
     pub sync_profiles: Vec<SyncProfile>,
 }
@@ -91,10 +94,17 @@ pub struct Parsed {
     /// with problems, so a reference to one is not reported a second time.
     pub declared_customers: BTreeSet<String>,
     pub declared_plans: BTreeSet<String>,
+    pub declared_sellers: BTreeSet<String>,
     /// `customers[i].rate_plan` values.
     plan_references: Vec<(usize, String)>,
     /// `subscriptions[i].customer` values.
     customer_references: Vec<(usize, String)>,
+    /// `billing_details[i].customer` values.
+    billing_customer_references: Vec<(usize, String)>,
+    /// `billing_details[i].seller` values.
+    seller_references: Vec<(usize, String)>,
+    /// The line each entry starts on, by section and index.
+    entry_lines: BTreeMap<(Section, usize), usize>,
 }
 
 impl Parsed {
@@ -106,6 +116,7 @@ impl Parsed {
     pub fn customers_needed_from_database(&self) -> BTreeSet<String> {
         self.customer_references
             .iter()
+            .chain(&self.billing_customer_references)
             .map(|(_, code)| code.clone())
             .filter(|code| !self.declared_customers.contains(code))
             .collect()
@@ -118,6 +129,34 @@ impl Parsed {
             .map(|(_, id)| id.clone())
             .filter(|id| !self.declared_plans.contains(id))
             .collect()
+    }
+
+    /// Gives each problem of an entry the line that entry starts on.
+    pub fn locate(&self, problems: &mut [Problem]) {
+        for problem in problems {
+            if let Some(entry) = problem.entry() {
+                problem.line = self.entry_lines.get(&entry).copied();
+            }
+        }
+    }
+
+    /// Seller codes the file refers to but does not declare.
+    pub fn sellers_needed_from_database(&self) -> BTreeSet<String> {
+        self.seller_references
+            .iter()
+            .map(|(_, code)| code.clone())
+            .filter(|code| !self.declared_sellers.contains(code))
+            .collect()
+    }
+
+    /// References to sellers that neither this file nor the database
+    /// (`stored_sellers`) has.
+    pub fn seller_reference_problems(&self, stored_sellers: &BTreeSet<String>) -> Vec<Problem> {
+        super::parties::seller_reference_problems(
+            &self.seller_references,
+            &self.declared_sellers,
+            stored_sellers,
+        )
     }
 
     /// References to customers and plans that neither this file nor the
@@ -138,10 +177,19 @@ impl Parsed {
                 ));
             }
         }
-        for (at, code) in &self.customer_references {
+        let references = self
+            .billing_customer_references
+            .iter()
+            .map(|r| (Section::BillingDetails, r))
+            .chain(
+                self.customer_references
+                    .iter()
+                    .map(|r| (Section::Subscriptions, r)),
+            );
+        for (section, (at, code)) in references {
             if !self.declared_customers.contains(code) && !stored_customers.contains(code) {
                 problems.push(Problem::at(
-                    Section::Subscriptions,
+                    section,
                     *at,
                     ".customer",
                     format!("no customer {code:?} in this file or the database"),
@@ -164,6 +212,8 @@ pub fn parse(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Parsed {
         }
     };
     parsed.sha256 = hex::encode(Sha256::digest(text.as_bytes()));
+    // Placeholders never span lines, so these are the lines of the file.
+    parsed.entry_lines = entry_lines(&text);
     let mut root: Yaml = match serde_yaml::from_str(&text) {
         Ok(root) => root,
         Err(e) => {
@@ -237,7 +287,45 @@ pub fn parse(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Parsed {
         .extend(overlap_problems(&parsed.document.subscriptions));
     parsed.problems.extend(duplicate_keys(&parsed.document));
     Problem::sort(&mut parsed.problems);
+    let mut problems = std::mem::take(&mut parsed.problems);
+    parsed.locate(&mut problems);
+    parsed.problems = problems;
     parsed
+}
+
+/// The line (from 1) on which each entry of a block list starts: the
+/// lines starting with `- ` at the indentation of a section's first entry,
+/// counted from its top-level key. Entries written as a flow list
+/// (`[...]`) get no line; their problems keep their path alone.
+fn entry_lines(text: &str) -> BTreeMap<(Section, usize), usize> {
+    let mut lines = BTreeMap::new();
+    let mut section: Option<Section> = None;
+    let mut entry_indent: Option<usize> = None;
+    let mut index = 0;
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - trimmed.len();
+        let is_entry = trimmed == "-" || trimmed.starts_with("- ");
+        if indent == 0 && !is_entry {
+            let key = trimmed.split(':').next().unwrap_or_default().trim();
+            section = Section::ALL.into_iter().find(|s| s.as_str() == key);
+            entry_indent = None;
+            index = 0;
+            continue;
+        }
+        let Some(current) = section else {
+            continue;
+        };
+        if !is_entry || *entry_indent.get_or_insert(indent) != indent {
+            continue;
+        }
+        lines.insert((current, index), n + 1);
+        index += 1;
+    }
+    lines
 }
 
 fn section_names() -> String {
@@ -340,6 +428,44 @@ impl Reader {
                     }
                 }
             }
+            Section::Sellers => {
+                if let Some(code) = item.get("code").and_then(Yaml::as_str) {
+                    parsed.declared_sellers.insert(code.to_string());
+                }
+                if !self.required(section, at, &item, parties::SELLER_REQUIRED) {
+                    return;
+                }
+                let Some(spec) = self.spec::<parties::SellerSpec>(section, at, item) else {
+                    return;
+                };
+                let (details, found) = parties::seller(spec);
+                for (field, message) in found {
+                    self.problem(section, at, &field, message);
+                }
+                if self.problems.len() == before {
+                    parsed.document.sellers.push(SellerEntry { at, details });
+                }
+            }
+            Section::BillingDetails => {
+                if !self.required(section, at, &item, parties::BILLING_REQUIRED) {
+                    return;
+                }
+                let Some(spec) = self.spec::<parties::BillingDetailsSpec>(section, at, item) else {
+                    return;
+                };
+                parsed
+                    .billing_customer_references
+                    .push((at, spec.customer.clone()));
+                parsed.seller_references.push((at, spec.seller.clone()));
+                let (mut entry, found) = parties::billing_details(spec);
+                for (field, message) in found {
+                    self.problem(section, at, &field, message);
+                }
+                if self.problems.len() == before {
+                    entry.at = at;
+                    parsed.document.billing_details.push(entry);
+                }
+            }
             Section::SyncProfiles => {
                 let Some(spec) = self.spec::<SyncProfileSpec>(section, at, item) else {
                     return;
@@ -355,6 +481,17 @@ impl Reader {
 
     fn problem(&mut self, section: Section, at: usize, field: &str, message: impl Into<String>) {
         self.problems.push(Problem::at(section, at, field, message));
+    }
+
+    /// Reports every required field the entry lacks (serde would stop at
+    /// the first); false when any is missing.
+    fn required(&mut self, section: Section, at: usize, item: &Yaml, fields: &[&str]) -> bool {
+        let missing = parties::missing_required(item, fields);
+        let complete = missing.is_empty();
+        for (field, message) in missing {
+            self.problem(section, at, &field, message);
+        }
+        complete
     }
 
     /// The entry as `T`, or its shape problems (missing or unknown field,
@@ -877,6 +1014,19 @@ fn duplicate_keys(document: &Document) -> Vec<Problem> {
     for c in &document.customers {
         keys.push((Section::Customers, c.at, ".code", c.code.clone()));
     }
+    for s in &document.sellers {
+        let key = parties::version_label(&s.details.code, s.details.valid_from);
+        keys.push((Section::Sellers, s.at, "", key));
+    }
+    for b in &document.billing_details {
+        let from = b.details.valid_from.unwrap_or_default();
+        keys.push((
+            Section::BillingDetails,
+            b.at,
+            "",
+            parties::version_label(&b.customer, from),
+        ));
+    }
     for s in &document.subscriptions {
         let key = subscription_label(s.provider.as_str(), &s.identifier, s.active_from);
         keys.push((Section::Subscriptions, s.at, "", key));
@@ -1327,7 +1477,7 @@ subscriptions:
         assert_eq!(
             problems("customer:\n  - {}\nrate_plans: 3\n"),
             vec![
-                "customer: unknown section; expected one of rate_plans, customers, subscriptions, sync_profiles",
+                "customer: unknown section; expected one of rate_plans, sellers, customers, billing_details, subscriptions, sync_profiles",
                 "rate_plans: must be a list of entries (each starting with `- `)",
             ]
         );

@@ -1,6 +1,8 @@
 //! The work an apply starts: re-rating the open cycles of customers whose
-//! pricing changed, and attaching CDRs that arrived before their
-//! subscription. Which work follows from a change list is pure
+//! pricing changed, attaching CDRs that arrived before their subscription,
+//! and issuing the invoices that were blocked for missing billing data once
+//! sellers or billing details changed (rather than waiting for the hourly
+//! sweep). Which work follows from a change list is pure
 //! ([`triggers`], [`open_cycles`], [`rerating`]); sending it goes through
 //! the [`QueueSend`] port ([`deliver`]).
 
@@ -37,11 +39,20 @@ pub struct Triggers {
     pub customers: BTreeMap<String, String>,
     /// Subscriptions added or changed.
     pub subscriptions: usize,
+    /// Customer codes whose billing details were added or changed.
+    pub billing_details: BTreeSet<String>,
+    /// Whether a seller's details were added or changed: any customer's
+    /// blocked invoice may have waited for them.
+    pub sellers: bool,
 }
 
 impl Triggers {
     pub fn is_empty(&self) -> bool {
-        self.plans.is_empty() && self.customers.is_empty() && self.subscriptions == 0
+        self.plans.is_empty()
+            && self.customers.is_empty()
+            && self.subscriptions == 0
+            && self.billing_details.is_empty()
+            && !self.sellers
     }
 }
 
@@ -64,6 +75,17 @@ pub fn triggers(changes: &[Change]) -> Triggers {
                     );
                 }
             }
+            _ => {}
+        }
+    }
+    for change in changes.iter().filter(|c| c.is_change()) {
+        match change.object {
+            // The key is `CODE from DATE`.
+            ObjectKind::BillingDetails => {
+                let code = change.key.split(" from ").next().unwrap_or_default();
+                triggers.billing_details.insert(code.to_string());
+            }
+            ObjectKind::Seller => triggers.sellers = true,
             _ => {}
         }
     }
@@ -162,6 +184,14 @@ pub enum FollowUp {
     /// Give customer-less CDRs the customer of a new subscription.
     #[serde(rename = "AttachUnassignedCdrs")]
     AttachUnassigned { subscriptions: usize },
+    /// Issue a closed cycle's draft that was blocked for missing billing
+    /// data, now that billing data changed.
+    #[serde(rename = "GenerateInvoice")]
+    IssueBlocked {
+        customer_id: i64,
+        customer: String,
+        cycle: NaiveDate,
+    },
 }
 
 /// What to invoke from the console when a message could not be sent.
@@ -176,13 +206,14 @@ impl FollowUp {
         match self {
             FollowUp::Rerate { .. } => Step::DispatchTotals,
             FollowUp::AttachUnassigned { .. } => Step::AttachUnassignedCdrs,
+            FollowUp::IssueBlocked { .. } => Step::GenerateInvoice,
         }
     }
 
     /// The environment variable naming the queue that runs it.
     pub fn queue_variable(&self) -> &'static str {
         match self {
-            FollowUp::Rerate { .. } => "QUEUE_URL_TOTALS",
+            FollowUp::Rerate { .. } | FollowUp::IssueBlocked { .. } => "QUEUE_URL_TOTALS",
             FollowUp::AttachUnassigned { .. } => "QUEUE_URL_IMPORT",
         }
     }
@@ -196,6 +227,14 @@ impl FollowUp {
             FollowUp::AttachUnassigned { .. } => {
                 Command::AttachUnassignedCdrs(AttachUnassignedCdrs {})
             }
+            // As the sweep sends it: the cycle has closed.
+            FollowUp::IssueBlocked {
+                customer_id, cycle, ..
+            } => Command::GenerateInvoice(CyclePayload::new(
+                *customer_id,
+                *cycle,
+                Cause::CycleClosed,
+            )),
         }
     }
 
@@ -223,6 +262,15 @@ impl FollowUp {
                 &revision,
                 Step::AttachUnassignedCdrs.as_str(),
             ]),
+            FollowUp::IssueBlocked {
+                customer_id, cycle, ..
+            } => derived_id(&[
+                "catalog-apply",
+                &revision,
+                Step::GenerateInvoice.as_str(),
+                &customer_id.to_string(),
+                &cycle.to_string(),
+            ]),
         }
     }
 
@@ -245,6 +293,15 @@ impl FollowUp {
                     event: serde_json::to_value(&envelope).unwrap_or_default(),
                 }
             }
+            // The totals function's bare cycle is a DispatchTotals; a
+            // GenerateInvoice goes as a whole envelope.
+            FollowUp::IssueBlocked { .. } => {
+                let envelope = self.envelope(revision.unwrap_or(0), now);
+                ConsoleCommand {
+                    function: "totals",
+                    event: serde_json::to_value(&envelope).unwrap_or_default(),
+                }
+            }
         }
     }
 
@@ -259,6 +316,13 @@ impl FollowUp {
             } => format!("re-rate customer {customer} (#{customer_id}) cycle {cycle}: {reason}"),
             FollowUp::AttachUnassigned { subscriptions } => format!(
                 "attach CDRs without a customer: {subscriptions} subscription(s) added or changed"
+            ),
+            FollowUp::IssueBlocked {
+                customer_id,
+                customer,
+                cycle,
+            } => format!(
+                "issue the invoice of customer {customer} (#{customer_id}) cycle {cycle}: it was blocked for missing billing data"
             ),
         }
     }
@@ -591,6 +655,53 @@ mod tests {
             Envelope::parse(&import[0].body).unwrap().step,
             Step::AttachUnassignedCdrs
         );
+    }
+
+    #[tokio::test]
+    async fn changed_billing_data_issues_blocked_invoices_through_the_totals_queue() {
+        let created = |object, key: &str| Change {
+            object,
+            key: key.into(),
+            action: Action::Created,
+            fields: vec![],
+        };
+        let found = triggers(&[
+            created(ObjectKind::BillingDetails, "acme from 2025-01-01"),
+            updated(ObjectKind::Customer, "bakker", &["name"]),
+        ]);
+        assert_eq!(found.billing_details, BTreeSet::from(["acme".to_string()]));
+        assert!(!found.sellers && !found.is_empty());
+        assert!(triggers(&[created(ObjectKind::Seller, "tem from 2025-01-01")]).sellers);
+
+        let issue = FollowUp::IssueBlocked {
+            customer_id: 7,
+            customer: "acme".into(),
+            cycle: date("2025-03-01"),
+        };
+        let queues = FakeQueues::default();
+        let now = at("2025-04-06T10:00:00Z");
+        let deliveries = deliver(
+            std::slice::from_ref(&issue),
+            Some(4),
+            now,
+            &router(Some("q/totals"), Some("q/import")),
+            Some(&queues),
+        )
+        .await;
+        assert!(deliveries[0].is_sent(), "{deliveries:#?}");
+        let sent = Envelope::parse(&queues.on("q/totals")[0].body).unwrap();
+        assert_eq!(
+            sent.command().unwrap(),
+            Command::GenerateInvoice(CyclePayload::new(7, date("2025-03-01"), Cause::CycleClosed))
+        );
+        // Another apply's follow-up is a new message; the same apply's is not.
+        assert_eq!(issue.message_id(4), sent.id);
+        assert_ne!(issue.message_id(5), sent.id);
+        assert_eq!(deliveries[0].console.function, "totals");
+        assert_eq!(deliveries[0].console.event["step"], "GenerateInvoice");
+        assert!(issue
+            .describe()
+            .contains("blocked for missing billing data"));
     }
 
     #[tokio::test]

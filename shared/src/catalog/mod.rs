@@ -36,8 +36,13 @@
 //!     first_period: 2025-01-01
 //! ```
 //!
+//! The invoice parties, `sellers` and `billing_details`, are described in
+//! [`parties`].
+//!
 //! Natural keys: rate plans by `id`, customers by `code`, subscriptions by
-//! (`provider`, `identifier`, `active_from`), sync profiles by `name`. An
+//! (`provider`, `identifier`, `active_from`), sync profiles by `name`,
+//! sellers by (`code`, `valid_from`), billing details by (`customer`,
+//! `valid_from`). An
 //! object in the file is created or updated to match it exactly (a field
 //! left out takes its default, e.g. no `rate_plan` removes the customer's
 //! plan); objects in the database but not in the file are left alone.
@@ -50,8 +55,9 @@
 //! `base_url: "${SIM_BASE_URL}/routit"`.
 //!
 //! Everything is validated before anything is written, and every problem is
-//! reported with its field path (`customers[2].billing_cycle_start_day: 31
-//! is not between 1 and 28`).
+//! reported with its field path and the line its entry starts on
+//! (`customers[2].billing_cycle_start_day: 31 is not between 1 and 28 (line
+//! 17)`; entries written as a flow list `[...]` get the path alone).
 //!
 //! # Follow-up work
 //!
@@ -65,6 +71,7 @@ pub mod changes;
 pub mod document;
 pub mod follow_up;
 pub mod interpolate;
+pub mod parties;
 pub mod store;
 
 use std::fmt;
@@ -77,19 +84,24 @@ pub use follow_up::{Delivery, DeliveryOutcome, FollowUp};
 pub use store::{apply, Applied, ApplyOptions, CatalogError};
 
 /// The sections of a file, in the order they are applied (plans before the
-/// customers that use them, customers before their subscriptions).
+/// customers that use them, sellers and customers before the billing
+/// details that name them, customers before their subscriptions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Section {
     RatePlans,
+    Sellers,
     Customers,
+    BillingDetails,
     Subscriptions,
     SyncProfiles,
 }
 
 impl Section {
-    pub const ALL: [Section; 4] = [
+    pub const ALL: [Section; 6] = [
         Section::RatePlans,
+        Section::Sellers,
         Section::Customers,
+        Section::BillingDetails,
         Section::Subscriptions,
         Section::SyncProfiles,
     ];
@@ -97,7 +109,9 @@ impl Section {
     pub fn as_str(self) -> &'static str {
         match self {
             Section::RatePlans => "rate_plans",
+            Section::Sellers => "sellers",
             Section::Customers => "customers",
+            Section::BillingDetails => "billing_details",
             Section::Subscriptions => "subscriptions",
             Section::SyncProfiles => "sync_profiles",
         }
@@ -114,6 +128,11 @@ pub struct Problem {
     /// they are applied) and entry, whichever check found them.
     #[serde(skip)]
     order: (Option<Section>, usize, usize),
+    /// The line of the file where the entry starts, when the file writes
+    /// its entries as a block list (`- ` per entry); set by
+    /// [`document::Parsed::locate`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
 }
 
 impl Problem {
@@ -124,6 +143,7 @@ impl Problem {
             path: format!("{}[{index}]{field}", section.as_str()),
             message: message.into(),
             order: (Some(section), index, 0),
+            line: None,
         }
     }
 
@@ -133,6 +153,7 @@ impl Problem {
             path: path.into(),
             message: message.into(),
             order: (None, 0, line),
+            line: None,
         }
     }
 
@@ -140,6 +161,19 @@ impl Problem {
     /// problems of one entry keep the order they were found in.
     pub fn sort(problems: &mut [Problem]) {
         problems.sort_by_key(|p| p.order);
+    }
+
+    /// The section and entry index of an entry's problem.
+    fn entry(&self) -> Option<(Section, usize)> {
+        self.order.0.map(|section| (section, self.order.1))
+    }
+
+    /// `path: message (line N)`, as the apply lists its problems.
+    pub fn with_line(&self) -> String {
+        match self.line {
+            Some(line) => format!("{self} (line {line})"),
+            None => self.to_string(),
+        }
     }
 }
 

@@ -16,7 +16,9 @@ use super::changes::{
 };
 use super::document::{stored_overlap_problems, Parsed, StoredPeriod};
 use super::follow_up::{rerating, triggers, FollowUp, RerateCandidate};
+use super::parties::{billing_fields, seller_fields};
 use super::{Problem, Section};
+use crate::billing::parties::{Address, PeppolId, SellerDetails, StoredBuyer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -40,7 +42,7 @@ pub enum CatalogError {
 fn list(problems: &[Problem]) -> String {
     problems
         .iter()
-        .map(|p| format!("  {p}"))
+        .map(|p| format!("  {}", p.with_line()))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -98,6 +100,7 @@ pub async fn apply(
         &stored.customers.keys().cloned().collect(),
         &stored.rate_plans.keys().cloned().collect(),
     ));
+    problems.extend(parsed.seller_reference_problems(&stored.seller_codes));
     let periods: Vec<StoredPeriod> = stored
         .subscriptions
         .iter()
@@ -115,6 +118,7 @@ pub async fn apply(
     ));
     if !problems.is_empty() {
         Problem::sort(&mut problems);
+        parsed.locate(&mut problems);
         return Err(CatalogError::Invalid(problems));
     }
 
@@ -235,6 +239,8 @@ async fn load(tx: &mut PgConnection, parsed: &Parsed) -> Result<Stored, CatalogE
         });
     }
 
+    load_parties(tx, parsed, &mut stored).await?;
+
     let names: Vec<String> = doc.sync_profiles.iter().map(|p| p.name.clone()).collect();
     let rows = sqlx::query(
         "SELECT id, name, provider, base_url, credentials_secret, active, first_period, watermark_period
@@ -260,6 +266,221 @@ async fn load(tx: &mut PgConnection, parsed: &Parsed) -> Result<Stored, CatalogE
         );
     }
     Ok(stored)
+}
+
+/// The seller and billing details versions the file names, and which of
+/// the seller codes it refers to are stored.
+async fn load_parties(
+    tx: &mut PgConnection,
+    parsed: &Parsed,
+    stored: &mut Stored,
+) -> Result<(), CatalogError> {
+    let doing = "reading sellers";
+    let codes: Vec<String> = parsed
+        .declared_sellers
+        .iter()
+        .cloned()
+        .chain(parsed.sellers_needed_from_database())
+        .collect();
+    let rows = sqlx::query(
+        "SELECT seller_code, valid_from, legal_name, street, city, postcode, country, kvk, vat_number,
+                iban, bic, payment_terms_days, peppol_scheme, peppol_id, invoice_number_format
+         FROM seller_details WHERE seller_code = ANY($1)",
+    )
+    .bind(&codes)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db(doing))?;
+    for row in rows {
+        let terms: i32 = row.try_get("payment_terms_days").map_err(db(doing))?;
+        let details = SellerDetails {
+            code: row.try_get("seller_code").map_err(db(doing))?,
+            valid_from: row.try_get("valid_from").map_err(db(doing))?,
+            legal_name: row.try_get("legal_name").map_err(db(doing))?,
+            address: Address {
+                street: row.try_get("street").map_err(db(doing))?,
+                city: row.try_get("city").map_err(db(doing))?,
+                postcode: row.try_get("postcode").map_err(db(doing))?,
+                country: row.try_get("country").map_err(db(doing))?,
+            },
+            kvk: row.try_get("kvk").map_err(db(doing))?,
+            vat_number: row.try_get("vat_number").map_err(db(doing))?,
+            iban: row.try_get("iban").map_err(db(doing))?,
+            bic: row.try_get("bic").map_err(db(doing))?,
+            payment_terms_days: u32::try_from(terms).unwrap_or(0),
+            peppol: PeppolId {
+                scheme: row.try_get("peppol_scheme").map_err(db(doing))?,
+                id: row.try_get("peppol_id").map_err(db(doing))?,
+            },
+            invoice_number_format: row.try_get("invoice_number_format").map_err(db(doing))?,
+        };
+        stored.seller_codes.insert(details.code.clone());
+        stored.sellers.insert(
+            (details.code.clone(), details.valid_from),
+            seller_fields(&details),
+        );
+    }
+
+    let doing = "reading billing details";
+    let customers: Vec<String> = parsed
+        .document
+        .billing_details
+        .iter()
+        .map(|b| b.customer.clone())
+        .collect();
+    let rows = sqlx::query(
+        "SELECT c.code, b.valid_from, b.seller_code, b.legal_name, b.street, b.city, b.postcode,
+                b.country, b.vat_number, b.peppol_scheme, b.peppol_id, b.invoice_email,
+                b.buyer_reference, b.purchase_order, b.payment_terms_days, b.vat_category
+         FROM customer_billing_details b JOIN customer c ON c.id = b.customer_id
+         WHERE c.code = ANY($1)",
+    )
+    .bind(&customers)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db(doing))?;
+    for row in rows {
+        let code: String = row.try_get("code").map_err(db(doing))?;
+        let valid_from: NaiveDate = row.try_get("valid_from").map_err(db(doing))?;
+        let terms: Option<i32> = row.try_get("payment_terms_days").map_err(db(doing))?;
+        let details = StoredBuyer {
+            customer_id: 0,
+            valid_from: Some(valid_from),
+            seller: row.try_get("seller_code").map_err(db(doing))?,
+            legal_name: row.try_get("legal_name").map_err(db(doing))?,
+            street: row.try_get("street").map_err(db(doing))?,
+            city: row.try_get("city").map_err(db(doing))?,
+            postcode: row.try_get("postcode").map_err(db(doing))?,
+            country: row.try_get("country").map_err(db(doing))?,
+            vat_number: row.try_get("vat_number").map_err(db(doing))?,
+            peppol_scheme: row.try_get("peppol_scheme").map_err(db(doing))?,
+            peppol_id: row.try_get("peppol_id").map_err(db(doing))?,
+            invoice_email: row.try_get("invoice_email").map_err(db(doing))?,
+            buyer_reference: row.try_get("buyer_reference").map_err(db(doing))?,
+            purchase_order: row.try_get("purchase_order").map_err(db(doing))?,
+            payment_terms_days: terms.and_then(|t| u32::try_from(t).ok()),
+            vat_category: row.try_get("vat_category").map_err(db(doing))?,
+        };
+        stored
+            .billing_details
+            .insert((code, valid_from), billing_fields(&details));
+    }
+    Ok(())
+}
+
+/// Writes the seller versions that changed (before the customers).
+async fn write_sellers(
+    tx: &mut PgConnection,
+    parsed: &Parsed,
+    changes: &[Change],
+) -> Result<(), CatalogError> {
+    for (entry, change) in parsed
+        .document
+        .sellers
+        .iter()
+        .zip(changed_in(changes, ObjectKind::Seller))
+    {
+        if !change.is_change() {
+            continue;
+        }
+        let d = &entry.details;
+        sqlx::query(
+            "INSERT INTO seller_details (seller_code, valid_from, legal_name, street, city, postcode, country,
+                 kvk, vat_number, iban, bic, payment_terms_days, peppol_scheme, peppol_id, invoice_number_format)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+             ON CONFLICT (seller_code, valid_from) DO UPDATE SET legal_name = EXCLUDED.legal_name,
+                 street = EXCLUDED.street, city = EXCLUDED.city, postcode = EXCLUDED.postcode,
+                 country = EXCLUDED.country, kvk = EXCLUDED.kvk, vat_number = EXCLUDED.vat_number,
+                 iban = EXCLUDED.iban, bic = EXCLUDED.bic, payment_terms_days = EXCLUDED.payment_terms_days,
+                 peppol_scheme = EXCLUDED.peppol_scheme, peppol_id = EXCLUDED.peppol_id,
+                 invoice_number_format = EXCLUDED.invoice_number_format, updated_at = now()",
+        )
+        .bind(&d.code)
+        .bind(d.valid_from)
+        .bind(&d.legal_name)
+        .bind(&d.address.street)
+        .bind(&d.address.city)
+        .bind(&d.address.postcode)
+        .bind(&d.address.country)
+        .bind(&d.kvk)
+        .bind(&d.vat_number)
+        .bind(&d.iban)
+        .bind(&d.bic)
+        .bind(i32::try_from(d.payment_terms_days).unwrap_or(i32::MAX))
+        .bind(&d.peppol.scheme)
+        .bind(&d.peppol.id)
+        .bind(&d.invoice_number_format)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("writing sellers"))?;
+    }
+    Ok(())
+}
+
+/// Writes the billing details versions that changed (after the customers,
+/// whose ids they need). One statement per version: there is one version
+/// per customer and change, not per subscription.
+async fn write_billing_details(
+    tx: &mut PgConnection,
+    parsed: &Parsed,
+    changes: &[Change],
+    customer_ids: &BTreeMap<String, i64>,
+) -> Result<(), CatalogError> {
+    for (entry, change) in parsed
+        .document
+        .billing_details
+        .iter()
+        .zip(changed_in(changes, ObjectKind::BillingDetails))
+    {
+        if !change.is_change() {
+            continue;
+        }
+        let customer_id = customer_ids.get(&entry.customer).copied().ok_or_else(|| {
+            CatalogError::Invalid(vec![Problem::at(
+                Section::BillingDetails,
+                entry.at,
+                ".customer",
+                format!(
+                    "no customer {:?} in this file or the database",
+                    entry.customer
+                ),
+            )])
+        })?;
+        let d = &entry.details;
+        sqlx::query(
+            "INSERT INTO customer_billing_details (customer_id, valid_from, seller_code, legal_name, street,
+                 city, postcode, country, vat_number, peppol_scheme, peppol_id, invoice_email,
+                 buyer_reference, purchase_order, payment_terms_days, vat_category)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+             ON CONFLICT (customer_id, valid_from) DO UPDATE SET seller_code = EXCLUDED.seller_code,
+                 legal_name = EXCLUDED.legal_name, street = EXCLUDED.street, city = EXCLUDED.city,
+                 postcode = EXCLUDED.postcode, country = EXCLUDED.country, vat_number = EXCLUDED.vat_number,
+                 peppol_scheme = EXCLUDED.peppol_scheme, peppol_id = EXCLUDED.peppol_id,
+                 invoice_email = EXCLUDED.invoice_email, buyer_reference = EXCLUDED.buyer_reference,
+                 purchase_order = EXCLUDED.purchase_order, payment_terms_days = EXCLUDED.payment_terms_days,
+                 vat_category = EXCLUDED.vat_category, updated_at = now()",
+        )
+        .bind(customer_id)
+        .bind(d.valid_from)
+        .bind(&d.seller)
+        .bind(&d.legal_name)
+        .bind(&d.street)
+        .bind(&d.city)
+        .bind(&d.postcode)
+        .bind(&d.country)
+        .bind(&d.vat_number)
+        .bind(&d.peppol_scheme)
+        .bind(&d.peppol_id)
+        .bind(&d.invoice_email)
+        .bind(&d.buyer_reference)
+        .bind(&d.purchase_order)
+        .bind(d.payment_terms_days.map(|t| i32::try_from(t).unwrap_or(i32::MAX)))
+        .bind(&d.vat_category)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("writing billing details"))?;
+    }
+    Ok(())
 }
 
 /// Rows per batched INSERT of customers and subscriptions.
@@ -306,6 +527,8 @@ async fn write(
         .await
         .map_err(db("writing rate plans"))?;
     }
+
+    write_sellers(tx, parsed, changes).await?;
 
     let mut customer_ids: BTreeMap<String, i64> = stored
         .customers
@@ -362,6 +585,8 @@ async fn write(
             );
         }
     }
+
+    write_billing_details(tx, parsed, changes, &customer_ids).await?;
 
     let mut subscriptions = Vec::new();
     for (s, change) in doc
@@ -515,6 +740,30 @@ async fn follow_ups(
             });
         }
         follow_ups.extend(rerating(&candidates, options.now, options.grace));
+    }
+    if triggers.sellers || !triggers.billing_details.is_empty() {
+        // The drafts a missing piece of billing data kept from being
+        // issued: of the customers whose details changed, or of anyone
+        // when a seller's did.
+        let doing = "reading the blocked invoices";
+        let codes: Vec<String> = triggers.billing_details.iter().cloned().collect();
+        let rows: Vec<(i64, Option<String>, NaiveDate)> = sqlx::query_as(
+            "SELECT i.customer_id, c.code, i.cycle FROM invoice i JOIN customer c ON c.id = i.customer_id
+             WHERE i.status = 'draft' AND i.blocked_reason IS NOT NULL AND ($1 OR c.code = ANY($2))
+             ORDER BY i.customer_id, i.cycle",
+        )
+        .bind(triggers.sellers)
+        .bind(&codes)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db(doing))?;
+        follow_ups.extend(rows.into_iter().map(|(customer_id, code, cycle)| {
+            FollowUp::IssueBlocked {
+                customer_id,
+                customer: code.unwrap_or_else(|| format!("#{customer_id}")),
+                cycle,
+            }
+        }));
     }
     if triggers.subscriptions > 0 {
         follow_ups.push(FollowUp::AttachUnassigned {

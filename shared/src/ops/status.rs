@@ -379,6 +379,9 @@ pub trait StatusStore: Send + Sync {
     /// Cycles whose invoice is still a draft although due for finalisation
     /// at `at` (billing::invoice::cycles_due_for_finalisation).
     async fn cycles_due(&self, at: DateTime<Utc>, grace: Duration) -> Result<u64, PortError>;
+    /// Draft invoices of closed cycles that could not be issued for missing
+    /// billing data, oldest first (billing::invoice, `Blocked`).
+    async fn blocked_invoices(&self) -> Result<Vec<BlockedInvoice>, PortError>;
     /// The oldest open failure per source queue name (failed_message): the
     /// age of a DLQ's oldest message, which SQS reports only to CloudWatch.
     async fn oldest_failures(&self) -> Result<BTreeMap<String, DateTime<Utc>>, PortError>;
@@ -424,6 +427,16 @@ pub struct QueueFacts {
     pub oldest: Option<DateTime<Utc>>,
 }
 
+/// A closed cycle's invoice kept as a draft: its customer and cycle, and
+/// what is missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockedInvoice {
+    pub customer_id: i64,
+    pub cycle: chrono::NaiveDate,
+    pub reason: String,
+    pub since: DateTime<Utc>,
+}
+
 /// Everything [`evaluate`] looks at; a source that failed holds its error.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Facts {
@@ -440,6 +453,7 @@ pub struct Facts {
     pub without_customer: Result<u64, String>,
     pub cycles_due: Result<u64, String>,
     pub cycles_late: Result<u64, String>,
+    pub blocked_invoices: Result<Vec<BlockedInvoice>, String>,
     /// Unfinished tasks created before the stalled limit, and tasks the
     /// watch marked stalled.
     pub stalled: Result<Vec<SyncTask>, String>,
@@ -522,6 +536,7 @@ pub async fn gather(
                 )
                 .await,
         ),
+        blocked_invoices: text(store.blocked_invoices().await),
         stalled,
     }
 }
@@ -867,6 +882,42 @@ pub fn evaluate(facts: &Facts, t: &Thresholds) -> StatusReport {
             ),
         },
     });
+    // An invoice that cannot be issued is never fixed by waiting: someone
+    // must apply the billing data, so any is a warning.
+    let threshold = "WARNING over 0".to_string();
+    checks.push(match &facts.blocked_invoices {
+        Err(e) => unknown(
+            "invoices blocked by missing billing data",
+            None,
+            threshold,
+            e,
+        ),
+        Ok(blocked) => Check {
+            name: "invoices blocked by missing billing data".into(),
+            point: None,
+            value: json!(blocked.len()),
+            threshold,
+            state: if blocked.is_empty() {
+                State::Ok
+            } else {
+                State::Warning
+            },
+            detail: blocked
+                .iter()
+                .take(5)
+                .map(|b| {
+                    format!(
+                        "customer {} cycle {} since {}: {}",
+                        b.customer_id,
+                        b.cycle,
+                        b.since.format("%Y-%m-%d %H:%M"),
+                        b.reason
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" | "),
+        },
+    });
     let threshold = format!(
         "WARNING over {} (unfinished after {} min)",
         t.stalled_tasks_warning, t.task_stalled_after_minutes
@@ -981,6 +1032,7 @@ mod tests {
             without_customer: Ok(12),
             cycles_due: Ok(1),
             cycles_late: Ok(0),
+            blocked_invoices: Ok(vec![]),
             stalled: Ok(vec![]),
         }
     }
@@ -1163,12 +1215,22 @@ mod tests {
             rejected_rows: 0,
         });
         facts.cycles_late = Ok(1);
+        facts.blocked_invoices = Ok(vec![BlockedInvoice {
+            customer_id: 7,
+            cycle: "2025-03-01".parse().unwrap(),
+            reason: "customer 7 has no billing details valid on 2025-04-06".into(),
+            since: now(),
+        }]);
         facts.stalled = Ok(vec![task("old", TaskStatus::Running)]);
         let report = evaluate(&facts, &Thresholds::default());
+        assert!(check(&report, "invoices blocked by missing billing data")
+            .detail
+            .contains("customer 7 cycle 2025-03-01"));
         for name in [
             "last sync and import routit",
             "failed imports",
             "cycles awaiting finalisation",
+            "invoices blocked by missing billing data",
             "stalled tasks",
         ] {
             assert_eq!(check(&report, name).state, State::Warning, "{name}");

@@ -12,8 +12,10 @@ use sqlx::{PgPool, Postgres, Row, Transaction};
 use crate::adapters::billing::customer::PgCustomerSettings;
 use crate::billing::invoice::{
     self, CycleInvoices, CycleUsage, InvoiceError, InvoiceFigures, InvoiceLine, InvoiceOutcome,
-    InvoiceStore, LineKey, UsageLine,
+    InvoiceStore, Issue, LineKey, UsageLine,
 };
+use crate::billing::parties::{Address, PeppolId, SellerDetails, StoredBuyer};
+use crate::billing::vat::RateBp;
 use crate::ports::StoreError;
 
 #[derive(Clone)]
@@ -253,12 +255,198 @@ impl CycleInvoices for PgCycleInvoices {
         Ok(())
     }
 
-    async fn finalise(&mut self, invoice_id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn buyer_details(&mut self, on: NaiveDate) -> Result<Option<StoredBuyer>, StoreError> {
+        let Some(r) = sqlx::query(
+            "SELECT valid_from, seller_code, legal_name, street, city, postcode, country, vat_number,
+                    peppol_scheme, peppol_id, invoice_email, buyer_reference, purchase_order,
+                    payment_terms_days, vat_category
+             FROM customer_billing_details
+             WHERE customer_id = $1 AND valid_from <= $2
+             ORDER BY valid_from DESC LIMIT 1",
+        )
+        .bind(self.customer_id)
+        .bind(on)
+        .fetch_optional(&mut *self.tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let terms: Option<i32> = r.try_get("payment_terms_days")?;
+        Ok(Some(StoredBuyer {
+            customer_id: self.customer_id,
+            valid_from: r.try_get("valid_from")?,
+            seller: r.try_get("seller_code")?,
+            legal_name: r.try_get("legal_name")?,
+            street: r.try_get("street")?,
+            city: r.try_get("city")?,
+            postcode: r.try_get("postcode")?,
+            country: r.try_get("country")?,
+            vat_number: r.try_get("vat_number")?,
+            peppol_scheme: r.try_get("peppol_scheme")?,
+            peppol_id: r.try_get("peppol_id")?,
+            invoice_email: r.try_get("invoice_email")?,
+            buyer_reference: r.try_get("buyer_reference")?,
+            purchase_order: r.try_get("purchase_order")?,
+            // The column's CHECK keeps it within 0..=365.
+            payment_terms_days: terms.and_then(|t| u32::try_from(t).ok()),
+            vat_category: r.try_get("vat_category")?,
+        }))
+    }
+
+    async fn seller_details(
+        &mut self,
+        seller: &str,
+        on: NaiveDate,
+    ) -> Result<Option<SellerDetails>, StoreError> {
+        let Some(r) = sqlx::query(
+            "SELECT seller_code, valid_from, legal_name, street, city, postcode, country, kvk, vat_number,
+                    iban, bic, payment_terms_days, peppol_scheme, peppol_id, invoice_number_format
+             FROM seller_details
+             WHERE seller_code = $1 AND valid_from <= $2
+             ORDER BY valid_from DESC LIMIT 1",
+        )
+        .bind(seller)
+        .bind(on)
+        .fetch_optional(&mut *self.tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let terms: i32 = r.try_get("payment_terms_days")?;
+        Ok(Some(SellerDetails {
+            code: r.try_get("seller_code")?,
+            valid_from: r.try_get("valid_from")?,
+            legal_name: r.try_get("legal_name")?,
+            address: Address {
+                street: r.try_get("street")?,
+                city: r.try_get("city")?,
+                postcode: r.try_get("postcode")?,
+                country: r.try_get("country")?,
+            },
+            kvk: r.try_get("kvk")?,
+            vat_number: r.try_get("vat_number")?,
+            iban: r.try_get("iban")?,
+            bic: r.try_get("bic")?,
+            payment_terms_days: u32::try_from(terms).unwrap_or(0),
+            peppol: PeppolId {
+                scheme: r.try_get("peppol_scheme")?,
+                id: r.try_get("peppol_id")?,
+            },
+            invoice_number_format: r.try_get("invoice_number_format")?,
+        }))
+    }
+
+    async fn vat_rate(
+        &mut self,
+        country: &str,
+        code: &str,
+        on: NaiveDate,
+    ) -> Result<Option<(String, RateBp)>, StoreError> {
+        let row: Option<(String, i32)> = sqlx::query_as(
+            "SELECT category, rate_bp FROM vat_rate
+             WHERE country = $1 AND code = $2 AND valid_from <= $3
+             ORDER BY valid_from DESC LIMIT 1",
+        )
+        .bind(country)
+        .bind(code)
+        .bind(on)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        // The column's CHECK keeps the rate within 0..=10000.
+        Ok(row.map(|(category, rate)| (category, RateBp(u32::try_from(rate).unwrap_or(0)))))
+    }
+
+    async fn block(
+        &mut self,
+        invoice_id: i64,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        // blocked_at keeps the first time this reason was seen.
         sqlx::query(
-            "UPDATE invoice SET status = 'final', finalised_at = $2, updated_at = now() WHERE id = $1",
+            "UPDATE invoice SET blocked_at = CASE WHEN blocked_reason IS NOT DISTINCT FROM $2
+                                                  THEN coalesce(blocked_at, $3) ELSE $3 END,
+                                blocked_reason = $2, updated_at = now()
+             WHERE id = $1",
         )
         .bind(invoice_id)
+        .bind(reason)
         .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn take_number(&mut self, seller: &str, year: i32) -> Result<i64, StoreError> {
+        // The row stays locked until this transaction ends: a concurrent
+        // finalisation of the same series waits here, and a rollback gives
+        // the number back (see billing::numbering).
+        Ok(sqlx::query_scalar(
+            "INSERT INTO invoice_number_counter (seller_code, year, last_number) VALUES ($1, $2, 1)
+             ON CONFLICT (seller_code, year)
+             DO UPDATE SET last_number = invoice_number_counter.last_number + 1
+             RETURNING last_number",
+        )
+        .bind(seller)
+        .bind(year)
+        .fetch_one(&mut *self.tx)
+        .await?)
+    }
+
+    async fn finalise(&mut self, invoice_id: i64, issue: &Issue) -> Result<(), StoreError> {
+        let count = issue.line_vat.len();
+        let numbers: Vec<i32> = (1..).take(count).collect();
+        sqlx::query(
+            "UPDATE invoice_line l SET vat_category = t.c, vat_rate_bp = t.r, net_cents = t.n
+             FROM UNNEST($2::int[], $3::text[], $4::int[], $5::bigint[]) AS t(no, c, r, n)
+             WHERE l.invoice_id = $1 AND l.line_no = t.no",
+        )
+        .bind(invoice_id)
+        .bind(&numbers)
+        .bind(
+            issue
+                .line_vat
+                .iter()
+                .map(|v| v.category.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            issue
+                .line_vat
+                .iter()
+                .map(|v| i32::try_from(v.rate.0).unwrap_or(i32::MAX))
+                .collect::<Vec<_>>(),
+        )
+        .bind(&issue.amounts.line_net_cents)
+        .execute(&mut *self.tx)
+        .await?;
+        let json = |value: serde_json::Result<serde_json::Value>| {
+            value.map_err(|e| StoreError {
+                retryable: false,
+                source: Box::new(e),
+            })
+        };
+        sqlx::query(
+            "UPDATE invoice SET status = 'final', finalised_at = $2, updated_at = now(),
+                    seller_code = $3, number = $4, number_seq = $5, issue_date = $6, due_date = $7,
+                    seller_details = $8, buyer_details = $9, vat_breakdown = $10,
+                    net_cents = $11, vat_cents = $12, payable_cents = $13,
+                    blocked_reason = NULL, blocked_at = NULL
+             WHERE id = $1",
+        )
+        .bind(invoice_id)
+        .bind(issue.finalised_at)
+        .bind(&issue.seller.code)
+        .bind(&issue.number)
+        .bind(issue.number_seq)
+        .bind(issue.issue_date)
+        .bind(issue.due_date)
+        .bind(json(serde_json::to_value(&issue.seller))?)
+        .bind(json(serde_json::to_value(&issue.buyer))?)
+        .bind(json(serde_json::to_value(&issue.amounts.breakdown))?)
+        .bind(issue.amounts.tax_exclusive_cents)
+        .bind(issue.amounts.vat_total_cents)
+        .bind(issue.amounts.payable_cents)
         .execute(&mut *self.tx)
         .await?;
         Ok(())
