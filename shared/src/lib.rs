@@ -11,6 +11,7 @@
 //! - [`cdr`]: the CDR vocabulary (kinds, zones, customer cycles, change
 //!   marks) that import, billing and the catalog share.
 //! - [`ops`]: the ops function's console commands (migrations).
+//! - [`costs`]: cost centres and chargeback (the TEM core of issue 19).
 
 pub mod adapters;
 pub mod billing;
@@ -19,6 +20,7 @@ pub mod catalog;
 pub mod cdr;
 pub mod command;
 pub mod config;
+pub mod costs;
 pub mod envelope;
 pub mod import;
 pub mod lambda;
