@@ -11,11 +11,13 @@
 //! - [`cdr`]: the CDR vocabulary (kinds, zones, customer cycles, change
 //!   marks) that import, billing and the catalog share.
 //! - [`ops`]: the ops function's console commands (migrations).
-//! - [`costs`]: cost centres and chargeback (the TEM core of issue 19).
+//! - [`costs`]: cost centres and chargeback; [`budgets`]: budget
+//!   thresholds, bill shock and anomalies (the TEM core of issue 19).
 
 pub mod adapters;
 pub mod billing;
 pub mod bootstrap;
+pub mod budgets;
 pub mod catalog;
 pub mod cdr;
 pub mod command;
