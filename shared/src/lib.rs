@@ -12,9 +12,11 @@
 //!   marks) that import, billing and the catalog share.
 //! - [`ops`]: the ops function's console commands (migrations).
 //! - [`costs`]: cost centres and chargeback; [`budgets`]: budget
-//!   thresholds, bill shock and anomalies (the TEM core of issue 19).
+//!   thresholds, bill shock and anomalies; [`audit`]: the carrier bill
+//!   audit (the TEM core of issue 19).
 
 pub mod adapters;
+pub mod audit;
 pub mod billing;
 pub mod bootstrap;
 pub mod budgets;
