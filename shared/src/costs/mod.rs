@@ -7,10 +7,16 @@
 //!   tree by its effective-dated assignment (whole, per charge class, or by
 //!   weights), exact to the micro-unit.
 //!
+//! - [`cycle`]: a cycle's invoice allocated through a narrow store trait,
+//!   checked to add up to the invoice's net total.
+//! - [`gl`]: the chargeback as general-ledger rows and CSV.
+//!
 //! Pure domain code: no database, no AWS; the catalog and the chain steps
 //! feed it.
 
 pub mod allocation;
+pub mod cycle;
+pub mod gl;
 pub mod tree;
 
 use std::fmt;
