@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::billing::euros;
 use crate::costs::cycle::CycleAllocation;
 use crate::costs::tree::UNALLOCATED;
 use crate::costs::ChargeClass;
@@ -58,17 +59,6 @@ pub fn gl_rows(cycle: &CycleAllocation) -> Vec<GlRow> {
         .collect()
 }
 
-/// `amount` micro-units as euros with 6 decimals: `-1.500000`.
-pub fn decimal_6(amount_micros: i64) -> String {
-    let sign = if amount_micros < 0 { "-" } else { "" };
-    let magnitude = amount_micros.unsigned_abs();
-    format!(
-        "{sign}{}.{:06}",
-        magnitude / 1_000_000,
-        magnitude % 1_000_000
-    )
-}
-
 /// A CSV field, quoted when it holds a comma, a quote or a line break.
 fn field(value: &str) -> String {
     if value.contains([',', '"', '\n', '\r']) {
@@ -88,7 +78,7 @@ pub fn gl_csv(rows: &[GlRow]) -> String {
             field(&row.gl_code),
             row.charge_class,
             field(&row.vat_category),
-            decimal_6(row.amount_micros)
+            euros(row.amount_micros)
         ));
     }
     out
@@ -101,14 +91,6 @@ mod tests {
     use crate::costs::cycle::{allocate_invoice, CostCustomer, InvoiceCharge};
     use crate::costs::tree::{CostNode, CostTree, NodeKind};
     use chrono::NaiveDate;
-
-    #[test]
-    fn amounts_are_exact_micro_units_with_six_decimals_and_a_sign() {
-        assert_eq!(decimal_6(1_500_000), "1.500000");
-        assert_eq!(decimal_6(-7), "-0.000007");
-        assert_eq!(decimal_6(0), "0.000000");
-        assert_eq!(decimal_6(i64::MIN), "-9223372036854.775808");
-    }
 
     #[test]
     fn rows_take_the_inherited_gl_code_keep_vat_apart_and_put_unassigned_charges_on_unallocated() {
