@@ -10,6 +10,7 @@
 //! - [`cycle`]: a cycle's invoice allocated through a narrow store trait,
 //!   checked to add up to the invoice's net total.
 //! - [`gl`]: the chargeback as general-ledger rows and CSV.
+//! - [`report`]: the chargeback as text (temctl, the local run).
 //!
 //! Pure domain code: no database, no AWS; the catalog and the chain steps
 //! feed it.
@@ -17,6 +18,7 @@
 pub mod allocation;
 pub mod cycle;
 pub mod gl;
+pub mod report;
 pub mod tree;
 
 use std::fmt;
