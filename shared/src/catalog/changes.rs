@@ -508,6 +508,61 @@ fn json_diff(path: &str, old: &Value, new: &Value, out: &mut Vec<FieldChange>) {
     }
 }
 
+/// The file's cost nodes and assignments against the stored ones; then,
+/// per customer whose tree the file holds, the stored nodes it leaves out
+/// (removed: a tree is applied whole).
+fn cost_changes(document: &Document, stored: &Stored) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for entry in &document.cost_centres {
+        let fields = stored
+            .cost_trees
+            .get(&entry.customer)
+            .and_then(|nodes| nodes.iter().find(|n| n.code == entry.node.code))
+            .map(|old| version_fields(&node_fields(old), &node_fields(&entry.node)));
+        changes.push(change(
+            ObjectKind::CostNode,
+            node_label(&entry.customer, &entry.node.code),
+            fields,
+        ));
+    }
+    let in_file: std::collections::BTreeSet<(&str, &str)> = document
+        .cost_centres
+        .iter()
+        .map(|e| (e.customer.as_str(), e.node.code.as_str()))
+        .collect();
+    let customers: std::collections::BTreeSet<&str> =
+        in_file.iter().map(|(customer, _)| *customer).collect();
+    for customer in customers {
+        for old in stored.cost_trees.get(customer).into_iter().flatten() {
+            if !in_file.contains(&(customer, old.code.as_str())) {
+                changes.push(Change {
+                    object: ObjectKind::CostNode,
+                    key: node_label(customer, &old.code),
+                    action: Action::Removed,
+                    fields: Vec::new(),
+                });
+            }
+        }
+    }
+    for entry in &document.cost_assignments {
+        let a = &entry.assignment;
+        let fields = stored
+            .cost_assignments
+            .get(&entry.customer)
+            .and_then(|list| {
+                list.iter()
+                    .find(|o| o.subscription == a.subscription && o.valid_from == a.valid_from)
+            })
+            .map(|old| version_fields(&assignment_fields(old), &assignment_fields(a)));
+        changes.push(change(
+            ObjectKind::CostAssignment,
+            assignment_label(&entry.customer, &a.subscription, a.valid_from),
+            fields,
+        ));
+    }
+    changes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -710,59 +765,4 @@ sync_profiles:
         });
         assert_eq!(diff(&document(), &stored)[0].action, Action::Unchanged);
     }
-}
-
-/// The file's cost nodes and assignments against the stored ones; then,
-/// per customer whose tree the file holds, the stored nodes it leaves out
-/// (removed: a tree is applied whole).
-fn cost_changes(document: &Document, stored: &Stored) -> Vec<Change> {
-    let mut changes = Vec::new();
-    for entry in &document.cost_centres {
-        let fields = stored
-            .cost_trees
-            .get(&entry.customer)
-            .and_then(|nodes| nodes.iter().find(|n| n.code == entry.node.code))
-            .map(|old| version_fields(&node_fields(old), &node_fields(&entry.node)));
-        changes.push(change(
-            ObjectKind::CostNode,
-            node_label(&entry.customer, &entry.node.code),
-            fields,
-        ));
-    }
-    let in_file: std::collections::BTreeSet<(&str, &str)> = document
-        .cost_centres
-        .iter()
-        .map(|e| (e.customer.as_str(), e.node.code.as_str()))
-        .collect();
-    let customers: std::collections::BTreeSet<&str> =
-        in_file.iter().map(|(customer, _)| *customer).collect();
-    for customer in customers {
-        for old in stored.cost_trees.get(customer).into_iter().flatten() {
-            if !in_file.contains(&(customer, old.code.as_str())) {
-                changes.push(Change {
-                    object: ObjectKind::CostNode,
-                    key: node_label(customer, &old.code),
-                    action: Action::Removed,
-                    fields: Vec::new(),
-                });
-            }
-        }
-    }
-    for entry in &document.cost_assignments {
-        let a = &entry.assignment;
-        let fields = stored
-            .cost_assignments
-            .get(&entry.customer)
-            .and_then(|list| {
-                list.iter()
-                    .find(|o| o.subscription == a.subscription && o.valid_from == a.valid_from)
-            })
-            .map(|old| version_fields(&assignment_fields(old), &assignment_fields(a)));
-        changes.push(change(
-            ObjectKind::CostAssignment,
-            assignment_label(&entry.customer, &a.subscription, a.valid_from),
-            fields,
-        ));
-    }
-    changes
 }
