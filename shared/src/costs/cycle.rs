@@ -405,4 +405,71 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("GenerateInvoice"), "{err}");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::RngSeed;
+
+        fn config() -> ProptestConfig {
+            let from_env = ProptestConfig::default();
+            ProptestConfig {
+                cases: if std::env::var_os("PROPTEST_CASES").is_some() {
+                    from_env.cases
+                } else {
+                    256
+                },
+                rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
+                    from_env.rng_seed
+                } else {
+                    RngSeed::Fixed(0x5eed_0019_c057_0002)
+                },
+                ..from_env
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn invoice_lines_in_any_vat_categories_allocate_to_their_sum_and_each_category_to_its_own(
+                lines in prop::collection::vec(
+                    (0usize..4, prop::sample::select(ChargeClass::ALL.to_vec()),
+                     -10_000_000_000i64..10_000_000_000, prop::sample::select(vec!["S", "AE", "Z", ""])),
+                    0..40,
+                ),
+                weights in (1u32..100, 1u32..100),
+            ) {
+                let store = fake(0, vec![]);
+                let tree = CostTree::new(store.nodes.clone()).unwrap();
+                let mut assignment = store.assignments[0].clone();
+                assignment.default[0].weight = weights.0;
+                assignment.default[1].weight = weights.1;
+                assignment.by_class.insert(ChargeClass::Data, vec![Share { node: "ops".into(), weight: 1 }]);
+                let assignments = Assignments::new(&tree, vec![assignment]).unwrap();
+                let lines: Vec<InvoiceCharge> = lines
+                    .into_iter()
+                    .map(|(s, class, amount_micros, vat)| InvoiceCharge {
+                        subscription: format!("s{s}"),
+                        class,
+                        amount_micros,
+                        vat_category: (!vat.is_empty()).then(|| vat.to_string()),
+                    })
+                    .collect();
+                let (all, by_vat) = allocate_invoice(&assignments, day("2025-03-01"), &lines);
+                let sum: i64 = lines.iter().map(|l| l.amount_micros).sum();
+                prop_assert_eq!(all.total_micros(), sum);
+                for (vat, part) in &by_vat {
+                    let own: i64 = lines
+                        .iter()
+                        .filter(|l| l.vat_category.clone().unwrap_or_default() == *vat)
+                        .map(|l| l.amount_micros)
+                        .sum();
+                    prop_assert_eq!(part.total_micros(), own, "VAT category {:?}", vat);
+                }
+                let up = tree.roll_up(&all.booked_per_node());
+                prop_assert_eq!(up["ops"], all.allocated_micros());
+            }
+        }
+    }
 }
