@@ -564,24 +564,27 @@ async fn write_costs(
             )])
         })
     };
-    let node_changes: Vec<&Change> = changed_in(changes, ObjectKind::CostNode).collect();
-    for change in node_changes
-        .iter()
-        .filter(|c| c.action == super::changes::Action::Removed)
-    {
-        let Some((customer, code)) = change.key.split_once('/') else {
-            continue;
-        };
-        let Some(customer_id) = customer_ids.get(customer) else {
-            continue;
-        };
-        sqlx::query("DELETE FROM cost_node WHERE customer_id = $1 AND code = $2")
+    // A customer's nodes in the file are its whole tree: the others go
+    // (the diff lists them as removed). By customer and the file's codes,
+    // not by parsing the changes' labels, as codes may hold any character.
+    let mut trees: BTreeMap<&str, (usize, Vec<String>)> = BTreeMap::new();
+    for entry in &doc.cost_centres {
+        trees
+            .entry(entry.customer.as_str())
+            .or_insert_with(|| (entry.at, Vec::new()))
+            .1
+            .push(entry.node.code.clone());
+    }
+    for (customer, (at, codes)) in &trees {
+        let customer_id = id_of(Section::CostCentres, *at, customer)?;
+        sqlx::query("DELETE FROM cost_node WHERE customer_id = $1 AND NOT (code = ANY($2))")
             .bind(customer_id)
-            .bind(code)
+            .bind(codes)
             .execute(&mut *tx)
             .await
             .map_err(db("removing cost nodes"))?;
     }
+    let node_changes = changed_in(changes, ObjectKind::CostNode);
     for (entry, change) in doc.cost_centres.iter().zip(node_changes) {
         if !change.is_change() {
             continue;
