@@ -379,6 +379,76 @@ cost_assignments:
     assert_eq!(april.net_total_micros, 500_000);
 }
 
+const PARTIES: &str = r#"
+sellers:
+  - code: tem
+    valid_from: 2020-01-01
+    legal_name: TEM Services B.V.
+    address: {street: Kade 1, city: Utrecht, postcode: 3511 AA, country: NL}
+    kvk: "12345678"
+    vat_number: NL123456789B01
+    iban: NL91ABNA0417164300
+    bic: ABNANL2A
+    payment_terms_days: 30
+    peppol: {scheme: "0106", id: "12345678"}
+    invoice_number_format: "{year}-{seq:06}"
+billing_details:
+  - customer: acme
+    valid_from: 2020-01-01
+    seller: tem
+    legal_name: Acme B.V.
+    address: {street: Havenweg 2, city: Rotterdam, postcode: 3011 AA, country: NL}
+    vat_number: NL987654321B01
+    peppol: {scheme: "0106", id: "87654321"}
+    invoice_email: ap@acme.example
+"#;
+
+#[tokio::test]
+async fn a_final_invoice_s_ledger_rows_carry_the_vat_category_of_its_lines() {
+    let db = fresh().await;
+    apply(&db.pool, &format!("{CUSTOMER}{PARTIES}{TREE}{ASSIGNMENTS}"))
+        .await
+        .unwrap();
+    let customer = customer_id(&db.pool).await;
+    usage(
+        &db.pool,
+        customer,
+        "+31622222222",
+        "voice",
+        1_000_000,
+        "2025-03-05",
+    )
+    .await;
+    calculate_totals(&db.pool, customer, date(MARCH))
+        .await
+        .expect("totals");
+    // After the cycle and its 5 days of grace: the invoice becomes final.
+    let outcome = generate_invoice(
+        &db.pool,
+        customer,
+        date(MARCH),
+        at("2025-04-07T10:00:00Z"),
+        Duration::days(5),
+    )
+    .await
+    .expect("GenerateInvoice succeeds");
+    assert!(
+        matches!(outcome, InvoiceOutcome::Finalised { .. }),
+        "{outcome:?}"
+    );
+
+    let got = cycle_allocation(&db.pool, "acme", date(MARCH))
+        .await
+        .unwrap();
+    assert_eq!(got.invoice_status, "final");
+    assert_eq!(
+        gl_csv(&gl_rows(&got)),
+        "cost_centre,gl_code,charge_class,vat_category,amount\n\
+         field,4800,voice,S,0.600000\n\
+         office,4800,voice,S,0.400000\n"
+    );
+}
+
 #[tokio::test]
 async fn a_cycle_without_an_invoice_is_an_error_that_says_how_to_make_one() {
     let db = fresh().await;

@@ -44,10 +44,13 @@
 //! Natural keys: rate plans by `id`, customers by `code`, subscriptions by
 //! (`provider`, `identifier`, `active_from`), sync profiles by `name`,
 //! sellers by (`code`, `valid_from`), billing details by (`customer`,
-//! `valid_from`). An
+//! `valid_from`), cost nodes by (`customer`, `code`), cost assignments by
+//! (`customer`, `subscription`, `valid_from`). An
 //! object in the file is created or updated to match it exactly (a field
 //! left out takes its default, e.g. no `rate_plan` removes the customer's
-//! plan); objects in the database but not in the file are left alone.
+//! plan); objects in the database but not in the file are left alone,
+//! except a customer's cost nodes: its `cost_centres` entries are its
+//! whole tree, and its stored nodes the file leaves out are removed.
 //! Applying the same file twice changes nothing the second time.
 //!
 //! `${NAME}` is replaced by the environment variable `NAME` before the YAML
