@@ -6,6 +6,7 @@
 //! `temctl`, the bench and the tests.
 
 pub mod customer;
+pub mod document;
 pub mod explain;
 pub mod history;
 pub mod insight;
