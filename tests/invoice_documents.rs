@@ -769,3 +769,245 @@ async fn the_validators_catch_a_total_off_by_a_cent_a_schema_error_and_a_missing
     let noref = reports["noref"].fatal_ids();
     assert!(noref.contains(&"BR-NL-2".to_string()), "{noref:?}");
 }
+
+// ---- the RenderInvoice step --------------------------------------------------
+
+/// S3 as the step sees it: what was put, per bucket and key.
+#[derive(Default)]
+struct Objects {
+    puts: std::sync::Mutex<Vec<(String, String, Vec<u8>)>>,
+}
+
+#[async_trait::async_trait]
+impl tem_shared::ports::ObjectPut for Objects {
+    async fn put_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        bytes: Vec<u8>,
+        _content_type: &str,
+        _metadata: &[(&str, &str)],
+    ) -> Result<(), tem_shared::ports::PortError> {
+        self.puts
+            .lock()
+            .expect("no test thread panicked holding it")
+            .push((bucket.into(), key.into(), bytes));
+        Ok(())
+    }
+}
+
+impl Objects {
+    fn keys(&self) -> Vec<String> {
+        self.puts
+            .lock()
+            .expect("no test thread panicked holding it")
+            .iter()
+            .map(|(_, key, _)| key.clone())
+            .collect()
+    }
+
+    fn bytes(&self, key: &str) -> Vec<u8> {
+        self.puts
+            .lock()
+            .expect("no test thread panicked holding it")
+            .iter()
+            .rev()
+            .find(|(_, k, _)| k == key)
+            .map(|(_, _, bytes)| bytes.clone())
+            .expect("the key was put")
+    }
+}
+
+/// Runs `command` through the totals function's handler.
+async fn step(
+    handler: &tem_shared::billing::handler::Totals,
+    id: &str,
+    command: tem_shared::command::Command,
+) -> tem_shared::runtime::StepOutcome {
+    use tem_shared::runtime::{Delivery, StepHandler};
+    let now = Utc::now();
+    let message = tem_shared::envelope::Envelope::start(id.to_string(), command, vec![], None, now);
+    handler
+        .handle(
+            &message,
+            Delivery {
+                receive_count: 1,
+                deadline: now + Duration::minutes(5),
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{id} failed: {e}"))
+}
+
+#[tokio::test]
+async fn render_invoice_writes_each_final_invoice_once_with_its_hash_and_a_credit_note_for_a_lowering_correction(
+) {
+    use tem_shared::billing::document::rendering::sha256_hex;
+    use tem_shared::billing::handler::Totals;
+    use tem_shared::command::{Cause, Command, CyclePayload};
+    use tem_shared::envelope::Step;
+    use tem_shared::runtime::StepOutcome;
+
+    let db = fresh().await;
+    apply_catalog(&db.pool).await;
+    let acme = customer_id(&db.pool, "acme").await;
+    subscription(&db.pool, acme, "+31611111111").await;
+    let withdrawn = cdr(
+        &db.pool,
+        acme,
+        "+31611111111",
+        "c1",
+        "2025-03-10 10:00:00+00",
+        "voice",
+        "home",
+        (60, 0, 0),
+        10_000_000,
+    )
+    .await;
+    cdr(
+        &db.pool,
+        acme,
+        "+31611111111",
+        "s1",
+        "2025-03-11 10:00:00+00",
+        "sms",
+        "home",
+        (0, 0, 1),
+        2_000_000,
+    )
+    .await;
+    calculate_totals(&db.pool, acme, date(MARCH)).await.unwrap();
+    let objects = std::sync::Arc::new(Objects::default());
+    let handler = Totals::new(
+        tem_shared::adapters::billing::stores(db.pool.clone()),
+        Duration::days(5),
+    )
+    .with_documents(objects.clone(), "docs".into());
+    let cycle = CyclePayload::new(acme, date(MARCH), Cause::Import);
+
+    // March 2025 closed long ago: GenerateInvoice finalises and chains
+    // RenderInvoice.
+    let StepOutcome::Continue { next, .. } =
+        step(&handler, "generate-1", Command::GenerateInvoice(cycle)).await
+    else {
+        panic!("GenerateInvoice continues");
+    };
+    assert_eq!(
+        next.iter().map(|l| l.step).collect::<Vec<_>>(),
+        vec![Step::RenderInvoice]
+    );
+    step(&handler, "render-1", Command::RenderInvoice(cycle)).await;
+    // Issued now (the handler's clock): the number's year is this year's.
+    let first_key = format!(
+        "invoices/{acme}/2025-03-01/{}.xml",
+        number_of(&db.pool, acme, 0).await
+    );
+    assert_eq!(objects.keys(), vec![first_key.clone()]);
+    let bytes = objects.bytes(&first_key);
+    let rendered = render(
+        &db.pool,
+        invoice_of(&db.pool, acme, 0).await,
+        Profile::PeppolBis,
+    )
+    .await;
+    assert_eq!(bytes, rendered.xml, "the object is the document");
+    let rows: Vec<(i64, String, String, String, String, i64)> = sqlx::query_as(
+        "SELECT invoice_id, document_type, bucket, key, sha256, size_bytes
+         FROM invoice_document ORDER BY invoice_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![(
+            invoice_of(&db.pool, acme, 0).await,
+            "invoice".to_string(),
+            "docs".to_string(),
+            first_key.clone(),
+            sha256_hex(&bytes),
+            i64::try_from(bytes.len()).unwrap(),
+        )]
+    );
+
+    // Again (a redelivery, or the chain of a later import): nothing new.
+    step(&handler, "render-2", Command::RenderInvoice(cycle)).await;
+    assert_eq!(
+        objects.keys().len(),
+        1,
+        "a recorded document is not written again"
+    );
+
+    // The call is withdrawn: the correction is a credit note, written too.
+    sqlx::query("DELETE FROM call_detail_record WHERE id = $1")
+        .bind(withdrawn)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    calculate_totals(&db.pool, acme, date(MARCH)).await.unwrap();
+    step(&handler, "generate-2", Command::GenerateInvoice(cycle)).await;
+    step(&handler, "render-3", Command::RenderInvoice(cycle)).await;
+    let credit_key = format!(
+        "invoices/{acme}/2025-03-01/{}.xml",
+        number_of(&db.pool, acme, 1).await
+    );
+    assert_eq!(objects.keys(), vec![first_key.clone(), credit_key.clone()]);
+    let credit_type: String =
+        sqlx::query_scalar("SELECT document_type FROM invoice_document WHERE key = $1")
+            .bind(&credit_key)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(credit_type, "credit_note");
+    assert!(String::from_utf8(objects.bytes(&credit_key))
+        .unwrap()
+        .contains("<CreditNote "));
+
+    // A recorded document never changes, like the invoice it belongs to.
+    let changed = sqlx::query("UPDATE invoice_document SET sha256 = repeat('0', 64)")
+        .execute(&db.pool)
+        .await;
+    assert!(
+        changed
+            .unwrap_err()
+            .to_string()
+            .contains("cannot be changed or removed"),
+        "the database refuses to change a document record"
+    );
+
+    // A totals handler without a document bucket chains no RenderInvoice.
+    let plain = Totals::new(
+        tem_shared::adapters::billing::stores(db.pool.clone()),
+        Duration::days(5),
+    );
+    assert_eq!(
+        step(&plain, "generate-3", Command::GenerateInvoice(cycle)).await,
+        StepOutcome::finished()
+    );
+}
+
+/// The number of the customer's March invoice of `sequence`.
+async fn number_of(pool: &PgPool, customer: i64, sequence: i32) -> String {
+    sqlx::query_scalar(
+        "SELECT number FROM invoice WHERE customer_id = $1 AND cycle = $2::date AND sequence = $3",
+    )
+    .bind(customer)
+    .bind(MARCH)
+    .bind(sequence)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// The id of the customer's March invoice of `sequence`.
+async fn invoice_of(pool: &PgPool, customer: i64, sequence: i32) -> i64 {
+    sqlx::query_scalar(
+        "SELECT id FROM invoice WHERE customer_id = $1 AND cycle = $2::date AND sequence = $3",
+    )
+    .bind(customer)
+    .bind(MARCH)
+    .bind(sequence)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}

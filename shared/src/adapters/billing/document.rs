@@ -1,13 +1,15 @@
 //! Issued invoices read back from PostgreSQL for their documents
 //! ([`IssuedStore`]): the invoice row with the parties, dates and totals
 //! its finalisation recorded, its lines with their VAT, and for a
-//! correction the number and issue date of the cycle's invoice (BG-3).
+//! correction the number and issue date of the cycle's invoice (BG-3); and
+//! the documents written for them ([`DocumentStore`], `invoice_document`).
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
 use sqlx::{PgPool, Row};
 
 use crate::billing::document::issued::{IssuedStore, NotIssued, StoredIssue};
+use crate::billing::document::rendering::{DocumentStore, RecordedDocument};
 use crate::billing::document::ubl::{DocumentLine, InvoiceReference, IssuedInvoice};
 use crate::billing::parties::{BuyerDetails, SellerDetails};
 use crate::billing::vat::{LineVat, RateBp, VatCategory};
@@ -168,5 +170,62 @@ impl IssuedStore for PgIssued {
             vat_cents,
             payable_cents,
         }))
+    }
+}
+
+#[async_trait]
+impl DocumentStore for PgIssued {
+    async fn without_document(
+        &self,
+        customer_id: i64,
+        cycle: NaiveDate,
+        format: &str,
+    ) -> Result<Vec<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT i.id FROM invoice i
+             WHERE i.customer_id = $1 AND i.cycle = $2 AND i.status = 'final'
+               AND NOT EXISTS (SELECT 1 FROM invoice_document d
+                               WHERE d.invoice_id = i.id AND d.format = $3)
+             ORDER BY i.sequence",
+        )
+        .bind(customer_id)
+        .bind(cycle)
+        .bind(format)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn record(&self, document: &RecordedDocument) -> Result<RecordedDocument, StoreError> {
+        sqlx::query(
+            "INSERT INTO invoice_document (invoice_id, format, document_type, bucket, key, sha256, size_bytes)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (invoice_id, format) DO NOTHING",
+        )
+        .bind(document.invoice_id)
+        .bind(&document.format)
+        .bind(&document.document_type)
+        .bind(&document.bucket)
+        .bind(&document.key)
+        .bind(&document.sha256)
+        .bind(document.size_bytes)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query(
+            "SELECT document_type, bucket, key, sha256, size_bytes FROM invoice_document
+             WHERE invoice_id = $1 AND format = $2",
+        )
+        .bind(document.invoice_id)
+        .bind(&document.format)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(RecordedDocument {
+            invoice_id: document.invoice_id,
+            format: document.format.clone(),
+            document_type: row.try_get("document_type")?,
+            bucket: row.try_get("bucket")?,
+            key: row.try_get("key")?,
+            sha256: row.try_get("sha256")?,
+            size_bytes: row.try_get("size_bytes")?,
+        })
     }
 }
