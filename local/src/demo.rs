@@ -212,5 +212,16 @@ mod tests {
             .collect();
         assert_eq!(invoiced, ["acme", "bakker", "stadsbeheer"]);
         assert_eq!(doc.sellers.len(), 1);
+        // Every demo customer has a cost tree and assignments to show.
+        let trees: std::collections::BTreeSet<&str> = doc
+            .cost_centres
+            .iter()
+            .map(|n| n.customer.as_str())
+            .collect();
+        assert_eq!(
+            trees.into_iter().collect::<Vec<_>>(),
+            ["acme", "bakker", "stadsbeheer"]
+        );
+        assert_eq!(doc.cost_assignments.len(), 10);
     }
 }

@@ -10,9 +10,11 @@ use serde_json::json;
 use tem_local::demo;
 use tem_local::deployment::{wait_for, Deployment};
 use tem_local::emulator::Emulator;
+use tem_shared::adapters::costs::cycle_allocation;
 use tem_shared::adapters::operations::PgStepHistory;
 use tem_shared::billing::euros;
 use tem_shared::command::{Cause, Command, CyclePayload};
+use tem_shared::costs::report::render;
 use tem_shared::ops::timeline;
 use tem_shared::ports::TaskStore;
 use tem_shared::tasks::{SyncTask, TaskStatus};
@@ -200,6 +202,7 @@ async fn main() -> Result<()> {
         );
     }
     print_insights_and_invoices(&deployment).await?;
+    print_cost_allocations(&deployment).await?;
     print_one_timeline(&deployment, &finished).await?;
     println!("The emulator keeps running (scripts/emulator.sh stop ends it).");
     Ok(())
@@ -296,6 +299,26 @@ async fn print_insights_and_invoices(deployment: &Deployment) -> Result<()> {
         }
         if let Some(reason) = i.blocked_reason {
             println!("        blocked: {reason}");
+        }
+    }
+    Ok(())
+}
+
+/// Each demo customer's chargeback: every cycle's invoice over its cost
+/// tree, as `temctl costs show` prints it (two levels deep).
+async fn print_cost_allocations(deployment: &Deployment) -> Result<()> {
+    let cycles: Vec<(String, chrono::NaiveDate)> = sqlx::query_as(
+        "SELECT c.code, i.cycle FROM invoice i JOIN customer c ON c.id = i.customer_id
+         WHERE i.sequence = 0 AND c.code IS NOT NULL AND EXISTS (SELECT 1 FROM cost_node n WHERE n.customer_id = c.id)
+         ORDER BY 1, 2",
+    )
+    .fetch_all(&deployment.pool)
+    .await?;
+    println!("==> cost-centre allocation (temctl costs show CUSTOMER CYCLE)");
+    for (code, cycle) in cycles {
+        let allocation = cycle_allocation(&deployment.pool, &code, cycle).await?;
+        for line in render(&allocation, Some(2), false).lines() {
+            println!("    {line}");
         }
     }
     Ok(())

@@ -11,14 +11,20 @@
 //! - [`cdr`]: the CDR vocabulary (kinds, zones, customer cycles, change
 //!   marks) that import, billing and the catalog share.
 //! - [`ops`]: the ops function's console commands (migrations).
+//! - [`costs`]: cost centres and chargeback; [`budgets`]: budget
+//!   thresholds, bill shock and anomalies; [`audit`]: the carrier bill
+//!   audit (the TEM core of issue 19).
 
 pub mod adapters;
+pub mod audit;
 pub mod billing;
 pub mod bootstrap;
+pub mod budgets;
 pub mod catalog;
 pub mod cdr;
 pub mod command;
 pub mod config;
+pub mod costs;
 pub mod envelope;
 pub mod import;
 pub mod lambda;

@@ -39,7 +39,8 @@ Objects are matched by their natural keys: rate plans by id, customers by \
 code, subscriptions by provider, identifier and active_from, sync profiles \
 by name. Each object in the file is created or updated to match it exactly; \
 objects in the database but not in the file are left alone (nothing is \
-deleted). Applying the same file twice changes nothing the second time.
+deleted), except a customer's cost tree: its cost_centres entries are its \
+whole tree, and its stored nodes the file leaves out are removed. Applying the same file twice changes nothing the second time.
 
 The whole file is validated before anything is written; every problem is \
 printed on stderr with its field path, and the exit code is 1.
@@ -187,6 +188,7 @@ fn write_json(
         "created": s.created,
         "updated": s.updated,
         "unchanged": s.unchanged,
+        "removed": s.removed,
         "changes": applied.changes,
         "follow_up": deliveries,
     });
@@ -241,9 +243,18 @@ fn write_human(
         )?;
     }
     let s = applied.summary;
+    // Only cost trees remove anything (they are applied whole).
+    let (removed, except) = if s.removed > 0 {
+        (
+            format!(", {} removed", s.removed),
+            ", except the cost nodes a customer's tree in the file leaves out",
+        )
+    } else {
+        (String::new(), "")
+    };
     writeln!(
         out,
-        "{} changed ({} created, {} updated), {} unchanged{}; objects in the database but not in the file were left alone",
+        "{} changed ({} created, {} updated{removed}), {} unchanged{}; objects in the database but not in the file were left alone{except}",
         s.changed,
         s.created,
         s.updated,

@@ -30,6 +30,9 @@ pub enum Command {
     Apply(crate::apply::ApplyArgs),
     /// Show one customer cycle's totals and their lines.
     Totals(crate::totals::TotalsArgs),
+    /// Cost centres and chargeback: `costs show CUSTOMER CYCLE` allocates
+    /// the cycle's invoice over the customer's cost tree.
+    Costs(crate::costs::CostsArgs),
     /// Show how one CDR was priced (rate, billed quantity, bundles,
     /// arithmetic) and whether its cycle's totals are current.
     Explain(crate::explain::ExplainArgs),

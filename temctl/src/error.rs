@@ -34,6 +34,8 @@ pub enum CliError {
     #[error(transparent)]
     Totals(#[from] crate::totals::ShowTotalsError),
     #[error(transparent)]
+    Costs(#[from] tem_shared::costs::cycle::CostsError),
+    #[error(transparent)]
     Explain(#[from] tem_shared::billing::explain::ExplainError),
     #[error(transparent)]
     Stack(#[from] crate::stack::StackError),

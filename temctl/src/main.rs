@@ -2,6 +2,7 @@
 
 mod apply;
 mod cli;
+mod costs;
 mod db;
 mod error;
 mod explain;
@@ -46,6 +47,7 @@ async fn main() -> ExitCode {
         Command::Migrate => migrate::run().await,
         Command::Apply(args) => apply::run(args).await,
         Command::Totals(args) => totals::run(args).await,
+        Command::Costs(args) => costs::run(args).await,
         Command::Explain(args) => explain::run(args).await,
         Command::Failed(args) => failed::run(args).await,
         Command::Task(args) => task::run(args).await,

@@ -2,6 +2,7 @@
 //! The only modules that see SDK types.
 
 pub mod billing;
+pub mod costs;
 pub mod dynamodb;
 pub mod journal;
 pub mod migrations;

@@ -9,6 +9,7 @@ use chrono::NaiveDate;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::cost_centres::{assignment_fields, assignment_label, node_fields, node_label};
 use super::document::{subscription_label, Document};
 use super::parties::{billing_fields, seller_fields, version_label};
 use crate::billing::rating::RatePlan;
@@ -22,6 +23,8 @@ pub enum ObjectKind {
     BillingDetails,
     Subscription,
     SyncProfile,
+    CostNode,
+    CostAssignment,
 }
 
 impl ObjectKind {
@@ -33,6 +36,8 @@ impl ObjectKind {
             ObjectKind::BillingDetails => "billing_details",
             ObjectKind::Subscription => "subscription",
             ObjectKind::SyncProfile => "sync_profile",
+            ObjectKind::CostNode => "cost_node",
+            ObjectKind::CostAssignment => "cost_assignment",
         }
     }
 }
@@ -49,6 +54,9 @@ pub enum Action {
     Created,
     Updated,
     Unchanged,
+    /// A stored cost node its customer's tree in the file leaves out (a
+    /// tree is applied whole; catalog/cost_centres.rs).
+    Removed,
 }
 
 impl Action {
@@ -57,6 +65,7 @@ impl Action {
             Action::Created => "created",
             Action::Updated => "updated",
             Action::Unchanged => "unchanged",
+            Action::Removed => "removed",
         }
     }
 }
@@ -114,6 +123,7 @@ pub struct Summary {
     pub created: usize,
     pub updated: usize,
     pub unchanged: usize,
+    pub removed: usize,
 }
 
 impl Summary {
@@ -124,9 +134,10 @@ impl Summary {
                 Action::Created => summary.created += 1,
                 Action::Updated => summary.updated += 1,
                 Action::Unchanged => summary.unchanged += 1,
+                Action::Removed => summary.removed += 1,
             }
         }
-        summary.changed = summary.created + summary.updated;
+        summary.changed = summary.created + summary.updated + summary.removed;
         summary
     }
 }
@@ -186,6 +197,11 @@ pub struct Stored {
     /// Billing details versions by (customer code, valid_from), as
     /// [`billing_fields`] lists them.
     pub billing_details: BTreeMap<(String, NaiveDate), Vec<(&'static str, String)>>,
+    /// The stored cost trees of the customers the file's cost sections
+    /// name, by customer code.
+    pub cost_trees: BTreeMap<String, Vec<crate::costs::tree::CostNode>>,
+    /// Their stored assignments, by customer code.
+    pub cost_assignments: BTreeMap<String, Vec<crate::costs::allocation::Assignment>>,
 }
 
 /// The fields that differ between a stored version and the file's, in the
@@ -384,6 +400,7 @@ pub fn diff(document: &Document, stored: &Stored) -> Vec<Change> {
         });
         changes.push(change(ObjectKind::SyncProfile, p.name.clone(), fields));
     }
+    changes.extend(cost_changes(document, stored));
     changes
 }
 
@@ -489,6 +506,61 @@ fn json_diff(path: &str, old: &Value, new: &Value, out: &mut Vec<FieldChange>) {
         _ if old != new => out.push(FieldChange::new(path, text(old), text(new))),
         _ => {}
     }
+}
+
+/// The file's cost nodes and assignments against the stored ones; then,
+/// per customer whose tree the file holds, the stored nodes it leaves out
+/// (removed: a tree is applied whole).
+fn cost_changes(document: &Document, stored: &Stored) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for entry in &document.cost_centres {
+        let fields = stored
+            .cost_trees
+            .get(&entry.customer)
+            .and_then(|nodes| nodes.iter().find(|n| n.code == entry.node.code))
+            .map(|old| version_fields(&node_fields(old), &node_fields(&entry.node)));
+        changes.push(change(
+            ObjectKind::CostNode,
+            node_label(&entry.customer, &entry.node.code),
+            fields,
+        ));
+    }
+    let in_file: std::collections::BTreeSet<(&str, &str)> = document
+        .cost_centres
+        .iter()
+        .map(|e| (e.customer.as_str(), e.node.code.as_str()))
+        .collect();
+    let customers: std::collections::BTreeSet<&str> =
+        in_file.iter().map(|(customer, _)| *customer).collect();
+    for customer in customers {
+        for old in stored.cost_trees.get(customer).into_iter().flatten() {
+            if !in_file.contains(&(customer, old.code.as_str())) {
+                changes.push(Change {
+                    object: ObjectKind::CostNode,
+                    key: node_label(customer, &old.code),
+                    action: Action::Removed,
+                    fields: Vec::new(),
+                });
+            }
+        }
+    }
+    for entry in &document.cost_assignments {
+        let a = &entry.assignment;
+        let fields = stored
+            .cost_assignments
+            .get(&entry.customer)
+            .and_then(|list| {
+                list.iter()
+                    .find(|o| o.subscription == a.subscription && o.valid_from == a.valid_from)
+            })
+            .map(|old| version_fields(&assignment_fields(old), &assignment_fields(a)));
+        changes.push(change(
+            ObjectKind::CostAssignment,
+            assignment_label(&entry.customer, &a.subscription, a.valid_from),
+            fields,
+        ));
+    }
+    changes
 }
 
 #[cfg(test)]
@@ -606,7 +678,8 @@ sync_profiles:
                 changed: 6,
                 created: 6,
                 updated: 0,
-                unchanged: 0
+                unchanged: 0,
+                removed: 0
             }
         );
     }

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_yaml::Value as Yaml;
 use sha2::{Digest, Sha256};
 
+use super::cost_centres::{self, CostAssignmentEntry, CostNodeEntry};
 use super::interpolate::interpolate;
 use super::parties::{self, BillingDetailsEntry, SellerEntry};
 use super::{Problem, Section};
@@ -80,6 +81,8 @@ pub struct Document {
     pub billing_details: Vec<BillingDetailsEntry>,
     pub subscriptions: Vec<Subscription>,
     pub sync_profiles: Vec<SyncProfile>,
+    pub cost_centres: Vec<CostNodeEntry>,
+    pub cost_assignments: Vec<CostAssignmentEntry>,
 }
 
 /// A file read as far as it could be: its valid entries, every problem found
@@ -103,6 +106,10 @@ pub struct Parsed {
     billing_customer_references: Vec<(usize, String)>,
     /// `billing_details[i].seller` values.
     seller_references: Vec<(usize, String)>,
+    /// `cost_centres[i].customer` values.
+    cost_node_customer_references: Vec<(usize, String)>,
+    /// `cost_assignments[i].customer` values.
+    cost_assignment_customer_references: Vec<(usize, String)>,
     /// The line each entry starts on, by section and index.
     entry_lines: BTreeMap<(Section, usize), usize>,
 }
@@ -117,6 +124,8 @@ impl Parsed {
         self.customer_references
             .iter()
             .chain(&self.billing_customer_references)
+            .chain(&self.cost_node_customer_references)
+            .chain(&self.cost_assignment_customer_references)
             .map(|(_, code)| code.clone())
             .filter(|code| !self.declared_customers.contains(code))
             .collect()
@@ -185,6 +194,16 @@ impl Parsed {
                 self.customer_references
                     .iter()
                     .map(|r| (Section::Subscriptions, r)),
+            )
+            .chain(
+                self.cost_node_customer_references
+                    .iter()
+                    .map(|r| (Section::CostCentres, r)),
+            )
+            .chain(
+                self.cost_assignment_customer_references
+                    .iter()
+                    .map(|r| (Section::CostAssignments, r)),
             );
         for (section, (at, code)) in references {
             if !self.declared_customers.contains(code) && !stored_customers.contains(code) {
@@ -464,6 +483,45 @@ impl Reader {
                 if self.problems.len() == before {
                     entry.at = at;
                     parsed.document.billing_details.push(entry);
+                }
+            }
+            Section::CostCentres => {
+                if !self.required(section, at, &item, cost_centres::NODE_REQUIRED) {
+                    return;
+                }
+                let Some(spec) = self.spec::<cost_centres::NodeSpec>(section, at, item) else {
+                    return;
+                };
+                parsed
+                    .cost_node_customer_references
+                    .push((at, spec.customer.clone()));
+                let (mut entry, found) = cost_centres::node(spec);
+                for (field, message) in found {
+                    self.problem(section, at, &field, message);
+                }
+                if self.problems.len() == before {
+                    entry.at = at;
+                    parsed.document.cost_centres.push(entry);
+                }
+            }
+            Section::CostAssignments => {
+                if !self.required(section, at, &item, cost_centres::ASSIGNMENT_REQUIRED) {
+                    return;
+                }
+                let Some(spec) = self.spec::<cost_centres::AssignmentSpec>(section, at, item)
+                else {
+                    return;
+                };
+                parsed
+                    .cost_assignment_customer_references
+                    .push((at, spec.customer.clone()));
+                let (mut entry, found) = cost_centres::assignment(spec);
+                for (field, message) in found {
+                    self.problem(section, at, &field, message);
+                }
+                if self.problems.len() == before {
+                    entry.at = at;
+                    parsed.document.cost_assignments.push(entry);
                 }
             }
             Section::SyncProfiles => {
@@ -1034,6 +1092,18 @@ fn duplicate_keys(document: &Document) -> Vec<Problem> {
     for p in &document.sync_profiles {
         keys.push((Section::SyncProfiles, p.at, ".name", p.name.clone()));
     }
+    for n in &document.cost_centres {
+        let key = cost_centres::node_label(&n.customer, &n.node.code);
+        keys.push((Section::CostCentres, n.at, ".code", key));
+    }
+    for a in &document.cost_assignments {
+        let key = cost_centres::assignment_label(
+            &a.customer,
+            &a.assignment.subscription,
+            a.assignment.valid_from,
+        );
+        keys.push((Section::CostAssignments, a.at, "", key));
+    }
     let mut problems = Vec::new();
     let mut seen: BTreeMap<(Section, String), usize> = BTreeMap::new();
     for (section, at, field, key) in keys {
@@ -1477,7 +1547,7 @@ subscriptions:
         assert_eq!(
             problems("customer:\n  - {}\nrate_plans: 3\n"),
             vec![
-                "customer: unknown section; expected one of rate_plans, sellers, customers, billing_details, subscriptions, sync_profiles",
+                "customer: unknown section; expected one of rate_plans, sellers, customers, billing_details, subscriptions, sync_profiles, cost_centres, cost_assignments",
                 "rate_plans: must be a list of entries (each starting with `- `)",
             ]
         );

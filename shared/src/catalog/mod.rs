@@ -37,15 +37,20 @@
 //! ```
 //!
 //! The invoice parties, `sellers` and `billing_details`, are described in
-//! [`parties`].
+//! [`parties`]; the cost tree and assignments, `cost_centres` and
+//! `cost_assignments` (each customer's tree applied whole), in
+//! [`cost_centres`].
 //!
 //! Natural keys: rate plans by `id`, customers by `code`, subscriptions by
 //! (`provider`, `identifier`, `active_from`), sync profiles by `name`,
 //! sellers by (`code`, `valid_from`), billing details by (`customer`,
-//! `valid_from`). An
+//! `valid_from`), cost nodes by (`customer`, `code`), cost assignments by
+//! (`customer`, `subscription`, `valid_from`). An
 //! object in the file is created or updated to match it exactly (a field
 //! left out takes its default, e.g. no `rate_plan` removes the customer's
-//! plan); objects in the database but not in the file are left alone.
+//! plan); objects in the database but not in the file are left alone,
+//! except a customer's cost nodes: its `cost_centres` entries are its
+//! whole tree, and its stored nodes the file leaves out are removed.
 //! Applying the same file twice changes nothing the second time.
 //!
 //! `${NAME}` is replaced by the environment variable `NAME` before the YAML
@@ -68,6 +73,7 @@
 //! customer.
 
 pub mod changes;
+pub mod cost_centres;
 pub mod document;
 pub mod follow_up;
 pub mod interpolate;
@@ -85,7 +91,8 @@ pub use store::{apply, Applied, ApplyOptions, CatalogError};
 
 /// The sections of a file, in the order they are applied (plans before the
 /// customers that use them, sellers and customers before the billing
-/// details that name them, customers before their subscriptions).
+/// details that name them, customers before their subscriptions, a
+/// customer's cost tree before the assignments to it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Section {
     RatePlans,
@@ -94,16 +101,20 @@ pub enum Section {
     BillingDetails,
     Subscriptions,
     SyncProfiles,
+    CostCentres,
+    CostAssignments,
 }
 
 impl Section {
-    pub const ALL: [Section; 6] = [
+    pub const ALL: [Section; 8] = [
         Section::RatePlans,
         Section::Sellers,
         Section::Customers,
         Section::BillingDetails,
         Section::Subscriptions,
         Section::SyncProfiles,
+        Section::CostCentres,
+        Section::CostAssignments,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -114,6 +125,8 @@ impl Section {
             Section::BillingDetails => "billing_details",
             Section::Subscriptions => "subscriptions",
             Section::SyncProfiles => "sync_profiles",
+            Section::CostCentres => "cost_centres",
+            Section::CostAssignments => "cost_assignments",
         }
     }
 }

@@ -101,6 +101,10 @@ pub async fn apply(
         &stored.rate_plans.keys().cloned().collect(),
     ));
     problems.extend(parsed.seller_reference_problems(&stored.seller_codes));
+    problems.extend(super::cost_centres::tree_problems(
+        &parsed.document,
+        &stored,
+    ));
     let periods: Vec<StoredPeriod> = stored
         .subscriptions
         .iter()
@@ -240,6 +244,7 @@ async fn load(tx: &mut PgConnection, parsed: &Parsed) -> Result<Stored, CatalogE
     }
 
     load_parties(tx, parsed, &mut stored).await?;
+    load_costs(tx, parsed, &mut stored).await?;
 
     let names: Vec<String> = doc.sync_profiles.iter().map(|p| p.name.clone()).collect();
     let rows = sqlx::query(
@@ -483,6 +488,153 @@ async fn write_billing_details(
     Ok(())
 }
 
+/// The stored cost trees and assignments of the customers the file's cost
+/// sections name.
+async fn load_costs(
+    tx: &mut PgConnection,
+    parsed: &Parsed,
+    stored: &mut Stored,
+) -> Result<(), CatalogError> {
+    let doc = &parsed.document;
+    let customers: Vec<String> = doc
+        .cost_centres
+        .iter()
+        .map(|e| e.customer.clone())
+        .chain(doc.cost_assignments.iter().map(|e| e.customer.clone()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if customers.is_empty() {
+        return Ok(());
+    }
+    let doing = "reading cost trees";
+    let rows = sqlx::query(
+        "SELECT c.code AS customer, n.code, n.name, n.kind, n.parent_code, n.gl_codes
+         FROM cost_node n JOIN customer c ON c.id = n.customer_id
+         WHERE c.code = ANY($1) ORDER BY c.code, n.code",
+    )
+    .bind(&customers)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db(doing))?;
+    for row in rows {
+        let customer: String = row.try_get("customer").map_err(db(doing))?;
+        let node = crate::adapters::costs::node_from_row(&row).map_err(db(doing))?;
+        stored.cost_trees.entry(customer).or_default().push(node);
+    }
+    let doing = "reading cost assignments";
+    let rows = sqlx::query(
+        "SELECT c.code AS customer, a.subscription, a.valid_from, a.shares, a.by_class
+         FROM cost_assignment a JOIN customer c ON c.id = a.customer_id
+         WHERE c.code = ANY($1) ORDER BY c.code, a.subscription, a.valid_from",
+    )
+    .bind(&customers)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db(doing))?;
+    for row in rows {
+        let customer: String = row.try_get("customer").map_err(db(doing))?;
+        let assignment = crate::adapters::costs::assignment_from_row(&row).map_err(db(doing))?;
+        stored
+            .cost_assignments
+            .entry(customer)
+            .or_default()
+            .push(assignment);
+    }
+    Ok(())
+}
+
+/// Writes the cost nodes and assignments that changed and removes the
+/// nodes a customer's tree in the file leaves out (after the customers,
+/// whose ids they need).
+async fn write_costs(
+    tx: &mut PgConnection,
+    parsed: &Parsed,
+    changes: &[Change],
+    customer_ids: &BTreeMap<String, i64>,
+) -> Result<(), CatalogError> {
+    let doc = &parsed.document;
+    let id_of = |section: Section, at: usize, customer: &str| {
+        customer_ids.get(customer).copied().ok_or_else(|| {
+            CatalogError::Invalid(vec![Problem::at(
+                section,
+                at,
+                ".customer",
+                format!("no customer {customer:?} in this file or the database"),
+            )])
+        })
+    };
+    // A customer's nodes in the file are its whole tree: the others go
+    // (the diff lists them as removed). By customer and the file's codes,
+    // not by parsing the changes' labels, as codes may hold any character.
+    let mut trees: BTreeMap<&str, (usize, Vec<String>)> = BTreeMap::new();
+    for entry in &doc.cost_centres {
+        trees
+            .entry(entry.customer.as_str())
+            .or_insert_with(|| (entry.at, Vec::new()))
+            .1
+            .push(entry.node.code.clone());
+    }
+    for (customer, (at, codes)) in &trees {
+        let customer_id = id_of(Section::CostCentres, *at, customer)?;
+        sqlx::query("DELETE FROM cost_node WHERE customer_id = $1 AND NOT (code = ANY($2))")
+            .bind(customer_id)
+            .bind(codes)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("removing cost nodes"))?;
+    }
+    let node_changes = changed_in(changes, ObjectKind::CostNode);
+    for (entry, change) in doc.cost_centres.iter().zip(node_changes) {
+        if !change.is_change() {
+            continue;
+        }
+        let customer_id = id_of(Section::CostCentres, entry.at, &entry.customer)?;
+        let n = &entry.node;
+        sqlx::query(
+            "INSERT INTO cost_node (customer_id, code, name, kind, parent_code, gl_codes)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (customer_id, code) DO UPDATE SET name = EXCLUDED.name, kind = EXCLUDED.kind,
+                 parent_code = EXCLUDED.parent_code, gl_codes = EXCLUDED.gl_codes, updated_at = now()",
+        )
+        .bind(customer_id)
+        .bind(&n.code)
+        .bind(&n.name)
+        .bind(super::cost_centres::kind_name(n.kind))
+        .bind(&n.parent)
+        .bind(serde_json::to_value(&n.gl_codes).unwrap_or(Value::Null))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("writing cost nodes"))?;
+    }
+    for (entry, change) in doc
+        .cost_assignments
+        .iter()
+        .zip(changed_in(changes, ObjectKind::CostAssignment))
+    {
+        if !change.is_change() {
+            continue;
+        }
+        let customer_id = id_of(Section::CostAssignments, entry.at, &entry.customer)?;
+        let a = &entry.assignment;
+        sqlx::query(
+            "INSERT INTO cost_assignment (customer_id, subscription, valid_from, shares, by_class)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (customer_id, subscription, valid_from) DO UPDATE SET shares = EXCLUDED.shares,
+                 by_class = EXCLUDED.by_class, updated_at = now()",
+        )
+        .bind(customer_id)
+        .bind(&a.subscription)
+        .bind(a.valid_from)
+        .bind(serde_json::to_value(&a.default).unwrap_or(Value::Null))
+        .bind(serde_json::to_value(&a.by_class).unwrap_or(Value::Null))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("writing cost assignments"))?;
+    }
+    Ok(())
+}
+
 /// Rows per batched INSERT of customers and subscriptions.
 const WRITE_BATCH: usize = 10_000;
 
@@ -587,6 +739,7 @@ async fn write(
     }
 
     write_billing_details(tx, parsed, changes, &customer_ids).await?;
+    write_costs(tx, parsed, changes, &customer_ids).await?;
 
     let mut subscriptions = Vec::new();
     for (s, change) in doc

@@ -1,0 +1,194 @@
+//! The chargeback's store on PostgreSQL ([`CostStore`]): a customer's cost
+//! tree and assignments (migration 0015, written by `temctl apply`) and
+//! the lines of a cycle's main invoice. Each read is its own statement on
+//! the pool; the catalog reads nodes and assignments with the same row
+//! readers.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use serde_json::Value;
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
+
+use crate::catalog::cost_centres::parse_kind;
+use crate::costs::allocation::{Assignment, Share};
+use crate::costs::cycle::{
+    self, CostCustomer, CostStore, CostsError, CycleAllocation, CycleInvoice, InvoiceCharge,
+};
+use crate::costs::tree::CostNode;
+use crate::costs::ChargeClass;
+use crate::ports::StoreError;
+
+fn decode(column: &str, e: impl std::error::Error + Send + Sync + 'static) -> sqlx::Error {
+    sqlx::Error::ColumnDecode {
+        index: column.to_string(),
+        source: Box::new(e),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown {what} {value:?}")]
+struct Unknown {
+    what: &'static str,
+    value: String,
+}
+
+/// A `cost_node` row (columns code, name, kind, parent_code, gl_codes).
+pub fn node_from_row(row: &PgRow) -> Result<CostNode, sqlx::Error> {
+    let kind: String = row.try_get("kind")?;
+    let gl_codes: Value = row.try_get("gl_codes")?;
+    Ok(CostNode {
+        code: row.try_get("code")?,
+        name: row.try_get("name")?,
+        kind: parse_kind(&kind).ok_or_else(|| {
+            decode(
+                "kind",
+                Unknown {
+                    what: "node kind",
+                    value: kind.clone(),
+                },
+            )
+        })?,
+        parent: row.try_get("parent_code")?,
+        gl_codes: serde_json::from_value(gl_codes).map_err(|e| decode("gl_codes", e))?,
+    })
+}
+
+/// A `cost_assignment` row (columns subscription, valid_from, shares,
+/// by_class).
+pub fn assignment_from_row(row: &PgRow) -> Result<Assignment, sqlx::Error> {
+    let shares: Value = row.try_get("shares")?;
+    let by_class: Value = row.try_get("by_class")?;
+    Ok(Assignment {
+        subscription: row.try_get("subscription")?,
+        valid_from: row.try_get("valid_from")?,
+        default: serde_json::from_value::<Vec<Share>>(shares).map_err(|e| decode("shares", e))?,
+        by_class: serde_json::from_value::<BTreeMap<ChargeClass, Vec<Share>>>(by_class)
+            .map_err(|e| decode("by_class", e))?,
+    })
+}
+
+#[derive(Clone)]
+pub struct PgCosts {
+    pool: PgPool,
+}
+
+impl PgCosts {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[async_trait]
+impl CostStore for PgCosts {
+    async fn customers(&self, id_or_code: &str) -> Result<Vec<CostCustomer>, StoreError> {
+        let id: Option<i64> = id_or_code.parse().ok();
+        let rows = sqlx::query(
+            "SELECT id, code, name FROM customer WHERE id = $1 OR code = $2 ORDER BY id",
+        )
+        .bind(id)
+        .bind(id_or_code)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(CostCustomer {
+                id: row.try_get("id")?,
+                code: row.try_get("code")?,
+                name: row.try_get("name")?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn tree(&self, customer_id: i64) -> Result<Vec<CostNode>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT code, name, kind, parent_code, gl_codes FROM cost_node WHERE customer_id = $1 ORDER BY code",
+        )
+        .bind(customer_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(node_from_row)
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    async fn assignments(&self, customer_id: i64) -> Result<Vec<Assignment>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT subscription, valid_from, shares, by_class FROM cost_assignment
+             WHERE customer_id = $1 ORDER BY subscription, valid_from",
+        )
+        .bind(customer_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(assignment_from_row)
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    async fn invoice(
+        &self,
+        customer_id: i64,
+        cycle: NaiveDate,
+    ) -> Result<Option<CycleInvoice>, StoreError> {
+        let Some(row) = sqlx::query(
+            "SELECT id, status, total_micros FROM invoice
+             WHERE customer_id = $1 AND cycle = $2 AND sequence = 0",
+        )
+        .bind(customer_id)
+        .bind(cycle)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let id: i64 = row.try_get("id")?;
+        let rows = sqlx::query(
+            "SELECT subscription, kind, amount_micros, vat_category FROM invoice_line
+             WHERE invoice_id = $1 ORDER BY line_no",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut lines = Vec::with_capacity(rows.len());
+        for row in rows {
+            let kind: String = row.try_get("kind")?;
+            lines.push(InvoiceCharge {
+                subscription: row.try_get("subscription")?,
+                class: kind.parse().map_err(|_| {
+                    decode(
+                        "kind",
+                        Unknown {
+                            what: "invoice line kind",
+                            value: kind.clone(),
+                        },
+                    )
+                })?,
+                amount_micros: row.try_get("amount_micros")?,
+                vat_category: row.try_get("vat_category")?,
+            });
+        }
+        Ok(Some(CycleInvoice {
+            id,
+            status: row.try_get("status")?,
+            total_micros: row.try_get("total_micros")?,
+            lines,
+        }))
+    }
+}
+
+/// The chargeback of `customer` (id or code) for the cycle starting
+/// `cycle`, read from `pool`: for `temctl`, the local run and the tests.
+pub async fn cycle_allocation(
+    pool: &PgPool,
+    customer: &str,
+    cycle: NaiveDate,
+) -> Result<CycleAllocation, CostsError> {
+    let store = PgCosts::new(pool.clone());
+    let customer = cycle::find_customer(&store, customer).await?;
+    cycle::allocate_cycle(&store, customer, cycle).await
+}
