@@ -120,3 +120,147 @@ fn check_recorded(stored: &StoredIssue) -> Result<(), DocumentError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::billing::document::ubl::{DocumentLine, InvoiceReference, IssuedInvoice};
+    use crate::billing::parties::{Address, BuyerDetails, PeppolId, SellerDetails};
+    use crate::billing::vat::{LineVat, RateBp, VatCategory};
+
+    struct One(Result<StoredIssue, NotIssued>);
+
+    #[async_trait]
+    impl IssuedStore for One {
+        async fn issued(&self, _: i64) -> Result<Result<StoredIssue, NotIssued>, StoreError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    fn address() -> Address {
+        Address {
+            street: "Kade 1".into(),
+            city: "Utrecht".into(),
+            postcode: "3511 AA".into(),
+            country: "NL".into(),
+        }
+    }
+
+    fn peppol() -> PeppolId {
+        PeppolId {
+            scheme: "0106".into(),
+            id: "12345678".into(),
+        }
+    }
+
+    /// A correction of -10.00 at 21%, recorded as finalisation records it:
+    /// net -1000, VAT -210, payable -1210 cents.
+    fn correction() -> StoredIssue {
+        StoredIssue {
+            invoice_id: 9,
+            customer_id: 7,
+            sequence: 1,
+            invoice: IssuedInvoice {
+                number: "2025-000002".into(),
+                issue_date: "2025-04-10".parse().unwrap(),
+                due_date: "2025-05-10".parse().unwrap(),
+                cycle: "2025-03-01".parse().unwrap(),
+                seller: SellerDetails {
+                    code: "tem".into(),
+                    valid_from: "2020-01-01".parse().unwrap(),
+                    legal_name: "TEM B.V.".into(),
+                    address: address(),
+                    kvk: "12345678".into(),
+                    vat_number: "NL123456789B01".into(),
+                    iban: "NL91ABNA0417164300".into(),
+                    bic: "ABNANL2A".into(),
+                    payment_terms_days: 30,
+                    peppol: peppol(),
+                    invoice_number_format: "{year}-{seq:06}".into(),
+                },
+                buyer: BuyerDetails {
+                    customer_id: 7,
+                    valid_from: "2020-01-01".parse().unwrap(),
+                    seller: "tem".into(),
+                    legal_name: "Buyer B.V.".into(),
+                    address: address(),
+                    vat_number: None,
+                    peppol: peppol(),
+                    invoice_email: "ap@buyer.example".into(),
+                    buyer_reference: None,
+                    purchase_order: None,
+                    payment_terms_days: None,
+                    vat_category: None,
+                },
+                lines: vec![DocumentLine {
+                    description: "Correction of Calls, home: +31611111111".into(),
+                    subscription: "+31611111111".into(),
+                    kind: "voice".into(),
+                    zone: "home".into(),
+                    usage: "now none".into(),
+                    amount_micros: -10_000_000,
+                    vat: LineVat {
+                        category: VatCategory::S,
+                        rate: RateBp(2100),
+                    },
+                }],
+                corrects: Some(InvoiceReference {
+                    number: "2025-000001".into(),
+                    issue_date: "2025-04-06".parse().unwrap(),
+                }),
+            },
+            net_cents: -1000,
+            vat_cents: -210,
+            payable_cents: -1210,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_credit_note_agrees_with_the_negative_totals_its_correction_recorded() {
+        let (_, document) = ubl_of(&One(Ok(correction())), 9, Profile::PeppolBis)
+            .await
+            .unwrap();
+        assert_eq!(document.amounts.payable_cents, 1210);
+    }
+
+    #[tokio::test]
+    async fn a_document_that_disagrees_with_the_recorded_totals_is_refused_naming_both() {
+        let mut changed = correction();
+        changed.vat_cents = -209;
+        let err = ubl_of(&One(Ok(changed)), 9, Profile::PeppolBis)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(
+                err,
+                DocumentError::Disagrees {
+                    what: "VAT",
+                    document: 210,
+                    recorded: -209,
+                    ..
+                }
+            ),
+            "{text}"
+        );
+        assert!(text.contains("2025-000002"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn an_invoice_that_is_not_issued_says_why() {
+        for (why, expected) in [
+            (NotIssued::Missing, "does not exist"),
+            (NotIssued::Draft, "is a draft"),
+            (NotIssued::Unnumbered, "before invoice numbering"),
+            (
+                NotIssued::UnnumberedOriginal,
+                "corrects an invoice finalised before",
+            ),
+        ] {
+            let err = ubl_of(&One(Err(why)), 9, Profile::PeppolBis)
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains(expected), "{err}");
+        }
+    }
+}
