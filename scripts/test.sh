@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every check and test of tem: formatting, lints, unit tests, and the
 # integration tests against PostgreSQL and the AWS emulator (MiniStack, from
-# scripts/requirements.txt in .venv, installed here when missing).
+# scripts/requirements.txt in .venv, installed here when missing), and the
+# e-invoice validators of the UBL tests (scripts/requirements-validate.txt
+# in .venv-validate).
 #
 # Needs: cargo, python3, PostgreSQL at DATABASE_URL
 # (default postgres://postgres@127.0.0.1:5432/postgres; tests create and
@@ -43,6 +45,9 @@ fi
 
 step "function binaries"
 scripts/build.sh
+
+step "e-invoice validators (scripts/ubl-validate.sh venv)"
+scripts/ubl-validate.sh venv
 
 step "tests"
 log="$(mktemp)"

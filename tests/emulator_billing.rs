@@ -131,3 +131,63 @@ async fn a_synced_export_is_totalled_insighted_and_invoiced_before_its_task_comp
     );
     stack.finish().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_cycle_from_the_console_is_finalised_and_its_ubl_written_to_the_bucket_with_its_hash(
+) {
+    let stack = deploy().await;
+    let pool = &stack.db.pool;
+    let acme = insert_business_customer(pool).await;
+    tem_tests::db::insert_billing_details(pool, acme).await;
+    sqlx::query("INSERT INTO subscription (customer_id, provider, identifier, active_from) VALUES ($1, 't_mobile', '+31612340000', '2025-01-01')")
+        .bind(acme)
+        .execute(pool)
+        .await
+        .unwrap();
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO call_detail_record (provider, external_id, subscription, customer_id, started_at, kind, direction,
+            destination, roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros, import_file_id, source_line)
+         VALUES ('t_mobile', 'c1', '+31612340000', $1, '2025-03-10 10:00:00+00', 'voice', 'outgoing', '+31201234567',
+                 'home', 90, 0, 0, 0, 1, 1)
+         RETURNING id",
+    )
+    .bind(acme)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    tem_tests::db::mark_imported(pool, &[id]).await;
+
+    // March 2025 closed long ago: the chain the console starts finalises
+    // the invoice, and RenderInvoice writes its document.
+    let answer = stack
+        .deployment
+        .invoke(
+            "TotalsFunctionName",
+            &serde_json::json!({"customer_id": acme, "cycle": "2025-03-01"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.error, None, "{}", answer.payload);
+    let (number, key, sha256, size): (String, String, String, i64) =
+        tem_local::deployment::wait_for("the invoice's document", TIMEOUT, || async {
+            sqlx::query_as(
+                "SELECT i.number, d.key, d.sha256, d.size_bytes
+                 FROM invoice_document d JOIN invoice i ON i.id = d.invoice_id
+                 WHERE i.customer_id = $1 AND d.format = 'ubl'",
+            )
+            .bind(acme)
+            .fetch_optional(pool)
+            .await
+            .map_err(anyhow::Error::from)
+        })
+        .await
+        .unwrap();
+    assert_eq!(key, format!("invoices/{acme}/2025-03-01/{number}.xml"));
+    assert_eq!(sha256.len(), 64);
+    let objects = stack.deployment.objects("invoices/").await.unwrap();
+    assert_eq!(
+        objects,
+        vec![(key, size)],
+        "the recorded object is in the bucket"
+    );
+}

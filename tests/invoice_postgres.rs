@@ -63,8 +63,8 @@ fn parties_file(codes: &[&str]) -> String {
         let (country, vat, peppol) = match *code {
             "brussels" => (
                 "BE",
-                "\n    vat_number: BE0123456789",
-                r#"{scheme: "0208", id: "0123456789"}"#,
+                "\n    vat_number: BE0123456749",
+                r#"{scheme: "0208", id: "0123456749"}"#,
             ),
             // Outside the EU: its services are configured as outside scope.
             "newyork" => (

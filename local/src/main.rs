@@ -262,12 +262,15 @@ async fn print_insights_and_invoices(deployment: &Deployment) -> Result<()> {
         lines: i64,
         number: Option<String>,
         blocked_reason: Option<String>,
+        document: Option<String>,
     }
     let invoices: Vec<Invoice> = sqlx::query_as(
         "SELECT c.name, i.cycle::text AS cycle, i.kind, i.status, i.rated_cost_micros AS rated,
                 i.fees_micros AS fees, i.total_micros AS total,
                 (SELECT count(*) FROM invoice_line l WHERE l.invoice_id = i.id) AS lines,
-                i.number, i.blocked_reason
+                i.number, i.blocked_reason,
+                (SELECT 's3://' || d.bucket || '/' || d.key FROM invoice_document d
+                 WHERE d.invoice_id = i.id AND d.format = 'ubl') AS document
          FROM invoice i JOIN customer c ON c.id = i.customer_id ORDER BY 1, 2, i.sequence",
     )
     .fetch_all(&deployment.pool)
@@ -289,6 +292,10 @@ async fn print_insights_and_invoices(deployment: &Deployment) -> Result<()> {
         // could not be issued says what billing data it lacks.
         if let Some(number) = i.number {
             println!("        number {number}");
+        }
+        // RenderInvoice's e-invoice (UBL, Peppol BIS Billing 3.0).
+        if let Some(document) = i.document {
+            println!("        e-invoice {document}");
         }
         if let Some(reason) = i.blocked_reason {
             println!("        blocked: {reason}");

@@ -39,6 +39,7 @@ pub enum Command {
     BackupTotals(CyclePayload),
     BillingInsight(CyclePayload),
     GenerateInvoice(CyclePayload),
+    RenderInvoice(CyclePayload),
 }
 
 /// One period of one sync profile: what every step of a provider sync is
@@ -205,7 +206,8 @@ pub fn expected(step: Step) -> &'static str {
         | Step::CalculateTotals
         | Step::BackupTotals
         | Step::BillingInsight
-        | Step::GenerateInvoice => {
+        | Step::GenerateInvoice
+        | Step::RenderInvoice => {
             r#"{"customer_id": 1, "cycle": "YYYY-MM-DD", "cause"?: "console" (or import, late_subscription, rerating, cycle_closed, backfill)}"#
         }
     }
@@ -248,6 +250,7 @@ impl Command {
             Step::BackupTotals => Command::BackupTotals(parse(step, payload)?),
             Step::BillingInsight => Command::BillingInsight(parse(step, payload)?),
             Step::GenerateInvoice => Command::GenerateInvoice(parse(step, payload)?),
+            Step::RenderInvoice => Command::RenderInvoice(parse(step, payload)?),
         })
     }
 
@@ -264,6 +267,7 @@ impl Command {
             Command::BackupTotals(_) => Step::BackupTotals,
             Command::BillingInsight(_) => Step::BillingInsight,
             Command::GenerateInvoice(_) => Step::GenerateInvoice,
+            Command::RenderInvoice(_) => Step::RenderInvoice,
         }
     }
 
@@ -280,7 +284,8 @@ impl Command {
             | Command::CalculateTotals(p)
             | Command::BackupTotals(p)
             | Command::BillingInsight(p)
-            | Command::GenerateInvoice(p) => to_payload(p),
+            | Command::GenerateInvoice(p)
+            | Command::RenderInvoice(p) => to_payload(p),
         }
     }
 
@@ -355,6 +360,7 @@ mod tests {
             Command::BackupTotals(cycle),
             Command::BillingInsight(cycle),
             Command::GenerateInvoice(cycle),
+            Command::RenderInvoice(cycle),
         ];
         let steps: Vec<Step> = commands.iter().map(Command::step).collect();
         assert_eq!(steps, Step::ALL, "one command of every step, in order");

@@ -43,10 +43,12 @@ pub enum Step {
     BillingInsight,
     /// Write the cycle's draft invoice, finalise it, or add a correction.
     GenerateInvoice,
+    /// Write the documents of the cycle's final invoices to S3 (UBL).
+    RenderInvoice,
 }
 
 impl Step {
-    pub const ALL: [Step; 11] = [
+    pub const ALL: [Step; 12] = [
         Step::SyncProfile,
         Step::RoutitRequestExport,
         Step::RoutitPollExport,
@@ -58,6 +60,7 @@ impl Step {
         Step::BackupTotals,
         Step::BillingInsight,
         Step::GenerateInvoice,
+        Step::RenderInvoice,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +76,7 @@ impl Step {
             Step::BackupTotals => "BackupTotals",
             Step::BillingInsight => "BillingInsight",
             Step::GenerateInvoice => "GenerateInvoice",
+            Step::RenderInvoice => "RenderInvoice",
         }
     }
 }

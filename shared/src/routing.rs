@@ -131,7 +131,8 @@ impl Router {
             | Step::CalculateTotals
             | Step::BackupTotals
             | Step::BillingInsight
-            | Step::GenerateInvoice => self
+            | Step::GenerateInvoice
+            | Step::RenderInvoice => self
                 .totals_queue
                 .as_deref()
                 .ok_or_else(|| RoutingError::QueueNotConfigured("totals".into())),

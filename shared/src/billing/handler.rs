@@ -5,6 +5,12 @@
 //! bills them). A chain whose calculation finds the cycle current, made by
 //! another chain's calculation, skips to its invoice: the backup and the
 //! insights of those totals are that chain's to do.
+//!
+//! When the cycle has a final invoice after `GenerateInvoice` (it was
+//! finalised, corrected, or already final), the chain continues with
+//! `RenderInvoice`, which writes the documents the cycle's final invoices
+//! lack (`billing::document::rendering`; one read when none is missing). A
+//! draft has no document, so an open cycle's chain ends at its invoice.
 
 use std::sync::Arc;
 
@@ -14,14 +20,18 @@ use serde::Deserialize;
 
 use crate::billing::calculation::{CalculationReport, Recalculation};
 use crate::billing::customer::{CustomerError, CustomerSettings};
+use crate::billing::document::issued::IssuedStore;
+use crate::billing::document::rendering::{
+    render_cycle_documents, DocumentSink, DocumentStore, RenderError,
+};
 use crate::billing::history::{backup_totals, HistoryError, HistoryStore};
 use crate::billing::insight::{detect_insights, InsightError, InsightStore};
-use crate::billing::invoice::{generate_invoice, InvoiceError, InvoiceStore};
+use crate::billing::invoice::{generate_invoice, InvoiceError, InvoiceOutcome, InvoiceStore};
 use crate::billing::totals::{CycleTotals, TotalsError};
 use crate::command::{Cause, Command, CyclePayload};
 use crate::envelope::{derived_id, ChainLink, Envelope, Step};
 use crate::lambda::ConsoleCommand;
-use crate::ports::StoreError;
+use crate::ports::{ObjectPut, StoreError};
 use crate::runtime::{Delivery, StepError, StepHandler, StepOutcome};
 
 /// CalculateTotals as one operation: the calculation's snapshot, lock and
@@ -47,17 +57,34 @@ pub struct TotalsStores {
     pub history: Arc<dyn HistoryStore>,
     pub insights: Arc<dyn InsightStore>,
     pub invoices: Arc<dyn InvoiceStore>,
+    /// Final invoices as issued, read for their documents.
+    pub issued: Arc<dyn IssuedStore>,
+    /// The documents written for them.
+    pub documents: Arc<dyn DocumentStore>,
 }
 
 pub struct Totals {
     stores: TotalsStores,
     /// How long after a cycle ends its invoice stays a draft.
     grace: chrono::Duration,
+    /// Where RenderInvoice writes documents; without it GenerateInvoice
+    /// chains no RenderInvoice (a test of the other steps).
+    documents: Option<(Arc<dyn ObjectPut>, String)>,
 }
 
 impl Totals {
     pub fn new(stores: TotalsStores, grace: chrono::Duration) -> Self {
-        Self { stores, grace }
+        Self {
+            stores,
+            grace,
+            documents: None,
+        }
+    }
+
+    /// Renders the documents of final invoices into `bucket` (RenderInvoice).
+    pub fn with_documents(mut self, objects: Arc<dyn ObjectPut>, bucket: String) -> Self {
+        self.documents = Some((objects, bucket));
+        self
     }
 }
 
@@ -85,6 +112,10 @@ fn invoice_error(e: InvoiceError) -> StepError {
         InvoiceError::Customer(e) => customer_error(e),
         other => StepError::permanent(other),
     }
+}
+
+fn render_error(e: RenderError) -> StepError {
+    StepError::classify(e.is_retryable(), e)
 }
 
 fn totals_error(e: TotalsError) -> StepError {
@@ -207,7 +238,44 @@ impl StepHandler for Totals {
                 .await
                 .map_err(invoice_error)?;
                 tracing::info!(?outcome, "invoice");
-                Ok(StepOutcome::finished())
+                let has_final = matches!(
+                    outcome,
+                    InvoiceOutcome::Finalised { .. }
+                        | InvoiceOutcome::CorrectionCreated { .. }
+                        | InvoiceOutcome::Unchanged { .. }
+                );
+                Ok(StepOutcome::Continue {
+                    output: serde_json::Value::Null,
+                    next: if has_final && self.documents.is_some() {
+                        vec![ChainLink::from(Command::RenderInvoice(cycle))]
+                    } else {
+                        Vec::new()
+                    },
+                })
+            }
+            Command::RenderInvoice(cycle) => {
+                let Some((objects, bucket)) = &self.documents else {
+                    return Err(StepError::Permanent(
+                        "this totals function has no document bucket: set DOCUMENT_BUCKET and redrive the message".into(),
+                    ));
+                };
+                let written = render_cycle_documents(
+                    self.stores.issued.as_ref(),
+                    self.stores.documents.as_ref(),
+                    &DocumentSink {
+                        objects: objects.as_ref(),
+                        bucket,
+                    },
+                    cycle.customer_id,
+                    cycle.cycle,
+                )
+                .await
+                .map_err(render_error)?;
+                let keys: Vec<&str> = written.iter().map(|d| d.key.as_str()).collect();
+                tracing::info!(count = written.len(), ?keys, "invoice documents written");
+                Ok(StepOutcome::done(
+                    serde_json::to_value(&written).unwrap_or_default(),
+                ))
             }
             other => Err(StepError::Permanent(
                 format!("the totals function does not run {}", other.step()).into(),

@@ -343,7 +343,9 @@ pub const PEPPOL_SCHEMES: &[&str] = &[
 
 /// A Peppol id: a known scheme, and for the Dutch and Belgian schemes an
 /// id of their shape (0106 KvK: 8 digits; 0190 OIN: 20 digits; 9944 a
-/// Dutch VAT number; 0208 a Belgian enterprise number: 10 digits).
+/// Dutch VAT number; 0208 a Belgian enterprise number: 10 digits whose
+/// last two are 97 - (the first eight mod 97), as Peppol's
+/// PEPPOL-COMMON-R043 checks).
 pub fn check_peppol(scheme: &str, id: &str) -> Result<(), String> {
     if !PEPPOL_SCHEMES.contains(&scheme) {
         return Err(format!(
@@ -358,13 +360,24 @@ pub fn check_peppol(scheme: &str, id: &str) -> Result<(), String> {
             "{id:?} is not an OIN (20 digits), as scheme 0190 needs"
         )),
         "9944" => check_vat_number(id, "NL"),
-        "0208" if !digits(10) => Err(format!(
-            "{id:?} is not a Belgian enterprise number (10 digits), as scheme 0208 needs"
+        "0208" if !digits(10) || !belgian_check_digits(id) => Err(format!(
+            "{id:?} is not a Belgian enterprise number (10 digits, the last two 97 - the first eight mod 97), as scheme 0208 needs"
         )),
         _ if id.trim().is_empty() || id.trim() != id => {
             Err("must not be empty nor start or end with a space".into())
         }
         _ => Ok(()),
+    }
+}
+
+/// A Belgian enterprise number's check digits (10 ASCII digits given).
+fn belgian_check_digits(id: &str) -> bool {
+    match (id.get(..8), id.get(8..)) {
+        (Some(base), Some(check)) => match (base.parse::<u64>(), check.parse::<u64>()) {
+            (Ok(base), Ok(check)) => 97 - base % 97 == check,
+            _ => false,
+        },
+        _ => false,
     }
 }
 
@@ -434,7 +447,11 @@ mod tests {
         assert!(check_peppol("0106", "12345678").is_ok());
         assert!(check_peppol("0190", "00000001234567890000").is_ok());
         assert!(check_peppol("9944", "NL123456789B01").is_ok());
-        assert!(check_peppol("0208", "0123456789").is_ok());
+        assert!(check_peppol("0208", "0123456749").is_ok());
+        // Ten digits with wrong check digits: Peppol refuses the document.
+        assert!(check_peppol("0208", "0123456789")
+            .unwrap_err()
+            .contains("97"));
         assert!(check_peppol("0106", "NL123").unwrap_err().contains("KvK"));
         assert!(check_peppol("1234", "x").unwrap_err().contains("EAS"));
     }

@@ -452,8 +452,8 @@ billing_details:
     seller: tem
     legal_name: Brussels Fleet SA
     address: {street: Rue 3, city: Brussel, postcode: "1000", country: BE}
-    vat_number: BE0123456789
-    peppol: {scheme: "0208", id: "0123456789"}
+    vat_number: BE0123456749
+    peppol: {scheme: "0208", id: "0123456749"}
     invoice_email: factures@fleet.example
     payment_terms_days: 14
 "#;

@@ -6,6 +6,7 @@
 //! `temctl`, the bench and the tests.
 
 pub mod customer;
+pub mod document;
 pub mod explain;
 pub mod history;
 pub mod insight;
@@ -32,7 +33,9 @@ pub fn stores(pool: PgPool) -> TotalsStores {
         calculator: Arc::new(PgCalculator::new(pool.clone())),
         history: Arc::new(history::PgHistory::new(pool.clone())),
         insights: Arc::new(insight::PgInsights::new(pool.clone())),
-        invoices: Arc::new(invoice::PgInvoices::new(pool)),
+        invoices: Arc::new(invoice::PgInvoices::new(pool.clone())),
+        issued: Arc::new(document::PgIssued::new(pool.clone())),
+        documents: Arc::new(document::PgIssued::new(pool)),
     }
 }
 
