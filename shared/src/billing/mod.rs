@@ -17,6 +17,7 @@ pub mod numbering;
 pub mod parties;
 pub mod pricings;
 pub mod rating;
+pub mod specification;
 pub mod sweep;
 pub mod totals;
 pub mod vat;
