@@ -11,6 +11,7 @@ pub mod history;
 pub mod insight;
 pub mod invoice;
 pub mod pricings;
+pub mod specification;
 
 use std::sync::Arc;
 
