@@ -75,16 +75,12 @@ fn rows_of(gzip: &[u8]) -> Vec<csv::StringRecord> {
     reader.records().map(|r| r.unwrap()).collect()
 }
 
-async fn insert_cdr(
-    pool: &PgPool,
-    customer: i64,
-    external_id: &str,
-    started_at: &str,
-    kind: &str,
-    destination: &str,
-    quantity: i64,
-    cost: i64,
-) -> i64 {
+/// A CDR of `+31612345678`: external id, start, kind, destination,
+/// quantity (in the kind's unit) and the provider's cost.
+type Cdr<'a> = (&'a str, &'a str, &'a str, &'a str, i64, i64);
+
+async fn insert_cdr(pool: &PgPool, customer: i64, cdr: Cdr<'_>) -> i64 {
+    let (external_id, started_at, kind, destination, quantity, cost) = cdr;
     sqlx::query_scalar(
         "INSERT INTO call_detail_record (provider, external_id, subscription, customer_id, started_at, kind, direction,
             destination, roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros, import_file_id, source_line)
@@ -125,7 +121,7 @@ async fn the_specification_in_s3_reads_back_as_the_cycles_cdrs_and_sums_to_the_i
     // destination with a comma and quotes, an SMS the plan does not rate
     // and a data session; the plan bills voice at 0.10 a started minute,
     // so the 61 s call costs 0.20, whatever the provider charged.
-    for (external_id, at, kind, destination, quantity, cost) in [
+    for cdr in [
         (
             "c-2",
             "2025-03-10T10:00:00Z",
@@ -167,19 +163,7 @@ async fn the_specification_in_s3_reads_back_as_the_cycles_cdrs_and_sums_to_the_i
             123_456,
         ),
     ] {
-        ids.push(
-            insert_cdr(
-                pool,
-                acme,
-                external_id,
-                at,
-                kind,
-                destination,
-                quantity,
-                cost,
-            )
-            .await,
-        );
+        ids.push(insert_cdr(pool, acme, cdr).await);
     }
     mark_imported(pool, &ids).await;
     calculate_totals(pool, acme, march()).await.unwrap();
@@ -293,17 +277,8 @@ async fn the_specification_in_s3_reads_back_as_the_cycles_cdrs_and_sums_to_the_i
 
     // A late CDR waiting for its calculation: the totals are not the
     // cycle's, so nothing is written.
-    let late = insert_cdr(
-        pool,
-        acme,
-        "late",
-        "2025-03-20T12:00:00Z",
-        "voice",
-        "+31",
-        5,
-        1,
-    )
-    .await;
+    let late_cdr = ("late", "2025-03-20T12:00:00Z", "voice", "+31", 5, 1);
+    let late = insert_cdr(pool, acme, late_cdr).await;
     mark_imported(pool, &[late]).await;
     let stale_key = format!("invoices/{acme}/2025-03-01/stale-specification.csv.gz");
     let mut stale = S3MultipartUpload::new(s3.clone(), &bucket, &stale_key, CONTENT_TYPE);

@@ -250,7 +250,7 @@ impl Encoder {
             rows: 0,
             rated_cost_micros: 0,
         };
-        encoder.record(&HEADER);
+        encoder.record(HEADER);
         encoder
     }
 
