@@ -486,6 +486,77 @@ impl crate::billing::specification::PartUpload for S3MultipartUpload {
     }
 }
 
+/// Invoice documents for operators: downloaded to a file as a stream, or
+/// a presigned GET URL for someone without access to the bucket.
+#[derive(Debug, Clone)]
+pub struct S3Documents {
+    client: Client,
+}
+
+impl S3Documents {
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+}
+
+#[async_trait]
+impl crate::billing::invoice_view::DocumentAccess for S3Documents {
+    async fn download(
+        &self,
+        bucket: &str,
+        key: &str,
+        to: &std::path::Path,
+    ) -> Result<u64, PortError> {
+        use tokio::io::AsyncWriteExt;
+        let object = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| PortError::new("s3 GetObject", DisplayErrorContext(e)))?;
+        let mut file = tokio::fs::File::create(to)
+            .await
+            .map_err(|e| PortError::new("create the download's file", e))?;
+        let mut body = object.body;
+        let mut size = 0u64;
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| PortError::new("s3 GetObject body", e))?
+        {
+            size += chunk.len() as u64;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| PortError::new("write the download's file", e))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| PortError::new("write the download's file", e))?;
+        Ok(size)
+    }
+
+    async fn presign(
+        &self,
+        bucket: &str,
+        key: &str,
+        expires: std::time::Duration,
+    ) -> Result<String, PortError> {
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(expires)
+            .map_err(|e| PortError::new("s3 presign", e))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| PortError::new("s3 presign GetObject", DisplayErrorContext(e)))?;
+        Ok(request.uri().to_string())
+    }
+}
+
 /// The import queue's bodies: S3 notifications become `ImportCdrFile`
 /// envelopes, and an export a sync task stored (its `tem-task-id` and
 /// `tem-trace-id` metadata) continues that task's hand-off and trace, so the

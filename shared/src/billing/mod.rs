@@ -12,6 +12,7 @@ pub mod handler;
 pub mod history;
 pub mod insight;
 pub mod invoice;
+pub mod invoice_view;
 pub mod issue;
 pub mod numbering;
 pub mod parties;

@@ -10,6 +10,7 @@ pub mod explain;
 pub mod history;
 pub mod insight;
 pub mod invoice;
+pub mod invoice_view;
 pub mod pricings;
 pub mod specification;
 
