@@ -18,6 +18,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 
 use crate::billing::euros;
+use crate::billing::invoice::{InvoiceError, InvoiceLine, InvoiceStore};
+use crate::billing::issue::{prepare_issue, IssuePreview};
 use crate::ports::{PortError, StoreError};
 
 /// How long a presigned URL is valid when nobody says: long enough to
@@ -50,6 +52,12 @@ pub enum InvoiceViewError {
         what: DocumentKind,
         how: String,
     },
+    #[error("customer {customer} has no draft invoice for the cycle {cycle}; `temctl invoice list --customer {customer}` lists its invoices (a final one is shown with `temctl invoice show`)")]
+    NoDraft { customer: String, cycle: NaiveDate },
+    #[error("customer {customer}'s time zone {zone:?} is not an IANA zone; correct it with temctl apply")]
+    BadTimeZone { customer: String, zone: String },
+    #[error(transparent)]
+    Invoice(#[from] InvoiceError),
     #[error("database error: {0}")]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -249,6 +257,156 @@ pub trait InvoiceViewStore: Send + Sync {
         number: Option<&str>,
     ) -> Result<Vec<(i64, bool)>, StoreError>;
     async fn detail(&self, id: i64) -> Result<Option<InvoiceDetail>, StoreError>;
+}
+
+/// A draft as it would be issued now: its lines and the document amounts
+/// (no number: a preview is not an invoice), or what keeps it from being
+/// issued.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DraftPreview {
+    pub draft: InvoiceDetail,
+    pub issued: Result<IssuePreview, Vec<String>>,
+}
+
+/// The preview of customer `customer`'s draft of `cycle` as if issued at
+/// `now`: the same preparation as the finalisation (parties, VAT and
+/// amounts valid on the issue date), in a run that writes nothing.
+pub async fn preview(
+    view: &dyn InvoiceViewStore,
+    invoices: &dyn InvoiceStore,
+    customer: &str,
+    cycle: NaiveDate,
+    zone_of: &(dyn Fn(i64) -> Option<String> + Send + Sync),
+    now: DateTime<Utc>,
+) -> Result<DraftPreview, InvoiceViewError> {
+    let no_draft = || InvoiceViewError::NoDraft {
+        customer: customer.to_string(),
+        cycle,
+    };
+    let drafts = view
+        .list(&InvoiceFilter {
+            customer: Some(customer.to_string()),
+            cycle: Some(cycle),
+            status: Some(InvoiceStatus::Draft),
+            limit: 10,
+        })
+        .await?;
+    let summary = drafts
+        .into_iter()
+        .find(|d| d.sequence == 0)
+        .ok_or_else(no_draft)?;
+    let draft = view.detail(summary.id).await?.ok_or_else(no_draft)?;
+    let zone_name = zone_of(draft.summary.customer_id).unwrap_or_default();
+    let zone: chrono_tz::Tz = zone_name
+        .parse()
+        .map_err(|_| InvoiceViewError::BadTimeZone {
+            customer: customer.to_string(),
+            zone: zone_name.clone(),
+        })?;
+    let lines: Vec<InvoiceLine> = draft
+        .lines
+        .iter()
+        .map(|l| InvoiceLine {
+            description: l.description.clone(),
+            subscription: l.subscription.clone(),
+            kind: l.kind.clone(),
+            zone: l.zone.clone(),
+            quantity: l.quantity.clone(),
+            amount_micros: l.amount_micros,
+        })
+        .collect();
+    // The run is dropped, not committed: nothing it might write stays.
+    let mut run = invoices
+        .begin(draft.summary.customer_id, draft.summary.cycle)
+        .await?;
+    let prepared = prepare_issue(
+        run.as_mut(),
+        draft.summary.customer_id,
+        draft.summary.cycle,
+        zone,
+        now,
+        &lines,
+    )
+    .await?;
+    drop(run);
+    Ok(DraftPreview {
+        draft,
+        issued: prepared.map(IssuePreview::from),
+    })
+}
+
+/// `temctl invoice preview` as text: plainly marked as a preview, without
+/// a number.
+pub fn render_preview(p: &DraftPreview) -> String {
+    let d = &p.draft;
+    let mut out = format!(
+        "PREVIEW - NOT AN INVOICE (no number; draft id {} of customer {}, cycle {})\n",
+        d.summary.id, d.summary.customer, d.summary.cycle
+    );
+    let issued = match &p.issued {
+        Ok(issued) => issued,
+        Err(problems) => {
+            out.push_str("it could not be issued now:\n");
+            for problem in problems {
+                out.push_str(&format!("  - {problem}\n"));
+            }
+            return out;
+        }
+    };
+    out.push_str(&format!(
+        "as if issued {} (due {}) by {} to {}\n\n",
+        issued.issue_date, issued.due_date, issued.seller.legal_name, issued.buyer.legal_name
+    ));
+    out.push_str(&format!(
+        "{:>4}  {:<14} {:<8} {:<6} {:>16} {:>12} {:>4} {:>7}  {}\n",
+        "line",
+        "subscription",
+        "kind",
+        "zone",
+        "amount EUR",
+        "net EUR",
+        "VAT",
+        "rate",
+        "description"
+    ));
+    for (i, l) in d.lines.iter().enumerate() {
+        let vat = issued.line_vat.get(i);
+        out.push_str(&format!(
+            "{:>4}  {:<14} {:<8} {:<6} {:>16} {:>12} {:>4} {:>7}  {}\n",
+            l.line_no,
+            l.subscription,
+            l.kind,
+            l.zone,
+            euros(l.amount_micros),
+            issued
+                .amounts
+                .line_net_cents
+                .get(i)
+                .map(|c| cents(*c))
+                .unwrap_or_default(),
+            vat.map(|v| v.category.as_str()).unwrap_or("-"),
+            vat.map(|v| rate(v.rate.0 as i32)).unwrap_or_default(),
+            l.description
+        ));
+    }
+    let a = &issued.amounts;
+    out.push_str("\nVAT breakdown:\n");
+    for row in &a.breakdown {
+        out.push_str(&format!(
+            "  {:<3} {:>7}  taxable {:>12}  VAT {:>12}\n",
+            row.vat.category.as_str(),
+            rate(row.vat.rate.0 as i32),
+            cents(row.taxable_cents),
+            cents(row.vat_cents)
+        ));
+    }
+    out.push_str(&format!(
+        "net {} EUR, VAT {} EUR, amount due {} EUR (PREVIEW)\n",
+        cents(a.tax_exclusive_cents),
+        cents(a.vat_total_cents),
+        cents(a.payable_cents)
+    ));
+    out
 }
 
 /// Where documents are fetched, or signed for someone else to fetch.

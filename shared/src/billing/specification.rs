@@ -41,6 +41,11 @@ use crate::ports::{PortError, StoreError};
 /// every part but the last, and this bounds what the writer holds.
 pub const PART_BYTES: usize = 8 * 1024 * 1024;
 
+/// The compressed bytes' buffer: a part, and what one page of rows adds
+/// beyond it before it is handed out (a page of 20,000 rows compresses to
+/// well under a megabyte).
+const BUFFER_BYTES: usize = PART_BYTES + 1024 * 1024;
+
 /// The CSV header. `started_at_utc` is UTC; `started_at_local` is the same
 /// instant in the customer's billing time zone, with its UTC offset, which
 /// is the zone the cycle's days are counted in.
@@ -240,10 +245,7 @@ fn csv_writer(buffer: Vec<u8>) -> csv::Writer<Vec<u8>> {
 impl Encoder {
     pub fn new() -> Self {
         let mut encoder = Self {
-            gzip: GzEncoder::new(
-                Vec::with_capacity(PART_BYTES + 64 * 1024),
-                Compression::fast(),
-            ),
+            gzip: GzEncoder::new(Vec::with_capacity(BUFFER_BYTES), Compression::fast()),
             csv: Some(csv_writer(Vec::with_capacity(1 << 20))),
             hash: Sha256::new(),
             bytes: 0,
@@ -317,9 +319,14 @@ impl Encoder {
         if self.gzip.get_ref().len() < PART_BYTES {
             return Ok(None);
         }
+        // The next part's buffer is allocated at its full size once: one
+        // grown by doubling from the few bytes left over would reach twice
+        // the part size.
         let out = self.gzip.get_mut();
-        let rest = out.split_off(PART_BYTES);
-        let part = std::mem::replace(out, rest);
+        let mut next = Vec::with_capacity(BUFFER_BYTES);
+        next.extend_from_slice(&out[PART_BYTES..]);
+        out.truncate(PART_BYTES);
+        let part = std::mem::replace(out, next);
         self.hash.update(&part);
         self.bytes += part.len() as u64;
         Ok(Some(part))
