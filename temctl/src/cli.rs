@@ -45,6 +45,9 @@ pub enum Command {
     /// 3 UNKNOWN. Needs DATABASE_URL, AWS access and --stack NAME (or
     /// TEM_STACK).
     Status(crate::status::StatusArgs),
+    /// Invoices: list, show, download a document (or a presigned URL),
+    /// write the usage specification, preview a draft.
+    Invoice(crate::invoice::InvoiceArgs),
 }
 
 #[derive(Debug, Args)]

@@ -64,6 +64,19 @@ pub enum InvoiceViewError {
     Port(#[from] PortError),
 }
 
+impl InvoiceViewError {
+    /// The operator named something wrongly (a usage error, exit code 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            InvoiceViewError::BadReference(_)
+                | InvoiceViewError::BadStatus(_)
+                | InvoiceViewError::BadDocument(_)
+                | InvoiceViewError::BadExpiry(_)
+        )
+    }
+}
+
 /// An invoice as an operator names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InvoiceRef {
