@@ -319,14 +319,13 @@ impl Encoder {
         if self.gzip.get_ref().len() < PART_BYTES {
             return Ok(None);
         }
-        // The next part's buffer is allocated at its full size once: one
-        // grown by doubling from the few bytes left over would reach twice
-        // the part size.
+        // The part is copied out at its exact size and the buffer kept:
+        // every part is then one allocation of the same size, which the
+        // allocator hands back for the next, where buffers handed out and
+        // grown again fragmented the heap (peak RSS grew with the cycle).
         let out = self.gzip.get_mut();
-        let mut next = Vec::with_capacity(BUFFER_BYTES);
-        next.extend_from_slice(&out[PART_BYTES..]);
-        out.truncate(PART_BYTES);
-        let part = std::mem::replace(out, next);
+        let part = out[..PART_BYTES].to_vec();
+        out.drain(..PART_BYTES);
         self.hash.update(&part);
         self.bytes += part.len() as u64;
         Ok(Some(part))
