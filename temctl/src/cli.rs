@@ -120,6 +120,59 @@ mod tests {
     }
 
     #[test]
+    fn an_invoice_download_takes_expires_only_with_presign_and_names_known_documents() {
+        let cli = Cli::try_parse_from([
+            "temctl",
+            "invoice",
+            "download",
+            "2025-000001",
+            "--what",
+            "specification",
+            "--presign",
+            "--expires",
+            "60",
+        ])
+        .unwrap();
+        let Command::Invoice(args) = cli.command else {
+            panic!("not invoice")
+        };
+        let crate::invoice::InvoiceCommand::Download(download) = args.command else {
+            panic!("not download")
+        };
+        assert!(download.presign);
+        assert_eq!(download.expires, Some(60));
+        for wrong in [
+            vec![
+                "temctl",
+                "invoice",
+                "download",
+                "7",
+                "--what",
+                "pdf",
+                "--expires",
+                "60",
+            ],
+            vec![
+                "temctl",
+                "invoice",
+                "download",
+                "7",
+                "--what",
+                "pdf",
+                "--presign",
+                "--out",
+                "f",
+            ],
+            vec!["temctl", "invoice", "download", "7", "--what", "invoice"],
+            vec!["temctl", "invoice", "list", "--status", "sent"],
+            vec!["temctl", "invoice", "show", "id:x"],
+        ] {
+            let err = Cli::try_parse_from(&wrong).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{wrong:?}");
+        }
+    }
+
+    #[test]
     fn a_task_status_that_does_not_exist_is_a_usage_error() {
         let err = Cli::try_parse_from(["temctl", "task", "list", "--status", "lost"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
