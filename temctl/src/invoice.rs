@@ -227,22 +227,11 @@ pub async fn run(args: InvoiceArgs) -> Result<(), CliError> {
             )?;
         }
         InvoiceCommand::Preview(a) => {
-            let pool = db.pool.clone();
-            let zones: Vec<(i64, String)> = sqlx::query_as("SELECT id, time_zone FROM customer")
-                .fetch_all(&pool)
-                .await
-                .map_err(|source| CliError::Database {
-                    doing: "reading the customers' time zones",
-                    source,
-                })?;
-            let zone_of =
-                move |id: i64| zones.iter().find(|(c, _)| *c == id).map(|(_, z)| z.clone());
             let preview = invoice_view::preview(
                 &view,
-                &PgInvoices::new(pool),
+                &PgInvoices::new(db.pool.clone()),
                 &a.customer,
                 a.cycle,
-                &zone_of,
                 Utc::now(),
             )
             .await?;

@@ -245,6 +245,9 @@ pub struct InvoiceDetail {
     pub summary: InvoiceSummary,
     pub rated_cost_micros: i64,
     pub fees_micros: i64,
+    /// The customer's billing time zone (a preview's issue date is its
+    /// today there).
+    pub time_zone: String,
     pub due_date: Option<NaiveDate>,
     pub finalised_at: Option<DateTime<Utc>>,
     pub net_cents: Option<i64>,
@@ -289,7 +292,6 @@ pub async fn preview(
     invoices: &dyn InvoiceStore,
     customer: &str,
     cycle: NaiveDate,
-    zone_of: &(dyn Fn(i64) -> Option<String> + Send + Sync),
     now: DateTime<Utc>,
 ) -> Result<DraftPreview, InvoiceViewError> {
     let no_draft = || InvoiceViewError::NoDraft {
@@ -309,13 +311,14 @@ pub async fn preview(
         .find(|d| d.sequence == 0)
         .ok_or_else(no_draft)?;
     let draft = view.detail(summary.id).await?.ok_or_else(no_draft)?;
-    let zone_name = zone_of(draft.summary.customer_id).unwrap_or_default();
-    let zone: chrono_tz::Tz = zone_name
-        .parse()
-        .map_err(|_| InvoiceViewError::BadTimeZone {
-            customer: customer.to_string(),
-            zone: zone_name.clone(),
-        })?;
+    let zone: chrono_tz::Tz =
+        draft
+            .time_zone
+            .parse()
+            .map_err(|_| InvoiceViewError::BadTimeZone {
+                customer: customer.to_string(),
+                zone: draft.time_zone.clone(),
+            })?;
     let lines: Vec<InvoiceLine> = draft
         .lines
         .iter()
@@ -808,6 +811,7 @@ mod tests {
             },
             rated_cost_micros: 1_234_567,
             fees_micros: 0,
+            time_zone: "Europe/Amsterdam".into(),
             due_date: None,
             finalised_at: None,
             net_cents: None,

@@ -92,7 +92,7 @@ pub enum SpecificationError {
     Store(#[from] StoreError),
     #[error("writing the specification failed: {0}; retry (nothing partial is kept)")]
     Upload(#[from] PortError),
-    #[error("compressing the specification failed: {0}")]
+    #[error("compressing the specification failed: {0}; retry, and report it if it persists")]
     Compress(#[from] std::io::Error),
 }
 

@@ -279,6 +279,7 @@ mod tests {
             },
             rated_cost_micros: 0,
             fees_micros: 0,
+            time_zone: "Europe/Amsterdam".into(),
             due_date: None,
             finalised_at: None,
             net_cents: None,

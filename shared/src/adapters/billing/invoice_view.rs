@@ -90,9 +90,10 @@ impl InvoiceViewStore for PgInvoiceView {
 
     async fn detail(&self, id: i64) -> Result<Option<InvoiceDetail>, StoreError> {
         let Some(row) = sqlx::query(&format!(
-            "SELECT s.*, i.rated_cost_micros, i.fees_micros, i.due_date, i.finalised_at, i.net_cents,
+            "SELECT s.*, i.rated_cost_micros, i.fees_micros, c.time_zone, i.due_date, i.finalised_at, i.net_cents,
                     i.vat_cents, i.vat_breakdown, i.seller_details, i.buyer_details, i.blocked_at
-             FROM ({SUMMARY} WHERE i.id = $1) s JOIN invoice i ON i.id = s.id"
+             FROM ({SUMMARY} WHERE i.id = $1) s JOIN invoice i ON i.id = s.id
+             JOIN customer c ON c.id = i.customer_id"
         ))
         .bind(id)
         .fetch_optional(&self.pool)
@@ -146,6 +147,7 @@ impl InvoiceViewStore for PgInvoiceView {
             summary: summary(&row)?,
             rated_cost_micros: row.try_get("rated_cost_micros")?,
             fees_micros: row.try_get("fees_micros")?,
+            time_zone: row.try_get("time_zone")?,
             due_date: row.try_get("due_date")?,
             finalised_at: row.try_get("finalised_at")?,
             net_cents: row.try_get("net_cents")?,
