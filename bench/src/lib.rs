@@ -2,8 +2,8 @@
 //! generator's random numbers and the goal reporting: `import-bench`
 //! (src/main.rs), `totals-bench` (src/totals_main.rs), `apply-bench`
 //! (src/apply_main.rs), `startup-bench` (src/startup_main.rs), `journal-bench`
-//! (src/journal_main.rs), `fanout-bench` (src/fanout_main.rs) and `tick-bench`
-//! (src/tick_main.rs). See README.md.
+//! (src/journal_main.rs), `fanout-bench` (src/fanout_main.rs), `tick-bench`
+//! (src/tick_main.rs) and `spec-bench` (src/spec_main.rs). See README.md.
 
 pub mod apply;
 pub mod bench;
@@ -15,6 +15,7 @@ pub mod journal;
 pub mod measure;
 pub mod phases;
 pub mod report;
+pub mod spec;
 pub mod startup;
 pub mod tick;
 pub mod totals;

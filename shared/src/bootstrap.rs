@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
+use crate::adapters::billing::invoice_view::PgInvoiceView;
 use crate::adapters::dynamodb::{DynamoIdempotency, DynamoTasks};
 use crate::adapters::journal::{PgFailureLog, PgStepJournal};
 use crate::adapters::operations::{PgAbandonedImports, PgFailures, PgStepHistory};
 use crate::adapters::postgres;
+use crate::adapters::s3::S3Documents;
 use crate::adapters::secrets::SecretsManager;
 use crate::adapters::sqs::{SqsDeadLetters, SqsQueueStats, SqsQueues};
 use crate::adapters::status::PgStatus;
@@ -19,7 +21,7 @@ use crate::config::{
     parse_ca_bundle, parse_database_secret, CaBundleError, ConfigError, DatabaseConfig,
     DatabaseSecretError, DatabaseSource, Env, PlatformConfig,
 };
-use crate::ops::console::Console;
+use crate::ops::console::{Console, InvoicePorts};
 use crate::ops::failed::FailedPorts;
 use crate::ops::settings::OpsSettings;
 use crate::ops::status::{self, StatusReport, ThresholdError, Thresholds};
@@ -183,6 +185,8 @@ pub struct Ops {
     task_admin: DynamoTaskAdmin,
     status: PgStatus,
     queue_stats: SqsQueueStats,
+    invoice_view: PgInvoiceView,
+    documents: S3Documents,
 }
 
 impl Ops {
@@ -201,6 +205,8 @@ impl Ops {
             task_admin: DynamoTaskAdmin::from_config(&platform.aws, &settings.tasks_table),
             status: PgStatus::new(platform.pool.clone()),
             queue_stats: SqsQueueStats::new(aws_sdk_sqs::Client::new(&platform.aws)),
+            invoice_view: PgInvoiceView::new(platform.pool.clone()),
+            documents: S3Documents::new(crate::adapters::s3_client(&platform.aws)),
             settings,
         })
     }
@@ -222,6 +228,10 @@ impl Ops {
             idempotency: platform.idempotency.as_ref(),
             settings: &self.settings,
             watch: &self.watch,
+            invoices: InvoicePorts {
+                view: &self.invoice_view,
+                documents: &self.documents,
+            },
         }
     }
 

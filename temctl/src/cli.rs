@@ -48,6 +48,9 @@ pub enum Command {
     /// 3 UNKNOWN. Needs DATABASE_URL, AWS access and --stack NAME (or
     /// TEM_STACK).
     Status(crate::status::StatusArgs),
+    /// Invoices: list, show, download a document (or a presigned URL),
+    /// write the usage specification, preview a draft.
+    Invoice(crate::invoice::InvoiceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +118,59 @@ mod tests {
             ["temctl", "failed", "remove", "--all", "--dry-run"],
         ] {
             let err = Cli::try_parse_from(wrong).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{wrong:?}");
+        }
+    }
+
+    #[test]
+    fn an_invoice_download_takes_expires_only_with_presign_and_names_known_documents() {
+        let cli = Cli::try_parse_from([
+            "temctl",
+            "invoice",
+            "download",
+            "2025-000001",
+            "--what",
+            "specification",
+            "--presign",
+            "--expires",
+            "60",
+        ])
+        .unwrap();
+        let Command::Invoice(args) = cli.command else {
+            panic!("not invoice")
+        };
+        let crate::invoice::InvoiceCommand::Download(download) = args.command else {
+            panic!("not download")
+        };
+        assert!(download.presign);
+        assert_eq!(download.expires, Some(60));
+        for wrong in [
+            vec![
+                "temctl",
+                "invoice",
+                "download",
+                "7",
+                "--what",
+                "pdf",
+                "--expires",
+                "60",
+            ],
+            vec![
+                "temctl",
+                "invoice",
+                "download",
+                "7",
+                "--what",
+                "pdf",
+                "--presign",
+                "--out",
+                "f",
+            ],
+            vec!["temctl", "invoice", "download", "7", "--what", "invoice"],
+            vec!["temctl", "invoice", "list", "--status", "sent"],
+            vec!["temctl", "invoice", "show", "id:x"],
+        ] {
+            let err = Cli::try_parse_from(&wrong).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{wrong:?}");
         }
     }

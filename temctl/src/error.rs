@@ -51,6 +51,10 @@ pub enum CliError {
     Unconfirmed(usize),
     #[error("{0}")]
     PartlyDone(String),
+    #[error(transparent)]
+    Invoice(#[from] tem_shared::billing::invoice_view::InvoiceViewError),
+    #[error(transparent)]
+    Specification(tem_shared::billing::specification::SpecificationError),
     #[error("cannot write the summary to stdout: {0}")]
     Output(#[from] std::io::Error),
 }
@@ -75,6 +79,7 @@ impl CliError {
             CliError::Stack(e) => e.exit_code(),
             CliError::Selection(_) | CliError::Unconfirmed(_) => 2,
             CliError::Explain(tem_shared::billing::explain::ExplainError::BadReference(_)) => 2,
+            CliError::Invoice(e) if e.is_usage() => 2,
             _ => 1,
         }
     }

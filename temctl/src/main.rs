@@ -8,6 +8,7 @@ mod error;
 mod explain;
 mod failed;
 mod import;
+mod invoice;
 mod migrate;
 mod progress;
 mod stack;
@@ -51,6 +52,7 @@ async fn main() -> ExitCode {
         Command::Explain(args) => explain::run(args).await,
         Command::Failed(args) => failed::run(args).await,
         Command::Task(args) => task::run(args).await,
+        Command::Invoice(args) => invoice::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

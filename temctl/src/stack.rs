@@ -49,6 +49,24 @@ pub struct Stack {
 }
 
 impl StackArgs {
+    /// One output of the named stack, e.g. `CdrBucketName`.
+    pub async fn output(&self, key: &str) -> Result<String, StackError> {
+        let name = self
+            .stack
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+            .ok_or(StackError::NotNamed)?;
+        let aws = tem_shared::adapters::aws_config().await;
+        let outputs = stack_outputs(&aws_sdk_cloudformation::Client::new(&aws), &name).await?;
+        outputs
+            .get(key)
+            .cloned()
+            .ok_or_else(|| StackError::Outputs {
+                stack: name,
+                source: MissingOutput(key.to_string()),
+            })
+    }
+
     pub async fn load(&self) -> Result<Stack, StackError> {
         let name = self
             .stack

@@ -353,6 +353,210 @@ impl crate::import::importer::RejectStore for S3Rejects {
     }
 }
 
+/// One object written as an S3 multipart upload, a part at a time, for
+/// documents too big to hold (the usage specification). An object of one
+/// part is a plain PutObject instead; an aborted upload leaves nothing (S3
+/// would otherwise keep, and bill, its parts).
+pub struct S3MultipartUpload {
+    client: Client,
+    bucket: String,
+    key: String,
+    content_type: String,
+    upload_id: Option<String>,
+    parts: Vec<aws_sdk_s3::types::CompletedPart>,
+}
+
+impl S3MultipartUpload {
+    pub fn new(
+        client: Client,
+        bucket: impl Into<String>,
+        key: impl Into<String>,
+        content_type: impl Into<String>,
+    ) -> Self {
+        Self {
+            client,
+            bucket: bucket.into(),
+            key: key.into(),
+            content_type: content_type.into(),
+            upload_id: None,
+            parts: Vec::new(),
+        }
+    }
+
+    async fn upload_id(&mut self) -> Result<String, PortError> {
+        if let Some(id) = &self.upload_id {
+            return Ok(id.clone());
+        }
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .content_type(&self.content_type)
+            .send()
+            .await
+            .map_err(|e| PortError::new("s3 CreateMultipartUpload", DisplayErrorContext(e)))?;
+        let id = created
+            .upload_id()
+            .ok_or_else(|| PortError::new("s3 CreateMultipartUpload", "no upload id returned"))?
+            .to_string();
+        self.upload_id = Some(id.clone());
+        Ok(id)
+    }
+
+    async fn upload_part(&mut self, bytes: Vec<u8>) -> Result<(), PortError> {
+        let id = self.upload_id().await?;
+        let number = i32::try_from(self.parts.len() + 1)
+            .map_err(|_| PortError::new("s3 UploadPart", "too many parts"))?;
+        let uploaded = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(id)
+            .part_number(number)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| PortError::new("s3 UploadPart", DisplayErrorContext(e)))?;
+        self.parts.push(
+            aws_sdk_s3::types::CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(uploaded.e_tag().map(str::to_string))
+                .build(),
+        );
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl crate::billing::specification::PartUpload for S3MultipartUpload {
+    async fn part(&mut self, bytes: Vec<u8>) -> Result<(), PortError> {
+        self.upload_part(bytes).await
+    }
+
+    async fn complete(&mut self, last: Vec<u8>) -> Result<(), PortError> {
+        if self.upload_id.is_none() {
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .content_type(&self.content_type)
+                .body(ByteStream::from(last))
+                .send()
+                .await
+                .map_err(|e| PortError::new("s3 PutObject", DisplayErrorContext(e)))?;
+            return Ok(());
+        }
+        self.upload_part(last).await?;
+        let id = self.upload_id().await?;
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(id)
+            .multipart_upload(
+                aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                    .set_parts(Some(std::mem::take(&mut self.parts)))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| PortError::new("s3 CompleteMultipartUpload", DisplayErrorContext(e)))?;
+        Ok(())
+    }
+
+    async fn abort(&mut self) {
+        let Some(id) = self.upload_id.take() else {
+            return;
+        };
+        if let Err(e) = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(id)
+            .send()
+            .await
+        {
+            // The bucket's lifecycle rule for incomplete uploads is the
+            // backstop; the caller reports its own error, not this one.
+            tracing::warn!(key = %self.key, error = %DisplayErrorContext(e), "aborting the multipart upload failed");
+        }
+    }
+}
+
+/// Invoice documents for operators: downloaded to a file as a stream, or
+/// a presigned GET URL for someone without access to the bucket.
+#[derive(Debug, Clone)]
+pub struct S3Documents {
+    client: Client,
+}
+
+impl S3Documents {
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+}
+
+#[async_trait]
+impl crate::billing::invoice_view::DocumentAccess for S3Documents {
+    async fn download(
+        &self,
+        bucket: &str,
+        key: &str,
+        to: &std::path::Path,
+    ) -> Result<u64, PortError> {
+        use tokio::io::AsyncWriteExt;
+        let object = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| PortError::new("s3 GetObject", DisplayErrorContext(e)))?;
+        let mut file = tokio::fs::File::create(to)
+            .await
+            .map_err(|e| PortError::new("create the download's file", e))?;
+        let mut body = object.body;
+        let mut size = 0u64;
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| PortError::new("s3 GetObject body", e))?
+        {
+            size += chunk.len() as u64;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| PortError::new("write the download's file", e))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| PortError::new("write the download's file", e))?;
+        Ok(size)
+    }
+
+    async fn presign(
+        &self,
+        bucket: &str,
+        key: &str,
+        expires: std::time::Duration,
+    ) -> Result<String, PortError> {
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(expires)
+            .map_err(|e| PortError::new("s3 presign", e))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| PortError::new("s3 presign GetObject", DisplayErrorContext(e)))?;
+        Ok(request.uri().to_string())
+    }
+}
+
 /// The import queue's bodies: S3 notifications become `ImportCdrFile`
 /// envelopes, and an export a sync task stored (its `tem-task-id` and
 /// `tem-trace-id` metadata) continues that task's hand-off and trace, so the

@@ -617,7 +617,7 @@ impl CycleStore for PgCycleStore {
 /// here. A page that stops at its limit gives its last instant back to the
 /// next page, which begins after the last instant this one kept, so no
 /// instant is ever split and the key of a page is its last `started_at`.
-async fn copy_page(
+pub(crate) async fn copy_page(
     conn: &mut PgConnection,
     customer_id: i64,
     from: DateTime<Utc>,

@@ -47,6 +47,31 @@ pub(crate) struct Prepared {
     amounts: DocumentAmounts,
 }
 
+/// What a draft would be issued with today, but its number: for
+/// `temctl invoice preview`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuePreview {
+    pub issue_date: NaiveDate,
+    pub due_date: NaiveDate,
+    pub seller: SellerDetails,
+    pub buyer: BuyerDetails,
+    pub line_vat: Vec<LineVat>,
+    pub amounts: DocumentAmounts,
+}
+
+impl From<Prepared> for IssuePreview {
+    fn from(p: Prepared) -> Self {
+        Self {
+            issue_date: p.issue_date,
+            due_date: p.due_date,
+            seller: p.seller,
+            buyer: p.buyer,
+            line_vat: p.line_vat,
+            amounts: p.amounts,
+        }
+    }
+}
+
 /// Everything an invoice of `lines` issued at `now` needs but its number,
 /// or the problems that keep it from being issued (each naming what to
 /// apply). Reads in the run's transaction; writes nothing.

@@ -5,6 +5,9 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
+use crate::billing::invoice_view::{
+    self, DocumentAccess, InvoiceFilter, InvoiceStatus, InvoiceViewError, InvoiceViewStore,
+};
 use crate::ops::failed::{self, FailedPorts, FailedSelection, RetryOptions, SelectionError};
 use crate::ops::settings::OpsSettings;
 use crate::ops::timeline;
@@ -32,6 +35,15 @@ pub enum ConsoleError {
     BadStatus(String),
     #[error("{0} is not a command of this module")]
     NotHere(&'static str),
+    #[error(transparent)]
+    Invoice(#[from] InvoiceViewError),
+}
+
+/// Where the console's invoice commands read invoices and sign URLs.
+#[derive(Clone, Copy)]
+pub struct InvoicePorts<'a> {
+    pub view: &'a dyn InvoiceViewStore,
+    pub documents: &'a dyn DocumentAccess,
 }
 
 pub struct Console<'a> {
@@ -41,6 +53,7 @@ pub struct Console<'a> {
     pub idempotency: &'a dyn IdempotencyStore,
     pub settings: &'a OpsSettings,
     pub watch: &'a WatchSettings,
+    pub invoices: InvoicePorts<'a>,
 }
 
 impl Console<'_> {
@@ -142,6 +155,58 @@ impl Console<'_> {
                 };
                 json!({"command": "watch", "report": watch::watch(ports, self.settings, self.watch, now).await})
             }
+            OpsCommand::InvoiceList {
+                customer,
+                cycle,
+                status,
+                limit,
+            } => {
+                let status = status.map(|s| s.parse::<InvoiceStatus>()).transpose()?;
+                let filter = InvoiceFilter {
+                    customer,
+                    cycle,
+                    status,
+                    limit: limit.unwrap_or(100),
+                };
+                let rows = self
+                    .invoices
+                    .view
+                    .list(&filter)
+                    .await
+                    .map_err(InvoiceViewError::from)?;
+                json!({"command": "invoice-list", "count": rows.len(), "text": invoice_view::render_list(&rows), "invoices": rows})
+            }
+            OpsCommand::InvoiceShow { invoice } => {
+                let detail = invoice_view::show(self.invoices.view, &invoice.parse()?).await?;
+                json!({"command": "invoice-show", "text": invoice_view::render_detail(&detail), "invoice": detail})
+            }
+            OpsCommand::InvoiceDownload {
+                invoice,
+                what,
+                expires_seconds,
+            } => {
+                // Everything the operator named is checked before signing.
+                let invoice = invoice.parse()?;
+                let what = what.parse()?;
+                let expires = invoice_view::expiry(expires_seconds)?;
+                let detail = invoice_view::show(self.invoices.view, &invoice).await?;
+                let document = invoice_view::document(&detail, what)?;
+                let url = self
+                    .invoices
+                    .documents
+                    .presign(&document.bucket, &document.key, expires)
+                    .await?;
+                json!({
+                    "command": "invoice-download",
+                    "invoice": invoice_view::name_of(&detail.summary),
+                    "what": what,
+                    "url": url,
+                    "expires_seconds": expires.as_secs(),
+                    "expires_at": now + chrono::Duration::seconds(i64::try_from(expires.as_secs()).unwrap_or(0)),
+                    "key": document.key,
+                    "sha256": document.sha256,
+                })
+            }
             OpsCommand::Migrate {} => return Err(ConsoleError::NotHere("migrate")),
             OpsCommand::Status { .. } => return Err(ConsoleError::NotHere("status")),
         })
@@ -165,6 +230,141 @@ mod tests {
         }
     }
 
+    /// One final invoice, 2025-000001 (id 5), with its usage specification.
+    struct OneInvoice;
+
+    #[async_trait::async_trait]
+    impl InvoiceViewStore for OneInvoice {
+        async fn list(
+            &self,
+            _: &InvoiceFilter,
+        ) -> Result<Vec<invoice_view::InvoiceSummary>, crate::ports::StoreError> {
+            Ok(vec![])
+        }
+        async fn find(
+            &self,
+            id: Option<i64>,
+            number: Option<&str>,
+        ) -> Result<Vec<(i64, bool)>, crate::ports::StoreError> {
+            Ok(if id == Some(5) || number == Some("2025-000001") {
+                vec![(5, id == Some(5))]
+            } else {
+                vec![]
+            })
+        }
+        async fn detail(
+            &self,
+            id: i64,
+        ) -> Result<Option<invoice_view::InvoiceDetail>, crate::ports::StoreError> {
+            Ok(Some(sample_detail(id)))
+        }
+    }
+
+    fn sample_detail(id: i64) -> invoice_view::InvoiceDetail {
+        use invoice_view::{DocumentKind, DocumentRecord, InvoiceDetail, InvoiceSummary};
+        InvoiceDetail {
+            summary: InvoiceSummary {
+                id,
+                customer_id: 3,
+                customer: "acme".into(),
+                cycle: chrono::NaiveDate::from_ymd_opt(2025, 3, 1).unwrap(),
+                kind: "invoice".into(),
+                sequence: 0,
+                status: "final".into(),
+                number: Some("2025-000001".into()),
+                issue_date: None,
+                total_micros: 0,
+                payable_cents: None,
+                blocked_reason: None,
+            },
+            rated_cost_micros: 0,
+            fees_micros: 0,
+            time_zone: "Europe/Amsterdam".into(),
+            due_date: None,
+            finalised_at: None,
+            net_cents: None,
+            vat_cents: None,
+            vat_breakdown: None,
+            seller: None,
+            buyer: None,
+            blocked_at: None,
+            lines: vec![],
+            documents: vec![DocumentRecord {
+                what: DocumentKind::Specification,
+                bucket: "docs".into(),
+                key: "invoices/3/2025-03-01/2025-000001-specification.csv.gz".into(),
+                sha256: "ab".repeat(32),
+                size_bytes: 100,
+                written_at: Utc::now(),
+            }],
+        }
+    }
+
+    /// Signs as `signed:{bucket}/{key}?{seconds}`.
+    struct Signer;
+
+    #[async_trait::async_trait]
+    impl DocumentAccess for Signer {
+        async fn download(&self, _: &str, _: &str, _: &std::path::Path) -> Result<u64, PortError> {
+            Err(PortError::new("download", "not in the console"))
+        }
+        async fn presign(
+            &self,
+            bucket: &str,
+            key: &str,
+            expires: std::time::Duration,
+        ) -> Result<String, PortError> {
+            Ok(format!("signed:{bucket}/{key}?{}", expires.as_secs()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_console_download_answers_a_presigned_url_with_its_expiry_or_says_what_is_missing() {
+        let world = World::default();
+        let done = run(
+            &world,
+            json!({"command": "invoice-download", "invoice": "2025-000001", "what": "specification"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            done["url"],
+            "signed:docs/invoices/3/2025-03-01/2025-000001-specification.csv.gz?900"
+        );
+        assert_eq!(done["expires_seconds"], 900);
+        let hour = run(
+            &world,
+            json!({"command": "invoice-download", "invoice": "5", "what": "specification", "expires_seconds": 3600}),
+        )
+        .await
+        .unwrap();
+        assert!(hour["url"].as_str().unwrap().ends_with("?3600"), "{hour}");
+        let err = run(
+            &world,
+            json!({"command": "invoice-download", "invoice": "5", "what": "pdf"}),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("has no PDF yet"), "{err}");
+        let err = run(
+            &world,
+            json!({"command": "invoice-download", "invoice": "5", "what": "specification", "expires_seconds": 700000}),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("7 days"), "{err}");
+        let err = run(
+            &world,
+            json!({"command": "invoice-show", "invoice": "2025-000002"}),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("no invoice number 2025-000002"),
+            "{err}"
+        );
+    }
+
     async fn run(world: &World, event: Value) -> Result<Value, ConsoleError> {
         let tasks = FakeTasks::default();
         let idempotency = FakeIdempotency::default();
@@ -180,6 +380,10 @@ mod tests {
             idempotency: &idempotency,
             settings: &settings,
             watch: &WatchSettings::default(),
+            invoices: InvoicePorts {
+                view: &OneInvoice,
+                documents: &Signer,
+            },
         };
         console
             .run(OpsCommand::from_event(&event).unwrap(), Utc::now())

@@ -60,6 +60,29 @@ pub enum OpsCommand {
         #[serde(default)]
         set: std::collections::BTreeMap<String, String>,
     },
+    /// Invoices (`temctl invoice list`): `customer` (id or code), `cycle`,
+    /// `status` (draft or final), `limit` (default 100).
+    InvoiceList {
+        #[serde(default)]
+        customer: Option<String>,
+        #[serde(default)]
+        cycle: Option<chrono::NaiveDate>,
+        #[serde(default)]
+        status: Option<String>,
+        #[serde(default)]
+        limit: Option<i64>,
+    },
+    /// One invoice by id or number (`temctl invoice show`).
+    InvoiceShow { invoice: String },
+    /// A presigned URL of one of an invoice's documents (`what`: pdf, ubl
+    /// or specification), valid `expires_seconds` (default 900, at most
+    /// 604800): the console cannot receive the file itself.
+    InvoiceDownload {
+        invoice: String,
+        what: String,
+        #[serde(default)]
+        expires_seconds: Option<u64>,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -85,6 +108,9 @@ impl OpsCommand {
         "task-list",
         "watch",
         "status",
+        "invoice-list",
+        "invoice-show",
+        "invoice-download",
     ];
 
     /// Reads the command from a Lambda event. An unknown name is refused
@@ -189,6 +215,27 @@ mod tests {
         assert!(
             matches!(with, OpsCommand::Status { set } if set["STATUS_QUEUE_DEPTH_CRITICAL"] == "5")
         );
+    }
+
+    #[test]
+    fn the_console_invoice_events_take_their_arguments_and_refuse_a_mistyped_one() {
+        let event: Value = serde_json::from_str(include_str!(
+            "../../../events/ops/console-invoice-download.json"
+        ))
+        .unwrap();
+        assert_eq!(
+            OpsCommand::from_event(&event),
+            Ok(OpsCommand::InvoiceDownload {
+                invoice: "PUT-THE-INVOICE-NUMBER-HERE".into(),
+                what: "specification".into(),
+                expires_seconds: Some(3600),
+            })
+        );
+        let err = OpsCommand::from_event(
+            &json!({"command": "invoice-download", "invoice": "1", "what": "pdf", "expires": 60}),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("expires"), "{err}");
     }
 
     #[test]

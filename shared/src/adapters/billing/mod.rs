@@ -11,7 +11,9 @@ pub mod explain;
 pub mod history;
 pub mod insight;
 pub mod invoice;
+pub mod invoice_view;
 pub mod pricings;
+pub mod specification;
 
 use std::sync::Arc;
 

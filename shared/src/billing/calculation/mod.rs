@@ -39,7 +39,7 @@ use crate::cdr::local_to_utc;
 use crate::cdr::{Kind, Zone};
 
 pub use state::{line_changes, Line, LineChanges, RatingState, Sums};
-pub use stream::{CdrKey, CdrPage, PageRow, Span};
+pub use stream::{CdrKey, CdrPage, PageRow, Span, PAGE};
 
 /// How much of the cycle to price again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
