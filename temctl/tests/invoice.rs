@@ -271,6 +271,47 @@ async fn an_operator_lists_shows_specifies_downloads_and_presigns_an_invoice_and
         stderr(&too_long)
     );
 
+    // the UBL RenderInvoice recorded is shown beside the specification,
+    // and downloaded from its key
+    let ubl_key = format!("invoices/{acme}/2025-03-01/{number}.xml");
+    let ubl = b"<Invoice/>".to_vec();
+    s3_client(&emulator().sdk_config().await)
+        .put_object()
+        .bucket(&bucket)
+        .key(&ubl_key)
+        .body(ubl.clone().into())
+        .send()
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO invoice_document (invoice_id, format, document_type, bucket, key, sha256, size_bytes)
+         VALUES ($1, 'ubl', 'invoice', $2, $3, $4, $5)",
+    )
+    .bind(invoice_id)
+    .bind(&bucket)
+    .bind(&ubl_key)
+    .bind(hex::encode(sha2::Sha256::digest(&ubl)))
+    .bind(ubl.len() as i64)
+    .execute(pool)
+    .await
+    .unwrap();
+    let show = temctl(&db.url, &dir.0, &["invoice", "show", &number]);
+    assert!(
+        stdout(&show).contains(&format!("UBL document: s3://{bucket}/{ubl_key}")),
+        "{}",
+        stdout(&show)
+    );
+    let download = temctl(
+        &db.url,
+        &dir.0,
+        &["invoice", "download", &number, "--what", "ubl"],
+    );
+    assert!(download.status.success(), "{}", stderr(&download));
+    assert_eq!(
+        std::fs::read(dir.0.join(format!("{number}.xml"))).unwrap(),
+        ubl
+    );
+
     // a preview: marked, no number, and no number taken
     let counter = || async {
         sqlx::query_scalar::<_, i64>(

@@ -510,7 +510,11 @@ pub fn document(
             "a draft has no documents; it gets them once it is final (`temctl invoice preview {} {}` shows its amounts now)",
             detail.summary.customer, detail.summary.cycle
         ),
-        _ => "the UBL and PDF are rendered after finalisation by the RenderInvoice chain step, which this build does not have yet (issue 18); until then there is none to download".to_string(),
+        (DocumentKind::Pdf, _) => "the PDF is not rendered by this build yet (issue 18); the UBL e-invoice is (`--what ubl`)".to_string(),
+        _ => format!(
+            "the UBL is written after finalisation by the RenderInvoice chain step; send the totals function {{\"customer_id\": {}, \"cycle\": \"{}\"}} to run the cycle's chain, which renders a final invoice that has none",
+            detail.summary.customer_id, detail.summary.cycle
+        ),
     };
     Err(InvoiceViewError::NoDocument {
         invoice: name_of(&detail.summary),
@@ -839,7 +843,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            text.contains("no PDF yet") && text.contains("RenderInvoice"),
+            text.contains("no PDF yet") && text.contains("--what ubl"),
             "{text}"
         );
         let text = document(&detail("draft", vec![]), DocumentKind::Ubl)

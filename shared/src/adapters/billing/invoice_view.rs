@@ -1,6 +1,7 @@
 //! Invoices for operators on PostgreSQL ([`InvoiceViewStore`]): the list,
 //! one invoice with its lines, and the documents recorded for it (the usage
-//! specification in `invoice_specification`, migration 0014).
+//! specification in `invoice_specification`, migration 0014; the UBL in
+//! `invoice_document`, migration 0013).
 
 use async_trait::async_trait;
 use sqlx::postgres::PgRow;
@@ -125,16 +126,37 @@ impl InvoiceViewStore for PgInvoiceView {
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        // The usage specification (migration 0014) and the rendered
+        // documents (RenderInvoice, migration 0013) are recorded apart.
         let documents = sqlx::query(
-            "SELECT bucket, key, sha256, size_bytes, written_at FROM invoice_specification WHERE invoice_id = $1",
+            "SELECT 'specification' AS what, bucket, key, sha256, size_bytes, written_at
+               FROM invoice_specification WHERE invoice_id = $1
+             UNION ALL
+             SELECT format, bucket, key, sha256, size_bytes, written_at
+               FROM invoice_document WHERE invoice_id = $1",
         )
         .bind(id)
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(|d| {
+        .filter_map(|d| {
+            let what = match d.try_get::<String, _>("what") {
+                Ok(what) => what,
+                Err(e) => return Some(Err(e)),
+            };
+            let what = match what.as_str() {
+                "specification" => DocumentKind::Specification,
+                "ubl" => DocumentKind::Ubl,
+                "pdf" => DocumentKind::Pdf,
+                // A format a later build renders: not one this build shows.
+                _ => return None,
+            };
+            Some(Ok((what, d)))
+        })
+        .map(|found| {
+            let (what, d) = found?;
             Ok(DocumentRecord {
-                what: DocumentKind::Specification,
+                what,
                 bucket: d.try_get("bucket")?,
                 key: d.try_get("key")?,
                 sha256: d.try_get("sha256")?,
