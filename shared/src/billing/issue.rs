@@ -209,7 +209,7 @@ mod tests {
 
     use super::*;
     use crate::billing::invoice::{CycleUsage, InvoiceFigures, LineKey};
-    use crate::billing::parties::{Address, PeppolId, StoredBuyer};
+    use crate::billing::parties::StoredBuyer;
     use crate::billing::vat::RateBp;
     use crate::ports::StoreError;
 
@@ -289,29 +289,7 @@ mod tests {
         }
     }
 
-    fn seller() -> SellerDetails {
-        SellerDetails {
-            code: "tem".into(),
-            valid_from: "2020-01-01".parse().unwrap(),
-            legal_name: "TEM B.V.".into(),
-            address: Address {
-                street: "Kade 1".into(),
-                city: "Utrecht".into(),
-                postcode: "3511 AA".into(),
-                country: "NL".into(),
-            },
-            kvk: "12345678".into(),
-            vat_number: "NL123456789B01".into(),
-            iban: "NL91ABNA0417164300".into(),
-            bic: "ABNANL2A".into(),
-            payment_terms_days: 30,
-            peppol: PeppolId {
-                scheme: "0106".into(),
-                id: "12345678".into(),
-            },
-            invoice_number_format: "{year}-{seq:06}".into(),
-        }
-    }
+    use crate::billing::vat::tests::seller;
 
     fn buyer(country: &str, vat: Option<&str>) -> StoredBuyer {
         StoredBuyer {

@@ -164,11 +164,12 @@ pub fn category_for(seller: &SellerDetails, buyer: &BuyerDetails) -> Result<VatC
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::billing::parties::{Address, PeppolId};
 
-    fn seller() -> SellerDetails {
+    /// A Dutch seller with every field set (also the issuing tests').
+    pub(crate) fn seller() -> SellerDetails {
         SellerDetails {
             code: "tem".into(),
             valid_from: "2020-01-01".parse().unwrap(),
