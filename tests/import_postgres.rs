@@ -4,10 +4,12 @@
 use std::sync::Arc;
 
 use sqlx::{PgPool, Row};
+use tem_shared::adapters::maintenance::PgPartitions;
 use tem_shared::import::importer::{ImportRequest, ImportSummary, Importer};
 use tem_shared::import::source::{MemorySource, RangeRead};
 use tem_shared::import::zip::ZipLimits;
 use tem_shared::import::LocalRejects;
+use tem_shared::maintenance::partitions::{ensure_partitions, PartitionedTable};
 use tem_shared::routing::Provider;
 use tem_tests::db::fresh;
 
@@ -1018,4 +1020,188 @@ async fn binary_copy_rows_read_back_exactly_as_encoded() {
         };
         assert_eq!(shown, expected_shown, "{what}");
     }
+}
+
+// Monthly partitions (issue 20): call_detail_record is partitioned by the
+// UTC month of started_at, with a default partition for months that have
+// none yet (migration 0019).
+
+/// Which partition holds each CDR, by external id.
+async fn partition_of(pool: &PgPool) -> std::collections::BTreeMap<String, String> {
+    sqlx::query_as::<_, (String, String)>(
+        "SELECT external_id, tableoid::regclass::text FROM call_detail_record",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect()
+}
+
+fn day(s: &str) -> chrono::NaiveDate {
+    s.parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_cdr_whose_month_has_no_partition_is_loaded_and_the_maintenance_moves_it_into_its_month()
+{
+    let f = fixture().await;
+    let text = format!(
+        "{ROUTIT_HEADER}\n\
+         15-01-2025;11:00:00;0612345678;;SMS;Uitgaand;;;0,10;NL;R-OLD\n\
+         15-06-2031;11:00:00;0612345678;;SMS;Uitgaand;;;0,20;NL;R-FUTURE\n"
+    );
+    let summary = f.import(Provider::Routit, "a.csv", text.into_bytes()).await;
+    assert_eq!((summary.loaded, summary.rejected), (2, 0), "{summary:?}");
+    let before = (cdr(&f.pool, "R-OLD").await, cdr(&f.pool, "R-FUTURE").await);
+    let ids_before: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM call_detail_record ORDER BY external_id")
+            .fetch_all(&f.pool)
+            .await
+            .unwrap();
+    assert!(
+        partition_of(&f.pool)
+            .await
+            .values()
+            .all(|p| p == "call_detail_record_default"),
+        "neither month has a partition yet"
+    );
+
+    let store = PgPartitions::new(f.pool.clone());
+    let report = ensure_partitions(&store, day("2026-12-07")).await.unwrap();
+    let made: Vec<(PartitionedTable, String, u64)> = report
+        .created
+        .iter()
+        .map(|c| (c.table, c.month.to_string(), c.rows_moved))
+        .collect();
+    assert!(
+        made.contains(&(PartitionedTable::CallDetailRecord, "2025-01-01".into(), 1)),
+        "{made:?}"
+    );
+    assert!(
+        made.contains(&(PartitionedTable::CallDetailRecord, "2031-06-01".into(), 1)),
+        "{made:?}"
+    );
+
+    let now_in = partition_of(&f.pool).await;
+    assert_eq!(now_in["R-OLD"], "call_detail_record_y2025m01");
+    assert_eq!(now_in["R-FUTURE"], "call_detail_record_y2031m06");
+    assert_eq!(
+        (cdr(&f.pool, "R-OLD").await, cdr(&f.pool, "R-FUTURE").await),
+        before,
+        "every column is as loaded"
+    );
+    let ids_after: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM call_detail_record ORDER BY external_id")
+            .fetch_all(&f.pool)
+            .await
+            .unwrap();
+    assert_eq!(ids_after, ids_before, "the ids the pricings name are kept");
+
+    let again = ensure_partitions(&store, day("2026-12-07")).await.unwrap();
+    assert!(
+        again.created.is_empty(),
+        "a second run creates nothing: {again:?}"
+    );
+    let changes: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM cycle_change WHERE source <> 'import'")
+            .fetch_one(&f.pool)
+            .await
+            .unwrap();
+    assert_eq!(changes, 0, "moving rows between partitions is no hand edit");
+}
+
+#[tokio::test]
+async fn rows_loaded_again_are_duplicates_whichever_partition_holds_them_now() {
+    let f = fixture().await;
+    // January, March and October 2025: three months, all in the default
+    // partition, then moved by the maintenance into three partitions.
+    let first = f.import(Provider::Routit, "a.csv", routit_file()).await;
+    assert_eq!(first.loaded, 4);
+    ensure_partitions(&PgPartitions::new(f.pool.clone()), day("2026-12-07"))
+        .await
+        .unwrap();
+    let months: std::collections::BTreeSet<String> =
+        partition_of(&f.pool).await.into_values().collect();
+    assert_eq!(months.len(), 3, "{months:?}");
+
+    let mut other = String::from_utf8(routit_file()).unwrap();
+    other.push_str("15-02-2025;11:00:00;0612345678;;SMS;Uitgaand;;;0,10;NL;R-NEW\r\n");
+    let second = f
+        .import(Provider::Routit, "b.csv", other.into_bytes())
+        .await;
+    assert_eq!(
+        (second.loaded, second.duplicate),
+        (1, 4),
+        "the four rows are refused by their own months' partitions: {second:?}"
+    );
+    assert_eq!(f.count().await, 5);
+    assert_eq!(
+        partition_of(&f.pool).await["R-NEW"],
+        "call_detail_record_default",
+        "February 2025 has no partition until the next run"
+    );
+}
+
+#[tokio::test]
+async fn two_maintenance_runs_at_once_create_each_partition_once() {
+    let f = fixture().await;
+    let store = PgPartitions::new(f.pool.clone());
+    // Half a year on from the migration's months: four new months for each
+    // of the two tables.
+    let (a, b) = tokio::join!(
+        ensure_partitions(&store, day("2027-06-15")),
+        ensure_partitions(&store, day("2027-06-15"))
+    );
+    let mut made: Vec<(PartitionedTable, chrono::NaiveDate)> = a
+        .unwrap()
+        .created
+        .into_iter()
+        .chain(b.unwrap().created)
+        .map(|c| (c.table, c.month))
+        .collect();
+    made.sort();
+    let mut expected = Vec::new();
+    for table in PartitionedTable::ALL {
+        for month in ["2027-06-01", "2027-07-01", "2027-08-01", "2027-09-01"] {
+            expected.push((table, day(month)));
+        }
+    }
+    expected.sort();
+    assert_eq!(made, expected);
+}
+
+#[tokio::test]
+async fn an_id_sent_again_with_another_start_in_the_same_month_is_a_duplicate_before_and_after_its_partition_exists(
+) {
+    let f = fixture().await;
+    let row = |day: &str| {
+        format!("{ROUTIT_HEADER}\n{day};11:00:00;0612345678;;SMS;Uitgaand;;;0,10;NL;R-SAME\n")
+    };
+    f.import(Provider::Routit, "a.csv", row("15-01-2025").into_bytes())
+        .await;
+    let in_default = f
+        .import(Provider::Routit, "b.csv", row("16-01-2025").into_bytes())
+        .await;
+    assert_eq!(
+        (in_default.loaded, in_default.duplicate),
+        (0, 1),
+        "{in_default:?}"
+    );
+    ensure_partitions(&PgPartitions::new(f.pool.clone()), day("2026-12-07"))
+        .await
+        .unwrap();
+    let in_its_month = f
+        .import(Provider::Routit, "c.csv", row("17-01-2025").into_bytes())
+        .await;
+    assert_eq!(
+        (in_its_month.loaded, in_its_month.duplicate),
+        (0, 1),
+        "{in_its_month:?}"
+    );
+    assert_eq!(
+        cdr(&f.pool, "R-SAME").await[3],
+        "2025-01-15 10:00:00",
+        "the first delivery is kept"
+    );
 }

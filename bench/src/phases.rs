@@ -203,10 +203,20 @@ async fn sqlx_copy(pool: &PgPool, file: &Path, options: &str) -> Result<(u64, Du
     sqlx::query("DROP TABLE IF EXISTS cdr_copy_sqlx")
         .execute(&mut *connection)
         .await?;
-    sqlx::query("CREATE TABLE cdr_copy_sqlx (LIKE call_detail_record INCLUDING ALL) WITH (autovacuum_enabled = false)")
-        .execute(&mut *connection)
-        .await
-        .context("create cdr_copy_sqlx")?;
+    // Partitioned like ours, with its month's partition and key.
+    for statement in [
+        "CREATE TABLE cdr_copy_sqlx (LIKE call_detail_record INCLUDING ALL) PARTITION BY RANGE (started_at)",
+        "CREATE TABLE cdr_copy_sqlx_default PARTITION OF cdr_copy_sqlx DEFAULT",
+        "CREATE UNIQUE INDEX ON cdr_copy_sqlx_default (provider, external_id)",
+        "SELECT tem_create_month_partition('cdr_copy_sqlx', '2025-03-01')",
+        "ALTER TABLE cdr_copy_sqlx_default SET (autovacuum_enabled = false)",
+        "ALTER TABLE cdr_copy_sqlx_y2025m03 SET (autovacuum_enabled = false)",
+    ] {
+        sqlx::query(statement)
+            .execute(&mut *connection)
+            .await
+            .with_context(|| format!("create cdr_copy_sqlx: {statement}"))?;
+    }
     // As before every measured load (skipped without the right to).
     let _ = sqlx::query("CHECKPOINT").execute(&mut *connection).await;
     let mut input =

@@ -14,6 +14,8 @@
 //! - [`costs`]: cost centres and chargeback; [`budgets`]: budget
 //!   thresholds, bill shock and anomalies; [`audit`]: the carrier bill
 //!   audit (the TEM core of issue 19).
+//! - [`maintenance`]: the daily work that keeps the CDR store fast for
+//!   years (monthly partitions; issue 20).
 
 pub mod adapters;
 pub mod audit;
@@ -28,6 +30,7 @@ pub mod costs;
 pub mod envelope;
 pub mod import;
 pub mod lambda;
+pub mod maintenance;
 pub mod metrics;
 pub mod ops;
 pub mod ports;

@@ -51,6 +51,9 @@ pub enum Command {
     /// Invoices: list, show, download a document (or a presigned URL),
     /// write the usage specification, preview a draft.
     Invoice(crate::invoice::InvoiceArgs),
+    /// The daily maintenance's parts, run by hand: `maintenance partitions`
+    /// creates the monthly partitions ahead.
+    Maintenance(crate::maintenance::MaintenanceArgs),
 }
 
 #[derive(Debug, Args)]

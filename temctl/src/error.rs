@@ -36,6 +36,8 @@ pub enum CliError {
     #[error(transparent)]
     Costs(#[from] tem_shared::costs::cycle::CostsError),
     #[error(transparent)]
+    Maintenance(#[from] tem_shared::maintenance::MaintenanceError),
+    #[error(transparent)]
     Explain(#[from] tem_shared::billing::explain::ExplainError),
     #[error(transparent)]
     Stack(#[from] crate::stack::StackError),

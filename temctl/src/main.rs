@@ -9,6 +9,7 @@ mod explain;
 mod failed;
 mod import;
 mod invoice;
+mod maintenance;
 mod migrate;
 mod progress;
 mod stack;
@@ -49,6 +50,7 @@ async fn main() -> ExitCode {
         Command::Apply(args) => apply::run(args).await,
         Command::Totals(args) => totals::run(args).await,
         Command::Costs(args) => costs::run(args).await,
+        Command::Maintenance(args) => maintenance::run(args).await,
         Command::Explain(args) => explain::run(args).await,
         Command::Failed(args) => failed::run(args).await,
         Command::Task(args) => task::run(args).await,

@@ -195,10 +195,16 @@ pub async fn create(db: &BenchDb, spec: &Spec) -> Result<Dataset> {
     .context("insert the other customer")?;
     // Autovacuum would start on the freshly loaded table during the first
     // measurements; the load ends with a VACUUM of its own instead.
-    sqlx::query("ALTER TABLE call_detail_record SET (autovacuum_enabled = false)")
-        .execute(&db.pool)
-        .await
-        .context("turn autovacuum off")?;
+    // The months of the data have their partitions, as the daily
+    // maintenance would have made them.
+    crate::db::monthly_partitions(
+        &db.pool,
+        "call_detail_record",
+        &["2025-01-01", "2025-02-01", "2025-03-01", "2025-04-01"],
+    )
+    .await?;
+    crate::db::monthly_partitions(&db.pool, "rating_chunk", &["2025-03-01"]).await?;
+    crate::db::autovacuum_off(&db.pool, "call_detail_record").await?;
 
     let previous_cycle_rows = spec.other_rows - spec.other_rows / 2;
     let mut generator = CdrGenerator::new(

@@ -5,6 +5,7 @@ pub mod billing;
 pub mod costs;
 pub mod dynamodb;
 pub mod journal;
+pub mod maintenance;
 pub mod migrations;
 pub mod operations;
 pub mod postgres;

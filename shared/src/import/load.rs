@@ -356,7 +356,9 @@ pub async fn load_csv(
                    INSERT INTO call_detail_record ({COLUMNS})
                    SELECT DISTINCT ON (provider, external_id) {COLUMNS} FROM cdr_staging
                    ORDER BY provider, external_id, source_line
-                   ON CONFLICT (provider, external_id) DO NOTHING
+                   -- No conflict target: the unique index is each month's
+                   -- partition's own (migration 0019).
+                   ON CONFLICT DO NOTHING
                    RETURNING customer_id)
                  SELECT count(*) AS loaded,
                         count(*) FILTER (WHERE customer_id IS NULL) AS without_customer
