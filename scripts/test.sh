@@ -14,7 +14,21 @@ cd "$REPO"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-step() { echo; echo "==> $*"; }
+# Each step's wall time, printed at the end: the suite must stay well under
+# CI's budget, and this says where the time goes.
+timings=""
+current=""
+step_started=$SECONDS
+step() {
+  if [ -n "$current" ]; then timings+="$(printf '%5ds  %s' $((SECONDS - step_started)) "$current")"$'\n'; fi
+  current="$*"
+  step_started=$SECONDS
+  echo; echo "==> $*"
+}
+report_timings() {
+  if [ -n "$current" ]; then timings+="$(printf '%5ds  %s' $((SECONDS - step_started)) "$current")"$'\n'; fi
+  printf '\nTime per step:\n%s%5ds  in all\n' "$timings" "$SECONDS"
+}
 
 step "formatting"
 cargo fmt --all -- --check
@@ -32,6 +46,7 @@ if ! scripts/emulator.sh status >/dev/null 2>&1; then
   started_here=true
 fi
 cleanup() {
+  report_timings
   if $started_here; then scripts/emulator.sh stop >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
@@ -56,5 +71,8 @@ cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 # One closing line over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "\n%d passed, %d failed\n", p, f }' "$log"
+# The slowest test binaries (cargo test runs them one after another).
+echo; echo "Slowest test binaries:"
+awk '/^ *Running / { name = ($2 == "unittests") ? $2 " " $3 " " $4 : $2 } /^test result:/ { for (i = 1; i <= NF; i++) if ($i == "in") { t = $(i+1); sub(/s$/, "", t); printf "%8.1fs  %s\n", t, name } }' "$log" | sort -rn | head -12
 rm -f "$log"
 exit "$status"
