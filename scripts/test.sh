@@ -3,7 +3,8 @@
 # integration tests against PostgreSQL and the AWS emulator (MiniStack, from
 # scripts/requirements.txt in .venv, installed here when missing), and the
 # e-invoice validators of the UBL tests (scripts/requirements-validate.txt
-# in .venv-validate).
+# in .venv-validate), and DuckDB, the archive tests' Parquet reader
+# (scripts/requirements-archive.txt in .venv-archive).
 #
 # Needs: cargo, python3, PostgreSQL at DATABASE_URL
 # (default postgres://postgres@127.0.0.1:5432/postgres; tests create and
@@ -63,6 +64,9 @@ scripts/build.sh
 
 step "e-invoice validators (scripts/ubl-validate.sh venv)"
 scripts/ubl-validate.sh venv
+
+step "Parquet reader of the archive tests (scripts/parquet-read.sh venv)"
+scripts/parquet-read.sh venv
 
 step "tests"
 log="$(mktemp)"

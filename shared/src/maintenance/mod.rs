@@ -5,8 +5,10 @@
 //! `adapters::maintenance`):
 //!
 //! - [`partitions`]: monthly partitions of `call_detail_record` and
-//!   `rating_chunk` created ahead of the data (migration 0019).
+//!   `rating_chunk` created ahead of the data (migration 0019);
+//! - [`archive`]: the archive's file format (a month of CDRs as Parquet).
 
+pub mod archive;
 pub mod partitions;
 
 /// Why a maintenance part stopped. Every part is idempotent and each of
