@@ -65,15 +65,10 @@ fail() { echo "deploy.sh: $*" >&2; exit 1; }
 [[ -f "$config" ]] || fail "no samconfig at $config: copy infra/samconfig.example.toml to infra/samconfig.toml and fill in the values marked CHANGE (or pass --config FILE)"
 
 # The deploy venv (sam); the project venv (.venv: awscli, cargo-lambda, zig).
+# shellcheck source=lib/venv.sh
+source "$REPO/scripts/lib/venv.sh"
 ensure_deploy_venv() {
-  local want have=""
-  want="$( { python3 --version 2>&1; cat "$DEPLOY_REQS"; } | sha256sum | cut -d' ' -f1)"
-  [[ -f "$DEPLOY_VENV/.requirements.sha256" ]] && have="$(cat "$DEPLOY_VENV/.requirements.sha256")"
-  if [[ -x "$DEPLOY_VENV/bin/sam" && "$want" == "$have" ]]; then return 0; fi
-  echo "deploy.sh: installing $DEPLOY_REQS into $DEPLOY_VENV" >&2
-  [[ -x "$DEPLOY_VENV/bin/python" ]] || python3 -m venv "$DEPLOY_VENV"
-  "$DEPLOY_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$DEPLOY_REQS" >&2
-  echo "$want" >"$DEPLOY_VENV/.requirements.sha256"
+  venv_ensure "$DEPLOY_VENV" "$DEPLOY_REQS"
 }
 ensure_deploy_venv
 "$REPO/scripts/emulator.sh" venv

@@ -78,21 +78,10 @@ external_start() { # endpoint
   external_env "$1"
 }
 
+# shellcheck source=lib/venv.sh
+source "$REPO/scripts/lib/venv.sh"
 ensure_venv() {
-  local want have=""
-  want="$( { "$PYTHON" --version 2>&1; cat "$REQS"; } | sha256sum | cut -d' ' -f1)"
-  [[ -f "$VENV/.requirements.sha256" ]] && have="$(cat "$VENV/.requirements.sha256")"
-  if [[ -x "$VENV/bin/ministack" && "$want" == "$have" ]]; then
-    return 0
-  fi
-  if [[ ! -x "$VENV/bin/python" ]]; then
-    log "creating venv $VENV"
-    "$PYTHON" -m venv "$VENV"
-  fi
-  log "installing $REQS into $VENV"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQS" >&2
-  echo "$want" >"$VENV/.requirements.sha256"
+  VENV_UPGRADE_PIP=1 venv_ensure "$VENV" "$REQS"
 }
 
 free_port() {

@@ -20,14 +20,9 @@ VENV="$REPO/.venv-lint"
 REQS="$REPO/scripts/requirements-lint.txt"
 PYTHON="${PYTHON:-python3}"
 
-want="$( { "$PYTHON" --version 2>&1; cat "$REQS"; } | sha256sum | cut -d' ' -f1)"
-have="$(cat "$VENV/.requirements.sha256" 2>/dev/null || true)"
-if [[ ! -x "$VENV/bin/cfn-lint" || "$want" != "$have" ]]; then
-  echo "lint: installing $REQS into $VENV" >&2
-  [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQS" >&2
-  echo "$want" >"$VENV/.requirements.sha256"
-fi
+# shellcheck source=lib/venv.sh
+source "$REPO/scripts/lib/venv.sh"
+venv_ensure "$VENV" "$REQS"
 scripts/emulator.sh venv
 
 work="$(mktemp -d)"

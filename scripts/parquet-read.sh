@@ -14,24 +14,13 @@ VENV="$REPO/.venv-archive"
 REQS="$REPO/scripts/requirements-archive.txt"
 PYTHON="${PYTHON:-python3}"
 
+# shellcheck source=lib/venv.sh
+source "$REPO/scripts/lib/venv.sh"
 ensure_venv() {
-  local want have
-  want="$( { "$PYTHON" --version 2>&1; cat "$REQS"; } | sha256sum | cut -d' ' -f1)"
-  have="$(cat "$VENV/.requirements.sha256" 2>/dev/null || true)"
-  if [[ ! -x "$VENV/bin/python" || "$want" != "$have" ]]; then
-    echo "parquet-read: installing $REQS into $VENV" >&2
-    [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-      --no-deps --require-hashes -r "$REQS" >&2
-    echo "$want" >"$VENV/.requirements.sha256"
-  fi
+  venv_ensure "$VENV" "$REQS" --no-deps --require-hashes
 }
 
-# One installer at a time (tests may call this concurrently).
-exec 9>"$REPO/.venv-archive.lock"
-flock 9
 ensure_venv
-flock -u 9
 
 if [[ "${1:-}" == venv ]]; then
   exit 0
