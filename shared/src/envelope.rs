@@ -43,7 +43,7 @@ pub enum Step {
     BillingInsight,
     /// Write the cycle's draft invoice, finalise it, or add a correction.
     GenerateInvoice,
-    /// Write the documents of the cycle's final invoices to S3 (UBL).
+    /// Write the documents of the cycle's final invoices to S3 (UBL, PDF).
     RenderInvoice,
 }
 

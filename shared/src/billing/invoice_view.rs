@@ -510,9 +510,8 @@ pub fn document(
             "a draft has no documents; it gets them once it is final (`temctl invoice preview {} {}` shows its amounts now)",
             detail.summary.customer, detail.summary.cycle
         ),
-        (DocumentKind::Pdf, _) => "the PDF is not rendered by this build yet (issue 18); the UBL e-invoice is (`--what ubl`)".to_string(),
         _ => format!(
-            "the UBL is written after finalisation by the RenderInvoice chain step; send the totals function {{\"customer_id\": {}, \"cycle\": \"{}\"}} to run the cycle's chain, which renders a final invoice that has none",
+            "the UBL and the PDF are written after finalisation by the RenderInvoice chain step; send the totals function {{\"customer_id\": {}, \"cycle\": \"{}\"}} to run the cycle's chain, which renders what a final invoice lacks",
             detail.summary.customer_id, detail.summary.cycle
         ),
     };
@@ -843,7 +842,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            text.contains("no PDF yet") && text.contains("--what ubl"),
+            text.contains("no PDF yet") && text.contains("RenderInvoice"),
             "{text}"
         );
         let text = document(&detail("draft", vec![]), DocumentKind::Ubl)
