@@ -899,6 +899,51 @@ mod tests {
         assert_ne!(preview.bytes, original.bytes);
     }
 
+    /// The content streams of a PDF this module wrote, inflated.
+    fn contents(pdf: &[u8]) -> Vec<Vec<u8>> {
+        use std::io::Read;
+        let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Some(p) = find(&pdf[at..], b">>\nstream\n") {
+            let start = at + p + 10;
+            let end = start + find(&pdf[start..], b"\nendstream").unwrap();
+            let mut inflated = Vec::new();
+            flate2::read::ZlibDecoder::new(&pdf[start..end])
+                .read_to_end(&mut inflated)
+                .unwrap();
+            out.push(inflated);
+            at = end;
+        }
+        out
+    }
+
+    #[test]
+    fn a_preview_carries_its_watermark_on_every_page_and_an_invoice_on_none() {
+        let lines: Vec<DocumentLine> = (0..300)
+            .map(|s| line(&format!("+316{s:08}"), 1_000_000))
+            .collect();
+        let mut inv = invoice(lines, false);
+        inv.number = "DRAFT".into();
+        // Text with a byte outside ASCII (the dash) is written in hex.
+        let watermark = format!("<{}>", hex::encode_upper(win_ansi(PREVIEW_WATERMARK)));
+        let watermark = watermark.as_bytes();
+        let marked = |pdf: &PdfDocument| {
+            contents(&pdf.bytes)
+                .iter()
+                .filter(|c| c.windows(watermark.len()).any(|w| w == watermark))
+                .count()
+        };
+        let preview = render_pdf(&inv, Mark::Preview).unwrap();
+        assert!(preview.pages > 3, "{} pages", preview.pages);
+        assert_eq!(marked(&preview), preview.pages);
+        let last = hex::encode_upper(format!("page {} of {}", preview.pages, preview.pages));
+        assert!(contents(&preview.bytes)
+            .iter()
+            .any(|c| c.windows(last.len()).any(|w| w == last.as_bytes())));
+        assert_eq!(marked(&render_pdf(&inv, Mark::Original).unwrap()), 0);
+    }
+
     #[test]
     fn a_lowering_correction_is_a_credit_note() {
         let doc = render_pdf(
