@@ -1092,6 +1092,53 @@ impl tem_shared::ports::ObjectPut for Objects {
     }
 }
 
+/// A multipart upload into [`Objects`]: its parts joined, put on
+/// completion, nothing on abort.
+struct MemoryUpload {
+    objects: std::sync::Arc<Objects>,
+    bucket: String,
+    key: String,
+    bytes: Vec<u8>,
+}
+
+#[async_trait::async_trait]
+impl tem_shared::billing::specification::PartUpload for MemoryUpload {
+    async fn part(&mut self, bytes: Vec<u8>) -> Result<(), tem_shared::ports::PortError> {
+        self.bytes.extend(bytes);
+        Ok(())
+    }
+
+    async fn complete(&mut self, last: Vec<u8>) -> Result<(), tem_shared::ports::PortError> {
+        use tem_shared::ports::ObjectPut;
+        self.bytes.extend(last);
+        let bytes = std::mem::take(&mut self.bytes);
+        self.objects
+            .put_object(&self.bucket, &self.key, bytes, "application/gzip", &[])
+            .await
+    }
+
+    async fn abort(&mut self) {
+        self.bytes.clear();
+    }
+}
+
+struct MemoryUploads(std::sync::Arc<Objects>);
+
+impl tem_shared::billing::specification::UploadStarter for MemoryUploads {
+    fn start(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Box<dyn tem_shared::billing::specification::PartUpload> {
+        Box::new(MemoryUpload {
+            objects: self.0.clone(),
+            bucket: bucket.into(),
+            key: key.into(),
+            bytes: Vec::new(),
+        })
+    }
+}
+
 impl Objects {
     fn keys(&self) -> Vec<String> {
         self.puts
@@ -1178,7 +1225,8 @@ async fn render_invoice_writes_each_final_invoice_once_with_its_hash_and_a_credi
         tem_shared::adapters::billing::stores(db.pool.clone()),
         Duration::days(5),
     )
-    .with_documents(objects.clone(), "docs".into());
+    .with_documents(objects.clone(), "docs".into())
+    .with_specifications(std::sync::Arc::new(MemoryUploads(objects.clone())));
     let cycle = CyclePayload::new(acme, date(MARCH), Cause::Import);
 
     // March 2025 closed long ago: GenerateInvoice finalises and chains
@@ -1192,7 +1240,15 @@ async fn render_invoice_writes_each_final_invoice_once_with_its_hash_and_a_credi
         next.iter().map(|l| l.step).collect::<Vec<_>>(),
         vec![Step::RenderInvoice]
     );
-    step(&handler, "render-1", Command::RenderInvoice(cycle)).await;
+    let StepOutcome::Continue { next, .. } =
+        step(&handler, "render-1", Command::RenderInvoice(cycle)).await
+    else {
+        panic!("RenderInvoice continues");
+    };
+    assert_eq!(
+        next.iter().map(|l| l.step).collect::<Vec<_>>(),
+        vec![Step::SpecifyInvoice]
+    );
     // Issued now (the handler's clock): the number's year is this year's.
     let first_key = format!(
         "invoices/{acme}/2025-03-01/{}.xml",
@@ -1211,6 +1267,36 @@ async fn render_invoice_writes_each_final_invoice_once_with_its_hash_and_a_credi
     assert_eq!(
         pdf, rendered_pdf.bytes,
         "the PDF renders to the same bytes again"
+    );
+
+    // SpecifyInvoice writes the usage specification beside them, once.
+    step(&handler, "specify-1", Command::SpecifyInvoice(cycle)).await;
+    let first_spec = first_key.replace(".xml", "-specification.csv.gz");
+    assert_eq!(objects.keys().last(), Some(&first_spec));
+    let spec = objects.bytes(&first_spec);
+    let mut csv = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&spec[..]), &mut csv).unwrap();
+    assert_eq!(
+        csv.lines().count(),
+        3,
+        "a header and the cycle's two CDRs:\n{csv}"
+    );
+    let (spec_key, spec_sha, spec_rows): (String, String, i64) = sqlx::query_as(
+        "SELECT key, sha256, cdr_count FROM invoice_specification WHERE invoice_id = $1",
+    )
+    .bind(invoice_of(&db.pool, acme, 0).await)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (spec_key, spec_sha, spec_rows),
+        (first_spec.clone(), sha256_hex(&spec), 2)
+    );
+    step(&handler, "specify-2", Command::SpecifyInvoice(cycle)).await;
+    assert_eq!(
+        objects.keys().len(),
+        3,
+        "a recorded specification is not written again"
     );
     let rendered = render(
         &db.pool,
@@ -1252,7 +1338,7 @@ async fn render_invoice_writes_each_final_invoice_once_with_its_hash_and_a_credi
     step(&handler, "render-2", Command::RenderInvoice(cycle)).await;
     assert_eq!(
         objects.keys().len(),
-        2,
+        3,
         "a recorded document is not written again"
     );
 
@@ -1265,6 +1351,7 @@ async fn render_invoice_writes_each_final_invoice_once_with_its_hash_and_a_credi
     calculate_totals(&db.pool, acme, date(MARCH)).await.unwrap();
     step(&handler, "generate-2", Command::GenerateInvoice(cycle)).await;
     step(&handler, "render-3", Command::RenderInvoice(cycle)).await;
+    step(&handler, "specify-3", Command::SpecifyInvoice(cycle)).await;
     let credit_key = format!(
         "invoices/{acme}/2025-03-01/{}.xml",
         number_of(&db.pool, acme, 1).await
@@ -1275,8 +1362,10 @@ async fn render_invoice_writes_each_final_invoice_once_with_its_hash_and_a_credi
         vec![
             first_key.clone(),
             first_pdf.clone(),
+            first_spec.clone(),
             credit_key.clone(),
-            credit_pdf.clone()
+            credit_pdf.clone(),
+            credit_key.replace(".xml", "-specification.csv.gz"),
         ]
     );
     let credit_type: String =
