@@ -226,9 +226,7 @@ async fn closed_cycle_documents(deployment: &Deployment) -> Result<()> {
     // Acme's cycles start on the 1st: the cycle two months back ended at
     // least 31 days ago, past the 5 days' grace.
     let today = chrono::Utc::now().date_naive();
-    let this_month = today
-        .with_day(1)
-        .context("the first of this month")?;
+    let this_month = today.with_day(1).context("the first of this month")?;
     let cycle = this_month
         .checked_sub_months(chrono::Months::new(2))
         .context("two months back")?;
@@ -285,8 +283,10 @@ async fn closed_cycle_documents(deployment: &Deployment) -> Result<()> {
     if let Some(error) = answer.error {
         anyhow::bail!("the totals function failed ({error}): {}", answer.payload);
     }
-    let (number, blocked): (Option<String>, Option<String>) =
-        wait_for("the closed cycle's invoice", Duration::from_secs(120), || async {
+    let (number, blocked): (Option<String>, Option<String>) = wait_for(
+        "the closed cycle's invoice",
+        Duration::from_secs(120),
+        || async {
             Ok(sqlx::query_as(
                 "SELECT number, blocked_reason FROM invoice
                  WHERE customer_id = $1 AND cycle = $2 AND sequence = 0
@@ -296,8 +296,9 @@ async fn closed_cycle_documents(deployment: &Deployment) -> Result<()> {
             .bind(cycle)
             .fetch_optional(pool)
             .await?)
-        })
-        .await?;
+        },
+    )
+    .await?;
     let Some(number) = number else {
         println!("    not issued: {}", blocked.unwrap_or_default());
         return Ok(());
