@@ -3,6 +3,7 @@
 #
 #   scripts/ubl-validate.sh venv                     # install them only
 #   scripts/ubl-validate.sh OUTDIR DOC:RULESETS ...  # run them (scripts/ubl_validate.py)
+#   scripts/ubl-validate.sh pdf OUTDIR NAME=FILE ... # read PDFs (scripts/pdf_read.py)
 #
 # Pinned with hashes in scripts/requirements-validate.txt, installed from
 # PyPI into $REPO/.venv-validate with --no-deps (each package is there for
@@ -24,5 +25,9 @@ ensure_venv
 
 if [[ "${1:-}" == venv ]]; then
   exit 0
+fi
+if [[ "${1:-}" == pdf ]]; then
+  shift
+  exec "$VENV/bin/python" "$REPO/scripts/pdf_read.py" "$@"
 fi
 exec "$VENV/bin/python" "$REPO/scripts/ubl_validate.py" "$@"

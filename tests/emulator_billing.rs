@@ -133,7 +133,7 @@ async fn a_synced_export_is_totalled_insighted_and_invoiced_before_its_task_comp
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_closed_cycle_from_the_console_is_finalised_and_its_ubl_written_to_the_bucket_with_its_hash(
+async fn a_closed_cycle_from_the_console_is_finalised_and_its_documents_and_specification_written_to_the_bucket_with_their_hashes(
 ) {
     let stack = deploy().await;
     let pool = &stack.db.pool;
@@ -158,7 +158,8 @@ async fn a_closed_cycle_from_the_console_is_finalised_and_its_ubl_written_to_the
     tem_tests::db::mark_imported(pool, &[id]).await;
 
     // March 2025 closed long ago: the chain the console starts finalises
-    // the invoice, and RenderInvoice writes its document.
+    // the invoice, RenderInvoice writes its documents, the UBL and then
+    // the PDF, and SpecifyInvoice its usage specification.
     let answer = stack
         .deployment
         .invoke(
@@ -168,26 +169,47 @@ async fn a_closed_cycle_from_the_console_is_finalised_and_its_ubl_written_to_the
         .await
         .unwrap();
     assert_eq!(answer.error, None, "{}", answer.payload);
-    let (number, key, sha256, size): (String, String, String, i64) =
-        tem_local::deployment::wait_for("the invoice's document", TIMEOUT, || async {
-            sqlx::query_as(
+    let documents: Vec<(String, String, String, i64)> =
+        tem_local::deployment::wait_for("the invoice's documents", TIMEOUT, || async {
+            let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
                 "SELECT i.number, d.key, d.sha256, d.size_bytes
                  FROM invoice_document d JOIN invoice i ON i.id = d.invoice_id
-                 WHERE i.customer_id = $1 AND d.format = 'ubl'",
+                 WHERE i.customer_id = $1
+                 UNION ALL
+                 SELECT i.number, s.key, s.sha256, s.size_bytes
+                 FROM invoice_specification s JOIN invoice i ON i.id = s.invoice_id
+                 WHERE i.customer_id = $1
+",
             )
             .bind(acme)
-            .fetch_optional(pool)
+            .fetch_all(pool)
             .await
-            .map_err(anyhow::Error::from)
+            .map_err(anyhow::Error::from)?;
+            // In S3's order: by the key's bytes.
+            let mut rows = rows;
+            rows.sort_by(|a, b| a.1.cmp(&b.1));
+            Ok::<_, anyhow::Error>((rows.len() == 3).then_some(rows))
         })
         .await
         .unwrap();
-    assert_eq!(key, format!("invoices/{acme}/2025-03-01/{number}.xml"));
-    assert_eq!(sha256.len(), 64);
+    let number = &documents[0].0;
+    let keys: Vec<&str> = documents.iter().map(|d| d.1.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            format!("invoices/{acme}/2025-03-01/{number}-specification.csv.gz"),
+            format!("invoices/{acme}/2025-03-01/{number}.pdf"),
+            format!("invoices/{acme}/2025-03-01/{number}.xml"),
+        ]
+    );
+    assert!(documents.iter().all(|d| d.2.len() == 64));
     let objects = stack.deployment.objects("invoices/").await.unwrap();
     assert_eq!(
         objects,
-        vec![(key, size)],
-        "the recorded object is in the bucket"
+        documents
+            .iter()
+            .map(|d| (d.1.clone(), d.3))
+            .collect::<Vec<_>>(),
+        "the recorded objects are in the bucket"
     );
 }

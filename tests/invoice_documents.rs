@@ -29,7 +29,7 @@ use sqlx::PgPool;
 use tem_shared::adapters::billing::document::PgIssued;
 use tem_shared::adapters::billing::invoice::generate_invoice;
 use tem_shared::adapters::totals::calculate_totals;
-use tem_shared::billing::document::issued::{ubl_of, DocumentError};
+use tem_shared::billing::document::issued::{pdf_of, ubl_of, DocumentError};
 use tem_shared::billing::document::ubl::{DocumentKind, Profile, UblDocument};
 use tem_shared::billing::invoice::InvoiceOutcome;
 use tem_shared::catalog::{self, ApplyOptions};
@@ -710,6 +710,302 @@ async fn a_draft_has_no_document_and_says_so() {
     );
 }
 
+// ---- the PDF -----------------------------------------------------------------
+
+/// What the UBL of an invoice states that its PDF must state too.
+#[derive(Debug, Default)]
+struct UblFacts {
+    number: String,
+    payable: String,
+    /// (category, percent, taxable, VAT) per TaxSubtotal.
+    breakdown: Vec<(String, String, String, String)>,
+}
+
+/// Reads the facts from UBL by path, not by the renderer's layout.
+fn ubl_facts(xml: &[u8]) -> UblFacts {
+    let mut reader = Reader::from_reader(xml);
+    let mut path: Vec<String> = Vec::new();
+    let mut facts = UblFacts::default();
+    let mut subtotal = (String::new(), String::new(), String::new(), String::new());
+    loop {
+        match reader.read_event().expect("the UBL is XML") {
+            Event::Start(e) => {
+                path.push(String::from_utf8_lossy(e.local_name().as_ref()).into_owned());
+            }
+            Event::End(e) => {
+                if e.local_name().as_ref() == b"TaxSubtotal" {
+                    facts.breakdown.push(std::mem::take(&mut subtotal));
+                }
+                path.pop();
+            }
+            Event::Text(t) => {
+                let text = t.decode().unwrap_or_default().into_owned();
+                let at: Vec<&str> = path.iter().skip(1).map(String::as_str).collect();
+                match at.as_slice() {
+                    ["ID"] => facts.number = text,
+                    ["LegalMonetaryTotal", "PayableAmount"] => facts.payable = text,
+                    ["TaxTotal", "TaxSubtotal", "TaxableAmount"] => subtotal.2 = text,
+                    ["TaxTotal", "TaxSubtotal", "TaxAmount"] => subtotal.3 = text,
+                    ["TaxTotal", "TaxSubtotal", "TaxCategory", "ID"] => subtotal.0 = text,
+                    ["TaxTotal", "TaxSubtotal", "TaxCategory", "Percent"] => subtotal.1 = text,
+                    _ => {}
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    facts
+}
+
+/// A PDF as PDFium reads it (scripts/pdf_read.py): its pages' text and
+/// how much ink its first and last page show.
+#[derive(Debug, serde::Deserialize)]
+struct PdfReading {
+    pages: usize,
+    text: Vec<String>,
+    rendered: Vec<RenderedPage>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct RenderedPage {
+    page: usize,
+    ink: f64,
+}
+
+impl PdfReading {
+    /// The text's lines, each with its runs of spaces made one.
+    fn lines(&self) -> Vec<String> {
+        self.text
+            .iter()
+            .flat_map(|page| page.lines())
+            .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|line| !line.is_empty())
+            .collect()
+    }
+
+    fn has_line(&self, wanted: impl Fn(&str) -> bool) -> bool {
+        self.lines().iter().any(|l| wanted(l))
+    }
+}
+
+/// Renders and reads each PDF with PDFium (pinned in
+/// scripts/requirements-validate.txt).
+fn read_pdfs(documents: &[(&str, &[u8])]) -> BTreeMap<String, PdfReading> {
+    let dir = std::env::temp_dir().join(format!("tem-pdf-{}", uuid::Uuid::new_v4().simple()));
+    let out = dir.join("read");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut args = vec!["pdf".to_string(), out.display().to_string()];
+    for (name, bytes) in documents {
+        let path = dir.join(format!("{name}.pdf"));
+        std::fs::write(&path, bytes).unwrap();
+        args.push(format!("{name}={}", path.display()));
+    }
+    let run = Command::new(repo().join("scripts/ubl-validate.sh"))
+        .args(&args)
+        .output()
+        .expect("scripts/ubl-validate.sh runs (bash, python3 with venv)");
+    assert!(
+        run.status.success(),
+        "PDFium failed to read the PDFs: {}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut readings = BTreeMap::new();
+    for (name, _) in documents {
+        let json = std::fs::read_to_string(out.join(format!("{name}.json")))
+            .expect("the reader wrote its JSON");
+        readings.insert(
+            name.to_string(),
+            serde_json::from_str(&json).expect("the reader's JSON"),
+        );
+    }
+    if std::env::var_os("TEM_KEEP_PDF").is_none() {
+        std::fs::remove_dir_all(&dir).ok();
+    } else {
+        eprintln!("PDFs and their first pages kept in {}", dir.display());
+    }
+    readings
+}
+
+/// The PDF states the UBL's number, amount due and VAT breakdown, and its
+/// first page is not blank.
+fn assert_pdf_states(reading: &PdfReading, ubl: &UblFacts, due_label: &str, what: &str) {
+    let lines = reading.lines();
+    assert!(
+        lines.iter().any(|l| l.contains(&ubl.number)),
+        "{what}: the PDF does not state number {} in\n{lines:#?}",
+        ubl.number
+    );
+    let due = format!("{due_label} EUR {}", ubl.payable);
+    assert!(
+        reading.has_line(|l| l.ends_with(&due)),
+        "{what}: no line ends with {due:?} in\n{lines:#?}"
+    );
+    assert!(!ubl.breakdown.is_empty(), "{what}: the UBL has a breakdown");
+    for (category, percent, taxable, vat) in &ubl.breakdown {
+        let row = format!("{percent}% {taxable} {vat}");
+        assert!(
+            reading.has_line(|l| l.starts_with(&format!("{category} ")) && l.ends_with(&row)),
+            "{what}: no VAT row {category} ... {row:?} in\n{lines:#?}"
+        );
+    }
+    let first = reading
+        .rendered
+        .iter()
+        .find(|p| p.page == 1)
+        .expect("the first page was rendered");
+    assert!(
+        first.ink > 0.01,
+        "{what}: the first page renders (almost) blank: {:.4} of its pixels have ink",
+        first.ink
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("PREVIEW")),
+        "{what}: an invoice is no preview"
+    );
+}
+
+#[tokio::test]
+async fn the_pdf_read_by_pdfium_states_the_number_amount_due_and_vat_breakdown_of_its_ubl() {
+    let db = fresh().await;
+    apply_catalog(&db.pool).await;
+    let acme = customer_id(&db.pool, "acme").await;
+    let brussels = customer_id(&db.pool, "brussels").await;
+    subscription(&db.pool, acme, "+31611111111").await;
+    subscription(&db.pool, acme, "+31611111112").await;
+    subscription(&db.pool, brussels, "+31622222222").await;
+    let withdrawn = cdr(
+        &db.pool,
+        acme,
+        "+31611111111",
+        "c1",
+        "2025-03-10 10:00:00+00",
+        "voice",
+        "home",
+        (60, 0, 0),
+        12_345_678,
+    )
+    .await;
+    for (n, subscription) in ["+31611111111", "+31611111112"].iter().enumerate() {
+        cdr(
+            &db.pool,
+            acme,
+            subscription,
+            &format!("d{n}"),
+            "2025-03-11 10:00:00+00",
+            "data",
+            "eu",
+            (0, 5_000_000, 0),
+            1_004_999,
+        )
+        .await;
+    }
+    cdr(
+        &db.pool,
+        brussels,
+        "+31622222222",
+        "b1",
+        "2025-03-10 10:00:00+00",
+        "voice",
+        "world",
+        (300, 0, 0),
+        10_000_000,
+    )
+    .await;
+    let nl = invoice_id(&bill(&db.pool, acme, ISSUED_AT).await);
+    let be = invoice_id(&bill(&db.pool, brussels, ISSUED_AT).await);
+    sqlx::query("DELETE FROM call_detail_record WHERE id = $1")
+        .bind(withdrawn)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let credit = invoice_id(&bill(&db.pool, acme, "2025-04-10T10:00:00Z").await);
+
+    let store = PgIssued::new(db.pool.clone());
+    let mut documents = Vec::new();
+    for (name, id) in [("nl", nl), ("be", be), ("credit", credit)] {
+        let ubl = render(&db.pool, id, Profile::PeppolBis).await;
+        let (_, pdf) = pdf_of(&store, id)
+            .await
+            .expect("an issued invoice has a PDF");
+        assert_eq!(
+            pdf.kind, ubl.kind,
+            "{name}: the PDF is the same kind of document"
+        );
+        assert_eq!(
+            pdf_of(&store, id).await.unwrap().1.bytes,
+            pdf.bytes,
+            "{name}: rendering again gives the same bytes"
+        );
+        documents.push((name, ubl_facts(&ubl.xml), pdf.bytes));
+    }
+    let readings = read_pdfs(
+        &documents
+            .iter()
+            .map(|(name, _, pdf)| (*name, pdf.as_slice()))
+            .collect::<Vec<_>>(),
+    );
+
+    let (_, nl_ubl, _) = &documents[0];
+    assert_eq!(
+        nl_ubl.payable, "17.36",
+        "12.35 + 1.00 + 1.00 net, 21% VAT 3.01"
+    );
+    assert_pdf_states(&readings["nl"], nl_ubl, "Amount due", "the Dutch invoice");
+    let nl_pdf = &readings["nl"];
+    for expected in [
+        "Subscription +31611111111",
+        "Subscription +31611111112",
+        "Subtotal +31611111111 13.35",
+        "Subtotal +31611111112 1.00",
+        "IBAN NL91 ABNA 0417 1643 00",
+        "Payment reference 2025-000001",
+        "Due date 2025-05-06",
+    ] {
+        assert!(
+            nl_pdf.has_line(|l| l.contains(expected)),
+            "{expected:?} missing in\n{:#?}",
+            nl_pdf.lines()
+        );
+    }
+
+    let (_, be_ubl, _) = &documents[1];
+    assert_eq!(be_ubl.breakdown[0].0, "AE");
+    assert_pdf_states(
+        &readings["be"],
+        be_ubl,
+        "Amount due",
+        "the reverse-charge invoice",
+    );
+    assert!(
+        readings["be"].has_line(|l| l.contains("Reverse charge / BTW verlegd")),
+        "the reverse-charge note: {:#?}",
+        readings["be"].lines()
+    );
+    assert!(readings["be"].has_line(|l| l.contains("VAT number BE0123456749")));
+
+    let (_, credit_ubl, _) = &documents[2];
+    assert_pdf_states(
+        &readings["credit"],
+        credit_ubl,
+        "Amount credited",
+        "the credit note",
+    );
+    let credit_pdf = &readings["credit"];
+    assert!(
+        credit_pdf.has_line(|l| l == "Credit note"),
+        "{:#?}",
+        credit_pdf.lines()
+    );
+    assert!(
+        credit_pdf.has_line(|l| l.contains("Credits invoice 2025-000001 of 2025-04-06")),
+        "{:#?}",
+        credit_pdf.lines()
+    );
+    assert_eq!(credit_pdf.pages, 1);
+}
+
 // ---- the harness can fail ---------------------------------------------------
 
 #[tokio::test]
@@ -793,6 +1089,53 @@ impl tem_shared::ports::ObjectPut for Objects {
             .expect("no test thread panicked holding it")
             .push((bucket.into(), key.into(), bytes));
         Ok(())
+    }
+}
+
+/// A multipart upload into [`Objects`]: its parts joined, put on
+/// completion, nothing on abort.
+struct MemoryUpload {
+    objects: std::sync::Arc<Objects>,
+    bucket: String,
+    key: String,
+    bytes: Vec<u8>,
+}
+
+#[async_trait::async_trait]
+impl tem_shared::billing::specification::PartUpload for MemoryUpload {
+    async fn part(&mut self, bytes: Vec<u8>) -> Result<(), tem_shared::ports::PortError> {
+        self.bytes.extend(bytes);
+        Ok(())
+    }
+
+    async fn complete(&mut self, last: Vec<u8>) -> Result<(), tem_shared::ports::PortError> {
+        use tem_shared::ports::ObjectPut;
+        self.bytes.extend(last);
+        let bytes = std::mem::take(&mut self.bytes);
+        self.objects
+            .put_object(&self.bucket, &self.key, bytes, "application/gzip", &[])
+            .await
+    }
+
+    async fn abort(&mut self) {
+        self.bytes.clear();
+    }
+}
+
+struct MemoryUploads(std::sync::Arc<Objects>);
+
+impl tem_shared::billing::specification::UploadStarter for MemoryUploads {
+    fn start(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Box<dyn tem_shared::billing::specification::PartUpload> {
+        Box::new(MemoryUpload {
+            objects: self.0.clone(),
+            bucket: bucket.into(),
+            key: key.into(),
+            bytes: Vec::new(),
+        })
     }
 }
 
@@ -882,7 +1225,8 @@ async fn render_invoice_writes_each_final_invoice_once_with_its_hash_and_a_credi
         tem_shared::adapters::billing::stores(db.pool.clone()),
         Duration::days(5),
     )
-    .with_documents(objects.clone(), "docs".into());
+    .with_documents(objects.clone(), "docs".into())
+    .with_specifications(std::sync::Arc::new(MemoryUploads(objects.clone())));
     let cycle = CyclePayload::new(acme, date(MARCH), Cause::Import);
 
     // March 2025 closed long ago: GenerateInvoice finalises and chains
@@ -896,14 +1240,64 @@ async fn render_invoice_writes_each_final_invoice_once_with_its_hash_and_a_credi
         next.iter().map(|l| l.step).collect::<Vec<_>>(),
         vec![Step::RenderInvoice]
     );
-    step(&handler, "render-1", Command::RenderInvoice(cycle)).await;
+    let StepOutcome::Continue { next, .. } =
+        step(&handler, "render-1", Command::RenderInvoice(cycle)).await
+    else {
+        panic!("RenderInvoice continues");
+    };
+    assert_eq!(
+        next.iter().map(|l| l.step).collect::<Vec<_>>(),
+        vec![Step::SpecifyInvoice]
+    );
     // Issued now (the handler's clock): the number's year is this year's.
     let first_key = format!(
         "invoices/{acme}/2025-03-01/{}.xml",
         number_of(&db.pool, acme, 0).await
     );
-    assert_eq!(objects.keys(), vec![first_key.clone()]);
+    let first_pdf = first_key.replace(".xml", ".pdf");
+    assert_eq!(objects.keys(), vec![first_key.clone(), first_pdf.clone()]);
     let bytes = objects.bytes(&first_key);
+    let pdf = objects.bytes(&first_pdf);
+    let (_, rendered_pdf) = pdf_of(
+        &PgIssued::new(db.pool.clone()),
+        invoice_of(&db.pool, acme, 0).await,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        pdf, rendered_pdf.bytes,
+        "the PDF renders to the same bytes again"
+    );
+
+    // SpecifyInvoice writes the usage specification beside them, once.
+    step(&handler, "specify-1", Command::SpecifyInvoice(cycle)).await;
+    let first_spec = first_key.replace(".xml", "-specification.csv.gz");
+    assert_eq!(objects.keys().last(), Some(&first_spec));
+    let spec = objects.bytes(&first_spec);
+    let mut csv = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&spec[..]), &mut csv).unwrap();
+    assert_eq!(
+        csv.lines().count(),
+        3,
+        "a header and the cycle's two CDRs:\n{csv}"
+    );
+    let (spec_key, spec_sha, spec_rows): (String, String, i64) = sqlx::query_as(
+        "SELECT key, sha256, cdr_count FROM invoice_specification WHERE invoice_id = $1",
+    )
+    .bind(invoice_of(&db.pool, acme, 0).await)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (spec_key, spec_sha, spec_rows),
+        (first_spec.clone(), sha256_hex(&spec), 2)
+    );
+    step(&handler, "specify-2", Command::SpecifyInvoice(cycle)).await;
+    assert_eq!(
+        objects.keys().len(),
+        3,
+        "a recorded specification is not written again"
+    );
     let rendered = render(
         &db.pool,
         invoice_of(&db.pool, acme, 0).await,
@@ -913,28 +1307,38 @@ async fn render_invoice_writes_each_final_invoice_once_with_its_hash_and_a_credi
     assert_eq!(bytes, rendered.xml, "the object is the document");
     let rows: Vec<(i64, String, String, String, String, i64)> = sqlx::query_as(
         "SELECT invoice_id, document_type, bucket, key, sha256, size_bytes
-         FROM invoice_document ORDER BY invoice_id",
+         FROM invoice_document ORDER BY invoice_id, format DESC",
     )
     .fetch_all(&db.pool)
     .await
     .unwrap();
     assert_eq!(
         rows,
-        vec![(
-            invoice_of(&db.pool, acme, 0).await,
-            "invoice".to_string(),
-            "docs".to_string(),
-            first_key.clone(),
-            sha256_hex(&bytes),
-            i64::try_from(bytes.len()).unwrap(),
-        )]
+        vec![
+            (
+                invoice_of(&db.pool, acme, 0).await,
+                "invoice".to_string(),
+                "docs".to_string(),
+                first_key.clone(),
+                sha256_hex(&bytes),
+                i64::try_from(bytes.len()).unwrap(),
+            ),
+            (
+                invoice_of(&db.pool, acme, 0).await,
+                "invoice".to_string(),
+                "docs".to_string(),
+                first_pdf.clone(),
+                sha256_hex(&pdf),
+                i64::try_from(pdf.len()).unwrap(),
+            )
+        ]
     );
 
     // Again (a redelivery, or the chain of a later import): nothing new.
     step(&handler, "render-2", Command::RenderInvoice(cycle)).await;
     assert_eq!(
         objects.keys().len(),
-        1,
+        3,
         "a recorded document is not written again"
     );
 
@@ -947,11 +1351,23 @@ async fn render_invoice_writes_each_final_invoice_once_with_its_hash_and_a_credi
     calculate_totals(&db.pool, acme, date(MARCH)).await.unwrap();
     step(&handler, "generate-2", Command::GenerateInvoice(cycle)).await;
     step(&handler, "render-3", Command::RenderInvoice(cycle)).await;
+    step(&handler, "specify-3", Command::SpecifyInvoice(cycle)).await;
     let credit_key = format!(
         "invoices/{acme}/2025-03-01/{}.xml",
         number_of(&db.pool, acme, 1).await
     );
-    assert_eq!(objects.keys(), vec![first_key.clone(), credit_key.clone()]);
+    let credit_pdf = credit_key.replace(".xml", ".pdf");
+    assert_eq!(
+        objects.keys(),
+        vec![
+            first_key.clone(),
+            first_pdf.clone(),
+            first_spec.clone(),
+            credit_key.clone(),
+            credit_pdf.clone(),
+            credit_key.replace(".xml", "-specification.csv.gz"),
+        ]
+    );
     let credit_type: String =
         sqlx::query_scalar("SELECT document_type FROM invoice_document WHERE key = $1")
             .bind(&credit_key)

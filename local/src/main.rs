@@ -204,7 +204,131 @@ async fn main() -> Result<()> {
     print_insights_and_invoices(&deployment).await?;
     print_cost_allocations(&deployment).await?;
     print_one_timeline(&deployment, &finished).await?;
+    closed_cycle_documents(&deployment).await?;
     println!("The emulator keeps running (scripts/emulator.sh stop ends it).");
+    Ok(())
+}
+
+/// The demo's cycles are all open (their CDRs are yesterday's), so their
+/// invoices are drafts without documents. This gives Acme a few calls in a
+/// cycle that closed two months ago, sends that cycle to the totals
+/// function as an operator's console command would, and waits for the
+/// chain to finalise the invoice (GenerateInvoice), render its UBL and PDF
+/// (RenderInvoice) and write its usage specification (SpecifyInvoice);
+/// then prints what the bucket holds under `invoices/`.
+async fn closed_cycle_documents(deployment: &Deployment) -> Result<()> {
+    use chrono::Datelike;
+    let pool = &deployment.pool;
+    let acme: i64 = sqlx::query_scalar("SELECT id FROM customer WHERE code = 'acme'")
+        .fetch_one(pool)
+        .await
+        .context("the demo customer acme")?;
+    // Acme's cycles start on the 1st: the cycle two months back ended at
+    // least 31 days ago, past the 5 days' grace.
+    let today = chrono::Utc::now().date_naive();
+    let this_month = today.with_day(1).context("the first of this month")?;
+    let cycle = this_month
+        .checked_sub_months(chrono::Months::new(2))
+        .context("two months back")?;
+    println!("==> a closed cycle's invoice documents (acme, cycle {cycle}, as a console command)");
+    let calls = [
+        ("+31612340000", 3, 95, 41_000),
+        ("+31612340000", 9, 620, 212_000),
+        ("+31612340003", 12, 48, 19_000),
+        ("+31612340003", 20, 1_810, 615_000),
+    ];
+    let mut ids = Vec::new();
+    for (n, (subscription, day, seconds, cost)) in calls.into_iter().enumerate() {
+        let started = cycle + chrono::Duration::days(day);
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO call_detail_record (provider, external_id, subscription, customer_id, started_at, kind, direction,
+                destination, roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros, import_file_id, source_line)
+             VALUES ('kpn_sp16', $1, $2, $3, ($4::date + time '10:00') AT TIME ZONE 'UTC', 'voice', 'outgoing', '+31201234567',
+                     'home', $5, 0, 0, $6, coalesce((SELECT min(id) FROM import_file), 0), $7)
+             ON CONFLICT DO NOTHING
+             RETURNING id",
+        )
+        .bind(format!("demo-closed-{cycle}-{n}"))
+        .bind(subscription)
+        .bind(acme)
+        .bind(started)
+        .bind(seconds)
+        .bind(cost)
+        .bind(n as i64 + 1)
+        .fetch_optional(pool)
+        .await
+        .context("insert the closed cycle's calls")?
+        .unwrap_or_default();
+        if id != 0 {
+            ids.push(id);
+        }
+    }
+    // As an import does: mark the cycle changed, so CalculateTotals rates it.
+    sqlx::query(
+        "INSERT INTO cycle_change (customer_id, cycle, changed_from, source)
+         SELECT r.customer_id, $2::date, min(r.started_at), 'import'
+         FROM call_detail_record r WHERE r.id = ANY($1) GROUP BY 1",
+    )
+    .bind(&ids)
+    .bind(cycle)
+    .execute(pool)
+    .await
+    .context("mark the closed cycle changed")?;
+    let answer = deployment
+        .invoke(
+            "TotalsFunctionName",
+            &json!({"customer_id": acme, "cycle": cycle.to_string()}),
+        )
+        .await?;
+    if let Some(error) = answer.error {
+        anyhow::bail!("the totals function failed ({error}): {}", answer.payload);
+    }
+    let (number, blocked): (Option<String>, Option<String>) = wait_for(
+        "the closed cycle's invoice",
+        Duration::from_secs(120),
+        || async {
+            Ok(sqlx::query_as(
+                "SELECT number, blocked_reason FROM invoice
+                 WHERE customer_id = $1 AND cycle = $2 AND sequence = 0
+                   AND (status = 'final' OR blocked_reason IS NOT NULL)",
+            )
+            .bind(acme)
+            .bind(cycle)
+            .fetch_optional(pool)
+            .await?)
+        },
+    )
+    .await?;
+    let Some(number) = number else {
+        println!("    not issued: {}", blocked.unwrap_or_default());
+        return Ok(());
+    };
+    println!("    invoice {number} is final");
+    let recorded = wait_for(
+        "its UBL, PDF and usage specification",
+        Duration::from_secs(120),
+        || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT (SELECT count(*) FROM invoice_document d WHERE d.invoice_id = i.id)
+                      + (SELECT count(*) FROM invoice_specification s WHERE s.invoice_id = i.id)
+                 FROM invoice i WHERE i.customer_id = $1 AND i.cycle = $2 AND i.sequence = 0",
+            )
+            .bind(acme)
+            .bind(cycle)
+            .fetch_one(pool)
+            .await?;
+            Ok((n == 3).then_some(n))
+        },
+    )
+    .await;
+    if let Err(e) = recorded {
+        println!("    {e}; `temctl failed list` shows a step that failed");
+    }
+    let bucket = deployment.output("CdrBucketName");
+    println!("==> s3://{bucket}/invoices/");
+    for (key, size) in deployment.objects("invoices/").await? {
+        println!("    {key}  ({size} bytes)");
+    }
     Ok(())
 }
 

@@ -40,6 +40,7 @@ pub enum Command {
     BillingInsight(CyclePayload),
     GenerateInvoice(CyclePayload),
     RenderInvoice(CyclePayload),
+    SpecifyInvoice(CyclePayload),
 }
 
 /// One period of one sync profile: what every step of a provider sync is
@@ -207,7 +208,8 @@ pub fn expected(step: Step) -> &'static str {
         | Step::BackupTotals
         | Step::BillingInsight
         | Step::GenerateInvoice
-        | Step::RenderInvoice => {
+        | Step::RenderInvoice
+        | Step::SpecifyInvoice => {
             r#"{"customer_id": 1, "cycle": "YYYY-MM-DD", "cause"?: "console" (or import, late_subscription, rerating, cycle_closed, backfill)}"#
         }
     }
@@ -251,6 +253,7 @@ impl Command {
             Step::BillingInsight => Command::BillingInsight(parse(step, payload)?),
             Step::GenerateInvoice => Command::GenerateInvoice(parse(step, payload)?),
             Step::RenderInvoice => Command::RenderInvoice(parse(step, payload)?),
+            Step::SpecifyInvoice => Command::SpecifyInvoice(parse(step, payload)?),
         })
     }
 
@@ -268,6 +271,7 @@ impl Command {
             Command::BillingInsight(_) => Step::BillingInsight,
             Command::GenerateInvoice(_) => Step::GenerateInvoice,
             Command::RenderInvoice(_) => Step::RenderInvoice,
+            Command::SpecifyInvoice(_) => Step::SpecifyInvoice,
         }
     }
 
@@ -285,7 +289,8 @@ impl Command {
             | Command::BackupTotals(p)
             | Command::BillingInsight(p)
             | Command::GenerateInvoice(p)
-            | Command::RenderInvoice(p) => to_payload(p),
+            | Command::RenderInvoice(p)
+            | Command::SpecifyInvoice(p) => to_payload(p),
         }
     }
 
@@ -361,6 +366,7 @@ mod tests {
             Command::BillingInsight(cycle),
             Command::GenerateInvoice(cycle),
             Command::RenderInvoice(cycle),
+            Command::SpecifyInvoice(cycle),
         ];
         let steps: Vec<Step> = commands.iter().map(Command::step).collect();
         assert_eq!(steps, Step::ALL, "one command of every step, in order");

@@ -43,12 +43,14 @@ pub enum Step {
     BillingInsight,
     /// Write the cycle's draft invoice, finalise it, or add a correction.
     GenerateInvoice,
-    /// Write the documents of the cycle's final invoices to S3 (UBL).
+    /// Write the documents of the cycle's final invoices to S3 (UBL, PDF).
     RenderInvoice,
+    /// Write the usage specification of the cycle's final invoices to S3.
+    SpecifyInvoice,
 }
 
 impl Step {
-    pub const ALL: [Step; 12] = [
+    pub const ALL: [Step; 13] = [
         Step::SyncProfile,
         Step::RoutitRequestExport,
         Step::RoutitPollExport,
@@ -61,6 +63,7 @@ impl Step {
         Step::BillingInsight,
         Step::GenerateInvoice,
         Step::RenderInvoice,
+        Step::SpecifyInvoice,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -77,6 +80,7 @@ impl Step {
             Step::BillingInsight => "BillingInsight",
             Step::GenerateInvoice => "GenerateInvoice",
             Step::RenderInvoice => "RenderInvoice",
+            Step::SpecifyInvoice => "SpecifyInvoice",
         }
     }
 }

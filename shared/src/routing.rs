@@ -132,7 +132,8 @@ impl Router {
             | Step::BackupTotals
             | Step::BillingInsight
             | Step::GenerateInvoice
-            | Step::RenderInvoice => self
+            | Step::RenderInvoice
+            | Step::SpecifyInvoice => self
                 .totals_queue
                 .as_deref()
                 .ok_or_else(|| RoutingError::QueueNotConfigured("totals".into())),

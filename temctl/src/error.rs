@@ -57,6 +57,11 @@ pub enum CliError {
     Invoice(#[from] tem_shared::billing::invoice_view::InvoiceViewError),
     #[error(transparent)]
     Specification(tem_shared::billing::specification::SpecificationError),
+    #[error("cannot write {path}: {source}; check that its folder exists and is writable")]
+    WriteFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot write the summary to stdout: {0}")]
     Output(#[from] std::io::Error),
 }

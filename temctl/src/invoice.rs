@@ -45,8 +45,10 @@ pub enum InvoiceCommand {
     /// cycle, CSV, gzip) to S3, next to the invoice, and record it.
     Specify(SpecifyArgs),
     /// A draft's lines and document amounts as it would be issued now:
-    /// marked PREVIEW, without a number. (The UBL/PDF preview comes with
-    /// the document rendering.)
+    /// marked PREVIEW, without a number; with --ubl/--pdf also as UBL
+    /// (with a PREVIEW note) and as a PDF watermarked "PREVIEW — NOT AN
+    /// INVOICE" on every page, numbered DRAFT. Writes nothing to S3 and
+    /// takes no number.
     Preview(PreviewArgs),
 }
 
@@ -119,6 +121,12 @@ pub struct PreviewArgs {
     pub cycle: NaiveDate,
     #[arg(long)]
     pub json: bool,
+    /// Also write the preview as UBL to FILE (- for stdout).
+    #[arg(long, value_name = "FILE")]
+    pub ubl: Option<PathBuf>,
+    /// Also write the preview as a watermarked PDF to FILE (- for stdout).
+    #[arg(long, value_name = "FILE")]
+    pub pdf: Option<PathBuf>,
 }
 
 fn parse_ref(s: &str) -> Result<InvoiceRef, String> {
@@ -235,6 +243,34 @@ pub async fn run(args: InvoiceArgs) -> Result<(), CliError> {
                 Utc::now(),
             )
             .await?;
+            if a.ubl.is_some() || a.pdf.is_some() {
+                let (ubl, pdf) = invoice_view::preview_documents(&preview)?;
+                let to_stdout = |p: &PathBuf| p.as_os_str() == "-";
+                for (path, bytes, what) in [(&a.ubl, ubl.xml, "UBL"), (&a.pdf, pdf.bytes, "PDF")] {
+                    let Some(path) = path else { continue };
+                    if to_stdout(path) {
+                        out.write_all(&bytes)?;
+                    } else {
+                        std::fs::write(path, &bytes).map_err(|source| CliError::WriteFile {
+                            path: path.display().to_string(),
+                            source,
+                        })?;
+                        // On stderr: stdout may carry the other document.
+                        eprintln!(
+                            "preview {what} (not an invoice, numbered {}) written to {}",
+                            invoice_view::PREVIEW_NUMBER,
+                            path.display()
+                        );
+                    }
+                }
+                // A document on stdout stays alone there.
+                if [&a.ubl, &a.pdf]
+                    .iter()
+                    .any(|p| p.as_ref().is_some_and(to_stdout))
+                {
+                    return Ok(());
+                }
+            }
             if a.json {
                 let value = serde_json::json!({
                     "preview": true,

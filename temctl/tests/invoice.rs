@@ -18,6 +18,7 @@ use support::{stderr, stdout, TempDir};
 use tem_shared::adapters::billing::invoice::generate_invoice;
 use tem_shared::adapters::s3_client;
 use tem_shared::adapters::totals::calculate_totals;
+use tem_shared::billing::document::pdf::{win_ansi, PREVIEW_WATERMARK};
 use tem_shared::billing::invoice::InvoiceOutcome;
 use tem_tests::db::{
     fresh, insert_billing_details, insert_business_customer, insert_customer_on_plan, mark_imported,
@@ -343,6 +344,84 @@ async fn an_operator_lists_shows_specifies_downloads_and_presigns_an_invoice_and
         "{text}"
     );
     assert_eq!(counter().await, before, "a preview takes no number");
+
+    // the preview as documents: the UBL with its PREVIEW note and no
+    // number, the PDF watermarked on every page; still no number taken,
+    // and nothing written to S3
+    let ubl_file = dir.0.join("preview.xml");
+    let documents = temctl(
+        &db.url,
+        &dir.0,
+        &[
+            "invoice",
+            "preview",
+            &gamma.to_string(),
+            "2025-03-01",
+            "--ubl",
+            ubl_file.to_str().unwrap(),
+            "--pdf",
+            "-",
+        ],
+    );
+    assert!(documents.status.success(), "{}", stderr(&documents));
+    assert!(
+        stderr(&documents).contains("preview UBL (not an invoice, numbered DRAFT) written to"),
+        "{}",
+        stderr(&documents)
+    );
+    let xml = std::fs::read_to_string(&ubl_file).unwrap();
+    for expected in [
+        "<cbc:ID>DRAFT</cbc:ID>",
+        "<cbc:Note>PREVIEW \u{2014} NOT AN INVOICE: a draft as it would be issued now",
+        "<cbc:PayableAmount currencyID=\"EUR\">4.48</cbc:PayableAmount>",
+    ] {
+        assert!(xml.contains(expected), "{expected} missing in\n{xml}");
+    }
+    let pdf = &documents.stdout;
+    assert!(pdf.starts_with(b"%PDF-"), "the PDF alone is on stdout");
+    let watermark = format!("<{}>", hex::encode_upper(win_ansi(PREVIEW_WATERMARK)));
+    let pages = pdf.windows(9).filter(|w| w == b"/MediaBox").count();
+    let marked = inflated_streams(pdf)
+        .iter()
+        .filter(|c| {
+            c.windows(watermark.len())
+                .any(|w| w == watermark.as_bytes())
+        })
+        .count();
+    assert!(pages >= 1);
+    assert_eq!(marked, pages, "every page carries the watermark");
+    assert_eq!(counter().await, before, "a preview takes no number");
+    let written = s3_client(&emulator().sdk_config().await)
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix(format!("invoices/{gamma}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        written.key_count(),
+        Some(0),
+        "a preview writes nothing to S3"
+    );
+    let refused = temctl(
+        &db.url,
+        &dir.0,
+        &[
+            "invoice",
+            "preview",
+            &beta.to_string(),
+            "2025-03-01",
+            "--pdf",
+            "beta.pdf",
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("could not be issued now, so it has no preview documents"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!dir.0.join("beta.pdf").exists());
     let blocked = temctl(
         &db.url,
         &dir.0,
@@ -366,4 +445,22 @@ async fn an_operator_lists_shows_specifies_downloads_and_presigns_an_invoice_and
         "{}",
         stderr(&none)
     );
+}
+
+/// The content streams of a PDF that tem wrote (pdf-writer, deflated).
+fn inflated_streams(pdf: &[u8]) -> Vec<Vec<u8>> {
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(p) = find(&pdf[at..], b">>\nstream\n") {
+        let start = at + p + 10;
+        let end = start + find(&pdf[start..], b"\nendstream").expect("a stream ends");
+        let mut inflated = Vec::new();
+        flate2::read::ZlibDecoder::new(&pdf[start..end])
+            .read_to_end(&mut inflated)
+            .expect("a content stream inflates");
+        out.push(inflated);
+        at = end;
+    }
+    out
 }

@@ -2,14 +2,16 @@
 //! GenerateInvoice from the totals queue, or one cycle from the console
 //! (`{"customer_id": 1, "cycle": "2025-01-01"}` as a DispatchTotals payload).
 //! Its schedule finalises the invoices of cycles whose grace period ended.
-//! RenderInvoice writes the final invoices' documents into DOCUMENT_BUCKET.
+//! RenderInvoice writes the final invoices' documents into DOCUMENT_BUCKET,
+//! and SpecifyInvoice their usage specifications (multipart uploads).
 
 use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use tem_shared::adapters::billing::stores;
-use tem_shared::adapters::{s3::S3Objects, s3_client};
+use tem_shared::adapters::s3::{S3Objects, S3Uploads};
+use tem_shared::adapters::s3_client;
 use tem_shared::billing::handler::{Totals, TotalsInput};
 use tem_shared::billing::sweep::sweep_due_invoices;
 use tem_shared::bootstrap::Platform;
@@ -27,10 +29,10 @@ async fn main() -> Result<(), Error> {
     let document_bucket = env.required("DOCUMENT_BUCKET")?;
     let stores = stores(platform.pool.clone());
     let invoices = stores.invoices.clone();
-    let totals = Totals::new(stores, grace).with_documents(
-        Arc::new(S3Objects::new(s3_client(&platform.aws))),
-        document_bucket,
-    );
+    let s3 = s3_client(&platform.aws);
+    let totals = Totals::new(stores, grace)
+        .with_documents(Arc::new(S3Objects::new(s3.clone())), document_bucket)
+        .with_specifications(Arc::new(S3Uploads::new(s3)));
     let runtime = platform.chain_runtime(&env, Arc::new(totals))?;
     let (runtime, platform, totals_queue) = (&runtime, &platform, totals_queue.as_str());
     let invoices = invoices.as_ref();

@@ -357,6 +357,30 @@ impl crate::import::importer::RejectStore for S3Rejects {
 /// documents too big to hold (the usage specification). An object of one
 /// part is a plain PutObject instead; an aborted upload leaves nothing (S3
 /// would otherwise keep, and bill, its parts).
+/// Starts an S3 multipart upload per specification (the SpecifyInvoice
+/// step's [`UploadStarter`]).
+#[derive(Clone)]
+pub struct S3Uploads {
+    client: Client,
+}
+
+impl S3Uploads {
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+}
+
+impl crate::billing::specification::UploadStarter for S3Uploads {
+    fn start(&self, bucket: &str, key: &str) -> Box<dyn crate::billing::specification::PartUpload> {
+        Box::new(S3MultipartUpload::new(
+            self.client.clone(),
+            bucket,
+            key,
+            crate::billing::specification::CONTENT_TYPE,
+        ))
+    }
+}
+
 pub struct S3MultipartUpload {
     client: Client,
     bucket: String,

@@ -11,6 +11,9 @@
 //! `RenderInvoice`, which writes the documents the cycle's final invoices
 //! lack (`billing::document::rendering`; one read when none is missing). A
 //! draft has no document, so an open cycle's chain ends at its invoice.
+//! After RenderInvoice comes `SpecifyInvoice`, which writes the usage
+//! specification of each final invoice that has none
+//! (`billing::specification::specify_cycle`).
 
 use std::sync::Arc;
 
@@ -27,6 +30,9 @@ use crate::billing::document::rendering::{
 use crate::billing::history::{backup_totals, HistoryError, HistoryStore};
 use crate::billing::insight::{detect_insights, InsightError, InsightStore};
 use crate::billing::invoice::{generate_invoice, InvoiceError, InvoiceOutcome, InvoiceStore};
+use crate::billing::specification::{
+    specify_cycle, SpecificationError, SpecificationStore, UploadStarter,
+};
 use crate::billing::totals::{CycleTotals, TotalsError};
 use crate::command::{Cause, Command, CyclePayload};
 use crate::envelope::{derived_id, ChainLink, Envelope, Step};
@@ -61,6 +67,8 @@ pub struct TotalsStores {
     pub issued: Arc<dyn IssuedStore>,
     /// The documents written for them.
     pub documents: Arc<dyn DocumentStore>,
+    /// Their usage specifications (SpecifyInvoice).
+    pub specifications: Arc<dyn SpecificationStore>,
 }
 
 pub struct Totals {
@@ -70,6 +78,9 @@ pub struct Totals {
     /// Where RenderInvoice writes documents; without it GenerateInvoice
     /// chains no RenderInvoice (a test of the other steps).
     documents: Option<(Arc<dyn ObjectPut>, String)>,
+    /// Where SpecifyInvoice starts its uploads (into the document bucket);
+    /// without it RenderInvoice chains no SpecifyInvoice.
+    uploads: Option<Arc<dyn UploadStarter>>,
 }
 
 impl Totals {
@@ -78,7 +89,15 @@ impl Totals {
             stores,
             grace,
             documents: None,
+            uploads: None,
         }
+    }
+
+    /// Writes the usage specifications of final invoices into the document
+    /// bucket (SpecifyInvoice, after RenderInvoice).
+    pub fn with_specifications(mut self, uploads: Arc<dyn UploadStarter>) -> Self {
+        self.uploads = Some(uploads);
+        self
     }
 
     /// Renders the documents of final invoices into `bucket` (RenderInvoice).
@@ -273,9 +292,52 @@ impl StepHandler for Totals {
                 .map_err(render_error)?;
                 let keys: Vec<&str> = written.iter().map(|d| d.key.as_str()).collect();
                 tracing::info!(count = written.len(), ?keys, "invoice documents written");
+                if self.uploads.is_some() {
+                    return Ok(StepOutcome::Continue {
+                        output: serde_json::Value::Null,
+                        next: vec![ChainLink::from(Command::SpecifyInvoice(cycle))],
+                    });
+                }
                 Ok(StepOutcome::done(
                     serde_json::to_value(&written).unwrap_or_default(),
                 ))
+            }
+            Command::SpecifyInvoice(cycle) => {
+                let (Some((_, bucket)), Some(uploads)) = (&self.documents, &self.uploads) else {
+                    return Err(StepError::Permanent(
+                        "this totals function has no document bucket for specifications: set DOCUMENT_BUCKET and redrive the message".into(),
+                    ));
+                };
+                match specify_cycle(
+                    self.stores.specifications.as_ref(),
+                    uploads.as_ref(),
+                    bucket,
+                    cycle.customer_id,
+                    cycle.cycle,
+                )
+                .await
+                {
+                    Ok(specified) => {
+                        let keys: Vec<&str> = specified.iter().map(|s| s.key.as_str()).collect();
+                        tracing::info!(
+                            count = specified.len(),
+                            ?keys,
+                            "usage specifications written"
+                        );
+                        Ok(StepOutcome::done(
+                            serde_json::to_value(&specified).unwrap_or_default(),
+                        ))
+                    }
+                    // CDRs arrived since this chain's calculation: the chain
+                    // their import started calculates them, renders, and
+                    // specifies the invoice then (the cycle is still without
+                    // a specification). Nothing is lost by ending here.
+                    Err(SpecificationError::NotCurrent { why, .. }) => {
+                        tracing::info!(%why, "cycle changed since its calculation; a later chain writes the specification");
+                        Ok(StepOutcome::finished())
+                    }
+                    Err(e) => Err(StepError::classify(e.is_retryable(), e)),
+                }
             }
             other => Err(StepError::Permanent(
                 format!("the totals function does not run {}", other.step()).into(),

@@ -17,6 +17,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 
+use crate::billing::document::pdf::{render_pdf, Mark, PdfDocument};
+use crate::billing::document::ubl::{
+    render_preview as render_ubl_preview, DocumentLine, IssuedInvoice, Profile, UblDocument,
+    UblError,
+};
 use crate::billing::euros;
 use crate::billing::invoice::{InvoiceError, InvoiceLine, InvoiceStore};
 use crate::billing::issue::{prepare_issue, IssuePreview};
@@ -56,6 +61,14 @@ pub enum InvoiceViewError {
     NoDraft { customer: String, cycle: NaiveDate },
     #[error("customer {customer}'s time zone {zone:?} is not an IANA zone; correct it with temctl apply")]
     BadTimeZone { customer: String, zone: String },
+    #[error("the draft of customer {customer} for {cycle} could not be issued now, so it has no preview documents: {problems}")]
+    NotIssuable {
+        customer: String,
+        cycle: NaiveDate,
+        problems: String,
+    },
+    #[error("rendering the preview failed: {0}")]
+    Render(#[from] UblError),
     #[error(transparent)]
     Invoice(#[from] InvoiceError),
     #[error("database error: {0}")]
@@ -351,6 +364,63 @@ pub async fn preview(
     })
 }
 
+/// The number a preview states where an invoice has its number: a preview
+/// takes none from the series.
+pub const PREVIEW_NUMBER: &str = "DRAFT";
+
+/// The draft as the invoice it would be if issued now, numbered
+/// [`PREVIEW_NUMBER`]; `None` when it could not be issued.
+pub fn preview_invoice(p: &DraftPreview) -> Option<IssuedInvoice> {
+    let issued = p.issued.as_ref().ok()?;
+    let lines = p
+        .draft
+        .lines
+        .iter()
+        .zip(&issued.line_vat)
+        .map(|(l, vat)| DocumentLine {
+            description: l.description.clone(),
+            subscription: l.subscription.clone(),
+            kind: l.kind.clone(),
+            zone: l.zone.clone(),
+            usage: l.quantity.clone(),
+            amount_micros: l.amount_micros,
+            vat: *vat,
+        })
+        .collect();
+    Some(IssuedInvoice {
+        number: PREVIEW_NUMBER.into(),
+        issue_date: issued.issue_date,
+        due_date: issued.due_date,
+        cycle: p.draft.summary.cycle,
+        seller: issued.seller.clone(),
+        buyer: issued.buyer.clone(),
+        lines,
+        corrects: None,
+    })
+}
+
+/// The draft's preview documents: UBL with [`PREVIEW_NOTE`] first and a
+/// PDF watermarked on every page, both numbered [`PREVIEW_NUMBER`]. Or the
+/// problems that keep the draft from being issued.
+pub fn preview_documents(p: &DraftPreview) -> Result<(UblDocument, PdfDocument), InvoiceViewError> {
+    let Some(invoice) = preview_invoice(p) else {
+        return Err(InvoiceViewError::NotIssuable {
+            customer: p.draft.summary.customer.clone(),
+            cycle: p.draft.summary.cycle,
+            problems: p
+                .issued
+                .as_ref()
+                .err()
+                .cloned()
+                .unwrap_or_default()
+                .join("; "),
+        });
+    };
+    let ubl = render_ubl_preview(&invoice, Profile::PeppolBis)?;
+    let pdf = render_pdf(&invoice, Mark::Preview)?;
+    Ok((ubl, pdf))
+}
+
 /// `temctl invoice preview` as text: plainly marked as a preview, without
 /// a number.
 pub fn render_preview(p: &DraftPreview) -> String {
@@ -510,9 +580,8 @@ pub fn document(
             "a draft has no documents; it gets them once it is final (`temctl invoice preview {} {}` shows its amounts now)",
             detail.summary.customer, detail.summary.cycle
         ),
-        (DocumentKind::Pdf, _) => "the PDF is not rendered by this build yet (issue 18); the UBL e-invoice is (`--what ubl`)".to_string(),
         _ => format!(
-            "the UBL is written after finalisation by the RenderInvoice chain step; send the totals function {{\"customer_id\": {}, \"cycle\": \"{}\"}} to run the cycle's chain, which renders a final invoice that has none",
+            "the UBL and the PDF are written after finalisation by the RenderInvoice chain step; send the totals function {{\"customer_id\": {}, \"cycle\": \"{}\"}} to run the cycle's chain, which renders what a final invoice lacks",
             detail.summary.customer_id, detail.summary.cycle
         ),
     };
@@ -843,7 +912,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            text.contains("no PDF yet") && text.contains("--what ubl"),
+            text.contains("no PDF yet") && text.contains("RenderInvoice"),
             "{text}"
         );
         let text = document(&detail("draft", vec![]), DocumentKind::Ubl)

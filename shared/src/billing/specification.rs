@@ -21,6 +21,10 @@
 //! one cycle, on PostgreSQL in `adapters::billing::specification`) and the
 //! bytes through [`PartUpload`] (S3 multipart in `adapters::s3`, a file in
 //! the benchmark).
+//!
+//! It is written by the SpecifyInvoice chain step after RenderInvoice, for
+//! every final invoice that has none ([`specify_cycle`]), and on demand by
+//! `temctl invoice specify`.
 
 use std::io::Write;
 
@@ -355,7 +359,7 @@ impl Amounts {
         &mut self,
         snapshot: &mut dyn UsageSnapshot,
         cdr_id: i64,
-        damaged: &dyn Fn(String) -> SpecificationError,
+        damaged: &(dyn Fn(String) -> SpecificationError + Sync),
     ) -> Result<i64, SpecificationError> {
         if self.next >= self.chunk.len() {
             let stored = snapshot
@@ -509,6 +513,80 @@ async fn stream(
     let rated = encoder.rated_cost_micros;
     let (last, bytes, sha256) = encoder.finish()?;
     Ok((last, rows, rated, bytes, sha256))
+}
+
+/// Starts the upload of one object: a new [`PartUpload`] per key (an S3
+/// multipart upload in `adapters::s3::S3Uploads`).
+pub trait UploadStarter: Send + Sync {
+    fn start(&self, bucket: &str, key: &str) -> Box<dyn PartUpload>;
+}
+
+/// What the SpecifyInvoice step reads and records
+/// (`adapters::billing::specification::PgSpecifications`).
+#[async_trait]
+pub trait SpecificationStore: Send + Sync {
+    /// The final invoices of the cycle without a recorded specification:
+    /// id and number, in sequence order.
+    async fn without_specification(
+        &self,
+        customer_id: i64,
+        cycle: NaiveDate,
+    ) -> Result<Vec<(i64, String)>, StoreError>;
+    /// Writes the cycle's specification to `upload` from one snapshot.
+    async fn write(
+        &self,
+        upload: &mut dyn PartUpload,
+        customer_id: i64,
+        cycle: NaiveDate,
+    ) -> Result<Written, SpecificationError>;
+    /// Records a written specification on its invoice.
+    async fn record(
+        &self,
+        invoice_id: i64,
+        bucket: &str,
+        key: &str,
+        written: &Written,
+    ) -> Result<(), StoreError>;
+}
+
+/// A specification the step wrote and recorded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Specified {
+    pub invoice_id: i64,
+    pub key: String,
+    pub sha256: String,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// The SpecifyInvoice step: writes and records the specification of each
+/// final invoice of the cycle that has none, next to its documents. A
+/// cycle whose invoices all have one costs one read. Idempotent: the
+/// specification of an unchanged cycle is the same bytes under the same
+/// key, so a run that dies between the upload and the record writes it
+/// again and records it.
+pub async fn specify_cycle(
+    store: &dyn SpecificationStore,
+    uploads: &dyn UploadStarter,
+    bucket: &str,
+    customer_id: i64,
+    cycle: NaiveDate,
+) -> Result<Vec<Specified>, SpecificationError> {
+    let mut specified = Vec::new();
+    for (invoice_id, number) in store.without_specification(customer_id, cycle).await? {
+        let key = object_key(customer_id, cycle, Some(&number), invoice_id);
+        let mut upload = uploads.start(bucket, &key);
+        let written = store.write(upload.as_mut(), customer_id, cycle).await?;
+        store.record(invoice_id, bucket, &key, &written).await?;
+        specified.push(Specified {
+            invoice_id,
+            key,
+            sha256: written.sha256,
+            rows: written.rows,
+            bytes: written.bytes,
+        });
+    }
+    Ok(specified)
 }
 
 #[cfg(test)]

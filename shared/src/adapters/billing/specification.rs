@@ -175,3 +175,57 @@ pub async fn record(
     .await?;
     Ok(())
 }
+
+/// The SpecifyInvoice step's store on the pool.
+#[derive(Clone)]
+pub struct PgSpecifications {
+    pool: PgPool,
+}
+
+impl PgSpecifications {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[async_trait]
+impl specification::SpecificationStore for PgSpecifications {
+    async fn without_specification(
+        &self,
+        customer_id: i64,
+        cycle: NaiveDate,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        // A final invoice finalised before numbering (no number) gets none
+        // by the step: `temctl invoice specify` still writes one.
+        Ok(sqlx::query_as(
+            "SELECT i.id, i.number FROM invoice i
+             WHERE i.customer_id = $1 AND i.cycle = $2 AND i.status = 'final'
+               AND i.number IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM invoice_specification s WHERE s.invoice_id = i.id)
+             ORDER BY i.sequence",
+        )
+        .bind(customer_id)
+        .bind(cycle)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn write(
+        &self,
+        upload: &mut dyn PartUpload,
+        customer_id: i64,
+        cycle: NaiveDate,
+    ) -> Result<Written, SpecificationError> {
+        write_cycle(&self.pool, upload, customer_id, cycle).await
+    }
+
+    async fn record(
+        &self,
+        invoice_id: i64,
+        bucket: &str,
+        key: &str,
+        written: &Written,
+    ) -> Result<(), StoreError> {
+        record(&self.pool, invoice_id, bucket, key, written).await
+    }
+}

@@ -1,7 +1,7 @@
 //! A final invoice as it was issued, read back for its documents: the
 //! store trait that reads it ([`IssuedStore`], on PostgreSQL in
-//! `adapters::billing::document`) and [`ubl_of`], which renders it and
-//! holds the rendering to what finalisation recorded.
+//! `adapters::billing::document`) and [`ubl_of`] and [`pdf_of`], which
+//! render it and hold the rendering to what finalisation recorded.
 //!
 //! Nothing here recomputes what an invoice bills: the parties, dates, line
 //! amounts and VAT are those recorded at finalisation, and the document
@@ -11,6 +11,7 @@
 
 use async_trait::async_trait;
 
+use crate::billing::document::pdf::{render_pdf, Mark, PdfDocument};
 use crate::billing::document::ubl::{
     kind_and_amounts, render, DocumentKind, IssuedInvoice, Profile, UblDocument, UblError,
 };
@@ -82,6 +83,28 @@ pub async fn ubl_of(
     invoice_id: i64,
     profile: Profile,
 ) -> Result<(StoredIssue, UblDocument), DocumentError> {
+    let stored = issued_of(store, invoice_id).await?;
+    let document = render(&stored.invoice, profile)?;
+    Ok((stored, document))
+}
+
+/// Invoice `invoice_id` as its PDF, after the same check as [`ubl_of`]:
+/// both documents state what finalisation recorded.
+pub async fn pdf_of(
+    store: &dyn IssuedStore,
+    invoice_id: i64,
+) -> Result<(StoredIssue, PdfDocument), DocumentError> {
+    let stored = issued_of(store, invoice_id).await?;
+    let document = render_pdf(&stored.invoice, Mark::Original)?;
+    Ok((stored, document))
+}
+
+/// Invoice `invoice_id` as issued, its recorded totals checked against
+/// its recorded lines.
+pub async fn issued_of(
+    store: &dyn IssuedStore,
+    invoice_id: i64,
+) -> Result<StoredIssue, DocumentError> {
     let stored = match store.issued(invoice_id).await? {
         Ok(stored) => stored,
         Err(NotIssued::Missing) => return Err(DocumentError::Missing(invoice_id)),
@@ -92,8 +115,7 @@ pub async fn ubl_of(
         }
     };
     check_recorded(&stored)?;
-    let document = render(&stored.invoice, profile)?;
-    Ok((stored, document))
+    Ok(stored)
 }
 
 /// The document's totals, in the invoice's sign, against those recorded.

@@ -4,12 +4,15 @@
 //!
 //! # What it does
 //!
-//! For each final invoice of the cycle (the invoice and its corrections)
-//! that has no recorded UBL document yet, in sequence order: render the
-//! Peppol BIS Billing 3.0 document ([`ubl_of`]), put it under
-//! [`document_key`], then record the key, the SHA-256 of the bytes and the
-//! size (`invoice_document`). An invoice already recorded is skipped
-//! without rendering, so a cycle whose documents exist costs one read.
+//! For each format, UBL then PDF, and each final invoice of the cycle (the
+//! invoice and its corrections) that has no recorded document of that
+//! format yet, in sequence order: render the Peppol BIS Billing 3.0
+//! document ([`crate::billing::document::ubl`]) or the PDF
+//! ([`crate::billing::document::pdf`]) from the invoice as issued and
+//! checked ([`issued_of`]), put it under [`format_key`], then record the
+//! key, the SHA-256 of the bytes and the size (`invoice_document`). An
+//! invoice already recorded is skipped without rendering, so a cycle whose
+//! documents exist costs one read per format.
 //!
 //! # Idempotent
 //!
@@ -22,8 +25,8 @@
 //!
 //! # Keys
 //!
-//! `invoices/{customer_id}/{cycle}/{number}.xml`, beside the usage
-//! specification (`{number}-specification.csv.gz`) and the PDF to come.
+//! `invoices/{customer_id}/{cycle}/{number}.xml` and `{number}.pdf`,
+//! beside the usage specification (`{number}-specification.csv.gz`).
 //! Characters outside `A-Za-z0-9._-` in a number (its format is
 //! configurable) become `_`, so a number never makes a folder. Numbers are
 //! unique per seller; a customer bills with one seller at a time.
@@ -33,13 +36,19 @@ use chrono::NaiveDate;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::billing::document::issued::{ubl_of, DocumentError, IssuedStore};
-use crate::billing::document::ubl::Profile;
+use crate::billing::document::issued::{issued_of, DocumentError, IssuedStore};
+use crate::billing::document::pdf::{render_pdf, Mark};
+use crate::billing::document::ubl::{render, DocumentKind, Profile, UblError};
 use crate::ports::{ObjectPut, PortError, StoreError};
 
-/// The only format rendered today (the PDF will be `pdf`).
+/// The e-invoice, Peppol BIS Billing 3.0 (`{number}.xml`).
 pub const UBL: &str = "ubl";
+/// The PDF of the same invoice (`{number}.pdf`).
+pub const PDF: &str = "pdf";
+/// What RenderInvoice writes for each final invoice, in this order.
+pub const FORMATS: [&str; 2] = [UBL, PDF];
 const UBL_CONTENT_TYPE: &str = "application/xml";
+const PDF_CONTENT_TYPE: &str = "application/pdf";
 
 /// A document as `invoice_document` records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -80,6 +89,8 @@ pub struct DocumentSink<'a> {
 pub enum RenderError {
     #[error(transparent)]
     Document(#[from] DocumentError),
+    #[error(transparent)]
+    Render(#[from] UblError),
     #[error("writing {key} to bucket {bucket} failed: {source}; the step is retried")]
     Put {
         bucket: String,
@@ -106,13 +117,20 @@ impl RenderError {
             RenderError::Put { .. } => true,
             RenderError::Store(e) => e.retryable,
             RenderError::Document(DocumentError::Store(e)) => e.retryable,
-            RenderError::Document(_) | RenderError::Changed { .. } => false,
+            RenderError::Document(_) | RenderError::Render(_) | RenderError::Changed { .. } => {
+                false
+            }
         }
     }
 }
 
 /// The object key of an invoice's UBL document (see the module docs).
 pub fn document_key(customer_id: i64, cycle: NaiveDate, number: &str) -> String {
+    format_key(customer_id, cycle, number, UBL)
+}
+
+/// The object key of an invoice's document in `format` (`ubl` or `pdf`).
+pub fn format_key(customer_id: i64, cycle: NaiveDate, number: &str, format: &str) -> String {
     let name: String = number
         .chars()
         .map(|c| {
@@ -123,7 +141,8 @@ pub fn document_key(customer_id: i64, cycle: NaiveDate, number: &str) -> String 
             }
         })
         .collect();
-    format!("invoices/{customer_id}/{cycle}/{name}.xml")
+    let extension = if format == PDF { "pdf" } else { "xml" };
+    format!("invoices/{customer_id}/{cycle}/{name}.{extension}")
 }
 
 /// The lowercase hex SHA-256 of `bytes`.
@@ -131,8 +150,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Renders, writes and records the UBL documents of the cycle's final
-/// invoices that have none (see the module docs). Returns what it recorded.
+/// Renders, writes and records the documents (UBL, then PDF) of the
+/// cycle's final invoices that lack them (see the module docs). Returns
+/// what it recorded.
 pub async fn render_cycle_documents(
     issued: &dyn IssuedStore,
     documents: &dyn DocumentStore,
@@ -141,50 +161,84 @@ pub async fn render_cycle_documents(
     cycle: NaiveDate,
 ) -> Result<Vec<RecordedDocument>, RenderError> {
     let mut recorded = Vec::new();
-    for invoice_id in documents.without_document(customer_id, cycle, UBL).await? {
-        let (stored, document) = ubl_of(issued, invoice_id, Profile::PeppolBis).await?;
-        let key = document_key(customer_id, cycle, &stored.invoice.number);
-        let sha256 = sha256_hex(&document.xml);
-        let size_bytes = i64::try_from(document.xml.len()).unwrap_or(i64::MAX);
-        sink.objects
-            .put_object(
-                sink.bucket,
-                &key,
-                document.xml,
-                UBL_CONTENT_TYPE,
-                &[
-                    ("invoice-number", &stored.invoice.number),
-                    ("sha256", &sha256),
-                ],
-            )
-            .await
-            .map_err(|source| RenderError::Put {
-                bucket: sink.bucket.to_string(),
-                key: key.clone(),
-                source,
-            })?;
-        let wanted = RecordedDocument {
-            invoice_id,
-            format: UBL.into(),
-            document_type: document.kind.as_str().into(),
-            bucket: sink.bucket.to_string(),
-            key,
-            sha256,
-            size_bytes,
-        };
-        let stored = documents.record(&wanted).await?;
-        if stored.sha256 != wanted.sha256 {
-            return Err(RenderError::Changed {
+    for format in FORMATS {
+        for invoice_id in documents
+            .without_document(customer_id, cycle, format)
+            .await?
+        {
+            let stored = issued_of(issued, invoice_id).await?;
+            let (kind, bytes, content_type) = if format == PDF {
+                let pdf = render_pdf(&stored.invoice, Mark::Original)?;
+                (pdf.kind, pdf.bytes, PDF_CONTENT_TYPE)
+            } else {
+                let ubl = render(&stored.invoice, Profile::PeppolBis)?;
+                (ubl.kind, ubl.xml, UBL_CONTENT_TYPE)
+            };
+            let key = format_key(customer_id, cycle, &stored.invoice.number, format);
+            let wanted = put_document(
+                sink,
                 invoice_id,
-                format: wanted.format,
-                key: stored.key,
-                recorded: stored.sha256,
-                rendered: wanted.sha256,
-            });
+                &stored.invoice.number,
+                format,
+                kind,
+                key,
+                bytes,
+                content_type,
+            )
+            .await?;
+            let stored = documents.record(&wanted).await?;
+            if stored.sha256 != wanted.sha256 {
+                return Err(RenderError::Changed {
+                    invoice_id,
+                    format: wanted.format,
+                    key: stored.key,
+                    recorded: stored.sha256,
+                    rendered: wanted.sha256,
+                });
+            }
+            recorded.push(stored);
         }
-        recorded.push(stored);
     }
     Ok(recorded)
+}
+
+/// Puts one document and returns its record to be.
+#[allow(clippy::too_many_arguments)]
+async fn put_document(
+    sink: &DocumentSink<'_>,
+    invoice_id: i64,
+    number: &str,
+    format: &str,
+    kind: DocumentKind,
+    key: String,
+    bytes: Vec<u8>,
+    content_type: &str,
+) -> Result<RecordedDocument, RenderError> {
+    let sha256 = sha256_hex(&bytes);
+    let size_bytes = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
+    sink.objects
+        .put_object(
+            sink.bucket,
+            &key,
+            bytes,
+            content_type,
+            &[("invoice-number", number), ("sha256", &sha256)],
+        )
+        .await
+        .map_err(|source| RenderError::Put {
+            bucket: sink.bucket.to_string(),
+            key: key.clone(),
+            source,
+        })?;
+    Ok(RecordedDocument {
+        invoice_id,
+        format: format.into(),
+        document_type: kind.as_str().into(),
+        bucket: sink.bucket.to_string(),
+        key,
+        sha256,
+        size_bytes,
+    })
 }
 
 #[cfg(test)]
@@ -201,6 +255,10 @@ mod tests {
         assert_eq!(
             document_key(42, cycle, "TEM/2026/12"),
             "invoices/42/2025-03-01/TEM_2026_12.xml"
+        );
+        assert_eq!(
+            format_key(42, cycle, "TEM/2026/12", PDF),
+            "invoices/42/2025-03-01/TEM_2026_12.pdf"
         );
     }
 

@@ -222,8 +222,27 @@ pub fn kind_and_amounts(
     Ok((DocumentKind::CreditNote, amounts_of(&credited)?))
 }
 
+/// The first note of a preview's UBL: a preview is a draft as it would be
+/// issued, with no number, and nobody may book or pay it.
+pub const PREVIEW_NOTE: &str = "PREVIEW \u{2014} NOT AN INVOICE: a draft as it would be issued now; it has no invoice number and must not be booked or paid";
+
 /// Renders `invoice` as UBL claiming `profile` (see the module docs).
 pub fn render(invoice: &IssuedInvoice, profile: Profile) -> Result<UblDocument, UblError> {
+    render_marked(invoice, profile, None)
+}
+
+/// A draft's preview as UBL: the document `render` would give, with
+/// [`PREVIEW_NOTE`] as its first note (its number is the caller's
+/// placeholder, e.g. `DRAFT`).
+pub fn render_preview(invoice: &IssuedInvoice, profile: Profile) -> Result<UblDocument, UblError> {
+    render_marked(invoice, profile, Some(PREVIEW_NOTE))
+}
+
+fn render_marked(
+    invoice: &IssuedInvoice,
+    profile: Profile,
+    preview_note: Option<&str>,
+) -> Result<UblDocument, UblError> {
     if invoice.lines.is_empty() {
         return Err(UblError::NoLines {
             number: invoice.number.clone(),
@@ -241,11 +260,18 @@ pub fn render(invoice: &IssuedInvoice, profile: Profile) -> Result<UblDocument, 
     let mut doc = Doc {
         w: Writer::new_with_indent(Cursor::new(Vec::new()), b' ', 2),
     };
-    write_document(&mut doc, invoice, profile, kind, &amounts, period_end).map_err(|source| {
-        UblError::Write {
-            number: invoice.number.clone(),
-            source,
-        }
+    write_document(
+        &mut doc,
+        invoice,
+        profile,
+        kind,
+        &amounts,
+        period_end,
+        preview_note,
+    )
+    .map_err(|source| UblError::Write {
+        number: invoice.number.clone(),
+        source,
     })?;
     Ok(UblDocument {
         kind,
@@ -315,6 +341,7 @@ fn write_document(
     kind: DocumentKind,
     amounts: &DocumentAmounts,
     period_end: NaiveDate,
+    preview_note: Option<&str>,
 ) -> Io {
     let (root, ns) = match kind {
         DocumentKind::Invoice => ("Invoice", NS_INVOICE),
@@ -335,6 +362,9 @@ fn write_document(
             d.text("cbc:InvoiceTypeCode", kind.type_code())?;
         }
         DocumentKind::CreditNote => d.text("cbc:CreditNoteTypeCode", kind.type_code())?,
+    }
+    if let Some(note) = preview_note {
+        d.text("cbc:Note", note)?;
     }
     // The note the law requires for a reverse charge (and any other
     // exemption): the breakdown carries it too, a note is what a person
