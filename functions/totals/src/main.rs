@@ -2,13 +2,15 @@
 //! GenerateInvoice from the totals queue, or one cycle from the console
 //! (`{"customer_id": 1, "cycle": "2025-01-01"}` as a DispatchTotals payload).
 //! Its schedule finalises the invoices of cycles whose grace period ended.
-//! RenderInvoice writes the final invoices' documents into DOCUMENT_BUCKET.
+//! RenderInvoice writes the final invoices' documents into DOCUMENT_BUCKET;
+//! BillingInsight publishes budget and anomaly alerts to ALERT_TOPIC_ARN.
 
 use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use tem_shared::adapters::billing::stores;
+use tem_shared::adapters::sns::{sns_client, SnsAlerts};
 use tem_shared::adapters::{s3::S3Objects, s3_client};
 use tem_shared::billing::handler::{Totals, TotalsInput};
 use tem_shared::billing::sweep::sweep_due_invoices;
@@ -25,12 +27,18 @@ async fn main() -> Result<(), Error> {
     let grace = Duration::days(env.parsed("INVOICE_GRACE_DAYS", 5i64)?);
     let totals_queue = env.required("QUEUE_URL_TOTALS")?;
     let document_bucket = env.required("DOCUMENT_BUCKET")?;
+    let alert_topic = env.required("ALERT_TOPIC_ARN")?;
     let stores = stores(platform.pool.clone());
     let invoices = stores.invoices.clone();
-    let totals = Totals::new(stores, grace).with_documents(
-        Arc::new(S3Objects::new(s3_client(&platform.aws))),
-        document_bucket,
-    );
+    let totals = Totals::new(stores, grace)
+        .with_documents(
+            Arc::new(S3Objects::new(s3_client(&platform.aws))),
+            document_bucket,
+        )
+        .with_alerts(Arc::new(SnsAlerts::new(
+            sns_client(&platform.aws),
+            alert_topic,
+        )));
     let runtime = platform.chain_runtime(&env, Arc::new(totals))?;
     let (runtime, platform, totals_queue) = (&runtime, &platform, totals_queue.as_str());
     let invoices = invoices.as_ref();

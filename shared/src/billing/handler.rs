@@ -28,6 +28,8 @@ use crate::billing::history::{backup_totals, HistoryError, HistoryStore};
 use crate::billing::insight::{detect_insights, InsightError, InsightStore};
 use crate::billing::invoice::{generate_invoice, InvoiceError, InvoiceOutcome, InvoiceStore};
 use crate::billing::totals::{CycleTotals, TotalsError};
+use crate::budgets::alerts::{publish_pending, AlertOutbox, AlertPublisher, OutboxError};
+use crate::budgets::cycle::{evaluate_cycle, BudgetStore, BudgetsError};
 use crate::command::{Cause, Command, CyclePayload};
 use crate::envelope::{derived_id, ChainLink, Envelope, Step};
 use crate::lambda::ConsoleCommand;
@@ -61,6 +63,10 @@ pub struct TotalsStores {
     pub issued: Arc<dyn IssuedStore>,
     /// The documents written for them.
     pub documents: Arc<dyn DocumentStore>,
+    /// Budgets, levels and anomalies, evaluated in BillingInsight.
+    pub budgets: Arc<dyn BudgetStore>,
+    /// The alerts waiting to be published.
+    pub outbox: Arc<dyn AlertOutbox>,
 }
 
 pub struct Totals {
@@ -70,6 +76,9 @@ pub struct Totals {
     /// Where RenderInvoice writes documents; without it GenerateInvoice
     /// chains no RenderInvoice (a test of the other steps).
     documents: Option<(Arc<dyn ObjectPut>, String)>,
+    /// Where alerts are published (the alert topic); without it they stay
+    /// in the outbox (`alert_outbox`), recorded and listed as insights.
+    alerts: Option<Arc<dyn AlertPublisher>>,
 }
 
 impl Totals {
@@ -78,7 +87,14 @@ impl Totals {
             stores,
             grace,
             documents: None,
+            alerts: None,
         }
+    }
+
+    /// Publishes budget and anomaly alerts with `publisher`.
+    pub fn with_alerts(mut self, publisher: Arc<dyn AlertPublisher>) -> Self {
+        self.alerts = Some(publisher);
+        self
     }
 
     /// Renders the documents of final invoices into `bucket` (RenderInvoice).
@@ -112,6 +128,18 @@ fn invoice_error(e: InvoiceError) -> StepError {
         InvoiceError::Customer(e) => customer_error(e),
         other => StepError::permanent(other),
     }
+}
+
+fn budgets_error(e: BudgetsError) -> StepError {
+    match e {
+        BudgetsError::Store(e) => store_error(e),
+        BudgetsError::Customer(e) => customer_error(e),
+        other => StepError::permanent(other),
+    }
+}
+
+fn outbox_error(e: OutboxError) -> StepError {
+    StepError::classify(e.is_retryable(), e)
 }
 
 fn render_error(e: RenderError) -> StepError {
@@ -224,6 +252,41 @@ impl StepHandler for Totals {
                 .map_err(insight_error)?;
                 let kinds: Vec<&str> = insights.iter().map(|i| i.kind.as_str()).collect();
                 tracing::info!(count = insights.len(), ?kinds, "insights recorded");
+                // Budgets here, not in CalculateTotals: this step runs once
+                // per calculation, in the chain that made the totals (a
+                // chain that found them current skips it). The levels and
+                // their alerts are recorded in one transaction; a retry
+                // finds the levels sent and publishes what is left.
+                let budgets = evaluate_cycle(
+                    self.stores.budgets.as_ref(),
+                    self.stores.customers.as_ref(),
+                    cycle.customer_id,
+                    cycle.cycle,
+                )
+                .await
+                .map_err(budgets_error)?;
+                for skipped in &budgets.skipped {
+                    tracing::warn!(reason = skipped.as_str(), "budget not evaluated");
+                }
+                let raised: Vec<&str> = budgets.raised.iter().map(|a| a.kind.as_str()).collect();
+                tracing::info!(
+                    budgets = budgets.evaluated.len(),
+                    anomalies = budgets.anomalies.len(),
+                    ?raised,
+                    "budgets evaluated"
+                );
+                if let Some(publisher) = &self.alerts {
+                    let sent = publish_pending(
+                        self.stores.outbox.as_ref(),
+                        publisher.as_ref(),
+                        cycle.customer_id,
+                    )
+                    .await
+                    .map_err(outbox_error)?;
+                    if sent > 0 {
+                        tracing::info!(sent, "alerts published");
+                    }
+                }
                 Ok(StepOutcome::finished())
             }
             Command::GenerateInvoice(cycle) => {

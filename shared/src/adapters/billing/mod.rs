@@ -37,7 +37,9 @@ pub fn stores(pool: PgPool) -> TotalsStores {
         insights: Arc::new(insight::PgInsights::new(pool.clone())),
         invoices: Arc::new(invoice::PgInvoices::new(pool.clone())),
         issued: Arc::new(document::PgIssued::new(pool.clone())),
-        documents: Arc::new(document::PgIssued::new(pool)),
+        documents: Arc::new(document::PgIssued::new(pool.clone())),
+        budgets: Arc::new(crate::adapters::budgets::PgBudgets::new(pool.clone())),
+        outbox: Arc::new(crate::adapters::budgets::PgBudgets::new(pool)),
     }
 }
 
