@@ -8,6 +8,7 @@ mod error;
 mod explain;
 mod failed;
 mod import;
+mod insights;
 mod invoice;
 mod migrate;
 mod progress;
@@ -49,6 +50,7 @@ async fn main() -> ExitCode {
         Command::Apply(args) => apply::run(args).await,
         Command::Totals(args) => totals::run(args).await,
         Command::Costs(args) => costs::run(args).await,
+        Command::Insights(args) => insights::run(args).await,
         Command::Explain(args) => explain::run(args).await,
         Command::Failed(args) => failed::run(args).await,
         Command::Task(args) => task::run(args).await,

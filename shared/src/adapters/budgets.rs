@@ -582,3 +582,58 @@ impl BillShockStore for PgBudgets {
         Ok(true)
     }
 }
+
+/// One stored insight, as `temctl insights` lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ListedInsight {
+    pub customer_id: i64,
+    pub customer: String,
+    pub cycle: NaiveDate,
+    pub kind: String,
+    pub subject: String,
+    pub detail: Value,
+    pub detected_at: DateTime<Utc>,
+}
+
+/// The stored insights (BillingInsight's rules, budget levels, anomalies,
+/// bill shocks), newest cycle first, filtered by customer (id or code),
+/// cycle and kind.
+pub async fn list_insights(
+    pool: &PgPool,
+    customer: Option<&str>,
+    cycle: Option<NaiveDate>,
+    kind: Option<&str>,
+    limit: i64,
+) -> Result<Vec<ListedInsight>, StoreError> {
+    let id: Option<i64> = customer.and_then(|c| c.parse().ok());
+    let rows = sqlx::query(
+        "SELECT i.customer_id, coalesce(c.code, c.id::text) AS customer, i.cycle, i.kind, i.subject,
+                i.detail, i.detected_at
+         FROM billing_insight i JOIN customer c ON c.id = i.customer_id
+         WHERE ($1::text IS NULL OR c.code = $1 OR c.id = $2)
+           AND ($3::date IS NULL OR i.cycle = $3)
+           AND ($4::text IS NULL OR i.kind = $4)
+         ORDER BY i.cycle DESC, c.id, i.kind, i.subject
+         LIMIT $5",
+    )
+    .bind(customer)
+    .bind(id)
+    .bind(cycle)
+    .bind(kind)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        out.push(ListedInsight {
+            customer_id: row.try_get("customer_id")?,
+            customer: row.try_get("customer")?,
+            cycle: row.try_get("cycle")?,
+            kind: row.try_get("kind")?,
+            subject: row.try_get("subject")?,
+            detail: row.try_get("detail")?,
+            detected_at: row.try_get("detected_at")?,
+        });
+    }
+    Ok(out)
+}
