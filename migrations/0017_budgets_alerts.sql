@@ -103,3 +103,28 @@ ALTER TABLE billing_insight DROP CONSTRAINT billing_insight_kind_check;
 ALTER TABLE billing_insight ADD CONSTRAINT billing_insight_kind_check
     CHECK (kind IN ('cost_change', 'idle_subscription', 'roaming_share', 'unrated_cdrs',
                     'unassigned_cdrs', 'budget_alert', 'budget_resolved', 'anomaly', 'bill_shock'));
+
+-- A final invoice's chargeback, stored by RenderInvoice (costs/export.rs):
+-- the general-ledger rows of its allocation over the cost tree (where an
+-- amount was booked, per GL code, class and VAT category; `UNALLOCATED`
+-- for subscriptions without an assignment) and the CSV written beside the
+-- invoice in S3. A final invoice never changes, so neither does this.
+CREATE TABLE cost_allocation (
+    invoice_id     BIGINT NOT NULL REFERENCES invoice (id),
+    cost_centre    TEXT NOT NULL,
+    gl_code        TEXT NOT NULL,
+    charge_class   TEXT NOT NULL,
+    vat_category   TEXT NOT NULL,
+    amount_micros  BIGINT NOT NULL,
+    PRIMARY KEY (invoice_id, cost_centre, gl_code, charge_class, vat_category)
+);
+
+CREATE TABLE gl_export (
+    invoice_id        BIGINT PRIMARY KEY REFERENCES invoice (id),
+    bucket            TEXT NOT NULL,
+    key               TEXT NOT NULL,
+    sha256            TEXT NOT NULL CHECK (sha256 ~ '^[0-9a-f]{64}$'),
+    size_bytes        BIGINT NOT NULL CHECK (size_bytes > 0),
+    net_total_micros  BIGINT NOT NULL,
+    written_at        TIMESTAMPTZ NOT NULL DEFAULT now()
+);

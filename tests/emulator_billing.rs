@@ -172,6 +172,23 @@ async fn a_closed_cycle_from_the_console_is_finalised_and_its_ubl_written_to_the
     .await
     .unwrap();
     tem_tests::db::mark_imported(pool, &[id]).await;
+    // A cost tree: RenderInvoice stores the chargeback and its GL CSV.
+    sqlx::query(
+        "INSERT INTO cost_node (customer_id, code, name, kind, gl_codes)
+         VALUES ($1, 'ops', 'Operations', 'division', '{\"voice\": \"4800\"}')",
+    )
+    .bind(acme)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO cost_assignment (customer_id, subscription, valid_from, shares)
+         VALUES ($1, '+31612340000', '2025-01-01', '[{\"node\": \"ops\", \"weight\": 100}]')",
+    )
+    .bind(acme)
+    .execute(pool)
+    .await
+    .unwrap();
 
     // March 2025 closed long ago: the chain the console starts finalises
     // the invoice, and RenderInvoice writes its document.
@@ -200,12 +217,51 @@ async fn a_closed_cycle_from_the_console_is_finalised_and_its_ubl_written_to_the
         .unwrap();
     assert_eq!(key, format!("invoices/{acme}/2025-03-01/{number}.xml"));
     assert_eq!(sha256.len(), 64);
+    // The same step stored the chargeback and wrote its GL CSV beside it.
+    let (gl_key, gl_size, net, rows): (String, i64, i64, i64) =
+        tem_local::deployment::wait_for("the chargeback", TIMEOUT, || async {
+            sqlx::query_as(
+                "SELECT g.key, g.size_bytes, g.net_total_micros,
+                        (SELECT count(*) FROM cost_allocation a WHERE a.invoice_id = g.invoice_id)
+                 FROM gl_export g JOIN invoice i ON i.id = g.invoice_id WHERE i.customer_id = $1",
+            )
+            .bind(acme)
+            .fetch_optional(pool)
+            .await
+            .map_err(anyhow::Error::from)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        gl_key,
+        format!("invoices/{acme}/2025-03-01/{number}-gl.csv")
+    );
+    // 90 s billed as two minutes at 0.10, and the monthly fee of 2.50.
+    assert_eq!((net, rows), (2_700_000, 2));
     let objects = stack.deployment.objects("invoices/").await.unwrap();
     assert_eq!(
         objects,
-        vec![(key, size)],
-        "the recorded object is in the bucket"
+        vec![(gl_key.clone(), gl_size), (key, size)],
+        "the recorded objects are in the bucket"
     );
+    let csv = stack
+        .deployment
+        .clients
+        .s3
+        .get_object()
+        .bucket(stack.deployment.output("CdrBucketName"))
+        .key(&gl_key)
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    let csv = String::from_utf8(csv.to_vec()).unwrap();
+    assert!(csv.contains("ops,4800,voice,"), "{csv}");
+    assert!(csv.contains("ops,,fee,"), "{csv}");
 }
 
 /// The totals chain of `cycle` started from the console, as an operator

@@ -11,6 +11,8 @@
 //! `RenderInvoice`, which writes the documents the cycle's final invoices
 //! lack (`billing::document::rendering`; one read when none is missing). A
 //! draft has no document, so an open cycle's chain ends at its invoice.
+//! RenderInvoice also stores the final invoice's chargeback and writes its
+//! general-ledger CSV beside the documents (`costs::export`).
 
 use std::sync::Arc;
 
@@ -31,6 +33,8 @@ use crate::billing::totals::{CycleTotals, TotalsError};
 use crate::budgets::alerts::{publish_pending, AlertOutbox, AlertPublisher, OutboxError};
 use crate::budgets::cycle::{evaluate_cycle, BudgetStore, BudgetsError};
 use crate::command::{Cause, Command, CyclePayload};
+use crate::costs::cycle::CostStore;
+use crate::costs::export::{export_chargeback, ChargebackStore, ExportError};
 use crate::envelope::{derived_id, ChainLink, Envelope, Step};
 use crate::lambda::ConsoleCommand;
 use crate::ports::{ObjectPut, StoreError};
@@ -67,6 +71,9 @@ pub struct TotalsStores {
     pub budgets: Arc<dyn BudgetStore>,
     /// The alerts waiting to be published.
     pub outbox: Arc<dyn AlertOutbox>,
+    /// Cost trees and invoices, and the chargebacks RenderInvoice stores.
+    pub costs: Arc<dyn CostStore>,
+    pub chargebacks: Arc<dyn ChargebackStore>,
 }
 
 pub struct Totals {
@@ -139,6 +146,10 @@ fn budgets_error(e: BudgetsError) -> StepError {
 }
 
 fn outbox_error(e: OutboxError) -> StepError {
+    StepError::classify(e.is_retryable(), e)
+}
+
+fn export_error(e: ExportError) -> StepError {
     StepError::classify(e.is_retryable(), e)
 }
 
@@ -336,6 +347,25 @@ impl StepHandler for Totals {
                 .map_err(render_error)?;
                 let keys: Vec<&str> = written.iter().map(|d| d.key.as_str()).collect();
                 tracing::info!(count = written.len(), ?keys, "invoice documents written");
+                // The final invoice's chargeback beside its documents
+                // (costs::export): once, like the documents.
+                let chargeback = export_chargeback(
+                    self.stores.costs.as_ref(),
+                    self.stores.chargebacks.as_ref(),
+                    objects.as_ref(),
+                    bucket,
+                    cycle.customer_id,
+                    cycle.cycle,
+                )
+                .await
+                .map_err(export_error)?;
+                if let Some(stored) = &chargeback {
+                    tracing::info!(
+                        key = stored.key.as_str(),
+                        rows = stored.rows.len(),
+                        "chargeback stored"
+                    );
+                }
                 Ok(StepOutcome::done(
                     serde_json::to_value(&written).unwrap_or_default(),
                 ))

@@ -39,7 +39,9 @@ pub fn stores(pool: PgPool) -> TotalsStores {
         issued: Arc::new(document::PgIssued::new(pool.clone())),
         documents: Arc::new(document::PgIssued::new(pool.clone())),
         budgets: Arc::new(crate::adapters::budgets::PgBudgets::new(pool.clone())),
-        outbox: Arc::new(crate::adapters::budgets::PgBudgets::new(pool)),
+        outbox: Arc::new(crate::adapters::budgets::PgBudgets::new(pool.clone())),
+        costs: Arc::new(crate::adapters::costs::PgCosts::new(pool.clone())),
+        chargebacks: Arc::new(crate::adapters::costs::PgCosts::new(pool)),
     }
 }
 
