@@ -503,3 +503,99 @@ async fn roaming_data_outside_the_eu_over_the_limit_within_a_day_alerts_within_o
         .unwrap();
     assert_eq!(count, 1);
 }
+
+/// A publisher that fails until told otherwise, recording what it sent:
+/// SNS unavailable, then back (the port's double; the emulator test
+/// publishes through the real one).
+#[derive(Default)]
+struct Flaky {
+    up: std::sync::atomic::AtomicBool,
+    sent: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl tem_shared::budgets::alerts::AlertPublisher for Flaky {
+    async fn publish(
+        &self,
+        alert: &tem_shared::budgets::alerts::Alert,
+    ) -> Result<String, tem_shared::budgets::alerts::PublishError> {
+        if !self.up.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(tem_shared::budgets::alerts::PublishError {
+                id: alert.id.clone(),
+                reason: "sns unavailable".into(),
+                retryable: true,
+            });
+        }
+        self.sent.lock().unwrap().push(alert.id.clone());
+        Ok(format!("m-{}", alert.id))
+    }
+}
+
+#[tokio::test]
+async fn an_sns_outage_does_not_hold_up_billing_insight_and_the_hourly_sweep_publishes_what_waited()
+{
+    let db = fresh().await;
+    apply_with(&db.pool, &format!("{CUSTOMER}{BUDGETS}"), false)
+        .await
+        .unwrap();
+    let customer = customer_id(&db.pool).await;
+    usage(&db.pool, customer, "+31622222222", 8_500_000, "o").await;
+    calculate_totals(&db.pool, customer, date(MARCH))
+        .await
+        .unwrap();
+    let publisher = Arc::new(Flaky::default());
+    let handler =
+        Totals::new(stores(db.pool.clone()), Duration::days(5)).with_alerts(publisher.clone());
+    let message = Envelope::root(
+        "insight-outage",
+        Step::BillingInsight,
+        json!({"customer_id": customer, "cycle": MARCH, "cause": "import"}),
+        vec![],
+        None,
+        Utc::now(),
+    );
+    handler
+        .handle(
+            &message,
+            Delivery {
+                receive_count: 1,
+                deadline: Utc::now() + Duration::minutes(5),
+            },
+        )
+        .await
+        .expect("BillingInsight succeeds while SNS is down");
+    let pending = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM alert_outbox WHERE published_at IS NULL")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(pending().await, 1);
+    assert!(publisher.sent.lock().unwrap().is_empty());
+
+    // The claim of the failed attempt lapses; the sweep then sends it once.
+    sqlx::query("UPDATE alert_outbox SET claimed_until = now() - interval '1 second'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    publisher
+        .up
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let outbox = PgBudgets::new(db.pool.clone());
+    let sent = tem_shared::budgets::alerts::publish_all_pending(&outbox, publisher.as_ref()).await;
+    assert_eq!(sent, 1);
+    assert_eq!(pending().await, 0);
+    assert_eq!(
+        tem_shared::budgets::alerts::publish_all_pending(&outbox, publisher.as_ref()).await,
+        0,
+        "published once"
+    );
+    let message_id: String = sqlx::query_scalar("SELECT message_id FROM alert_outbox")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        message_id,
+        format!("m-{}", publisher.sent.lock().unwrap()[0])
+    );
+}

@@ -437,6 +437,14 @@ impl AlertOutbox for PgBudgets {
         Ok(out.into_iter().map(|(_, a)| a).collect())
     }
 
+    async fn customers_pending(&self) -> Result<Vec<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT customer_id FROM alert_outbox WHERE published_at IS NULL ORDER BY customer_id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn published(&self, id: &str, message_id: &str) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE alert_outbox SET published_at = now(), message_id = $2, claimed_until = NULL

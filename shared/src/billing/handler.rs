@@ -30,7 +30,7 @@ use crate::billing::history::{backup_totals, HistoryError, HistoryStore};
 use crate::billing::insight::{detect_insights, InsightError, InsightStore};
 use crate::billing::invoice::{generate_invoice, InvoiceError, InvoiceOutcome, InvoiceStore};
 use crate::billing::totals::{CycleTotals, TotalsError};
-use crate::budgets::alerts::{publish_pending, AlertOutbox, AlertPublisher, OutboxError};
+use crate::budgets::alerts::{publish_pending, AlertOutbox, AlertPublisher};
 use crate::budgets::cycle::{evaluate_cycle, BudgetStore, BudgetsError};
 use crate::command::{Cause, Command, CyclePayload};
 use crate::costs::cycle::CostStore;
@@ -143,10 +143,6 @@ fn budgets_error(e: BudgetsError) -> StepError {
         BudgetsError::Customer(e) => customer_error(e),
         other => StepError::permanent(other),
     }
-}
-
-fn outbox_error(e: OutboxError) -> StepError {
-    StepError::classify(e.is_retryable(), e)
 }
 
 fn export_error(e: ExportError) -> StepError {
@@ -267,7 +263,7 @@ impl StepHandler for Totals {
                 // per calculation, in the chain that made the totals (a
                 // chain that found them current skips it). The levels and
                 // their alerts are recorded in one transaction; a retry
-                // finds the levels sent and publishes what is left.
+                // finds the levels recorded and raises nothing twice.
                 let budgets = evaluate_cycle(
                     self.stores.budgets.as_ref(),
                     self.stores.customers.as_ref(),
@@ -286,16 +282,19 @@ impl StepHandler for Totals {
                     ?raised,
                     "budgets evaluated"
                 );
+                // A failed publish leaves the alert in the outbox for the
+                // hourly sweep: an SNS outage must not hold up the invoice.
                 if let Some(publisher) = &self.alerts {
-                    let sent = publish_pending(
+                    match publish_pending(
                         self.stores.outbox.as_ref(),
                         publisher.as_ref(),
                         cycle.customer_id,
                     )
                     .await
-                    .map_err(outbox_error)?;
-                    if sent > 0 {
-                        tracing::info!(sent, "alerts published");
+                    {
+                        Ok(0) => {}
+                        Ok(sent) => tracing::info!(sent, "alerts published"),
+                        Err(e) => tracing::warn!(error = %e, "alerts not published yet"),
                     }
                 }
                 Ok(StepOutcome::finished())

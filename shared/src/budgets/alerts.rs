@@ -5,8 +5,10 @@
 //! A message is written to the outbox in the same transaction as the state
 //! change that decided it (a budget's new level, a bill-shock window
 //! raised), and published after the commit, then marked. A run that dies
-//! in between publishes the row the next time a run of that customer
-//! publishes (the step's retry), so nothing decided is lost; a publish
+//! or fails to publish in between leaves the row for the next run that
+//! publishes for that customer, or the totals function's hourly sweep
+//! ([`publish_all_pending`]), so nothing decided is lost and an SNS outage
+//! never holds up an invoice; a publish
 //! whose mark did not land is sent again (at least once; the message
 //! carries its outbox id for a subscriber to deduplicate). SNS's own
 //! deduplication is for FIFO topics only.
@@ -119,6 +121,8 @@ pub trait AlertOutbox: Send + Sync {
     async fn claim(&self, customer_id: i64, limit: i64) -> Result<Vec<Alert>, StoreError>;
     /// Marks an alert published with the publisher's message id.
     async fn published(&self, id: &str, message_id: &str) -> Result<(), StoreError>;
+    /// The customers with unpublished alerts (for the hourly sweep).
+    async fn customers_pending(&self) -> Result<Vec<i64>, StoreError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +161,37 @@ pub async fn publish_pending(
             sent += 1;
         }
     }
+}
+
+/// Publishes every customer's unpublished alerts: the totals function's
+/// hourly sweep, so an alert whose publish failed (SNS unavailable while
+/// its step ran) goes out within the hour without blocking the invoice.
+/// A customer whose publish fails is left for the next sweep.
+/// Answers how many were sent; what could not be read or sent is logged
+/// and left for the next sweep (the sweep's own work, the invoices, is
+/// not failed by it).
+pub async fn publish_all_pending(
+    outbox: &dyn AlertOutbox,
+    publisher: &dyn AlertPublisher,
+) -> usize {
+    let customers = match outbox.customers_pending().await {
+        Ok(customers) => customers,
+        Err(e) => {
+            tracing::warn!(error = %e.source, "pending alerts not read");
+            return 0;
+        }
+    };
+    let mut sent = 0;
+    for customer_id in customers {
+        match publish_pending(outbox, publisher, customer_id).await {
+            Ok(n) => sent += n,
+            Err(e) => tracing::warn!(error = %e, customer_id, "alerts not published yet"),
+        }
+    }
+    if sent > 0 {
+        tracing::info!(sent, "pending alerts published");
+    }
+    sent
 }
 
 #[cfg(test)]
