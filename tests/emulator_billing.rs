@@ -133,17 +133,23 @@ async fn a_synced_export_is_totalled_insighted_and_invoiced_before_its_task_comp
 }
 
 /// Console-started cycles on one deployed stack (a deploy costs more than
-/// the checks): the closed cycle's invoice and document, then the budget
-/// alerts through the alert topic.
+/// the checks): the closed cycle's invoice, document and chargeback, then
+/// the budget alerts and a bill shock through the alert topic.
 #[tokio::test(flavor = "multi_thread")]
-async fn console_cycles_finalise_and_render_invoices_and_alert_budget_levels_through_sns() {
+async fn console_cycles_finalise_and_render_invoices_and_alert_budget_levels_and_bill_shock_through_sns(
+) {
     let stack = deploy().await;
     a_closed_cycle_from_the_console_is_finalised_and_its_ubl_written_to_the_bucket_with_its_hash(
         &stack,
     )
     .await;
-    a_budget_crossing_80_then_100_then_corrected_under_80_sends_exactly_two_alerts_and_one_resolution(
-        &stack,
+    let queue_url =
+        a_budget_crossing_80_then_100_then_corrected_under_80_sends_exactly_two_alerts_and_one_resolution(
+            &stack,
+        )
+        .await;
+    an_imported_file_with_roaming_data_over_the_limit_sends_a_bill_shock_with_the_newest_cdr_time(
+        &stack, &queue_url,
     )
     .await;
     stack.finish().await.unwrap();
@@ -344,9 +350,10 @@ async fn received(
     out
 }
 
+/// Answers the URL of the queue subscribed to the alert topic.
 async fn a_budget_crossing_80_then_100_then_corrected_under_80_sends_exactly_two_alerts_and_one_resolution(
     stack: &TestStack,
-) {
+) -> String {
     let pool = &stack.db.pool;
     // A queue subscribed to the stack's alert topic, as a subscriber would.
     let config = tem_tests::stack::emulator().sdk_config().await;
@@ -491,4 +498,66 @@ budgets:
         .map(|(_, b)| b["alert_id"].as_str().unwrap_or_default())
         .collect();
     assert_eq!(bodies, ids, "each message carries its outbox id");
+    queue_url
+}
+
+async fn an_imported_file_with_roaming_data_over_the_limit_sends_a_bill_shock_with_the_newest_cdr_time(
+    stack: &TestStack,
+    queue_url: &str,
+) {
+    let pool = &stack.db.pool;
+    let text = r#"
+customers:
+  - {code: roamer, name: Roamer, billing_cycle_start_day: 1}
+subscriptions:
+  - {identifier: "+31655550001", customer: roamer, provider: t_mobile, active_from: 2025-01-01}
+alert_rules:
+  - {customer: roamer, valid_from: 2020-01-01, bill_shock_limit_micros: 50000000}
+"#;
+    let parsed = tem_shared::catalog::parse(text, |_| None);
+    assert!(parsed.is_valid(), "{:?}", parsed.problems);
+    tem_shared::catalog::apply(
+        pool,
+        &parsed,
+        &tem_shared::catalog::ApplyOptions {
+            source: "test".into(),
+            dry_run: false,
+            now: Utc::now(),
+            grace: chrono::Duration::days(5),
+        },
+    )
+    .await
+    .unwrap();
+    // EUR 30 + 30 of data outside the EU within six hours: over EUR 50.
+    let csv = "record_id,msisdn,start_time,event_type,direction,called_number,duration_seconds,data_bytes,units,charge_cents,roaming_zone\n\
+               R-1,+31655550001,2025-04-02T08:00:00+02:00,DATA,MO,,0,1048576,0,3000,ROW\n\
+               R-2,+31655550001,2025-04-02T14:00:00+02:00,DATA,MO,,0,1048576,0,3000,ROW\n";
+    stack
+        .deployment
+        .clients
+        .s3
+        .put_object()
+        .bucket(stack.deployment.output("CdrBucketName"))
+        .key("inbox/t_mobile/1/2025-04-02/roaming.csv")
+        .body(csv.as_bytes().to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let sqs = &stack.deployment.clients.sqs;
+    let mut messages = Vec::new();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while messages.is_empty() && std::time::Instant::now() < deadline {
+        messages = received(sqs, queue_url, Duration::from_secs(2)).await;
+    }
+    let shocks: Vec<_> = messages
+        .iter()
+        .filter(|(a, _)| a.get("kind").map(String::as_str) == Some("bill_shock"))
+        .collect();
+    assert_eq!(shocks.len(), 1, "{messages:?}");
+    let (attributes, body) = shocks[0];
+    assert_eq!(attributes["customer"], "roamer");
+    assert_eq!(attributes["subscription"], "+31655550001");
+    assert_eq!(attributes["level"], "alert");
+    assert_eq!(attributes["newest_cdr_at"], "2025-04-02T12:00:00+00:00");
+    assert_eq!(body["amount_micros"], serde_json::json!(60_000_000));
 }
