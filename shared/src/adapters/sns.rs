@@ -57,7 +57,8 @@ impl AlertPublisher for SnsAlerts {
     }
 }
 
-/// An e-mail subscriber's subject line (SNS allows 100 characters).
+/// An e-mail subscriber's subject line: SNS takes at most 100 ASCII
+/// characters without line breaks, so anything else becomes `?`.
 fn subject(alert: &Alert) -> String {
     let get = |k: &str| alert.attributes.get(k).map(String::as_str).unwrap_or("");
     let text = match alert.kind {
@@ -85,5 +86,35 @@ fn subject(alert: &Alert) -> String {
         }
     };
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    text.chars().take(100).collect()
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(99)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budgets::alerts::AlertKind;
+
+    #[test]
+    fn a_subject_is_short_ascii_on_one_line_whatever_the_customer_is_called() {
+        let alert = Alert::new(
+            1,
+            &format!("bäcker\n{}", "x".repeat(200)),
+            AlertKind::BudgetAlert,
+            serde_json::json!({}),
+        )
+        .with("threshold", 80);
+        let text = subject(&alert);
+        assert!(text.starts_with("tem budget alert: b?cker x"), "{text}");
+        assert_eq!(text.chars().count(), 99);
+        assert!(text.is_ascii() && !text.contains('\n'));
+    }
 }
