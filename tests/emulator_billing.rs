@@ -10,7 +10,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use tem_shared::cdr::cycle_of;
 use tem_shared::tasks::TaskStatus;
 use tem_tests::db::insert_business_customer;
-use tem_tests::stack::{deploy, sent_task, yesterday};
+use tem_tests::stack::{deploy, sent_task, yesterday, TestStack};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -132,10 +132,32 @@ async fn a_synced_export_is_totalled_insighted_and_invoiced_before_its_task_comp
     stack.finish().await.unwrap();
 }
 
+/// Console-started cycles on one deployed stack (a deploy costs more than
+/// the checks): the closed cycle's invoice, document and chargeback, then
+/// the budget alerts and a bill shock through the alert topic.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_closed_cycle_from_the_console_is_finalised_and_its_documents_and_specification_written_to_the_bucket_with_their_hashes(
+async fn console_cycles_finalise_and_render_invoices_and_alert_budget_levels_and_bill_shock_through_sns(
 ) {
     let stack = deploy().await;
+    a_closed_cycle_from_the_console_is_finalised_and_its_ubl_written_to_the_bucket_with_its_hash(
+        &stack,
+    )
+    .await;
+    let queue_url =
+        a_budget_crossing_80_then_100_then_corrected_under_80_sends_exactly_two_alerts_and_one_resolution(
+            &stack,
+        )
+        .await;
+    an_imported_file_with_roaming_data_over_the_limit_sends_a_bill_shock_with_the_newest_cdr_time(
+        &stack, &queue_url,
+    )
+    .await;
+    stack.finish().await.unwrap();
+}
+
+async fn a_closed_cycle_from_the_console_is_finalised_and_its_ubl_written_to_the_bucket_with_its_hash(
+    stack: &TestStack,
+) {
     let pool = &stack.db.pool;
     let acme = insert_business_customer(pool).await;
     tem_tests::db::insert_billing_details(pool, acme).await;
@@ -156,6 +178,23 @@ async fn a_closed_cycle_from_the_console_is_finalised_and_its_documents_and_spec
     .await
     .unwrap();
     tem_tests::db::mark_imported(pool, &[id]).await;
+    // A cost tree: RenderInvoice stores the chargeback and its GL CSV.
+    sqlx::query(
+        "INSERT INTO cost_node (customer_id, code, name, kind, gl_codes)
+         VALUES ($1, 'ops', 'Operations', 'division', '{\"voice\": \"4800\"}')",
+    )
+    .bind(acme)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO cost_assignment (customer_id, subscription, valid_from, shares)
+         VALUES ($1, '+31612340000', '2025-01-01', '[{\"node\": \"ops\", \"weight\": 100}]')",
+    )
+    .bind(acme)
+    .execute(pool)
+    .await
+    .unwrap();
 
     // March 2025 closed long ago: the chain the console starts finalises
     // the invoice, RenderInvoice writes its documents, the UBL and then
@@ -203,13 +242,341 @@ async fn a_closed_cycle_from_the_console_is_finalised_and_its_documents_and_spec
         ]
     );
     assert!(documents.iter().all(|d| d.2.len() == 64));
-    let objects = stack.deployment.objects("invoices/").await.unwrap();
+    // The same step stored the chargeback and wrote its GL CSV beside it.
+    let (gl_key, gl_size, net, rows): (String, i64, i64, i64) =
+        tem_local::deployment::wait_for("the chargeback", TIMEOUT, || async {
+            sqlx::query_as(
+                "SELECT g.key, g.size_bytes, g.net_total_micros,
+                        (SELECT count(*) FROM cost_allocation a WHERE a.invoice_id = g.invoice_id)
+                 FROM gl_export g JOIN invoice i ON i.id = g.invoice_id WHERE i.customer_id = $1",
+            )
+            .bind(acme)
+            .fetch_optional(pool)
+            .await
+            .map_err(anyhow::Error::from)
+        })
+        .await
+        .unwrap();
     assert_eq!(
-        objects,
-        documents
-            .iter()
-            .map(|d| (d.1.clone(), d.3))
-            .collect::<Vec<_>>(),
-        "the recorded objects are in the bucket"
+        gl_key,
+        format!("invoices/{acme}/2025-03-01/{number}-gl.csv")
     );
+    // 90 s billed as two minutes at 0.10, and the monthly fee of 2.50.
+    assert_eq!((net, rows), (2_700_000, 2));
+    let mut expected: Vec<(String, i64)> = documents.iter().map(|d| (d.1.clone(), d.3)).collect();
+    expected.push((gl_key.clone(), gl_size));
+    // In S3's order: by the key's bytes.
+    expected.sort();
+    let objects = stack.deployment.objects("invoices/").await.unwrap();
+    assert_eq!(objects, expected, "the recorded objects are in the bucket");
+    let csv = stack
+        .deployment
+        .clients
+        .s3
+        .get_object()
+        .bucket(stack.deployment.output("CdrBucketName"))
+        .key(&gl_key)
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    let csv = String::from_utf8(csv.to_vec()).unwrap();
+    assert!(csv.contains("ops,4800,voice,"), "{csv}");
+    assert!(csv.contains("ops,,fee,"), "{csv}");
+}
+
+/// The totals chain of `cycle` started from the console, as an operator
+/// would, and waited for: until `published` alerts of the customer are
+/// marked published.
+async fn run_cycle(stack: &TestStack, customer: i64, published: i64) {
+    let answer = stack
+        .deployment
+        .invoke(
+            "TotalsFunctionName",
+            &serde_json::json!({"customer_id": customer, "cycle": "2025-03-01"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.error, None, "{}", answer.payload);
+    let pool = &stack.db.pool;
+    tem_local::deployment::wait_for("the alerts published", TIMEOUT, || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM alert_outbox WHERE customer_id = $1 AND published_at IS NOT NULL",
+        )
+        .bind(customer)
+        .fetch_one(pool)
+        .await?;
+        Ok::<_, anyhow::Error>((n >= published).then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
+/// Every message on the queue within `wait` after the last one arrived:
+/// (the SNS notification's attributes as name -> value, its message).
+async fn received(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    wait: Duration,
+) -> Vec<(
+    std::collections::BTreeMap<String, String>,
+    serde_json::Value,
+)> {
+    let mut out = Vec::new();
+    let mut quiet_since = std::time::Instant::now();
+    while quiet_since.elapsed() < wait {
+        let got = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        for message in got.messages() {
+            // SNS to SQS without raw delivery: the notification's JSON.
+            let note: serde_json::Value =
+                serde_json::from_str(message.body().unwrap_or_default()).unwrap();
+            let attributes = note["MessageAttributes"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                v["Value"].as_str().unwrap_or_default().to_string(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let body: serde_json::Value =
+                serde_json::from_str(note["Message"].as_str().unwrap_or_default()).unwrap();
+            out.push((attributes, body));
+            sqs.delete_message()
+                .queue_url(queue_url)
+                .receipt_handle(message.receipt_handle().unwrap_or_default())
+                .send()
+                .await
+                .unwrap();
+            quiet_since = std::time::Instant::now();
+        }
+    }
+    out
+}
+
+/// Answers the URL of the queue subscribed to the alert topic.
+async fn a_budget_crossing_80_then_100_then_corrected_under_80_sends_exactly_two_alerts_and_one_resolution(
+    stack: &TestStack,
+) -> String {
+    let pool = &stack.db.pool;
+    // A queue subscribed to the stack's alert topic, as a subscriber would.
+    let config = tem_tests::stack::emulator().sdk_config().await;
+    let sns = aws_sdk_sns::Client::new(&config);
+    let sqs = &stack.deployment.clients.sqs;
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(format!("{}-alerts", stack.deployment.stack.name))
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let queue_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+        .unwrap()
+        .clone();
+    sns.subscribe()
+        .topic_arn(stack.deployment.output("BudgetAlertTopicArn"))
+        .protocol("sqs")
+        .endpoint(queue_arn)
+        .send()
+        .await
+        .unwrap();
+
+    // EUR 10 a cycle, alerts at 80, 100 and 150%.
+    let text = r#"
+customers:
+  - {code: budgeted, name: Budgeted, billing_cycle_start_day: 1}
+subscriptions:
+  - {identifier: "+31655550000", customer: budgeted, provider: t_mobile, active_from: 2025-01-01}
+budgets:
+  - {customer: budgeted, valid_from: 2025-01-01, amount_micros: 10000000, thresholds: [80, 100, 150]}
+"#;
+    let parsed = tem_shared::catalog::parse(text, |_| None);
+    assert!(parsed.is_valid(), "{:?}", parsed.problems);
+    tem_shared::catalog::apply(
+        pool,
+        &parsed,
+        &tem_shared::catalog::ApplyOptions {
+            source: "test".into(),
+            dry_run: false,
+            now: Utc::now(),
+            grace: chrono::Duration::days(5),
+        },
+    )
+    .await
+    .unwrap();
+    let customer: i64 = sqlx::query_scalar("SELECT id FROM customer WHERE code = 'budgeted'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let cdr = |external: &'static str, cost: i64| async move {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO call_detail_record (provider, external_id, subscription, customer_id, started_at, kind, direction,
+                destination, roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros, import_file_id, source_line)
+             VALUES ('t_mobile', $1, '+31655550000', $2, '2025-03-10 10:00:00+00', 'voice', 'outgoing', '+31201234567',
+                     'home', 60, 0, 0, $3, 1, 1)
+             RETURNING id",
+        )
+        .bind(external)
+        .bind(customer)
+        .bind(cost)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        tem_tests::db::mark_imported(pool, &[id]).await;
+        id
+    };
+
+    // 85%, then 101%, then a correction (one CDR gone, the other lowered):
+    // 75%.
+    cdr("b1", 8_500_000).await;
+    run_cycle(stack, customer, 1).await;
+    let late = cdr("b2", 1_600_000).await;
+    run_cycle(stack, customer, 2).await;
+    sqlx::query("DELETE FROM call_detail_record WHERE id = $1")
+        .bind(late)
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE call_detail_record SET provider_cost_micros = 7500000 WHERE external_id = 'b1'",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    run_cycle(stack, customer, 3).await;
+    // The same totals once more (an operator's repeat): nothing to send.
+    let answer = stack
+        .deployment
+        .invoke(
+            "TotalsFunctionName",
+            &serde_json::json!({"customer_id": customer, "cycle": "2025-03-01"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.error, None, "{}", answer.payload);
+
+    let messages = received(sqs, &queue_url, Duration::from_secs(2)).await;
+    let seen: Vec<(&str, &str, &str, &str, &str)> = messages
+        .iter()
+        .map(|(a, _)| {
+            let get = |k: &str| a.get(k).map(String::as_str).unwrap_or("");
+            (
+                get("customer"),
+                get("level"),
+                get("threshold"),
+                get("scope"),
+                get("kind"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("budgeted", "alert", "80", "customer", "budget_alert"),
+            ("budgeted", "alert", "100", "customer", "budget_alert"),
+            ("budgeted", "resolved", "100", "customer", "budget_resolved"),
+        ],
+        "exactly three messages, in order"
+    );
+    assert_eq!(messages[2].1["spent_micros"], serde_json::json!(7_500_000));
+    assert_eq!(messages[2].1["cycle"], serde_json::json!("2025-03-01"));
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM alert_outbox WHERE customer_id = $1 ORDER BY created_at",
+    )
+    .bind(customer)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let bodies: Vec<&str> = messages
+        .iter()
+        .map(|(_, b)| b["alert_id"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(bodies, ids, "each message carries its outbox id");
+    queue_url
+}
+
+async fn an_imported_file_with_roaming_data_over_the_limit_sends_a_bill_shock_with_the_newest_cdr_time(
+    stack: &TestStack,
+    queue_url: &str,
+) {
+    let pool = &stack.db.pool;
+    let text = r#"
+customers:
+  - {code: roamer, name: Roamer, billing_cycle_start_day: 1}
+subscriptions:
+  - {identifier: "+31655550001", customer: roamer, provider: t_mobile, active_from: 2025-01-01}
+alert_rules:
+  - {customer: roamer, valid_from: 2020-01-01, bill_shock_limit_micros: 50000000}
+"#;
+    let parsed = tem_shared::catalog::parse(text, |_| None);
+    assert!(parsed.is_valid(), "{:?}", parsed.problems);
+    tem_shared::catalog::apply(
+        pool,
+        &parsed,
+        &tem_shared::catalog::ApplyOptions {
+            source: "test".into(),
+            dry_run: false,
+            now: Utc::now(),
+            grace: chrono::Duration::days(5),
+        },
+    )
+    .await
+    .unwrap();
+    // EUR 30 + 30 of data outside the EU within six hours: over EUR 50.
+    let csv = "record_id,msisdn,start_time,event_type,direction,called_number,duration_seconds,data_bytes,units,charge_cents,roaming_zone\n\
+               R-1,+31655550001,2025-04-02T08:00:00+02:00,DATA,MO,,0,1048576,0,3000,ROW\n\
+               R-2,+31655550001,2025-04-02T14:00:00+02:00,DATA,MO,,0,1048576,0,3000,ROW\n";
+    stack
+        .deployment
+        .clients
+        .s3
+        .put_object()
+        .bucket(stack.deployment.output("CdrBucketName"))
+        .key("inbox/t_mobile/1/2025-04-02/roaming.csv")
+        .body(csv.as_bytes().to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let sqs = &stack.deployment.clients.sqs;
+    let mut messages = Vec::new();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while messages.is_empty() && std::time::Instant::now() < deadline {
+        messages = received(sqs, queue_url, Duration::from_secs(2)).await;
+    }
+    let shocks: Vec<_> = messages
+        .iter()
+        .filter(|(a, _)| a.get("kind").map(String::as_str) == Some("bill_shock"))
+        .collect();
+    assert_eq!(shocks.len(), 1, "{messages:?}");
+    let (attributes, body) = shocks[0];
+    assert_eq!(attributes["customer"], "roamer");
+    assert_eq!(attributes["subscription"], "+31655550001");
+    assert_eq!(attributes["level"], "alert");
+    assert_eq!(attributes["newest_cdr_at"], "2025-04-02T12:00:00+00:00");
+    assert_eq!(body["amount_micros"], serde_json::json!(60_000_000));
 }

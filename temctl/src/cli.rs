@@ -33,6 +33,9 @@ pub enum Command {
     /// Cost centres and chargeback: `costs show CUSTOMER CYCLE` allocates
     /// the cycle's invoice over the customer's cost tree.
     Costs(crate::costs::CostsArgs),
+    /// List insights: BillingInsight's findings and the budget, anomaly
+    /// and bill-shock alerts, newest cycle first.
+    Insights(crate::insights::InsightsArgs),
     /// Show how one CDR was priced (rate, billed quantity, bundles,
     /// arithmetic) and whether its cycle's totals are current.
     Explain(crate::explain::ExplainArgs),

@@ -35,6 +35,8 @@ pub enum CliError {
     Totals(#[from] crate::totals::ShowTotalsError),
     #[error(transparent)]
     Costs(#[from] tem_shared::costs::cycle::CostsError),
+    #[error("reading insights failed: {0}")]
+    Insights(String),
     #[error(transparent)]
     Maintenance(#[from] tem_shared::maintenance::MaintenanceError),
     #[error(transparent)]

@@ -8,6 +8,7 @@ mod error;
 mod explain;
 mod failed;
 mod import;
+mod insights;
 mod invoice;
 mod maintenance;
 mod migrate;
@@ -51,6 +52,7 @@ async fn main() -> ExitCode {
         Command::Totals(args) => totals::run(args).await,
         Command::Costs(args) => costs::run(args).await,
         Command::Maintenance(args) => maintenance::run(args).await,
+        Command::Insights(args) => insights::run(args).await,
         Command::Explain(args) => explain::run(args).await,
         Command::Failed(args) => failed::run(args).await,
         Command::Task(args) => task::run(args).await,

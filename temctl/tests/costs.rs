@@ -189,3 +189,52 @@ async fn a_cycle_without_an_invoice_exits_1_saying_how_to_make_one() {
         stderr(&output)
     );
 }
+
+/// `temctl insights` (beside `costs`: both answer issue 19's "where does
+/// the money go"): a budget alert recorded for the cycle is listed with the
+/// rules' insights, filtered by kind, as text and JSON.
+#[tokio::test]
+async fn insights_lists_a_budget_alert_beside_the_rules_insights_and_filters_by_kind() {
+    let db = fresh().await;
+    let dir = TempDir::new();
+    with_invoice(&db.pool, &db.url, &dir).await;
+    sqlx::query(
+        "INSERT INTO billing_insight (customer_id, cycle, kind, subject, detail)
+         SELECT id, '2025-01-01', k, s, '{\"threshold\": 80}'::jsonb FROM customer,
+                (VALUES ('budget_alert', 'customer 80%'), ('idle_subscription', '+31622222222')) AS v(k, s)
+         WHERE code = 'acme'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let output = temctl(Some(&db.url), &dir.0, &["insights", "--customer", "acme"]);
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("budget_alert"), "{text}");
+    assert!(text.contains("customer 80%"), "{text}");
+    assert!(text.contains("idle_subscription"), "{text}");
+
+    let output = temctl(
+        Some(&db.url),
+        &dir.0,
+        &["insights", "--kind", "budget_alert", "--json"],
+    );
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    let rows: Vec<Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["customer"], "acme");
+    assert_eq!(rows[0]["cycle"], "2025-01-01");
+    assert_eq!(rows[0]["detail"]["threshold"], 80);
+
+    let output = temctl(Some(&db.url), &dir.0, &["insights", "--kind", "budget"]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("unknown insight kind"),
+        "{}",
+        stderr(&output)
+    );
+}

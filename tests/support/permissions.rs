@@ -122,6 +122,7 @@ fn service_of(path: &str) -> Option<&'static str> {
         "sqs.rs" => "sqs",
         "dynamodb.rs" | "task_admin.rs" => "dynamodb",
         "secrets.rs" => "secretsmanager",
+        "sns.rs" => "sns",
         _ => return None,
     })
 }

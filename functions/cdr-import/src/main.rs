@@ -1,14 +1,17 @@
 //! cdr-import: S3 notifications from the import queue (or the console's
-//! `{"bucket", "key"}`, or an envelope) in, CDRs loaded, `DispatchTotals` out.
+//! `{"bucket", "key"}`, or an envelope) in, CDRs loaded, `DispatchTotals` out;
+//! bill-shock alerts to ALERT_TOPIC_ARN.
 
 use std::sync::Arc;
 
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use tem_shared::adapters::budgets::PgBudgets;
 use tem_shared::adapters::s3::{S3Notifications, S3Rejects, S3Sources};
 use tem_shared::adapters::s3_client;
+use tem_shared::adapters::sns::{sns_client, SnsAlerts};
 use tem_shared::bootstrap::Platform;
 use tem_shared::config::Env;
-use tem_shared::import::handler::{CdrImport, ImportInput};
+use tem_shared::import::handler::{BillShockAlerts, CdrImport, ImportInput};
 use tem_shared::import::importer::Importer;
 use tem_shared::import::zip::ZipLimits;
 use tem_shared::lambda::{deadline, handle_event};
@@ -33,14 +36,26 @@ async fn main() -> Result<(), Error> {
         Arc::new(S3Rejects::new(s3.clone(), env.required("CDR_BUCKET")?)),
         limits,
     );
+    let budgets = Arc::new(PgBudgets::new(platform.pool.clone()));
+    let bill_shock = BillShockAlerts {
+        store: budgets.clone(),
+        outbox: budgets,
+        publisher: Some(Arc::new(SnsAlerts::new(
+            sns_client(&platform.aws),
+            env.required("ALERT_TOPIC_ARN")?,
+        ))),
+    };
     let s3_for_notifications = s3.clone();
     let runtime = platform.chain_runtime(
         &env,
-        Arc::new(CdrImport::new(
-            importer,
-            Arc::new(S3Sources::new(s3.clone())),
-            platform.pool.clone(),
-        )),
+        Arc::new(
+            CdrImport::new(
+                importer,
+                Arc::new(S3Sources::new(s3.clone())),
+                platform.pool.clone(),
+            )
+            .with_bill_shock(bill_shock),
+        ),
     )?;
     let runtime = &runtime;
     let notifications = &S3Notifications::new(s3_for_notifications);

@@ -17,6 +17,7 @@ use crate::costs::allocation::{Assignment, Share};
 use crate::costs::cycle::{
     self, CostCustomer, CostStore, CostsError, CycleAllocation, CycleInvoice, InvoiceCharge,
 };
+use crate::costs::export::{ChargebackStore, PendingChargeback, StoredChargeback};
 use crate::costs::tree::CostNode;
 use crate::costs::ChargeClass;
 use crate::ports::StoreError;
@@ -191,4 +192,66 @@ pub async fn cycle_allocation(
     let store = PgCosts::new(pool.clone());
     let customer = cycle::find_customer(&store, customer).await?;
     cycle::allocate_cycle(&store, customer, cycle).await
+}
+
+#[async_trait]
+impl ChargebackStore for PgCosts {
+    async fn pending(
+        &self,
+        customer_id: i64,
+        cycle: NaiveDate,
+    ) -> Result<Option<PendingChargeback>, StoreError> {
+        let row = sqlx::query(
+            "SELECT i.id, i.number FROM invoice i
+             WHERE i.customer_id = $1 AND i.cycle = $2 AND i.sequence = 0 AND i.status = 'final'
+               AND i.number IS NOT NULL
+               AND EXISTS (SELECT 1 FROM cost_node n WHERE n.customer_id = i.customer_id)
+               AND NOT EXISTS (SELECT 1 FROM gl_export g WHERE g.invoice_id = i.id)",
+        )
+        .bind(customer_id)
+        .bind(cycle)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(Some(PendingChargeback {
+                invoice_id: row.try_get("id")?,
+                number: row.try_get("number")?,
+            })),
+            None => Ok(None),
+        }
+    }
+
+    async fn record(&self, chargeback: &StoredChargeback) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO gl_export (invoice_id, bucket, key, sha256, size_bytes, net_total_micros)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (invoice_id) DO NOTHING",
+        )
+        .bind(chargeback.invoice_id)
+        .bind(&chargeback.bucket)
+        .bind(&chargeback.key)
+        .bind(&chargeback.sha256)
+        .bind(chargeback.size_bytes)
+        .bind(chargeback.net_total_micros)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            let rows = &chargeback.rows;
+            sqlx::query(
+                "INSERT INTO cost_allocation (invoice_id, cost_centre, gl_code, charge_class, vat_category, amount_micros)
+                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[])",
+            )
+            .bind(chargeback.invoice_id)
+            .bind(rows.iter().map(|r| r.cost_centre.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.gl_code.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.charge_class.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.vat_category.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.amount_micros).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }

@@ -2,6 +2,7 @@
 //! The only modules that see SDK types.
 
 pub mod billing;
+pub mod budgets;
 pub mod costs;
 pub mod dynamodb;
 pub mod journal;
@@ -11,6 +12,7 @@ pub mod operations;
 pub mod postgres;
 pub mod s3;
 pub mod secrets;
+pub mod sns;
 pub mod sqs;
 pub mod status;
 pub mod task_admin;

@@ -14,6 +14,8 @@
 //! After RenderInvoice comes `SpecifyInvoice`, which writes the usage
 //! specification of each final invoice that has none
 //! (`billing::specification::specify_cycle`).
+//! RenderInvoice also stores the final invoice's chargeback and writes its
+//! general-ledger CSV beside the documents (`costs::export`).
 
 use std::sync::Arc;
 
@@ -34,7 +36,11 @@ use crate::billing::specification::{
     specify_cycle, SpecificationError, SpecificationStore, UploadStarter,
 };
 use crate::billing::totals::{CycleTotals, TotalsError};
+use crate::budgets::alerts::{publish_pending, AlertOutbox, AlertPublisher};
+use crate::budgets::cycle::{evaluate_cycle, BudgetStore, BudgetsError};
 use crate::command::{Cause, Command, CyclePayload};
+use crate::costs::cycle::CostStore;
+use crate::costs::export::{export_chargeback, ChargebackStore, ExportError};
 use crate::envelope::{derived_id, ChainLink, Envelope, Step};
 use crate::lambda::ConsoleCommand;
 use crate::ports::{ObjectPut, StoreError};
@@ -69,6 +75,13 @@ pub struct TotalsStores {
     pub documents: Arc<dyn DocumentStore>,
     /// Their usage specifications (SpecifyInvoice).
     pub specifications: Arc<dyn SpecificationStore>,
+    /// Budgets, levels and anomalies, evaluated in BillingInsight.
+    pub budgets: Arc<dyn BudgetStore>,
+    /// The alerts waiting to be published.
+    pub outbox: Arc<dyn AlertOutbox>,
+    /// Cost trees and invoices, and the chargebacks RenderInvoice stores.
+    pub costs: Arc<dyn CostStore>,
+    pub chargebacks: Arc<dyn ChargebackStore>,
 }
 
 pub struct Totals {
@@ -81,6 +94,9 @@ pub struct Totals {
     /// Where SpecifyInvoice starts its uploads (into the document bucket);
     /// without it RenderInvoice chains no SpecifyInvoice.
     uploads: Option<Arc<dyn UploadStarter>>,
+    /// Where alerts are published (the alert topic); without it they stay
+    /// in the outbox (`alert_outbox`), recorded and listed as insights.
+    alerts: Option<Arc<dyn AlertPublisher>>,
 }
 
 impl Totals {
@@ -90,6 +106,7 @@ impl Totals {
             grace,
             documents: None,
             uploads: None,
+            alerts: None,
         }
     }
 
@@ -97,6 +114,12 @@ impl Totals {
     /// bucket (SpecifyInvoice, after RenderInvoice).
     pub fn with_specifications(mut self, uploads: Arc<dyn UploadStarter>) -> Self {
         self.uploads = Some(uploads);
+        self
+    }
+
+    /// Publishes budget and anomaly alerts with `publisher`.
+    pub fn with_alerts(mut self, publisher: Arc<dyn AlertPublisher>) -> Self {
+        self.alerts = Some(publisher);
         self
     }
 
@@ -131,6 +154,18 @@ fn invoice_error(e: InvoiceError) -> StepError {
         InvoiceError::Customer(e) => customer_error(e),
         other => StepError::permanent(other),
     }
+}
+
+fn budgets_error(e: BudgetsError) -> StepError {
+    match e {
+        BudgetsError::Store(e) => store_error(e),
+        BudgetsError::Customer(e) => customer_error(e),
+        other => StepError::permanent(other),
+    }
+}
+
+fn export_error(e: ExportError) -> StepError {
+    StepError::classify(e.is_retryable(), e)
 }
 
 fn render_error(e: RenderError) -> StepError {
@@ -243,6 +278,44 @@ impl StepHandler for Totals {
                 .map_err(insight_error)?;
                 let kinds: Vec<&str> = insights.iter().map(|i| i.kind.as_str()).collect();
                 tracing::info!(count = insights.len(), ?kinds, "insights recorded");
+                // Budgets here, not in CalculateTotals: this step runs once
+                // per calculation, in the chain that made the totals (a
+                // chain that found them current skips it). The levels and
+                // their alerts are recorded in one transaction; a retry
+                // finds the levels recorded and raises nothing twice.
+                let budgets = evaluate_cycle(
+                    self.stores.budgets.as_ref(),
+                    self.stores.customers.as_ref(),
+                    cycle.customer_id,
+                    cycle.cycle,
+                )
+                .await
+                .map_err(budgets_error)?;
+                for skipped in &budgets.skipped {
+                    tracing::warn!(reason = skipped.as_str(), "budget not evaluated");
+                }
+                let raised: Vec<&str> = budgets.raised.iter().map(|a| a.kind.as_str()).collect();
+                tracing::info!(
+                    budgets = budgets.evaluated.len(),
+                    anomalies = budgets.anomalies.len(),
+                    ?raised,
+                    "budgets evaluated"
+                );
+                // A failed publish leaves the alert in the outbox for the
+                // hourly sweep: an SNS outage must not hold up the invoice.
+                if let Some(publisher) = &self.alerts {
+                    match publish_pending(
+                        self.stores.outbox.as_ref(),
+                        publisher.as_ref(),
+                        cycle.customer_id,
+                    )
+                    .await
+                    {
+                        Ok(0) => {}
+                        Ok(sent) => tracing::info!(sent, "alerts published"),
+                        Err(e) => tracing::warn!(error = %e, "alerts not published yet"),
+                    }
+                }
                 Ok(StepOutcome::finished())
             }
             Command::GenerateInvoice(cycle) => {
@@ -292,6 +365,25 @@ impl StepHandler for Totals {
                 .map_err(render_error)?;
                 let keys: Vec<&str> = written.iter().map(|d| d.key.as_str()).collect();
                 tracing::info!(count = written.len(), ?keys, "invoice documents written");
+                // The final invoice's chargeback beside its documents
+                // (costs::export): once, like the documents.
+                let chargeback = export_chargeback(
+                    self.stores.costs.as_ref(),
+                    self.stores.chargebacks.as_ref(),
+                    objects.as_ref(),
+                    bucket,
+                    cycle.customer_id,
+                    cycle.cycle,
+                )
+                .await
+                .map_err(export_error)?;
+                if let Some(stored) = &chargeback {
+                    tracing::info!(
+                        key = stored.key.as_str(),
+                        rows = stored.rows.len(),
+                        "chargeback stored"
+                    );
+                }
                 if self.uploads.is_some() {
                     return Ok(StepOutcome::Continue {
                         output: serde_json::Value::Null,

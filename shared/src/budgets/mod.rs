@@ -7,8 +7,11 @@
 //! and the new level go out; the store is to keep the level and the event
 //! in one transaction, so that an alert crossed once is sent once.
 
+pub mod alerts;
 pub mod anomaly;
 pub mod bill_shock;
+pub mod cycle;
+pub mod import;
 
 use std::collections::BTreeSet;
 

@@ -9,6 +9,7 @@ use chrono::NaiveDate;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::budgets::{budget_fields, budget_label, rules_fields, rules_label};
 use super::cost_centres::{assignment_fields, assignment_label, node_fields, node_label};
 use super::document::{subscription_label, Document};
 use super::parties::{billing_fields, seller_fields, version_label};
@@ -25,6 +26,8 @@ pub enum ObjectKind {
     SyncProfile,
     CostNode,
     CostAssignment,
+    Budget,
+    AlertRules,
 }
 
 impl ObjectKind {
@@ -38,6 +41,8 @@ impl ObjectKind {
             ObjectKind::SyncProfile => "sync_profile",
             ObjectKind::CostNode => "cost_node",
             ObjectKind::CostAssignment => "cost_assignment",
+            ObjectKind::Budget => "budget",
+            ObjectKind::AlertRules => "alert_rules",
         }
     }
 }
@@ -202,6 +207,11 @@ pub struct Stored {
     pub cost_trees: BTreeMap<String, Vec<crate::costs::tree::CostNode>>,
     /// Their stored assignments, by customer code.
     pub cost_assignments: BTreeMap<String, Vec<crate::costs::allocation::Assignment>>,
+    /// The stored budget versions of the customers the file's `budgets`
+    /// name, by (customer code, label), as [`budget_fields`] lists them.
+    pub budgets: BTreeMap<String, Vec<(&'static str, String)>>,
+    /// The stored alert rule versions, by label, as [`rules_fields`] lists them.
+    pub alert_rules: BTreeMap<String, Vec<(&'static str, String)>>,
 }
 
 /// The fields that differ between a stored version and the file's, in the
@@ -401,6 +411,22 @@ pub fn diff(document: &Document, stored: &Stored) -> Vec<Change> {
         changes.push(change(ObjectKind::SyncProfile, p.name.clone(), fields));
     }
     changes.extend(cost_changes(document, stored));
+    for b in &document.budgets {
+        let label = budget_label(&b.customer, &b.budget.scope, b.valid_from);
+        let fields = stored
+            .budgets
+            .get(&label)
+            .map(|old| version_fields(old, &budget_fields(&b.budget)));
+        changes.push(change(ObjectKind::Budget, label, fields));
+    }
+    for r in &document.alert_rules {
+        let label = rules_label(&r.customer, r.valid_from);
+        let fields = stored
+            .alert_rules
+            .get(&label)
+            .map(|old| version_fields(old, &rules_fields(&r.rules)));
+        changes.push(change(ObjectKind::AlertRules, label, fields));
+    }
     changes
 }
 

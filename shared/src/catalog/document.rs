@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_yaml::Value as Yaml;
 use sha2::{Digest, Sha256};
 
+use super::budgets::{self, AlertRuleEntry, BudgetEntry};
 use super::cost_centres::{self, CostAssignmentEntry, CostNodeEntry};
 use super::interpolate::interpolate;
 use super::parties::{self, BillingDetailsEntry, SellerEntry};
@@ -83,6 +84,8 @@ pub struct Document {
     pub sync_profiles: Vec<SyncProfile>,
     pub cost_centres: Vec<CostNodeEntry>,
     pub cost_assignments: Vec<CostAssignmentEntry>,
+    pub budgets: Vec<BudgetEntry>,
+    pub alert_rules: Vec<AlertRuleEntry>,
 }
 
 /// A file read as far as it could be: its valid entries, every problem found
@@ -110,6 +113,10 @@ pub struct Parsed {
     cost_node_customer_references: Vec<(usize, String)>,
     /// `cost_assignments[i].customer` values.
     cost_assignment_customer_references: Vec<(usize, String)>,
+    /// `budgets[i].customer` values.
+    budget_customer_references: Vec<(usize, String)>,
+    /// `alert_rules[i].customer` values.
+    rule_customer_references: Vec<(usize, String)>,
     /// The line each entry starts on, by section and index.
     entry_lines: BTreeMap<(Section, usize), usize>,
 }
@@ -126,6 +133,8 @@ impl Parsed {
             .chain(&self.billing_customer_references)
             .chain(&self.cost_node_customer_references)
             .chain(&self.cost_assignment_customer_references)
+            .chain(&self.budget_customer_references)
+            .chain(&self.rule_customer_references)
             .map(|(_, code)| code.clone())
             .filter(|code| !self.declared_customers.contains(code))
             .collect()
@@ -204,6 +213,16 @@ impl Parsed {
                 self.cost_assignment_customer_references
                     .iter()
                     .map(|r| (Section::CostAssignments, r)),
+            )
+            .chain(
+                self.budget_customer_references
+                    .iter()
+                    .map(|r| (Section::Budgets, r)),
+            )
+            .chain(
+                self.rule_customer_references
+                    .iter()
+                    .map(|r| (Section::AlertRules, r)),
             );
         for (section, (at, code)) in references {
             if !self.declared_customers.contains(code) && !stored_customers.contains(code) {
@@ -522,6 +541,44 @@ impl Reader {
                 if self.problems.len() == before {
                     entry.at = at;
                     parsed.document.cost_assignments.push(entry);
+                }
+            }
+            Section::Budgets => {
+                if !self.required(section, at, &item, budgets::BUDGET_REQUIRED) {
+                    return;
+                }
+                let Some(spec) = self.spec::<budgets::BudgetSpec>(section, at, item) else {
+                    return;
+                };
+                parsed
+                    .budget_customer_references
+                    .push((at, spec.customer.clone()));
+                let (entry, found) = budgets::budget(spec);
+                for (field, message) in found {
+                    self.problem(section, at, &field, message);
+                }
+                if let Some(mut entry) = entry.filter(|_| self.problems.len() == before) {
+                    entry.at = at;
+                    parsed.document.budgets.push(entry);
+                }
+            }
+            Section::AlertRules => {
+                if !self.required(section, at, &item, budgets::RULE_REQUIRED) {
+                    return;
+                }
+                let Some(spec) = self.spec::<budgets::RuleSpec>(section, at, item) else {
+                    return;
+                };
+                parsed
+                    .rule_customer_references
+                    .push((at, spec.customer.clone()));
+                let (entry, found) = budgets::rules(spec);
+                for (field, message) in found {
+                    self.problem(section, at, &field, message);
+                }
+                if let Some(mut entry) = entry.filter(|_| self.problems.len() == before) {
+                    entry.at = at;
+                    parsed.document.alert_rules.push(entry);
                 }
             }
             Section::SyncProfiles => {
@@ -1104,6 +1161,14 @@ fn duplicate_keys(document: &Document) -> Vec<Problem> {
         );
         keys.push((Section::CostAssignments, a.at, "", key));
     }
+    for b in &document.budgets {
+        let key = budgets::budget_label(&b.customer, &b.budget.scope, b.valid_from);
+        keys.push((Section::Budgets, b.at, "", key));
+    }
+    for r in &document.alert_rules {
+        let key = budgets::rules_label(&r.customer, r.valid_from);
+        keys.push((Section::AlertRules, r.at, "", key));
+    }
     let mut problems = Vec::new();
     let mut seen: BTreeMap<(Section, String), usize> = BTreeMap::new();
     for (section, at, field, key) in keys {
@@ -1547,7 +1612,7 @@ subscriptions:
         assert_eq!(
             problems("customer:\n  - {}\nrate_plans: 3\n"),
             vec![
-                "customer: unknown section; expected one of rate_plans, sellers, customers, billing_details, subscriptions, sync_profiles, cost_centres, cost_assignments",
+                "customer: unknown section; expected one of rate_plans, sellers, customers, billing_details, subscriptions, sync_profiles, cost_centres, cost_assignments, budgets, alert_rules",
                 "rate_plans: must be a list of entries (each starting with `- `)",
             ]
         );

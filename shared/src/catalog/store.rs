@@ -105,6 +105,7 @@ pub async fn apply(
         &parsed.document,
         &stored,
     ));
+    problems.extend(budget_node_problems(&parsed.document, &stored));
     let periods: Vec<StoredPeriod> = stored
         .subscriptions
         .iter()
@@ -245,6 +246,7 @@ async fn load(tx: &mut PgConnection, parsed: &Parsed) -> Result<Stored, CatalogE
 
     load_parties(tx, parsed, &mut stored).await?;
     load_costs(tx, parsed, &mut stored).await?;
+    load_budgets(tx, parsed, &mut stored).await?;
 
     let names: Vec<String> = doc.sync_profiles.iter().map(|p| p.name.clone()).collect();
     let rows = sqlx::query(
@@ -501,6 +503,13 @@ async fn load_costs(
         .iter()
         .map(|e| e.customer.clone())
         .chain(doc.cost_assignments.iter().map(|e| e.customer.clone()))
+        // A cost-centre budget names a node of the customer's tree.
+        .chain(
+            doc.budgets
+                .iter()
+                .filter(|b| matches!(b.budget.scope, crate::budgets::Scope::CostCentre(_)))
+                .map(|b| b.customer.clone()),
+        )
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -635,6 +644,210 @@ async fn write_costs(
     Ok(())
 }
 
+/// A cost-centre budget names a node of its customer's tree: the file's
+/// tree when the file has one for the customer, else the stored one.
+fn budget_node_problems(document: &super::Document, stored: &Stored) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for b in &document.budgets {
+        let crate::budgets::Scope::CostCentre(code) = &b.budget.scope else {
+            continue;
+        };
+        let in_file: Vec<&str> = document
+            .cost_centres
+            .iter()
+            .filter(|n| n.customer == b.customer)
+            .map(|n| n.node.code.as_str())
+            .collect();
+        let known = if in_file.is_empty() {
+            stored
+                .cost_trees
+                .get(&b.customer)
+                .is_some_and(|nodes| nodes.iter().any(|n| &n.code == code))
+        } else {
+            in_file.contains(&code.as_str())
+        };
+        if !known {
+            problems.push(Problem::at(
+                Section::Budgets,
+                b.at,
+                ".cost_centre",
+                format!(
+                    "customer {:?} has no cost centre {code:?}; add it under cost_centres or budget another node",
+                    b.customer
+                ),
+            ));
+        }
+    }
+    problems
+}
+
+/// The stored budget and alert rule versions of the customers the file's
+/// `budgets` and `alert_rules` name.
+async fn load_budgets(
+    tx: &mut PgConnection,
+    parsed: &Parsed,
+    stored: &mut Stored,
+) -> Result<(), CatalogError> {
+    let doc = &parsed.document;
+    let customers: Vec<String> = doc
+        .budgets
+        .iter()
+        .map(|b| b.customer.clone())
+        .chain(doc.alert_rules.iter().map(|r| r.customer.clone()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if customers.is_empty() {
+        return Ok(());
+    }
+    let doing = "reading budgets";
+    let rows = sqlx::query(
+        "SELECT c.code AS customer, b.scope, b.subject, b.valid_from, b.amount_micros, b.thresholds
+         FROM budget b JOIN customer c ON c.id = b.customer_id WHERE c.code = ANY($1)",
+    )
+    .bind(&customers)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db(doing))?;
+    for row in rows {
+        let customer: String = row.try_get("customer").map_err(db(doing))?;
+        let scope: String = row.try_get("scope").map_err(db(doing))?;
+        let subject: String = row.try_get("subject").map_err(db(doing))?;
+        let valid_from: NaiveDate = row.try_get("valid_from").map_err(db(doing))?;
+        let amount: i64 = row.try_get("amount_micros").map_err(db(doing))?;
+        let thresholds: Vec<i32> = row.try_get("thresholds").map_err(db(doing))?;
+        let Some(scope) = super::budgets::scope_from(&scope, &subject) else {
+            continue;
+        };
+        // Compared as text: a stored row the rules no longer accept shows
+        // as updated by the file's version.
+        let fields = vec![
+            ("amount_micros", amount.to_string()),
+            (
+                "thresholds",
+                thresholds
+                    .iter()
+                    .map(i32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+        ];
+        stored.budgets.insert(
+            super::budgets::budget_label(&customer, &scope, valid_from),
+            fields,
+        );
+    }
+    let doing = "reading alert rules";
+    let rows = sqlx::query(
+        "SELECT c.code AS customer, r.valid_from, r.bill_shock_limit_micros, r.anomaly_k_percent,
+                r.anomaly_floor_micros
+         FROM alert_rule r JOIN customer c ON c.id = r.customer_id WHERE c.code = ANY($1)",
+    )
+    .bind(&customers)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db(doing))?;
+    for row in rows {
+        let customer: String = row.try_get("customer").map_err(db(doing))?;
+        let valid_from: NaiveDate = row.try_get("valid_from").map_err(db(doing))?;
+        let limit: Option<i64> = row.try_get("bill_shock_limit_micros").map_err(db(doing))?;
+        let k: Option<i32> = row.try_get("anomaly_k_percent").map_err(db(doing))?;
+        let floor: Option<i64> = row.try_get("anomaly_floor_micros").map_err(db(doing))?;
+        let rules = super::budgets::AlertRules {
+            bill_shock_limit_micros: limit,
+            anomaly: k
+                .zip(floor)
+                .map(|(k, f)| (u32::try_from(k).unwrap_or(0), f)),
+        };
+        stored.alert_rules.insert(
+            super::budgets::rules_label(&customer, valid_from),
+            super::budgets::rules_fields(&rules),
+        );
+    }
+    Ok(())
+}
+
+/// Writes the budget and alert rule versions that changed.
+async fn write_budgets(
+    tx: &mut PgConnection,
+    parsed: &Parsed,
+    changes: &[Change],
+    customer_ids: &BTreeMap<String, i64>,
+) -> Result<(), CatalogError> {
+    let doc = &parsed.document;
+    let id_of = |section: Section, at: usize, customer: &str| {
+        customer_ids.get(customer).copied().ok_or_else(|| {
+            CatalogError::Invalid(vec![Problem::at(
+                section,
+                at,
+                ".customer",
+                format!("no customer {customer:?} in this file or the database"),
+            )])
+        })
+    };
+    for (entry, change) in doc
+        .budgets
+        .iter()
+        .zip(changed_in(changes, ObjectKind::Budget))
+    {
+        if !change.is_change() {
+            continue;
+        }
+        let customer_id = id_of(Section::Budgets, entry.at, &entry.customer)?;
+        let (scope, subject) = super::budgets::scope_key(&entry.budget.scope);
+        let thresholds: Vec<i32> = entry
+            .budget
+            .thresholds
+            .iter()
+            .map(|t| i32::try_from(*t).unwrap_or(i32::MAX))
+            .collect();
+        sqlx::query(
+            "INSERT INTO budget (customer_id, scope, subject, valid_from, amount_micros, thresholds)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (customer_id, scope, subject, valid_from) DO UPDATE
+             SET amount_micros = EXCLUDED.amount_micros, thresholds = EXCLUDED.thresholds, updated_at = now()",
+        )
+        .bind(customer_id)
+        .bind(scope)
+        .bind(subject)
+        .bind(entry.valid_from)
+        .bind(entry.budget.amount_micros)
+        .bind(&thresholds)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("writing budgets"))?;
+    }
+    for (entry, change) in doc
+        .alert_rules
+        .iter()
+        .zip(changed_in(changes, ObjectKind::AlertRules))
+    {
+        if !change.is_change() {
+            continue;
+        }
+        let customer_id = id_of(Section::AlertRules, entry.at, &entry.customer)?;
+        let r = &entry.rules;
+        sqlx::query(
+            "INSERT INTO alert_rule (customer_id, valid_from, bill_shock_limit_micros,
+                                     anomaly_k_percent, anomaly_floor_micros)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (customer_id, valid_from) DO UPDATE
+             SET bill_shock_limit_micros = EXCLUDED.bill_shock_limit_micros,
+                 anomaly_k_percent = EXCLUDED.anomaly_k_percent,
+                 anomaly_floor_micros = EXCLUDED.anomaly_floor_micros, updated_at = now()",
+        )
+        .bind(customer_id)
+        .bind(entry.valid_from)
+        .bind(r.bill_shock_limit_micros)
+        .bind(r.anomaly.map(|(k, _)| i32::try_from(k).unwrap_or(i32::MAX)))
+        .bind(r.anomaly.map(|(_, f)| f))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("writing alert rules"))?;
+    }
+    Ok(())
+}
+
 /// Rows per batched INSERT of customers and subscriptions.
 const WRITE_BATCH: usize = 10_000;
 
@@ -740,6 +953,7 @@ async fn write(
 
     write_billing_details(tx, parsed, changes, &customer_ids).await?;
     write_costs(tx, parsed, changes, &customer_ids).await?;
+    write_budgets(tx, parsed, changes, &customer_ids).await?;
 
     let mut subscriptions = Vec::new();
     for (s, change) in doc

@@ -10,6 +10,8 @@
 //! - [`cycle`]: a cycle's invoice allocated through a narrow store trait,
 //!   checked to add up to the invoice's net total.
 //! - [`gl`]: the chargeback as general-ledger rows and CSV.
+//! - [`export`]: a final invoice's chargeback stored by the chain, its GL
+//!   CSV beside the invoice in S3.
 //! - [`report`]: the chargeback as text (temctl, the local run).
 //!
 //! Pure domain code: no database, no AWS; the catalog and the chain steps
@@ -17,6 +19,7 @@
 
 pub mod allocation;
 pub mod cycle;
+pub mod export;
 pub mod gl;
 pub mod report;
 pub mod tree;

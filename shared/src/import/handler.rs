@@ -2,6 +2,10 @@
 //! object and forks one `DispatchTotals` per (customer, billing cycle) the
 //! import touched; `AttachUnassignedCdrs` gives customer-less CDRs their
 //! customer once the subscription exists, and forks the same way.
+//!
+//! After a file's rows are loaded, the bill-shock rule looks at the
+//! roaming data outside the EU it brought (`budgets::import`), so that
+//! alert does not wait for the cycle.
 
 use std::sync::Arc;
 
@@ -10,6 +14,8 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use tracing::instrument;
 
+use crate::budgets::alerts::{publish_pending, AlertOutbox, AlertPublisher};
+use crate::budgets::import::{evaluate_import, BillShockStore};
 use crate::command::{Cause, Command, CyclePayload, ImportCdrFile};
 use crate::envelope::{derived_id, ChainLink, Envelope};
 use crate::import::importer::{ImportRequest, Importer};
@@ -38,10 +44,20 @@ pub fn parse_inbox_key(key: &str) -> Result<(Provider, Option<i64>), String> {
     }
 }
 
+/// The bill-shock rule's store, its outbox and, when there is an alert
+/// topic, the publisher.
+#[derive(Clone)]
+pub struct BillShockAlerts {
+    pub store: Arc<dyn BillShockStore>,
+    pub outbox: Arc<dyn AlertOutbox>,
+    pub publisher: Option<Arc<dyn AlertPublisher>>,
+}
+
 pub struct CdrImport {
     importer: Importer,
     sources: Arc<dyn ObjectSource>,
     pool: sqlx::PgPool,
+    bill_shock: Option<BillShockAlerts>,
 }
 
 impl CdrImport {
@@ -50,7 +66,61 @@ impl CdrImport {
             importer,
             sources,
             pool,
+            bill_shock: None,
         }
+    }
+
+    /// Evaluates the bill-shock rule after each file.
+    pub fn with_bill_shock(mut self, alerts: BillShockAlerts) -> Self {
+        self.bill_shock = Some(alerts);
+        self
+    }
+
+    /// The bill-shock rule on what the import loaded. Recording is part
+    /// of the step (a failure retries it; the rule finds the same windows
+    /// and raises nothing twice). A failed publish is only logged: the
+    /// alert stays in the outbox, and the customer's next BillingInsight,
+    /// which this import's DispatchTotals runs, publishes it.
+    async fn bill_shock(
+        &self,
+        import_file_id: i64,
+        touched: &[(i64, chrono::NaiveDate)],
+    ) -> Result<(), StepError> {
+        let Some(alerts) = &self.bill_shock else {
+            return Ok(());
+        };
+        let mut customers: Vec<i64> = touched.iter().map(|(c, _)| *c).collect();
+        customers.sort_unstable();
+        customers.dedup();
+        let raised = evaluate_import(alerts.store.as_ref(), import_file_id, &customers)
+            .await
+            .map_err(|e| match e {
+                crate::budgets::import::BillShockError::Store(s) => {
+                    StepError::classify(s.retryable, s.source)
+                }
+                other => StepError::permanent(other),
+            })?;
+        if raised.is_empty() {
+            return Ok(());
+        }
+        let newest: Vec<&str> = raised
+            .iter()
+            .filter_map(|a| a.attributes.get("newest_cdr_at").map(String::as_str))
+            .collect();
+        tracing::warn!(count = raised.len(), ?newest, "bill shock raised");
+        let Some(publisher) = &alerts.publisher else {
+            return Ok(());
+        };
+        let mut owners: Vec<i64> = raised.iter().map(|a| a.customer_id).collect();
+        owners.dedup();
+        for customer_id in owners {
+            if let Err(e) =
+                publish_pending(alerts.outbox.as_ref(), publisher.as_ref(), customer_id).await
+            {
+                tracing::warn!(error = %e, customer_id, "bill-shock alert not published yet");
+            }
+        }
+        Ok(())
     }
 
     async fn import(
@@ -101,6 +171,8 @@ impl CdrImport {
             cycles = summary.touched.len(),
             "imported"
         );
+        self.bill_shock(summary.import_file_id, &summary.touched)
+            .await?;
         Ok(StepOutcome::Fork {
             branches: dispatch_totals(&summary.touched, Cause::Import),
         })

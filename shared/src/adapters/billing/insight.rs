@@ -151,9 +151,12 @@ impl InsightStore for PgInsights {
             .bind(format!("insight:{customer_id}:{cycle}"))
             .execute(&mut *tx)
             .await?;
+        // Only the rules' own kinds: budget, anomaly and bill-shock
+        // insights are kept by the evaluations that raise them.
         sqlx::query(
             "DELETE FROM billing_insight b
              WHERE b.customer_id = $1 AND b.cycle = $2
+               AND b.kind IN ('cost_change', 'idle_subscription', 'roaming_share', 'unrated_cdrs', 'unassigned_cdrs')
                AND NOT EXISTS (SELECT 1 FROM UNNEST($3::text[], $4::text[]) AS n(kind, subject)
                                WHERE n.kind = b.kind AND n.subject = b.subject)",
         )

@@ -38,7 +38,11 @@ pub fn stores(pool: PgPool) -> TotalsStores {
         invoices: Arc::new(invoice::PgInvoices::new(pool.clone())),
         issued: Arc::new(document::PgIssued::new(pool.clone())),
         documents: Arc::new(document::PgIssued::new(pool.clone())),
-        specifications: Arc::new(specification::PgSpecifications::new(pool)),
+        specifications: Arc::new(specification::PgSpecifications::new(pool.clone())),
+        budgets: Arc::new(crate::adapters::budgets::PgBudgets::new(pool.clone())),
+        outbox: Arc::new(crate::adapters::budgets::PgBudgets::new(pool.clone())),
+        costs: Arc::new(crate::adapters::costs::PgCosts::new(pool.clone())),
+        chargebacks: Arc::new(crate::adapters::costs::PgCosts::new(pool)),
     }
 }
 
