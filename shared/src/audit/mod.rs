@@ -14,6 +14,12 @@
 //! amounts and its evidence (the file and line, and which CDRs). Pure
 //! domain code: parsing the carrier's file and storing findings belong to
 //! the adapters.
+//!
+//! - [`format`] and [`parse`]: each carrier's invoice file, as data, read
+//!   streamed with its rejected lines and its totals check.
+
+pub mod format;
+pub mod parse;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -112,6 +118,8 @@ pub enum FindingKind {
     BilledTwice,
     /// Active in the inventory through the period but not on the invoice.
     ActiveNotBilled,
+    /// The file's stated total is not the sum of its lines.
+    TotalsMismatch,
 }
 
 /// Where a finding comes from.
