@@ -28,6 +28,18 @@ use serde::Serialize;
 
 use crate::costs::ChargeClass;
 
+/// A contracted recurring charge: what the carrier may bill `subscription`
+/// on `account` per period, from `valid_from` on (`buy_rates` in `temctl
+/// apply`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BuyRate {
+    pub provider: String,
+    pub account: String,
+    pub subscription: String,
+    pub valid_from: NaiveDate,
+    pub recurring_micros: i64,
+}
+
 /// One line of a carrier's invoice, as its format parsed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CarrierLine {

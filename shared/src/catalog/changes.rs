@@ -25,6 +25,7 @@ pub enum ObjectKind {
     SyncProfile,
     CostNode,
     CostAssignment,
+    BuyRate,
 }
 
 impl ObjectKind {
@@ -38,6 +39,7 @@ impl ObjectKind {
             ObjectKind::SyncProfile => "sync_profile",
             ObjectKind::CostNode => "cost_node",
             ObjectKind::CostAssignment => "cost_assignment",
+            ObjectKind::BuyRate => "buy_rate",
         }
     }
 }
@@ -202,6 +204,9 @@ pub struct Stored {
     pub cost_trees: BTreeMap<String, Vec<crate::costs::tree::CostNode>>,
     /// Their stored assignments, by customer code.
     pub cost_assignments: BTreeMap<String, Vec<crate::costs::allocation::Assignment>>,
+    /// The stored buy rates of the file's entries, by natural key, with
+    /// their recurring charge.
+    pub buy_rates: BTreeMap<(String, String, String, NaiveDate), i64>,
 }
 
 /// The fields that differ between a stored version and the file's, in the
@@ -401,6 +406,31 @@ pub fn diff(document: &Document, stored: &Stored) -> Vec<Change> {
         changes.push(change(ObjectKind::SyncProfile, p.name.clone(), fields));
     }
     changes.extend(cost_changes(document, stored));
+    for entry in &document.buy_rates {
+        let r = &entry.rate;
+        let key = (
+            r.provider.clone(),
+            r.account.clone(),
+            r.subscription.clone(),
+            r.valid_from,
+        );
+        let fields = stored.buy_rates.get(&key).map(|old| {
+            if *old == r.recurring_micros {
+                Vec::new()
+            } else {
+                vec![FieldChange::new(
+                    "recurring_micros",
+                    old,
+                    r.recurring_micros,
+                )]
+            }
+        });
+        changes.push(change(
+            ObjectKind::BuyRate,
+            super::buy_rates::label(r),
+            fields,
+        ));
+    }
     changes
 }
 

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_yaml::Value as Yaml;
 use sha2::{Digest, Sha256};
 
+use super::buy_rates::{self, BuyRateEntry};
 use super::cost_centres::{self, CostAssignmentEntry, CostNodeEntry};
 use super::interpolate::interpolate;
 use super::parties::{self, BillingDetailsEntry, SellerEntry};
@@ -83,6 +84,7 @@ pub struct Document {
     pub sync_profiles: Vec<SyncProfile>,
     pub cost_centres: Vec<CostNodeEntry>,
     pub cost_assignments: Vec<CostAssignmentEntry>,
+    pub buy_rates: Vec<BuyRateEntry>,
 }
 
 /// A file read as far as it could be: its valid entries, every problem found
@@ -522,6 +524,22 @@ impl Reader {
                 if self.problems.len() == before {
                     entry.at = at;
                     parsed.document.cost_assignments.push(entry);
+                }
+            }
+            Section::BuyRates => {
+                if !self.required(section, at, &item, buy_rates::REQUIRED) {
+                    return;
+                }
+                let Some(spec) = self.spec::<buy_rates::BuyRateSpec>(section, at, item) else {
+                    return;
+                };
+                let (entry, found) = buy_rates::buy_rate(spec);
+                for (field, message) in found {
+                    self.problem(section, at, &field, message);
+                }
+                if let Some(mut entry) = entry.filter(|_| self.problems.len() == before) {
+                    entry.at = at;
+                    parsed.document.buy_rates.push(entry);
                 }
             }
             Section::SyncProfiles => {
@@ -1104,6 +1122,9 @@ fn duplicate_keys(document: &Document) -> Vec<Problem> {
         );
         keys.push((Section::CostAssignments, a.at, "", key));
     }
+    for r in &document.buy_rates {
+        keys.push((Section::BuyRates, r.at, "", buy_rates::label(&r.rate)));
+    }
     let mut problems = Vec::new();
     let mut seen: BTreeMap<(Section, String), usize> = BTreeMap::new();
     for (section, at, field, key) in keys {
@@ -1547,7 +1568,7 @@ subscriptions:
         assert_eq!(
             problems("customer:\n  - {}\nrate_plans: 3\n"),
             vec![
-                "customer: unknown section; expected one of rate_plans, sellers, customers, billing_details, subscriptions, sync_profiles, cost_centres, cost_assignments",
+                "customer: unknown section; expected one of rate_plans, sellers, customers, billing_details, subscriptions, sync_profiles, cost_centres, cost_assignments, buy_rates",
                 "rate_plans: must be a list of entries (each starting with `- `)",
             ]
         );

@@ -39,13 +39,15 @@
 //! The invoice parties, `sellers` and `billing_details`, are described in
 //! [`parties`]; the cost tree and assignments, `cost_centres` and
 //! `cost_assignments` (each customer's tree applied whole), in
-//! [`cost_centres`].
+//! [`cost_centres`]; the carriers' contracted recurring charges,
+//! `buy_rates`, in [`buy_rates`].
 //!
 //! Natural keys: rate plans by `id`, customers by `code`, subscriptions by
 //! (`provider`, `identifier`, `active_from`), sync profiles by `name`,
 //! sellers by (`code`, `valid_from`), billing details by (`customer`,
 //! `valid_from`), cost nodes by (`customer`, `code`), cost assignments by
-//! (`customer`, `subscription`, `valid_from`). An
+//! (`customer`, `subscription`, `valid_from`), buy rates by (`provider`,
+//! `account`, `subscription`, `valid_from`). An
 //! object in the file is created or updated to match it exactly (a field
 //! left out takes its default, e.g. no `rate_plan` removes the customer's
 //! plan); objects in the database but not in the file are left alone,
@@ -72,6 +74,7 @@
 //! `AttachUnassignedCdrs`, so CDRs that arrived before them get their
 //! customer.
 
+pub mod buy_rates;
 pub mod changes;
 pub mod cost_centres;
 pub mod document;
@@ -103,10 +106,11 @@ pub enum Section {
     SyncProfiles,
     CostCentres,
     CostAssignments,
+    BuyRates,
 }
 
 impl Section {
-    pub const ALL: [Section; 8] = [
+    pub const ALL: [Section; 9] = [
         Section::RatePlans,
         Section::Sellers,
         Section::Customers,
@@ -115,6 +119,7 @@ impl Section {
         Section::SyncProfiles,
         Section::CostCentres,
         Section::CostAssignments,
+        Section::BuyRates,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -127,6 +132,7 @@ impl Section {
             Section::SyncProfiles => "sync_profiles",
             Section::CostCentres => "cost_centres",
             Section::CostAssignments => "cost_assignments",
+            Section::BuyRates => "buy_rates",
         }
     }
 }
