@@ -36,7 +36,9 @@ CREATE TABLE carrier_invoice (
     rejected             JSONB NOT NULL DEFAULT '[]'::jsonb CHECK (jsonb_typeof(rejected) = 'array'),
     stated_total_micros  BIGINT,
     lines_total_micros   BIGINT NOT NULL,
-    superseded_by        BIGINT REFERENCES carrier_invoice (id),
+    -- Deferred: a correction's id is set here before its row is inserted,
+    -- as the period may have only one current invoice at any moment.
+    superseded_by        BIGINT REFERENCES carrier_invoice (id) DEFERRABLE INITIALLY DEFERRED,
     imported_at          TIMESTAMPTZ NOT NULL DEFAULT now(),
     audited_at           TIMESTAMPTZ NOT NULL DEFAULT now(),
     UNIQUE (provider, account, period_start, content_sha256),
@@ -72,7 +74,7 @@ CREATE TABLE audit_finding (
     recovered_micros    BIGINT NOT NULL DEFAULT 0 CHECK (recovered_micros >= 0),
     note                TEXT,
     -- The corrected carrier invoice whose audit replaced this finding.
-    superseded_by       BIGINT REFERENCES carrier_invoice (id),
+    superseded_by       BIGINT REFERENCES carrier_invoice (id) DEFERRABLE INITIALLY DEFERRED,
     created_at          TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at          TIMESTAMPTZ NOT NULL DEFAULT now(),
     disputed_at         TIMESTAMPTZ,

@@ -17,9 +17,15 @@
 //!
 //! - [`format`] and [`parse`]: each carrier's invoice file, as data, read
 //!   streamed with its rejected lines and its totals check.
+//! - [`run`]: one file audited and its findings stored, idempotently,
+//!   through the [`run::AuditStore`] trait.
+//! - [`dispute`]: the findings as operators work them (dispute, credit,
+//!   write off) and the dispute report per carrier.
 
+pub mod dispute;
 pub mod format;
 pub mod parse;
+pub mod run;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -132,6 +138,54 @@ pub enum FindingKind {
     ActiveNotBilled,
     /// The file's stated total is not the sum of its lines.
     TotalsMismatch,
+}
+
+impl FindingKind {
+    pub const ALL: [FindingKind; 10] = [
+        FindingKind::MissingCdrs,
+        FindingKind::UsageUnderbilled,
+        FindingKind::RateOvercharged,
+        FindingKind::RateUndercharged,
+        FindingKind::NoBuyRate,
+        FindingKind::BilledNotActive,
+        FindingKind::BilledAfterTermination,
+        FindingKind::BilledTwice,
+        FindingKind::ActiveNotBilled,
+        FindingKind::TotalsMismatch,
+    ];
+
+    /// The name stored in `audit_finding.kind` and printed by `temctl`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::MissingCdrs => "missing_cdrs",
+            FindingKind::UsageUnderbilled => "usage_underbilled",
+            FindingKind::RateOvercharged => "rate_overcharged",
+            FindingKind::RateUndercharged => "rate_undercharged",
+            FindingKind::NoBuyRate => "no_buy_rate",
+            FindingKind::BilledNotActive => "billed_not_active",
+            FindingKind::BilledAfterTermination => "billed_after_termination",
+            FindingKind::BilledTwice => "billed_twice",
+            FindingKind::ActiveNotBilled => "active_not_billed",
+            FindingKind::TotalsMismatch => "totals_mismatch",
+        }
+    }
+}
+
+impl std::fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for FindingKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        FindingKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown finding kind {s:?}"))
+    }
 }
 
 /// Where a finding comes from.
