@@ -195,7 +195,10 @@ pub enum DisputeError {
     #[error("finding {id} was replaced by the audit of corrected carrier invoice {by}; work that invoice's finding instead (`temctl audit list --provider {provider}`)")]
     Superseded { id: i64, by: i64, provider: String },
     #[error("the recovered amount {recovered} is {reason}")]
-    Amount { recovered: i64, reason: &'static str },
+    Amount {
+        recovered: i64,
+        reason: &'static str,
+    },
     #[error("finding {0} changed while it was being updated; show it and try again")]
     Changed(i64),
     #[error(transparent)]
@@ -263,10 +266,7 @@ pub async fn change_status(
     id: i64,
     change: &StatusChange,
 ) -> Result<StoredFinding, DisputeError> {
-    let finding = store
-        .finding(id)
-        .await?
-        .ok_or(DisputeError::Unknown(id))?;
+    let finding = store.finding(id).await?.ok_or(DisputeError::Unknown(id))?;
     let update = plan_change(&finding, change)?;
     store
         .update_status(id, &update)
@@ -417,7 +417,10 @@ mod tests {
         let mut replaced = finding(Status::Open);
         replaced.superseded_by = Some(2);
         let err = plan_change(&replaced, &StatusChange::Dispute { note: None }).unwrap_err();
-        assert!(err.to_string().contains("corrected carrier invoice 2"), "{err}");
+        assert!(
+            err.to_string().contains("corrected carrier invoice 2"),
+            "{err}"
+        );
     }
 
     #[test]
