@@ -33,6 +33,9 @@ pub enum Command {
     /// Cost centres and chargeback: `costs show CUSTOMER CYCLE` allocates
     /// the cycle's invoice over the customer's cost tree.
     Costs(crate::costs::CostsArgs),
+    /// The carrier bill audit: audit a carrier invoice file, list, show,
+    /// dispute and resolve findings, and the dispute report per carrier.
+    Audit(crate::audit::AuditArgs),
     /// Show how one CDR was priced (rate, billed quantity, bundles,
     /// arithmetic) and whether its cycle's totals are current.
     Explain(crate::explain::ExplainArgs),

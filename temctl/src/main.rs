@@ -1,6 +1,7 @@
 //! `temctl`: the operators' command line. See `temctl --help`.
 
 mod apply;
+mod audit;
 mod cli;
 mod costs;
 mod db;
@@ -49,6 +50,7 @@ async fn main() -> ExitCode {
         Command::Apply(args) => apply::run(args).await,
         Command::Totals(args) => totals::run(args).await,
         Command::Costs(args) => costs::run(args).await,
+        Command::Audit(args) => audit::run(args).await,
         Command::Explain(args) => explain::run(args).await,
         Command::Failed(args) => failed::run(args).await,
         Command::Task(args) => task::run(args).await,
