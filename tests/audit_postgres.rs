@@ -496,3 +496,69 @@ async fn buy_rates_apply_idempotently_and_a_changed_rate_is_an_update() {
         18_000_000
     );
 }
+
+/// The bucket as the step sees it: one carrier invoice object.
+struct OneObject(Vec<u8>);
+
+impl tem_shared::import::handler::ObjectSource for OneObject {
+    fn open(&self, bucket: &str, key: &str) -> Arc<dyn RangeRead> {
+        Arc::new(MemorySource::named(
+            format!("s3://{bucket}/{key}"),
+            self.0.clone(),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn the_s3_notification_of_a_carrier_invoice_runs_the_audit_step_on_the_import_function() {
+    use tem_shared::import::handler::{Auditing, CdrImport};
+    use tem_shared::import::notification::{adapt_body, Adapted};
+    use tem_shared::runtime::{Delivery, StepHandler};
+
+    let f = fixture().await;
+    let key = "carrier-invoices/kpn_een/1/2025-03-01.csv";
+    let notification = serde_json::json!({"Records": [{
+        "eventSource": "aws:s3",
+        "s3": {"bucket": {"name": "cdr"}, "object": {"key": key, "size": 10, "eTag": "e1"}}
+    }]});
+    let Adapted::Envelope(body) = adapt_body(&notification.to_string(), chrono::Utc::now()) else {
+        panic!("a notification becomes an envelope");
+    };
+    let envelope = tem_shared::envelope::Envelope::parse(&body).expect("an envelope");
+    let handler = CdrImport::new(
+        Importer::new(
+            f.pool.clone(),
+            Arc::new(LocalRejects::new(std::env::temp_dir())),
+            ZipLimits::default(),
+        ),
+        Arc::new(OneObject(file_of(&planted()).into_bytes())),
+        f.pool.clone(),
+    )
+    .with_audit(Auditing {
+        store: Arc::new(PgAudit::new(f.pool.clone())),
+        tolerance: DEFAULT_TOLERANCE,
+    });
+    let delivery = || Delivery {
+        receive_count: 1,
+        deadline: chrono::Utc::now() + Duration::minutes(5),
+    };
+    handler
+        .handle(&envelope, delivery())
+        .await
+        .expect("the audit step succeeds");
+    assert_eq!(current(&f).await, planted_rows());
+    let file_key: String = sqlx::query_scalar("SELECT file_key FROM carrier_invoice")
+        .fetch_one(&f.pool)
+        .await
+        .expect("one carrier invoice");
+    assert_eq!(file_key, key);
+    // Redelivered: the same findings, no more.
+    handler
+        .handle(&envelope, delivery())
+        .await
+        .expect("the audit step succeeds again");
+    assert_eq!(
+        count(&f.pool, "SELECT count(*) FROM audit_finding").await,
+        4
+    );
+}

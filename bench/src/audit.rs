@@ -64,7 +64,8 @@ fn window() -> (DateTime<Utc>, DateTime<Utc>) {
 }
 
 /// The bare sum the audit's numbers come from.
-const BARE: &str = "SELECT subscription, kind, sum(provider_cost_micros)::bigint AS cost, count(*) AS cdrs
+const BARE: &str =
+    "SELECT subscription, kind, sum(provider_cost_micros)::bigint AS cost, count(*) AS cdrs
      FROM call_detail_record WHERE provider = $1 AND started_at >= $2 AND started_at < $3
      GROUP BY subscription, kind";
 

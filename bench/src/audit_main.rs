@@ -79,9 +79,7 @@ fn main() -> Result<()> {
                 sizes: args.rows,
                 subscriptions: args.subscriptions,
                 planted: args.planted,
-                database_url: args
-                    .database_url
-                    .unwrap_or_else(tem_bench::db::server_url),
+                database_url: args.database_url.unwrap_or_else(tem_bench::db::server_url),
                 keep: args.keep,
             };
             let load_before = tem_bench::report::load_average();

@@ -45,10 +45,13 @@ pub enum Step {
     GenerateInvoice,
     /// Write the documents of the cycle's final invoices to S3 (UBL).
     RenderInvoice,
+    /// Audit a carrier's invoice file (`carrier-invoices/`) against the
+    /// CDRs, buy rates and subscriptions, and store its findings.
+    AuditCarrierInvoice,
 }
 
 impl Step {
-    pub const ALL: [Step; 12] = [
+    pub const ALL: [Step; 13] = [
         Step::SyncProfile,
         Step::RoutitRequestExport,
         Step::RoutitPollExport,
@@ -61,6 +64,7 @@ impl Step {
         Step::BillingInsight,
         Step::GenerateInvoice,
         Step::RenderInvoice,
+        Step::AuditCarrierInvoice,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -77,6 +81,7 @@ impl Step {
             Step::BillingInsight => "BillingInsight",
             Step::GenerateInvoice => "GenerateInvoice",
             Step::RenderInvoice => "RenderInvoice",
+            Step::AuditCarrierInvoice => "AuditCarrierInvoice",
         }
     }
 }

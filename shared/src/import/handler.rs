@@ -1,7 +1,9 @@
 //! cdr-import's step handler: `ImportCdrFile` runs the importer on the
 //! object and forks one `DispatchTotals` per (customer, billing cycle) the
 //! import touched; `AttachUnassignedCdrs` gives customer-less CDRs their
-//! customer once the subscription exists, and forks the same way.
+//! customer once the subscription exists, and forks the same way;
+//! `AuditCarrierInvoice` audits a carrier's invoice file (issue 19) through
+//! the audit's store (`audit::run`).
 
 use std::sync::Arc;
 
@@ -10,7 +12,9 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use tracing::instrument;
 
-use crate::command::{Cause, Command, CyclePayload, ImportCdrFile};
+use crate::audit::run::{audit_carrier_invoice, AuditStore};
+use crate::audit::Tolerance;
+use crate::command::{AuditCarrierInvoice, Cause, Command, CyclePayload, ImportCdrFile};
 use crate::envelope::{derived_id, ChainLink, Envelope};
 use crate::import::importer::{ImportRequest, Importer};
 use crate::import::source::RangeRead;
@@ -38,10 +42,31 @@ pub fn parse_inbox_key(key: &str) -> Result<(Provider, Option<i64>), String> {
     }
 }
 
+/// Provider from `carrier-invoices/{provider}/...`.
+pub fn parse_carrier_invoice_key(key: &str) -> Result<Provider, String> {
+    let mut parts = key.split('/');
+    match (parts.next(), parts.next()) {
+        (Some("carrier-invoices"), Some(provider)) => {
+            provider.parse::<Provider>().map_err(|e| e.to_string())
+        }
+        _ => Err(format!(
+            "cannot tell the provider from key {key:?}; carrier invoices belong under carrier-invoices/{{provider}}/..., or give \"provider\""
+        )),
+    }
+}
+
+/// The audit's store and its tolerance, when the function audits carrier
+/// invoices.
+pub struct Auditing {
+    pub store: Arc<dyn AuditStore>,
+    pub tolerance: Tolerance,
+}
+
 pub struct CdrImport {
     importer: Importer,
     sources: Arc<dyn ObjectSource>,
     pool: sqlx::PgPool,
+    auditing: Option<Auditing>,
 }
 
 impl CdrImport {
@@ -50,7 +75,66 @@ impl CdrImport {
             importer,
             sources,
             pool,
+            auditing: None,
         }
+    }
+
+    /// Also runs `AuditCarrierInvoice`.
+    pub fn with_audit(mut self, auditing: Auditing) -> Self {
+        self.auditing = Some(auditing);
+        self
+    }
+
+    async fn audit(&self, file: AuditCarrierInvoice) -> Result<StepOutcome, StepError> {
+        let Some(auditing) = &self.auditing else {
+            return Err(StepError::Permanent(
+                "this cdr-import was built without the carrier audit; wire CdrImport::with_audit"
+                    .into(),
+            ));
+        };
+        tracing::Span::current().record("key", file.key.as_str());
+        let provider = match file.provider {
+            Some(provider) => provider,
+            None => {
+                parse_carrier_invoice_key(&file.key).map_err(|e| StepError::Permanent(e.into()))?
+            }
+        };
+        // A carrier invoice is a few MB at most (50,000 subscriptions are
+        // about 10 MB): read whole, then parsed as a stream.
+        let source = self.sources.open(&file.bucket, &file.key);
+        let retryable = |e: crate::import::source::SourceError| {
+            StepError::Retryable(Reason::with_source(
+                format!("reading s3://{}/{}: {e}", file.bucket, file.key),
+                e,
+            ))
+        };
+        let size = source.len().await.map_err(retryable)?;
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        let mut offset = 0;
+        while offset < size {
+            let len = (size - offset).min(8 << 20);
+            bytes.extend_from_slice(&source.read_range(offset, len).await.map_err(retryable)?);
+            offset += len;
+        }
+        let report = audit_carrier_invoice(
+            auditing.store.as_ref(),
+            provider.as_str(),
+            &file.key,
+            bytes.as_slice(),
+            auditing.tolerance,
+        )
+        .await
+        .map_err(|e| StepError::classify(e.is_retryable(), e))?;
+        tracing::info!(
+            carrier_invoice_id = report.invoice_id,
+            lines = report.lines,
+            rejected = report.rejected.len(),
+            findings = report.findings.len(),
+            overcharge_micros = report.overcharge_micros(),
+            superseded_by = report.superseded_by,
+            "carrier invoice audited"
+        );
+        Ok(StepOutcome::finished())
     }
 
     async fn import(
@@ -127,6 +211,7 @@ impl StepHandler for CdrImport {
     ) -> Result<StepOutcome, StepError> {
         match message.command()? {
             Command::ImportCdrFile(file) => self.import(file, delivery).await,
+            Command::AuditCarrierInvoice(file) => self.audit(file).await,
             Command::AttachUnassignedCdrs(_) => {
                 let attached = crate::import::attach::attach_unassigned(&self.pool)
                     .await
