@@ -166,7 +166,7 @@ async fn invoice(
             if let Some(previous) = last.take() {
                 lines.push(fee(previous));
             }
-            if index % every == 0 {
+            if index.is_multiple_of(every) {
                 cost += 1_000_000;
             }
         }
@@ -317,9 +317,8 @@ pub async fn run(options: &Options) -> Result<Vec<Case>> {
 }
 
 pub fn table(cases: &[Case], subscriptions: u32) -> String {
-    let mut s = format!(
-        "| CDRs | subscriptions | bare SQL s | audit s | audit / SQL | bare SQL peak RSS MiB | audit peak RSS MiB | findings |\n|---|---|---|---|---|---|---|---|\n"
-    );
+    let mut s = "| CDRs | subscriptions | bare SQL s | audit s | audit / SQL | bare SQL peak RSS MiB | audit peak RSS MiB | findings |\n|---|---|---|---|---|---|---|---|\n"
+        .to_string();
     for c in cases {
         s.push_str(&format!(
             "| {} | {} | {:.2} | {:.2} | {:.2}x | {:.1} | {:.1} | {} |\n",
