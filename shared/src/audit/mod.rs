@@ -263,29 +263,21 @@ pub fn audit(
                 .push((line, amount_micros)),
         }
     }
-    let billed: BTreeSet<&str> = invoice
-        .lines
-        .iter()
-        .map(|l| l.subscription.as_str())
-        .collect();
+    // Per billed subscription, its lines and billed amount, in one pass
+    // (an invoice of 50,000 subscriptions has some 300,000 lines).
+    let mut billed: BTreeMap<&str, (Vec<u32>, i64)> = BTreeMap::new();
+    for l in &invoice.lines {
+        let (lines, amount) = billed.entry(l.subscription.as_str()).or_default();
+        lines.push(l.line);
+        *amount += match l.charge {
+            CarrierCharge::Usage { amount_micros, .. }
+            | CarrierCharge::Recurring { amount_micros } => amount_micros,
+        };
+    }
 
     // Inventory of what was billed.
-    for &subscription in &billed {
-        let lines: Vec<u32> = invoice
-            .lines
-            .iter()
-            .filter(|l| l.subscription == subscription)
-            .map(|l| l.line)
-            .collect();
-        let amount: i64 = invoice
-            .lines
-            .iter()
-            .filter(|l| l.subscription == subscription)
-            .map(|l| match l.charge {
-                CarrierCharge::Usage { amount_micros, .. }
-                | CarrierCharge::Recurring { amount_micros } => amount_micros,
-            })
-            .sum();
+    for (&subscription, (lines, amount)) in &billed {
+        let (lines, amount) = (lines.clone(), *amount);
         match known
             .get(subscription)
             .and_then(|k| k.active_from.map(|f| (f, k.active_to)))
@@ -417,7 +409,7 @@ pub fn audit(
         let Some(from) = k.active_from else { continue };
         let active =
             from < invoice.period_end && k.active_to.is_none_or(|to| to > invoice.period_start);
-        if active && !billed.contains(subscription.as_str()) {
+        if active && !billed.contains_key(subscription.as_str()) {
             findings.push(Finding {
                 kind: FindingKind::ActiveNotBilled,
                 subscription: subscription.clone(),
