@@ -295,6 +295,19 @@ pub fn sync_profile(provider: Provider, profile_id: i64, period: NaiveDate) -> C
 mod tests {
     use super::*;
 
+    #[test]
+    fn only_a_months_last_day_fetches_that_months_carrier_invoice() {
+        let day = |s: &str| s.parse::<NaiveDate>().unwrap();
+        assert_eq!(month_ended_on(day("2025-03-31")), Some(day("2025-03-01")));
+        assert_eq!(month_ended_on(day("2024-02-29")), Some(day("2024-02-01")));
+        assert_eq!(month_ended_on(day("2025-03-30")), None);
+        assert_eq!(month_ended_on(day("2025-03-01")), None);
+        assert_eq!(
+            carrier_invoice_key(Provider::KpnEen, 4, day("2025-03-01")),
+            "carrier-invoices/kpn_een/4/2025-03-01.csv"
+        );
+    }
+
     const SQS_EVENT: &str = include_str!("../../../events/provider-sync/sqs-sync-profile.json");
     const CONSOLE_ENVELOPE: &str =
         include_str!("../../../events/provider-sync/console-envelope.json");
