@@ -208,3 +208,51 @@ async fn a_routit_step_without_its_export_id_is_a_permanent_error() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn every_carriers_invoice_is_fetched_and_reads_with_its_format_adding_up_to_its_total() {
+    use tem_shared::audit::format::CarrierFormat;
+    use tem_shared::audit::parse::read_carrier_invoice;
+
+    let sim = sim().await;
+    let http = HttpClient::new(Duration::from_secs(5));
+    let month: NaiveDate = "2025-03-01".parse().unwrap();
+    for provider in Provider::ALL {
+        let name = provider.as_str();
+        control(&sim, name, json!({"rows": 30, "subscribers": 4})).await;
+        let bytes = http
+            .carrier_invoice(&access(&sim, name, TOKEN), month)
+            .await
+            .expect("the invoice is fetched")
+            .expect("the simulator issues it");
+        let format = CarrierFormat::for_provider(provider).unwrap();
+        let file = read_carrier_invoice(bytes.as_slice(), &format, "k").unwrap();
+        assert_eq!(file.rejected, vec![], "{name}");
+        assert_eq!(file.totals_finding(), None, "{name}");
+        assert_eq!(file.invoice.account, format!("SIM-{name}"));
+        assert_eq!(
+            (file.invoice.period_start, file.invoice.period_end),
+            (month, "2025-04-01".parse().unwrap()),
+            "{name}"
+        );
+        // Four subscribers, each with a usage and a recurring line.
+        assert_eq!(file.invoice.lines.len(), 8, "{name}");
+        // 30 rows a day over 31 days.
+        let records: u64 = file
+            .invoice
+            .lines
+            .iter()
+            .filter_map(|l| match l.charge {
+                tem_shared::audit::CarrierCharge::Usage { cdrs, .. } => cdrs,
+                _ => None,
+            })
+            .sum();
+        assert_eq!(records, 30 * 31, "{name}");
+    }
+    // Not a month's first day: refused, permanently.
+    let err = http
+        .carrier_invoice(&access(&sim, "kpn_een", TOKEN), day())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StepError::Permanent(_)), "{err}");
+}

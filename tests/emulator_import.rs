@@ -1,7 +1,8 @@
 //! The CDR import path in the emulator: an export put into the bucket is
 //! imported through the S3 notification, recorded, and chains
 //! `DispatchTotals` for every (customer, cycle) it touched, which the totals
-//! function turns into totals and a history version.
+//! function turns into totals and a history version; a carrier invoice
+//! put under carrier-invoices/ is audited (AuditCarrierInvoice).
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -222,6 +223,45 @@ async fn an_export_put_into_the_bucket_is_imported_and_chains_dispatch_totals_pe
         1,
         "other cycles untouched"
     );
+
+    // A carrier's own invoice under carrier-invoices/ is audited, not
+    // imported: Routit bills +31611111111 two SMS in January for 0.30
+    // where tem holds one CDR of 0.10.
+    let invoice = "Recordsoort;Klantnummer;Factuurnummer;Periode van;Periode tot en met;Nummer;Soort;Aantal;Bedrag\r\n\
+        Kop;R-1;F-2025-01;01-01-2025;31-01-2025;;;;\r\n\
+        Verbruik;;;;;0611111111;SMS;2;0,30\r\n\
+        Totaal;;;;;;;;0,30\r\n";
+    let invoice_key = "carrier-invoices/routit/1/2025-01-01.csv";
+    put(&stack, invoice_key, invoice.as_bytes().to_vec()).await;
+    let findings = wait_for("the carrier audit's findings", TIMEOUT, || async {
+        let rows: Vec<(String, String, i64, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT a.kind, a.subscription, a.billed_micros, a.expected_micros, a.cdr_count
+             FROM audit_finding a JOIN carrier_invoice i ON i.id = a.carrier_invoice_id
+             WHERE i.file_key = $1 ORDER BY a.kind",
+        )
+        .bind(invoice_key)
+        .fetch_all(&stack.db.pool)
+        .await?;
+        Ok((!rows.is_empty()).then_some(rows))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        findings,
+        vec![(
+            "missing_cdrs".to_string(),
+            "+31611111111".to_string(),
+            300_000,
+            100_000,
+            Some(1)
+        )]
+    );
+    let imports: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM import_file WHERE key LIKE 'carrier-invoices/%'")
+            .fetch_one(&stack.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(imports, 0, "a carrier invoice is not a CDR import");
     stack.finish().await.unwrap();
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{Datelike, Utc};
 use serde_json::{json, Value};
 use tem_local::deployment::wait_for;
 use tem_shared::envelope::{Envelope, Step};
@@ -350,7 +350,10 @@ async fn an_export_copied_or_put_by_hand_with_a_finished_tasks_id_leaves_that_ta
 async fn the_routit_chain_requests_polls_until_ready_downloads_and_completes_only_after_the_last_step(
 ) {
     let stack = deploy().await;
-    let period = yesterday();
+    // The last day of last month: provider-sync also fetches the month's
+    // carrier invoice, which the import function then audits.
+    let month = yesterday().with_day(1).unwrap() - chrono::Months::new(1);
+    let period = yesterday().with_day(1).unwrap() - chrono::Duration::days(1);
     let routit = stack
         .profile("routit", true, &period.to_string(), None)
         .await;
@@ -424,6 +427,31 @@ async fn the_routit_chain_requests_polls_until_ready_downloads_and_completes_onl
         .find(|r| r.0 == "ImportCdrFile" && r.2.as_deref() == Some("completed"))
         .unwrap();
     assert_eq!(import.3.as_deref(), Some(token.as_str()));
+
+    // The month's carrier invoice was stored and audited: the simulator's
+    // 50 subscribers are in no inventory here, so each is billed but not
+    // active.
+    assert_eq!(stack.sim_hits("routit:carrier-invoice").await, 1);
+    let invoice_key = format!("carrier-invoices/routit/{routit}/{month}.csv");
+    let findings = wait_for("the carrier invoice's audit", TIMEOUT, || async {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT i.account, a.kind FROM audit_finding a
+             JOIN carrier_invoice i ON i.id = a.carrier_invoice_id WHERE i.file_key = $1",
+        )
+        .bind(&invoice_key)
+        .fetch_all(&stack.db.pool)
+        .await?;
+        Ok((rows.len() >= 50).then_some(rows))
+    })
+    .await
+    .unwrap();
+    assert_eq!(findings.len(), 50);
+    assert!(
+        findings
+            .iter()
+            .all(|(account, kind)| account == "SIM-routit" && kind == "billed_not_active"),
+        "{findings:?}"
+    );
     stack.finish().await.unwrap();
 }
 

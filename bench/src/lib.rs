@@ -3,9 +3,11 @@
 //! (src/main.rs), `totals-bench` (src/totals_main.rs), `apply-bench`
 //! (src/apply_main.rs), `startup-bench` (src/startup_main.rs), `journal-bench`
 //! (src/journal_main.rs), `fanout-bench` (src/fanout_main.rs), `tick-bench`
-//! (src/tick_main.rs) and `spec-bench` (src/spec_main.rs). See README.md.
+//! (src/tick_main.rs), `spec-bench` (src/spec_main.rs) and `audit-bench`
+//! (src/audit_main.rs). See README.md.
 
 pub mod apply;
+pub mod audit;
 pub mod bench;
 pub mod child;
 pub mod db;

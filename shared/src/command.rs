@@ -41,6 +41,7 @@ pub enum Command {
     GenerateInvoice(CyclePayload),
     RenderInvoice(CyclePayload),
     SpecifyInvoice(CyclePayload),
+    AuditCarrierInvoice(AuditCarrierInvoice),
 }
 
 /// One period of one sync profile: what every step of a provider sync is
@@ -106,6 +107,19 @@ impl ImportCdrFile {
             error: None,
         }
     }
+}
+
+/// One carrier invoice file in the CDR bucket to audit
+/// (`carrier-invoices/{provider}/...`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditCarrierInvoice {
+    pub bucket: String,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// Given from the console; otherwise read from the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Provider>,
 }
 
 /// Attaching customer-less CDRs has no parameters: it looks at all of them.
@@ -203,6 +217,9 @@ pub fn expected(step: Step) -> &'static str {
             r#"{"bucket": "...", "key": "inbox/{provider}/{profile_id}/...", "provider"?: "routit", "profile_id"?: 1}"#
         }
         Step::AttachUnassignedCdrs => "{}",
+        Step::AuditCarrierInvoice => {
+            r#"{"bucket": "...", "key": "carrier-invoices/{provider}/...", "provider"?: "kpn_een"}"#
+        }
         Step::DispatchTotals
         | Step::CalculateTotals
         | Step::BackupTotals
@@ -254,6 +271,7 @@ impl Command {
             Step::GenerateInvoice => Command::GenerateInvoice(parse(step, payload)?),
             Step::RenderInvoice => Command::RenderInvoice(parse(step, payload)?),
             Step::SpecifyInvoice => Command::SpecifyInvoice(parse(step, payload)?),
+            Step::AuditCarrierInvoice => Command::AuditCarrierInvoice(parse(step, payload)?),
         })
     }
 
@@ -272,6 +290,7 @@ impl Command {
             Command::GenerateInvoice(_) => Step::GenerateInvoice,
             Command::RenderInvoice(_) => Step::RenderInvoice,
             Command::SpecifyInvoice(_) => Step::SpecifyInvoice,
+            Command::AuditCarrierInvoice(_) => Step::AuditCarrierInvoice,
         }
     }
 
@@ -291,6 +310,7 @@ impl Command {
             | Command::GenerateInvoice(p)
             | Command::RenderInvoice(p)
             | Command::SpecifyInvoice(p) => to_payload(p),
+            Command::AuditCarrierInvoice(p) => to_payload(p),
         }
     }
 
@@ -367,6 +387,12 @@ mod tests {
             Command::GenerateInvoice(cycle),
             Command::RenderInvoice(cycle),
             Command::SpecifyInvoice(cycle),
+            Command::AuditCarrierInvoice(AuditCarrierInvoice {
+                bucket: "b".into(),
+                key: "carrier-invoices/kpn_een/1/2025-03-01.csv".into(),
+                etag: Some("e".into()),
+                provider: None,
+            }),
         ];
         let steps: Vec<Step> = commands.iter().map(Command::step).collect();
         assert_eq!(steps, Step::ALL, "one command of every step, in order");

@@ -47,10 +47,13 @@ pub enum Step {
     RenderInvoice,
     /// Write the usage specification of the cycle's final invoices to S3.
     SpecifyInvoice,
+    /// Audit a carrier's invoice file (`carrier-invoices/`) against the
+    /// CDRs, buy rates and subscriptions, and store its findings.
+    AuditCarrierInvoice,
 }
 
 impl Step {
-    pub const ALL: [Step; 13] = [
+    pub const ALL: [Step; 14] = [
         Step::SyncProfile,
         Step::RoutitRequestExport,
         Step::RoutitPollExport,
@@ -64,6 +67,7 @@ impl Step {
         Step::GenerateInvoice,
         Step::RenderInvoice,
         Step::SpecifyInvoice,
+        Step::AuditCarrierInvoice,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +85,7 @@ impl Step {
             Step::GenerateInvoice => "GenerateInvoice",
             Step::RenderInvoice => "RenderInvoice",
             Step::SpecifyInvoice => "SpecifyInvoice",
+            Step::AuditCarrierInvoice => "AuditCarrierInvoice",
         }
     }
 }

@@ -123,7 +123,7 @@ impl Router {
                 let provider = Self::provider_of(step, payload)?;
                 self.provider_queue(provider)
             }
-            Step::ImportCdrFile | Step::AttachUnassignedCdrs => self
+            Step::ImportCdrFile | Step::AttachUnassignedCdrs | Step::AuditCarrierInvoice => self
                 .import_queue
                 .as_deref()
                 .ok_or_else(|| RoutingError::QueueNotConfigured("import".into())),

@@ -7,6 +7,10 @@
 //!   same reference returns the same export.
 //! - `GET  /routit/exports/{id}` -> `{"status": "pending"|"ready"}`.
 //! - `GET  /routit/exports/{id}/file`: the ZIP.
+//! - `GET  /{provider}/carrier-invoices/{period}`: the carrier's own invoice
+//!   for the month starting on `period` (YYYY-MM-01), in that carrier's
+//!   invoice format (`formats/carrier_invoices/`): per subscriber the
+//!   usage of that month's daily exports and a recurring charge.
 //! - `PUT  /_control/{provider}` with a [`Behaviour`]: make a provider fail,
 //!   answer slowly, or keep Routit exports pending for some polls.
 //! - `GET  /_stats`: how often each endpoint was called, per provider.
@@ -26,7 +30,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -50,6 +54,9 @@ pub struct Behaviour {
     /// subscriber `i % subscribers` ([`subscriber_number`]); at most
     /// [`MAX_SUBSCRIBERS`].
     pub subscribers: usize,
+    /// The recurring charge each subscriber is billed on the carrier
+    /// invoice, in cents.
+    pub recurring_cents: u32,
 }
 
 /// The most subscribers an export can name: the other carriers' numbers
@@ -75,6 +82,7 @@ impl Default for Behaviour {
             not_ready_polls: 0,
             rows: 20,
             subscribers: 50,
+            recurring_cents: 1500,
         }
     }
 }
@@ -195,6 +203,10 @@ pub fn router(token: &str) -> Router {
         .route("/routit/exports/{id}", get(routit_status))
         .route("/routit/exports/{id}/file", get(routit_file))
         .route("/{provider}/exports/{period}", get(direct_export))
+        .route(
+            "/{provider}/carrier-invoices/{period}",
+            get(carrier_invoice),
+        )
         .with_state(sim)
 }
 
@@ -240,6 +252,139 @@ async fn direct_export(
     };
     let export_id = format!("{provider}-{period}");
     zip_response(&provider, period, &behaviour, &export_id)
+}
+
+async fn carrier_invoice(
+    State(sim): State<Sim>,
+    Path((provider, period)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if !PROVIDERS.contains(&provider.as_str()) {
+        return (StatusCode::NOT_FOUND, "no such provider endpoint").into_response();
+    }
+    sim.hit(&provider, "carrier-invoice");
+    let behaviour = match sim.gate(&provider, &headers).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
+    let Some(month) = period.parse::<NaiveDate>().ok().filter(|d| d.day0() == 0) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "period must be the first day of a month, YYYY-MM-01",
+        )
+            .into_response();
+    };
+    if behaviour.subscribers == 0 || behaviour.subscribers > MAX_SUBSCRIBERS {
+        return (StatusCode::BAD_REQUEST, "subscribers out of range").into_response();
+    }
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/csv")
+        .body(Body::from(carrier_invoice_csv(
+            &provider, month, &behaviour,
+        )))
+        .expect("static headers are valid")
+}
+
+/// The micro-euros of CDR row `i` of a day's export, as [`csv`] writes it.
+fn row_cost_micros(provider: &str, i: usize) -> i64 {
+    if provider == "routit" {
+        (125 + i as i64) * 100
+    } else {
+        (i % 10) as i64 * 10_000 + (i % 100) as i64 * 100
+    }
+}
+
+/// `micros` in units of `unit` micro-euros, exactly, with `separator`.
+fn amount(micros: i64, unit: i64, separator: char) -> String {
+    let whole = micros / unit;
+    let rest = micros % unit;
+    if rest == 0 {
+        return whole.to_string();
+    }
+    let digits = unit.to_string().len() - 1;
+    let fraction = format!("{rest:0digits$}");
+    format!("{whole}{separator}{}", fraction.trim_end_matches('0'))
+}
+
+/// A month's carrier invoice, deterministic: per subscriber the usage of
+/// every day's export of the month (one voice line with its number of
+/// records) and the recurring charge, then the total.
+pub fn carrier_invoice_csv(provider: &str, month: NaiveDate, behaviour: &Behaviour) -> String {
+    let subscribers = behaviour.subscribers.max(1);
+    let next = month
+        .checked_add_months(chrono::Months::new(1))
+        .unwrap_or(month);
+    let days = (next - month).num_days();
+    let mut usage = vec![(0i64, 0u64); subscribers];
+    for i in 0..behaviour.rows {
+        let entry = &mut usage[i % subscribers];
+        entry.0 += row_cost_micros(provider, i) * days;
+        entry.1 += days as u64;
+    }
+    let recurring = i64::from(behaviour.recurring_cents) * 10_000;
+    let account = format!("SIM-{provider}");
+    let number = format!("{provider}-{}", month.format("%Y%m"));
+    let dutch = matches!(provider, "routit" | "yielder");
+    let (d, sep, unit) = if dutch {
+        (';', ',', 1_000_000)
+    } else if provider == "vodafone" {
+        (',', '.', 1_000_000)
+    } else {
+        (',', '.', 10_000)
+    };
+    let (hdr, usg, rec, tot, voice) = if dutch {
+        ("Kop", "Verbruik", "Abonnement", "Totaal", "Bellen")
+    } else if provider == "vodafone" {
+        ("H", "U", "R", "T", "voice")
+    } else {
+        ("HDR", "USG", "REC", "TOT", "VOICE")
+    };
+    let mut out = if dutch {
+        "Recordsoort;Klantnummer;Factuurnummer;Periode van;Periode tot en met;Nummer;Soort;Aantal;Bedrag\r\n".to_string()
+    } else {
+        let amount_column = if provider == "vodafone" {
+            "amount"
+        } else {
+            "amount_cents"
+        };
+        format!("record_type,account,invoice_number,period_start,period_end,msisdn,charge_type,record_count,{amount_column}\n")
+    };
+    let eol = if dutch { "\r\n" } else { "\n" };
+    let (start, end) = if dutch {
+        (
+            month.format("%d-%m-%Y").to_string(),
+            next.pred_opt()
+                .unwrap_or(next)
+                .format("%d-%m-%Y")
+                .to_string(),
+        )
+    } else {
+        (month.to_string(), next.to_string())
+    };
+    out.push_str(&format!(
+        "{hdr}{d}{account}{d}{number}{d}{start}{d}{end}{d}{d}{d}{d}{eol}"
+    ));
+    let mut total = 0i64;
+    for (s, (cost, count)) in usage.iter().enumerate() {
+        let number = subscriber_number(provider, s);
+        if *count > 0 {
+            out.push_str(&format!(
+                "{usg}{d}{d}{d}{d}{d}{number}{d}{voice}{d}{count}{d}{}{eol}",
+                amount(*cost, unit, sep)
+            ));
+            total += cost;
+        }
+        out.push_str(&format!(
+            "{rec}{d}{d}{d}{d}{d}{number}{d}{d}{d}{}{eol}",
+            amount(recurring, unit, sep)
+        ));
+        total += recurring;
+    }
+    out.push_str(&format!(
+        "{tot}{d}{d}{d}{d}{d}{d}{d}{d}{}{eol}",
+        amount(total, unit, sep)
+    ));
+    out
 }
 
 #[derive(Deserialize)]

@@ -36,6 +36,9 @@ pub enum Command {
     /// List insights: BillingInsight's findings and the budget, anomaly
     /// and bill-shock alerts, newest cycle first.
     Insights(crate::insights::InsightsArgs),
+    /// The carrier bill audit: audit a carrier invoice file, list, show,
+    /// dispute and resolve findings, and the dispute report per carrier.
+    Audit(crate::audit::AuditArgs),
     /// Show how one CDR was priced (rate, billed quantity, bundles,
     /// arithmetic) and whether its cycle's totals are current.
     Explain(crate::explain::ExplainArgs),

@@ -40,6 +40,12 @@ pub enum CliError {
     #[error(transparent)]
     Maintenance(#[from] tem_shared::maintenance::MaintenanceError),
     #[error(transparent)]
+    Audit(#[from] tem_shared::audit::run::AuditError),
+    #[error(transparent)]
+    Dispute(#[from] tem_shared::audit::dispute::DisputeError),
+    #[error("the amount {0}; write euros with a point, e.g. 2.50")]
+    BadAmount(String),
+    #[error(transparent)]
     Explain(#[from] tem_shared::billing::explain::ExplainError),
     #[error(transparent)]
     Stack(#[from] crate::stack::StackError),
@@ -83,7 +89,9 @@ impl CliError {
     /// 1 when it ran and failed.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::MissingDatabaseUrl | CliError::BadDatabaseUrl(_) => 2,
+            CliError::MissingDatabaseUrl | CliError::BadDatabaseUrl(_) | CliError::BadAmount(_) => {
+                2
+            }
             CliError::Apply(e) => e.exit_code(),
             CliError::Stack(e) => e.exit_code(),
             CliError::Selection(_) | CliError::Unconfirmed(_) => 2,

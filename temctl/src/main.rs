@@ -1,6 +1,7 @@
 //! `temctl`: the operators' command line. See `temctl --help`.
 
 mod apply;
+mod audit;
 mod cli;
 mod costs;
 mod db;
@@ -53,6 +54,7 @@ async fn main() -> ExitCode {
         Command::Costs(args) => costs::run(args).await,
         Command::Maintenance(args) => maintenance::run(args).await,
         Command::Insights(args) => insights::run(args).await,
+        Command::Audit(args) => audit::run(args).await,
         Command::Explain(args) => explain::run(args).await,
         Command::Failed(args) => failed::run(args).await,
         Command::Task(args) => task::run(args).await,

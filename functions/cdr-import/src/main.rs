@@ -1,17 +1,21 @@
 //! cdr-import: S3 notifications from the import queue (or the console's
 //! `{"bucket", "key"}`, or an envelope) in, CDRs loaded, `DispatchTotals` out;
 //! bill-shock alerts to ALERT_TOPIC_ARN.
+//! carrier invoices (`carrier-invoices/`) audited.
 
 use std::sync::Arc;
 
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use tem_shared::adapters::audit::PgAudit;
 use tem_shared::adapters::budgets::PgBudgets;
 use tem_shared::adapters::s3::{S3Notifications, S3Rejects, S3Sources};
 use tem_shared::adapters::s3_client;
 use tem_shared::adapters::sns::{sns_client, SnsAlerts};
+use tem_shared::audit::run::DEFAULT_TOLERANCE;
+use tem_shared::audit::Tolerance;
 use tem_shared::bootstrap::Platform;
 use tem_shared::config::Env;
-use tem_shared::import::handler::{BillShockAlerts, CdrImport, ImportInput};
+use tem_shared::import::handler::{Auditing, BillShockAlerts, CdrImport, ImportInput};
 use tem_shared::import::importer::Importer;
 use tem_shared::import::zip::ZipLimits;
 use tem_shared::lambda::{deadline, handle_event};
@@ -45,6 +49,13 @@ async fn main() -> Result<(), Error> {
             env.required("ALERT_TOPIC_ARN")?,
         ))),
     };
+    let tolerance = Tolerance {
+        micros: env.parsed("AUDIT_TOLERANCE_MICROS", DEFAULT_TOLERANCE.micros)?,
+        basis_points: env.parsed(
+            "AUDIT_TOLERANCE_BASIS_POINTS",
+            DEFAULT_TOLERANCE.basis_points,
+        )?,
+    };
     let s3_for_notifications = s3.clone();
     let runtime = platform.chain_runtime(
         &env,
@@ -54,7 +65,11 @@ async fn main() -> Result<(), Error> {
                 Arc::new(S3Sources::new(s3.clone())),
                 platform.pool.clone(),
             )
-            .with_bill_shock(bill_shock),
+            .with_bill_shock(bill_shock)
+            .with_audit(Auditing {
+                store: Arc::new(PgAudit::new(platform.pool.clone())),
+                tolerance,
+            }),
         ),
     )?;
     let runtime = &runtime;

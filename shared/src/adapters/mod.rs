@@ -1,6 +1,7 @@
 //! Implementations of the ports (`crate::ports`) on AWS and PostgreSQL.
 //! The only modules that see SDK types.
 
+pub mod audit;
 pub mod billing;
 pub mod budgets;
 pub mod costs;

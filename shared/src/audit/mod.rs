@@ -14,6 +14,18 @@
 //! amounts and its evidence (the file and line, and which CDRs). Pure
 //! domain code: parsing the carrier's file and storing findings belong to
 //! the adapters.
+//!
+//! - [`format`] and [`parse`]: each carrier's invoice file, as data, read
+//!   streamed with its rejected lines and its totals check.
+//! - [`run`]: one file audited and its findings stored, idempotently,
+//!   through the [`run::AuditStore`] trait.
+//! - [`dispute`]: the findings as operators work them (dispute, credit,
+//!   write off) and the dispute report per carrier.
+
+pub mod dispute;
+pub mod format;
+pub mod parse;
+pub mod run;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,6 +33,18 @@ use chrono::NaiveDate;
 use serde::Serialize;
 
 use crate::costs::ChargeClass;
+
+/// A contracted recurring charge: what the carrier may bill `subscription`
+/// on `account` per period, from `valid_from` on (`buy_rates` in `temctl
+/// apply`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BuyRate {
+    pub provider: String,
+    pub account: String,
+    pub subscription: String,
+    pub valid_from: NaiveDate,
+    pub recurring_micros: i64,
+}
 
 /// One line of a carrier's invoice, as its format parsed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +136,56 @@ pub enum FindingKind {
     BilledTwice,
     /// Active in the inventory through the period but not on the invoice.
     ActiveNotBilled,
+    /// The file's stated total is not the sum of its lines.
+    TotalsMismatch,
+}
+
+impl FindingKind {
+    pub const ALL: [FindingKind; 10] = [
+        FindingKind::MissingCdrs,
+        FindingKind::UsageUnderbilled,
+        FindingKind::RateOvercharged,
+        FindingKind::RateUndercharged,
+        FindingKind::NoBuyRate,
+        FindingKind::BilledNotActive,
+        FindingKind::BilledAfterTermination,
+        FindingKind::BilledTwice,
+        FindingKind::ActiveNotBilled,
+        FindingKind::TotalsMismatch,
+    ];
+
+    /// The name stored in `audit_finding.kind` and printed by `temctl`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::MissingCdrs => "missing_cdrs",
+            FindingKind::UsageUnderbilled => "usage_underbilled",
+            FindingKind::RateOvercharged => "rate_overcharged",
+            FindingKind::RateUndercharged => "rate_undercharged",
+            FindingKind::NoBuyRate => "no_buy_rate",
+            FindingKind::BilledNotActive => "billed_not_active",
+            FindingKind::BilledAfterTermination => "billed_after_termination",
+            FindingKind::BilledTwice => "billed_twice",
+            FindingKind::ActiveNotBilled => "active_not_billed",
+            FindingKind::TotalsMismatch => "totals_mismatch",
+        }
+    }
+}
+
+impl std::fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for FindingKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        FindingKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown finding kind {s:?}"))
+    }
 }
 
 /// Where a finding comes from.
@@ -189,29 +263,21 @@ pub fn audit(
                 .push((line, amount_micros)),
         }
     }
-    let billed: BTreeSet<&str> = invoice
-        .lines
-        .iter()
-        .map(|l| l.subscription.as_str())
-        .collect();
+    // Per billed subscription, its lines and billed amount, in one pass
+    // (an invoice of 50,000 subscriptions has some 300,000 lines).
+    let mut billed: BTreeMap<&str, (Vec<u32>, i64)> = BTreeMap::new();
+    for l in &invoice.lines {
+        let (lines, amount) = billed.entry(l.subscription.as_str()).or_default();
+        lines.push(l.line);
+        *amount += match l.charge {
+            CarrierCharge::Usage { amount_micros, .. }
+            | CarrierCharge::Recurring { amount_micros } => amount_micros,
+        };
+    }
 
     // Inventory of what was billed.
-    for &subscription in &billed {
-        let lines: Vec<u32> = invoice
-            .lines
-            .iter()
-            .filter(|l| l.subscription == subscription)
-            .map(|l| l.line)
-            .collect();
-        let amount: i64 = invoice
-            .lines
-            .iter()
-            .filter(|l| l.subscription == subscription)
-            .map(|l| match l.charge {
-                CarrierCharge::Usage { amount_micros, .. }
-                | CarrierCharge::Recurring { amount_micros } => amount_micros,
-            })
-            .sum();
+    for (&subscription, (lines, amount)) in &billed {
+        let (lines, amount) = (lines.clone(), *amount);
         match known
             .get(subscription)
             .and_then(|k| k.active_from.map(|f| (f, k.active_to)))
@@ -343,7 +409,7 @@ pub fn audit(
         let Some(from) = k.active_from else { continue };
         let active =
             from < invoice.period_end && k.active_to.is_none_or(|to| to > invoice.period_start);
-        if active && !billed.contains(subscription.as_str()) {
+        if active && !billed.contains_key(subscription.as_str()) {
             findings.push(Finding {
                 kind: FindingKind::ActiveNotBilled,
                 subscription: subscription.clone(),

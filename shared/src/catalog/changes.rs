@@ -28,6 +28,7 @@ pub enum ObjectKind {
     CostAssignment,
     Budget,
     AlertRules,
+    BuyRate,
 }
 
 impl ObjectKind {
@@ -43,6 +44,7 @@ impl ObjectKind {
             ObjectKind::CostAssignment => "cost_assignment",
             ObjectKind::Budget => "budget",
             ObjectKind::AlertRules => "alert_rules",
+            ObjectKind::BuyRate => "buy_rate",
         }
     }
 }
@@ -212,6 +214,9 @@ pub struct Stored {
     pub budgets: BTreeMap<String, Vec<(&'static str, String)>>,
     /// The stored alert rule versions, by label, as [`rules_fields`] lists them.
     pub alert_rules: BTreeMap<String, Vec<(&'static str, String)>>,
+    /// The stored buy rates of the file's entries, by natural key, with
+    /// their recurring charge.
+    pub buy_rates: BTreeMap<(String, String, String, NaiveDate), i64>,
 }
 
 /// The fields that differ between a stored version and the file's, in the
@@ -426,6 +431,31 @@ pub fn diff(document: &Document, stored: &Stored) -> Vec<Change> {
             .get(&label)
             .map(|old| version_fields(old, &rules_fields(&r.rules)));
         changes.push(change(ObjectKind::AlertRules, label, fields));
+    }
+    for entry in &document.buy_rates {
+        let r = &entry.rate;
+        let key = (
+            r.provider.clone(),
+            r.account.clone(),
+            r.subscription.clone(),
+            r.valid_from,
+        );
+        let fields = stored.buy_rates.get(&key).map(|old| {
+            if *old == r.recurring_micros {
+                Vec::new()
+            } else {
+                vec![FieldChange::new(
+                    "recurring_micros",
+                    old,
+                    r.recurring_micros,
+                )]
+            }
+        });
+        changes.push(change(
+            ObjectKind::BuyRate,
+            super::buy_rates::label(r),
+            fields,
+        ));
     }
     changes
 }

@@ -15,6 +15,7 @@ use serde_yaml::Value as Yaml;
 use sha2::{Digest, Sha256};
 
 use super::budgets::{self, AlertRuleEntry, BudgetEntry};
+use super::buy_rates::{self, BuyRateEntry};
 use super::cost_centres::{self, CostAssignmentEntry, CostNodeEntry};
 use super::interpolate::interpolate;
 use super::parties::{self, BillingDetailsEntry, SellerEntry};
@@ -86,6 +87,7 @@ pub struct Document {
     pub cost_assignments: Vec<CostAssignmentEntry>,
     pub budgets: Vec<BudgetEntry>,
     pub alert_rules: Vec<AlertRuleEntry>,
+    pub buy_rates: Vec<BuyRateEntry>,
 }
 
 /// A file read as far as it could be: its valid entries, every problem found
@@ -579,6 +581,22 @@ impl Reader {
                 if let Some(mut entry) = entry.filter(|_| self.problems.len() == before) {
                     entry.at = at;
                     parsed.document.alert_rules.push(entry);
+                }
+            }
+            Section::BuyRates => {
+                if !self.required(section, at, &item, buy_rates::REQUIRED) {
+                    return;
+                }
+                let Some(spec) = self.spec::<buy_rates::BuyRateSpec>(section, at, item) else {
+                    return;
+                };
+                let (entry, found) = buy_rates::buy_rate(spec);
+                for (field, message) in found {
+                    self.problem(section, at, &field, message);
+                }
+                if let Some(mut entry) = entry.filter(|_| self.problems.len() == before) {
+                    entry.at = at;
+                    parsed.document.buy_rates.push(entry);
                 }
             }
             Section::SyncProfiles => {
@@ -1169,6 +1187,9 @@ fn duplicate_keys(document: &Document) -> Vec<Problem> {
         let key = budgets::rules_label(&r.customer, r.valid_from);
         keys.push((Section::AlertRules, r.at, "", key));
     }
+    for r in &document.buy_rates {
+        keys.push((Section::BuyRates, r.at, "", buy_rates::label(&r.rate)));
+    }
     let mut problems = Vec::new();
     let mut seen: BTreeMap<(Section, String), usize> = BTreeMap::new();
     for (section, at, field, key) in keys {
@@ -1612,7 +1633,7 @@ subscriptions:
         assert_eq!(
             problems("customer:\n  - {}\nrate_plans: 3\n"),
             vec![
-                "customer: unknown section; expected one of rate_plans, sellers, customers, billing_details, subscriptions, sync_profiles, cost_centres, cost_assignments, budgets, alert_rules",
+                "customer: unknown section; expected one of rate_plans, sellers, customers, billing_details, subscriptions, sync_profiles, cost_centres, cost_assignments, budgets, alert_rules, buy_rates",
                 "rate_plans: must be a list of entries (each starting with `- `)",
             ]
         );

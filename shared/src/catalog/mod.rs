@@ -41,13 +41,16 @@
 //! `cost_assignments` (each customer's tree applied whole), in
 //! [`cost_centres`]; `budgets` and `alert_rules` (bill shock, anomaly) in
 //! [`budgets`].
+//! The carriers' contracted recurring charges, `buy_rates`, in
+//! [`buy_rates`].
 //!
 //! Natural keys: rate plans by `id`, customers by `code`, subscriptions by
 //! (`provider`, `identifier`, `active_from`), sync profiles by `name`,
 //! sellers by (`code`, `valid_from`), billing details by (`customer`,
 //! `valid_from`), cost nodes by (`customer`, `code`), cost assignments by
 //! (`customer`, `subscription`, `valid_from`), budgets by (`customer`,
-//! scope, `valid_from`), alert rules by (`customer`, `valid_from`). An
+//! scope, `valid_from`), alert rules by (`customer`, `valid_from`), buy rates by (`provider`,
+//! `account`, `subscription`, `valid_from`). An
 //! object in the file is created or updated to match it exactly (a field
 //! left out takes its default, e.g. no `rate_plan` removes the customer's
 //! plan); objects in the database but not in the file are left alone,
@@ -75,6 +78,7 @@
 //! customer.
 
 pub mod budgets;
+pub mod buy_rates;
 pub mod changes;
 pub mod cost_centres;
 pub mod document;
@@ -108,10 +112,11 @@ pub enum Section {
     CostAssignments,
     Budgets,
     AlertRules,
+    BuyRates,
 }
 
 impl Section {
-    pub const ALL: [Section; 10] = [
+    pub const ALL: [Section; 11] = [
         Section::RatePlans,
         Section::Sellers,
         Section::Customers,
@@ -122,6 +127,7 @@ impl Section {
         Section::CostAssignments,
         Section::Budgets,
         Section::AlertRules,
+        Section::BuyRates,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -136,6 +142,7 @@ impl Section {
             Section::CostAssignments => "cost_assignments",
             Section::Budgets => "budgets",
             Section::AlertRules => "alert_rules",
+            Section::BuyRates => "buy_rates",
         }
     }
 }

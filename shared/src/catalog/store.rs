@@ -247,6 +247,7 @@ async fn load(tx: &mut PgConnection, parsed: &Parsed) -> Result<Stored, CatalogE
     load_parties(tx, parsed, &mut stored).await?;
     load_costs(tx, parsed, &mut stored).await?;
     load_budgets(tx, parsed, &mut stored).await?;
+    load_buy_rates(tx, parsed, &mut stored).await?;
 
     let names: Vec<String> = doc.sync_profiles.iter().map(|p| p.name.clone()).collect();
     let rows = sqlx::query(
@@ -848,6 +849,80 @@ async fn write_budgets(
     Ok(())
 }
 
+/// The stored versions of the file's buy rates.
+async fn load_buy_rates(
+    tx: &mut PgConnection,
+    parsed: &Parsed,
+    stored: &mut Stored,
+) -> Result<(), CatalogError> {
+    let rates = &parsed.document.buy_rates;
+    if rates.is_empty() {
+        return Ok(());
+    }
+    let doing = "reading buy rates";
+    let column = |f: fn(&crate::audit::BuyRate) -> String| -> Vec<String> {
+        rates.iter().map(|e| f(&e.rate)).collect()
+    };
+    let rows = sqlx::query(
+        "SELECT b.provider, b.account, b.subscription, b.valid_from, b.recurring_micros
+         FROM buy_rate b
+         JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(provider, account, subscription)
+           ON (b.provider, b.account, b.subscription) = (k.provider, k.account, k.subscription)",
+    )
+    .bind(column(|r| r.provider.clone()))
+    .bind(column(|r| r.account.clone()))
+    .bind(column(|r| r.subscription.clone()))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db(doing))?;
+    for row in rows {
+        stored.buy_rates.insert(
+            (
+                row.try_get("provider").map_err(db(doing))?,
+                row.try_get("account").map_err(db(doing))?,
+                row.try_get("subscription").map_err(db(doing))?,
+                row.try_get("valid_from").map_err(db(doing))?,
+            ),
+            row.try_get("recurring_micros").map_err(db(doing))?,
+        );
+    }
+    Ok(())
+}
+
+/// Upserts the buy rates that changed.
+async fn write_buy_rates(
+    tx: &mut PgConnection,
+    parsed: &Parsed,
+    changes: &[Change],
+) -> Result<(), CatalogError> {
+    for (entry, change) in parsed
+        .document
+        .buy_rates
+        .iter()
+        .zip(changed_in(changes, ObjectKind::BuyRate))
+    {
+        if !change.is_change() {
+            continue;
+        }
+        let r = &entry.rate;
+        sqlx::query(
+            "INSERT INTO buy_rate (provider, account, subscription, valid_from, recurring_micros)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (provider, account, subscription, valid_from)
+             DO UPDATE SET recurring_micros = EXCLUDED.recurring_micros, updated_at = now()",
+        )
+        .bind(&r.provider)
+        .bind(&r.account)
+        .bind(&r.subscription)
+        .bind(r.valid_from)
+        .bind(r.recurring_micros)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("writing buy rates"))?;
+    }
+    Ok(())
+}
+
 /// Rows per batched INSERT of customers and subscriptions.
 const WRITE_BATCH: usize = 10_000;
 
@@ -954,6 +1029,7 @@ async fn write(
     write_billing_details(tx, parsed, changes, &customer_ids).await?;
     write_costs(tx, parsed, changes, &customer_ids).await?;
     write_budgets(tx, parsed, changes, &customer_ids).await?;
+    write_buy_rates(tx, parsed, changes).await?;
 
     let mut subscriptions = Vec::new();
     for (s, change) in doc

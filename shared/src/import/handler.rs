@@ -6,6 +6,9 @@
 //! After a file's rows are loaded, the bill-shock rule looks at the
 //! roaming data outside the EU it brought (`budgets::import`), so that
 //! alert does not wait for the cycle.
+//!
+//! `AuditCarrierInvoice` audits a carrier's invoice file (issue 19) through
+//! the audit's store (`audit::run`).
 
 use std::sync::Arc;
 
@@ -14,9 +17,11 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use tracing::instrument;
 
+use crate::audit::run::{audit_carrier_invoice, AuditStore};
+use crate::audit::Tolerance;
 use crate::budgets::alerts::{publish_pending, AlertOutbox, AlertPublisher};
 use crate::budgets::import::{evaluate_import, BillShockStore};
-use crate::command::{Cause, Command, CyclePayload, ImportCdrFile};
+use crate::command::{AuditCarrierInvoice, Cause, Command, CyclePayload, ImportCdrFile};
 use crate::envelope::{derived_id, ChainLink, Envelope};
 use crate::import::importer::{ImportRequest, Importer};
 use crate::import::source::RangeRead;
@@ -53,11 +58,32 @@ pub struct BillShockAlerts {
     pub publisher: Option<Arc<dyn AlertPublisher>>,
 }
 
+/// Provider from `carrier-invoices/{provider}/...`.
+pub fn parse_carrier_invoice_key(key: &str) -> Result<Provider, String> {
+    let mut parts = key.split('/');
+    match (parts.next(), parts.next()) {
+        (Some("carrier-invoices"), Some(provider)) => {
+            provider.parse::<Provider>().map_err(|e| e.to_string())
+        }
+        _ => Err(format!(
+            "cannot tell the provider from key {key:?}; carrier invoices belong under carrier-invoices/{{provider}}/..., or give \"provider\""
+        )),
+    }
+}
+
+/// The audit's store and its tolerance, when the function audits carrier
+/// invoices.
+pub struct Auditing {
+    pub store: Arc<dyn AuditStore>,
+    pub tolerance: Tolerance,
+}
+
 pub struct CdrImport {
     importer: Importer,
     sources: Arc<dyn ObjectSource>,
     pool: sqlx::PgPool,
     bill_shock: Option<BillShockAlerts>,
+    auditing: Option<Auditing>,
 }
 
 impl CdrImport {
@@ -67,6 +93,7 @@ impl CdrImport {
             sources,
             pool,
             bill_shock: None,
+            auditing: None,
         }
     }
 
@@ -121,6 +148,64 @@ impl CdrImport {
             }
         }
         Ok(())
+    }
+
+    /// Also runs `AuditCarrierInvoice`.
+    pub fn with_audit(mut self, auditing: Auditing) -> Self {
+        self.auditing = Some(auditing);
+        self
+    }
+
+    async fn audit(&self, file: AuditCarrierInvoice) -> Result<StepOutcome, StepError> {
+        let Some(auditing) = &self.auditing else {
+            return Err(StepError::Permanent(
+                "this cdr-import was built without the carrier audit; wire CdrImport::with_audit"
+                    .into(),
+            ));
+        };
+        tracing::Span::current().record("key", file.key.as_str());
+        let provider = match file.provider {
+            Some(provider) => provider,
+            None => {
+                parse_carrier_invoice_key(&file.key).map_err(|e| StepError::Permanent(e.into()))?
+            }
+        };
+        // A carrier invoice is a few MB at most (50,000 subscriptions are
+        // about 10 MB): read whole, then parsed as a stream.
+        let source = self.sources.open(&file.bucket, &file.key);
+        let retryable = |e: crate::import::source::SourceError| {
+            StepError::Retryable(Reason::with_source(
+                format!("reading s3://{}/{}: {e}", file.bucket, file.key),
+                e,
+            ))
+        };
+        let size = source.len().await.map_err(retryable)?;
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        let mut offset = 0;
+        while offset < size {
+            let len = (size - offset).min(8 << 20);
+            bytes.extend_from_slice(&source.read_range(offset, len).await.map_err(retryable)?);
+            offset += len;
+        }
+        let report = audit_carrier_invoice(
+            auditing.store.as_ref(),
+            provider.as_str(),
+            &file.key,
+            bytes.as_slice(),
+            auditing.tolerance,
+        )
+        .await
+        .map_err(|e| StepError::classify(e.is_retryable(), e))?;
+        tracing::info!(
+            carrier_invoice_id = report.invoice_id,
+            lines = report.lines,
+            rejected = report.rejected.len(),
+            findings = report.findings.len(),
+            overcharge_micros = report.overcharge_micros(),
+            superseded_by = report.superseded_by,
+            "carrier invoice audited"
+        );
+        Ok(StepOutcome::finished())
     }
 
     async fn import(
@@ -199,6 +284,7 @@ impl StepHandler for CdrImport {
     ) -> Result<StepOutcome, StepError> {
         match message.command()? {
             Command::ImportCdrFile(file) => self.import(file, delivery).await,
+            Command::AuditCarrierInvoice(file) => self.audit(file).await,
             Command::AttachUnassignedCdrs(_) => {
                 let attached = crate::import::attach::attach_unassigned(&self.pool)
                     .await

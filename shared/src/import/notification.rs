@@ -7,10 +7,13 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::command::{Command, ImportCdrFile};
+use crate::command::{AuditCarrierInvoice, Command, ImportCdrFile};
 use crate::envelope::{derived_id, Envelope};
 pub use crate::lambda::Adapted;
 use crate::sync::provider::handoff_token;
+
+/// The prefix of the carrier invoices in the CDR bucket.
+pub const CARRIER_INVOICES: &str = "carrier-invoices/";
 
 /// What an SQS body on the import queue is.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +61,17 @@ impl ObjectCreated {
             parts.push(task_id);
         }
         let id = derived_id(&parts);
+        // A carrier's own invoice is audited, not imported; it belongs to
+        // no sync task (provider-sync stores it without one).
+        if self.key.starts_with(CARRIER_INVOICES) && self.error.is_none() {
+            let command = Command::AuditCarrierInvoice(AuditCarrierInvoice {
+                bucket: self.bucket.clone(),
+                key: self.key.clone(),
+                etag: Some(self.etag.clone()),
+                provider: None,
+            });
+            return Envelope::start(id, command, vec![], None, now).to_body();
+        }
         let command = Command::ImportCdrFile(ImportCdrFile {
             etag: Some(self.etag.clone()),
             size: Some(self.size),
@@ -182,6 +196,28 @@ mod tests {
             panic!()
         };
         assert_eq!(Envelope::parse(&again).unwrap().id, envelope.id);
+    }
+
+    #[test]
+    fn a_carrier_invoice_becomes_an_audit_envelope_of_no_task() {
+        let body = s3_body().replace(
+            "inbox/routit/1/2025-01-14/rt+20250114.zip",
+            "carrier-invoices/kpn_een/3/2025-03-01.csv",
+        );
+        let Notification::Object(object) = parse_notification(&body) else {
+            panic!("an S3 notification is an object");
+        };
+        let origin = ExportOrigin {
+            task_id: Some("task-1".into()),
+            trace_id: None,
+        };
+        let envelope = Envelope::parse(&object.envelope(&origin, Utc::now())).unwrap();
+        assert_eq!(envelope.step, Step::AuditCarrierInvoice);
+        assert_eq!(envelope.task_id, None);
+        let Command::AuditCarrierInvoice(audit) = envelope.command().unwrap() else {
+            panic!("an audit command");
+        };
+        assert_eq!(audit.key, "carrier-invoices/kpn_een/3/2025-03-01.csv");
     }
 
     #[test]

@@ -179,6 +179,39 @@ impl HttpClient {
         Ok((export_id, bytes.to_vec()))
     }
 
+    /// The carrier's own invoice for the month starting on `month`
+    /// (`GET {base_url}/carrier-invoices/{month}`), for the carrier bill
+    /// audit; `None` while the carrier has not issued it (404).
+    pub async fn carrier_invoice(
+        &self,
+        access: &Access,
+        month: NaiveDate,
+    ) -> Result<Option<Vec<u8>>, StepError> {
+        let what = format!("carrier invoice {month}");
+        let request = self.request(
+            reqwest::Method::GET,
+            access,
+            &format!("/carrier-invoices/{month}"),
+        );
+        let response = request.send().await.map_err(|e| {
+            StepError::Retryable(Reason::with_source(
+                format!("{what}: carrier unreachable: {e}"),
+                e,
+            ))
+        })?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let response = classify(&what, response).await?;
+        let bytes = response.bytes().await.map_err(|e| {
+            StepError::Retryable(Reason::with_source(
+                format!("{what}: download interrupted: {e}"),
+                e,
+            ))
+        })?;
+        Ok(Some(bytes.to_vec()))
+    }
+
     async fn json(&self, what: &str, builder: reqwest::RequestBuilder) -> Result<Value, StepError> {
         self.send(what, builder).await?.json().await.map_err(|e| {
             StepError::Retryable(Reason::with_source(

@@ -1,6 +1,8 @@
 //! provider-sync's step handler: runs one provider's driver for one period
 //! and drops the export into the CDR bucket under
-//! `inbox/{provider}/{profile_id}/{period}/{export_id}.zip`.
+//! `inbox/{provider}/{profile_id}/{period}/{export_id}.zip`; with a month's
+//! last day, also the carrier's invoice for that month (the carrier bill
+//! audit's input) under `carrier-invoices/{provider}/{profile_id}/{month}.csv`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +41,7 @@ pub type ProviderSyncInput = QueueInput<NoCommand>;
 pub struct ProviderSync {
     provider: Provider,
     driver: Box<dyn ProviderDriver>,
+    http: HttpClient,
     profiles: Arc<dyn ProfileStore>,
     secrets: Arc<dyn SecretGet>,
     objects: Arc<dyn ObjectPut>,
@@ -58,7 +61,8 @@ impl ProviderSync {
     ) -> Self {
         Self {
             provider,
-            driver: driver_for(provider, http),
+            driver: driver_for(provider, http.clone()),
+            http,
             profiles,
             secrets,
             objects,
@@ -86,9 +90,11 @@ impl ProviderSync {
         &self,
         message: &Envelope,
         profile: &SyncProfile,
+        access: &Access,
         period: NaiveDate,
         export: Export,
     ) -> Result<StepOutcome, StepError> {
+        self.store_carrier_invoice(access, profile, period).await?;
         let key = format!(
             "inbox/{}/{}/{}/{}.zip",
             self.provider, profile.id, period, export.export_id
@@ -126,6 +132,49 @@ impl ProviderSync {
             via: handoff_token(&self.bucket, &key),
         })
     }
+}
+
+impl ProviderSync {
+    /// On a month's last day, the carrier's invoice for that month, before
+    /// the export (a failure retries both, and the watermark stays). Its
+    /// S3 notification starts the audit on its own: it is not part of the
+    /// sync task, and stored again it is the same content, which the audit
+    /// recognises. A carrier that has not issued it yet is logged and
+    /// skipped.
+    async fn store_carrier_invoice(
+        &self,
+        access: &Access,
+        profile: &SyncProfile,
+        period: NaiveDate,
+    ) -> Result<(), StepError> {
+        let Some(month) = month_ended_on(period) else {
+            return Ok(());
+        };
+        let Some(bytes) = self.http.carrier_invoice(access, month).await? else {
+            info!(%month, "no carrier invoice for the month yet");
+            return Ok(());
+        };
+        let key = carrier_invoice_key(self.provider, profile.id, month);
+        let size = bytes.len();
+        self.objects
+            .put_object(&self.bucket, &key, bytes, "text/csv", &[])
+            .await?;
+        info!(%key, size, "carrier invoice stored");
+        Ok(())
+    }
+}
+
+/// The month whose last day `period` is.
+pub fn month_ended_on(period: NaiveDate) -> Option<NaiveDate> {
+    use chrono::Datelike;
+    let next = period.succ_opt()?;
+    (next.day() == 1).then(|| period.with_day(1)).flatten()
+}
+
+/// Where a carrier invoice is stored: under `carrier-invoices/`, which
+/// notifies the import queue to audit it.
+pub fn carrier_invoice_key(provider: Provider, profile_id: i64, month: NaiveDate) -> String {
+    format!("carrier-invoices/{provider}/{profile_id}/{month}.csv")
 }
 
 #[async_trait]
@@ -181,7 +230,10 @@ impl StepHandler for ProviderSync {
                 .clone()
                 .unwrap_or_else(|| message.id.clone());
             return match self.driver.start(&access, sync.period, &reference).await? {
-                Start::Fetched(export) => self.store(message, &profile, sync.period, export).await,
+                Start::Fetched(export) => {
+                    self.store(message, &profile, &access, sync.period, export)
+                        .await
+                }
                 Start::Steps(steps) => {
                     let export = RoutitExport {
                         sync,
@@ -222,7 +274,10 @@ impl StepHandler for ProviderSync {
                     payload: command.payload(),
                 })
             }
-            Progress::Fetched(export) => self.store(message, &profile, sync.period, export).await,
+            Progress::Fetched(export) => {
+                self.store(message, &profile, &access, sync.period, export)
+                    .await
+            }
         }
     }
 }
@@ -239,6 +294,19 @@ pub fn sync_profile(provider: Provider, profile_id: i64, period: NaiveDate) -> C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_months_last_day_fetches_that_months_carrier_invoice() {
+        let day = |s: &str| s.parse::<NaiveDate>().unwrap();
+        assert_eq!(month_ended_on(day("2025-03-31")), Some(day("2025-03-01")));
+        assert_eq!(month_ended_on(day("2024-02-29")), Some(day("2024-02-01")));
+        assert_eq!(month_ended_on(day("2025-03-30")), None);
+        assert_eq!(month_ended_on(day("2025-03-01")), None);
+        assert_eq!(
+            carrier_invoice_key(Provider::KpnEen, 4, day("2025-03-01")),
+            "carrier-invoices/kpn_een/4/2025-03-01.csv"
+        );
+    }
 
     const SQS_EVENT: &str = include_str!("../../../events/provider-sync/sqs-sync-profile.json");
     const CONSOLE_ENVELOPE: &str =
