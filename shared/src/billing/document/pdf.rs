@@ -485,6 +485,10 @@ impl Writer {
             {
                 if self.room(ROW) {
                     self.table_heading();
+                    // A group that goes on says whose lines these are.
+                    let y = self.y;
+                    self.text_left(LEFT, y, true, SMALL, &format!("{heading} (continued)"));
+                    self.y -= ROW;
                 }
                 subtotal = subtotal.saturating_add(*net);
                 let y = self.y;
@@ -942,6 +946,35 @@ mod tests {
             .iter()
             .any(|c| c.windows(last.len()).any(|w| w == last.as_bytes())));
         assert_eq!(marked(&render_pdf(&inv, Mark::Original).unwrap()), 0);
+    }
+
+    #[test]
+    fn a_subscription_whose_lines_go_on_over_a_page_is_named_again_there() {
+        let has = |pdf: &PdfDocument, text: &[u8]| {
+            contents(&pdf.bytes)
+                .iter()
+                .filter(|c| c.windows(text.len()).any(|w| w == text))
+                .count()
+        };
+        let long = render_pdf(
+            &invoice(
+                (0..150).map(|_| line("+31611111111", 1_000_000)).collect(),
+                false,
+            ),
+            Mark::Original,
+        )
+        .unwrap();
+        assert!(long.pages >= 2, "{} pages", long.pages);
+        assert_eq!(
+            has(&long, b"Subscription +31611111111 (continued)"),
+            long.pages - 1
+        );
+        let short = render_pdf(
+            &invoice(vec![line("+31611111111", 1)], false),
+            Mark::Original,
+        )
+        .unwrap();
+        assert_eq!(has(&short, b"continued"), 0);
     }
 
     #[test]
