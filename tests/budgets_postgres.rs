@@ -155,6 +155,12 @@ async fn outbox(pool: &PgPool) -> Vec<(String, String, String)> {
 async fn budgets_and_alert_rules_apply_once_and_a_dry_run_writes_nothing() {
     let db = fresh().await;
     apply_with(&db.pool, CUSTOMER, false).await.unwrap();
+    // March has totals, February none.
+    let customer = customer_id(&db.pool).await;
+    usage(&db.pool, customer, "+31611111111", 1_000_000, "t").await;
+    calculate_totals(&db.pool, customer, date(MARCH))
+        .await
+        .unwrap();
     let dry = apply_with(&db.pool, BUDGETS, true).await.unwrap();
     assert_eq!(dry.summary.created, 3, "{:#?}", dry.changes);
     let count = || async {
@@ -169,8 +175,32 @@ async fn budgets_and_alert_rules_apply_once_and_a_dry_run_writes_nothing() {
     let first = apply_with(&db.pool, BUDGETS, false).await.unwrap();
     assert_eq!(first.summary.created, 3);
     assert_eq!(count().await, 3);
+    // The open cycle with totals is calculated again, so the budgets
+    // apply now.
+    let rerates: Vec<(String, NaiveDate, String)> = first
+        .follow_ups
+        .iter()
+        .filter_map(|f| match f {
+            catalog::FollowUp::Rerate {
+                customer,
+                cycle,
+                reason,
+                ..
+            } => Some((customer.clone(), *cycle, reason.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        rerates,
+        vec![(
+            "acme".to_string(),
+            date(MARCH),
+            "its budgets or alert rules changed".to_string()
+        )]
+    );
     let again = apply_with(&db.pool, BUDGETS, false).await.unwrap();
     assert_eq!(again.summary.changed, 0, "{:#?}", again.changes);
+    assert!(again.follow_ups.is_empty(), "{:?}", again.follow_ups);
 
     let raised = BUDGETS.replace("thresholds: [80, 100, 150]", "thresholds: [90, 100]");
     let changed = apply_with(&db.pool, &raised, false).await.unwrap();

@@ -287,6 +287,38 @@ async fn a_closed_cycle_from_the_console_is_finalised_and_its_ubl_written_to_the
     let csv = String::from_utf8(csv.to_vec()).unwrap();
     assert!(csv.contains("ops,4800,voice,"), "{csv}");
     assert!(csv.contains("ops,,fee,"), "{csv}");
+
+    // The same cycle once more: its documents and chargeback are stored,
+    // so the second RenderInvoice writes and records nothing new.
+    let answer = stack
+        .deployment
+        .invoke(
+            "TotalsFunctionName",
+            &serde_json::json!({"customer_id": acme, "cycle": "2025-03-01"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.error, None, "{}", answer.payload);
+    tem_local::deployment::wait_for("the second RenderInvoice", TIMEOUT, || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM step_run WHERE step = 'RenderInvoice' AND outcome = 'completed'",
+        )
+        .fetch_one(pool)
+        .await?;
+        Ok::<_, anyhow::Error>((n >= 2).then_some(()))
+    })
+    .await
+    .unwrap();
+    let exports: i64 = sqlx::query_scalar("SELECT count(*) FROM gl_export")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(exports, 1);
+    assert_eq!(
+        stack.deployment.objects("invoices/").await.unwrap(),
+        objects,
+        "nothing written again"
+    );
 }
 
 /// The totals chain of `cycle` started from the console, as an operator

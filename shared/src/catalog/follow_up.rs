@@ -44,6 +44,11 @@ pub struct Triggers {
     /// Whether a seller's details were added or changed: any customer's
     /// blocked invoice may have waited for them.
     pub sellers: bool,
+    /// Customer codes whose budgets or alert rules were added or changed:
+    /// their open cycles that have totals are calculated again, so the
+    /// budgets are evaluated now (BillingInsight) rather than at the next
+    /// import.
+    pub budgets: BTreeSet<String>,
 }
 
 impl Triggers {
@@ -53,6 +58,7 @@ impl Triggers {
             && self.subscriptions == 0
             && self.billing_details.is_empty()
             && !self.sellers
+            && self.budgets.is_empty()
     }
 }
 
@@ -86,6 +92,18 @@ pub fn triggers(changes: &[Change]) -> Triggers {
                 triggers.billing_details.insert(code.to_string());
             }
             ObjectKind::Seller => triggers.sellers = true,
+            // The key is `CODE from DATE` or `CODE/scope SUBJECT from DATE`.
+            ObjectKind::Budget | ObjectKind::AlertRules => {
+                let code = change
+                    .key
+                    .split(" from ")
+                    .next()
+                    .unwrap_or_default()
+                    .split('/')
+                    .next()
+                    .unwrap_or_default();
+                triggers.budgets.insert(code.to_string());
+            }
             _ => {}
         }
     }
@@ -467,6 +485,30 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_budget_or_alert_rule_created_or_changed_names_its_customer_for_recalculation() {
+        let created = |object, key: &str| Change {
+            object,
+            key: key.into(),
+            action: Action::Created,
+            fields: vec![],
+        };
+        let t = triggers(&[
+            created(ObjectKind::Budget, "acme/cost_centre field from 2025-01-01"),
+            created(ObjectKind::AlertRules, "bakker from 2025-01-01"),
+            updated(ObjectKind::Budget, "acme from 2025-01-01", &["thresholds"]),
+            Change {
+                action: Action::Unchanged,
+                ..created(ObjectKind::Budget, "stadsbeheer from 2025-01-01")
+            },
+        ]);
+        assert_eq!(
+            t.budgets.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["acme", "bakker"]
+        );
+        assert!(t.customers.is_empty(), "no re-pricing: {:?}", t.customers);
     }
 
     #[test]

@@ -1129,9 +1129,18 @@ async fn follow_ups(
 ) -> Result<Vec<FollowUp>, CatalogError> {
     let triggers = triggers(changes);
     let mut follow_ups = Vec::new();
-    if !triggers.plans.is_empty() || !triggers.customers.is_empty() {
+    if !triggers.plans.is_empty() || !triggers.customers.is_empty() || !triggers.budgets.is_empty()
+    {
         let doing = "reading the cycles to re-rate";
-        let codes: Vec<String> = triggers.customers.keys().cloned().collect();
+        let codes: Vec<String> = triggers
+            .customers
+            .keys()
+            .chain(&triggers.budgets)
+            .cloned()
+            .collect();
+        // Customers named for their budgets alone: only their cycles with
+        // totals (a cycle without any has nothing a budget could see).
+        let mut budgets_only: BTreeMap<i64, Vec<NaiveDate>> = BTreeMap::new();
         let plans: Vec<String> = triggers.plans.iter().cloned().collect();
         let rows = sqlx::query(
             "SELECT c.id, c.code, c.billing_cycle_start_day, c.time_zone, c.rate_plan_id,
@@ -1152,11 +1161,19 @@ async fn follow_ups(
             let plan: Option<String> = row.try_get("rate_plan_id").map_err(db(doing))?;
             let day: i16 = row.try_get("billing_cycle_start_day").map_err(db(doing))?;
             let zone: String = row.try_get("time_zone").map_err(db(doing))?;
+            let repriced = code
+                .as_ref()
+                .is_some_and(|c| triggers.customers.contains_key(c))
+                || plan.as_ref().is_some_and(|p| triggers.plans.contains(p));
             let reason = code
                 .as_ref()
                 .and_then(|c| triggers.customers.get(c).cloned())
-                .or_else(|| plan.map(|p| format!("rate plan {p} changed")))
-                .unwrap_or_default();
+                .or_else(|| {
+                    plan.as_ref()
+                        .filter(|p| triggers.plans.contains(*p))
+                        .map(|p| format!("rate plan {p} changed"))
+                })
+                .unwrap_or_else(|| "its budgets or alert rules changed".to_string());
             let customer = code.unwrap_or_else(|| format!("#{id}"));
             let time_zone = zone
                 .parse::<Tz>()
@@ -1171,18 +1188,33 @@ async fn follow_ups(
                     customer: customer.clone(),
                     problem: format!("billing cycle start day {day}, which is not 1 to 28"),
                 })?;
+            let cycles_with_totals = row
+                .try_get::<Vec<NaiveDate>, _>("cycles")
+                .map_err(db(doing))?;
+            if !repriced {
+                budgets_only.insert(id, cycles_with_totals.clone());
+            }
             candidates.push(RerateCandidate {
                 customer_id: id,
                 customer,
                 billing_cycle_start_day,
                 time_zone,
-                cycles_with_totals: row
-                    .try_get::<Vec<NaiveDate>, _>("cycles")
-                    .map_err(db(doing))?,
+                cycles_with_totals,
                 reason,
             });
         }
-        follow_ups.extend(rerating(&candidates, options.now, options.grace));
+        follow_ups.extend(
+            rerating(&candidates, options.now, options.grace)
+                .into_iter()
+                .filter(|f| match f {
+                    FollowUp::Rerate {
+                        customer_id, cycle, ..
+                    } => budgets_only
+                        .get(customer_id)
+                        .is_none_or(|with_totals| with_totals.contains(cycle)),
+                    _ => true,
+                }),
+        );
     }
     if triggers.sellers || !triggers.billing_details.is_empty() {
         // The drafts a missing piece of billing data kept from being
