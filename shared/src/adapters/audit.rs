@@ -145,8 +145,8 @@ impl AuditStore for PgAudit {
                 .usage
                 .insert(class, (cost, u64::try_from(cdrs).unwrap_or(0)));
         }
-        // Subscriptions without rates that were billed stay in `known`
-        // (as not in the inventory) only through their inventory row.
+        // A billed number with no inventory row keeps `active_from` None:
+        // the audit reports it as billed but not active.
         Ok(known)
     }
 
