@@ -182,10 +182,12 @@ impl AuditStore for PgAudit {
         let invoice_id: i64 = match same {
             Some(row) => {
                 recorded.reimported = true;
-                if row.try_get::<Option<i64>, _>("superseded_by")?.is_some() {
+                let by: Option<i64> = row.try_get("superseded_by")?;
+                if by.is_some() {
                     // Superseded while this audit ran: its findings stay as
                     // they were.
                     recorded.invoice_id = row.try_get("id")?;
+                    recorded.superseded_by = by;
                     tx.commit().await?;
                     return Ok(recorded);
                 }
