@@ -145,8 +145,8 @@ impl AuditStore for PgAudit {
                 .usage
                 .insert(class, (cost, u64::try_from(cdrs).unwrap_or(0)));
         }
-        // Subscriptions without rates that were billed stay in `known`
-        // (as not in the inventory) only through their inventory row.
+        // A billed number with no inventory row keeps `active_from` None:
+        // the audit reports it as billed but not active.
         Ok(known)
     }
 
@@ -182,10 +182,12 @@ impl AuditStore for PgAudit {
         let invoice_id: i64 = match same {
             Some(row) => {
                 recorded.reimported = true;
-                if row.try_get::<Option<i64>, _>("superseded_by")?.is_some() {
+                let by: Option<i64> = row.try_get("superseded_by")?;
+                if by.is_some() {
                     // Superseded while this audit ran: its findings stay as
                     // they were.
                     recorded.invoice_id = row.try_get("id")?;
+                    recorded.superseded_by = by;
                     tx.commit().await?;
                     return Ok(recorded);
                 }

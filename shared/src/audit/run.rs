@@ -63,6 +63,9 @@ pub struct Recorded {
     /// Open findings of an earlier audit of this invoice that are no
     /// longer found (CDRs arrived since); disputed or resolved ones stay.
     pub findings_removed: usize,
+    /// Set when a correction superseded this content while it was being
+    /// audited: nothing was stored.
+    pub superseded_by: Option<i64>,
 }
 
 /// What the audit reads and writes.
@@ -255,6 +258,9 @@ pub async fn audit_carrier_invoice(
         .await
         .map_err(store_error)?;
     report.invoice_id = report.recorded.invoice_id;
-    report.findings = findings;
+    report.superseded_by = report.recorded.superseded_by;
+    if report.superseded_by.is_none() {
+        report.findings = findings;
+    }
     Ok(report)
 }
