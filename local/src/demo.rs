@@ -26,13 +26,23 @@ pub async fn prepare_database(url: &str) -> Result<PgPool> {
     let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
     let name = options.get_database().unwrap_or("tem_local").to_string();
     let mut admin = options.clone().database("postgres").connect().await?;
+    // The run replaces the stack and its bucket, so a database kept from an
+    // earlier run would record invoice documents the new bucket lacks. A
+    // database of the local run's own (tem_local*) is made afresh; any
+    // other is only migrated, never dropped.
+    let quoted = format!("\"{}\"", name.replace('"', ""));
+    if name.starts_with("tem_local") {
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await?;
+    }
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(&name)
             .fetch_one(&mut admin)
             .await?;
     if !exists {
-        sqlx::query(&format!("CREATE DATABASE \"{}\"", name.replace('"', "")))
+        sqlx::query(&format!("CREATE DATABASE {quoted}"))
             .execute(&mut admin)
             .await?;
     }

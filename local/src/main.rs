@@ -205,7 +205,87 @@ async fn main() -> Result<()> {
     print_cost_allocations(&deployment).await?;
     print_one_timeline(&deployment, &finished).await?;
     closed_cycle_documents(&deployment).await?;
+    carrier_audit_summary(&deployment, &format!("http://{}", simulator.addr), period).await?;
     println!("The emulator keeps running (scripts/emulator.sh stop ends it).");
+    Ok(())
+}
+
+/// One carrier bill audit: KPN EEN's invoice for the month of the demo's
+/// period, fetched from the simulator and put under `carrier-invoices/` as
+/// provider-sync does on a month's last day; the bucket's notification
+/// makes cdr-import audit it (`AuditCarrierInvoice`) against the CDRs, the
+/// demo's buy rates and its subscriptions. The demo synced only yesterday,
+/// so the other days' usage shows as missing CDRs, and the simulator bills
+/// ten numbers the demo does not have.
+async fn carrier_audit_summary(
+    deployment: &Deployment,
+    simulator: &str,
+    period: chrono::NaiveDate,
+) -> Result<()> {
+    use chrono::Datelike;
+    let provider = "kpn_een";
+    let month = period.with_day(1).context("the first of the month")?;
+    println!(
+        "==> carrier bill audit: {provider}'s invoice for {}",
+        month.format("%Y-%m")
+    );
+    let body = reqwest::Client::new()
+        .get(format!("{simulator}/{provider}/carrier-invoices/{month}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await?
+        .error_for_status()?
+        .bytes()
+        .await?;
+    let profile: i64 =
+        sqlx::query_scalar("SELECT id FROM sync_profile WHERE provider = $1 ORDER BY id LIMIT 1")
+            .bind(provider)
+            .fetch_one(&deployment.pool)
+            .await?;
+    let key = format!("carrier-invoices/{provider}/{profile}/{month}.csv");
+    deployment
+        .clients
+        .s3
+        .put_object()
+        .bucket(deployment.output("CdrBucketName"))
+        .key(&key)
+        .body(body.to_vec().into())
+        .send()
+        .await
+        .context("put the carrier invoice into the bucket")?;
+    let (id, number, lines, billed): (i64, String, i32, i64) =
+        wait_for("the carrier invoice's audit", Duration::from_secs(120), || async {
+            Ok(sqlx::query_as(
+                "SELECT id, invoice_number, lines_read, lines_total_micros FROM carrier_invoice WHERE file_key = $1",
+            )
+            .bind(&key)
+            .fetch_optional(&deployment.pool)
+            .await?)
+        })
+        .await?;
+    println!(
+        "    s3 key {key}: invoice {number}, {lines} lines, EUR {} billed",
+        euros(billed)
+    );
+    let findings: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT kind, count(*), sum(billed_micros)::bigint, sum(billed_micros - expected_micros)::bigint
+         FROM audit_finding WHERE carrier_invoice_id = $1 GROUP BY kind ORDER BY kind",
+    )
+    .bind(id)
+    .fetch_all(&deployment.pool)
+    .await?;
+    println!(
+        "    {:<26} {:>8} {:>14} {:>16}",
+        "finding", "count", "billed EUR", "over expected"
+    );
+    for (kind, count, billed, over) in findings {
+        println!(
+            "    {kind:<26} {count:>8} {:>14} {:>16}",
+            euros(billed),
+            euros(over)
+        );
+    }
+    println!("    (temctl audit list --provider {provider} lists them; temctl audit report {provider} writes the dispute CSV)");
     Ok(())
 }
 
