@@ -18,7 +18,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
-ALL_FUNCTIONS=(sync-manager provider-sync cdr-import totals ops)
+ALL_FUNCTIONS=(sync-manager provider-sync cdr-import totals ops maintenance)
 
 release=false
 native=false

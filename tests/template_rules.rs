@@ -185,8 +185,8 @@ fn the_translated_schedules_are_disabled_exactly_when_schedule_enabled_is_false(
         .filter(|(_, e)| e["Type"] == "Schedule")
         .count();
     assert_eq!(
-        schedules, 3,
-        "sync-manager's, the invoice sweep's and the ops watch's"
+        schedules, 4,
+        "sync-manager's, the invoice sweep's, the ops watch's and the daily maintenance's"
     );
     for (enabled, want) in [("false", "DISABLED"), ("true", "ENABLED")] {
         let states = schedule_states(&translated, enabled);
@@ -216,7 +216,7 @@ fn a_schedule_enabled_through_enabled_and_if_is_caught_as_always_on() {
     std::fs::write(&path, text).unwrap();
     let translated = tem_tests::template::translated_file(&path);
     let states = schedule_states(&translated, "false");
-    assert_eq!(states.len(), 3);
+    assert_eq!(states.len(), 4);
     assert!(
         states.iter().all(|(_, s)| s == "ENABLED"),
         "the old form stays on: {states:?}"
@@ -356,24 +356,24 @@ mod permissions {
     fn a_new_sdk_call_in_an_adapter_is_caught_until_it_is_listed_and_granted() {
         let mut code = sources();
         let s3 = code.get_mut("shared/src/adapters/s3.rs").unwrap();
-        // S3Rejects (used by cdr-import only) deletes instead of writing.
+        // S3Rejects (used by cdr-import only) lists versions instead of writing.
         *s3 = s3.replacen(
             "            .put_object()\n            .bucket(&self.bucket)",
-            "            .delete_object()\n            .bucket(&self.bucket)",
+            "            .list_object_versions()\n            .bucket(&self.bucket)",
             1,
         );
         let found = permission_violations(&load(), &load_list(), &code).join("\n");
         assert!(
-            found.contains("adapter S3Rejects calls s3 delete_object, which infra/permissions.yaml does not map"),
+            found.contains("adapter S3Rejects calls s3 list_object_versions, which infra/permissions.yaml does not map"),
             "{found}"
         );
         // Mapped, it is still missing from the functions that use it.
         let mut list = load_list();
-        list["operations"]["s3"]["delete_object"] =
-            serde_yaml::from_str("[s3:DeleteObject]").unwrap();
+        list["operations"]["s3"]["list_object_versions"] =
+            serde_yaml::from_str("[s3:ListBucketVersions]").unwrap();
         let found = permission_violations(&load(), &list, &code).join("\n");
         assert!(
-            found.contains("calls s3:DeleteObject (adapter S3Rejects delete_object), which infra/permissions.yaml does not list"),
+            found.contains("calls s3:ListBucketVersions (adapter S3Rejects list_object_versions), which infra/permissions.yaml does not list"),
             "{found}"
         );
     }

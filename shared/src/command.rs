@@ -42,6 +42,17 @@ pub enum Command {
     RenderInvoice(CyclePayload),
     SpecifyInvoice(CyclePayload),
     AuditCarrierInvoice(AuditCarrierInvoice),
+    MaintainPartitions(MaintenanceRun),
+    ArchiveExpiredMonths(MaintenanceRun),
+    PruneExpiredRecords(MaintenanceRun),
+}
+
+/// One daily maintenance run: every step of its chain has the run's id
+/// (its `maintenance_run` row) and the day it runs for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceRun {
+    pub run_id: String,
+    pub today: NaiveDate,
 }
 
 /// One period of one sync profile: what every step of a provider sync is
@@ -229,6 +240,9 @@ pub fn expected(step: Step) -> &'static str {
         | Step::SpecifyInvoice => {
             r#"{"customer_id": 1, "cycle": "YYYY-MM-DD", "cause"?: "console" (or import, late_subscription, rerating, cycle_closed, backfill)}"#
         }
+        Step::MaintainPartitions | Step::ArchiveExpiredMonths | Step::PruneExpiredRecords => {
+            r#"{"run_id": "...", "today": "YYYY-MM-DD"}"#
+        }
     }
 }
 
@@ -272,6 +286,9 @@ impl Command {
             Step::RenderInvoice => Command::RenderInvoice(parse(step, payload)?),
             Step::SpecifyInvoice => Command::SpecifyInvoice(parse(step, payload)?),
             Step::AuditCarrierInvoice => Command::AuditCarrierInvoice(parse(step, payload)?),
+            Step::MaintainPartitions => Command::MaintainPartitions(parse(step, payload)?),
+            Step::ArchiveExpiredMonths => Command::ArchiveExpiredMonths(parse(step, payload)?),
+            Step::PruneExpiredRecords => Command::PruneExpiredRecords(parse(step, payload)?),
         })
     }
 
@@ -291,6 +308,9 @@ impl Command {
             Command::RenderInvoice(_) => Step::RenderInvoice,
             Command::SpecifyInvoice(_) => Step::SpecifyInvoice,
             Command::AuditCarrierInvoice(_) => Step::AuditCarrierInvoice,
+            Command::MaintainPartitions(_) => Step::MaintainPartitions,
+            Command::ArchiveExpiredMonths(_) => Step::ArchiveExpiredMonths,
+            Command::PruneExpiredRecords(_) => Step::PruneExpiredRecords,
         }
     }
 
@@ -311,6 +331,9 @@ impl Command {
             | Command::RenderInvoice(p)
             | Command::SpecifyInvoice(p) => to_payload(p),
             Command::AuditCarrierInvoice(p) => to_payload(p),
+            Command::MaintainPartitions(p)
+            | Command::ArchiveExpiredMonths(p)
+            | Command::PruneExpiredRecords(p) => to_payload(p),
         }
     }
 

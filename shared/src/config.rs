@@ -70,10 +70,12 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             .into_iter()
             .filter_map(|p| Some((p, self.optional(&format!("QUEUE_URL_{}", p.env_key()))?)))
             .collect();
-        Router::new(queues).with_pipeline_queues(
-            self.optional("QUEUE_URL_IMPORT"),
-            self.optional("QUEUE_URL_TOTALS"),
-        )
+        Router::new(queues)
+            .with_pipeline_queues(
+                self.optional("QUEUE_URL_IMPORT"),
+                self.optional("QUEUE_URL_TOTALS"),
+            )
+            .with_maintenance_queue(self.optional("QUEUE_URL_MAINTENANCE"))
     }
 
     /// Settings of the chain runtime for a function consuming one queue.

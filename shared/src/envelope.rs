@@ -50,10 +50,18 @@ pub enum Step {
     /// Audit a carrier's invoice file (`carrier-invoices/`) against the
     /// CDRs, buy rates and subscriptions, and store its findings.
     AuditCarrierInvoice,
+    /// The daily maintenance: create the monthly partitions ahead.
+    MaintainPartitions,
+    /// The daily maintenance: archive the months past their retention to
+    /// S3, then drop or delete their rows.
+    ArchiveExpiredMonths,
+    /// The daily maintenance: prune expired bookkeeping rows, analyse the
+    /// partitioned tables, and record the run.
+    PruneExpiredRecords,
 }
 
 impl Step {
-    pub const ALL: [Step; 14] = [
+    pub const ALL: [Step; 17] = [
         Step::SyncProfile,
         Step::RoutitRequestExport,
         Step::RoutitPollExport,
@@ -68,6 +76,9 @@ impl Step {
         Step::RenderInvoice,
         Step::SpecifyInvoice,
         Step::AuditCarrierInvoice,
+        Step::MaintainPartitions,
+        Step::ArchiveExpiredMonths,
+        Step::PruneExpiredRecords,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +97,9 @@ impl Step {
             Step::RenderInvoice => "RenderInvoice",
             Step::SpecifyInvoice => "SpecifyInvoice",
             Step::AuditCarrierInvoice => "AuditCarrierInvoice",
+            Step::MaintainPartitions => "MaintainPartitions",
+            Step::ArchiveExpiredMonths => "ArchiveExpiredMonths",
+            Step::PruneExpiredRecords => "PruneExpiredRecords",
         }
     }
 }

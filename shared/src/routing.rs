@@ -88,6 +88,7 @@ pub struct Router {
     provider_queues: BTreeMap<Provider, String>,
     import_queue: Option<String>,
     totals_queue: Option<String>,
+    maintenance_queue: Option<String>,
 }
 
 impl Router {
@@ -102,6 +103,12 @@ impl Router {
     pub fn with_pipeline_queues(mut self, import: Option<String>, totals: Option<String>) -> Self {
         self.import_queue = import;
         self.totals_queue = totals;
+        self
+    }
+
+    /// Adds the maintenance chain's queue (`QUEUE_URL_MAINTENANCE`).
+    pub fn with_maintenance_queue(mut self, maintenance: Option<String>) -> Self {
+        self.maintenance_queue = maintenance;
         self
     }
 
@@ -137,6 +144,10 @@ impl Router {
                 .totals_queue
                 .as_deref()
                 .ok_or_else(|| RoutingError::QueueNotConfigured("totals".into())),
+            Step::MaintainPartitions | Step::ArchiveExpiredMonths | Step::PruneExpiredRecords => self
+                .maintenance_queue
+                .as_deref()
+                .ok_or_else(|| RoutingError::QueueNotConfigured("maintenance".into())),
         }
     }
 

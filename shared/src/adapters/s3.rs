@@ -56,6 +56,34 @@ impl ObjectPut for S3Objects {
     }
 }
 
+/// The housekeeping's deletes (expired rejected-row files). On a
+/// versioned bucket this adds a delete marker; the noncurrent version
+/// expires by the bucket's lifecycle rule. Its own type: only the
+/// maintenance may delete.
+pub struct S3Deletes {
+    client: Client,
+}
+
+impl S3Deletes {
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+}
+
+#[async_trait]
+impl crate::maintenance::housekeeping::ObjectDelete for S3Deletes {
+    async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), PortError> {
+        self.client
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| PortError::new("s3 DeleteObject", DisplayErrorContext(e)))?;
+        Ok(())
+    }
+}
+
 /// One S3 object as a [`RangeRead`] for the CDR import: HeadObject once for
 /// the length and ETag, then GetObject with a `Range` per read. Every read
 /// sends `If-Match` with that ETag, so an object replaced in the middle of an

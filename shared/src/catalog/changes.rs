@@ -162,6 +162,7 @@ pub struct StoredCustomer {
     pub billing_cycle_start_day: u32,
     pub time_zone: String,
     pub rate_plan: Option<String>,
+    pub cdr_retention_months: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -320,6 +321,14 @@ pub fn diff(document: &Document, stored: &Stored) -> Vec<Change> {
                     "rate_plan",
                     optional(old.rate_plan.as_deref()),
                     optional(customer.rate_plan.as_deref()),
+                ));
+            }
+            if old.cdr_retention_months != customer.cdr_retention_months {
+                let text = |m: Option<u16>| m.map_or("(default)".to_string(), |m| m.to_string());
+                fields.push(FieldChange::new(
+                    "cdr_retention_months",
+                    text(old.cdr_retention_months),
+                    text(customer.cdr_retention_months),
                 ));
             }
             fields
@@ -669,6 +678,7 @@ sync_profiles:
                     billing_cycle_start_day: c.billing_cycle_start_day,
                     time_zone: c.time_zone.name().into(),
                     rate_plan: c.rate_plan.clone(),
+                    cdr_retention_months: c.cdr_retention_months,
                 },
             );
         }

@@ -50,6 +50,9 @@ pub struct Customer {
     pub billing_cycle_start_day: u32,
     pub time_zone: Tz,
     pub rate_plan: Option<String>,
+    /// Months the customer's CDRs are kept before the daily maintenance
+    /// archives them; `None`: the stack's default (CDR_RETENTION_MONTHS).
+    pub cdr_retention_months: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -392,6 +395,9 @@ struct CustomerSpec {
     time_zone: Option<String>,
     #[serde(default)]
     rate_plan: Option<String>,
+    // Wide, like the start day, so 0 or 1000 is reported as out of range.
+    #[serde(default)]
+    cdr_retention_months: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -724,6 +730,16 @@ impl Reader {
                 );
             }
         }
+        if let Some(months) = spec.cdr_retention_months {
+            if !(1..=240).contains(&months) {
+                self.problem(
+                    s,
+                    at,
+                    ".cdr_retention_months",
+                    format!("{months} is not between 1 and 240 months; leave it out for the stack's default"),
+                );
+            }
+        }
         Some(Customer {
             at,
             code: spec.code,
@@ -731,6 +747,10 @@ impl Reader {
             billing_cycle_start_day: u32::try_from(day).ok()?,
             time_zone: zone.ok()?,
             rate_plan: spec.rate_plan,
+            cdr_retention_months: match spec.cdr_retention_months {
+                Some(m) => Some(u16::try_from(m).ok().filter(|m| (1..=240).contains(m))?),
+                None => None,
+            },
         })
     }
 

@@ -195,7 +195,7 @@ async fn load(tx: &mut PgConnection, parsed: &Parsed) -> Result<Stored, CatalogE
         .chain(parsed.customers_needed_from_database())
         .collect();
     let rows = sqlx::query(
-        "SELECT id, code, name, billing_cycle_start_day, time_zone, rate_plan_id FROM customer WHERE code = ANY($1)",
+        "SELECT id, code, name, billing_cycle_start_day, time_zone, rate_plan_id, cdr_retention_months FROM customer WHERE code = ANY($1)",
     )
     .bind(&codes)
     .fetch_all(&mut *tx)
@@ -212,6 +212,10 @@ async fn load(tx: &mut PgConnection, parsed: &Parsed) -> Result<Stored, CatalogE
                 billing_cycle_start_day: u32::try_from(day).unwrap_or(0),
                 time_zone: row.try_get("time_zone").map_err(db(doing))?,
                 rate_plan: row.try_get("rate_plan_id").map_err(db(doing))?,
+                cdr_retention_months: row
+                    .try_get::<Option<i16>, _>("cdr_retention_months")
+                    .map_err(db(doing))?
+                    .and_then(|m| u16::try_from(m).ok()),
             },
         );
     }
@@ -988,11 +992,12 @@ async fn write(
         .collect();
     for batch in customers.chunks(WRITE_BATCH) {
         let rows = sqlx::query(
-            "INSERT INTO customer (code, name, billing_cycle_start_day, time_zone, rate_plan_id)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int2[], $4::text[], $5::text[])
+            "INSERT INTO customer (code, name, billing_cycle_start_day, time_zone, rate_plan_id, cdr_retention_months)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int2[], $4::text[], $5::text[], $6::int2[])
              ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name,
                  billing_cycle_start_day = EXCLUDED.billing_cycle_start_day,
-                 time_zone = EXCLUDED.time_zone, rate_plan_id = EXCLUDED.rate_plan_id
+                 time_zone = EXCLUDED.time_zone, rate_plan_id = EXCLUDED.rate_plan_id,
+                 cdr_retention_months = EXCLUDED.cdr_retention_months
              RETURNING code, id",
         )
         .bind(batch.iter().map(|c| c.code.clone()).collect::<Vec<_>>())
@@ -1013,6 +1018,12 @@ async fn write(
             batch
                 .iter()
                 .map(|c| c.rate_plan.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|c| c.cdr_retention_months.map(|m| m as i16))
                 .collect::<Vec<_>>(),
         )
         .fetch_all(&mut *tx)

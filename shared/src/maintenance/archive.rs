@@ -11,7 +11,9 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use parquet::basic::Compression;
 use parquet::data_type::{ByteArray, ByteArrayType, Int32Type, Int64Type};
 use parquet::errors::ParquetError;
@@ -280,6 +282,274 @@ pub fn read_cdrs<R: ChunkReader + 'static>(
             source_line: row.get_int(15).map_err(|e| bad(e.to_string()))?,
         })
     }))
+}
+
+/// The SHA-256 of a month's CDRs in the archive's order: each row's
+/// columns, each with its length, so that no two different rows or orders
+/// hash alike. Recorded in the manifest at archive time and checked again
+/// over the rows a restore brings back.
+#[derive(Clone, Default)]
+pub struct RowDigest {
+    hasher: Sha256,
+    rows: u64,
+}
+
+impl RowDigest {
+    pub fn add(&mut self, cdr: &ArchivedCdr) {
+        let h = &mut self.hasher;
+        let mut text = |s: &str| {
+            h.update((s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        };
+        text(&cdr.provider);
+        text(&cdr.external_id);
+        text(&cdr.subscription);
+        text(&cdr.kind);
+        text(&cdr.direction);
+        text(&cdr.destination);
+        text(&cdr.roaming_zone);
+        h.update(cdr.id.to_le_bytes());
+        match cdr.customer_id {
+            Some(c) => {
+                h.update([1]);
+                h.update(c.to_le_bytes());
+            }
+            None => h.update([0]),
+        }
+        h.update(cdr.started_at.timestamp_micros().to_le_bytes());
+        h.update(cdr.duration_seconds.to_le_bytes());
+        h.update(cdr.volume_bytes.to_le_bytes());
+        h.update(cdr.units.to_le_bytes());
+        h.update(cdr.provider_cost_micros.to_le_bytes());
+        h.update(cdr.import_file_id.to_le_bytes());
+        h.update(cdr.source_line.to_le_bytes());
+        self.rows += 1;
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    pub fn hex(self) -> String {
+        hex::encode(self.hasher.finalize())
+    }
+}
+
+/// The Parquet schema of a month's cycle data: the rows of the customer's
+/// cycles that start in the month (pricings, checkpoints, totals, their
+/// lines and history), each as its table's name and the row as JSON
+/// (`row_to_json`), which PostgreSQL turns back into the same row on a
+/// restore (`jsonb_populate_record`). The CDRs have their typed columns
+/// for an analyst's reader; these rows are tem's own bookkeeping.
+pub const CYCLE_ROWS_SCHEMA: &str = "message cycle_rows {
+  required binary table_name (STRING);
+  required int64 customer_id;
+  required int32 cycle (DATE);
+  required binary row (STRING);
+}";
+
+/// One row of a cycle table, as archived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CycleRow {
+    pub table: String,
+    pub customer_id: i64,
+    pub cycle: NaiveDate,
+    /// The row as `row_to_json` made it.
+    pub row: String,
+}
+
+fn epoch() -> NaiveDate {
+    NaiveDate::from_ymd_opt(1970, 1, 1).expect("a valid date")
+}
+
+/// Writes cycle rows into one Parquet file, a row group at a time.
+pub struct CycleRowsWriter<W: Write + Send> {
+    writer: SerializedFileWriter<W>,
+    table: Vec<ByteArray>,
+    customer_id: Vec<i64>,
+    cycle: Vec<i32>,
+    row: Vec<ByteArray>,
+    bytes: usize,
+    rows: u64,
+}
+
+/// A row group of cycle rows closes at this many bytes of JSON: pricing
+/// chunks are large, and memory must not follow the month's size.
+const CYCLE_GROUP_BYTES: usize = 32 << 20;
+
+impl<W: Write + Send> CycleRowsWriter<W> {
+    pub fn new(sink: W) -> Result<Self, ArchiveFileError> {
+        let schema = Arc::new(parse_message_type(CYCLE_ROWS_SCHEMA)?);
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_created_by("tem archive".into())
+            .build();
+        Ok(Self {
+            writer: SerializedFileWriter::new(sink, schema, Arc::new(properties))?,
+            table: Vec::new(),
+            customer_id: Vec::new(),
+            cycle: Vec::new(),
+            row: Vec::new(),
+            bytes: 0,
+            rows: 0,
+        })
+    }
+
+    pub fn push(&mut self, row: &CycleRow) -> Result<(), ArchiveFileError> {
+        self.table.push(text(&row.table));
+        self.customer_id.push(row.customer_id);
+        self.cycle
+            .push((row.cycle - epoch()).num_days().try_into().unwrap_or(i32::MAX));
+        self.row.push(text(&row.row));
+        self.bytes += row.row.len();
+        self.rows += 1;
+        if self.table.len() >= ROW_GROUP_ROWS || self.bytes >= CYCLE_GROUP_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), ArchiveFileError> {
+        if self.table.is_empty() {
+            return Ok(());
+        }
+        let mut group = self.writer.next_row_group()?;
+        let mut index = 0;
+        while let Some(mut column) = group.next_column()? {
+            match index {
+                0 => column
+                    .typed::<ByteArrayType>()
+                    .write_batch(&self.table, None, None)?,
+                1 => column
+                    .typed::<Int64Type>()
+                    .write_batch(&self.customer_id, None, None)?,
+                2 => column
+                    .typed::<Int32Type>()
+                    .write_batch(&self.cycle, None, None)?,
+                3 => column
+                    .typed::<ByteArrayType>()
+                    .write_batch(&self.row, None, None)?,
+                _ => unreachable!("CYCLE_ROWS_SCHEMA has 4 columns"),
+            };
+            column.close()?;
+            index += 1;
+        }
+        group.close()?;
+        self.table.clear();
+        self.customer_id.clear();
+        self.cycle.clear();
+        self.row.clear();
+        self.bytes = 0;
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<(W, u64), ArchiveFileError> {
+        self.flush()?;
+        let sink = self.writer.into_inner()?;
+        Ok((sink, self.rows))
+    }
+}
+
+/// Reads an archive's cycle rows back, in the order they were written.
+pub fn read_cycle_rows<R: ChunkReader + 'static>(
+    file: R,
+) -> Result<impl Iterator<Item = Result<CycleRow, ArchiveFileError>>, ArchiveFileError> {
+    let reader = SerializedFileReader::new(file)?;
+    let rows = RowIter::from_file_into(Box::new(reader));
+    Ok(rows.enumerate().map(|(n, row)| {
+        let row = row?;
+        let bad = |reason: String| ArchiveFileError::BadRow {
+            row: n as u64 + 1,
+            reason,
+        };
+        let days = row.get_int(2).map_err(|e| bad(e.to_string()))?;
+        Ok(CycleRow {
+            table: row.get_string(0).cloned().map_err(|e| bad(e.to_string()))?,
+            customer_id: row.get_long(1).map_err(|e| bad(e.to_string()))?,
+            cycle: epoch()
+                .checked_add_signed(chrono::Duration::days(days.into()))
+                .ok_or_else(|| bad(format!("cycle {days} days is out of range")))?,
+            row: row.get_string(3).cloned().map_err(|e| bad(e.to_string()))?,
+        })
+    }))
+}
+
+/// A byte sink the Parquet writer owns and the uploader drains: the
+/// writer is synchronous, the upload async, and this hands full parts
+/// from one to the other without holding the whole file.
+#[derive(Clone, Default)]
+pub struct SharedBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl SharedBuffer {
+    pub fn len(&self) -> usize {
+        self.0.lock().map(|b| b.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Everything written so far, leaving the buffer empty.
+    pub fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .map(|mut b| std::mem::take(&mut *b))
+            .unwrap_or_default()
+    }
+}
+
+impl Write for SharedBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("archive buffer poisoned"))?
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One archive file as written: its key, rows, size and SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchivedFile {
+    pub key: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// The manifest beside a customer's month (`manifest.json`): what the
+/// month's files hold, for a restore and for anyone reading the archive
+/// without tem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// `tem-cdr-archive/1`.
+    pub format: String,
+    pub customer_id: Option<i64>,
+    /// The month's first day; the CDRs started in it (UTC).
+    pub month: NaiveDate,
+    /// The customer's cycles that start in the month, whose pricings and
+    /// totals `cycles` holds.
+    pub cycles: Vec<NaiveDate>,
+    pub cdrs: ArchivedFile,
+    pub cycle_rows: ArchivedFile,
+    /// [`RowDigest`] of the CDRs.
+    pub cdr_rows_sha256: String,
+    pub max_cdr_id: Option<i64>,
+    pub retention_months: u16,
+    pub written_at: DateTime<Utc>,
+}
+
+pub const MANIFEST_FORMAT: &str = "tem-cdr-archive/1";
+
+/// Where a customer's month lies in the bucket: `archive/{customer}/{YYYY-MM}/`
+/// (`none` for the CDRs without a customer).
+pub fn month_prefix(customer_id: Option<i64>, month: NaiveDate) -> String {
+    let who = customer_id.map_or_else(|| "none".to_string(), |c| c.to_string());
+    format!("archive/{who}/{}/", month.format("%Y-%m"))
 }
 
 #[cfg(test)]

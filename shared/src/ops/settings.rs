@@ -39,6 +39,11 @@ fn queue_names() -> Vec<(String, String, String)> {
             "TOTALS".to_string(),
             "Totals".to_string(),
         ),
+        (
+            "maintenance".to_string(),
+            "MAINTENANCE".to_string(),
+            "Maintenance".to_string(),
+        ),
     ];
     names.extend(Provider::ALL.into_iter().map(|p| {
         (
