@@ -144,10 +144,11 @@ impl Router {
                 .totals_queue
                 .as_deref()
                 .ok_or_else(|| RoutingError::QueueNotConfigured("totals".into())),
-            Step::MaintainPartitions | Step::ArchiveExpiredMonths | Step::PruneExpiredRecords => self
-                .maintenance_queue
-                .as_deref()
-                .ok_or_else(|| RoutingError::QueueNotConfigured("maintenance".into())),
+            Step::MaintainPartitions | Step::ArchiveExpiredMonths | Step::PruneExpiredRecords => {
+                self.maintenance_queue
+                    .as_deref()
+                    .ok_or_else(|| RoutingError::QueueNotConfigured("maintenance".into()))
+            }
         }
     }
 

@@ -122,10 +122,10 @@ pub async fn write_month_cdrs<W: Write + Send>(
          ORDER BY started_at, provider, external_id, id"
     );
     let mut rows = sqlx::query(&sql)
-    .bind(from)
-    .bind(to)
-    .bind(customer)
-    .fetch(pool);
+        .bind(from)
+        .bind(to)
+        .bind(customer)
+        .fetch(pool);
     let mut written = 0;
     while let Some(row) = rows.try_next().await? {
         writer.push(&cdr_from_row(&row)?)?;
@@ -151,7 +151,8 @@ const CYCLE_TABLES: [&str; 6] = [
     "rating_chunk",
 ];
 
-const CDR_COLUMNS: &str = "id, provider, external_id, subscription, customer_id, started_at, kind, direction,
+const CDR_COLUMNS: &str =
+    "id, provider, external_id, subscription, customer_id, started_at, kind, direction,
     destination, roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros,
     import_file_id, source_line";
 
@@ -411,10 +412,10 @@ impl ArchiveStore for PgArchive {
                  ORDER BY started_at, provider, external_id, id"
             );
             let mut rows = sqlx::query(&sql)
-            .bind(from)
-            .bind(to)
-            .bind(customer)
-            .fetch(&mut *tx);
+                .bind(from)
+                .bind(to)
+                .bind(customer)
+                .fetch(&mut *tx);
             while let Some(row) = rows.try_next().await.map_err(StoreError::from)? {
                 sink.cdr(&cdr_from_row(&row).map_err(StoreError::from)?)
                     .await?;
@@ -428,10 +429,10 @@ impl ArchiveStore for PgArchive {
                      ORDER BY t.cycle"
                 );
                 let mut rows = sqlx::query(&sql)
-                .bind(customer)
-                .bind(month)
-                .bind(next_month(month))
-                .fetch(&mut *tx);
+                    .bind(customer)
+                    .bind(month)
+                    .bind(next_month(month))
+                    .fetch(&mut *tx);
                 while let Some(row) = rows.try_next().await.map_err(StoreError::from)? {
                     let cycle_row = CycleRow {
                         table: table.to_string(),
@@ -752,12 +753,16 @@ impl RestoreStore for PgArchive {
             digest.add(&cdr);
             batch.push(cdr);
             if batch.len() == RESTORE_BATCH {
-                inserted += insert_cdrs(&mut tx, &batch).await.map_err(StoreError::from)?;
+                inserted += insert_cdrs(&mut tx, &batch)
+                    .await
+                    .map_err(StoreError::from)?;
                 batch.clear();
             }
         }
         if !batch.is_empty() {
-            inserted += insert_cdrs(&mut tx, &batch).await.map_err(StoreError::from)?;
+            inserted += insert_cdrs(&mut tx, &batch)
+                .await
+                .map_err(StoreError::from)?;
         }
         let rows = digest.rows();
         let sha256 = digest.hex();
@@ -941,7 +946,6 @@ pub fn maintenance_stores(pool: &PgPool) -> crate::maintenance::handler::Stores 
         runs: std::sync::Arc::new(PgMaintenanceRuns::new(pool.clone())),
     }
 }
-
 
 pub struct PgMaintenanceRuns {
     pool: PgPool,

@@ -12,8 +12,6 @@ use std::io::Write;
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use parquet::basic::Compression;
 use parquet::data_type::{ByteArray, ByteArrayType, Int32Type, Int64Type};
 use parquet::errors::ParquetError;
@@ -23,6 +21,8 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::record::reader::RowIter;
 use parquet::record::RowAccessor;
 use parquet::schema::parser::parse_message_type;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// Rows per row group: about 10 MB of column buffers.
 pub const ROW_GROUP_ROWS: usize = 65_536;
@@ -398,8 +398,12 @@ impl<W: Write + Send> CycleRowsWriter<W> {
     pub fn push(&mut self, row: &CycleRow) -> Result<(), ArchiveFileError> {
         self.table.push(text(&row.table));
         self.customer_id.push(row.customer_id);
-        self.cycle
-            .push((row.cycle - epoch()).num_days().try_into().unwrap_or(i32::MAX));
+        self.cycle.push(
+            (row.cycle - epoch())
+                .num_days()
+                .try_into()
+                .unwrap_or(i32::MAX),
+        );
         self.row.push(text(&row.row));
         self.bytes += row.row.len();
         self.rows += 1;
@@ -462,7 +466,11 @@ pub fn read_cycle_rows<R: ChunkReader + 'static>(
             row: n as u64 + 1,
             reason,
         };
-        let days = row.get_int(2).map_err(|e| bad(e.to_string()))?;
+        // The row API has no date accessor: the column's Field is read.
+        let days = match row.get_column_iter().nth(2).map(|(_, field)| field) {
+            Some(parquet::record::Field::Date(days)) => *days,
+            other => return Err(bad(format!("cycle is {other:?}, not a DATE"))),
+        };
         Ok(CycleRow {
             table: row.get_string(0).cloned().map_err(|e| bad(e.to_string()))?,
             customer_id: row.get_long(1).map_err(|e| bad(e.to_string()))?,
@@ -600,6 +608,47 @@ mod tests {
         let (bytes, written) = CdrArchiveWriter::new(Vec::new()).unwrap().finish().unwrap();
         assert_eq!(written, 0);
         assert_eq!(read_cdrs(bytes::Bytes::from(bytes)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn cycle_rows_read_back_as_written_with_their_dates() {
+        let rows: Vec<CycleRow> = (0..3)
+            .map(|n| CycleRow {
+                table: "totals".into(),
+                customer_id: 7,
+                cycle: NaiveDate::from_ymd_opt(2024, 1, 1).unwrap() + chrono::Duration::days(n),
+                row: format!("{{\"n\": {n}, \"text\": \"ünïcode\"}}"),
+            })
+            .collect();
+        let mut writer = CycleRowsWriter::new(Vec::new()).unwrap();
+        for row in &rows {
+            writer.push(row).unwrap();
+        }
+        let (bytes, n) = writer.finish().unwrap();
+        assert_eq!(n, 3);
+        let back: Vec<CycleRow> = read_cycle_rows(bytes::Bytes::from(bytes))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back, rows);
+    }
+
+    #[test]
+    fn the_row_digest_changes_with_any_column_and_with_the_order() {
+        let digest = |rows: &[ArchivedCdr]| {
+            let mut d = RowDigest::default();
+            rows.iter().for_each(|r| d.add(r));
+            d.hex()
+        };
+        let (a, b) = (cdr(1), cdr(2));
+        let mut changed = a.clone();
+        changed.source_line += 1;
+        assert_ne!(
+            digest(&[a.clone(), b.clone()]),
+            digest(&[b.clone(), a.clone()])
+        );
+        assert_ne!(digest(std::slice::from_ref(&a)), digest(&[changed]));
+        assert_eq!(digest(&[a.clone(), b.clone()]), digest(&[a, b]));
     }
 
     #[test]

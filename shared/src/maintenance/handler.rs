@@ -16,13 +16,13 @@ use serde_json::{json, Value};
 use crate::billing::specification::UploadStarter;
 use crate::command::{Command, MaintenanceRun};
 use crate::envelope::{ChainLink, Envelope};
+use crate::lambda::ConsoleCommand;
 use crate::maintenance::housekeeping::{
     housekeeping, HousekeepingSettings, HousekeepingStore, ObjectDelete,
 };
 use crate::maintenance::partitions::{ensure_partitions, PartitionStore};
 use crate::maintenance::run::{archive_expired, ArchiveSettings, ArchiveStore};
 use crate::maintenance::MaintenanceError;
-use crate::lambda::ConsoleCommand;
 use crate::metrics::{emit_counts, Unit};
 use crate::ports::{ObjectPut, OutgoingMessage, QueueSend, StoreError};
 use crate::runtime::{Delivery, StepError, StepHandler, StepOutcome};
@@ -80,7 +80,10 @@ pub async fn start_run(
     let failed = queues
         .send_all(
             queue_url,
-            vec![OutgoingMessage::new(envelope.id.clone(), envelope.to_body())],
+            vec![OutgoingMessage::new(
+                envelope.id.clone(),
+                envelope.to_body(),
+            )],
         )
         .await?;
     if let Some(first) = failed.first() {

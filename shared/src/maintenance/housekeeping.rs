@@ -261,7 +261,9 @@ mod tests {
             batch: 5_000,
             ..HousekeepingSettings::default()
         };
-        let report = housekeeping(&rows, &rows, &settings, Utc::now()).await.unwrap();
+        let report = housekeeping(&rows, &rows, &settings, Utc::now())
+            .await
+            .unwrap();
         assert_eq!(report.pruned["step_run"], 12_345);
         assert_eq!(report.pruned["catalog_apply"], 3);
         assert_eq!(report.rows_pruned(), 12_348);
@@ -286,7 +288,9 @@ mod tests {
             stop_after: Some(Utc::now() - Duration::seconds(1)),
             ..HousekeepingSettings::default()
         };
-        let report = housekeeping(&rows, &rows, &settings, Utc::now()).await.unwrap();
+        let report = housekeeping(&rows, &rows, &settings, Utc::now())
+            .await
+            .unwrap();
         assert!(report.unfinished);
         assert_eq!(*rows.calls.lock().unwrap(), 0);
     }

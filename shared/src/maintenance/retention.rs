@@ -170,10 +170,22 @@ mod tests {
             default_months: 24,
             per_customer: BTreeMap::from([(7, 6)]),
         };
-        assert_eq!(policy.first_kept_month(Some(7), day("2026-12-07")), day("2026-06-01"));
-        assert_eq!(policy.first_kept_month(Some(8), day("2026-12-07")), day("2024-12-01"));
-        assert_eq!(policy.first_kept_month(None, day("2026-12-07")), day("2024-12-01"));
-        assert_eq!(policy.latest_first_kept_month(day("2026-12-07")), day("2026-06-01"));
+        assert_eq!(
+            policy.first_kept_month(Some(7), day("2026-12-07")),
+            day("2026-06-01")
+        );
+        assert_eq!(
+            policy.first_kept_month(Some(8), day("2026-12-07")),
+            day("2024-12-01")
+        );
+        assert_eq!(
+            policy.first_kept_month(None, day("2026-12-07")),
+            day("2024-12-01")
+        );
+        assert_eq!(
+            policy.latest_first_kept_month(day("2026-12-07")),
+            day("2026-06-01")
+        );
     }
 
     #[test]
@@ -190,7 +202,10 @@ mod tests {
 
     #[test]
     fn a_month_whose_files_are_written_is_removed_without_writing_again() {
-        assert_eq!(decide(Some(ArchiveState::Written), vec![], now()), Decision::Remove);
+        assert_eq!(
+            decide(Some(ArchiveState::Written), vec![], now()),
+            Decision::Remove
+        );
         assert_eq!(decide(None, vec![], now()), Decision::Write);
     }
 

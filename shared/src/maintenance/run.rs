@@ -28,8 +28,8 @@ use sha2::{Digest, Sha256};
 use crate::billing::invoice_view::DocumentAccess;
 use crate::billing::specification::{PartUpload, UploadStarter, PART_BYTES};
 use crate::maintenance::archive::{
-    month_prefix, ArchivedCdr, ArchivedFile, CdrArchiveWriter, CycleRow, CycleRowsWriter,
-    Manifest, RowDigest, SharedBuffer, MANIFEST_FORMAT,
+    month_prefix, ArchivedCdr, ArchivedFile, CdrArchiveWriter, CycleRow, CycleRowsWriter, Manifest,
+    RowDigest, SharedBuffer, MANIFEST_FORMAT,
 };
 use crate::maintenance::retention::{decide, ArchiveState, Blocker, Decision, RetentionPolicy};
 use crate::maintenance::MaintenanceError;
@@ -87,8 +87,11 @@ pub trait ArchiveStore: Send + Sync {
         month: NaiveDate,
     ) -> Result<Vec<Blocker>, StoreError>;
     /// The customer's cycles that start in the month.
-    async fn cycles(&self, customer: Option<i64>, month: NaiveDate)
-        -> Result<Vec<NaiveDate>, StoreError>;
+    async fn cycles(
+        &self,
+        customer: Option<i64>,
+        month: NaiveDate,
+    ) -> Result<Vec<NaiveDate>, StoreError>;
     /// Streams the month's CDRs (in the archive's order), then the rows of
     /// its cycles, from one snapshot.
     async fn read_month(
@@ -287,7 +290,13 @@ async fn write_month(
     };
     let body = serde_json::to_vec_pretty(&manifest).map_err(MaintenanceError::Manifest)?;
     objects
-        .put_object(&settings.bucket, &manifest_key, body, "application/json", &[])
+        .put_object(
+            &settings.bucket,
+            &manifest_key,
+            body,
+            "application/json",
+            &[],
+        )
         .await
         .map_err(MaintenanceError::Upload)?;
     store
@@ -346,10 +355,8 @@ impl<W> ParquetUpload<W> {
         key: String,
         close: impl FnOnce(
             W,
-        ) -> Result<
-            (SharedBuffer, u64),
-            crate::maintenance::archive::ArchiveFileError,
-        >,
+        )
+            -> Result<(SharedBuffer, u64), crate::maintenance::archive::ArchiveFileError>,
     ) -> Result<ArchivedFile, MaintenanceError> {
         let (buffer, rows) = match close(self.writer) {
             Ok(done) => done,
@@ -463,8 +470,7 @@ pub async fn restore_month(
         .await
         .map_err(MaintenanceError::Download)?;
     let text = std::fs::read(&manifest_path).map_err(MaintenanceError::LocalFile)?;
-    let manifest: Manifest =
-        serde_json::from_slice(&text).map_err(MaintenanceError::Manifest)?;
+    let manifest: Manifest = serde_json::from_slice(&text).map_err(MaintenanceError::Manifest)?;
     if manifest.format != MANIFEST_FORMAT
         || manifest.customer_id != customer
         || manifest.month != month
@@ -479,7 +485,10 @@ pub async fn restore_month(
     }
     let cdr_path = workdir.join("cdrs.parquet");
     let cycle_path = workdir.join("cycles.parquet");
-    for (file, path) in [(&manifest.cdrs, &cdr_path), (&manifest.cycle_rows, &cycle_path)] {
+    for (file, path) in [
+        (&manifest.cdrs, &cdr_path),
+        (&manifest.cycle_rows, &cycle_path),
+    ] {
         files
             .download(&record.bucket, &file.key, path)
             .await
