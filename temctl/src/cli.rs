@@ -58,8 +58,12 @@ pub enum Command {
     /// write the usage specification, preview a draft.
     Invoice(crate::invoice::InvoiceArgs),
     /// The daily maintenance's parts, run by hand: `maintenance partitions`
-    /// creates the monthly partitions ahead.
+    /// creates the monthly partitions ahead; `maintenance run` runs every
+    /// part (partitions, archive past retention, housekeeping).
     Maintenance(crate::maintenance::MaintenanceArgs),
+    /// The archive of months past their retention: `archive list`, and
+    /// `archive restore CUSTOMER YYYY-MM` for a late dispute.
+    Archive(crate::maintenance::ArchiveArgs),
 }
 
 #[derive(Debug, Args)]

@@ -53,6 +53,7 @@ async fn main() -> ExitCode {
         Command::Totals(args) => totals::run(args).await,
         Command::Costs(args) => costs::run(args).await,
         Command::Maintenance(args) => maintenance::run(args).await,
+        Command::Archive(args) => maintenance::archive(args).await,
         Command::Insights(args) => insights::run(args).await,
         Command::Audit(args) => audit::run(args).await,
         Command::Explain(args) => explain::run(args).await,

@@ -201,6 +201,23 @@ impl PgArchive {
         Self { pool }
     }
 
+    /// The customer an operator names: `none` (the CDRs without one), a
+    /// numeric id, or a code.
+    pub async fn customer(&self, name: &str) -> Result<Option<i64>, MaintenanceError> {
+        if name == "none" {
+            return Ok(None);
+        }
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM customer WHERE code = $1 OR id::text = $1 ORDER BY (code = $1) DESC LIMIT 1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from)?;
+        id.map(Some)
+            .ok_or_else(|| MaintenanceError::UnknownCustomer(name.to_string()))
+    }
+
     /// Every archived month, newest first: what `temctl archive list` shows.
     pub async fn list(&self) -> Result<Vec<ArchiveListing>, StoreError> {
         let rows = sqlx::query(

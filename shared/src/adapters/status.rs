@@ -40,6 +40,21 @@ impl StatusStore for PgStatus {
             .map_err(db_error("postgres read sync_run"))
     }
 
+    async fn maintenance(&self) -> Result<crate::ops::status::MaintenanceFacts, PortError> {
+        let (last_finished, running_since): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+            sqlx::query_as(
+                "SELECT (SELECT max(finished_at) FROM maintenance_run),
+                        (SELECT min(started_at) FROM sync_run)",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error("postgres read maintenance_run"))?;
+        Ok(crate::ops::status::MaintenanceFacts {
+            last_finished,
+            running_since,
+        })
+    }
+
     async fn step_rates(
         &self,
         since: DateTime<Utc>,

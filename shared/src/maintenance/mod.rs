@@ -42,6 +42,8 @@ pub enum MaintenanceError {
     Manifest(serde_json::Error),
     #[error("{key} does not match its manifest: {reason}; the archive is damaged or was replaced: restore the object's previous version, nothing was changed")]
     ManifestMismatch { key: String, reason: String },
+    #[error("no customer has the code or id {0:?}; `none` names the CDRs without a customer")]
+    UnknownCustomer(String),
     #[error("customer {customer:?} has no archived month {month}; `temctl archive list` shows what is archived")]
     NotArchived {
         customer: Option<i64>,
@@ -68,6 +70,7 @@ impl MaintenanceError {
             | MaintenanceError::Manifest(_)
             | MaintenanceError::ManifestMismatch { .. }
             | MaintenanceError::NotArchived { .. }
+            | MaintenanceError::UnknownCustomer(_)
             | MaintenanceError::RestoreMismatch { .. } => false,
         }
     }

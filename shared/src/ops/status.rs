@@ -212,6 +212,9 @@ pub struct Thresholds {
     /// STATUS_FINALISATION_LATE_HOURS: a cycle still a draft this long after
     /// it became due (the hourly sweep missed it) is WARNING.
     pub finalisation_late_hours: i64,
+    /// "maintenance last succeeded": WARNING when its last finished run is
+    /// older (the schedule is daily).
+    pub maintenance_stale_hours: i64,
     /// INVOICE_GRACE_DAYS: as the totals function's.
     pub invoice_grace_days: i64,
 }
@@ -235,6 +238,7 @@ impl Default for Thresholds {
             stalled_tasks_warning: 0,
             task_stalled_after_minutes: 120,
             finalisation_late_hours: 2,
+            maintenance_stale_hours: 26,
             invoice_grace_days: 5,
         }
     }
@@ -296,6 +300,7 @@ impl Thresholds {
             "STATUS_STALLED_TASKS_WARNING" => self.stalled_tasks_warning = parse(name, value)?,
             "TASK_STALLED_AFTER_MINUTES" => self.task_stalled_after_minutes = parse(name, value)?,
             "STATUS_FINALISATION_LATE_HOURS" => self.finalisation_late_hours = parse(name, value)?,
+            "STATUS_MAINTENANCE_STALE_HOURS" => self.maintenance_stale_hours = parse(name, value)?,
             "INVOICE_GRACE_DAYS" => self.invoice_grace_days = parse(name, value)?,
             other => return Err(ThresholdError::Unknown(other.to_string())),
         }
@@ -361,6 +366,8 @@ pub struct QueueDepth {
 pub trait StatusStore: Send + Sync {
     /// When the latest recorded sync-manager run started.
     async fn last_sync_run(&self) -> Result<Option<DateTime<Utc>>, PortError>;
+    /// The daily maintenance's last finished run (`maintenance_run`).
+    async fn maintenance(&self) -> Result<MaintenanceFacts, PortError>;
     /// Attempts per function and step started since `since`: those that
     /// finished, and those that never did although started before
     /// `dead_before` (the process died: crash, timeout, out of memory),
@@ -457,6 +464,16 @@ pub struct Facts {
     /// Unfinished tasks created before the stalled limit, and tasks the
     /// watch marked stalled.
     pub stalled: Result<Vec<SyncTask>, String>,
+    pub maintenance: Result<MaintenanceFacts, String>,
+}
+
+/// When the daily maintenance last finished, and since when the stack has
+/// been running (its first sync-manager run): a stack younger than the
+/// threshold is not expected to have a run yet.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MaintenanceFacts {
+    pub last_finished: Option<DateTime<Utc>>,
+    pub running_since: Option<DateTime<Utc>>,
 }
 
 fn text<T>(result: Result<T, PortError>) -> Result<T, String> {
@@ -538,6 +555,7 @@ pub async fn gather(
         ),
         blocked_invoices: text(store.blocked_invoices().await),
         stalled,
+        maintenance: text(store.maintenance().await),
     }
 }
 
@@ -943,7 +961,52 @@ pub fn evaluate(facts: &Facts, t: &Thresholds) -> StatusReport {
         },
     });
 
+    checks.push(maintenance_check(&facts.maintenance, t, now));
+
     StatusReport::new(checks, now)
+}
+
+fn maintenance_check(
+    facts: &Result<MaintenanceFacts, String>,
+    t: &Thresholds,
+    now: DateTime<Utc>,
+) -> Check {
+    let name = "maintenance last succeeded";
+    let stale = Duration::hours(t.maintenance_stale_hours);
+    let threshold = format!("WARNING when older than {} h", t.maintenance_stale_hours);
+    let facts = match facts {
+        Err(e) => return unknown(name, None, threshold, e),
+        Ok(facts) => facts,
+    };
+    let (state, detail) = match (facts.last_finished, facts.running_since) {
+        (Some(at), _) if now - at > stale => (
+            State::Warning,
+            format!(
+                "last run finished {} ago: partitions ahead, the archive and the pruning are behind; temctl failed list, then invoke the maintenance function with events/maintenance/console-run.json",
+                age_text(now - at)
+            ),
+        ),
+        (Some(at), _) => (State::Ok, format!("{} ago", age_text(now - at))),
+        (None, Some(since)) if now - since > stale => (
+            State::Warning,
+            format!(
+                "no run has finished, though the stack has been running for {}: check the maintenance schedule (ScheduleEnabled) and temctl failed list",
+                age_text(now - since)
+            ),
+        ),
+        (None, _) => (
+            State::Ok,
+            "no run yet; the daily schedule starts the first".to_string(),
+        ),
+    };
+    Check {
+        name: name.into(),
+        point: None,
+        value: json!(facts.last_finished),
+        threshold,
+        state,
+        detail,
+    }
 }
 
 /// Gathers and evaluates: what `temctl status` and the ops command run.
@@ -1034,7 +1097,38 @@ mod tests {
             cycles_late: Ok(0),
             blocked_invoices: Ok(vec![]),
             stalled: Ok(vec![]),
+            maintenance: Ok(MaintenanceFacts {
+                last_finished: Some(now() - Duration::hours(20)),
+                running_since: Some(now() - Duration::days(90)),
+            }),
         }
+    }
+
+    #[test]
+    fn maintenance_older_than_26_hours_is_a_warning_and_a_young_stack_without_a_run_is_not() {
+        let mut facts = healthy();
+        assert_eq!(state_of(&facts, "maintenance last succeeded"), State::Ok);
+        facts.maintenance = Ok(MaintenanceFacts {
+            last_finished: Some(now() - Duration::hours(27)),
+            running_since: Some(now() - Duration::days(90)),
+        });
+        assert_eq!(
+            state_of(&facts, "maintenance last succeeded"),
+            State::Warning
+        );
+        facts.maintenance = Ok(MaintenanceFacts {
+            last_finished: None,
+            running_since: Some(now() - Duration::hours(3)),
+        });
+        assert_eq!(state_of(&facts, "maintenance last succeeded"), State::Ok);
+        facts.maintenance = Ok(MaintenanceFacts {
+            last_finished: None,
+            running_since: Some(now() - Duration::days(3)),
+        });
+        assert_eq!(
+            state_of(&facts, "maintenance last succeeded"),
+            State::Warning
+        );
     }
 
     fn check<'a>(report: &'a StatusReport, name: &str) -> &'a Check {
