@@ -152,7 +152,82 @@ async fn console_cycles_finalise_and_render_invoices_and_alert_budget_levels_and
         &stack, &queue_url,
     )
     .await;
+    the_maintenance_chain_from_the_console_archives_the_invoiced_month_past_its_retention(&stack)
+        .await;
     stack.finish().await.unwrap();
+}
+
+/// The deployed maintenance function, started from the console for a day
+/// 27 months after March 2025: its first step runs in the invocation, the
+/// rest on its own queue; the invoiced month goes to archive/ and its
+/// CDRs leave the database, and the run is recorded finished.
+async fn the_maintenance_chain_from_the_console_archives_the_invoiced_month_past_its_retention(
+    stack: &TestStack,
+) {
+    let pool = &stack.db.pool;
+    let acme: i64 = sqlx::query_scalar(
+        "SELECT customer_id FROM call_detail_record WHERE external_id = 'c1' AND provider = 't_mobile'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let answer = stack
+        .deployment
+        .invoke(
+            "MaintenanceFunctionName",
+            &serde_json::json!({"command": "maintenance", "today": "2027-06-10"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.error, None, "{}", answer.payload);
+    let finished: Option<DateTime<Utc>> =
+        tem_local::deployment::wait_for("the maintenance run", TIMEOUT, || async {
+            let at: Option<DateTime<Utc>> = sqlx::query_scalar(
+                "SELECT max(finished_at) FROM maintenance_run WHERE today = '2027-06-10'",
+            )
+            .fetch_one(pool)
+            .await?;
+            Ok::<_, anyhow::Error>(at.map(Some))
+        })
+        .await
+        .unwrap();
+    assert!(finished.is_some());
+    let (state, rows): (String, i64) = sqlx::query_as(
+        "SELECT state, cdr_rows FROM cdr_archive WHERE customer_id = $1 AND month = '2025-03-01'",
+    )
+    .bind(acme)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!((state.as_str(), rows), ("removed", 1));
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM call_detail_record WHERE customer_id = $1 AND started_at < '2025-04-01'",
+    )
+    .bind(acme)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
+    let archived = stack
+        .deployment
+        .objects(&format!("archive/{acme}/2025-03/"))
+        .await
+        .unwrap();
+    let names: Vec<&str> = archived
+        .iter()
+        .map(|(k, _)| k.rsplit('/').next().unwrap_or_default())
+        .collect();
+    for file in ["cdrs.parquet", "cycles.parquet", "manifest.json"] {
+        assert!(names.contains(&file), "{file} in {archived:?}");
+    }
+    let report: serde_json::Value =
+        sqlx::query_scalar("SELECT report FROM maintenance_run WHERE today = '2027-06-10'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    for part in ["partitions", "archive", "housekeeping"] {
+        assert!(report.get(part).is_some(), "{part} in {report}");
+    }
 }
 
 async fn a_closed_cycle_from_the_console_is_finalised_and_its_ubl_written_to_the_bucket_with_its_hash(
