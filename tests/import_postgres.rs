@@ -1205,3 +1205,65 @@ async fn an_id_sent_again_with_another_start_in_the_same_month_is_a_duplicate_be
         "the first delivery is kept"
     );
 }
+
+/// When an ANALYZE command last analysed `partition` (autovacuum's own
+/// analyses are counted apart, so they cannot pass for the import's).
+async fn analysed_at(pool: &PgPool, partition: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    sqlx::query_scalar("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = $1")
+        .bind(partition)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+        .flatten()
+}
+
+#[tokio::test]
+async fn a_large_load_analyses_the_months_it_loaded_into_and_a_small_one_does_not() {
+    let f = fixture().await;
+    let partitions = tem_shared::adapters::maintenance::PgPartitions::new(f.pool.clone());
+    tem_shared::maintenance::partitions::ensure_partitions(&partitions, day("2025-03-01"))
+        .await
+        .unwrap();
+    let file = |n: usize, tag: &str| {
+        let rows: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    "{:02}-03-2025;{:02}:{:02}:{:02};0612345678;0201234567;Spraak;Uitgaand;00:00:{:02};;0,01;NL;{tag}-{i}",
+                    1 + i % 28,
+                    i / 3600 % 24,
+                    i / 60 % 60,
+                    i % 60,
+                    i % 60
+                )
+            })
+            .collect();
+        format!("{ROUTIT_HEADER}\n{}\n", rows.join("\n")).into_bytes()
+    };
+    let small = f
+        .import(
+            Provider::Routit,
+            "inbox/routit/1/d/small.csv",
+            file(1_000, "S"),
+        )
+        .await;
+    assert_eq!(small.loaded, 1_000);
+    assert_eq!(
+        analysed_at(&f.pool, "call_detail_record_y2025m03").await,
+        None
+    );
+    let large = tem_shared::import::importer::LARGE_LOAD_ROWS as usize;
+    let loaded = f
+        .import(
+            Provider::Routit,
+            "inbox/routit/1/d/large.csv",
+            file(large, "L"),
+        )
+        .await;
+    assert_eq!(loaded.loaded, large as u64);
+    assert!(
+        analysed_at(&f.pool, "call_detail_record_y2025m03")
+            .await
+            .is_some(),
+        "the month's partition is analysed after {large} rows"
+    );
+}

@@ -404,6 +404,11 @@ impl Importer {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
+            if report.loaded >= LARGE_LOAD_ROWS {
+                if let Some((from, to)) = report.span {
+                    analyze_months(&self.pool, from, to).await;
+                }
+            }
             info!(
                 read = report.read,
                 loaded = report.loaded,
@@ -680,5 +685,47 @@ impl<R: Read> Read for Limited<R> {
         }
         self.left -= n as u64;
         Ok(n)
+    }
+}
+
+/// A load of at least this many rows is followed by an ANALYZE of the
+/// months it loaded into: the totals that run next plan with the month's
+/// new size, not wait for autovacuum's next round.
+pub const LARGE_LOAD_ROWS: u64 = 100_000;
+
+/// Analyses the monthly partitions of `call_detail_record` from `from`'s
+/// month to `to`'s. A failed ANALYZE costs only a plan: it is logged, and
+/// the import stands.
+async fn analyze_months(
+    pool: &sqlx::PgPool,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) {
+    use chrono::{Datelike, Months};
+    let Some(mut month) = from.date_naive().with_day(1) else {
+        return;
+    };
+    while month <= to.date_naive() {
+        let partition = format!("call_detail_record_y{}", month.format("%Ym%m"));
+        let exists: Result<bool, sqlx::Error> =
+            sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+                .bind(&partition)
+                .fetch_one(pool)
+                .await;
+        let analysed = match exists {
+            Ok(true) => sqlx::query(&format!("ANALYZE {partition}"))
+                .execute(pool)
+                .await
+                .map(|_| ()),
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = analysed {
+            tracing::warn!(partition, error = %e, "analyse after a large load failed");
+        }
+        let Some(next) = month.checked_add_months(Months::new(1)) else {
+            return;
+        };
+        month = next;
     }
 }

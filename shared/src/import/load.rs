@@ -187,6 +187,9 @@ pub struct LoadReport {
     /// Every (customer, cycle start) a row belongs to, with the earliest
     /// `started_at` of its rows (what the import marks for billing).
     pub touched: ChangedCycles,
+    /// The earliest and latest `started_at` of the rows sent: the months
+    /// whose partitions a large load analyses.
+    pub span: Option<(DateTime<Utc>, DateTime<Utc>)>,
     /// Why the parser stopped before the end (a quote that never closes):
     /// the rows before it are loaded, the record it stopped at is rejected.
     pub stopped: Option<Stopped>,
@@ -405,6 +408,10 @@ fn parse_and_encode(
                     import_file_id,
                 ) {
                     Ok(()) => {
+                        report.span = Some(match report.span {
+                            Some((from, to)) => (from.min(row.started_at), to.max(row.started_at)),
+                            None => (row.started_at, row.started_at),
+                        });
                         match customer {
                             Some((customer, cycle)) => {
                                 report.touched.touch(customer, cycle, row.started_at);
