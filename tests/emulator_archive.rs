@@ -13,11 +13,15 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use sqlx::PgPool;
 use tem_shared::adapters::billing::invoice::generate_invoice;
+use tem_shared::adapters::billing::PgCalculator;
 use tem_shared::adapters::maintenance::{PgArchive, PgPartitions};
 use tem_shared::adapters::s3::{S3Documents, S3Objects, S3Uploads};
 use tem_shared::adapters::s3_client;
 use tem_shared::adapters::totals::calculate_totals;
+use tem_shared::billing::calculation::Recalculation;
+use tem_shared::billing::handler::CycleCalculator;
 use tem_shared::billing::invoice::InvoiceOutcome;
+use tem_shared::billing::totals::TotalsError;
 use tem_shared::maintenance::archive::Manifest;
 use tem_shared::maintenance::partitions::ensure_partitions;
 use tem_shared::maintenance::retention::{ArchiveState, Blocker, RetentionPolicy};
@@ -369,6 +373,17 @@ async fn an_archived_then_restored_month_gives_back_every_row_column_and_checksu
     assert_eq!(read["rows"].as_array().unwrap().len(), 40);
     assert_eq!(read["columns"].as_array().unwrap().len(), 16);
 
+    // A late CDR cannot re-bill an archived cycle from what is left.
+    let calculator = PgCalculator::new(pool.clone());
+    let refused = calculator
+        .calculate(acme, day("2024-02-01"), Recalculation::Full, None)
+        .await
+        .err();
+    assert!(
+        matches!(&refused, Some(TotalsError::Archived { month, .. }) if month == "2024-01"),
+        "{refused:?}"
+    );
+
     // Restored, every month is as it was: counts, every column, pricings.
     restore(pool, &objects, acme, "2024-01-01").await;
     restore(pool, &objects, acme, "2024-02-01").await;
@@ -377,6 +392,21 @@ async fn an_archived_then_restored_month_gives_back_every_row_column_and_checksu
     assert_eq!(
         state(pool, acme, "2024-02-01").await.as_deref(),
         Some("restored")
+    );
+    let invoiced: i64 = sqlx::query_scalar(
+        "SELECT rated_cost_micros FROM invoice WHERE customer_id = $1 AND cycle = '2024-02-01'",
+    )
+    .bind(acme)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let (totals, _) = calculator
+        .calculate(acme, day("2024-02-01"), Recalculation::Full, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        totals.rated_cost_micros, invoiced,
+        "the restored cycle rates as invoiced"
     );
     // A restore run again adds nothing.
     restore_month(

@@ -18,6 +18,14 @@ pub enum TotalsError {
 
     #[error("database error: {0}")]
     Store(#[from] StoreError),
+    /// Some of the cycle's CDRs were archived past their retention and
+    /// removed: a calculation now would bill only what is left.
+    #[error("cycle {cycle} of customer {customer_id} has CDRs in {month}, which is archived and removed from the database; restore it (`temctl archive restore {customer_id} {month}`), then calculate again")]
+    Archived {
+        customer_id: i64,
+        cycle: NaiveDate,
+        month: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

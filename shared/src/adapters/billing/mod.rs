@@ -68,6 +68,28 @@ impl CycleCalculator for PgCalculator {
         how: Recalculation,
         by: Option<&str>,
     ) -> Result<(CycleTotals, CalculationReport), TotalsError> {
+        // The UTC months the cycle's CDRs may lie in (its zone can put its
+        // first or last hours in the months beside it). Any of them gone
+        // to the archive leaves the cycle incomplete: a late CDR must not
+        // re-bill it from what is left.
+        let archived: Option<NaiveDate> = sqlx::query_scalar(
+            "SELECT month FROM cdr_archive
+             WHERE customer_id = $1 AND state = 'removed'
+               AND month >= date_trunc('month', $2::date - 1)::date
+               AND month <= date_trunc('month', $2::date + interval '1 month')::date
+             ORDER BY month LIMIT 1",
+        )
+        .bind(customer_id)
+        .bind(cycle)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(month) = archived {
+            return Err(TotalsError::Archived {
+                customer_id,
+                cycle,
+                month: month.format("%Y-%m").to_string(),
+            });
+        }
         calculate_totals_by(&self.pool, customer_id, cycle, how, by).await
     }
 }
