@@ -387,6 +387,10 @@ mod tests {
             export_id: Some("x1".into()),
         };
         let cycle = CyclePayload::new(3, day("2025-01-01"), Cause::LateSubscription);
+        let run = MaintenanceRun {
+            run_id: "schedule:abc".into(),
+            today: day("2026-12-07"),
+        };
         let commands = vec![
             Command::SyncProfile(sync),
             Command::RoutitRequestExport(RoutitExport {
@@ -416,6 +420,9 @@ mod tests {
                 etag: Some("e".into()),
                 provider: None,
             }),
+            Command::MaintainPartitions(run.clone()),
+            Command::ArchiveExpiredMonths(run.clone()),
+            Command::PruneExpiredRecords(run),
         ];
         let steps: Vec<Step> = commands.iter().map(Command::step).collect();
         assert_eq!(steps, Step::ALL, "one command of every step, in order");

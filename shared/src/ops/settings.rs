@@ -159,7 +159,7 @@ mod tests {
         outputs.insert("TasksTableName".into(), "tasks".into());
         outputs.insert("IdempotencyTableName".into(), "idem".into());
         let settings = OpsSettings::from_outputs(&outputs).unwrap();
-        assert_eq!(settings.queues.len(), 9);
+        assert_eq!(settings.queues.len(), 10);
         assert_eq!(
             settings
                 .queue_by_url("https://sqs/RoutitDlqUrl")
