@@ -206,7 +206,54 @@ async fn main() -> Result<()> {
     print_one_timeline(&deployment, &finished).await?;
     closed_cycle_documents(&deployment).await?;
     carrier_audit_summary(&deployment, &format!("http://{}", simulator.addr), period).await?;
+    daily_maintenance(&deployment).await?;
     println!("The emulator keeps running (scripts/emulator.sh stop ends it).");
+    Ok(())
+}
+
+/// The daily maintenance, started from the console as its schedule would:
+/// its three steps on the maintenance queue, and what each did. The demo's
+/// CDRs are recent, so nothing is past its retention yet; the archive
+/// itself is shown by `tests/emulator_archive.rs`.
+async fn daily_maintenance(deployment: &Deployment) -> Result<()> {
+    println!(
+        "==> daily maintenance (MaintainPartitions -> ArchiveExpiredMonths -> PruneExpiredRecords)"
+    );
+    let answer = deployment
+        .invoke(
+            "MaintenanceFunctionName",
+            &serde_json::json!({"command": "maintenance"}),
+        )
+        .await?;
+    if let Some(error) = answer.error {
+        anyhow::bail!(
+            "the maintenance function failed: {error}: {}",
+            answer.payload
+        );
+    }
+    let report: serde_json::Value = wait_for("the maintenance run", Duration::from_secs(120), || async {
+        let report: Option<serde_json::Value> = sqlx::query_scalar(
+            "SELECT report FROM maintenance_run WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT 1",
+        )
+        .fetch_optional(&deployment.pool)
+        .await?;
+        Ok(report)
+    })
+    .await?;
+    let count = |v: &serde_json::Value| v.as_array().map_or(0, Vec::len);
+    println!(
+        "    partitions created {}, months archived {}, months kept {}, rows pruned {}, analysed {}",
+        count(&report["partitions"]["created"]),
+        count(&report["archive"]["written"]),
+        count(&report["archive"]["kept"]),
+        report["housekeeping"]["pruned"]
+            .as_object()
+            .map_or(0, |p| p.values().filter_map(serde_json::Value::as_u64).sum::<u64>()),
+        report["housekeeping"]["analysed"]
+            .as_array()
+            .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default()
+    );
     Ok(())
 }
 
