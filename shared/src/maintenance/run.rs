@@ -188,13 +188,16 @@ pub async fn archive_expired(
         }
     }
     let mut report = ArchiveReport::default();
-    for (month, customers) in by_month {
-        if settings.stop_after.is_some_and(|t| Utc::now() >= t) {
-            report.unfinished = true;
-            break;
-        }
+    let out_of_time = || settings.stop_after.is_some_and(|t| Utc::now() >= t);
+    'months: for (month, customers) in by_month {
         let mut any_written = false;
         for unit in customers {
+            // Between customer months: what is written stays written, and
+            // the next run removes it.
+            if out_of_time() {
+                report.unfinished = true;
+                break 'months;
+            }
             let state = store.state(unit.customer_id, month).await?;
             let decision = if state == Some(ArchiveState::Removed) {
                 Decision::Keep(vec![Blocker::RowsAfterRemoval { rows: unit.rows }])
