@@ -16,7 +16,6 @@ use tem_shared::adapters::billing::invoice::generate_invoice;
 use tem_shared::adapters::billing::PgCalculator;
 use tem_shared::adapters::maintenance::{PgArchive, PgPartitions};
 use tem_shared::adapters::s3::{S3Documents, S3Objects, S3Uploads};
-use tem_shared::adapters::s3_client;
 use tem_shared::adapters::totals::calculate_totals;
 use tem_shared::billing::calculation::Recalculation;
 use tem_shared::billing::handler::CycleCalculator;
@@ -34,7 +33,7 @@ use tem_shared::ports::StoreError;
 use tem_tests::db::{
     fresh, insert_billing_details, insert_business_customer, insert_customer_on_plan, mark_imported,
 };
-use tem_tests::stack::emulator;
+use tem_tests::stack::own_bucket;
 use tokio::sync::Notify;
 
 fn day(s: &str) -> NaiveDate {
@@ -45,27 +44,6 @@ fn day(s: &str) -> NaiveDate {
 /// December 2024 is past retention.
 fn today() -> NaiveDate {
     day("2026-12-07")
-}
-
-async fn s3() -> aws_sdk_s3::Client {
-    s3_client(&emulator().sdk_config().await)
-}
-
-async fn bucket(s3: &aws_sdk_s3::Client) -> String {
-    let name = format!("tem-archive-{}", uuid::Uuid::new_v4().simple());
-    let region = emulator().region;
-    let mut create = s3.create_bucket().bucket(&name);
-    if region != "us-east-1" {
-        create = create.create_bucket_configuration(
-            aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(
-                    region.as_str(),
-                ))
-                .build(),
-        );
-    }
-    create.send().await.expect("create the test's bucket");
-    name
 }
 
 async fn insert_cdr(pool: &PgPool, customer: i64, n: usize, at: &str) -> i64 {
@@ -290,8 +268,7 @@ async fn an_archived_then_restored_month_gives_back_every_row_column_and_checksu
     let before = cdr_months(pool).await;
     let pricings_before = pricing_cycles(pool).await;
     assert!(pricings_before.contains_key(&(acme, day("2024-01-01"))));
-    let s3 = s3().await;
-    let bucket = bucket(&s3).await;
+    let (s3, bucket) = own_bucket("tem-archive").await;
     let objects = objects(&s3);
 
     let report = archive(&PgArchive::new(pool.clone()), &objects, &bucket)
@@ -519,8 +496,7 @@ async fn killed_then_rerun(kill: Kill) {
     let Seeded { acme, .. } = seed(pool).await;
     let before = cdr_months(pool).await;
     let pricings_before = pricing_cycles(pool).await;
-    let s3 = s3().await;
-    let bucket = bucket(&s3).await;
+    let (s3, bucket) = own_bucket("tem-archive").await;
     let reached = Arc::new(Notify::new());
     let dying = Dying {
         store: PgArchive::new(pool.clone()),
@@ -622,8 +598,7 @@ async fn a_month_whose_cycle_has_a_draft_invoice_is_not_archived() {
         "{outcome:?}"
     );
     let before = cdr_months(pool).await;
-    let s3 = s3().await;
-    let bucket = bucket(&s3).await;
+    let (s3, bucket) = own_bucket("tem-archive").await;
     let objects = objects(&s3);
 
     let report = archive(&PgArchive::new(pool.clone()), &objects, &bucket)

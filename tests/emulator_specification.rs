@@ -20,34 +20,12 @@ use tem_shared::billing::euros;
 use tem_shared::billing::invoice::InvoiceOutcome;
 use tem_shared::billing::specification::{object_key, SpecificationError, CONTENT_TYPE, HEADER};
 use tem_tests::db::{fresh, insert_billing_details, insert_business_customer, mark_imported};
-use tem_tests::stack::emulator;
+use tem_tests::stack::own_bucket;
 
 const MARCH: &str = "2025-03-01";
 
 fn march() -> NaiveDate {
     MARCH.parse().unwrap()
-}
-
-async fn s3() -> aws_sdk_s3::Client {
-    s3_client(&emulator().sdk_config().await)
-}
-
-/// A bucket of this test's own.
-async fn bucket(s3: &aws_sdk_s3::Client) -> String {
-    let name = format!("tem-spec-{}", uuid::Uuid::new_v4().simple());
-    let region = emulator().region;
-    let mut create = s3.create_bucket().bucket(&name);
-    if region != "us-east-1" {
-        create = create.create_bucket_configuration(
-            aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(
-                    region.as_str(),
-                ))
-                .build(),
-        );
-    }
-    create.send().await.expect("create the test's bucket");
-    name
 }
 
 async fn object(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<u8> {
@@ -184,8 +162,7 @@ async fn the_specification_in_s3_reads_back_as_the_cycles_cdrs_and_sums_to_the_i
             .await
             .unwrap();
 
-    let s3 = s3().await;
-    let bucket = bucket(&s3).await;
+    let (s3, bucket) = own_bucket("tem-spec").await;
     let key = object_key(acme, march(), Some(&number), invoice_id);
     assert_eq!(
         key,
@@ -338,8 +315,7 @@ async fn a_cycle_bigger_than_one_part_goes_up_in_parts_and_reads_back_whole() {
     let totals = calculate_totals(pool, customer, march()).await.unwrap();
     assert_eq!(totals.cdr_count, N);
 
-    let s3 = s3().await;
-    let bucket = bucket(&s3).await;
+    let (s3, bucket) = own_bucket("tem-spec").await;
     let key = object_key(customer, march(), None, 1);
     let mut upload = S3MultipartUpload::new(s3.clone(), &bucket, &key, CONTENT_TYPE);
     let written = write_cycle(pool, &mut upload, customer, march())

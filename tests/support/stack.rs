@@ -23,6 +23,26 @@ pub fn emulator() -> Emulator {
         .clone()
 }
 
+/// An S3 client on the emulator and a new bucket of the test's own,
+/// named `{prefix}-{uuid}`, for tests that need S3 but no stack.
+pub async fn own_bucket(prefix: &str) -> (aws_sdk_s3::Client, String) {
+    let s3 = tem_shared::adapters::s3_client(&emulator().sdk_config().await);
+    let name = format!("{prefix}-{}", uuid::Uuid::new_v4().simple());
+    let region = emulator().region;
+    let mut create = s3.create_bucket().bucket(&name);
+    if region != "us-east-1" {
+        create = create.create_bucket_configuration(
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(
+                    region.as_str(),
+                ))
+                .build(),
+        );
+    }
+    create.send().await.expect("create the test's bucket");
+    (s3, name)
+}
+
 pub struct TestStack {
     pub deployment: Deployment,
     pub db: TestDb,
