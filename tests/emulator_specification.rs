@@ -14,7 +14,6 @@ use sqlx::PgPool;
 use tem_shared::adapters::billing::invoice::generate_invoice;
 use tem_shared::adapters::billing::specification::{record, write_cycle};
 use tem_shared::adapters::s3::S3MultipartUpload;
-use tem_shared::adapters::s3_client;
 use tem_shared::adapters::totals::calculate_totals;
 use tem_shared::billing::euros;
 use tem_shared::billing::invoice::InvoiceOutcome;
