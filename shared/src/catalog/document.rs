@@ -1457,6 +1457,29 @@ mod tests {
             .collect()
     }
 
+    #[test]
+    fn a_customer_s_retention_is_read_and_one_out_of_range_is_named_with_its_entry() {
+        let parsed = parse(
+            "customers:\n  - {code: acme, name: Acme, billing_cycle_start_day: 1, cdr_retention_months: 84}\n  - {code: brief, name: Brief, billing_cycle_start_day: 1}\n",
+            no_env,
+        );
+        assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
+        let months: Vec<Option<u16>> = parsed
+            .document
+            .customers
+            .iter()
+            .map(|c| c.cdr_retention_months)
+            .collect();
+        assert_eq!(months, vec![Some(84), None]);
+        let found = problems(
+            "customers:\n  - {code: acme, name: Acme, billing_cycle_start_day: 1, cdr_retention_months: 0}\n",
+        );
+        assert_eq!(
+            found,
+            vec!["customers[0].cdr_retention_months: 0 is not between 1 and 240 months; leave it out for the stack's default".to_string()]
+        );
+    }
+
     const VALID: &str = r#"
 rate_plans:
   - id: business
