@@ -53,3 +53,9 @@ CREATE TABLE maintenance_run (
     report       JSONB NOT NULL DEFAULT '{}'::jsonb CHECK (jsonb_typeof(report) = 'object')
 );
 CREATE INDEX maintenance_run_finished ON maintenance_run (finished_at) WHERE finished_at IS NOT NULL;
+
+-- Migration 0019 rebuilt call_detail_record as a partitioned table without
+-- the bill-shock rule's partial index of 0017 (roaming data outside the
+-- EU by customer and time): made again here, on every partition.
+CREATE INDEX IF NOT EXISTS call_detail_record_world_data ON call_detail_record (customer_id, started_at)
+    WHERE kind = 'data' AND roaming_zone = 'world';

@@ -1267,3 +1267,24 @@ async fn a_large_load_analyses_the_months_it_loaded_into_and_a_small_one_does_no
         "the month's partition is analysed after {large} rows"
     );
 }
+
+#[tokio::test]
+async fn every_index_of_the_cdr_table_exists_on_the_partitioned_table() {
+    let f = fixture().await;
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE tablename = 'call_detail_record' ORDER BY 1",
+    )
+    .fetch_all(&f.pool)
+    .await
+    .unwrap();
+    // The bill-shock rule's partial index (0017) was lost when 0019 made
+    // the table partitioned; 0020 makes it again.
+    assert_eq!(
+        indexes,
+        [
+            "call_detail_record_customer_started",
+            "call_detail_record_unassigned",
+            "call_detail_record_world_data"
+        ]
+    );
+}
