@@ -43,10 +43,12 @@ const RATE_PLANS: [&str; 2] = ["bench-business", "bench-reference"];
 /// The bucket the import child names in its request (`child::import_only`).
 const IMPORT_BUCKET: &str = "bench";
 /// The months the benchmark writes to: the totals dataset starts with
-/// the previous cycle on 2025-01-31 23:00 UTC; the import file is March.
+/// the previous cycle on 2025-01-31 23:00 UTC; the import file is March
+/// in Amsterdam time, whose first hour is 2025-02-28 in UTC.
 const OWN_ROWS_FROM: &str = "2025-01-31 00:00:00+00";
 const OWN_ROWS_TO: &str = "2025-04-01 00:00:00+00";
-const IMPORT_FROM: &str = "2025-03-01 00:00:00+00";
+const IMPORT_FROM: &str = "2025-02-28 00:00:00+00";
+const IMPORT_MONTHS: [&str; 2] = ["2025-02-01", "2025-03-01"];
 const OWN_MONTHS: [&str; 3] = ["2025-01-01", "2025-02-01", "2025-03-01"];
 
 pub struct Options {
@@ -413,8 +415,8 @@ async fn import_customer(db: &BenchDb, subscriptions: &[String]) -> Result<i64> 
     Ok(customer)
 }
 
-/// Removes one import's rows, marks and record, and vacuums the month it
-/// went to, so every round imports into the same table.
+/// Removes one import's rows, marks and record, and vacuums the months
+/// it went to, so every round imports into the same table.
 async fn remove_import(db: &BenchDb, customer: i64) -> Result<()> {
     let deleted =
         delete_customer_rows(db, customer, IMPORT_FROM).await? + delete_unassigned(db).await?;
@@ -428,7 +430,7 @@ async fn remove_import(db: &BenchDb, customer: i64) -> Result<()> {
         .execute(&db.pool)
         .await
         .context("remove the import's record")?;
-    vacuum_months(db, &["2025-03-01"], false).await?;
+    vacuum_months(db, &IMPORT_MONTHS, false).await?;
     progress(&format!(
         "  {}: the import's {deleted} rows removed",
         db.name
@@ -738,14 +740,15 @@ async fn remove_own(db: &BenchDb, vacuum: bool) -> Result<()> {
         .fetch_one(&db.pool)
         .await
         .context("count the benchmark's imports")?;
-    if customers.is_empty() && imports == 0 {
+    // An import's unassigned rows outlive its customer when a run was
+    // killed between the two deletes.
+    let mut rows = delete_unassigned(db).await?;
+    if customers.is_empty() && imports == 0 && rows == 0 {
         return Ok(());
     }
-    let mut rows = 0;
     for customer in &customers {
         rows += delete_customer_rows(db, *customer, OWN_ROWS_FROM).await?;
     }
-    rows += delete_unassigned(db).await?;
     // totals cascades to its lines, the cycle state and the pricings.
     for table in [
         "cycle_change",
