@@ -70,6 +70,12 @@ struct BenchArgs {
     /// Only the import.
     #[arg(long)]
     skip_totals: bool,
+    /// After loading the cycle, rewrite its month's partition in time
+    /// order, so the cycle's CDRs lie among the store's (as when each
+    /// carrier file holds every customer's CDRs of a day) instead of
+    /// together after them.
+    #[arg(long)]
+    interleave: bool,
     /// PostgreSQL server [default: $DATABASE_URL, else
     /// postgres://postgres@127.0.0.1:5432/postgres]; the stores are
     /// databases on it.
@@ -169,6 +175,7 @@ fn main() -> Result<()> {
                 keep_free: args.keep_free_gb * 1_000_000_000,
                 skip_import: args.skip_import,
                 skip_totals: args.skip_totals,
+                interleave: args.interleave,
                 json_out: args.json_out,
             }));
         }
