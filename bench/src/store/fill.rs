@@ -208,24 +208,27 @@ fn fill(url: &str, rows: u64, months: u32, customers: u32) -> Result<()> {
     Ok(())
 }
 
+/// The fill's record (table store_bench_fill), with its phases' times.
+#[derive(sqlx::FromRow)]
+struct FillRecord {
+    rows: i64,
+    months: i32,
+    first_month: NaiveDate,
+    customers: i32,
+    subscriptions: i32,
+    total: f64,
+    load: f64,
+    index: f64,
+    vacuum: f64,
+}
+
 async fn info(db: &BenchDb, reused: bool) -> Result<StoreInfo> {
-    #[allow(clippy::type_complexity)]
-    let (rows, months, first_month, customers, subscriptions, total, load, index, vacuum): (
-        i64,
-        i32,
-        NaiveDate,
-        i32,
-        i32,
-        f64,
-        f64,
-        f64,
-        f64,
-    ) = sqlx::query_as(
+    let record: FillRecord = sqlx::query_as(
         "SELECT rows, months, first_month, customers, subscriptions,
-                extract(epoch FROM finished_at - started_at)::float8,
-                extract(epoch FROM loaded_at - started_at)::float8,
-                extract(epoch FROM indexed_at - loaded_at)::float8,
-                extract(epoch FROM finished_at - indexed_at)::float8
+                extract(epoch FROM finished_at - started_at)::float8 AS total,
+                extract(epoch FROM loaded_at - started_at)::float8 AS load,
+                extract(epoch FROM indexed_at - loaded_at)::float8 AS index,
+                extract(epoch FROM finished_at - indexed_at)::float8 AS vacuum
          FROM store_bench_fill",
     )
     .fetch_one(&db.pool)
@@ -241,21 +244,22 @@ async fn info(db: &BenchDb, reused: bool) -> Result<StoreInfo> {
         .fetch_one(&db.pool)
         .await
         .context("the database's size")?;
-    let last_month = first_month
-        .checked_add_months(chrono::Months::new(months.max(1) as u32 - 1))
+    let last_month = record
+        .first_month
+        .checked_add_months(chrono::Months::new(record.months.max(1) as u32 - 1))
         .context("the last month")?;
     Ok(StoreInfo {
         database: db.name.clone(),
-        rows: rows as u64,
-        months: months as u32,
-        first_month,
+        rows: record.rows as u64,
+        months: record.months as u32,
+        first_month: record.first_month,
         last_month,
-        customers: customers as u32,
-        subscriptions: subscriptions as u32,
+        customers: record.customers as u32,
+        subscriptions: record.subscriptions as u32,
         partitions,
         size_bytes,
-        fill_seconds: total,
-        fill_phases: (load, index, vacuum),
+        fill_seconds: record.total,
+        fill_phases: (record.load, record.index, record.vacuum),
         reused,
     })
 }

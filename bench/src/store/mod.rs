@@ -235,6 +235,9 @@ async fn measure_all(small: &Side, big: &Side, options: &Options) -> Result<Summ
     })
 }
 
+/// Per case, the small store's runs and the big store's.
+type InBoth<T> = (Vec<T>, Vec<T>);
+
 /// The two stores in the order of round `round`: alternating, so neither
 /// always runs first (warm caches, the other's dirty pages).
 fn in_turn<T: Copy>(round: u32, small: T, big: T) -> [(T, bool); 2] {
@@ -617,8 +620,8 @@ async fn totals_pairs(
         calculate(&side.db, &dataset, How::Full)?;
         datasets.push(dataset);
     }
-    let mut samples: [(Vec<Sample>, Vec<Sample>); 3] = Default::default();
-    let mut results: [(Vec<Option<Totals>>, Vec<Option<Totals>>); 3] = Default::default();
+    let mut samples: [InBoth<Sample>; 3] = Default::default();
+    let mut results: [InBoth<Option<Totals>>; 3] = Default::default();
     for round in 1..=options.runs {
         for (side, is_big) in in_turn(round, small, big) {
             let dataset = &datasets[usize::from(is_big)];
