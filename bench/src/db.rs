@@ -50,12 +50,19 @@ impl BenchDb {
     /// Creates `tem_bench_<random>` on the server of `server_url` and runs
     /// the project's migrations.
     pub async fn create(server_url: &str) -> Result<Self> {
-        let server = PgConnectOptions::from_str(server_url)
-            .with_context(|| format!("{server_url:?} is not a PostgreSQL URL"))?;
         let name = format!(
             "tem_bench_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
+        Self::create_named(server_url, &name).await
+    }
+
+    /// Creates the database `name` on the server of `server_url` and runs
+    /// the project's migrations.
+    pub async fn create_named(server_url: &str, name: &str) -> Result<Self> {
+        let server = PgConnectOptions::from_str(server_url)
+            .with_context(|| format!("{server_url:?} is not a PostgreSQL URL"))?;
+        let name = name.to_string();
         let mut admin = server
             .connect()
             .await
@@ -79,6 +86,24 @@ impl BenchDb {
         Ok(Self {
             name,
             url,
+            pool,
+            server,
+        })
+    }
+
+    /// An existing database `name` on the server of `server_url`, as it
+    /// is: the caller decides whether to migrate it.
+    pub async fn open(server_url: &str, name: &str) -> Result<Self> {
+        let server = PgConnectOptions::from_str(server_url)
+            .with_context(|| format!("{server_url:?} is not a PostgreSQL URL"))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(server.clone().database(name))
+            .await
+            .with_context(|| format!("connect to {name}"))?;
+        Ok(Self {
+            name: name.to_string(),
+            url: with_database(server_url, name),
             pool,
             server,
         })
