@@ -573,6 +573,79 @@ async fn a_pool_of_one_connection_calculates_a_cycle_of_several_pages_as_a_pool_
 }
 
 #[tokio::test]
+async fn a_cycle_read_in_parallel_slices_is_rated_exactly_as_one_read_in_sequence() {
+    let db = fresh().await;
+    let c = customer(&db.pool, 1, Some(bundled_plan())).await;
+    bundled_cycle(&db.pool, c).await;
+    // Over six pages, unevenly spread so that the slices cut at the density
+    // of the pages before them hold from none to several pages: 40,000 CDRs
+    // four to a second, a week without any, 30,000 at one instant (more
+    // than a page), then 50,000 ever denser; two providers and external ids
+    // counting down, so that ties are put in consumption order after
+    // reading, and 40 numbers, so that the bundles run out in that order.
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO call_detail_record (provider, external_id, subscription, customer_id, started_at, kind, direction,
+            destination, roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros, import_file_id, source_line)
+         SELECT CASE WHEN i % 3 = 0 THEN 'kpn' ELSE 'routit' END, 'p' || lpad((200000 - i)::text, 6, '0'),
+                '+3161' || lpad((i % 40)::text, 7, '0'), $1,
+                CASE WHEN i <= 40000 THEN '2025-03-02 00:00:00+00'::timestamptz + (i / 4) * interval '1 second'
+                     WHEN i <= 70000 THEN '2025-03-20 12:00:00+00'::timestamptz
+                     ELSE '2025-03-21 00:00:00+00'::timestamptz
+                          + (sqrt((i - 70000)::float8 / 50000) * 800000) * interval '1 second' END,
+                'voice', 'outgoing', '+31201234567', 'home', 1 + i % 97, 0, 0, i % 1000, 1, i
+         FROM generate_series(1, 120000) i
+         RETURNING id",
+    )
+    .bind(c)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    mark_imported(&db.pool, &ids).await;
+    let cycle = "2025-03-01".parse().unwrap();
+    // One connection: every page is read in sequence on the calculation's
+    // own transaction. Four: slices are read on the three others.
+    let alone = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let sliced = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&db.url)
+        .await
+        .unwrap();
+
+    let (in_sequence, _) = calculate_totals_with(&alone, c, cycle, Recalculation::Full)
+        .await
+        .unwrap();
+    let stored_in_sequence = stored_pricing(&db.pool, c).await;
+    let (in_slices, report) = calculate_totals_with(&sliced, c, cycle, Recalculation::Full)
+        .await
+        .unwrap();
+    let stored_in_slices = stored_pricing(&db.pool, c).await;
+
+    assert_eq!(report.cdrs_read, 120_006);
+    assert_eq!(in_slices, in_sequence);
+    assert_eq!(stored_in_slices.len(), 120_006, "one pricing per CDR");
+    assert!(
+        stored_in_slices == stored_in_sequence,
+        "the sliced read priced some CDR otherwise, or in another order"
+    );
+    let plan: RatePlan = serde_json::from_value(bundled_plan()).unwrap();
+    let expected: Vec<(i64, i64)> = rate_cycle(&plan, &rating_cdrs(&db.pool).await)
+        .into_iter()
+        .map(|r| (r.cdr_id, r.rated_cost_micros))
+        .collect();
+    let got: Vec<(i64, i64)> = stored_in_slices
+        .cdr_id
+        .iter()
+        .copied()
+        .zip(stored_in_slices.rated_cost_micros.iter().copied())
+        .collect();
+    assert!(got == expected, "not in consumption order");
+}
+
+#[tokio::test]
 async fn an_instant_with_more_cdrs_than_a_page_is_read_whole_and_every_cdr_is_rated_in_consumption_order(
 ) {
     let db = fresh().await;
