@@ -572,77 +572,111 @@ async fn a_pool_of_one_connection_calculates_a_cycle_of_several_pages_as_a_pool_
     assert_eq!(stored_alone.len(), 50_006);
 }
 
+type StoredLines = BTreeMap<(String, String, String), (Vec<i64>, i64)>;
+
+/// The lines' figures, without who wrote them.
+fn figures(lines: &StoredLines) -> BTreeMap<&(String, String, String), &Vec<i64>> {
+    lines.iter().map(|(key, (sums, _))| (key, sums)).collect()
+}
+
+/// Every stored line of the cycle with its figures, and the transaction
+/// that last wrote it (`xmin`): a line written again, even with the same
+/// figures, gets a new one.
+async fn stored_lines(
+    pool: &PgPool,
+    c: i64,
+) -> BTreeMap<(String, String, String), (Vec<i64>, i64)> {
+    sqlx::query_as(
+        "SELECT subscription, kind, roaming_zone,
+                ARRAY[cdr_count, voice_seconds, data_bytes, messages, provider_cost_micros, rated_cost_micros,
+                      unrated_count],
+                xmin::text::bigint
+         FROM totals_line WHERE customer_id = $1 AND cycle = '2025-03-01'",
+    )
+    .bind(c)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(
+        |(s, k, z, sums, written): (String, String, String, Vec<i64>, i64)| {
+            ((s, k, z), (sums, written))
+        },
+    )
+    .collect()
+}
+
 #[tokio::test]
-async fn a_cycle_read_in_parallel_slices_is_rated_exactly_as_one_read_in_sequence() {
+async fn a_full_recalculation_updates_changed_lines_deletes_vanished_ones_adds_new_ones_and_leaves_unchanged_ones_unwritten(
+) {
     let db = fresh().await;
     let c = customer(&db.pool, 1, Some(bundled_plan())).await;
     bundled_cycle(&db.pool, c).await;
-    // Over six pages, unevenly spread so that the slices cut at the density
-    // of the pages before them hold from none to several pages: 40,000 CDRs
-    // four to a second, a week without any, 30,000 at one instant (more
-    // than a page), then 50,000 ever denser; two providers and external ids
-    // counting down, so that ties are put in consumption order after
-    // reading, and 40 numbers, so that the bundles run out in that order.
-    let ids: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO call_detail_record (provider, external_id, subscription, customer_id, started_at, kind, direction,
-            destination, roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros, import_file_id, source_line)
-         SELECT CASE WHEN i % 3 = 0 THEN 'kpn' ELSE 'routit' END, 'p' || lpad((200000 - i)::text, 6, '0'),
-                '+3161' || lpad((i % 40)::text, 7, '0'), $1,
-                CASE WHEN i <= 40000 THEN '2025-03-02 00:00:00+00'::timestamptz + (i / 4) * interval '1 second'
-                     WHEN i <= 70000 THEN '2025-03-20 12:00:00+00'::timestamptz
-                     ELSE '2025-03-21 00:00:00+00'::timestamptz
-                          + (sqrt((i - 70000)::float8 / 50000) * 800000) * interval '1 second' END,
-                'voice', 'outgoing', '+31201234567', 'home', 1 + i % 97, 0, 0, i % 1000, 1, i
-         FROM generate_series(1, 120000) i
-         RETURNING id",
-    )
-    .bind(c)
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
-    mark_imported(&db.pool, &ids).await;
-    let cycle = "2025-03-01".parse().unwrap();
-    // One connection: every page is read in sequence on the calculation's
-    // own transaction. Four: slices are read on the three others.
-    let alone = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&db.url)
-        .await
-        .unwrap();
-    let sliced = PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&db.url)
-        .await
-        .unwrap();
-
-    let (in_sequence, _) = calculate_totals_with(&alone, c, cycle, Recalculation::Full)
-        .await
-        .unwrap();
-    let stored_in_sequence = stored_pricing(&db.pool, c).await;
-    let (in_slices, report) = calculate_totals_with(&sliced, c, cycle, Recalculation::Full)
-        .await
-        .unwrap();
-    let stored_in_slices = stored_pricing(&db.pool, c).await;
-
-    assert_eq!(report.cdrs_read, 120_006);
-    assert_eq!(in_slices, in_sequence);
-    assert_eq!(stored_in_slices.len(), 120_006, "one pricing per CDR");
-    assert!(
-        stored_in_slices == stored_in_sequence,
-        "the sliced read priced some CDR otherwise, or in another order"
+    in_full(&db.pool, c).await;
+    let before = stored_lines(&db.pool, c).await;
+    let line = |s: &str, k: &str, z: &str| (s.to_string(), k.to_string(), z.to_string());
+    let (s1_voice, s1_sms) = (
+        line("+31611111111", "voice", "home"),
+        line("+31611111111", "sms", "home"),
     );
-    let plan: RatePlan = serde_json::from_value(bundled_plan()).unwrap();
-    let expected: Vec<(i64, i64)> = rate_cycle(&plan, &rating_cdrs(&db.pool).await)
-        .into_iter()
-        .map(|r| (r.cdr_id, r.rated_cost_micros))
-        .collect();
-    let got: Vec<(i64, i64)> = stored_in_slices
-        .cdr_id
-        .iter()
-        .copied()
-        .zip(stored_in_slices.rated_cost_micros.iter().copied())
-        .collect();
-    assert!(got == expected, "not in consumption order");
+    let (s2_voice, s2_data) = (
+        line("+31622222222", "voice", "eu"),
+        line("+31622222222", "data", "home"),
+    );
+    let s3_data = line("+31633333333", "data", "home");
+    assert_eq!(
+        before.keys().cloned().collect::<Vec<_>>(),
+        [&s1_sms, &s1_voice, &s2_data, &s2_voice].map(Clone::clone)
+    );
+
+    // s2's call lasts 150 s instead of 120 s (its own bundle still covers
+    // 100 s, the pooled one was used up before it): only its line changes.
+    // s1's only SMS is deleted: its line vanishes. A third subscription's
+    // data comes in, covered by what is left of the data bundle: a new line.
+    sql(
+        &db.pool,
+        "UPDATE call_detail_record SET duration_seconds = 150 WHERE external_id = 'v3'",
+    )
+    .await;
+    sql(
+        &db.pool,
+        "DELETE FROM call_detail_record WHERE external_id = 's1'",
+    )
+    .await;
+    cdr_to(
+        &db.pool,
+        c,
+        "d3",
+        "+31633333333",
+        "2025-03-25 08:00:00+00",
+        "data",
+        "home",
+        "",
+        1_000,
+        3,
+    )
+    .await;
+    in_full(&db.pool, c).await;
+    let after = stored_lines(&db.pool, c).await;
+
+    assert_eq!(
+        after.keys().cloned().collect::<Vec<_>>(),
+        [&s1_voice, &s2_data, &s2_voice, &s3_data].map(Clone::clone)
+    );
+    for unchanged in [&s1_voice, &s2_data] {
+        assert_eq!(
+            after[unchanged], before[unchanged],
+            "{unchanged:?} written again"
+        );
+    }
+    assert_ne!(after[&s2_voice].0, before[&s2_voice].0);
+    assert_ne!(after[&s2_voice].1, before[&s2_voice].1);
+
+    // Exactly the lines a calculation with no stored lines makes.
+    sql(&db.pool, "DELETE FROM totals_line").await;
+    in_full(&db.pool, c).await;
+    let from_scratch = stored_lines(&db.pool, c).await;
+    assert_eq!(figures(&after), figures(&from_scratch));
 }
 
 #[tokio::test]
