@@ -572,6 +572,113 @@ async fn a_pool_of_one_connection_calculates_a_cycle_of_several_pages_as_a_pool_
     assert_eq!(stored_alone.len(), 50_006);
 }
 
+type StoredLines = BTreeMap<(String, String, String), (Vec<i64>, i64)>;
+
+/// The lines' figures, without who wrote them.
+fn figures(lines: &StoredLines) -> BTreeMap<&(String, String, String), &Vec<i64>> {
+    lines.iter().map(|(key, (sums, _))| (key, sums)).collect()
+}
+
+/// Every stored line of the cycle with its figures, and the transaction
+/// that last wrote it (`xmin`): a line written again, even with the same
+/// figures, gets a new one.
+async fn stored_lines(
+    pool: &PgPool,
+    c: i64,
+) -> BTreeMap<(String, String, String), (Vec<i64>, i64)> {
+    sqlx::query_as(
+        "SELECT subscription, kind, roaming_zone,
+                ARRAY[cdr_count, voice_seconds, data_bytes, messages, provider_cost_micros, rated_cost_micros,
+                      unrated_count],
+                xmin::text::bigint
+         FROM totals_line WHERE customer_id = $1 AND cycle = '2025-03-01'",
+    )
+    .bind(c)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(
+        |(s, k, z, sums, written): (String, String, String, Vec<i64>, i64)| {
+            ((s, k, z), (sums, written))
+        },
+    )
+    .collect()
+}
+
+#[tokio::test]
+async fn a_full_recalculation_updates_changed_lines_deletes_vanished_ones_adds_new_ones_and_leaves_unchanged_ones_unwritten(
+) {
+    let db = fresh().await;
+    let c = customer(&db.pool, 1, Some(bundled_plan())).await;
+    bundled_cycle(&db.pool, c).await;
+    in_full(&db.pool, c).await;
+    let before = stored_lines(&db.pool, c).await;
+    let line = |s: &str, k: &str, z: &str| (s.to_string(), k.to_string(), z.to_string());
+    let (s1_voice, s1_sms) = (
+        line("+31611111111", "voice", "home"),
+        line("+31611111111", "sms", "home"),
+    );
+    let (s2_voice, s2_data) = (
+        line("+31622222222", "voice", "eu"),
+        line("+31622222222", "data", "home"),
+    );
+    let s3_data = line("+31633333333", "data", "home");
+    assert_eq!(
+        before.keys().cloned().collect::<Vec<_>>(),
+        [&s1_sms, &s1_voice, &s2_data, &s2_voice].map(Clone::clone)
+    );
+
+    // s2's call lasts 150 s instead of 120 s (its own bundle still covers
+    // 100 s, the pooled one was used up before it): only its line changes.
+    // s1's only SMS is deleted: its line vanishes. A third subscription's
+    // data comes in, covered by what is left of the data bundle: a new line.
+    sql(
+        &db.pool,
+        "UPDATE call_detail_record SET duration_seconds = 150 WHERE external_id = 'v3'",
+    )
+    .await;
+    sql(
+        &db.pool,
+        "DELETE FROM call_detail_record WHERE external_id = 's1'",
+    )
+    .await;
+    cdr_to(
+        &db.pool,
+        c,
+        "d3",
+        "+31633333333",
+        "2025-03-25 08:00:00+00",
+        "data",
+        "home",
+        "",
+        1_000,
+        3,
+    )
+    .await;
+    in_full(&db.pool, c).await;
+    let after = stored_lines(&db.pool, c).await;
+
+    assert_eq!(
+        after.keys().cloned().collect::<Vec<_>>(),
+        [&s1_voice, &s2_data, &s2_voice, &s3_data].map(Clone::clone)
+    );
+    for unchanged in [&s1_voice, &s2_data] {
+        assert_eq!(
+            after[unchanged], before[unchanged],
+            "{unchanged:?} written again"
+        );
+    }
+    assert_ne!(after[&s2_voice].0, before[&s2_voice].0);
+    assert_ne!(after[&s2_voice].1, before[&s2_voice].1);
+
+    // Exactly the lines a calculation with no stored lines makes.
+    sql(&db.pool, "DELETE FROM totals_line").await;
+    in_full(&db.pool, c).await;
+    let from_scratch = stored_lines(&db.pool, c).await;
+    assert_eq!(figures(&after), figures(&from_scratch));
+}
+
 #[tokio::test]
 async fn an_instant_with_more_cdrs_than_a_page_is_read_whole_and_every_cdr_is_rated_in_consumption_order(
 ) {

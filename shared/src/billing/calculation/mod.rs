@@ -275,18 +275,24 @@ pub async fn calculate<S: CycleStore + ?Sized>(
     // settings; a restart needs both the final state (to see which lines
     // changed) and a checkpoint at or before the earliest change.
     let incremental = how == Recalculation::Incremental && same && stored.is_some();
-    let before = match incremental {
-        true => match store.final_state().await? {
-            Some(bytes) => trusted(customer_id, cycle, RatingState::decode(&bytes)),
-            None => None,
-        },
+    let final_bytes = match incremental {
+        true => store.final_state().await?,
         false => None,
     };
+    let before = final_bytes
+        .as_ref()
+        .and_then(|bytes| trusted(customer_id, cycle, RatingState::decode(bytes)));
     let earliest = changes.iter().map(|c| c.changed_from).min();
     let mut resume: Option<(DateTime<Utc>, RatingState)> = None;
-    if let (Some(_), Some(at)) = (&before, earliest) {
+    if let (Some(before), Some(at)) = (&before, earliest) {
         if let Some((from, bytes)) = store.checkpoint_before(at).await? {
-            resume = trusted(customer_id, cycle, RatingState::decode(&bytes)).map(|s| (from, s));
+            // After a daily import the checkpoint is the final state itself:
+            // decoding it twice cost more than the import's own rating.
+            resume = match final_bytes.as_deref() == Some(bytes.as_slice()) {
+                true => Some(before.clone()),
+                false => trusted(customer_id, cycle, RatingState::decode(&bytes)),
+            }
+            .map(|s| (from, s));
         }
     }
     let calculation = match &resume {
