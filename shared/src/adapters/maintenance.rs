@@ -116,9 +116,10 @@ pub async fn write_month_cdrs<W: Write + Send>(
     writer: &mut CdrArchiveWriter<W>,
 ) -> Result<u64, ArchiveReadError> {
     let (from, to) = month_bounds(month);
+    let customer_is = customer_is(customer);
     let sql = format!(
         "SELECT {CDR_COLUMNS} FROM call_detail_record
-         WHERE started_at >= $1 AND started_at < $2 AND customer_id IS NOT DISTINCT FROM $3
+         WHERE started_at >= $1 AND started_at < $2 AND {customer_is}
          ORDER BY started_at, provider, external_id, id"
     );
     let mut rows = sqlx::query(&sql)
@@ -155,6 +156,17 @@ const CDR_COLUMNS: &str =
     "id, provider, external_id, subscription, customer_id, started_at, kind, direction,
     destination, roaming_zone, duration_seconds, volume_bytes, units, provider_cost_micros,
     import_file_id, source_line";
+
+/// The condition on `customer_id` ($3) that can use an index:
+/// `IS NOT DISTINCT FROM` cannot, and made every customer month a scan of
+/// the whole month's partition (a 100M store's month of 2,000 customers
+/// took 564 s to archive).
+fn customer_is(customer: Option<i64>) -> &'static str {
+    match customer {
+        Some(_) => "customer_id = $3",
+        None => "customer_id IS NULL AND $3::int8 IS NULL",
+    }
+}
 
 fn month_bounds(month: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
     let from: DateTime<Utc> = month.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
@@ -423,9 +435,10 @@ impl ArchiveStore for PgArchive {
             .await
             .map_err(StoreError::from)?;
         {
+            let customer_is = customer_is(customer);
             let sql = format!(
                 "SELECT {CDR_COLUMNS} FROM call_detail_record
-                 WHERE started_at >= $1 AND started_at < $2 AND customer_id IS NOT DISTINCT FROM $3
+                 WHERE started_at >= $1 AND started_at < $2 AND {customer_is}
                  ORDER BY started_at, provider, external_id, id"
             );
             let mut rows = sqlx::query(&sql)
@@ -592,16 +605,18 @@ impl ArchiveStore for PgArchive {
             removal.partitions_dropped.push(cdr_part);
         } else {
             for customer in &ok {
-                removal.rows_deleted += sqlx::query(
+                let sql = format!(
                     "DELETE FROM call_detail_record
-                     WHERE started_at >= $1 AND started_at < $2 AND customer_id IS NOT DISTINCT FROM $3",
-                )
-                .bind(from)
-                .bind(to)
-                .bind(customer)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+                     WHERE started_at >= $1 AND started_at < $2 AND {}",
+                    customer_is(*customer)
+                );
+                removal.rows_deleted += sqlx::query(&sql)
+                    .bind(from)
+                    .bind(to)
+                    .bind(customer)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
             }
         }
         // The pricings of the archived customers' cycles that start in the
@@ -823,18 +838,20 @@ impl RestoreStore for PgArchive {
         }
         // What the database now holds of the archived rows, by id.
         let (from, to) = month_bounds(month);
-        let held: i64 = sqlx::query_scalar(
+        let sql = format!(
             "SELECT count(*) FROM call_detail_record
-             WHERE started_at >= $1 AND started_at < $2 AND customer_id IS NOT DISTINCT FROM $3
+             WHERE started_at >= $1 AND started_at < $2 AND {}
                AND id <= coalesce($4, 0)",
-        )
-        .bind(from)
-        .bind(to)
-        .bind(customer)
-        .bind(manifest.max_cdr_id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
+            customer_is(customer)
+        );
+        let held: i64 = sqlx::query_scalar(&sql)
+            .bind(from)
+            .bind(to)
+            .bind(customer)
+            .bind(manifest.max_cdr_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
         if held as u64 != rows {
             return Err(mismatch(format!(
                 "{held} of the month's archived CDRs are in the database after the restore, not {rows}"
