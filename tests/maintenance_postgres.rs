@@ -269,3 +269,175 @@ fn tempfile_dir() -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Deletes nothing, remembers what it was asked to delete.
+#[derive(Default)]
+struct Deletes(std::sync::Mutex<Vec<String>>);
+
+#[async_trait::async_trait]
+impl tem_shared::maintenance::housekeeping::ObjectDelete for Deletes {
+    async fn delete_object(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(), tem_shared::ports::PortError> {
+        self.0.lock().unwrap().push(format!("{bucket}/{key}"));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_housekeeping_prunes_only_what_expired_in_batches_and_forgets_expired_rejected_files() {
+    use tem_shared::adapters::maintenance::PgHousekeeping;
+    use tem_shared::maintenance::housekeeping::{housekeeping, HousekeepingSettings};
+    let db = fresh().await;
+    let pool = &db.pool;
+    let now = Utc::now();
+    // 7 expired step runs and 2 live ones; 3 expired failed messages and 1 live.
+    for (n, expires) in (0..9).map(|n| (n, if n < 7 { "-1 day" } else { "+1 day" })) {
+        sqlx::query(
+            "INSERT INTO step_run (message_id, attempt, step, function_name, trace_id, depth,
+                                   chain_started_at, started_at, expires_at)
+             VALUES ($1, 1, 'ImportCdrFile', 'f', 't', 0, now(), now(), now() + $2::interval)",
+        )
+        .bind(format!("m{n}"))
+        .bind(expires)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    for (n, expires) in (0..4).map(|n| (n, if n < 3 { "-1 day" } else { "+1 day" })) {
+        sqlx::query(
+            "INSERT INTO failed_message (id, queue, queue_url, dlq_url, body, error_kind, error,
+                                         attempts, failed_at, expires_at)
+             VALUES ($1, 'q', 'u', 'd', '{}', 'permanent', 'e', 1, now(), now() + $2::interval)",
+        )
+        .bind(format!("f{n}"))
+        .bind(expires)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    // Catalog applies of 500 and 10 days ago; an alert published 100 days
+    // ago, one published yesterday, one never published.
+    for days in [500, 10] {
+        sqlx::query(
+            "INSERT INTO catalog_apply (applied_at, source, sha256, changed, changes)
+             VALUES (now() - make_interval(days => $1), 'catalog.yaml', 'x', 1, '[]')",
+        )
+        .bind(days)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    let customer: i64 = sqlx::query_scalar(
+        "INSERT INTO customer (name, billing_cycle_start_day, time_zone) VALUES ('Acme', 1, 'Europe/Amsterdam') RETURNING id",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    for (id, published) in [("old", Some(100)), ("new", Some(1)), ("pending", None)] {
+        sqlx::query(
+            "INSERT INTO alert_outbox (id, customer_id, kind, attributes, body, published_at)
+             VALUES ($1, $2, 'budget_alert', '{}', '{}', now() - make_interval(days => $3))",
+        )
+        .bind(id)
+        .bind(customer)
+        .bind(published)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    // Imports with rejected-row files: one finished 100 days ago, one today.
+    for (key, days) in [("rejected/old.csv", 100), ("rejected/new.csv", 0)] {
+        sqlx::query(
+            "INSERT INTO import_file (bucket, key, sha256, size_bytes, provider, status, rejected_key, finished_at)
+             VALUES ('cdr', $1, 'x', 1, 'routit', 'completed_with_errors', $1, now() - make_interval(days => $2))",
+        )
+        .bind(key)
+        .bind(days)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
+    let deletes = Deletes::default();
+    let settings = HousekeepingSettings {
+        batch: 2,
+        ..HousekeepingSettings::default()
+    };
+    let report = housekeeping(&PgHousekeeping::new(pool.clone()), &deletes, &settings, now)
+        .await
+        .unwrap();
+    assert_eq!(report.pruned["step_run"], 7);
+    assert_eq!(report.pruned["failed_message"], 3);
+    assert_eq!(report.pruned["catalog_apply"], 1);
+    assert_eq!(report.pruned["alert_outbox"], 1);
+    assert_eq!(report.rejected_files, 1);
+    assert_eq!(
+        *deletes.0.lock().unwrap(),
+        vec!["cdr/rejected/old.csv".to_string()]
+    );
+    let left: (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM step_run), (SELECT count(*) FROM failed_message),
+                (SELECT count(*) FROM catalog_apply), (SELECT count(*) FROM alert_outbox)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(left, (2, 1, 1, 2));
+    let named: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT rejected_key FROM import_file ORDER BY key")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(named, vec![Some("rejected/new.csv".to_string()), None]);
+    assert_eq!(report.analysed, vec!["call_detail_record", "rating_chunk"]);
+}
+
+#[tokio::test]
+async fn an_open_audit_finding_keeps_its_month_from_the_archive_and_a_resolved_one_does_not() {
+    use tem_shared::adapters::maintenance::PgArchive;
+    use tem_shared::maintenance::retention::Blocker;
+    use tem_shared::maintenance::run::ArchiveStore;
+    let db = fresh().await;
+    let pool = &db.pool;
+    let invoice: i64 = sqlx::query_scalar(
+        "INSERT INTO carrier_invoice (provider, account, invoice_number, period_start, period_end, file_key,
+                                      content_sha256, lines_read, lines_total_micros)
+         VALUES ('kpn_een', 'A1', 'K-1', '2024-03-01', '2024-03-31', 'carrier-invoices/k.csv', 'x', 3, 0)
+         RETURNING id",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO audit_finding (carrier_invoice_id, kind, subscription, billed_micros, expected_micros, file_key, status)
+         VALUES ($1, 'rate_overcharged', '+31612345678', 2, 1, 'k', 'disputed')",
+    )
+    .bind(invoice)
+    .execute(pool)
+    .await
+    .unwrap();
+    let archive = PgArchive::new(pool.clone());
+    let march: NaiveDate = "2024-03-01".parse().unwrap();
+    assert_eq!(
+        archive.blockers(None, march).await.unwrap(),
+        vec![Blocker::UnfinishedAudit {
+            carrier_invoice_id: invoice,
+            open_findings: 1
+        }]
+    );
+    assert!(archive
+        .blockers(None, "2024-05-01".parse().unwrap())
+        .await
+        .unwrap()
+        .is_empty());
+    sqlx::query(
+        "UPDATE audit_finding SET status = 'credited', resolved_at = now(), recovered_micros = 1",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    assert!(archive.blockers(None, march).await.unwrap().is_empty());
+}
