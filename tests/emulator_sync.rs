@@ -99,8 +99,8 @@ async fn the_template_deploys_every_function_queue_table_and_the_bucket() {
     rules.sort();
     assert_eq!(
         rules.len(),
-        3,
-        "the master sync, the invoice sweep and the ops watch: {rules:?}"
+        4,
+        "the master sync, the invoice sweep, the ops watch and the daily maintenance: {rules:?}"
     );
     for rule in &rules {
         let described: Value = serde_json::from_str(
@@ -621,6 +621,7 @@ async fn every_file_in_events_invokes_successfully() {
         ("cdr-import", "CdrImportFunctionName"),
         ("totals", "TotalsFunctionName"),
         ("ops", "OpsFunctionName"),
+        ("maintenance", "MaintenanceFunctionName"),
     ];
     let mut dirs: Vec<String> = std::fs::read_dir(&events)
         .unwrap()
@@ -665,6 +666,15 @@ async fn every_file_in_events_invokes_successfully() {
             } else if dir == "totals" && event.get("detail-type").is_some() {
                 // The invoice sweep says how many cycles were due.
                 assert!(answer.payload["due"].is_u64(), "{name}: {}", answer.payload);
+            } else if dir == "maintenance" && event.get("detail-type").is_some() {
+                // The daily schedule starts a run on the maintenance queue.
+                assert!(
+                    answer.payload["started"]
+                        .as_str()
+                        .is_some_and(|id| id.starts_with("maintenance:schedule:")),
+                    "{name}: {}",
+                    answer.payload
+                );
             } else if dir == "ops" && event["command"] == "status" {
                 // The monitoring points, each with its state.
                 assert!(
