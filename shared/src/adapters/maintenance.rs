@@ -116,12 +116,7 @@ pub async fn write_month_cdrs<W: Write + Send>(
     writer: &mut CdrArchiveWriter<W>,
 ) -> Result<u64, ArchiveReadError> {
     let (from, to) = month_bounds(month);
-    let customer_is = customer_is(customer);
-    let sql = format!(
-        "SELECT {CDR_COLUMNS} FROM call_detail_record
-         WHERE started_at >= $1 AND started_at < $2 AND {customer_is}
-         ORDER BY started_at, provider, external_id, id"
-    );
+    let sql = month_cdrs_sql(customer);
     let mut rows = sqlx::query(&sql)
         .bind(from)
         .bind(to)
@@ -166,6 +161,18 @@ fn customer_is(customer: Option<i64>) -> &'static str {
         Some(_) => "customer_id = $3",
         None => "customer_id IS NULL AND $3::int8 IS NULL",
     }
+}
+
+/// A customer's CDRs of one month ($1..$2, customer $3) in the archive's
+/// order: the files, their checksum and the restore's comparison all rely
+/// on this one order.
+fn month_cdrs_sql(customer: Option<i64>) -> String {
+    format!(
+        "SELECT {CDR_COLUMNS} FROM call_detail_record
+         WHERE started_at >= $1 AND started_at < $2 AND {}
+         ORDER BY started_at, provider, external_id, id",
+        customer_is(customer)
+    )
 }
 
 fn month_bounds(month: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
@@ -435,12 +442,7 @@ impl ArchiveStore for PgArchive {
             .await
             .map_err(StoreError::from)?;
         {
-            let customer_is = customer_is(customer);
-            let sql = format!(
-                "SELECT {CDR_COLUMNS} FROM call_detail_record
-                 WHERE started_at >= $1 AND started_at < $2 AND {customer_is}
-                 ORDER BY started_at, provider, external_id, id"
-            );
+            let sql = month_cdrs_sql(customer);
             let mut rows = sqlx::query(&sql)
                 .bind(from)
                 .bind(to)

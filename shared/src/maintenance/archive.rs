@@ -134,6 +134,23 @@ impl Columns {
     }
 }
 
+/// A Parquet file of `schema` with the archive's settings: both files of a
+/// month are written alike.
+fn file_writer<W: Write + Send>(
+    sink: W,
+    schema: &str,
+) -> Result<SerializedFileWriter<W>, ArchiveFileError> {
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_created_by("tem archive".into())
+        .build();
+    Ok(SerializedFileWriter::new(
+        sink,
+        Arc::new(parse_message_type(schema)?),
+        Arc::new(properties),
+    )?)
+}
+
 /// Writes archived CDRs into one Parquet file, a row group at a time.
 pub struct CdrArchiveWriter<W: Write + Send> {
     writer: SerializedFileWriter<W>,
@@ -143,13 +160,8 @@ pub struct CdrArchiveWriter<W: Write + Send> {
 
 impl<W: Write + Send> CdrArchiveWriter<W> {
     pub fn new(sink: W) -> Result<Self, ArchiveFileError> {
-        let schema = Arc::new(parse_message_type(CDR_SCHEMA)?);
-        let properties = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .set_created_by("tem archive".into())
-            .build();
         Ok(Self {
-            writer: SerializedFileWriter::new(sink, schema, Arc::new(properties))?,
+            writer: file_writer(sink, CDR_SCHEMA)?,
             columns: Columns::default(),
             rows: 0,
         })
@@ -379,13 +391,8 @@ const CYCLE_GROUP_BYTES: usize = 32 << 20;
 
 impl<W: Write + Send> CycleRowsWriter<W> {
     pub fn new(sink: W) -> Result<Self, ArchiveFileError> {
-        let schema = Arc::new(parse_message_type(CYCLE_ROWS_SCHEMA)?);
-        let properties = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .set_created_by("tem archive".into())
-            .build();
         Ok(Self {
-            writer: SerializedFileWriter::new(sink, schema, Arc::new(properties))?,
+            writer: file_writer(sink, CYCLE_ROWS_SCHEMA)?,
             table: Vec::new(),
             customer_id: Vec::new(),
             cycle: Vec::new(),
