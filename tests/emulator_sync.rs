@@ -399,12 +399,21 @@ async fn the_routit_chain_requests_polls_until_ready_downloads_and_completes_onl
     assert_eq!(stack.watermark(routit).await, Some(period));
 
     // Every attempt of the chain is journaled under one trace, and the
-    // import continued the download's hand-off of this very object.
-    let runs: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT step, trace_id, outcome, handoff FROM step_run WHERE task_id = $1 ORDER BY started_at",
-    )
-    .bind(&task_id)
-    .fetch_all(&stack.db.pool)
+    // import continued the download's hand-off of this very object. The
+    // task completes inside the import's step, and its journal row is
+    // finished just after: wait for that row rather than race it.
+    let runs = wait_for("the import's journal outcome", TIMEOUT, || async {
+        let runs: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT step, trace_id, outcome, handoff FROM step_run WHERE task_id = $1 ORDER BY started_at",
+        )
+        .bind(&task_id)
+        .fetch_all(&stack.db.pool)
+        .await?;
+        let finished = runs
+            .iter()
+            .any(|r| r.0 == "ImportCdrFile" && r.2.is_some());
+        Ok(finished.then_some(runs))
+    })
     .await
     .unwrap();
     for step in [
