@@ -17,15 +17,19 @@
 //! half the time of fetching rows), in `started_at` order from the
 //! `(customer_id, started_at)` index; the CDRs of one instant are put in
 //! consumption order (provider, external id) here, and a page always holds
-//! whole instants, so the next one begins after its last `started_at`. While
-//! the calculation rates and writes one page, the next is read ahead on a
-//! second connection in the same snapshot (`pg_export_snapshot`). That
-//! connection is borrowed for one page at a time, and only when the pool
-//! has one to spare: the chain runtime runs as many records at once as the
-//! pool has connections, counting one per record, so a read-ahead that held
-//! its connection for the whole calculation made a sibling record wait for
-//! it (issue 17). A cycle of one page, and a calculation that finds no
-//! connection free, read on the calculation's own transaction.
+//! whole instants, so the next one begins after its last `started_at`.
+//!
+//! The first page is read on the calculation's own transaction; the rest of
+//! the cycle is cut into time slices of about a page each ([`Slices`]), and
+//! up to [`READERS`] slices are read at once, each in index order on a
+//! connection borrowed from the pool for that slice only, in the same
+//! snapshot (`pg_export_snapshot`), while the calculation rates and writes
+//! the pages before them. A reader takes a connection only when the pool has
+//! one to spare: the chain runtime runs as many records at once as the pool
+//! has connections, counting one per record, so a reader that held its
+//! connection for the whole calculation made a sibling record wait for it
+//! (issue 17). With no connection to spare (a pool of one), every page is
+//! read in sequence on the calculation's own transaction.
 
 use std::collections::HashMap;
 
@@ -34,6 +38,10 @@ use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, SecondsFormat, TimeZone, Utc};
 use futures::TryStreamExt;
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::billing::calculation::{
@@ -141,8 +149,7 @@ async fn attempt_once(
         tx,
         pool: pool.clone(),
         snapshot: None,
-        ahead: None,
-        spare: None,
+        slices: None,
         customer_id,
         cycle,
         end: None,
@@ -157,12 +164,10 @@ pub struct PgCycleStore {
     tx: Transaction<'static, Postgres>,
     /// Where the read-ahead borrows its connection, a page at a time.
     pool: PgPool,
-    /// The transaction's snapshot, exported for the read-ahead once needed.
+    /// The transaction's snapshot, exported for the readers once needed.
     snapshot: Option<String>,
-    /// The next page, being read ahead.
-    ahead: Option<ReadAhead>,
-    /// A page already rated, for the next read-ahead to fill.
-    spare: Option<CdrPage>,
+    /// The cycle's slices being read, once reading began.
+    slices: Option<Slices>,
     customer_id: i64,
     cycle: NaiveDate,
     /// The cycle's end, once the customer's zone is known.
@@ -346,31 +351,108 @@ impl CycleStore for PgCycleStore {
         limit: usize,
         page: &mut CdrPage,
     ) -> Result<(), TotalsError> {
-        let end = self.end()?;
-        let ahead = match self.ahead.take() {
-            Some(ahead) if ahead.is_for(from, after, limit) => ahead.page().await,
-            // Not the page asked for (dropping it stops its read).
-            _ => None,
-        };
-        match ahead {
-            Some(next) => self.spare = Some(std::mem::replace(page, next)),
-            None => {
+        let end = micros(self.end()?);
+        let continues = self
+            .slices
+            .as_ref()
+            .is_some_and(|s| s.from == from && s.limit == limit && s.expect.as_ref() == after);
+        if !continues {
+            // A new reading (or one the slices did not expect: dropping them
+            // stops their readers) starts right after `after`.
+            let next = match after {
+                Some(key) => key.started_at.saturating_add(1),
+                None => micros(from),
+            };
+            self.slices = Some(Slices::new(from, next, limit));
+        }
+        loop {
+            self.dispatch(end).await?;
+            let Some(slices) = self.slices.as_mut() else {
+                return Err(TotalsError::Read(
+                    "the slices vanished while reading".into(),
+                ));
+            };
+            let Some(front) = slices.queue.front_mut() else {
+                // Nothing read ahead: the next page is counted from where the
+                // dispatched slices end, on the calculation's own transaction.
+                if slices.next >= end {
+                    page.clear();
+                    return Ok(());
+                }
+                let at = instant_of(slices.next)?;
                 copy_page(
                     &mut self.tx,
                     self.customer_id,
-                    from,
-                    end,
-                    after,
+                    at,
+                    instant_of(end)?,
+                    None,
                     limit,
                     page,
                 )
-                .await?
+                .await?;
+                let slices = self.slices.as_mut().expect("present above");
+                slices.learn_from_page(page, end);
+                slices.expect = page.last_key();
+                self.dispatch(end).await?;
+                return Ok(());
+            };
+            match &mut front.reader {
+                Some(reader) => match reader.pages.recv().await {
+                    Some(SliceMessage::Page(next)) => {
+                        *page = next;
+                        front.after = page.last_key();
+                        front.rows += page.rows.len() as u64;
+                    }
+                    Some(SliceMessage::Done) => {
+                        let done = slices.queue.pop_front().expect("the front slice");
+                        slices.learn_from_slice(&done);
+                        continue;
+                    }
+                    Some(SliceMessage::Failed(e)) => {
+                        tracing::info!(error = %e, "a slice read ahead is read on the calculation's own connection");
+                        front.reader = None;
+                        continue;
+                    }
+                    None => {
+                        // The reader ended without saying so (it panicked):
+                        // what it did not send is read here.
+                        front.reader = None;
+                        continue;
+                    }
+                },
+                None => {
+                    let (from, to, after) = (front.from, front.to, front.after);
+                    copy_page(
+                        &mut self.tx,
+                        self.customer_id,
+                        instant_of(from)?,
+                        instant_of(to)?,
+                        after.as_ref(),
+                        limit,
+                        page,
+                    )
+                    .await?;
+                    let slices = self.slices.as_mut().expect("present above");
+                    let front = slices.queue.front_mut().expect("the front slice");
+                    front.rows += page.rows.len() as u64;
+                    front.after = page.last_key().or(front.after);
+                    if !page.more {
+                        let done = slices.queue.pop_front().expect("the front slice");
+                        slices.learn_from_slice(&done);
+                    }
+                }
             }
+            if page.rows.is_empty() {
+                continue;
+            }
+            // More may follow in later slices; an empty page says when none
+            // did.
+            page.more = true;
+            if let Some(slices) = self.slices.as_mut() {
+                slices.expect = page.last_key();
+            }
+            return Ok(());
         }
-        if page.more {
-            self.ahead = self.read_ahead(from, end, page.last_key(), limit).await?;
-        }
-        Ok(())
     }
 
     async fn group(
@@ -745,104 +827,257 @@ async fn copy_rows(
     Ok(())
 }
 
-/// The next page of a calculation, being read on a connection borrowed
-/// from the pool for this page only, in the calculation's snapshot.
-struct ReadAhead {
+/// Slices read ahead at most at once, each on a connection of its own.
+const READERS: usize = 2;
+
+/// The CDRs a slice aims at, as a share of a page: a little under one page,
+/// so that a slice is usually read by one query.
+const SLICE_SHARE: f64 = 0.8;
+
+/// The shortest slice: CDRs start on whole seconds in practice, and a
+/// dense second is read in pages anyway.
+const MIN_SLICE_MICROS: i64 = 1_000_000;
+
+/// The rest of a cycle's reading, cut into time slices: each slice is read
+/// in index order, in pages of whole instants, on a connection borrowed from
+/// the pool for that slice only, in the calculation's snapshot; several
+/// slices are read at once and handed to the rating in order. Slices are
+/// cut as they are dispatched, to hold about [`SLICE_SHARE`] of a page at
+/// the density of the CDRs read so far. A slice for which no connection was
+/// free, or whose reader failed, is read on the calculation's own
+/// transaction, as is the first page (which gives the density).
+struct Slices {
     from: DateTime<Utc>,
-    after: Option<CdrKey>,
     limit: usize,
-    task: JoinHandle<Result<CdrPage, TotalsError>>,
+    /// Dispatched and not yet handed over, in consumption order.
+    queue: VecDeque<Slice>,
+    /// Where the next slice begins (microseconds since the Unix epoch):
+    /// every CDR before it is in a slice of `queue` or handed over.
+    next: i64,
+    /// The next slice's length in microseconds, once a page was read.
+    width: Option<i64>,
+    /// The key of the last page handed over: the calculation asks for the
+    /// page after it.
+    expect: Option<CdrKey>,
+    /// Readers dispatched that have no connection yet.
+    acquiring: Arc<AtomicUsize>,
 }
 
-impl Drop for ReadAhead {
+struct Slice {
+    /// `[from, to)`, microseconds since the Unix epoch.
+    from: i64,
+    to: i64,
+    /// Its last instant handed over, where the rest of it starts.
+    after: Option<CdrKey>,
+    rows: u64,
+    /// `None`: read on the calculation's own transaction.
+    reader: Option<SliceReader>,
+}
+
+enum SliceMessage {
+    Page(CdrPage),
+    /// Every CDR of the slice was sent.
+    Done,
+    Failed(TotalsError),
+}
+
+struct SliceReader {
+    pages: mpsc::Receiver<SliceMessage>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for SliceReader {
     fn drop(&mut self) {
         // Its connection goes back to the pool, its transaction rolled back.
         self.task.abort();
     }
 }
 
-impl ReadAhead {
-    fn is_for(&self, from: DateTime<Utc>, after: Option<&CdrKey>, limit: usize) -> bool {
-        self.from == from && self.limit == limit && self.after.as_ref() == after
-    }
-
-    /// The page, or `None` when it could not be read ahead (no connection
-    /// came in time, or the read failed): the caller then reads it itself,
-    /// and a real failure shows there.
-    async fn page(mut self) -> Option<CdrPage> {
-        match (&mut self.task).await {
-            Ok(Ok(page)) => Some(page),
-            Ok(Err(e)) => {
-                tracing::info!(error = %e, "the page read ahead is read again on the calculation's own connection");
-                None
-            }
-            Err(_) => None,
+impl Slices {
+    fn new(from: DateTime<Utc>, next: i64, limit: usize) -> Self {
+        Slices {
+            from,
+            limit,
+            queue: VecDeque::new(),
+            next,
+            width: None,
+            expect: None,
+            acquiring: Arc::new(AtomicUsize::new(0)),
         }
     }
-}
 
-/// Whether the pool has a connection idle or room to open one, so a
-/// read-ahead takes nothing a waiting record needs.
-fn spare_connection(pool: &PgPool) -> bool {
-    pool.num_idle() > 0 || pool.size() < pool.options().get_max_connections()
-}
+    fn target(&self) -> f64 {
+        (self.limit as f64 * SLICE_SHARE).max(1.0)
+    }
 
-impl PgCycleStore {
-    /// Starts reading the page after `after` on a borrowed connection;
-    /// `None` when the pool has no connection to spare.
-    async fn read_ahead(
-        &mut self,
-        from: DateTime<Utc>,
-        end: DateTime<Utc>,
-        after: Option<CdrKey>,
-        limit: usize,
-    ) -> Result<Option<ReadAhead>, TotalsError> {
-        if !spare_connection(&self.pool) {
-            return Ok(None);
-        }
-        let snapshot = match &self.snapshot {
-            Some(snapshot) => snapshot.clone(),
-            None => {
-                let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
-                    .fetch_one(&mut *self.tx)
-                    .await?;
-                self.snapshot = Some(snapshot.clone());
-                snapshot
-            }
+    /// A page counted on the calculation's own transaction from `next`: the
+    /// dispatched slices now end after it.
+    fn learn_from_page(&mut self, page: &CdrPage, end: i64) {
+        let (Some(first), Some(last)) = (page.rows.first(), page.rows.last()) else {
+            self.next = end;
+            return;
         };
-        let pool = self.pool.clone();
-        let customer_id = self.customer_id;
-        let mut page = self.spare.take().unwrap_or_default();
-        let task = tokio::spawn(async move {
-            let mut reader = tokio::time::timeout(
-                READER_WAIT,
-                pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
-            )
-            .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)??;
-            sqlx::query(&format!("SET TRANSACTION SNAPSHOT {}", literal(&snapshot)))
-                .execute(&mut *reader)
-                .await?;
+        self.next = if page.more {
+            last.started_at.saturating_add(1)
+        } else {
+            end
+        };
+        let span = (last.started_at - first.started_at).max(1) as f64;
+        let width = span * self.target() / page.rows.len() as f64;
+        self.width = Some((width as i64).max(MIN_SLICE_MICROS));
+    }
+
+    /// A slice read whole: the next ones are cut to its density.
+    fn learn_from_slice(&mut self, slice: &Slice) {
+        let Some(width) = self.width else { return };
+        let length = (slice.to - slice.from).max(1) as f64;
+        let wanted = match slice.rows {
+            0 => width as f64 * 2.0,
+            rows => length * self.target() / rows as f64,
+        };
+        let wanted = wanted.clamp(width as f64 / 4.0, width as f64 * 4.0);
+        self.width = Some((wanted as i64).max(MIN_SLICE_MICROS));
+    }
+
+    fn reading(&self) -> usize {
+        self.queue.iter().filter(|s| s.reader.is_some()).count()
+    }
+}
+
+/// Connections the pool could lend now: idle ones and room to open more,
+/// less those our readers are already taking. Counting only these, a
+/// reader never takes a connection a waiting record needs.
+fn spare_connections(pool: &PgPool, acquiring: usize) -> usize {
+    let max = pool.options().get_max_connections() as usize;
+    let room = max.saturating_sub(pool.size() as usize);
+    (pool.num_idle() + room).saturating_sub(acquiring)
+}
+
+/// Reads one slice in pages on a connection borrowed for it alone.
+#[allow(clippy::too_many_arguments)]
+async fn read_slice(
+    pool: PgPool,
+    snapshot: String,
+    customer_id: i64,
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+    limit: usize,
+    acquiring: Arc<AtomicUsize>,
+    pages: mpsc::Sender<SliceMessage>,
+) {
+    let connected = tokio::time::timeout(
+        READER_WAIT,
+        pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+    )
+    .await;
+    acquiring.fetch_sub(1, Ordering::SeqCst);
+    let result = async {
+        let mut reader = connected.map_err(|_| sqlx::Error::PoolTimedOut)??;
+        sqlx::query(&format!("SET TRANSACTION SNAPSHOT {}", literal(&snapshot)))
+            .execute(&mut *reader)
+            .await?;
+        // A slice bounded in time is estimated at fewer rows than the page
+        // limit, and the planner then reads it with a bitmap heap scan and a
+        // sort, where the index alone gives the order (the slices lost to
+        // the read-ahead at 1M that way). Only this reader's transaction.
+        sqlx::query("SET LOCAL enable_bitmapscan = off")
+            .execute(&mut *reader)
+            .await?;
+        let mut after: Option<CdrKey> = None;
+        let mut reader = Some(reader);
+        while let Some(conn) = reader.as_mut() {
+            let mut page = CdrPage::default();
             copy_page(
-                &mut reader,
+                conn,
                 customer_id,
                 from,
-                end,
+                to,
                 after.as_ref(),
                 limit,
                 &mut page,
             )
             .await?;
-            // Back to the pool now, not at the end of the calculation.
-            reader.commit().await?;
-            Ok(page)
-        });
-        Ok(Some(ReadAhead {
-            from,
-            after,
-            limit,
-            task,
-        }))
+            after = page.last_key();
+            if !page.more {
+                // Back to the pool before the page waits for the rating.
+                if let Some(done) = reader.take() {
+                    done.commit().await?;
+                }
+            }
+            if !page.rows.is_empty() && pages.send(SliceMessage::Page(page)).await.is_err() {
+                // The calculation no longer wants it.
+                return Ok(());
+            }
+        }
+        Ok::<(), TotalsError>(())
+    }
+    .await;
+    let last = match result {
+        Ok(()) => SliceMessage::Done,
+        Err(e) => SliceMessage::Failed(e),
+    };
+    let _ = pages.send(last).await;
+}
+
+fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+impl PgCycleStore {
+    /// Dispatches slices after the last one while fewer than [`READERS`]
+    /// are being read and the pool has a connection to lend.
+    async fn dispatch(&mut self, end: i64) -> Result<(), TotalsError> {
+        loop {
+            let Some(slices) = self.slices.as_ref() else {
+                return Ok(());
+            };
+            let Some(width) = slices.width else {
+                return Ok(());
+            };
+            let acquiring = slices.acquiring.load(Ordering::SeqCst);
+            if slices.next >= end
+                || slices.reading() >= READERS
+                || spare_connections(&self.pool, acquiring) == 0
+            {
+                return Ok(());
+            }
+            let snapshot = self.exported_snapshot().await?;
+            let slices = self.slices.as_mut().expect("present above");
+            let from = slices.next;
+            let to = from.saturating_add(width).min(end);
+            slices.next = to;
+            slices.acquiring.fetch_add(1, Ordering::SeqCst);
+            let (sender, receiver) = mpsc::channel(1);
+            let task = tokio::spawn(read_slice(
+                self.pool.clone(),
+                snapshot,
+                self.customer_id,
+                (instant_of(from)?, instant_of(to)?),
+                slices.limit,
+                slices.acquiring.clone(),
+                sender,
+            ));
+            slices.queue.push_back(Slice {
+                from,
+                to,
+                after: None,
+                rows: 0,
+                reader: Some(SliceReader {
+                    pages: receiver,
+                    task,
+                }),
+            });
+        }
+    }
+
+    async fn exported_snapshot(&mut self) -> Result<String, TotalsError> {
+        if let Some(snapshot) = &self.snapshot {
+            return Ok(snapshot.clone());
+        }
+        let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+            .fetch_one(&mut *self.tx)
+            .await?;
+        self.snapshot = Some(snapshot.clone());
+        Ok(snapshot)
     }
 
     fn end(&self) -> Result<DateTime<Utc>, TotalsError> {

@@ -65,12 +65,29 @@ impl CdrPage {
     pub fn order_ties(&mut self) {
         let text = &self.text;
         let bytes = |span: Span| &text[span.start as usize..(span.start + span.len) as usize];
-        self.rows.sort_by(|a, b| {
-            a.started_at
-                .cmp(&b.started_at)
-                .then_with(|| bytes(a.provider).cmp(bytes(b.provider)))
+        let consumption = |a: &PageRow, b: &PageRow| {
+            bytes(a.provider)
+                .cmp(bytes(b.provider))
                 .then_with(|| bytes(a.external_id).cmp(bytes(b.external_id)))
-        });
+        };
+        // The rows come in `started_at` order, so only the CDRs of each
+        // instant need sorting: sorting the whole page broke its runs at
+        // every tie and cost a sixth of a 10M calculation's CPU.
+        if !self.rows.is_sorted_by_key(|r| r.started_at) {
+            self.rows.sort_by(|a, b| {
+                a.started_at
+                    .cmp(&b.started_at)
+                    .then_with(|| consumption(a, b))
+            });
+            return;
+        }
+        for instant in self
+            .rows
+            .chunk_by_mut(|a, b| a.started_at == b.started_at)
+            .filter(|instant| instant.len() > 1)
+        {
+            instant.sort_by(consumption);
+        }
     }
 
     /// Drops the CDRs of the page's last instant, so that the next page
@@ -434,5 +451,61 @@ impl<'p> Run<'p> {
             .unwrap_or(end);
         outputs.push(Output::Checkpoint { at, state });
         outputs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(rows: &[(i64, &str, &str)]) -> CdrPage {
+        let mut page = CdrPage::default();
+        for (i, (started_at, provider, external_id)) in rows.iter().enumerate() {
+            let provider = page.span(provider.as_bytes());
+            let external_id = page.span(external_id.as_bytes());
+            let empty = page.span(b"");
+            page.rows.push(PageRow {
+                id: i as i64,
+                started_at: *started_at,
+                provider,
+                external_id,
+                subscription: empty,
+                kind: Kind::Voice,
+                zone: Zone::Home,
+                destination: empty,
+                duration_seconds: 0,
+                volume_bytes: 0,
+                units: 0,
+                provider_cost_micros: 0,
+            });
+        }
+        page
+    }
+
+    fn order(page: &CdrPage) -> Vec<i64> {
+        page.rows.iter().map(|r| r.id).collect()
+    }
+
+    #[test]
+    fn the_cdrs_of_each_instant_are_put_in_provider_then_external_id_order_as_bytes() {
+        let mut rows = page(&[
+            (1, "routit", "b"),
+            (2, "vodafone", "a"),
+            (2, "kpn", "z"),
+            (2, "kpn", "Z"),
+            (3, "routit", "a"),
+            (4, "routit", "b"),
+            (4, "routit", "a"),
+        ]);
+        rows.order_ties();
+        // "Z" (0x5a) sorts before "z" (0x7a), as under COLLATE "C".
+        assert_eq!(order(&rows), vec![0, 3, 2, 1, 4, 6, 5]);
+    }
+
+    #[test]
+    fn rows_out_of_started_at_order_are_sorted_whole() {
+        let mut rows = page(&[(3, "routit", "a"), (1, "routit", "b"), (1, "routit", "a")]);
+        rows.order_ties();
+        assert_eq!(order(&rows), vec![2, 1, 0]);
     }
 }
