@@ -31,16 +31,15 @@
 //! (issue 17). With no connection to spare (a pool of one), every page is
 //! read in sequence on the calculation's own transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, SecondsFormat, TimeZone, Utc};
 use futures::TryStreamExt;
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -61,9 +60,9 @@ const LINES_PER_STATEMENT: usize = 10_000;
 /// Attempts of one calculation that lost its snapshot to another.
 const ATTEMPTS: u32 = 8;
 
-/// How long a read-ahead waits for the connection the pool had to spare
+/// How long a slice reader waits for the connection the pool had to spare
 /// when it looked (opening one takes milliseconds); past that, the
-/// calculation reads the page on its own transaction.
+/// calculation reads the slice on its own transaction.
 const READER_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Calculates the cycle's totals, from the last checkpoint before its
@@ -162,7 +161,7 @@ async fn attempt_once(
 /// One calculation's transaction.
 pub struct PgCycleStore {
     tx: Transaction<'static, Postgres>,
-    /// Where the read-ahead borrows its connection, a page at a time.
+    /// Where the slice readers borrow their connections, a slice at a time.
     pool: PgPool,
     /// The transaction's snapshot, exported for the readers once needed.
     snapshot: Option<String>,
@@ -954,7 +953,6 @@ fn spare_connections(pool: &PgPool, acquiring: usize) -> usize {
 }
 
 /// Reads one slice in pages on a connection borrowed for it alone.
-#[allow(clippy::too_many_arguments)]
 async fn read_slice(
     pool: PgPool,
     snapshot: String,
