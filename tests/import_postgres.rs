@@ -1288,3 +1288,171 @@ async fn every_index_of_the_cdr_table_exists_on_the_partitioned_table() {
         ]
     );
 }
+
+/// A Routit export of `n` SMS rows of the known number, over March 2025
+/// (two of the customer's cycles: it starts on the 15th), ids `{tag}-{i}`.
+fn sms_rows(n: usize, tag: &str) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            format!(
+                "{:02}-03-2025;{:02}:{:02}:{:02};0612345678;;SMS;Uitgaand;;;0,10;NL;{tag}-{i}",
+                1 + i % 28,
+                i / 3600 % 24,
+                i / 60 % 60,
+                i % 60
+            )
+        })
+        .collect()
+}
+
+fn csv_of(rows: &[String]) -> Vec<u8> {
+    format!("{ROUTIT_HEADER}\n{}\n", rows.join("\n")).into_bytes()
+}
+
+/// An importer that loads every object on two connections when it can.
+fn two_writers(f: &Fixture) -> Importer {
+    Importer::new(
+        f.pool.clone(),
+        Arc::new(LocalRejects::new(&f.rejects.0)),
+        ZipLimits::default(),
+    )
+    .with_two_writers_from(0)
+}
+
+async fn import_with(importer: &Importer, key: &str, bytes: Vec<u8>) -> ImportSummary {
+    let source: Arc<dyn RangeRead> = Arc::new(MemorySource::named(key, bytes));
+    let request = ImportRequest {
+        bucket: "test".into(),
+        key: key.into(),
+        provider: Provider::Routit,
+        profile_id: None,
+        deadline: None,
+    };
+    importer
+        .import(source, &request)
+        .await
+        .expect("import succeeds")
+}
+
+/// The transactions that wrote the CDRs (their `xmin`s).
+async fn writing_transactions(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM call_detail_record")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_large_file_loads_on_two_connections_each_row_once_with_marks_in_both_transactions() {
+    let f = fixture().await;
+    let rows = 6_000;
+    let summary = import_with(
+        &two_writers(&f),
+        "inbox/big.csv",
+        csv_of(&sms_rows(rows, "B")),
+    )
+    .await;
+    assert_eq!(
+        (summary.loaded, summary.duplicate, summary.rejected),
+        (rows as u64, 0, 0),
+        "{summary:?}"
+    );
+    let distinct: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT external_id) FROM call_detail_record")
+            .fetch_one(&f.pool)
+            .await
+            .unwrap();
+    assert_eq!((f.count().await, distinct), (rows as i64, rows as i64));
+    assert_eq!(
+        writing_transactions(&f.pool).await,
+        2,
+        "the rows were written by two transactions"
+    );
+    let connections: i64 = sqlx::query_scalar(
+        "SELECT (details->>'connections')::bigint FROM import_file WHERE id = $1",
+    )
+    .bind(summary.import_file_id)
+    .fetch_one(&f.pool)
+    .await
+    .unwrap();
+    assert_eq!(connections, 2);
+    // Each transaction marks every cycle the file touched, so whichever
+    // commits alone, a calculation knows where its rows begin.
+    let marks: Vec<(chrono::NaiveDate, i64)> = sqlx::query_as(
+        "SELECT cycle, count(DISTINCT xmin::text) FROM cycle_change GROUP BY cycle ORDER BY cycle",
+    )
+    .fetch_all(&f.pool)
+    .await
+    .unwrap();
+    assert_eq!(marks, vec![(day("2025-02-15"), 2), (day("2025-03-15"), 2)]);
+}
+
+#[tokio::test]
+async fn a_file_whose_first_half_is_loaded_already_loads_its_second_half_once_on_two_connections() {
+    // What a retry meets when an import was killed after the second
+    // transaction committed and before the import's own did.
+    let f = fixture().await;
+    let rows = sms_rows(6_000, "H");
+    let first = f
+        .import(
+            Provider::Routit,
+            "inbox/first-half.csv",
+            csv_of(&rows[..3_000]),
+        )
+        .await;
+    assert_eq!(first.loaded, 3_000);
+    let summary = import_with(&two_writers(&f), "inbox/whole.csv", csv_of(&rows)).await;
+    assert_eq!(
+        (summary.loaded, summary.duplicate),
+        (3_000, 3_000),
+        "{summary:?}"
+    );
+    assert_eq!(f.count().await, 6_000);
+}
+
+#[tokio::test]
+async fn a_zip_entry_that_fails_after_its_rows_were_sent_leaves_none_of_them_on_either_connection()
+{
+    use std::io::Write;
+    let f = fixture().await;
+    let good = csv_of(&sms_rows(4_000, "G"));
+    let bad = csv_of(&sms_rows(4_000, "X"));
+    let mut cursor = std::io::Cursor::new(Vec::new());
+    {
+        let mut writer = zip::ZipWriter::new(&mut cursor);
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        writer.start_file("good.csv", stored).unwrap();
+        writer.write_all(&good).unwrap();
+        writer.start_file("bad.csv", stored).unwrap();
+        writer.write_all(&bad).unwrap();
+        writer.finish().unwrap();
+    }
+    // The second entry's last row changed after its CRC-32 was written:
+    // the reader finds out only at the entry's end.
+    let mut bytes = cursor.into_inner();
+    let last = b"X-3999";
+    let at = bytes
+        .windows(last.len())
+        .rposition(|w| w == last)
+        .expect("the last row is stored as written");
+    bytes[at] = b'Y';
+    let summary = import_with(&two_writers(&f), "inbox/two-entries.zip", bytes).await;
+    assert_eq!(summary.status.as_str(), "completed_with_errors");
+    assert_eq!(summary.loaded, 4_000, "{summary:?}");
+    let failed: Vec<&str> = summary
+        .entries
+        .iter()
+        .filter(|e| e.outcome.starts_with("failed"))
+        .map(|e| e.entry.as_str())
+        .collect();
+    assert_eq!(failed, ["bad.csv"]);
+    let kept: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT left(external_id, 1), count(*) FROM call_detail_record GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&f.pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, vec![("G".to_string(), 4_000)]);
+    assert_eq!(writing_transactions(&f.pool).await, 2);
+}

@@ -130,7 +130,7 @@ async fn measure_all(db: &BenchDb, dir: &Path, options: &Options) -> Result<Summ
         "our import of {} rows (memory)",
         options.small_rows
     ));
-    let (small, _) = measure::our_import(&small_zip, &db.url, &rejects_dir)?;
+    let (small, _) = measure::our_import(&small_zip, &db.url, &rejects_dir, 4)?;
     if small.loaded + small.rejected != options.small_rows {
         bail!(
             "the small import loaded {} and rejected {} of {} rows",
@@ -144,7 +144,7 @@ async fn measure_all(db: &BenchDb, dir: &Path, options: &Options) -> Result<Summ
     // 2 + 5b. Our import of the big file: time and peak memory.
     note_checkpoint(db, &mut notes).await;
     progress(&format!("our import of {} rows", options.rows));
-    let (ours, ours_wall) = measure::our_import(&big_zip, &db.url, &rejects_dir)?;
+    let (ours, ours_wall) = measure::our_import(&big_zip, &db.url, &rejects_dir, 4)?;
     progress(&format!(
         "  {:.3} s ({} loaded, {} rejected, {} without customer, peak RSS {} KiB)",
         ours_wall.as_secs_f64(),
@@ -164,6 +164,28 @@ async fn measure_all(db: &BenchDb, dir: &Path, options: &Options) -> Result<Summ
     progress("psql \\copy of the canonical rows");
     let copy_time = measure::psql_copy(&db.url, COPY_BASELINE, &copy_file)?;
     progress(&format!("  {:.3} s", copy_time.as_secs_f64()));
+
+    // 3b. Ours again with a pool of one: the load on one connection, as
+    //     before issue 17's second writer (and wherever no second is free).
+    db.reset_ours().await?;
+    note_checkpoint(db, &mut notes).await;
+    progress(&format!(
+        "our import of {} rows on one connection",
+        options.rows
+    ));
+    let (single, single_wall) = measure::our_import(&big_zip, &db.url, &rejects_dir, 1)?;
+    progress(&format!(
+        "  {:.3} s ({} loaded)",
+        single_wall.as_secs_f64(),
+        single.loaded
+    ));
+    if single.loaded != ours.loaded {
+        bail!(
+            "on one connection {} rows loaded, on two {}",
+            single.loaded,
+            ours.loaded
+        );
+    }
 
     // 4. The legacy method.
     let legacy = if options.no_legacy {
@@ -304,6 +326,11 @@ async fn measure_all(db: &BenchDb, dir: &Path, options: &Options) -> Result<Summ
                 copy_s,
                 counts.psql_copy as u64,
             ),
+            Load::new(
+                "ours on one connection (pool of 1)",
+                single_wall.as_secs_f64(),
+                single.loaded,
+            ),
         ]
         .into_iter()
         .chain(legacy.map(|(rows, time)| {
@@ -316,6 +343,7 @@ async fn measure_all(db: &BenchDb, dir: &Path, options: &Options) -> Result<Summ
         .collect(),
         ours_import_call_seconds: ours.import_ms / 1000.0,
         ours_vs_copy_speed,
+        one_connection_vs_copy_speed: copy_s / single_wall.as_secs_f64(),
         ours_vs_legacy_speed,
         memory,
         counts,

@@ -33,9 +33,16 @@ pub struct ChildReport {
     pub vm_rss_kb: u64,
 }
 
-pub async fn import_only(zip: &Path, database: &str, rejects_dir: &Path) -> Result<ChildReport> {
+/// Imports `zip` with a pool of `connections` (the importer loads on two
+/// when the pool has a second to spare).
+pub async fn import_only(
+    zip: &Path,
+    database: &str,
+    rejects_dir: &Path,
+    connections: u32,
+) -> Result<ChildReport> {
     let pool = PgPoolOptions::new()
-        .max_connections(4)
+        .max_connections(connections)
         .connect(database)
         .await
         .with_context(|| format!("connect to {database}"))?;

@@ -66,6 +66,9 @@ enum Command {
         database: String,
         #[arg(long)]
         rejects_dir: PathBuf,
+        /// The pool's size: 1 loads on one connection.
+        #[arg(long, default_value_t = 4)]
+        connections: u32,
     },
     /// Internal: write a generated routit export ZIP.
     #[command(hide = true)]
@@ -90,8 +93,14 @@ fn main() -> Result<()> {
             zip,
             database,
             rejects_dir,
+            connections,
         }) => {
-            let report = runtime.block_on(child::import_only(&zip, &database, &rejects_dir))?;
+            let report = runtime.block_on(child::import_only(
+                &zip,
+                &database,
+                &rejects_dir,
+                connections,
+            ))?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }

@@ -19,7 +19,12 @@ pub const LEGACY_COMMIT_EVERY: u64 = 1_000;
 /// Runs `import-bench import-only` on `zip`; returns its report and the
 /// wall time of the whole child process (start-up and connect included,
 /// like the psql command's).
-pub fn our_import(zip: &Path, url: &str, rejects_dir: &Path) -> Result<(ChildReport, Duration)> {
+pub fn our_import(
+    zip: &Path,
+    url: &str,
+    rejects_dir: &Path,
+    connections: u32,
+) -> Result<(ChildReport, Duration)> {
     let exe = std::env::current_exe().context("find this program")?;
     let started = Instant::now();
     let output = Command::new(&exe)
@@ -30,6 +35,8 @@ pub fn our_import(zip: &Path, url: &str, rejects_dir: &Path) -> Result<(ChildRep
         .arg(url)
         .arg("--rejects-dir")
         .arg(rejects_dir)
+        .arg("--connections")
+        .arg(connections.to_string())
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()

@@ -108,6 +108,8 @@ pub struct Summary {
     pub ours_import_call_seconds: f64,
     /// copy_time / our_time: our speed relative to `psql \copy`.
     pub ours_vs_copy_speed: f64,
+    /// copy_time / our time on one connection (a pool of one).
+    pub one_connection_vs_copy_speed: f64,
     /// legacy_time / our_time; `None` with `--no-legacy`.
     pub ours_vs_legacy_speed: Option<f64>,
     pub memory: Memory,
@@ -154,6 +156,10 @@ pub fn print(summary: &Summary) {
     println!(
         "ours vs psql \\copy speed (copy_time / our_time): {:.3}x",
         summary.ours_vs_copy_speed
+    );
+    println!(
+        "ours on one connection vs psql \\copy:             {:.3}x",
+        summary.one_connection_vs_copy_speed
     );
     if let Some(speed) = summary.ours_vs_legacy_speed {
         println!("ours vs legacy speed (legacy_time / our_time):   {speed:.2}x");

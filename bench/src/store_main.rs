@@ -97,6 +97,9 @@ enum Child {
         database: String,
         #[arg(long)]
         rejects_dir: PathBuf,
+        /// The pool's size: 1 loads on one connection.
+        #[arg(long, default_value_t = 4)]
+        connections: u32,
     },
     /// Internal: one calculation of a cycle (as totals-bench's).
     #[command(hide = true)]
@@ -133,10 +136,12 @@ fn main() -> Result<()> {
             zip,
             database,
             rejects_dir,
+            connections,
         }) => serde_json::to_string(&runtime.block_on(child::import_only(
             &zip,
             &database,
             &rejects_dir,
+            connections,
         ))?)?,
         Some(Child::Calculate {
             database,

@@ -336,7 +336,7 @@ async fn import_pairs(
             let customer = customers[usize::from(is_big)];
             note_checkpoint(&side.db).await;
             let load = crate::report::load_average();
-            let (report, elapsed) = measure::our_import(&zip, &side.db.url, &rejects)?;
+            let (report, elapsed) = measure::our_import(&zip, &side.db.url, &rejects, 4)?;
             progress(&format!(
                 "round {round}: import into {}: {:.3} s ({} loaded, {} duplicate, {} rejected; peak RSS {} KiB; load {load})",
                 side.db.name,

@@ -23,7 +23,7 @@ use tracing::{info, instrument, warn};
 use crate::cdr::changes::ChangeSource;
 use crate::import::format::{FormatError, FormatTemplate};
 use crate::import::load::{
-    load_csv, CsvOpen, LoadError, LoadInput, LoadMode, LoadReport, RejectFile, Resolver,
+    load_csv, CsvOpen, LoadError, LoadInput, LoadMode, LoadReport, RejectFile, Resolver, Writers,
 };
 use crate::import::parse::{FileError, Stopped};
 use crate::import::source::{chunks, sniff, spawn_pump, ObjectKind, RangeRead, SourceError};
@@ -36,6 +36,16 @@ use crate::routing::Provider;
 /// huge file need about the same memory.
 const READ_CHUNK: u64 = 256 << 10;
 const PUMP_CAPACITY: usize = 4;
+
+/// Objects from this size on (4 MiB: about 200,000 rows of a zipped
+/// Routit export) are loaded on two connections when the pool
+/// has one to spare (see [`Writers`]): below it, opening the second
+/// connection costs more than it saves.
+pub const TWO_WRITERS_FROM_BYTES: u64 = 4 << 20;
+
+/// How long an import waits for the second connection before it loads on
+/// its own one alone.
+const HELPER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How an import ended (`import_file.status` for the first two).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -164,6 +174,7 @@ pub struct Importer {
     pool: PgPool,
     rejects: Arc<dyn RejectStore>,
     limits: ZipLimits,
+    two_writers_from: u64,
 }
 
 impl Importer {
@@ -172,7 +183,15 @@ impl Importer {
             pool,
             rejects,
             limits,
+            two_writers_from: TWO_WRITERS_FROM_BYTES,
         }
+    }
+
+    /// Objects of at least `bytes` load on two connections when the pool
+    /// has one to spare ([`TWO_WRITERS_FROM_BYTES`] unless set).
+    pub fn with_two_writers_from(mut self, bytes: u64) -> Self {
+        self.two_writers_from = bytes;
+        self
     }
 
     #[instrument(skip_all, fields(bucket = %request.bucket, key = %request.key, provider = %request.provider))]
@@ -330,11 +349,19 @@ impl Importer {
                 });
             }
 
+            let mut helper = match mode {
+                LoadMode::Direct if size >= self.two_writers_from => self.spare_transaction().await,
+                _ => None,
+            };
             let mut rejects =
                 RejectFile::create().map_err(|e| ImportError::Rejects(e.to_string()))?;
+            let mut writers = Writers {
+                main: &mut tx,
+                helper: helper.as_deref_mut(),
+            };
             let loaded = self
                 .load_object(
-                    &mut tx,
+                    &mut writers,
                     source.clone(),
                     kind,
                     size,
@@ -347,6 +374,9 @@ impl Importer {
                 Ok(done) => done,
                 Err(LoadFailure::ExistingRows) if mode == LoadMode::Direct => {
                     info!("rows exist already; loading again with deduplication");
+                    if let Some(helper) = helper {
+                        helper.rollback().await?;
+                    }
                     tx.rollback().await?;
                     let _ = rejects.finish();
                     mode = LoadMode::Deduplicate;
@@ -399,10 +429,18 @@ impl Importer {
             .bind(report.rejected as i64)
             .bind(report.without_customer as i64)
             .bind(&rejected_key)
-            .bind(json!({ "entries": entries, "mode": format!("{mode:?}") }))
+            .bind(json!({ "entries": entries, "mode": format!("{mode:?}"), "connections": 1 + usize::from(helper.is_some()) }))
             .bind(duration_ms as i64)
             .execute(&mut *tx)
             .await?;
+            // The second transaction first, with its own marks: were the
+            // import's own to commit first and this one then fail, the file
+            // would be recorded as loaded with rows missing.
+            if let Some(mut helper) = helper {
+                crate::cdr::changes::mark(&mut helper, &report.touched, ChangeSource::Import)
+                    .await?;
+                helper.commit().await?;
+            }
             tx.commit().await?;
             if report.loaded >= LARGE_LOAD_ROWS {
                 if let Some((from, to)) = report.span {
@@ -435,10 +473,28 @@ impl Importer {
         }
     }
 
+    /// A second transaction for the load, if the pool can lend one now:
+    /// an idle connection or room to open one. Otherwise the import loads
+    /// on its own transaction alone, as fast as one backend goes.
+    async fn spare_transaction(&self) -> Option<sqlx::Transaction<'static, sqlx::Postgres>> {
+        let max = self.pool.options().get_max_connections();
+        if self.pool.num_idle() == 0 && self.pool.size() >= max {
+            return None;
+        }
+        match tokio::time::timeout(HELPER_WAIT, self.pool.begin()).await {
+            Ok(Ok(helper)) => Some(helper),
+            Ok(Err(e)) => {
+                warn!(error = %e, "no second connection for the load; loading on one");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn load_object(
         &self,
-        tx: &mut sqlx::PgConnection,
+        writers: &mut Writers<'_>,
         source: Arc<dyn RangeRead>,
         kind: ObjectKind,
         size: u64,
@@ -459,7 +515,7 @@ impl Importer {
                     Box::new(move || Box::new(raw))
                 };
                 rejects.set_entry("");
-                let report = load_csv(tx, csv, input, rejects, mode)
+                let report = load_csv(writers, csv, input, rejects, mode)
                     .await
                     .map_err(|e| LoadFailure::from_load(e, &what))?;
                 let notes = match &report.stopped {
@@ -510,18 +566,18 @@ impl Importer {
                         }
                         EntryDecision::Import => {}
                     }
-                    sqlx::query("SAVEPOINT entry")
-                        .execute(&mut *tx)
+                    writers
+                        .execute_all("SAVEPOINT entry")
                         .await
                         .map_err(LoadFailure::db)?;
                     let raw = spawn_pump(archive.entry_data(entry), PUMP_CAPACITY);
                     let reader = EntryReader::new(raw, entry, &self.limits);
                     let csv: CsvOpen = Box::new(move || Box::new(reader));
                     rejects.set_entry(&name);
-                    match load_csv(tx, csv, input, rejects, mode).await {
+                    match load_csv(writers, csv, input, rejects, mode).await {
                         Ok(report) => {
-                            sqlx::query("RELEASE SAVEPOINT entry")
-                                .execute(&mut *tx)
+                            writers
+                                .execute_all("RELEASE SAVEPOINT entry")
                                 .await
                                 .map_err(LoadFailure::db)?;
                             let outcome = match &report.stopped {
@@ -544,8 +600,8 @@ impl Importer {
                         }
                         Err(LoadError::File(e)) if transient_read(&e).is_none() => {
                             // Nothing of this entry stays; the other entries load.
-                            sqlx::query("ROLLBACK TO SAVEPOINT entry")
-                                .execute(&mut *tx)
+                            writers
+                                .execute_all("ROLLBACK TO SAVEPOINT entry")
                                 .await
                                 .map_err(LoadFailure::db)?;
                             warn!(entry = %name, error = %e, "entry failed");

@@ -2,14 +2,13 @@
 //!
 //! Two stages overlap: a blocking thread inflates, parses, resolves and
 //! encodes rows in PostgreSQL's binary COPY format (so the server parses no
-//! text), and hands chunks through a bounded channel to the connection,
-//! which sends them while the next chunk is made. Memory stays flat whatever
+//! text), and hands chunks through a bounded channel to the connections,
+//! which send them while the next chunk is made. Memory stays flat whatever
 //! the file size. Two modes:
-//! - [`LoadMode::Direct`]: COPY straight into `call_detail_record`, about
-//!   as fast as a plain text `\copy` (binary spares the server its input
-//!   functions, 7-9% of its work here: bench/README.md); a row that already
-//!   exists makes the COPY fail with a unique violation, and the caller then
-//!   loads the file again with
+//! - [`LoadMode::Direct`]: COPY straight into `call_detail_record`, on the
+//!   import's transaction and, for a large object, on a second one at once
+//!   (see [`Writers`]); a row that already exists makes the COPY fail with
+//!   a unique violation, and the caller then loads the file again with
 //! - [`LoadMode::Deduplicate`]: COPY into a temporary table, then insert
 //!   what is not there yet. Slower, and only needed when rows repeat.
 
@@ -230,15 +229,40 @@ pub struct LoadInput<'a> {
 /// opening may already read (a gzip header) and reads block.
 pub type CsvOpen = Box<dyn FnOnce() -> Box<dyn Read + Send> + Send>;
 
-/// Loads one CSV stream inside the caller's transaction. A [`FileError`]
-/// aborts the COPY, so nothing of this stream stays in the transaction.
+/// The transactions a load writes through: the import's own, and for a
+/// large object loaded directly a second one on a spare connection. One
+/// backend's COPY into `call_detail_record` sets the import's pace (its
+/// index maintenance, not the client, is most of the work); two backends
+/// share it (bench/README.md, "Two COPYs"). The second transaction commits
+/// just before the import's own, with its own marks: exactly-once still
+/// rests on the natural key, so an import killed between the two commits is
+/// completed by its retry, which skips the rows already there.
+pub struct Writers<'c> {
+    pub main: &'c mut PgConnection,
+    pub helper: Option<&'c mut PgConnection>,
+}
+
+impl Writers<'_> {
+    /// Runs `sql` (a savepoint command) on every transaction.
+    pub async fn execute_all(&mut self, sql: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(sql).execute(&mut *self.main).await?;
+        if let Some(helper) = self.helper.as_deref_mut() {
+            sqlx::query(sql).execute(helper).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads one CSV stream inside the caller's transactions. A [`FileError`]
+/// aborts the COPY, so nothing of this stream stays in them.
 pub async fn load_csv(
-    connection: &mut PgConnection,
+    writers: &mut Writers<'_>,
     csv: CsvOpen,
     input: &LoadInput<'_>,
     rejects: &mut (dyn RejectSink + Send),
     mode: LoadMode,
 ) -> Result<LoadReport, LoadError> {
+    let connection = &mut *writers.main;
     let target = match mode {
         LoadMode::Direct => "call_detail_record",
         LoadMode::Deduplicate => {
@@ -258,7 +282,8 @@ pub async fn load_csv(
         }
     };
 
-    let (sender, mut receiver) = mpsc::channel::<Vec<u8>>(2);
+    // Two chunks ahead for each COPY.
+    let (sender, receiver) = mpsc::channel::<Vec<u8>>(4);
     let (reject_sender, mut reject_receiver) = mpsc::channel::<Rejected>(64);
     let template = input.template.clone();
     let resolver = input.resolver.clone();
@@ -276,77 +301,143 @@ pub async fn load_csv(
         )
     });
 
-    let mut copy = connection
-        .copy_in_raw(&format!(
-            "COPY {target} ({COLUMNS}) FROM STDIN (FORMAT binary)"
-        ))
-        .await?;
-    let mut copy_error = None;
-    let mut reject_error = None;
-    let mut rejects_done = false;
+    let sql = format!("COPY {target} ({COLUMNS}) FROM STDIN (FORMAT binary)");
+    let mut copies = vec![connection.copy_in_raw(&sql).await?];
+    if mode == LoadMode::Direct {
+        if let Some(helper) = writers.helper.as_deref_mut() {
+            copies.push(helper.copy_in_raw(&sql).await?);
+        }
+    }
+    // Each COPY takes the next chunk when it is free, so a slower backend
+    // never holds the other back.
+    let chunks = tokio::sync::Mutex::new(receiver);
     let started = Instant::now();
-    let mut sending = Duration::ZERO;
-    loop {
-        tokio::select! {
-            chunk = receiver.recv() => match chunk {
-                Some(chunk) => {
-                    let send = Instant::now();
-                    let sent = copy.send(chunk).await;
-                    sending += send.elapsed();
-                    if let Err(e) = sent {
-                        copy_error = Some(e);
-                        break;
-                    }
-                }
-                None => break,
-            },
-            rejected = reject_receiver.recv(), if !rejects_done => match rejected {
-                Some(r) => {
-                    if let Err(e) = rejects.reject(&r) {
-                        reject_error.get_or_insert(e);
-                    }
-                }
-                None => rejects_done = true,
-            },
+    let streams = copies.len();
+    let pumps = futures::future::join_all(copies.into_iter().map(|copy| pump(copy, &chunks)));
+    let rejected = async {
+        let mut failed = None;
+        while let Some(r) = reject_receiver.recv().await {
+            if let Err(e) = rejects.reject(&r) {
+                failed.get_or_insert(e);
+            }
         }
-    }
-    // The channel is closed once the parser ends; hand on late rejects.
-    drop(receiver);
-    while let Some(r) = reject_receiver.recv().await {
-        if let Err(e) = rejects.reject(&r) {
-            reject_error.get_or_insert(e);
-        }
-    }
+        failed
+    };
+    let (pumped, reject_error) = tokio::join!(pumps, rejected);
     let parsed = parser
         .await
         .map_err(|e| LoadError::Database(sqlx::Error::Protocol(e.to_string())))?;
-    if let Some(e) = copy_error {
-        let _ = copy.abort("the load failed").await;
-        return Err(LoadError::from_copy(e));
+    let streamed = started.elapsed();
+    let mut copies = Vec::with_capacity(pumped.len());
+    let mut copy_error = None;
+    let mut sending = Duration::ZERO;
+    for (copy, sent, error) in pumped {
+        sending += sent;
+        copy_error = copy_error.or(error);
+        copies.push(copy);
     }
-    let (mut report, parser_waited) = match parsed {
-        Ok(done) => done,
-        Err(e) => {
-            let _ = copy.abort(e.to_string()).await;
-            return Err(e);
+    let (error, message) = match (copy_error, parsed, reject_error) {
+        (Some(e), _, _) => (LoadError::from_copy(e), "the load failed".to_string()),
+        (None, Err(e), _) => {
+            let message = e.to_string();
+            (e, message)
+        }
+        (None, Ok(_), Some(e)) => (
+            LoadError::Rejects(e),
+            "rejected rows could not be written".to_string(),
+        ),
+        (None, Ok((report, parser_waited)), None) => {
+            let copied = end_copies(copies).await.map_err(LoadError::from_copy)?;
+            // Which side set the pace: a parser that waited long was ahead
+            // of the server; a send loop that spent little time sending
+            // waited for rows.
+            debug!(
+                rows = copied,
+                streams,
+                streamed_ms = streamed.as_millis() as u64,
+                parser_waited_ms = parser_waited.as_millis() as u64,
+                sending_ms = sending.as_millis() as u64,
+                finish_ms = (started.elapsed() - streamed).as_millis() as u64,
+                "COPY streamed"
+            );
+            return count_loaded(connection, report, copied, mode).await;
         }
     };
-    if let Some(e) = reject_error {
-        let _ = copy.abort("rejected rows could not be written").await;
-        return Err(LoadError::Rejects(e));
+    for copy in copies {
+        let _ = copy.abort(message.clone()).await;
     }
-    let streamed = started.elapsed();
-    let copied = copy.finish().await.map_err(LoadError::from_copy)?;
-    // Which side set the pace: a parser that waited long was ahead of the
-    // server; a send loop that spent little time sending waited for rows.
-    debug!(
-        rows = copied,
-        streamed_ms = streamed.as_millis() as u64,
-        parser_waited_ms = parser_waited.as_millis() as u64,
-        sending_ms = sending.as_millis() as u64,
-        finish_ms = (started.elapsed() - streamed).as_millis() as u64,
-        "COPY streamed"
-    );
+    Err(error)
+}
+
+/// Ends every COPY, failed or not, so that no connection is left with an
+/// error its next statement would meet; the rows copied, or the first
+/// failure (a unique violation shows here, not while sending).
+async fn end_copies(
+    copies: Vec<sqlx::postgres::PgCopyIn<&mut PgConnection>>,
+) -> Result<u64, sqlx::Error> {
+    let mut copied = 0;
+    let mut failed = None;
+    for mut copy in copies {
+        let sent = copy.send(COPY_TRAILER.as_slice()).await.map(|_| ());
+        let finished = match sent {
+            Ok(()) => copy.finish().await,
+            Err(e) => {
+                let _ = copy.abort("the load failed").await;
+                Err(e)
+            }
+        };
+        match finished {
+            Ok(rows) => copied += rows,
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(copied),
+    }
+}
+
+/// Sends chunks from the parser to one COPY until the parser is done or the
+/// COPY fails. Returns the COPY, the time spent sending and the failure.
+async fn pump<'c>(
+    mut copy: sqlx::postgres::PgCopyIn<&'c mut PgConnection>,
+    chunks: &tokio::sync::Mutex<mpsc::Receiver<Vec<u8>>>,
+) -> (
+    sqlx::postgres::PgCopyIn<&'c mut PgConnection>,
+    Duration,
+    Option<sqlx::Error>,
+) {
+    let mut sending = Duration::ZERO;
+    if let Err(e) = copy.send(COPY_HEADER.as_slice()).await {
+        chunks.lock().await.close();
+        return (copy, sending, Some(e));
+    }
+    loop {
+        let chunk = chunks.lock().await.recv().await;
+        let Some(chunk) = chunk else {
+            return (copy, sending, None);
+        };
+        let send = Instant::now();
+        let sent = copy.send(chunk).await;
+        sending += send.elapsed();
+        if let Err(e) = sent {
+            // The parser stops at its next chunk; the other COPY ends with it.
+            chunks.lock().await.close();
+            return (copy, sending, Some(e));
+        }
+    }
+}
+
+/// The load's counts once its rows are copied: in Deduplicate mode the
+/// staged rows not yet in the table are inserted here.
+async fn count_loaded(
+    connection: &mut PgConnection,
+    mut report: LoadReport,
+    copied: u64,
+    mode: LoadMode,
+) -> Result<LoadReport, LoadError> {
     match mode {
         // Every parsed row was copied, so the parser's count of rows
         // without a customer is the count of loaded ones.
@@ -393,8 +484,8 @@ fn parse_and_encode(
     // Time spent waiting for room in the channel: the COPY was behind.
     let mut waited = Duration::ZERO;
     let mut report = LoadReport::default();
+    // Rows only: each COPY sends its own header and trailer.
     let mut chunk = Vec::with_capacity(CHUNK_BYTES + 4096);
-    chunk.extend_from_slice(&COPY_HEADER);
     while let Some(next) = parser.next_row() {
         report.read += 1;
         let rejected = match next? {
@@ -446,8 +537,9 @@ fn parse_and_encode(
             }
         }
     }
-    chunk.extend_from_slice(&COPY_TRAILER);
-    let _ = sender.blocking_send(chunk);
+    if !chunk.is_empty() {
+        let _ = sender.blocking_send(chunk);
+    }
     report.stopped = parser.stopped().cloned();
     Ok((report, waited))
 }

@@ -4,9 +4,11 @@
 //! while the rows around it load; a file whose header does not match the
 //! template, or that cannot be read at all, is a [`FileError`].
 
+use std::borrow::Cow;
 use std::io::Read;
 
-use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use chrono::format::{Item, Parsed as ParsedFields, StrftimeItems};
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use crate::cdr::{Direction, Kind, Zone};
@@ -108,9 +110,47 @@ impl Layout {
 pub struct CsvParser<R: Read> {
     reader: csv::Reader<LineLimit<R>>,
     template: FormatTemplate,
+    formats: DateTimeFormats,
     layout: Layout,
     record: csv::ByteRecord,
     stopped: Option<Stopped>,
+}
+
+/// A date and a time format (strftime), each with its items parsed once
+/// per file rather than once per row.
+struct DateTimeFormats {
+    date: (String, Option<Vec<Item<'static>>>),
+    time: (String, Option<Vec<Item<'static>>>),
+}
+
+impl DateTimeFormats {
+    fn of(template: &FormatTemplate) -> Self {
+        let items = |format: &str| {
+            (
+                format.to_string(),
+                StrftimeItems::new(format).parse_to_owned().ok(),
+            )
+        };
+        Self {
+            date: items(template.date_format.as_deref().unwrap_or("%Y-%m-%d")),
+            time: items(template.time_format.as_deref().unwrap_or("%H:%M:%S")),
+        }
+    }
+}
+
+/// What `NaiveDate::parse_from_str` and `NaiveTime::parse_from_str` do,
+/// with the format's items parsed before. A format whose items do not
+/// parse matches nothing.
+fn parse_with(
+    (_, items): &(String, Option<Vec<Item<'static>>>),
+    text: &str,
+) -> chrono::format::ParseResult<ParsedFields> {
+    let mut parsed = ParsedFields::new();
+    match items {
+        Some(items) => chrono::format::parse(&mut parsed, text, items.iter())?,
+        None => chrono::format::parse(&mut parsed, text, [Item::Error].iter())?,
+    }
+    Ok(parsed)
 }
 
 impl<R: Read> CsvParser<R> {
@@ -136,6 +176,7 @@ impl<R: Read> CsvParser<R> {
         Ok(Self {
             reader,
             template: template.clone(),
+            formats: DateTimeFormats::of(template),
             layout,
             record: csv::ByteRecord::new(),
             stopped: None,
@@ -253,27 +294,35 @@ impl<R: Read> CsvParser<R> {
         parts.join(&self.template.delimiter.to_string())
     }
 
-    fn field(&self, field: Field) -> Result<Option<String>, String> {
+    /// A field as text, trimmed; borrowed from the record unless it had to
+    /// be decoded (a row is a dozen fields, and a file millions of rows).
+    fn field(&self, field: Field) -> Result<Option<Cow<'_, str>>, String> {
         let Some(index) = self.layout.index(field) else {
             return Ok(None);
         };
         let bytes = &self.record[index];
-        let text = match self.template.encoding {
-            Encoding::Utf8 => std::str::from_utf8(bytes)
-                .map_err(|_| {
-                    "field is not valid UTF-8 (the format declares utf-8; is the file Latin-1?)"
-                        .to_string()
-                })?
-                .to_string(),
-            Encoding::Windows1252 => encoding_rs::WINDOWS_1252
-                .decode_without_bom_handling(bytes)
-                .0
-                .into_owned(),
-        };
-        Ok(Some(text.trim().to_string()))
+        Ok(Some(match self.template.encoding {
+            Encoding::Utf8 => Cow::Borrowed(
+                std::str::from_utf8(bytes)
+                    .map_err(|_| {
+                        "field is not valid UTF-8 (the format declares utf-8; is the file Latin-1?)"
+                            .to_string()
+                    })?
+                    .trim(),
+            ),
+            Encoding::Windows1252 => {
+                match encoding_rs::WINDOWS_1252
+                    .decode_without_bom_handling(bytes)
+                    .0
+                {
+                    Cow::Borrowed(text) => Cow::Borrowed(text.trim()),
+                    Cow::Owned(text) => Cow::Owned(text.trim().to_string()),
+                }
+            }
+        }))
     }
 
-    fn required(&self, field: Field, name: &str) -> Result<String, String> {
+    fn required(&self, field: Field, name: &str) -> Result<Cow<'_, str>, String> {
         match self.field(field)? {
             Some(v) if !v.is_empty() => Ok(v),
             _ => Err(format!("{name} is empty")),
@@ -362,7 +411,7 @@ impl<R: Read> CsvParser<R> {
             line,
         };
         row.external_id = match self.field(Field::ExternalId)? {
-            Some(id) if !id.is_empty() => id,
+            Some(id) if !id.is_empty() => id.into_owned(),
             Some(_) => return Err("record id is empty".into()),
             None => content_id(&row),
         };
@@ -384,12 +433,12 @@ impl<R: Read> CsvParser<R> {
         }
         let date_raw = self.required(Field::Date, "date")?;
         let time_raw = self.required(Field::Time, "time")?;
-        let date_format = t.date_format.as_deref().unwrap_or("%Y-%m-%d");
-        let time_format = t.time_format.as_deref().unwrap_or("%H:%M:%S");
-        let date = NaiveDate::parse_from_str(&date_raw, date_format)
-            .map_err(|_| format!("date {date_raw:?} does not match {date_format}"))?;
-        let time = NaiveTime::parse_from_str(&time_raw, time_format)
-            .map_err(|_| format!("time {time_raw:?} does not match {time_format}"))?;
+        let date = parse_with(&self.formats.date, &date_raw)
+            .and_then(|parsed| parsed.to_naive_date())
+            .map_err(|_| format!("date {date_raw:?} does not match {}", self.formats.date.0))?;
+        let time = parse_with(&self.formats.time, &time_raw)
+            .and_then(|parsed| parsed.to_naive_time())
+            .map_err(|_| format!("time {time_raw:?} does not match {}", self.formats.time.0))?;
         crate::cdr::local_to_utc(date, time, t.time_zone)
     }
 }
@@ -651,8 +700,24 @@ impl<R> LineLimit<R> {
             }
             return Ok(!self.ready.is_empty());
         }
-        for i in 0..n {
+        let mut i = 0;
+        while i < n {
+            // Inside a record, the bytes up to the next delimiter, quote or
+            // line end change nothing but the counts: taken as one run.
+            if !self.pending_cr && matches!(self.scan, Scan::InField | Scan::InQuotes) {
+                let (delimiter, quote) = (self.delimiter, self.quote);
+                let run = self.input[i..n]
+                    .iter()
+                    .position(|&b| b == delimiter || b == quote || b == b'\n' || b == b'\r')
+                    .unwrap_or(n - i);
+                if run > 0 {
+                    self.push_plain(i, run)?;
+                    i += run;
+                    continue;
+                }
+            }
             let byte = self.input[i];
+            i += 1;
             if std::mem::take(&mut self.pending_cr) && byte != b'\n' {
                 self.push(b'\r')?;
             }
@@ -663,6 +728,32 @@ impl<R> LineLimit<R> {
             self.push(byte)?;
         }
         Ok(true)
+    }
+
+    /// [`Self::push`] of `input[from..from + len]`, bytes that are neither
+    /// the delimiter, the quote nor a line end, inside a field.
+    fn push_plain(&mut self, from: usize, len: usize) -> std::io::Result<()> {
+        let bytes = &self.input[from..from + len];
+        self.ready.extend_from_slice(bytes);
+        self.output_bytes += len as u64;
+        self.record_bytes += len;
+        let room = RAW_HEAD_BYTES.saturating_sub(self.head.len());
+        self.head.extend_from_slice(&bytes[..room.min(len)]);
+        self.largest_record = self.largest_record.max(self.record_bytes);
+        if self.record_bytes > MAX_RECORD_BYTES {
+            // As push would have found at the first byte over the limit.
+            self.record_bytes = MAX_RECORD_BYTES + 1;
+            self.largest_record = self.largest_record.min(MAX_RECORD_BYTES + 1);
+            if self.scan == Scan::InQuotes {
+                return Err(std::io::Error::other(OpenQuote {
+                    record_line: self.record_line,
+                    quote_line: self.quote_line,
+                    record_byte: self.record_byte,
+                }));
+            }
+            return Err(std::io::Error::other(LineTooLong(self.line)));
+        }
+        Ok(())
     }
 }
 
