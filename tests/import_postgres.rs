@@ -83,15 +83,7 @@ impl Fixture {
         key: &str,
         bytes: Vec<u8>,
     ) -> Result<ImportSummary, tem_shared::import::importer::ImportError> {
-        let source: Arc<dyn RangeRead> = Arc::new(MemorySource::named(key, bytes));
-        let request = ImportRequest {
-            bucket: "test".into(),
-            key: key.into(),
-            provider,
-            profile_id: None,
-            deadline: None,
-        };
-        self.importer.import(source, &request).await
+        import_on(&self.importer, provider, key, bytes).await
     }
 
     async fn count(&self) -> i64 {
@@ -1319,17 +1311,26 @@ fn two_writers(f: &Fixture) -> Importer {
     .with_two_writers_from(0)
 }
 
-async fn import_with(importer: &Importer, key: &str, bytes: Vec<u8>) -> ImportSummary {
+/// `bytes` imported by `importer` as the object `test/{key}`.
+async fn import_on(
+    importer: &Importer,
+    provider: Provider,
+    key: &str,
+    bytes: Vec<u8>,
+) -> Result<ImportSummary, tem_shared::import::importer::ImportError> {
     let source: Arc<dyn RangeRead> = Arc::new(MemorySource::named(key, bytes));
     let request = ImportRequest {
         bucket: "test".into(),
         key: key.into(),
-        provider: Provider::Routit,
+        provider,
         profile_id: None,
         deadline: None,
     };
-    importer
-        .import(source, &request)
+    importer.import(source, &request).await
+}
+
+async fn import_with(importer: &Importer, key: &str, bytes: Vec<u8>) -> ImportSummary {
+    import_on(importer, Provider::Routit, key, bytes)
         .await
         .expect("import succeeds")
 }

@@ -125,6 +125,16 @@ pub async fn connect_with(
         .await
 }
 
+/// Connections the pool could lend now: idle ones and room to open more,
+/// less `acquiring`, those the caller is already taking. A borrower that
+/// counts only these (the totals' slice readers, the import's second
+/// writer) never takes a connection a waiting record needs.
+pub fn spare_connections(pool: &PgPool, acquiring: usize) -> usize {
+    let max = pool.options().get_max_connections() as usize;
+    let room = max.saturating_sub(pool.size() as usize);
+    (pool.num_idle() + room).saturating_sub(acquiring)
+}
+
 /// A pool on a URL (temctl, local runs and tests).
 pub async fn connect(database_url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     let options = connect_options(

@@ -943,15 +943,6 @@ impl Slices {
     }
 }
 
-/// Connections the pool could lend now: idle ones and room to open more,
-/// less those our readers are already taking. Counting only these, a
-/// reader never takes a connection a waiting record needs.
-fn spare_connections(pool: &PgPool, acquiring: usize) -> usize {
-    let max = pool.options().get_max_connections() as usize;
-    let room = max.saturating_sub(pool.size() as usize);
-    (pool.num_idle() + room).saturating_sub(acquiring)
-}
-
 /// Reads one slice in pages on a connection borrowed for it alone.
 async fn read_slice(
     pool: PgPool,
@@ -1034,7 +1025,7 @@ impl PgCycleStore {
             let acquiring = slices.acquiring.load(Ordering::SeqCst);
             if slices.next >= end
                 || slices.reading() >= READERS
-                || spare_connections(&self.pool, acquiring) == 0
+                || crate::adapters::postgres::spare_connections(&self.pool, acquiring) == 0
             {
                 return Ok(());
             }

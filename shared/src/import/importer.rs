@@ -477,8 +477,7 @@ impl Importer {
     /// an idle connection or room to open one. Otherwise the import loads
     /// on its own transaction alone, as fast as one backend goes.
     async fn spare_transaction(&self) -> Option<sqlx::Transaction<'static, sqlx::Postgres>> {
-        let max = self.pool.options().get_max_connections();
-        if self.pool.num_idle() == 0 && self.pool.size() >= max {
+        if crate::adapters::postgres::spare_connections(&self.pool, 0) == 0 {
             return None;
         }
         match tokio::time::timeout(HELPER_WAIT, self.pool.begin()).await {

@@ -668,14 +668,7 @@ impl<R> LineLimit<R> {
         }
         self.largest_record = self.largest_record.max(self.record_bytes);
         if self.record_bytes > MAX_RECORD_BYTES {
-            if self.scan == Scan::InQuotes {
-                return Err(std::io::Error::other(OpenQuote {
-                    record_line: self.record_line,
-                    quote_line: self.quote_line,
-                    record_byte: self.record_byte,
-                }));
-            }
-            return Err(std::io::Error::other(LineTooLong(self.line)));
+            return Err(self.record_too_large());
         }
         Ok(())
     }
@@ -730,6 +723,19 @@ impl<R> LineLimit<R> {
         Ok(true)
     }
 
+    /// Why the current record outgrew [`MAX_RECORD_BYTES`]: a quote that
+    /// never closes, or a line too long.
+    fn record_too_large(&self) -> std::io::Error {
+        if self.scan == Scan::InQuotes {
+            return std::io::Error::other(OpenQuote {
+                record_line: self.record_line,
+                quote_line: self.quote_line,
+                record_byte: self.record_byte,
+            });
+        }
+        std::io::Error::other(LineTooLong(self.line))
+    }
+
     /// [`Self::push`] of `input[from..from + len]`, bytes that are neither
     /// the delimiter, the quote nor a line end, inside a field.
     fn push_plain(&mut self, from: usize, len: usize) -> std::io::Result<()> {
@@ -744,14 +750,7 @@ impl<R> LineLimit<R> {
             // As push would have found at the first byte over the limit.
             self.record_bytes = MAX_RECORD_BYTES + 1;
             self.largest_record = self.largest_record.min(MAX_RECORD_BYTES + 1);
-            if self.scan == Scan::InQuotes {
-                return Err(std::io::Error::other(OpenQuote {
-                    record_line: self.record_line,
-                    quote_line: self.quote_line,
-                    record_byte: self.record_byte,
-                }));
-            }
-            return Err(std::io::Error::other(LineTooLong(self.line)));
+            return Err(self.record_too_large());
         }
         Ok(())
     }
