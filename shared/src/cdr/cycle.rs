@@ -28,7 +28,12 @@ impl BadTimeZone {
 
 /// The start date of the cycle containing `at` for a customer.
 pub fn cycle_of(at: DateTime<Utc>, start_day: u32, zone: Tz) -> NaiveDate {
-    let local = at.with_timezone(&zone).date_naive();
+    cycle_of_local(at.with_timezone(&zone).date_naive(), start_day)
+}
+
+/// The start date of the cycle containing the local date `local`, for a
+/// caller that has converted to the customer's zone already.
+pub fn cycle_of_local(local: NaiveDate, start_day: u32) -> NaiveDate {
     let day = start_day.clamp(1, 28);
     if local.day() >= day {
         NaiveDate::from_ymd_opt(local.year(), local.month(), day)

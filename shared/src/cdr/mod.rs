@@ -6,7 +6,7 @@
 pub mod changes;
 pub mod cycle;
 
-pub use cycle::{cycle_bounds, cycle_of, local_to_utc, BadTimeZone};
+pub use cycle::{cycle_bounds, cycle_of, cycle_of_local, local_to_utc, BadTimeZone};
 
 use serde::Deserialize;
 

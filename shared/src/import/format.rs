@@ -24,7 +24,8 @@ use serde::Deserialize;
 use crate::cdr::{Direction, Kind, Zone};
 use crate::routing::Provider;
 
-/// The canonical field a provider column maps to.
+/// The canonical field a provider column maps to. `Cost` stays last: the
+/// parser sizes its per-field table by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Field {

@@ -12,19 +12,19 @@
 //! - [`LoadMode::Deduplicate`]: COPY into a temporary table, then insert
 //!   what is not there yet. Slower, and only needed when rows repeat.
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
+use rustc_hash::FxHashMap;
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::cdr::changes::ChangedCycles;
-use crate::cdr::{cycle_of, BadTimeZone};
+use crate::cdr::{cycle_of_local, BadTimeZone};
 use crate::import::format::FormatTemplate;
 use crate::import::parse::{CdrRow, CsvParser, FileError, Parsed, Rejected, Stopped};
 
@@ -53,8 +53,10 @@ pub enum ResolverError {
 
 #[derive(Debug, Default)]
 pub struct Resolver {
-    subscriptions: HashMap<String, Vec<Subscription>>,
-    customers: HashMap<i64, (u32, Tz)>,
+    // Looked up once per row: FxHash, several times cheaper than SipHash on
+    // short keys (perf of a 1M import: SipHash was 7% of the parse thread).
+    subscriptions: FxHashMap<String, Vec<Subscription>>,
+    customers: FxHashMap<i64, (u32, Tz)>,
 }
 
 #[derive(Debug, Clone)]
@@ -106,9 +108,10 @@ impl Resolver {
         let candidates = self.subscriptions.get(subscription)?;
         candidates.iter().find_map(|s| {
             let (day, zone) = self.customers.get(&s.customer_id).copied()?;
+            // One conversion to the customer's zone serves both.
             let local = at.with_timezone(&zone).date_naive();
             let active = s.from <= local && s.to.is_none_or(|to| local <= to);
-            active.then(|| (s.customer_id, cycle_of(at, day, zone)))
+            active.then(|| (s.customer_id, cycle_of_local(local, day)))
         })
     }
 }
