@@ -459,8 +459,14 @@ impl<R: Read> CsvParser<R> {
     fn local_to_utc(&self, date: NaiveDate, time: NaiveTime) -> Result<DateTime<Utc>, String> {
         let zone = self.template.time_zone;
         if let Some((day, offset)) = self.day_offset.get() {
-            if day == date {
-                let utc = date.and_time(time) - chrono::Duration::seconds(offset.into());
+            // Checked: a date at the end of chrono's range is input too.
+            let utc = (day == date)
+                .then(|| {
+                    date.and_time(time)
+                        .checked_sub_signed(chrono::Duration::seconds(offset.into()))
+                })
+                .flatten();
+            if let Some(utc) = utc {
                 return Ok(Utc.from_utc_datetime(&utc));
             }
         }
@@ -913,6 +919,30 @@ mod tests {
             rejected[0].reason.contains("does not exist"),
             "{}",
             rejected[0].reason
+        );
+    }
+
+    #[test]
+    fn dates_at_the_ends_of_chronos_range_are_rows_or_rejections_not_panics() {
+        let mut text = format!("{ROUTIT_HEADER}\r\n");
+        // The earliest date chrono parses, at midnight: a UTC offset east
+        // of Greenwich takes it out of range. Twice, for the remembered day.
+        let dates = [
+            ("01-01--262143", "23:59:59"),
+            ("01-01--262143", "00:00:00"),
+            ("01-01--262143", "00:00:00"),
+            ("31-12-262142", "23:59:59"),
+        ];
+        for (i, (date, time)) in dates.iter().enumerate() {
+            text.push_str(&format!(
+                "{date};{time};0612345678;0201234567;Spraak;Uitgaand;00:00:05;;0,01;NL;E{i}\r\n"
+            ));
+        }
+        let (rows, rejected) = parse(Provider::Routit, text.as_bytes()).unwrap();
+        assert_eq!(
+            rows.len() + rejected.len(),
+            dates.len(),
+            "{rows:?} {rejected:?}"
         );
     }
 
