@@ -44,4 +44,6 @@ pub mod telemetry;
 #[cfg(test)]
 pub(crate) mod fakes;
 #[cfg(test)]
+pub(crate) mod proptest_config;
+#[cfg(test)]
 mod runtime_tests;

@@ -915,7 +915,6 @@ fn rate_text(rate: &Rate) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use proptest::test_runner::RngSeed;
 
     const MIB: u64 = 1_048_576;
 
@@ -1574,25 +1573,6 @@ mod tests {
         "+4915112345678",
     ];
 
-    /// The same cases on every run (CI), unless the environment asks for
-    /// more (`PROPTEST_CASES`) or others (`PROPTEST_RNG_SEED`).
-    fn proptest_config(cases: u32) -> ProptestConfig {
-        let from_env = ProptestConfig::default();
-        ProptestConfig {
-            cases: if std::env::var_os("PROPTEST_CASES").is_some() {
-                from_env.cases
-            } else {
-                cases
-            },
-            rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
-                from_env.rng_seed
-            } else {
-                RngSeed::Fixed(4)
-            },
-            ..from_env
-        }
-    }
-
     fn any_kind() -> impl Strategy<Value = Kind> {
         prop::sample::select(KINDS.to_vec())
     }
@@ -1728,7 +1708,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(proptest_config(300))]
+        #![proptest_config(crate::proptest_config::fixed(300, 4))]
 
         #[test]
         fn property_totals_equal_the_sum_of_the_per_cdr_values(

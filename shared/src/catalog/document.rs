@@ -1443,7 +1443,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use proptest::strategy::ValueTree;
-    use proptest::test_runner::RngSeed;
 
     fn no_env(_: &str) -> Option<String> {
         None
@@ -1973,25 +1972,6 @@ subscriptions:
         assert_eq!(against, quadratic::stored_overlap_problems(&file, &stored));
     }
 
-    /// The same cases on every run (CI), unless the environment asks for
-    /// more (`PROPTEST_CASES`) or others (`PROPTEST_RNG_SEED`).
-    fn proptest_config(cases: u32) -> ProptestConfig {
-        let from_env = ProptestConfig::default();
-        ProptestConfig {
-            cases: if std::env::var_os("PROPTEST_CASES").is_some() {
-                from_env.cases
-            } else {
-                cases
-            },
-            rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
-                from_env.rng_seed
-            } else {
-                RngSeed::Fixed(0x9e37_79b9_7f4a_7c15)
-            },
-            ..from_env
-        }
-    }
-
     /// A period of up to 40 days after 2025-01-01: open-ended, reversed (a
     /// problem of its own) or closed.
     fn any_period() -> impl Strategy<Value = (NaiveDate, Option<NaiveDate>)> {
@@ -2051,7 +2031,7 @@ subscriptions:
     }
 
     proptest! {
-        #![proptest_config(proptest_config(300))]
+        #![proptest_config(crate::proptest_config::fixed(300, 0x9e37_79b9_7f4a_7c15))]
 
         #[test]
         fn the_fast_overlap_checks_give_exactly_the_nested_loops_problems_in_their_order(

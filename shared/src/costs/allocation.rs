@@ -244,7 +244,6 @@ mod tests {
     use crate::costs::tree::tests::node;
     use crate::costs::tree::{CostNode, NodeKind};
     use proptest::prelude::*;
-    use proptest::test_runner::RngSeed;
 
     fn day(s: &str) -> NaiveDate {
         s.parse().unwrap()
@@ -465,27 +464,8 @@ mod tests {
         })
     }
 
-    /// The same cases on every run (CI), unless the environment asks for
-    /// more (`PROPTEST_CASES`) or others (`PROPTEST_RNG_SEED`).
-    fn proptest_config() -> ProptestConfig {
-        let from_env = ProptestConfig::default();
-        ProptestConfig {
-            cases: if std::env::var_os("PROPTEST_CASES").is_some() {
-                from_env.cases
-            } else {
-                512
-            },
-            rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
-                from_env.rng_seed
-            } else {
-                RngSeed::Fixed(0x5eed_0019_c057_0001)
-            },
-            ..from_env
-        }
-    }
-
     proptest! {
-        #![proptest_config(proptest_config())]
+        #![proptest_config(crate::proptest_config::fixed(512, 0x5eed_0019_c057_0001))]
 
         #[test]
         fn random_trees_assignments_and_splits_allocate_the_net_total_exactly(

@@ -409,27 +409,9 @@ mod tests {
     mod properties {
         use super::*;
         use proptest::prelude::*;
-        use proptest::test_runner::RngSeed;
-
-        fn config() -> ProptestConfig {
-            let from_env = ProptestConfig::default();
-            ProptestConfig {
-                cases: if std::env::var_os("PROPTEST_CASES").is_some() {
-                    from_env.cases
-                } else {
-                    256
-                },
-                rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
-                    from_env.rng_seed
-                } else {
-                    RngSeed::Fixed(0x5eed_0019_c057_0002)
-                },
-                ..from_env
-            }
-        }
 
         proptest! {
-            #![proptest_config(config())]
+            #![proptest_config(crate::proptest_config::fixed(256, 0x5eed_0019_c057_0002))]
 
             #[test]
             fn invoice_lines_in_any_vat_categories_allocate_to_their_sum_and_each_category_to_its_own(

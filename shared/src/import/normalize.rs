@@ -255,26 +255,8 @@ mod tests {
         }
     }
 
-    fn config() -> ProptestConfig {
-        use proptest::test_runner::RngSeed;
-        let from_env = ProptestConfig::default();
-        ProptestConfig {
-            cases: if std::env::var_os("PROPTEST_CASES").is_some() {
-                from_env.cases
-            } else {
-                4000
-            },
-            rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
-                from_env.rng_seed
-            } else {
-                RngSeed::Fixed(0x5eed_0017_e164_0001)
-            },
-            ..from_env
-        }
-    }
-
     proptest! {
-        #![proptest_config(config())]
+        #![proptest_config(crate::proptest_config::fixed(4000, 0x5eed_0017_e164_0001))]
         #[test]
         fn numbers_normalise_exactly_as_the_allocating_versions_did(
             raw in "[ +0-9().a-z\\-é]{0,20}|(\\+31|0031|0|\\+)[0-9 ().\\-]{6,14}"

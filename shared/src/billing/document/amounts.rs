@@ -219,7 +219,6 @@ mod tests {
     use super::*;
     use crate::billing::vat::{RateBp, VatCategory};
     use proptest::prelude::*;
-    use proptest::test_runner::RngSeed;
 
     fn standard(rate: u32) -> LineVat {
         LineVat {
@@ -352,26 +351,6 @@ mod tests {
         off < 10_000 || off == 10_000 && stated.abs() > exact.abs()
     }
 
-    /// The same 512 cases on every run (CI), unless the environment asks
-    /// for more (`PROPTEST_CASES`) or others (`PROPTEST_RNG_SEED`), as the
-    /// catalog's property tests do.
-    fn proptest_config() -> ProptestConfig {
-        let from_env = ProptestConfig::default();
-        ProptestConfig {
-            cases: if std::env::var_os("PROPTEST_CASES").is_some() {
-                from_env.cases
-            } else {
-                512
-            },
-            rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
-                from_env.rng_seed
-            } else {
-                RngSeed::Fixed(0x5eed_1816_c0de_0017)
-            },
-            ..from_env
-        }
-    }
-
     #[test]
     fn the_br_co_17_oracle_refuses_a_cent_off_and_a_tie_rounded_towards_zero() {
         assert!(br_co_17(77, 2100, 16));
@@ -384,7 +363,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(proptest_config())]
+        #![proptest_config(crate::proptest_config::fixed(512, 0x5eed_1816_c0de_0017))]
 
         #[test]
         fn random_invoices_satisfy_br_co_10_to_17_exactly(
